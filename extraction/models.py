@@ -1,0 +1,122 @@
+"""Flax (linen) models chosen by name: WRN-28-k as in the MixMatch reference, a small CNN, an MLP.
+
+Every model maps float inputs (N, H, W, C) in [-1, 1] (see `extraction.datasets.to_float`) to logits (N, classes).
+With `rotation_head=True` it returns `(logits, rotation_logits)`, the second a 4-way head on the same features
+(used by the rotation self-supervised loss). Models with batch norm keep running statistics in the
+`batch_stats` collection; call them with `train=True` and `mutable=['batch_stats']` while training.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# The MixMatch reference uses momentum 0.999 over ~1M steps; at our budgets of a few thousand steps the running
+# statistics would still be mostly their initial values, so 0.99 (flax's default).
+_BN = functools.partial(nn.BatchNorm, momentum=0.99, epsilon=1e-3)
+_leaky = functools.partial(nn.leaky_relu, negative_slope=0.1)
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class _Heads(nn.Module):
+  """Class head plus the optional 4-way rotation head on a feature vector."""
+  num_classes: int
+  rotation_head: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, feats):
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.dtype, name="classifier")(feats)
+    if self.rotation_head:
+      return logits, nn.Dense(4, dtype=self.dtype, param_dtype=self.dtype, name="rotation")(feats)
+    return logits
+
+
+class _Residual(nn.Module):
+  filters: int
+  stride: int = 1
+  activate_before_residual: bool = False
+
+  @nn.compact
+  def __call__(self, x0, train: bool):
+    x = _leaky(_BN(use_running_average=not train)(x0))
+    if self.activate_before_residual:
+      x0 = x
+    x = nn.Conv(self.filters, (3, 3), self.stride, kernel_init=_conv_init)(x)
+    x = _leaky(_BN(use_running_average=not train)(x))
+    x = nn.Conv(self.filters, (3, 3), kernel_init=_conv_init)(x)
+    if x0.shape[-1] != self.filters:
+      x0 = nn.Conv(self.filters, (1, 1), self.stride, kernel_init=_conv_init)(x0)
+    return x0 + x
+
+
+class WideResNet(nn.Module):
+  """WRN-28-k of the MixMatch reference (libml/models.py): 3 scales of 4 residual blocks, 32*k/2 filters first.
+
+  WRN-28-2 (filters=32) has about 1.47M parameters.
+  """
+  num_classes: int
+  filters: int = 32
+  repeat: int = 4
+  scales: int = 3
+  rotation_head: bool = False
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(16, (3, 3), kernel_init=_conv_init)(x)
+    for scale in range(self.scales):
+      f = self.filters << scale
+      x = _Residual(f, stride=2 if scale else 1, activate_before_residual=scale == 0)(x, train)
+      for _ in range(self.repeat - 1):
+        x = _Residual(f)(x, train)
+    x = _leaky(_BN(use_running_average=not train)(x))
+    return _Heads(self.num_classes, self.rotation_head)(x.mean(axis=(1, 2)))
+
+
+class SmallCNN(nn.Module):
+  """Six 3x3 convolutions (32, 32, 64, 64, 128, 128) with batch norm and two poolings; ~0.29M parameters."""
+  num_classes: int
+  widths: Sequence[int] = (32, 64, 128)
+  rotation_head: bool = False
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    for i, w in enumerate(self.widths):
+      for _ in range(2):
+        x = nn.Conv(w, (3, 3), kernel_init=_conv_init, use_bias=False)(x)
+        x = _leaky(_BN(use_running_average=not train)(x))
+      if i < len(self.widths) - 1:
+        x = nn.max_pool(x, (2, 2), (2, 2))
+    return _Heads(self.num_classes, self.rotation_head)(x.mean(axis=(1, 2)))
+
+
+class MLP(nn.Module):
+  """Fully connected ReLU network on flattened inputs; `dtype=jnp.float64` for exact-extraction victims."""
+  num_classes: int
+  hidden: Sequence[int] = (128,)
+  rotation_head: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.reshape((x.shape[0], -1)).astype(self.dtype)
+    for h in self.hidden:
+      x = nn.relu(nn.Dense(h, dtype=self.dtype, param_dtype=self.dtype)(x))
+    return _Heads(self.num_classes, self.rotation_head, self.dtype)(x)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "wrn28_2": functools.partial(WideResNet, filters=32),
+    "wrn28_8": functools.partial(WideResNet, filters=128),
+    "small_cnn": SmallCNN,
+    "mlp": MLP,
+}
+
+
+def create_model(name: str, num_classes: int, rotation_head: bool = False) -> nn.Module:
+  """Model by flag name (see MODELS); raises ValueError naming the choices for an unknown name."""
+  if name not in MODELS:
+    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+  return MODELS[name](num_classes=num_classes, rotation_head=rotation_head)

@@ -1,0 +1,128 @@
+"""The oracle: the only way any attack asks the victim anything.
+
+An `Oracle` wraps a *backend* -- any batched callable mapping inputs (N, ...) to logits (N, C): a jitted Flax
+`apply` with bound variables (`flax_backend`), a float64 two-layer network, or an HTTP client -- and turns its
+logits into what the API returns (`OUTPUT_MODES`). It enforces a hard query budget, counts every answered input
+and (optionally) records which inputs were asked.
+
+Every output mode returns an array of shape (N, C) so that downstream code is uniform:
+  * ``logits``         raw logits, dtype preserved (float64 backends stay float64);
+  * ``probabilities``  softmax of the logits;
+  * ``top_k``          the k largest probabilities, every other entry 0 (the API reveals nothing about them);
+  * ``labels``         one-hot of the arg-max class.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+OUTPUT_MODES = ("logits", "probabilities", "top_k", "labels")
+
+Backend = Callable[[np.ndarray], Any]
+
+
+class BudgetExceeded(RuntimeError):
+  """Raised before answering a query that would take the oracle past its budget."""
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  """Numerically stable softmax along the last axis, in the logits' own precision."""
+  z = logits - logits.max(axis=-1, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(axis=-1, keepdims=True)
+
+
+def validate_output_mode(output: str, top_k: Optional[int], num_classes: Optional[int] = None) -> None:
+  """Raises ValueError with a one-line message when (output, top_k) is not a valid API setting."""
+  if output not in OUTPUT_MODES:
+    raise ValueError(f"unknown oracle output {output!r}; choose one of {', '.join(OUTPUT_MODES)}")
+  if output == "top_k":
+    if top_k is None or top_k < 1:
+      raise ValueError(f"output 'top_k' needs top_k >= 1, got {top_k}")
+    if num_classes is not None and top_k >= num_classes:
+      raise ValueError(f"top_k={top_k} must be smaller than the number of classes ({num_classes})")
+
+
+def transform_logits(logits: np.ndarray, output: str, top_k: Optional[int] = None) -> np.ndarray:
+  """Turns victim logits (N, C) into the API's answer (N, C) for one output mode (see module docstring)."""
+  logits = np.asarray(logits)
+  if output == "logits":
+    return logits
+  if output == "labels":
+    return np.eye(logits.shape[-1], dtype=np.float32)[np.argmax(logits, axis=-1)]
+  probs = softmax(logits)
+  if output == "probabilities":
+    return probs
+  if output == "top_k":
+    keep = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k]
+    out = np.zeros_like(probs)
+    np.put_along_axis(out, keep, np.take_along_axis(probs, keep, axis=-1), axis=-1)
+    return out
+  raise ValueError(f"unknown oracle output {output!r}")
+
+
+@dataclasses.dataclass
+class Oracle:
+  """A victim behind a prediction API with a hard query budget.
+
+  Attributes:
+    backend: batched callable, inputs (N, ...) -> logits (N, C).
+    output: one of OUTPUT_MODES.
+    top_k: k for output='top_k'.
+    budget: maximum number of inputs answered over the oracle's life; None for unlimited.
+    batch_size: inputs per backend call (large queries are split; answers are concatenated).
+    record_inputs: keep a copy of every asked input (`asked`); switch off for millions of queries.
+  """
+  backend: Backend
+  output: str = "probabilities"
+  top_k: Optional[int] = None
+  budget: Optional[int] = None
+  batch_size: int = 1024
+  record_inputs: bool = True
+  used: int = dataclasses.field(default=0, init=False)
+  _asked: list = dataclasses.field(default_factory=list, init=False, repr=False)
+
+  def __post_init__(self):
+    validate_output_mode(self.output, self.top_k)
+    if self.budget is not None and self.budget < 0:
+      raise ValueError(f"budget must be >= 0 or None, got {self.budget}")
+
+  @property
+  def remaining(self) -> Optional[int]:
+    return None if self.budget is None else self.budget - self.used
+
+  @property
+  def asked(self) -> np.ndarray:
+    """Every input answered so far, in order, as one array (empty if nothing was asked or recording is off)."""
+    if not self._asked:
+      return np.zeros((0,))
+    return np.concatenate(self._asked, axis=0)
+
+  def logits(self, x) -> np.ndarray:
+    """Raw victim logits for x, counted against the budget (used by attacks that need logits internally)."""
+    x = np.asarray(x)
+    n = x.shape[0]
+    if self.budget is not None and self.used + n > self.budget:
+      raise BudgetExceeded(
+          f"query of {n} inputs refused: {self.used} of the budget of {self.budget} already used "
+          f"({self.remaining} left)")
+    chunks = [np.asarray(self.backend(x[i:i + self.batch_size])) for i in range(0, n, self.batch_size)]
+    self.used += n
+    if self.record_inputs:
+      self._asked.append(np.array(x, copy=True))
+    if not chunks:
+      return np.zeros((0, 0))
+    return np.concatenate(chunks, axis=0)
+
+  def __call__(self, x) -> np.ndarray:
+    """Answers a batch of inputs (N, ...) with (N, C) in this oracle's output mode; see module docstring."""
+    return transform_logits(self.logits(x), self.output, self.top_k)
+
+
+def model_backend(model, variables: Any, batch_size: int = 1024) -> Backend:
+  """A Flax model with bound variables as a backend on uint8 images (jitted, fixed-size batches)."""
+  from extraction.predict import predict_logits
+  return functools.partial(predict_logits, model, variables, batch_size=batch_size)

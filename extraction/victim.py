@@ -1,0 +1,88 @@
+"""Train or restore the victim: a classifier trained on the full train split with flip/shift augmentation,
+Adam + decoupled weight decay, cosine schedule and an EMA of the weights; orbax checkpoints in its directory,
+resumed if interrupted and reused (no retraining) once complete. `info.json` beside them records how it was made
+and its test accuracy, and lets `load_victim` rebuild it (e.g. for serving)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+from extraction import augment, metrics, models, train
+from extraction.datasets import Dataset
+from extraction.predict import predict_logits
+
+
+@dataclasses.dataclass(frozen=True)
+class VictimConfig:
+  model: str = "small_cnn"
+  steps: int = 2000
+  batch_size: int = 128
+  lr: float = 0.002
+  weight_decay: float = 0.02
+  ema: float = 0.999
+  seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Victim:
+  model: Any
+  variables: dict
+  test_accuracy: float
+  image_shape: tuple
+  num_classes: int
+
+
+def train_victim(dataset: Dataset, cfg: VictimConfig, directory: pathlib.Path,
+                 mesh: Optional[jax.sharding.Mesh] = None) -> Victim:
+  """Trains (or restores) the victim of `cfg` on `dataset.train` and measures its test accuracy."""
+  directory = pathlib.Path(directory)
+  info_path = directory / "info.json"
+  if info_path.exists():
+    old = json.loads(info_path.read_text())
+    if old["config"] != dataclasses.asdict(cfg) or old["dataset"] != dataset.name:
+      raise ValueError(f"{directory} holds a victim trained with other settings ({old['config']}, "
+                       f"{old['dataset']}); use another --workdir or delete it")
+  model = models.create_model(cfg.model, dataset.num_classes)
+  tx = train.make_optimizer(cfg.lr, cfg.weight_decay, cfg.steps, schedule="cosine")
+  rng = jax.random.key(cfg.seed)
+  state = train.create_state(model, tx, jax.random.fold_in(rng, 0), dataset.image_shape)
+  flip, shift = augment.default_augmentation(dataset.name)
+  step = train.make_supervised_step(model, tx, ema_decay=cfg.ema, flip=flip, shift=shift)
+  one_hot = np.eye(dataset.num_classes, dtype=np.float32)
+  images, labels = dataset.train.images, dataset.train.labels
+
+  def make_batch(i):
+    idx = train.batch_indices(cfg.seed, i, len(labels), cfg.batch_size)
+    return {"images": images[idx], "targets": one_hot[labels[idx]]}
+
+  state = train.fit(step, state, make_batch, cfg.steps, jax.random.fold_in(rng, 1),
+                    checkpoint_dir=directory / "checkpoints", name="victim", mesh=mesh)
+  variables = jax.device_get(state.variables(ema=True))
+  acc = metrics.top1_accuracy(predict_logits(model, variables, dataset.test.images), dataset.test.labels)
+  info_path.write_text(json.dumps({"config": dataclasses.asdict(cfg), "dataset": dataset.name,
+                                   "image_shape": list(dataset.image_shape), "num_classes": dataset.num_classes,
+                                   "test_accuracy": acc}, indent=2))
+  return Victim(model, variables, acc, dataset.image_shape, dataset.num_classes)
+
+
+def load_victim(directory: pathlib.Path) -> Victim:
+  """Restores a victim trained by `train_victim` from its directory (no dataset needed)."""
+  directory = pathlib.Path(directory)
+  info_path = directory / "info.json"
+  if not info_path.exists():
+    raise FileNotFoundError(f"no trained victim in {directory} (missing info.json); train one with launch.run first")
+  info = json.loads(info_path.read_text())
+  cfg = VictimConfig(**info["config"])
+  model = models.create_model(cfg.model, info["num_classes"])
+  tx = train.make_optimizer(cfg.lr, cfg.weight_decay, cfg.steps, schedule="cosine")
+  template = train.create_state(model, tx, jax.random.key(0), tuple(info["image_shape"]))
+  state, step = train.restore_latest(train.checkpoint_manager(directory / "checkpoints"), template)
+  if step < cfg.steps:
+    raise ValueError(f"victim in {directory} is incomplete (step {step} of {cfg.steps})")
+  return Victim(model, jax.device_get(state.variables(ema=True)), info["test_accuracy"],
+                tuple(info["image_shape"]), info["num_classes"])

@@ -1,0 +1,88 @@
+"""Evaluation of an extracted two-layer network against the victim: aligned weight error and logit agreement.
+
+A two-layer ReLU network is defined up to a permutation of its hidden units and a positive scale per unit
+(a -> lambda a, b -> lambda b, A1 column -> A1 column / lambda). `weight_error` matches recovered units to true
+ones (Hungarian matching on normalised rows and biases), rescales each recovered unit so that its row of A0 has the
+true row's norm (the scale moving into A1), and reports the largest absolute difference over all four arrays.
+True units that cannot change the function are set aside first: a zero row (its constant relu(b) is folded into
+b1) or a zero column of A1. With `differences=True` (the probabilities oracle) the second layer is only defined up
+to a common shift of all logits, so w1 and b1 are compared as differences to class 0.
+Precision: float64; random-input comparisons are chunked (16384 inputs per chunk).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from functional_equivalence.victims import TwoLayerNet
+
+
+def bits(error: float) -> float:
+  """-log2(error), capped at 64 for an exact 0."""
+  return 64.0 if error <= 0 else -math.log2(error)
+
+
+def _second_layer(w1, b1, differences):
+  return (w1[:, 1:] - w1[:, :1], b1[1:] - b1[:1]) if differences else (w1, b1)
+
+
+def weight_error(true: TwoLayerNet, rec: TwoLayerNet, differences: bool = False) -> dict:
+  """Max aligned absolute weight error (see module docstring).
+
+  Returns:
+    dict with max_weight_error, weight_error_bits, true_units, inert_true_units (never change the function),
+    matched_units, unmatched_true_units, extra_units, and the max errors per array (w0, b0, w1, b1).
+  """
+  norms = np.linalg.norm(true.w0, axis=0)
+  inert = (norms == 0) | (np.linalg.norm(true.w1, axis=1) == 0)
+  b1_true = true.b1 + np.maximum(true.b0[norms == 0], 0) @ true.w1[norms == 0]
+  live = np.flatnonzero(~inert)
+  t_u, t_b = true.w0[:, live] / norms[live], true.b0[live] / norms[live]
+  r_norm = np.linalg.norm(rec.w0, axis=0)
+  r_u, r_b = rec.w0 / r_norm, rec.b0 / r_norm
+  cost = np.maximum(2 - 2 * t_u.T @ r_u, 0) + (t_b[:, None] - r_b[None, :]) ** 2  # |du|^2 + |db|^2
+  ti, rj = linear_sum_assignment(cost) if cost.size else (np.zeros(0, int), np.zeros(0, int))
+  matched = cost[ti, rj] < 1e-6  # a wrong orientation or a different unit is far above this
+  ti, rj = ti[matched], rj[matched]
+  lam = norms[live][ti] / r_norm[rj]
+  w1_t, b1_t = _second_layer(true.w1[live][ti], b1_true, differences)
+  w1_r, b1_r = _second_layer(rec.w1[rj] / lam[:, None], rec.b1, differences)
+  errs = dict(
+      w0=float(np.max(np.abs(rec.w0[:, rj] * lam - true.w0[:, live][:, ti]), initial=0.0)),
+      b0=float(np.max(np.abs(rec.b0[rj] * lam - true.b0[live][ti]), initial=0.0)),
+      w1=float(np.max(np.abs(w1_r - w1_t), initial=0.0)),
+      b1=float(np.max(np.abs(b1_r - b1_t), initial=0.0)))
+  complete = len(ti) == len(live) == rec.w0.shape[1]
+  err = max(errs.values()) if complete else math.inf
+  return dict(max_weight_error=err, weight_error_bits=bits(err), true_units=int(true.w0.shape[1]),
+              inert_true_units=int(np.sum(inert)), matched_units=int(len(ti)),
+              unmatched_true_units=int(len(live) - len(ti)), extra_units=int(rec.w0.shape[1] - len(rj)),
+              **{f"max_error_{k}": v for k, v in errs.items()})
+
+
+def _logits(net: TwoLayerNet, x):
+  return np.maximum(x @ net.w0 + net.b0, 0) @ net.w1 + net.b1
+
+
+def logit_agreement(true: TwoLayerNet, rec: TwoLayerNet, x: np.ndarray, differences: bool = False) -> dict:
+  """Max |logit difference| and top-1 agreement on inputs x (N, d). With differences=True, logits are compared
+  as differences to class 0 (the arg-max is unaffected by the common shift)."""
+  a, b = _logits(true, x), _logits(rec, x)
+  if differences:
+    a, b = a - a[:, :1], b - b[:, :1]
+  return dict(max_logit_error=float(np.max(np.abs(a - b))), agreement=float(np.mean(a.argmax(1) == b.argmax(1))),
+              count=int(len(x)))
+
+
+def random_agreement(true: TwoLayerNet, rec: TwoLayerNet, count: int, scale: float = 1.0, seed: int = 0,
+                     differences: bool = False, chunk: int = 16384) -> dict:
+  """`logit_agreement` over `count` inputs ~ N(0, scale^2 I), drawn and compared chunk by chunk."""
+  rng = np.random.default_rng(seed)
+  worst, same, done = 0.0, 0.0, 0
+  while done < count:
+    n = min(chunk, count - done)
+    r = logit_agreement(true, rec, rng.standard_normal((n, true.w0.shape[0])) * scale, differences)
+    worst, same, done = max(worst, r["max_logit_error"]), same + r["agreement"] * n, done + n
+  return dict(max_logit_error=worst, agreement=same / max(count, 1), count=count)

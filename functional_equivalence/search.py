@@ -1,0 +1,116 @@
+"""Critical-point search: the kinks of t -> g(u + t v) on random lines, by a batched bisection.
+
+g is piecewise linear along a line; a kink (critical point) is where one hidden unit's pre-activation crosses
+zero. Every interval [ta, tb] of every line is processed at once per level (one oracle call for all):
+  * slopes at both ends are measured with a step eta = 1e-3 (tb - ta) inside the interval;
+  * if g(mid) and g(tb) lie on the line through ta, the interval holds no kink (a cancellation of two kinks
+    would need two k-vectors of slope jumps to cancel exactly: a null event);
+  * otherwise the lines from both ends intersect at t*; if g(t*) and g(mid) lie on those lines, the interval
+    holds exactly one kink, at t* (to the accuracy of the float64 values, not of any grid);
+  * otherwise it is split in two at the midpoint.
+The number of levels, of live intervals and of queries is bounded, so a noisy or smooth g ends with an error.
+Precision: float64; tolerances are relative (`rtol`) to the magnitude of g and of slope * width on the interval.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from functional_equivalence.errors import OraclePrecisionError
+from functional_equivalence.queries import Querier
+
+
+class Kinks(NamedTuple):
+  """Critical points found: line index and position t on it (sorted by line, then t), plus the number of
+  intervals left unresolved at the deepest level and the queries spent."""
+  line: np.ndarray
+  t: np.ndarray
+  unresolved: int
+  queries: int
+
+
+def _points(starts, dirs, line, t):
+  """Inputs u_line + t * v_line for arrays `line`, `t` of one shape S: returns S + (d,)."""
+  return starts[line] + t[..., None] * dirs[line]
+
+
+def _close(a, b, tol):
+  """All outputs of a and b (..., m) agree within tol (...,)."""
+  return np.all(np.abs(a - b) <= tol[..., None], axis=-1)
+
+
+def find_kinks(query: Querier, starts: np.ndarray, dirs: np.ndarray, t_max: float, *, pieces: int = 8,
+               rtol: float = 1e-10, max_depth: int = 44, max_intervals: int = 4096) -> Kinks:
+  """Finds the kinks of g along the lines starts[l] + t dirs[l], t in [-t_max, t_max].
+
+  Args:
+    query: the attack's Querier (float64 g).
+    starts, dirs: (L, d) float64 points and directions of the lines.
+    t_max: half-length of the searched range of t.
+    pieces: initial equal pieces per line (each is one interval of the first level).
+    rtol: relative tolerance of the collinearity tests (float64 rounding is ~1e-13 relative here).
+    max_depth: most bisection levels (widths down to 2 t_max / pieces / 2^max_depth).
+    max_intervals: most live intervals per line at one level (a line crosses each hidden unit's hyperplane at most
+      once, so more means more than ~max_intervals units or a g that is not exactly piecewise linear).
+  Returns:
+    Kinks. Raises OraclePrecisionError when the live intervals explode (noise) and LimitReachedError (from the
+    Querier) when the attack's limits are reached.
+  """
+  used0 = query.queries
+  n_lines = len(starts)
+  grid = np.linspace(-t_max, t_max, pieces + 1)
+  line0 = np.repeat(np.arange(n_lines), pieces + 1)
+  g0 = query(_points(starts, dirs, line0, np.tile(grid, n_lines)), "critical-point search")
+  g0 = g0.reshape(n_lines, pieces + 1, -1)
+  line = np.repeat(np.arange(n_lines), pieces)
+  ta, tb = np.tile(grid[:-1], n_lines), np.tile(grid[1:], n_lines)
+  ga, gb = g0[:, :-1].reshape(len(line), -1), g0[:, 1:].reshape(len(line), -1)
+  found_line, found_t = [], []
+  for _ in range(max_depth):
+    if len(line) == 0:
+      break
+    if len(line) > max_intervals * n_lines:
+      width = float(np.min(tb - ta)) / (2 * t_max)
+      raise OraclePrecisionError(
+          f"precision reached: 2^{np.log2(width):.0f} (relative interval width) in the critical-point search: "
+          f"{len(line)} intervals on {n_lines} line(s) still hold inconsistent slopes, so g is not exactly "
+          f"piecewise linear at float64 precision (noisy or rounded oracle?)", precision_bits=-np.log2(width))
+    w = tb - ta
+    eta, mid = 1e-3 * w, 0.5 * (ta + tb)
+    ts = np.stack([ta + eta, tb - eta, mid])
+    g3 = query(_points(starts, dirs, np.broadcast_to(line, ts.shape), ts).reshape(-1, starts.shape[1]),
+               "critical-point search").reshape(3, len(line), -1)
+    sa, sb, gm = (g3[0] - ga) / eta[:, None], (gb - g3[1]) / eta[:, None], g3[2]
+    mag = np.max(np.maximum(np.maximum(np.abs(ga), np.abs(gb)), np.abs(gm)), axis=-1)
+    mag = np.maximum(mag, w * np.max(np.maximum(np.abs(sa), np.abs(sb)), axis=-1))
+    tol = rtol * mag
+    on_a = lambda t, g: _close(g, ga + sa * (t - ta)[:, None], tol)
+    on_b = lambda t, g: _close(g, gb + sb * (t - tb)[:, None], tol)
+    flat = on_a(mid, gm) & on_a(tb, gb)
+    ds = sa - sb
+    with np.errstate(divide="ignore", invalid="ignore"):
+      tstar = ta + np.sum(ds * (gb - sb * w[:, None] - ga), -1) / np.sum(ds * ds, -1)
+    cand = ~flat & np.isfinite(tstar) & (tstar > ta + eta) & (tstar < tb - eta)
+    single = np.zeros_like(cand)
+    if np.any(cand):
+      idx = np.flatnonzero(cand)
+      gs = query(_points(starts, dirs, line[idx], tstar[idx]), "critical-point search")
+      sub = lambda a: a[idx]
+      tol_i, ta_i, tb_i, ts_i = tol[idx], ta[idx], tb[idx], tstar[idx]
+      ok_a = _close(gs, ga[idx] + sa[idx] * (ts_i - ta_i)[:, None], tol_i)
+      ok_b = _close(gs, gb[idx] + sb[idx] * (ts_i - tb_i)[:, None], tol_i)
+      left = sub(mid) <= ts_i
+      mid_a = _close(gm[idx], ga[idx] + sa[idx] * (sub(mid) - ta_i)[:, None], tol_i)
+      mid_b = _close(gm[idx], gb[idx] + sb[idx] * (sub(mid) - tb_i)[:, None], tol_i)
+      single[idx] = ok_a & ok_b & np.where(left, mid_a, mid_b)
+    found_line.append(line[single])
+    found_t.append(tstar[single])
+    split = ~flat & ~single
+    line = np.concatenate([line[split], line[split]])
+    ta, tb = np.concatenate([ta[split], mid[split]]), np.concatenate([mid[split], tb[split]])
+    ga, gb = np.concatenate([ga[split], gm[split]]), np.concatenate([gm[split], gb[split]])
+  line_all = np.concatenate(found_line) if found_line else np.zeros(0, int)
+  t_all = np.concatenate(found_t) if found_t else np.zeros(0)
+  order = np.lexsort((t_all, line_all))
+  return Kinks(line_all[order], t_all[order], int(len(line)), query.queries - used0)

@@ -1,0 +1,47 @@
+"""Flags shared by every experiment, and helpers to validate flags up front."""
+from __future__ import annotations
+
+import pathlib
+import tempfile
+
+from absl import flags
+
+from launch import experiments
+
+flags.DEFINE_string("experiment", "extraction", "Which registered experiment to run (see launch/experiments.py).")
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results (created if missing).")
+flags.DEFINE_integer("seed", 0, "Seed of every random choice of the experiment.")
+flags.mark_flag_as_required("workdir")
+
+FLAGS = flags.FLAGS
+
+
+@flags.validator("experiment", message="unknown --experiment")
+def _known_experiment(name):
+  if name not in experiments.EXPERIMENTS:
+    raise flags.ValidationError(
+        f"unknown --experiment={name!r}; choose one of {', '.join(sorted(experiments.EXPERIMENTS))}")
+  return True
+
+
+@flags.validator("workdir")
+def _writable_workdir(path):
+  """Creates the workdir and writes a probe file in it: catches read-only places and paths through files."""
+  if path is None:
+    return True
+  try:
+    pathlib.Path(path).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as e:
+    raise flags.ValidationError(f"--workdir={path!r} is not writable: {e.strerror}")
+  return True
+
+
+def flag_values() -> dict:
+  """The values of every flag defined by this project's modules, for results.json."""
+  out = {}
+  for module in ("launch.common", "launch.learning", "launch.fe"):
+    for f in FLAGS.get_flags_for_module(module):
+      out[f.name] = f.value
+  return out

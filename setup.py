@@ -1,0 +1,25 @@
+"""Model extraction in JAX/Flax: learning-based (FS, MixMatch) and functionally-equivalent extraction."""
+from setuptools import find_packages, setup
+
+setup(
+    name="model-extraction",
+    version="0.1.0",
+    description="High-accuracy and high-fidelity extraction of neural networks (Jagielski et al. 2020) in JAX/Flax",
+    packages=find_packages(include=["extraction*", "semisup*", "functional_equivalence*", "launch*", "benchmarks*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.4.30",
+        "flax>=0.10",
+        "optax>=0.2",
+        "orbax-checkpoint>=0.6",
+        "numpy>=1.26",
+        "absl-py>=2.0",
+        "scikit-learn>=1.3",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "tensorflow-datasets>=4.9", "importlib_resources"],
+        # tfds 4.9.10 needs importlib_resources but does not declare it; preparing svhn_cropped/cifar10 needs TF.
+        "tfds": ["tensorflow-datasets>=4.9", "importlib_resources", "tensorflow-cpu"],
+    },
+)

@@ -1,0 +1,31 @@
+"""Shared test setup: CPU, a persistent compilation cache shared with launcher subprocesses, small fixtures."""
+import os
+import pathlib
+import subprocess
+import sys
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/jax_cache_model_extraction_tests")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def run_launcher(*args, timeout=300):
+  """Runs `python -m launch.run ARGS` from the repo root; returns the CompletedProcess (text)."""
+  return subprocess.run([sys.executable, "-m", "launch.run", *args], cwd=REPO, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+@pytest.fixture
+def launcher():
+  """`launcher(*args, timeout=300)` runs the launcher in a subprocess (see run_launcher)."""
+  return run_launcher
+
+
+@pytest.fixture(scope="session")
+def digits():
+  from extraction import datasets
+  return datasets.load_digits()

@@ -1,0 +1,48 @@
+"""The launcher end to end: flag validation up front, and a tiny quickstart-shaped run."""
+import json
+
+import pytest
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dataset=mnist"], "unknown --dataset='mnist'"),
+    (["--queries=0"], "--queries must be positive integers"),
+    (["--oracle_output=scores"], "unknown --oracle_output=scores"),
+    (["--oracle_output=top_k", "--top_k=10"], "must be smaller than the number of classes (10)"),
+    (["--student_model=vgg"], "unknown --student_model='vgg'"),
+    (["--method=magic"], "unknown --method=magic"),
+    (["--experiment=nope"], "unknown --experiment='nope'"),
+    (["--workdir={tmp}/a_file/workdir"], "is not writable"),
+])
+def test_bad_flags_fail_with_one_line(args, message, tmp_path, launcher):
+  (tmp_path / "a_file").write_text("")
+  args = [f"--workdir={tmp_path}"] + [a.format(tmp=tmp_path) for a in args]
+  p = launcher(*args, timeout=120)
+  assert p.returncode != 0
+  assert message in p.stderr, p.stderr
+  assert "Traceback" not in p.stderr
+
+
+def test_missing_flagfile(launcher):
+  p = launcher("--flagfile=nope.flags", "--workdir=/tmp/x", timeout=60)
+  assert p.returncode != 0 and "flagfile 'nope.flags' not found" in p.stderr
+
+
+def test_tiny_end_to_end_run_and_reuse(tmp_path, launcher):
+  args = ["--flagfile=quickstart.flags", f"--workdir={tmp_path}", "--victim_steps=100", "--student_steps=30",
+          "--queries=20,100", "--oracle_output=probabilities,labels", "--noise_samples=64"]
+  p = launcher(*args)
+  assert p.returncode == 0, p.stderr[-3000:]
+  rows = json.loads((tmp_path / "results.json").read_text())
+  assert [(r["method"], r["queries"], r["oracle_output"]) for r in rows][1:] == [
+      ("fs", 20, "probabilities"), ("fs", 100, "probabilities"), ("fs", 20, "labels"), ("fs", 100, "labels")]
+  for r in rows:
+    assert 0 <= r["accuracy"] <= 1 and 0 <= r["fidelity"] <= 1 and r["seed"] == 0 and "jax" in r["versions"]
+  assert rows[0]["method"] == "victim" and rows[0]["accuracy"] > 0.4  # 100 steps of a CNN on digits; chance is 0.1
+  assert all(r["oracle_used"] == r["queries"] for r in rows[1:])
+  assert (tmp_path / "plot.png").stat().st_size > 1000 and "| method |" in (tmp_path / "results.md").read_text()
+  # Same flags and seed again: the victim and students are restored from their checkpoints, same numbers.
+  p2 = launcher(*args)
+  assert p2.returncode == 0 and "victim: step" not in p2.stderr
+  rows2 = json.loads((tmp_path / "results.json").read_text())
+  assert [(r["accuracy"], r["fidelity"]) for r in rows2] == [(r["accuracy"], r["fidelity"]) for r in rows]
