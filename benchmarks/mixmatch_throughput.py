@@ -193,7 +193,7 @@ class TorchRunner:
     with torch.no_grad():
       torch._foreach_lerp_(self.ema, list(self.model.parameters()), 1.0 - EMA)
     self.i += 1
-    return loss
+    return loss.detach()
 
   def run(self, n: int) -> float:
     for _ in range(n):

@@ -10,16 +10,22 @@ Every output mode returns an array of shape (N, C) so that downstream code is un
   * ``probabilities``  softmax of the logits;
   * ``top_k``          the k largest probabilities, every other entry 0 (the API reveals nothing about them);
   * ``labels``         one-hot of the arg-max class.
+
+Optional `defenses` (`extraction.defenses.Defenses`: rounding, Gaussian noise, reverse sigmoid) are applied to the
+answers of `__call__`, as the prediction service (`launch.serve`) applies them per API key; `logits` stays raw.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
 OUTPUT_MODES = ("logits", "probabilities", "top_k", "labels")
+
+if TYPE_CHECKING:
+  from extraction.defenses import Defenses
 
 Backend = Callable[[np.ndarray], Any]
 
@@ -75,6 +81,7 @@ class Oracle:
     budget: maximum number of inputs answered over the oracle's life; None for unlimited.
     batch_size: inputs per backend call (large queries are split; answers are concatenated).
     record_inputs: keep a copy of every asked input (`asked`); switch off for millions of queries.
+    defenses: applied to the answers of `__call__` (None: none); see extraction/defenses.py.
   """
   backend: Backend
   output: str = "probabilities"
@@ -82,6 +89,7 @@ class Oracle:
   budget: Optional[int] = None
   batch_size: int = 1024
   record_inputs: bool = True
+  defenses: Optional["Defenses"] = None
   used: int = dataclasses.field(default=0, init=False)
   _asked: list = dataclasses.field(default_factory=list, init=False, repr=False)
 
@@ -89,6 +97,8 @@ class Oracle:
     validate_output_mode(self.output, self.top_k)
     if self.budget is not None and self.budget < 0:
       raise ValueError(f"budget must be >= 0 or None, got {self.budget}")
+    if self.defenses is not None:
+      self.defenses.check(self.output)
 
   @property
   def remaining(self) -> Optional[int]:
@@ -119,7 +129,14 @@ class Oracle:
 
   def __call__(self, x) -> np.ndarray:
     """Answers a batch of inputs (N, ...) with (N, C) in this oracle's output mode; see module docstring."""
-    return transform_logits(self.logits(x), self.output, self.top_k)
+    offset = self.used
+    logits = self.logits(x)
+    answers = transform_logits(logits, self.output, self.top_k)
+    if self.defenses is None:
+      return answers
+    from extraction import defenses as defenses_lib  # imports this module
+    rng = defenses_lib.noise_rng(self.defenses, offset)
+    return defenses_lib.apply_defenses(answers, logits, self.defenses, rng, output=self.output, top_k=self.top_k)
 
 
 def model_backend(model, variables: Any, batch_size: int = 1024) -> Backend:

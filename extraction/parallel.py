@@ -1,5 +1,11 @@
 """Data parallelism through jax.sharding: a 1-D mesh over the `data` axis, batches split along it, the train
-state replicated. The same step function runs on one device or many; only the shardings differ."""
+state replicated. The same step function runs on one device or many, on one host or several; only the
+shardings differ.
+
+Multi-host: every process builds the same global batch indices (a pure function of seed and step) and gathers
+only its own contiguous slice of the examples (`local_slice`), which `jax.make_array_from_process_local_data`
+assembles into one global array sharded over all processes' devices.
+"""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -12,7 +18,7 @@ DATA_AXIS = "data"
 
 
 def make_mesh(num_devices: Optional[int] = None) -> Mesh:
-  """A 1-D mesh over the first `num_devices` devices (all devices when None)."""
+  """A 1-D mesh over the first `num_devices` devices of all processes (all devices when None)."""
   devices = jax.devices()
   if num_devices is not None:
     if not 1 <= num_devices <= len(devices):
@@ -27,19 +33,33 @@ def data_mesh(num_devices: Optional[int] = None) -> Optional[Mesh]:
   return mesh if mesh.size > 1 else None
 
 
+def local_slice(global_size: int) -> slice:
+  """This process's contiguous share of a global batch dimension."""
+  n, i = jax.process_count(), jax.process_index()
+  if global_size % n:
+    raise ValueError(f"global batch of {global_size} does not split over {n} processes")
+  per = global_size // n
+  return slice(i * per, (i + 1) * per)
+
+
 def place(step_fn: Callable, state, mesh: Optional[Mesh]):
-  """Returns (state on device(s), put(batch) for host batches, the jitted step with donated state)."""
+  """Returns (state on device(s), put(host batch) -> device batch, the jitted step with donated state).
+
+  With a mesh, `put` takes the global host batch (or, with several processes, any array whose leading axis is
+  the global batch: only `local_slice` of it is read) and shards it along the data axis.
+  """
   if mesh is None:
     return state, jax.device_put, jax.jit(step_fn, donate_argnums=0)
   replicated = NamedSharding(mesh, P())
   data = NamedSharding(mesh, P(DATA_AXIS))
-  n = mesh.size
 
   def put(batch):
+    out = {}
     for k, v in batch.items():
-      if v.shape[0] % n:
-        raise ValueError(f"batch {k!r} of {v.shape[0]} does not split over {n} devices")
-    return jax.device_put(batch, data)
+      if v.shape[0] % mesh.size:
+        raise ValueError(f"batch {k!r} of {v.shape[0]} does not split over {mesh.size} devices")
+      out[k] = jax.make_array_from_process_local_data(data, v[local_slice(v.shape[0])], v.shape)
+    return out
 
   jitted = jax.jit(step_fn, in_shardings=(replicated, data, replicated), out_shardings=(replicated, replicated),
                    donate_argnums=0)

@@ -32,8 +32,10 @@ def weight_error(true: TwoLayerNet, rec: TwoLayerNet, differences: bool = False)
   """Max aligned absolute weight error (see module docstring).
 
   Returns:
-    dict with max_weight_error, weight_error_bits, true_units, inert_true_units (never change the function),
-    matched_units, unmatched_true_units, extra_units, and the max errors per array (w0, b0, w1, b1).
+    dict with max_weight_error (inf unless every live true unit is matched and nothing is extra),
+    weight_error_bits, true_units, inert_true_units (never change the function), matched_units,
+    unmatched_true_units, extra_units, sign_flipped_units (unmatched units that match with the opposite
+    orientation), max_matched_error and the max errors per array over the matched units (w0, b0, w1, b1).
   """
   norms = np.linalg.norm(true.w0, axis=0)
   inert = (norms == 0) | (np.linalg.norm(true.w1, axis=1) == 0)
@@ -56,9 +58,18 @@ def weight_error(true: TwoLayerNet, rec: TwoLayerNet, differences: bool = False)
       b1=float(np.max(np.abs(b1_r - b1_t), initial=0.0)))
   complete = len(ti) == len(live) == rec.w0.shape[1]
   err = max(errs.values()) if complete else math.inf
+  # unmatched units that match with the opposite orientation: a wrong global sign
+  t_rest = np.setdiff1d(np.arange(len(live)), ti)
+  r_rest = np.setdiff1d(np.arange(rec.w0.shape[1]), rj)
+  flipped = 0
+  if len(t_rest) and len(r_rest):
+    c2 = np.maximum(2 + 2 * t_u[:, t_rest].T @ r_u[:, r_rest], 0) + (t_b[t_rest, None] + r_b[None, r_rest]) ** 2
+    a, b = linear_sum_assignment(c2)
+    flipped = int(np.sum(c2[a, b] < 1e-6))
   return dict(max_weight_error=err, weight_error_bits=bits(err), true_units=int(true.w0.shape[1]),
               inert_true_units=int(np.sum(inert)), matched_units=int(len(ti)),
               unmatched_true_units=int(len(live) - len(ti)), extra_units=int(rec.w0.shape[1] - len(rj)),
+              sign_flipped_units=flipped, max_matched_error=max(errs.values()),
               **{f"max_error_{k}": v for k, v in errs.items()})
 
 

@@ -19,15 +19,24 @@ import numpy as np
 
 from extraction.oracle import Oracle
 from functional_equivalence import queries, recover, search, second_layer
-from functional_equivalence.errors import ExtractionError, NoCriticalPointsError, SignRecoveryError
+from functional_equivalence.errors import (ExtractionError, NoCriticalPointsError, SignRecoveryError,
+                                          SignsNotIdentifiableError)
 from functional_equivalence.victims import TwoLayerNet
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Attack settings. scale: inputs of lines and samples are ~ N(0, scale^2 I); t_max: half-length (in t) of the
-  first round's lines x = u + t v (u, v ~ N(0, scale^2 I)), growing by t_max per round; grad_step: finite-
-  difference step, times scale; max_rounds, patience: see module docstring; max_queries, max_seconds: limits."""
+  """Attack settings.
+
+  Attributes:
+    scale: the attack's random inputs (line points, samples) are ~ N(0, scale^2 I).
+    t_max: half-length in t of the first round's lines x = u + t v (u, v ~ N(0, scale^2 I)); round r searches
+      |t| <= t_max * min(r + 1, 4).
+    lines_per_round: lines searched together per round.
+    max_rounds, patience: at most max_rounds rounds; signs are solved after `patience` rounds without new units.
+    grad_step: finite-difference step, times max(scale, |x| / sqrt(d)).
+    max_queries, max_seconds: hard limits of the whole attack (None: none).
+  """
   scale: float = 1.0
   t_max: float = 8.0
   lines_per_round: int = 1
@@ -51,8 +60,23 @@ class Extraction:
   stats: dict
 
 
+def _segments(kinks: search.Kinks, n_lines: int, t_max: float):
+  """The segments between consecutive kinks of each line: (line (S,), mid t (S,), half-length in t (S,), and for
+  every kink the index of the segment on its left; the one on its right is that index + 1)."""
+  left = np.zeros(len(kinks.t), int)
+  line, mid, half = [], [], []
+  for l in range(n_lines):
+    sel = np.flatnonzero(kinks.line == l)
+    bounds = np.concatenate([[-t_max], kinks.t[sel], [t_max]])
+    left[sel] = len(mid) + np.arange(len(sel))
+    mid.extend(0.5 * (bounds[:-1] + bounds[1:]))
+    half.extend(0.5 * np.diff(bounds))
+    line.extend([l] * (len(sel) + 1))
+  return np.array(line, int), np.array(mid), np.array(half), left
+
+
 def _round(q: queries.Querier, units: recover.Units, cfg: Config, t_max: float, rng, stats: dict):
-  """One round of line search and row recovery; returns the units with the new ones appended."""
+  """One round: search new lines, recover a unit for every kink off the known hyperplanes; returns all units."""
   d = units.u.shape[1]
   starts = rng.normal(size=(cfg.lines_per_round, d)) * cfg.scale
   dirs = rng.normal(size=(cfg.lines_per_round, d)) * cfg.scale
@@ -62,53 +86,40 @@ def _round(q: queries.Querier, units: recover.Units, cfg: Config, t_max: float, 
   stats["kinks"] += len(kinks.t)
   stats["unresolved_intervals"] += kinks.unresolved
   x = starts[kinks.line] + kinks.t[:, None] * dirs[kinks.line]
-  new = ~recover.same_hyperplane(units, x, 1e-7 * (cfg.scale + np.linalg.norm(x, axis=1)))
-  if not np.any(new):
+  new = np.flatnonzero(~recover.same_hyperplane(units, x, 1e-7 * (cfg.scale + np.linalg.norm(x, axis=1))))
+  if len(new) == 0:
     return units
-  # segments between consecutive kinks of a line: kink j of line l sits between segments j and j + 1 (local)
-  seg_start, pos = [], np.zeros(len(kinks.t), int)
-  mids, half, seg_line = [], [], []
-  for l in range(cfg.lines_per_round):
-    sel = np.flatnonzero(kinks.line == l)
-    bounds = np.concatenate([[-t_max], kinks.t[sel], [t_max]])
-    pos[sel] = len(mids) + np.arange(len(sel))
-    mids.extend(0.5 * (bounds[:-1] + bounds[1:]))
-    half.extend(0.5 * np.diff(bounds))
-    seg_line.extend([l] * (len(sel) + 1))
-  mids, half, seg_line = np.array(mids), np.array(half), np.array(seg_line)
-  kink_new = np.flatnonzero(new)
-  left, right = pos[kink_new], pos[kink_new] + 1
+  seg_line, seg_mid, seg_half, seg_left = _segments(kinks, cfg.lines_per_round, t_max)
+  left, right = seg_left[new], seg_left[new] + 1
   need = np.unique(np.concatenate([left, right]))
-  points = starts[seg_line[need]] + mids[need, None] * dirs[seg_line[need]]
+  where = np.full(len(seg_mid), -1)
+  where[need] = np.arange(len(need))
+  points = starts[seg_line[need]] + seg_mid[need, None] * dirs[seg_line[need]]
   # hyperplanes through the bulk fan out: distances to them (and so safe steps) grow with |point| / sqrt(d)
   reach = np.maximum(cfg.scale, np.linalg.norm(points, axis=1) / np.sqrt(d))
-  eps = np.minimum(cfg.grad_step * reach, 0.25 * half[need] * np.linalg.norm(dirs[seg_line[need]], axis=1))
+  eps = np.minimum(cfg.grad_step * reach, 0.25 * seg_half[need] * np.linalg.norm(dirs[seg_line[need]], axis=1))
   q0 = q.queries
   jac, ok, used = recover.gradients(q, points, eps, rng)
   stats["gradient_queries"] += q.queries - q0
-  where = np.full(len(mids), -1)
-  where[need] = np.arange(len(need))
-  good = ok[where[left]] & ok[where[right]]
-  cand, ok_rank = recover.units_from_jumps(jac[where[right]] - jac[where[left]], dirs[kinks.line[kink_new]],
-                                           x[kink_new])
+  cand, ok_rank = recover.units_from_jumps(jac[where[right]] - jac[where[left]], dirs[kinks.line[new]], x[new])
   q0 = q.queries
-  refined, ok_ref, width = recover.refine(q, cand, cfg.scale)
+  cand, ok_ref, width, xk = recover.refine(q, cand, cfg.scale, rng)
   stats["refine_queries"] += q.queries - q0
-  agree = np.linalg.norm(refined.c - cand.c, axis=1) <= 1e-6 * np.linalg.norm(refined.c, axis=1)
-  keep = good & ok_rank & ok_ref & agree
+  keep = ok[where[left]] & ok[where[right]] & ok_rank & ok_ref
   stats["rejected_kinks"] += int(np.sum(~keep))
-  refined, width = recover.Units(*(a[keep] for a in refined)), width[keep]
-  # rows measured with steps much below the usual one (crowded segments) are measured again near x_k
-  reach = np.maximum(cfg.scale, np.abs(refined.beta) / np.sqrt(d))
-  small = np.minimum(used[where[left]], used[where[right]])[keep] < 0.25 * cfg.grad_step * reach
+  cand, width, xk = recover.Units(*(a[keep] for a in cand)), width[keep], xk[keep]
+  step = np.minimum(used[where[left]], used[where[right]])[keep]
+  # rows measured with steps far below the usual one (crowded segments) are measured again beside x_k
+  reach = np.maximum(cfg.scale, np.linalg.norm(xk, axis=1) / np.sqrt(d))
+  small = step < 0.25 * cfg.grad_step * reach
   if np.any(small):
     q0 = q.queries
-    sub = recover.Units(*(a[small] for a in refined))
-    polished, _ = recover.polish_rows(q, sub, width[small], cfg.grad_step * reach[small], rng)
-    refined = recover.Units(*(np.concatenate([a[~small], b]) for a, b in zip(refined, polished)))
+    sub = recover.Units(*(a[small] for a in cand))
+    polished, _ = recover.polish_rows(q, sub, xk[small], width[small], cfg.grad_step * reach[small], rng)
+    cand = recover.Units(*(np.concatenate([a[~small], b]) for a, b in zip(cand, polished)))
     stats["polish_queries"] += q.queries - q0
     stats["polished_units"] += int(np.sum(small))
-  return recover.dedup(recover.concat_units(units, refined))
+  return recover.dedup(recover.concat_units(units, cand))
 
 
 def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 0) -> Extraction:
@@ -126,17 +137,21 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
   rng = np.random.default_rng(seed)
   probe = queries.probe(q, input_dim, cfg.scale, rng)
   m = q(np.zeros((1, input_dim)), "output size").shape[1]
-  stats = dict(probe_bits=probe.precision_bits, search_queries=0, gradient_queries=0, refine_queries=0, polish_queries=0, polished_units=0,
-               kinks=0, unresolved_intervals=0, rejected_kinks=0, layer2_queries=0, sign_attempts=0)
+  if m == 0:
+    raise ValueError("the oracle has one class: its probabilities carry no information")
+  stats = dict(probe_bits=probe.precision_bits, search_queries=0, gradient_queries=0, refine_queries=0,
+               polish_queries=0, polished_units=0, kinks=0, unresolved_intervals=0, rejected_kinks=0,
+               layer2_queries=0, sign_attempts=0)
   units, quiet, error = recover.empty_units(input_dim, m), 0, None
   for r in range(cfg.max_rounds):
     before = len(units)
-    units = _round(q, units, cfg, cfg.t_max * (r + 1), rng, stats)
+    t_max = cfg.t_max * min(r + 1, 4)
+    units = _round(q, units, cfg, t_max, rng, stats)
     logging.info("round %d: %d units, %d queries", r, len(units), q.queries)
     quiet = quiet + 1 if len(units) == before else 0
     if len(units) == 0 and stats["kinks"] == 0 and quiet >= cfg.patience:
       raise NoCriticalPointsError(
-          f"no critical point on {r + 1} lines (|t| <= {cfg.t_max * (r + 1):g}, scale {cfg.scale:g}) after "
+          f"no critical point on {r + 1} lines (|t| <= {t_max:g}, scale {cfg.scale:g}) after "
           f"{q.queries} queries: the victim looks affine")
     if quiet < cfg.patience or len(units) == 0:
       continue
@@ -147,9 +162,9 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
     stats["layer2_queries"] += q.queries - q0
     try:
       flips = second_layer.flip_signs(units, x, g)
-    except SignRecoveryError as e:
-      if "not identifiable" in str(e):
-        raise
+    except SignsNotIdentifiableError:
+      raise
+    except SignRecoveryError as e:  # units missing: search on
       error, quiet = e, 0
       continue
     layer2 = second_layer.fit(units, flips, x, g)

@@ -39,5 +39,10 @@ class SignRecoveryError(ExtractionError):
   signs are not identifiable, e.g. more hidden units than outputs times (inputs + 1))."""
 
 
+class SignsNotIdentifiableError(SignRecoveryError):
+  """The sign system is rank deficient: more hidden units than outputs times (inputs + 1) allow (e.g. h > d with
+  one output), so more searching cannot help."""
+
+
 class VictimFileError(ValueError):
   """A victim .npz file is missing, incomplete, inconsistent or holds non-finite values."""

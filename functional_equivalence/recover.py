@@ -94,49 +94,61 @@ def units_from_jumps(jumps: np.ndarray, line_dirs: np.ndarray, points: np.ndarra
   return Units(u, -np.sum(u * points, -1), c), ok
 
 
-def refine(query: Querier, units: Units, scale: float, rtol: float = 1e-10, tries: int = 8):
-  """Sharpens each unit's bias and output vector at x0 = -beta u, the point of its hyperplane nearest 0.
+def refine(query: Querier, units: Units, scale: float, rng: np.random.Generator, rtol: float = 1e-10,
+           tries: int = 8, agree: float = 1e-6):
+  """Sharpens each unit's bias and output vector along its row, at a point x0 of its hyperplane.
 
-  Along u from x0, g has one kink (at s ~ 0) within +-w unless another hyperplane is that close; the slopes on
-  [-w, -w/2] and [w/2, w] intersect at the kink s*, confirmed by g(s*) (6 queries per unit per try; w shrinks
-  8-fold after a failed try). beta <- beta - s*, c <- slope jump. Afterwards x_k = -beta u lies on the hyperplane
-  and no other hyperplane crosses the segment x_k +- w u.
+  Along u from x0, g has one kink (s = 0) within +-w unless another hyperplane is that close; the lines through
+  g on [-w, -w/2] and [w/2, w] intersect at the kink s*, confirmed by g at s* -+ w/1024 lying on them and by a
+  slope jump within `agree` (relative) of the unit's c (6 queries per unit per try). A failed try shrinks w
+  8-fold and moves x0 (first the point of the hyperplane nearest 0, then projections of random points), so a
+  hyperplane passing by chance through x0 cannot hold up a unit. beta <- beta - s*, c <- slope jump.
   Returns:
-    (Units, ok (n,) bool, w (n,)).
+    (Units, ok (n,) bool, w (n,), x_k (n, d)): x_k lies on the unit's hyperplane, no other one crosses
+    x_k + s u for w/1024 <= |s| <= w.
   """
   u, beta, c = (a.copy() for a in units)
-  n = len(beta)
+  n, d = u.shape
   w = np.full(n, 1e-2 * scale)
   ok = np.zeros(n, bool)
-  for _ in range(tries):
+  xk = -beta[:, None] * u
+  for attempt in range(tries):
     idx = np.flatnonzero(~ok)
     if len(idx) == 0:
       break
-    x0, ui, wi = -beta[idx, None] * u[idx], u[idx], w[idx]
+    ui, wi = u[idx], w[idx]
+    # |x0| small keeps beta precise: beta_hat - beta = (u - u_hat) . x_k
+    p = scale * rng.normal(size=(len(idx), d)) / np.sqrt(d) if attempt else np.zeros((len(idx), d))
+    x0 = p - (np.sum(ui * p, -1) + beta[idx])[:, None] * ui
     s = np.stack([-wi, -wi / 2, wi / 2, wi])
-    g = query((x0[None] + s[..., None] * ui[None]).reshape(-1, u.shape[1]), "refine").reshape(4, len(idx), -1)
+    g = query((x0[None] + s[..., None] * ui[None]).reshape(-1, d), "refine").reshape(4, len(idx), -1)
     sl, sr = (g[1] - g[0]) / (wi / 2)[:, None], (g[3] - g[2]) / (wi / 2)[:, None]
     ds = sr - sl
     with np.errstate(divide="ignore", invalid="ignore"):
       st = np.sum(ds * (g[0] + sl * wi[:, None] - g[3] + sr * wi[:, None]), -1) / np.sum(ds * ds, -1)
-    good = np.isfinite(st) & (np.abs(st) < wi / 2)
-    gs = query(x0 + np.where(good, st, 0)[:, None] * ui, "refine")
+    good = np.isfinite(st) & (np.abs(st) < wi / 4)
+    st = np.where(good, st, 0.0)
+    near = np.stack([st - wi / 1024, st + wi / 1024])                 # just left and right of s*
+    gs = query((x0[None] + near[..., None] * ui[None]).reshape(-1, d), "refine").reshape(2, len(idx), -1)
     mag = np.max(np.abs(g), axis=(0, 2)) + wi * np.max(np.abs(ds), -1)
     tol = rtol * mag[:, None]
-    pa, pb = g[0] + sl * (st + wi)[:, None], g[3] + sr * (st - wi)[:, None]
-    good &= np.all(np.abs(gs - pa) <= tol, -1) & np.all(np.abs(gs - pb) <= tol, -1)
-    beta[idx[good]] -= st[good]
-    c[idx[good]] = ds[good]
-    ok[idx[good]] = True
+    pa, pb = g[0] + sl * (near[0] + wi)[:, None], g[3] + sr * (near[1] - wi)[:, None]
+    good &= np.all(np.abs(gs[0] - pa) <= tol, -1) & np.all(np.abs(gs[1] - pb) <= tol, -1)
+    good &= np.linalg.norm(ds - c[idx], axis=-1) <= agree * np.linalg.norm(ds, axis=-1)
+    done = idx[good]
+    beta[done] -= st[good]
+    c[done] = ds[good]
+    xk[done] = x0[good] + st[good, None] * ui[good]
+    ok[done] = True
     w[idx[~good]] /= 8
-  return Units(u, beta, c), ok, w
+  return Units(u, beta, c), ok, w, xk
 
 
-def polish_rows(query: Querier, units: Units, w: np.ndarray, step: np.ndarray, rng: np.random.Generator):
-  """Measures rows again from the jump between x_k +- (w/2) u (x_k = -beta u, see `refine`) with finite-difference
-  steps `step` (n,), for units whose first measurement had to use small steps (2 (d + 2) queries per unit).
-  Keeps each unit's orientation; beta = -u_new . x_k. Returns (Units, ok (n,) bool)."""
-  xk = -units.beta[:, None] * units.u
+def polish_rows(query: Querier, units: Units, xk: np.ndarray, w: np.ndarray, step: np.ndarray,
+                rng: np.random.Generator):
+  """Measures rows again from the jump between xk +- (w/2) u (see `refine`) with finite-difference steps `step`
+  (n,), for units whose first measurement had to use small steps (2 (d + 2) queries per unit).
+  Keeps each unit's orientation; beta = -u_new . xk. Returns (Units, ok (n,) bool)."""
   pts = np.concatenate([xk + (w / 2)[:, None] * units.u, xk - (w / 2)[:, None] * units.u])
   jac, ok, _ = gradients(query, pts, np.concatenate([step, step]), rng)
   n = len(units)

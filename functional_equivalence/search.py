@@ -5,8 +5,10 @@ zero. Every interval [ta, tb] of every line is processed at once per level (one 
   * slopes at both ends are measured with a step eta = 1e-3 (tb - ta) inside the interval;
   * if g(mid) and g(tb) lie on the line through ta, the interval holds no kink (a cancellation of two kinks
     would need two k-vectors of slope jumps to cancel exactly: a null event);
-  * otherwise the lines from both ends intersect at t*; if g(t*) and g(mid) lie on those lines, the interval
-    holds exactly one kink, at t* (to the accuracy of the float64 values, not of any grid);
+  * otherwise the lines from both ends intersect at t*; if g just left of t* lies on the left line, g just right
+    of t* on the right line (t* +- eta) and g(mid) on its side's line, the interval holds exactly one kink, at t*
+    (to the accuracy of the float64 values, not of any grid; the checks beside t* matter for one output, where
+    g(t*) itself would always match);
   * otherwise it is split in two at the midpoint.
 The number of levels, of live intervals and of queries is bounded, so a noisy or smooth g ends with an error.
 Precision: float64; tolerances are relative (`rtol`) to the magnitude of g and of slope * width on the interval.
@@ -85,25 +87,22 @@ def find_kinks(query: Querier, starts: np.ndarray, dirs: np.ndarray, t_max: floa
     mag = np.max(np.maximum(np.maximum(np.abs(ga), np.abs(gb)), np.abs(gm)), axis=-1)
     mag = np.maximum(mag, w * np.max(np.maximum(np.abs(sa), np.abs(sb)), axis=-1))
     tol = rtol * mag
-    on_a = lambda t, g: _close(g, ga + sa * (t - ta)[:, None], tol)
-    on_b = lambda t, g: _close(g, gb + sb * (t - tb)[:, None], tol)
-    flat = on_a(mid, gm) & on_a(tb, gb)
+    flat = _close(gm, ga + sa * (mid - ta)[:, None], tol) & _close(gb, ga + sa * w[:, None], tol)
     ds = sa - sb
     with np.errstate(divide="ignore", invalid="ignore"):
       tstar = ta + np.sum(ds * (gb - sb * w[:, None] - ga), -1) / np.sum(ds * ds, -1)
     cand = ~flat & np.isfinite(tstar) & (tstar > ta + eta) & (tstar < tb - eta)
     single = np.zeros_like(cand)
     if np.any(cand):
-      idx = np.flatnonzero(cand)
-      gs = query(_points(starts, dirs, line[idx], tstar[idx]), "critical-point search")
-      sub = lambda a: a[idx]
-      tol_i, ta_i, tb_i, ts_i = tol[idx], ta[idx], tb[idx], tstar[idx]
-      ok_a = _close(gs, ga[idx] + sa[idx] * (ts_i - ta_i)[:, None], tol_i)
-      ok_b = _close(gs, gb[idx] + sb[idx] * (ts_i - tb_i)[:, None], tol_i)
-      left = sub(mid) <= ts_i
-      mid_a = _close(gm[idx], ga[idx] + sa[idx] * (sub(mid) - ta_i)[:, None], tol_i)
-      mid_b = _close(gm[idx], gb[idx] + sb[idx] * (sub(mid) - tb_i)[:, None], tol_i)
-      single[idx] = ok_a & ok_b & np.where(left, mid_a, mid_b)
+      i = np.flatnonzero(cand)
+      near = np.stack([tstar[i] - eta[i], tstar[i] + eta[i]])          # just left and right of t*
+      gn = query(_points(starts, dirs, np.broadcast_to(line[i], near.shape), near).reshape(-1, starts.shape[1]),
+                 "critical-point search").reshape(2, len(i), -1)
+      at_mid_a = mid[i] <= tstar[i]
+      single[i] = (_close(gn[0], ga[i] + sa[i] * (near[0] - ta[i])[:, None], tol[i])
+                   & _close(gn[1], gb[i] + sb[i] * (near[1] - tb[i])[:, None], tol[i])
+                   & np.where(at_mid_a, _close(gm[i], ga[i] + sa[i] * (mid[i] - ta[i])[:, None], tol[i]),
+                              _close(gm[i], gb[i] + sb[i] * (mid[i] - tb[i])[:, None], tol[i])))
     found_line.append(line[single])
     found_t.append(tstar[single])
     split = ~flat & ~single

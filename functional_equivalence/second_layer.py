@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from functional_equivalence.errors import SignRecoveryError
+from functional_equivalence.errors import SignRecoveryError, SignsNotIdentifiableError
 from functional_equivalence.recover import Units
 
 
@@ -39,8 +39,8 @@ def flip_signs(units: Units, x: np.ndarray, g: np.ndarray, rtol: float = 1e-8) -
   """The flip indicators t (n,) bool (True: the unit's orientation is reversed) from answers g (N, m) at x (N, d).
 
   Raises:
-    SignRecoveryError: the system is rank deficient (signs not identifiable), t does not round to {0, 1}, or the
-      residual after rounding is not ~0 (some hidden units were not found).
+    SignsNotIdentifiableError: the system is rank deficient.
+    SignRecoveryError: t does not round to {0, 1}, or the residual after rounding is not ~0 (units missing).
   """
   n, m = len(units), g.shape[1]
   keep = min(len(x), 3 * (n + m) // m + 8)                           # rank needs min(N, d+1) * m >= n + m
@@ -52,7 +52,7 @@ def flip_signs(units: Units, x: np.ndarray, g: np.ndarray, rtol: float = 1e-8) -
   norms = np.linalg.norm(a, axis=0) + 1e-300
   sol, _, rank, sv = np.linalg.lstsq(a / norms, r.reshape(-1), rcond=None)
   if rank < n + m or sv[-1] < 1e-9 * sv[0]:
-    raise SignRecoveryError(
+    raise SignsNotIdentifiableError(
         f"signs not identifiable: {n} units and {m} outputs give a rank-{rank} system (need {n + m}; "
         f"requires n + m <= m * (d + 1) = {m * (x.shape[1] + 1)} and units that are not affinely dependent)")
   t = sol[:n] / norms[:n]

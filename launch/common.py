@@ -11,6 +11,9 @@ from launch import experiments
 flags.DEFINE_string("experiment", "extraction", "Which registered experiment to run (see launch/experiments.py).")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results (created if missing).")
 flags.DEFINE_integer("seed", 0, "Seed of every random choice of the experiment.")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 (jax.distributed).")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes (jax.distributed).")
+flags.DEFINE_integer("process_id", None, "Multi-host: index of this process (jax.distributed).")
 flags.mark_flag_as_required("workdir")
 
 FLAGS = flags.FLAGS
@@ -36,6 +39,18 @@ def _writable_workdir(path):
   except OSError as e:
     raise flags.ValidationError(f"--workdir={path!r} is not writable: {e.strerror}")
   return True
+
+
+def initialize_distributed() -> None:
+  """Joins a multi-host run when --coordinator_address is set (on TPU pods jax can also find it alone)."""
+  if FLAGS.coordinator_address:
+    import jax
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+
+
+def process_index() -> int:
+  import jax
+  return jax.process_index()
 
 
 def flag_values() -> dict:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import pathlib
-import time
 
 from absl import flags, logging
 import numpy as np
@@ -22,6 +21,7 @@ import numpy as np
 from extraction.oracle import Oracle
 from functional_equivalence import align, attack, victims
 from functional_equivalence.errors import ExtractionError, VictimFileError
+from launch import common  # noqa: F401  (defines --seed, --workdir)
 from launch import experiments
 
 flags.DEFINE_string("victim_npz", None, "Two-layer victim as an npz file with arrays w0 (d,h), b0 (h,), w1 (h,k), b1 "
@@ -89,8 +89,11 @@ def build_victim(seed: int):
 def run(workdir: pathlib.Path) -> list[dict]:
   """Builds the victim, extracts it through an Oracle, writes victim.npz and recovered.npz, returns one row."""
   import jax
-  jax.config.update("jax_enable_x64", True)
-  workdir = pathlib.Path(workdir)
+  with jax.enable_x64(True):  # scoped: other experiments in this process keep their precision
+    return _run(pathlib.Path(workdir))
+
+
+def _run(workdir: pathlib.Path) -> list[dict]:
   workdir.mkdir(parents=True, exist_ok=True)
   net, test = build_victim(FLAGS.seed)
   victims.save_npz(workdir / "victim.npz", net)
@@ -100,13 +103,11 @@ def run(workdir: pathlib.Path) -> list[dict]:
   dtype = np.float64 if FLAGS.fe_oracle_precision == "float64" else np.float32
   oracle = Oracle(victims.backend(net, dtype), output=FLAGS.fe_oracle_output, record_inputs=False)
   cfg = attack.Config(scale=FLAGS.fe_scale, max_queries=FLAGS.fe_max_queries, max_seconds=FLAGS.fe_seconds)
-  start = time.monotonic()
   try:
     result = attack.extract(oracle, d, cfg, seed=FLAGS.seed)
   except ExtractionError as e:  # a one-line error and exit code 1, like a bad flag
     logging.error("functional_equivalence failed after %d queries: %s", oracle.used, e)
     raise SystemExit(f"functional_equivalence: {type(e).__name__} after {oracle.used} queries: {e}") from e
-  seconds = time.monotonic() - start
   victims.save_npz(workdir / "recovered.npz", result.net)
   diff = FLAGS.fe_oracle_output == "probabilities"
   weights = align.weight_error(net, result.net, differences=diff)
@@ -116,7 +117,7 @@ def run(workdir: pathlib.Path) -> list[dict]:
              queries_log2=round(math.log2(max(result.queries, 1)), 2), hidden_units_found=result.hidden_units_found,
              inert_true_units=weights["inert_true_units"], max_weight_error=weights["max_weight_error"],
              weight_error_bits=round(weights["weight_error_bits"], 1), max_logit_error=rand["max_logit_error"],
-             agreement=rand["agreement"], eval_inputs=rand["count"], seconds=round(seconds, 2))
+             agreement=rand["agreement"], eval_inputs=rand["count"], seconds=round(result.seconds, 2))
   if test is not None:
     t = align.logit_agreement(net, result.net, test[0], diff)
     row.update(test_max_logit_error=t["max_logit_error"], test_agreement=t["agreement"],

@@ -15,9 +15,14 @@ from absl import app, flags, logging
 from launch import common  # noqa: F401  (defines --experiment, --workdir, --seed)
 from launch import experiments, results
 from launch import learning  # noqa: F401  (registers the learning-based experiments)
-# TEMP from launch import fe  # noqa: F401  (registers functional_equivalence)
+from launch import fe  # noqa: F401  (registers functional_equivalence)
+
+from extraction.datasets import DatasetUnavailable
+from extraction.oracle import BudgetExceeded
+from functional_equivalence.errors import ExtractionError, VictimFileError
 
 FLAGS = flags.FLAGS
+USER_ERRORS = (DatasetUnavailable, BudgetExceeded, ExtractionError, VictimFileError, FileNotFoundError)
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -45,6 +50,7 @@ class _QuietLibraries:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  common.initialize_distributed()
   workdir = pathlib.Path(FLAGS.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   log_file = logging.logging.FileHandler(workdir / "log.txt")
@@ -53,7 +59,12 @@ def main(argv):
   for handler in (log_file, logging.get_absl_handler()):
     handler.addFilter(_QuietLibraries())
   logging.info("experiment %s in %s", FLAGS.experiment, workdir)
-  rows = experiments.EXPERIMENTS[FLAGS.experiment](workdir)
+  try:
+    rows = experiments.EXPERIMENTS[FLAGS.experiment](workdir)
+  except USER_ERRORS as e:  # bad input or an attack that stopped for a stated reason: one line, no traceback
+    sys.exit(f"error: {type(e).__name__}: {e}")
+  if common.process_index() != 0:  # multi-host: one process writes the results
+    return
   paths = results.write(workdir, rows, config=common.flag_values())
   for p in paths:
     print(f"wrote {p}")

@@ -46,3 +46,9 @@ def test_tiny_end_to_end_run_and_reuse(tmp_path, launcher):
   assert p2.returncode == 0 and "victim: step" not in p2.stderr
   rows2 = json.loads((tmp_path / "results.json").read_text())
   assert [(r["accuracy"], r["fidelity"]) for r in rows2] == [(r["accuracy"], r["fidelity"]) for r in rows]
+
+
+def test_missing_dataset_fails_fast_with_one_line(tmp_path, launcher):
+  p = launcher(f"--workdir={tmp_path}", "--dataset=svhn_cropped", f"--data_dir={tmp_path}", timeout=60)
+  assert p.returncode == 1
+  assert p.stderr.strip().splitlines()[-1].startswith("error: DatasetUnavailable:") and "Traceback" not in p.stderr

@@ -1,0 +1,27 @@
+"""Data parallelism: the same training steps on 2 and 4 (forced CPU) devices match 1 device."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_fs_and_mixmatch_steps_match_across_device_counts():
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  p = subprocess.run([sys.executable, "-m", "tests.parallel_check", "fs", "mixmatch"], cwd=REPO, env=env,
+                     capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-3000:]
+  diffs = json.loads(p.stdout.strip().splitlines()[-1])
+  assert diffs.pop("devices") == 4
+  assert set(diffs) == {"fs_2", "fs_4", "mixmatch_2", "mixmatch_4"}
+  for name, d in diffs.items():
+    assert d <= 1e-5, (name, d)
+
+
+def test_mesh_rejects_too_many_devices():
+  import pytest
+  from extraction import parallel
+  with pytest.raises(ValueError, match="device\\(s\\) are available"):
+    parallel.make_mesh(10_000)
