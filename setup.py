@@ -16,9 +16,11 @@ setup(
         "absl-py>=2.0",
         "scikit-learn>=1.3",
         "matplotlib>=3.7",
+        "httpx>=0.27",  # the RemoteOracle client (light); the server's packages are in [serve]
     ],
     extras_require={
-        "test": ["pytest>=8", "tensorflow-datasets>=4.9", "importlib_resources"],
+        "test": ["pytest>=8", "tensorflow-datasets>=4.9", "importlib_resources", "fastapi>=0.110", "uvicorn>=0.30"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.30"],
         # tfds 4.9.10 needs importlib_resources but does not declare it; preparing svhn_cropped/cifar10 needs TF.
         "tfds": ["tensorflow-datasets>=4.9", "importlib_resources", "tensorflow-cpu"],
     },

@@ -9,8 +9,9 @@ Inputs travel as `.npy` bodies by default (float64 exactly, as functionally-equi
 transport='json' is exact too). Large queries are split into requests of `batch_size` inputs. A request that
 times out, cannot connect or gets a 5xx is retried `retries` times with exponential backoff, under the same
 X-Request-Id, so that the server answers a retry without charging it twice. A 429 (the key's budget) raises
-`extraction.oracle.BudgetExceeded`; a query that needs several requests is refused whole, before any request,
-when the key has fewer inputs left than it asks (another client of the same key can still take them meanwhile).
+`extraction.oracle.BudgetExceeded`, a 401 `KeyRefused`, another 4xx `QueryRefused` (with the server's message).
+A query that needs several requests is refused whole, before any request, when the key has fewer inputs left
+than it asks (another client of the same key can still take them meanwhile).
 """
 from __future__ import annotations
 
@@ -28,8 +29,20 @@ from extraction.oracle import BudgetExceeded
 NPY = "application/x-npy"
 
 
-class OracleUnavailable(RuntimeError):
+class RemoteError(RuntimeError):
+  """Base of the errors of a remote oracle (a launcher reports them in one line)."""
+
+
+class OracleUnavailable(RemoteError):
   """The server did not answer (connection errors, timeouts or 5xx) after every retry."""
+
+
+class KeyRefused(RemoteError, PermissionError):
+  """401/403: a missing or unknown API key."""
+
+
+class QueryRefused(RemoteError, ValueError):
+  """Another 4xx: the server refused the request (shape, dtype, limits...); its message says why."""
 
 
 def _detail(response: httpx.Response) -> str:
@@ -101,9 +114,9 @@ class RemoteOracle:
     if status == 429:
       raise BudgetExceeded(f"the server's budget of this key: {_detail(response)}")
     if status in (401, 403):
-      raise PermissionError(f"{self.url}: {_detail(response)}")
+      raise KeyRefused(f"{self.url}: {_detail(response)}")
     if status >= 400:
-      raise ValueError(f"{self.url} refused the query (HTTP {status}): {_detail(response)}")
+      raise QueryRefused(f"{self.url} refused the query (HTTP {status}): {_detail(response)}")
     return response
 
   def _get(self, path: str) -> dict:

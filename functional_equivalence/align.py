@@ -45,8 +45,9 @@ def weight_error(true: TwoLayerNet, rec: TwoLayerNet, differences: bool = False)
   r_norm = np.linalg.norm(rec.w0, axis=0)
   r_u, r_b = rec.w0 / r_norm, rec.b0 / r_norm
   cost = np.maximum(2 - 2 * t_u.T @ r_u, 0) + (t_b[:, None] - r_b[None, :]) ** 2  # |du|^2 + |db|^2
-  ti, rj = linear_sum_assignment(cost) if cost.size else (np.zeros(0, int), np.zeros(0, int))
-  matched = cost[ti, rj] < 1e-6  # a wrong orientation or a different unit is far above this
+  close = cost < 1e-6  # a wrong orientation or a different unit is far above this
+  ti, rj = linear_sum_assignment(np.where(close, cost, 1.0)) if cost.size else (np.zeros(0, int),) * 2
+  matched = close[ti, rj]
   ti, rj = ti[matched], rj[matched]
   lam = norms[live][ti] / r_norm[rj]
   w1_t, b1_t = _second_layer(true.w1[live][ti], b1_true, differences)
@@ -64,7 +65,7 @@ def weight_error(true: TwoLayerNet, rec: TwoLayerNet, differences: bool = False)
   flipped = 0
   if len(t_rest) and len(r_rest):
     c2 = np.maximum(2 + 2 * t_u[:, t_rest].T @ r_u[:, r_rest], 0) + (t_b[t_rest, None] + r_b[None, r_rest]) ** 2
-    a, b = linear_sum_assignment(c2)
+    a, b = linear_sum_assignment(np.where(c2 < 1e-6, c2, 1.0))
     flipped = int(np.sum(c2[a, b] < 1e-6))
   return dict(max_weight_error=err, weight_error_bits=bits(err), true_units=int(true.w0.shape[1]),
               inert_true_units=int(np.sum(inert)), matched_units=int(len(ti)),

@@ -1,4 +1,5 @@
-"""From critical points to weights: rows of A0 from gradient jumps, biases, duplicates, signs, second layer.
+"""From critical points to hidden units: rows of A0 from gradient jumps, biases and output vectors sharpened along
+each row, duplicates. (Signs and the second layer: second_layer.py.)
 
 Notation: a hidden unit contributes c * relu(u . x + beta) to g, with |u| = 1 (the true row a = lambda u, lambda > 0,
 and c = lambda * A1[:, unit]). Before the sign step a recovered unit is (u_hat, beta_hat, c_hat) with
@@ -11,7 +12,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from functional_equivalence.errors import SignRecoveryError
 from functional_equivalence.queries import Querier
 
 EPS = np.finfo(np.float64).eps

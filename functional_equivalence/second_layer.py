@@ -4,15 +4,17 @@ With units (u_hat, beta_hat, c) whose orientation s_i = +-1 is unknown, relu(-z)
     g(x) = sum_i c_i relu(z_i(x)) - sum_{i: s_i = -1} c_i z_i(x) + b1,    z_i = u_hat_i . x + beta_hat_i,
 so the residual r(x) = g(x) - sum_i c_i relu(z_i(x)) is affine and linear in the flip indicators t_i in {0, 1}:
 r(x) = b1 - sum_i t_i z_i(x) c_i. N points give N*m equations for n + m unknowns (t, b1): the signs are
-identifiable when those equations have full rank, which needs n + m <= m * (d + 1) (so h > d works for m > 1; ART's
-sign step needs h <= d). The continuous solution must round to {0, 1} with an affine residual of ~0; otherwise
-units are missing. Then w1, b1 come from least squares on relu features. Precision: float64 throughout.
+identifiable when those equations have full rank (checked by column-pivoted QR, LAPACK gelsy), which needs
+n + m <= m * (d + 1): h > d works for m > 1 (ART's sign step needs h <= d). The continuous solution must round
+to {0, 1} with an affine residual of ~0; otherwise units are missing. Then w1, b1 come from least squares on
+relu features. Precision: float64 throughout.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import numpy as np
+import scipy.linalg
 
 from functional_equivalence.errors import SignRecoveryError, SignsNotIdentifiableError
 from functional_equivalence.recover import Units
@@ -50,8 +52,8 @@ def flip_signs(units: Units, x: np.ndarray, g: np.ndarray, rtol: float = 1e-8) -
   a = np.concatenate([-(z[:, None, :] * units.c.T[None]),            # d r_o / d t_i
                       np.broadcast_to(np.eye(m), (len(x), m, m))], axis=2).reshape(len(x) * m, n + m)
   norms = np.linalg.norm(a, axis=0) + 1e-300
-  sol, _, rank, sv = np.linalg.lstsq(a / norms, r.reshape(-1), rcond=None)
-  if rank < n + m or sv[-1] < 1e-9 * sv[0]:
+  sol, _, rank, _ = scipy.linalg.lstsq(a / norms, r.reshape(-1), cond=1e-9, lapack_driver="gelsy")
+  if rank < n + m:
     raise SignsNotIdentifiableError(
         f"signs not identifiable: {n} units and {m} outputs give a rank-{rank} system (need {n + m}; "
         f"requires n + m <= m * (d + 1) = {m * (x.shape[1] + 1)} and units that are not affinely dependent)")
@@ -73,7 +75,7 @@ def fit(units: Units, flips: np.ndarray, x: np.ndarray, g: np.ndarray) -> Layer2
   s = np.where(flips, -1.0, 1.0)
   u, beta = units.u * s[:, None], units.beta * s
   phi = np.concatenate([np.maximum(x @ u.T + beta, 0), np.ones((len(x), 1))], axis=1)
-  sol, _, rank, _ = np.linalg.lstsq(phi, g, rcond=None)
+  sol, _, rank, _ = scipy.linalg.lstsq(phi, g, cond=1e-12, lapack_driver="gelsy")
   if rank < phi.shape[1]:
     raise SignRecoveryError(f"second layer: relu features have rank {rank} < {phi.shape[1]} at the sampled points "
                             f"(a unit is never active near its hyperplane?)")

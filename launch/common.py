@@ -11,9 +11,11 @@ from launch import experiments
 flags.DEFINE_string("experiment", "extraction", "Which registered experiment to run (see launch/experiments.py).")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results (created if missing).")
 flags.DEFINE_integer("seed", 0, "Seed of every random choice of the experiment.")
+flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize (auto-detects TPU pods, SLURM).")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 (jax.distributed).")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes (jax.distributed).")
 flags.DEFINE_integer("process_id", None, "Multi-host: index of this process (jax.distributed).")
+flags.DEFINE_bool("dry_run", False, "Validate the flags, print them and exit without running.")
 flags.mark_flag_as_required("workdir")
 
 FLAGS = flags.FLAGS
@@ -42,8 +44,8 @@ def _writable_workdir(path):
 
 
 def initialize_distributed() -> None:
-  """Joins a multi-host run when --coordinator_address is set (on TPU pods jax can also find it alone)."""
-  if FLAGS.coordinator_address:
+  """Joins a multi-host run with --distributed or --coordinator_address (unset values are auto-detected)."""
+  if FLAGS.distributed or FLAGS.coordinator_address:
     import jax
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
@@ -56,7 +58,9 @@ def process_index() -> int:
 def flag_values() -> dict:
   """The values of every flag defined by this project's modules, for results.json."""
   out = {}
+  from launch import oracle_flags  # its --api_key must not land in results: public values only
   for module in ("launch.common", "launch.learning", "launch.fe"):
     for f in FLAGS.get_flags_for_module(module):
       out[f.name] = f.value
+  out.update(oracle_flags.public_flag_values())
   return out

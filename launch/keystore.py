@@ -19,6 +19,7 @@ import hashlib
 import json
 import pathlib
 import sqlite3
+import threading
 from typing import Iterator, Mapping, Optional
 
 from extraction.defenses import Defenses
@@ -97,6 +98,11 @@ def digest(key: str) -> str:
   return hashlib.sha256(key.encode()).hexdigest()
 
 
+def label(key: str) -> str:
+  """How a key is shown (listings, /v1/budget): its first and last 4 characters, or 2 of a short key."""
+  return f"{key[:4]}...{key[-4:]}" if len(key) >= 12 else f"{key[:2]}..."
+
+
 def read_keys_file(path) -> dict[str, KeySettings]:
   """Parses and checks a keys file (module docstring); raises ValueError with a one-line message."""
   path = pathlib.Path(path)
@@ -115,37 +121,40 @@ def read_keys_file(path) -> dict[str, KeySettings]:
     try:
       out[key] = KeySettings.from_dict(settings)
     except (ValueError, TypeError) as e:
-      raise ValueError(f"keys file {path}: key {key[:4]}...: {e}") from None
+      raise ValueError(f"keys file {path}: key {label(key)}: {e}") from None
   return out
 
 
 class KeyStore:
-  """The SQLite file of keys. Thread-safe (one connection per operation) and safe across processes."""
+  """The SQLite file of keys. One connection per store, shared by threads under a lock; transactions with the
+  write lock taken up front keep `reserve` atomic across processes too."""
 
   def __init__(self, path, timeout: float = 30.0):
-    self.path, self.timeout = pathlib.Path(path), timeout
+    self.path = pathlib.Path(path)
     self.path.parent.mkdir(parents=True, exist_ok=True)
+    self._lock = threading.Lock()
+    self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    self._db.execute("PRAGMA journal_mode=WAL")  # readers do not wait for the writer; persistent in the file
+    self._db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across crashes of the process
     with self._transaction() as db:
       db.execute(SCHEMA)
-    with contextlib.closing(sqlite3.connect(self.path, timeout=timeout)) as db:
-      db.execute("PRAGMA journal_mode=WAL")  # readers do not wait for the writer; persistent in the file
 
   @contextlib.contextmanager
   def _transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
-    """A connection inside BEGIN IMMEDIATE (the write lock taken up front; a plain BEGIN for reads), committed
-    on success, rolled back on any exception."""
-    db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-    try:
-      db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across crashes of the process
-      db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+    """The connection inside BEGIN IMMEDIATE (a plain BEGIN for reads), committed on success, rolled back on
+    any exception."""
+    with self._lock:
+      self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
       try:
-        yield db
+        yield self._db
       except BaseException:
-        db.execute("ROLLBACK")
+        self._db.execute("ROLLBACK")
         raise
-      db.execute("COMMIT")
-    finally:
-      db.close()
+      self._db.execute("COMMIT")
+
+  def close(self) -> None:
+    with self._lock:
+      self._db.close()
 
   def put(self, key: str, settings: KeySettings) -> None:
     """Adds a key, or updates the settings of a known key keeping what it spent."""
@@ -154,7 +163,7 @@ class KeyStore:
       db.execute("INSERT INTO keys (digest, label, budget, output, top_k, defenses) VALUES (?, ?, ?, ?, ?, ?) "
                  "ON CONFLICT(digest) DO UPDATE SET budget = excluded.budget, output = excluded.output, "
                  "top_k = excluded.top_k, defenses = excluded.defenses",
-                 (digest(key), key[:4] + "...", settings.budget, settings.output, settings.top_k,
+                 (digest(key), label(key), settings.budget, settings.output, settings.top_k,
                   json.dumps(settings.defenses.to_dict())))
 
   def load(self, keys: Mapping[str, KeySettings]) -> None:
@@ -171,9 +180,8 @@ class KeyStore:
     row = db.execute("SELECT label, budget, used, output, top_k, defenses FROM keys WHERE digest = ?", (d,)).fetchone()
     if row is None:
       raise UnknownKey("unknown API key")
-    label, budget, used, output, top_k, defenses = row
-    settings = KeySettings(budget, output, top_k, Defenses(**json.loads(defenses)))
-    return KeyState(label, settings, used)
+    shown, budget, used, output, top_k, defenses = row
+    return KeyState(shown, KeySettings(budget, output, top_k, Defenses(**json.loads(defenses))), used)
 
   def reserve(self, key: str, n: int) -> tuple[KeyState, int]:
     """Charges n inputs to the key before they are answered.
@@ -203,7 +211,7 @@ class KeyStore:
       return db.execute("UPDATE keys SET used = 0 WHERE digest = ?", (digest(key),)).rowcount == 1
 
   def list(self) -> list[KeyState]:
-    """Every key (labels are the first 4 characters of the key)."""
+    """Every key (shown by `label`)."""
     with self._transaction(write=False) as db:
       digests = [r[0] for r in db.execute("SELECT digest FROM keys ORDER BY label")]
       return [self._get(db, d) for d in digests]

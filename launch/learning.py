@@ -14,7 +14,7 @@ from absl import flags, logging
 
 from extraction import datasets, metrics, models, oracle as oracle_lib, parallel, supervised, victim as victim_lib
 from extraction.predict import predict_logits
-from launch import experiments
+from launch import experiments, oracle_flags
 
 # Data.
 flags.DEFINE_string("dataset", "digits", f"One of {', '.join(datasets.DATASETS)}.")
@@ -88,6 +88,13 @@ def _top_k_fits(values):
   return True
 
 
+@flags.multi_flags_validator(["oracle_url", "oracle_output"])
+def _one_output_per_key(values):
+  if values["oracle_url"] and len(values["oracle_output"] or []) != 1:
+    raise flags.ValidationError("--oracle_url: one key serves one output mode; give exactly one --oracle_output")
+  return True
+
+
 def student_config() -> supervised.StudentConfig:
   return supervised.StudentConfig(
       model=FLAGS.student_model, steps=FLAGS.student_steps, batch_size=FLAGS.batch_size,
@@ -125,13 +132,13 @@ def run(workdir: pathlib.Path) -> list[dict]:
     for queries in sorted(int(q) for q in FLAGS.queries):
       for method in FLAGS.method:
         t0 = time.time()
-        oracle = oracle_lib.Oracle(backend, output=output, top_k=FLAGS.top_k, budget=queries, record_inputs=False)
+        oracle = oracle_flags.make_oracle(backend, output, FLAGS.top_k, queries, record_inputs=False)
         idx = supervised.choose_queries(FLAGS.seed, len(pool), queries)
         targets = supervised.oracle_targets(oracle(pool[idx]), output)
         unlabeled = np.delete(pool, idx, axis=0)  # never sent to the oracle
         kwargs = mixmatch_kwargs() if method == "mixmatch" else {}
         settings = {**dataclasses.asdict(cfg), **{k: v for k, v in kwargs.items() if k != "step_factory"},
-                    "top_k": FLAGS.top_k}
+                    "top_k": FLAGS.top_k, **oracle_flags.oracle_settings(oracle)}
         digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
         name = f"{method}{rot}_{output}_{queries}_{cfg.model}_{digest}"  # other settings -> other checkpoints
         model, variables = supervised.train_student(

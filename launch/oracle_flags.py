@@ -16,9 +16,14 @@ from typing import Optional, Union
 from absl import flags, logging
 
 from extraction.oracle import Backend, Oracle
-from extraction.remote import RemoteOracle
+from extraction.remote import RemoteError, RemoteOracle
 
 API_KEY_ENV = "EXTRACTION_API_KEY"
+
+
+class OracleMismatch(RemoteError, ValueError):
+  """The remote key serves another output mode than the experiment asks for."""
+
 
 flags.DEFINE_string("oracle_url", None, "Ask the victim through this prediction API (python -m launch.serve) "
                     "instead of locally, e.g. http://127.0.0.1:8000.")
@@ -57,7 +62,8 @@ def make_oracle(local_backend: Optional[Backend], output: str, top_k: Optional[i
     budget: the experiment's query budget (with --oracle_url, a client-side cap on top of the key's budget).
     record_inputs: keep the asked inputs.
   Returns:
-    Oracle or RemoteOracle. Raises ValueError (one line) when the remote key serves another output mode.
+    Oracle or RemoteOracle. Raises OracleMismatch (an `extraction.remote.RemoteError`, one line) when the remote
+    key serves another output mode.
   """
   if not FLAGS.oracle_url:
     return Oracle(local_backend, output=output, top_k=top_k, budget=budget, record_inputs=record_inputs)
@@ -67,12 +73,20 @@ def make_oracle(local_backend: Optional[Backend], output: str, top_k: Optional[i
   if oracle.output != output or (output == "top_k" and oracle.top_k != top_k):
     served, asked = _mode_text(oracle.output, oracle.top_k), _mode_text(output, top_k)
     oracle.close()
-    raise ValueError(f"--oracle_url={FLAGS.oracle_url}: this API key is served {served} but the experiment asks "
-                     f"for {asked}; use a key served {asked} or set the experiment's output to {served}")
+    raise OracleMismatch(f"--oracle_url={FLAGS.oracle_url}: this API key is served {served} but the experiment "
+                         f"asks for {asked}; use a key served {asked} or set the experiment's output to {served}")
   left = oracle.key_state["remaining"]
-  logging.info("remote oracle %s: output %s, defenses %s, key budget left %s", FLAGS.oracle_url, _mode_text(oracle.output, oracle.top_k),
-               oracle.defenses or "none", "unlimited" if left is None else left)
+  logging.info("remote oracle %s: output %s, defenses %s, key budget left %s", FLAGS.oracle_url,
+               _mode_text(oracle.output, oracle.top_k), oracle.defenses or "none", "no limit" if left is None else left)
   return oracle
+
+
+def oracle_settings(oracle: Union[Oracle, RemoteOracle]) -> dict:
+  """What makes a remote oracle's answers differ from the local one's, for names of runs and checkpoints:
+  {} for a local oracle (names stay as they were), else the URL and the key's defenses."""
+  if isinstance(oracle, RemoteOracle):
+    return {"oracle_url": oracle.url, "defenses": oracle.defenses}
+  return {}
 
 
 def _mode_text(output: str, top_k: Optional[int]) -> str:

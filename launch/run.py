@@ -6,6 +6,7 @@ there. A bare `--flagfile=NAME.flags` that does not exist is looked up in `confi
 """
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import sys
@@ -19,10 +20,11 @@ from launch import fe  # noqa: F401  (registers functional_equivalence)
 
 from extraction.datasets import DatasetUnavailable
 from extraction.oracle import BudgetExceeded
+from extraction.remote import RemoteError
 from functional_equivalence.errors import ExtractionError, VictimFileError
 
 FLAGS = flags.FLAGS
-USER_ERRORS = (DatasetUnavailable, BudgetExceeded, ExtractionError, VictimFileError, FileNotFoundError)
+USER_ERRORS = (DatasetUnavailable, BudgetExceeded, ExtractionError, VictimFileError, FileNotFoundError, RemoteError)
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -50,6 +52,9 @@ class _QuietLibraries:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.dry_run:
+    print(json.dumps(common.flag_values(), indent=2, default=str))
+    return
   common.initialize_distributed()
   workdir = pathlib.Path(FLAGS.workdir)
   workdir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,6 @@ and errors: launch/service.py. Prints `serving ... on http://HOST:PORT` once the
 from __future__ import annotations
 
 import pathlib
-import socket
 import sys
 
 from absl import app, flags, logging
@@ -74,16 +73,6 @@ def default_db(workdir, npz) -> pathlib.Path:
   return npz.with_name(npz.stem + ".keys.sqlite")
 
 
-def listen(host: str, port: int) -> socket.socket:
-  """A listening TCP socket (port 0: the OS picks a free one)."""
-  family = socket.AF_INET6 if ":" in host else socket.AF_INET
-  sock = socket.socket(family, socket.SOCK_STREAM)
-  sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-  sock.bind((host, port))
-  sock.listen(2048)
-  return sock
-
-
 def warm_up(model: service.ServedModel, max_batch: int) -> None:
   """Compiles the victim for the power-of-two batch sizes it pads to (up to 1024, see extraction/predict.py)."""
   import numpy as np
@@ -97,10 +86,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   import uvicorn
-  if FLAGS.victim_workdir is not None:
-    model = service.model_from_victim_dir(FLAGS.victim_workdir)
-  else:
-    model = service.model_from_npz(FLAGS.victim_npz)
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+  try:
+    if FLAGS.victim_workdir is not None:
+      model = service.model_from_victim_dir(FLAGS.victim_workdir)
+    else:
+      model = service.model_from_npz(FLAGS.victim_npz)
+  except (ValueError, OSError) as e:  # an incomplete victim, unreadable files: one line
+    sys.exit(f"cannot serve the victim: {type(e).__name__}: {e}")
   store = keystore.KeyStore(FLAGS.db or default_db(FLAGS.victim_workdir, FLAGS.victim_npz))
   if FLAGS.keys:
     keys = keystore.read_keys_file(FLAGS.keys)
@@ -108,20 +102,19 @@ def main(argv):
       try:
         settings.check(model.num_classes)
       except ValueError as e:
-        sys.exit(f"--keys: key {key[:4]}...: {e}")
+        sys.exit(f"--keys: key {keystore.label(key)}: {e}")
     store.load(keys)
   if not store.list():
     sys.exit(f"no API keys in {store.path}: give --keys=FILE or add one with python -m launch.serve_keys")
   if FLAGS.warmup and model.input_dtype == "uint8":
     warm_up(model, FLAGS.max_batch)
   api = service.create_app(model, store, service.Limits(FLAGS.max_batch, FLAGS.max_bytes))
-  sock = listen(FLAGS.host, FLAGS.port)
+  sock = service.listen(FLAGS.host, FLAGS.port)
   host, port = sock.getsockname()[:2]
   shown = f"[{host}]" if ":" in host else host
   print(f"serving {model.name}: inputs {service.shape_text(model.input_shape)} {model.input_dtype}, "
         f"{model.num_classes} classes, {len(store.list())} keys in {store.path}, on http://{shown}:{port}",
         flush=True)
-  logging.info("serving on %s:%d", host, port)
   server = uvicorn.Server(uvicorn.Config(api, log_level=FLAGS.log_level, access_log=FLAGS.log_level == "info"))
   server.run(sockets=[sock])
 

@@ -58,14 +58,14 @@ def main(argv):
   store = keystore.KeyStore(FLAGS.db)
   if FLAGS.add:
     store.put(FLAGS.add, settings(FLAGS.output, FLAGS.top_k, FLAGS.defenses, FLAGS.budget))
-    print(f"key {FLAGS.add[:4]}... set in {store.path}")
+    print(f"key {keystore.label(FLAGS.add)} set in {store.path}")
   if FLAGS.reset:
     known = store.reset(FLAGS.reset)
-    print(f"key {FLAGS.reset[:4]}...: " + ("spending reset to 0" if known else "unknown key"))
+    print(f"key {keystore.label(FLAGS.reset)}: " + ("spending reset to 0" if known else "unknown key"))
   if FLAGS.list or not (FLAGS.add or FLAGS.reset):
     for k in store.list():
       s = k.settings
-      print(f"{k.label:8s} used {k.used:>8d} of {'unlimited' if s.budget is None else s.budget:>9}  "
+      print(f"{k.label:12s} used {k.used:>8d} of {'unlimited' if s.budget is None else s.budget:>9}  "
             f"output={s.output}{'' if s.top_k is None else f' top_k={s.top_k}'}  defenses={s.defenses.to_dict()}")
 
 

@@ -25,6 +25,8 @@ import hashlib
 import io
 import json
 import pathlib
+import socket
+import threading
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -237,6 +239,36 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
       raise ApiError(413, f"body is over the limit of {max_bytes} bytes")
     chunks.append(chunk)
   return b"".join(chunks)
+
+
+def listen(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+  """A listening TCP socket (port 0: the OS picks a free one, see `sock.getsockname()`)."""
+  sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+  sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+  sock.bind((host, port))
+  sock.listen(2048)
+  return sock
+
+
+class BackgroundServer:
+  """An app served by uvicorn in a daemon thread (tests, notebooks, benchmarks): `with BackgroundServer(app) as
+  url: ...` starts it on a free port of 127.0.0.1 and stops it on exit."""
+
+  def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0):
+    import uvicorn
+    self.sock = listen(host, port)
+    self.url = f"http://{host}:{self.sock.getsockname()[1]}"
+    self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+  def __enter__(self) -> str:
+    self.thread.start()
+    return self.url
+
+  def __exit__(self, *exc) -> None:
+    self.server.should_exit = True
+    self.thread.join(timeout=10)
+    self.sock.close()
 
 
 def create_app(model: ServedModel, store: KeyStore, limits: Limits = Limits()) -> FastAPI:

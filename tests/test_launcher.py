@@ -1,7 +1,10 @@
 """The launcher end to end: flag validation up front, and a tiny quickstart-shaped run."""
 import json
+import pathlib
 
 import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("args,message", [
@@ -52,3 +55,10 @@ def test_missing_dataset_fails_fast_with_one_line(tmp_path, launcher):
   p = launcher(f"--workdir={tmp_path}", "--dataset=svhn_cropped", f"--data_dir={tmp_path}", timeout=60)
   assert p.returncode == 1
   assert p.stderr.strip().splitlines()[-1].startswith("error: DatasetUnavailable:") and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*.flags")))
+def test_every_flagfile_is_valid(config, tmp_path, launcher):
+  p = launcher(f"--flagfile={config}", f"--workdir={tmp_path}", "--dry_run", timeout=60)
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert json.loads(p.stdout)["workdir"] == str(tmp_path)

@@ -1,0 +1,111 @@
+"""The whole attack: exact recovery (up to permutation and scale) without being told the hidden width, the
+probabilities path, h > d, dead units, a trained digits victim, and clear bounded errors on bad oracles."""
+import functools
+import time
+
+import numpy as np
+import pytest
+
+from extraction.oracle import Oracle
+from functional_equivalence import align, attack, victims
+from functional_equivalence.errors import (LimitReachedError, NoCriticalPointsError, NotPiecewiseLinearError,
+                                           OraclePrecisionError, SignsNotIdentifiableError)
+
+
+def _extract(net, output="logits", backend=None, **cfg):
+  oracle = Oracle(backend or victims.backend(net), output=output, record_inputs=False)
+  result = attack.extract(oracle, net.shape[0], attack.Config(**cfg), seed=0)
+  assert result.queries == oracle.used  # every query went through the oracle and was counted
+  return result
+
+
+def _assert_exact(net, result, differences=False, units=None):
+  err = align.weight_error(net, result.net, differences)
+  agree = align.random_agreement(net, result.net, 10_000, seed=1, differences=differences)
+  assert result.hidden_units_found == (units if units is not None else net.shape[1])
+  assert err["max_weight_error"] <= 1e-9, err
+  assert agree["agreement"] == 1.0 and agree["max_logit_error"] <= 1e-8, agree
+  return err
+
+
+@pytest.mark.parametrize("shape", [(8, 6, 1), (16, 8, 10), (32, 48, 10), (20, 10, 3)])
+def test_exact_recovery_of_random_nets(shape):
+  net = victims.random_net(1, *shape)
+  result = _extract(net)
+  _assert_exact(net, result)
+  assert result.stats["verify_error"] < 1e-9 and result.net.w0.shape == (shape[0], shape[1])
+
+
+def test_probabilities_path_recovers_logit_differences():
+  net = victims.random_net(2, 16, 12, 5)
+  result = _extract(net, output="probabilities")
+  _assert_exact(net, result, differences=True)
+  assert np.all(result.net.w1[:, 0] == 0) and result.net.b1[0] == 0  # class 0 is the reference
+  # the plain comparison differs by the common shift only
+  assert align.weight_error(net, result.net)["max_weight_error"] > 1e-3
+
+
+def test_more_hidden_units_than_inputs():
+  net = victims.random_net(3, 8, 40, 10)
+  _assert_exact(net, _extract(net))
+
+
+def test_h_greater_than_d_with_one_output_is_refused_clearly():
+  net = victims.random_net(3, 8, 12, 1)
+  with pytest.raises(SignsNotIdentifiableError, match=r"n \+ m <= m \* \(d \+ 1\) = 9"):
+    _extract(net)
+
+
+def test_dead_units_are_not_found_and_do_not_matter():
+  net = victims.random_net(4, 16, 8, 10)
+  w0, b0, w1 = net.w0.copy(), net.b0.copy(), net.w1.copy()
+  w0[:, 2], b0[2] = 0, -1.0   # never active
+  w0[:, 5], b0[5] = 0, 0.7    # always active and constant: folded into b1
+  w1[3] = 0                   # active but invisible
+  dead = victims.TwoLayerNet(w0, b0, w1, net.b1)
+  err = _assert_exact(dead, _extract(dead), units=5)
+  assert err["inert_true_units"] == 3 and err["matched_units"] == 5
+
+
+@functools.lru_cache(maxsize=1)
+def _digits():
+  return victims.digits_net(seed=0, hidden=24, steps=200)
+
+
+def test_trained_digits_victim_is_extracted_exactly():
+  net, (_, _, x_test, y_test) = _digits()
+  assert np.mean(victims.logits(net, x_test).argmax(1) == y_test) > 0.9
+  result = _extract(net)
+  _assert_exact(net, result)
+  test = align.logit_agreement(net, result.net, x_test)
+  assert test["agreement"] == 1.0 and test["max_logit_error"] < 1e-8
+
+
+@pytest.mark.parametrize("kind,error", [
+    ("noise", OraclePrecisionError), ("float32", OraclePrecisionError), ("float32_cast", OraclePrecisionError),
+    ("softplus", NotPiecewiseLinearError), ("affine", NoCriticalPointsError)])
+def test_bad_oracles_end_quickly_with_a_clear_error(kind, error):
+  net = victims.random_net(5, 16, 8, 10)
+  rng = np.random.default_rng(0)
+  backend = {
+      "noise": lambda x: victims.logits(net, x) + 1e-8 * rng.normal(size=(len(x), 10)),
+      "float32": victims.backend(net, np.float32),
+      "float32_cast": lambda x: victims.backend(net, np.float32)(x).astype(np.float64),
+      "softplus": lambda x: np.logaddexp(0, x @ net.w0 + net.b0) @ net.w1 + net.b1,
+      "affine": lambda x: x @ net.w0 @ net.w1 + net.b1}[kind]
+  start = time.monotonic()
+  with pytest.raises(error):
+    _extract(net, backend=backend)
+  assert time.monotonic() - start < 5
+
+
+def test_limits_stop_the_attack():
+  net = victims.random_net(6, 32, 48, 10)
+  with pytest.raises(LimitReachedError, match="query limit 2000"):
+    _extract(net, max_queries=2000)
+  with pytest.raises(LimitReachedError, match="time limit"):
+    _extract(net, max_seconds=0.0)
+  oracle = Oracle(victims.backend(net), output="logits", budget=1000, record_inputs=False)
+  with pytest.raises(LimitReachedError, match="oracle budget"):
+    attack.extract(oracle, 32)
+  assert oracle.used <= 1000
