@@ -32,8 +32,9 @@ RESULTS = REPO / "benchmarks" / "results"
 
 def machine() -> dict:
   import jax
-  return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
-          "jax": jax.__version__, "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
+  return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
+          "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+          "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}  # > cpu_count: shared, slower figures
 
 
 def throughput(model_name: str, batch: int, timed_steps: int) -> dict:

@@ -48,6 +48,32 @@ def backend(net: TwoLayerNet, dtype=np.float64) -> Callable[[np.ndarray], np.nda
   return lambda x: (np.maximum(np.asarray(x, dtype) @ net32.w0 + net32.b0, 0) @ net32.w1 + net32.b1)
 
 
+def sharded_backend(net: TwoLayerNet, mesh) -> Callable[[np.ndarray], np.ndarray]:
+  """A float64 backend that evaluates each query batch with jax, split along the batch over `mesh`'s data axis.
+
+  The critical-point search asks for all lines' points of a level in one batch, so this spreads the search's
+  batch of lines over the devices. Needs float64 in jax (call inside `jax.enable_x64(True)`); answers agree
+  with `backend(net)` to float64 rounding (the summation order may differ).
+  """
+  import jax
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from extraction.parallel import DATA_AXIS
+  if not jax.config.jax_enable_x64:
+    raise RuntimeError("sharded_backend needs float64 in jax: call it inside jax.enable_x64(True)")
+  data, replicated = NamedSharding(mesh, P(DATA_AXIS)), NamedSharding(mesh, P())
+  params = jax.device_put(tuple(np.asarray(a, np.float64) for a in net), replicated)
+  forward = jax.jit(lambda p, x: jax.numpy.maximum(x @ p[0] + p[1], 0.0) @ p[2] + p[3],
+                    in_shardings=(replicated, data), out_shardings=replicated)
+
+  def call(x):
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    n = len(x)
+    size = max(mesh.size, 1 << max(n - 1, 0).bit_length())  # power-of-two buckets: few compiles
+    xp = np.concatenate([x, np.zeros((size - n, x.shape[1]))]) if size > n else x
+    return np.asarray(forward(params, jax.device_put(xp, data)))[:n]
+  return call
+
+
 def check_net(net: TwoLayerNet, source: str = "victim") -> TwoLayerNet:
   """Returns `net` as float64 arrays, or raises VictimFileError with a one-line message when the four arrays do
   not form a two-layer network (wrong ranks, inconsistent shapes, NaN/inf)."""

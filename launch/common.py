@@ -15,6 +15,7 @@ flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initia
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 (jax.distributed).")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes (jax.distributed).")
 flags.DEFINE_integer("process_id", None, "Multi-host: index of this process (jax.distributed).")
+flags.DEFINE_integer("num_devices", None, "Data-parallel devices (default: all devices).")
 flags.DEFINE_bool("dry_run", False, "Validate the flags, print them and exit without running.")
 flags.mark_flag_as_required("workdir")
 

@@ -7,8 +7,8 @@ The victim is read from --victim_npz (arrays w0 (d,h), b0 (h,), w1 (h,k), b1 (k,
 digits (--fe_victim=digits, --fe_hidden). The attack sees it only through `extraction.oracle.Oracle`. Writes
 <workdir>/victim.npz and <workdir>/recovered.npz (same convention; in probabilities mode class 0's column of w1
 and b1[0] are 0) and returns one result row. An attack that cannot succeed (float32/noisy oracle, non-ReLU victim,
-limits) ends the run with a one-line message and exit code 1. Float64 throughout (jax x64 is switched on when
-the run starts).
+limits) raises an `ExtractionError`, which launch.run reports in one line with exit code 1. Float64 throughout
+(the run is wrapped in a scoped `jax.enable_x64(True)`).
 """
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ import pathlib
 from absl import flags, logging
 import numpy as np
 
-from extraction.oracle import Oracle
+from extraction import parallel
 from functional_equivalence import align, attack, victims
 from functional_equivalence.errors import ExtractionError, VictimFileError
 from launch import common  # noqa: F401  (defines --seed, --workdir)
-from launch import experiments
+from launch import experiments, oracle_flags
 
 flags.DEFINE_string("victim_npz", None, "Two-layer victim as an npz file with arrays w0 (d,h), b0 (h,), w1 (h,k), b1 "
                     "(k,); logits = relu(x @ w0 + b0) @ w1 + b1.")
@@ -65,6 +65,15 @@ def _check_victim(values):
   return True
 
 
+@flags.multi_flags_validator(["experiment", "oracle_url", "fe_victim", "victim_npz"])
+def _remote_needs_npz(values):
+  """Through --oracle_url the attack needs the served network's npz too, to measure what it recovered."""
+  if values["experiment"] == "functional_equivalence" and values["oracle_url"] and _victim_kind(values["fe_victim"], values["victim_npz"]) != "npz":
+    raise flags.ValidationError("--oracle_url with functional_equivalence needs --victim_npz=PATH of the served "
+                                "network (to compare the recovered weights with it)")
+  return True
+
+
 @flags.multi_flags_validator(["fe_oracle_output", "fe_outputs", "fe_victim", "victim_npz"],
                              message="bad --fe_oracle_output")
 def _check_outputs(values):
@@ -101,13 +110,15 @@ def _run(workdir: pathlib.Path) -> list[dict]:
   if FLAGS.fe_oracle_output == "probabilities" and k < 2:
     raise ValueError("--fe_oracle_output=probabilities needs a victim with at least 2 outputs")
   dtype = np.float64 if FLAGS.fe_oracle_precision == "float64" else np.float32
-  oracle = Oracle(victims.backend(net, dtype), output=FLAGS.fe_oracle_output, record_inputs=False)
+  mesh = parallel.data_mesh(FLAGS.num_devices) if dtype == np.float64 else None
+  backend = victims.sharded_backend(net, mesh) if mesh is not None else victims.backend(net, dtype)
+  oracle = oracle_flags.make_oracle(backend, FLAGS.fe_oracle_output, record_inputs=False)
   cfg = attack.Config(scale=FLAGS.fe_scale, max_queries=FLAGS.fe_max_queries, max_seconds=FLAGS.fe_seconds)
   try:
     result = attack.extract(oracle, d, cfg, seed=FLAGS.seed)
-  except ExtractionError as e:  # a one-line error and exit code 1, like a bad flag
-    logging.error("functional_equivalence failed after %d queries: %s", oracle.used, e)
-    raise SystemExit(f"functional_equivalence: {type(e).__name__} after {oracle.used} queries: {e}") from e
+  except ExtractionError as e:  # launch.run turns it into a one-line error and exit code 1
+    logging.error("functional_equivalence stopped after %d queries: %s: %s", oracle.used, type(e).__name__, e)
+    raise
   victims.save_npz(workdir / "recovered.npz", result.net)
   diff = FLAGS.fe_oracle_output == "probabilities"
   weights = align.weight_error(net, result.net, differences=diff)

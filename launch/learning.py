@@ -47,7 +47,6 @@ flags.DEFINE_float("alpha", 0.75, "MixMatch MixUp Beta(alpha, alpha).")
 flags.DEFINE_integer("mixmatch_k", 2, "MixMatch augmentations per unlabeled input.")
 # Evaluation and devices.
 flags.DEFINE_integer("noise_samples", 2000, "Uniform-noise images for off-distribution agreement.")
-flags.DEFINE_integer("num_devices", None, "Data-parallel devices (default: all local devices).")
 
 FLAGS = flags.FLAGS
 METHODS = ("fs", "mixmatch")

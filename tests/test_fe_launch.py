@@ -1,5 +1,5 @@
 """The functional_equivalence experiment: the registered function with flags set in-process, and the command line
-(flag validation with one-line errors, results files)."""
+(flag validation and attack failures as one-line errors, results files)."""
 import json
 import pathlib
 import subprocess
@@ -11,6 +11,7 @@ from absl import flags
 from absl.testing import flagsaver
 
 from functional_equivalence import victims
+from functional_equivalence.errors import OraclePrecisionError
 from launch import experiments, fe
 
 FLAGS = flags.FLAGS
@@ -54,10 +55,10 @@ def test_bad_victim_npz_flag_is_refused_on_assignment(fe_flags, tmp_path):
     fe_flags.victim_npz = str(tmp_path / "bad.npz")
 
 
-def test_float32_victim_ends_the_run_with_one_line(fe_flags, tmp_path):
+def test_float32_victim_raises_a_clear_error(fe_flags, tmp_path):
   fe_flags.fe_victim, fe_flags.fe_input_dim, fe_flags.fe_hidden = "random", 6, 4
   fe_flags.fe_oracle_precision = "float32"
-  with pytest.raises(SystemExit, match="OraclePrecisionError after 64 queries: the oracle answers in float32"):
+  with pytest.raises(OraclePrecisionError, match="the oracle answers in float32"):
     fe.run(tmp_path)
 
 
@@ -81,6 +82,7 @@ def test_command_line_run_writes_results(tmp_path):
     (["--victim_npz={tmp}/shape.npz"], "shape mismatch"),
     (["--fe_victim=npz"], "--fe_victim=npz needs --victim_npz=PATH"),
     (["--fe_hidden=0"], "fe_hidden"),
+    (["--fe_oracle_precision=float32"], "error: OraclePrecisionError: the oracle answers in float32"),
 ])
 def test_command_line_bad_flags_fail_with_one_line(tmp_path, args, message):
   w0 = np.ones((3, 2))

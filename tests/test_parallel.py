@@ -25,3 +25,13 @@ def test_mesh_rejects_too_many_devices():
   from extraction import parallel
   with pytest.raises(ValueError, match="device\\(s\\) are available"):
     parallel.make_mesh(10_000)
+
+
+def test_fe_search_sharded_over_4_devices_finds_the_same_units():
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  p = subprocess.run([sys.executable, "-m", "tests.fe_parallel_check"], cwd=REPO, env=env, capture_output=True,
+                     text=True, timeout=120)
+  assert p.returncode == 0, p.stderr[-3000:]
+  out = json.loads(p.stdout.strip().splitlines()[-1])
+  assert out["devices"] == 4 and out["units"] == [8, 8]
+  assert out["error_sharded"] <= 1e-9 and out["between_runs"] <= 1e-9
