@@ -11,30 +11,20 @@ Writes benchmarks/results/cifar10_fs.{json,md} with the command and the machine.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import platform
 import subprocess
 import sys
 import time
 
 from absl import app, flags
 
+from benchmarks.common import RESULTS, REPO, machine
+
 flags.DEFINE_string("data_dir", "../shared/data", "Directory holding cifar10/{train,test}.npz.")
 flags.DEFINE_string("workdir", "workdirs/bench_cifar10", "Launcher workdir (the victim is reused by other benchmarks).")
 flags.DEFINE_bool("skip_extraction", False, "Only measure throughput.")
 flags.DEFINE_integer("timed_steps", 10, "Timed steps per model for throughput (after 2 warm-up steps).")
 FLAGS = flags.FLAGS
-
-REPO = pathlib.Path(__file__).resolve().parent.parent
-RESULTS = REPO / "benchmarks" / "results"
-
-
-def machine() -> dict:
-  import jax
-  return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
-          "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-          "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}  # > cpu_count: shared, slower figures
 
 
 def throughput(model_name: str, batch: int, timed_steps: int) -> dict:

@@ -17,7 +17,7 @@ import time
 
 from absl import app, flags
 
-from benchmarks.cifar10_fs import RESULTS, REPO, machine
+from benchmarks.common import RESULTS, REPO, machine
 
 flags.DEFINE_string("data_dir", "../shared/data", "Directory holding cifar10/{train,test}.npz.")
 flags.DEFINE_string("workdir", "workdirs/bench_cifar10", "Workdir of benchmarks.cifar10_fs (victim reused).")

@@ -78,7 +78,7 @@ def main(argv):
     p = subprocess.run(args, env=env, capture_output=True, text=True, check=True)
     rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
     print(rows[-1], flush=True)
-  from benchmarks.cifar10_fs import RESULTS, machine
+  from benchmarks.common import RESULTS, machine
   from launch.results import markdown_table
   prefix = FLAGS.out or str(RESULTS / "data_parallel")
   command = "python -m benchmarks.data_parallel " + " ".join(argv[1:])

@@ -21,14 +21,14 @@ import io
 import json
 import math
 import multiprocessing as mp
-import os
 import pathlib
-import platform
 import sys
 import time
 
 from absl import app, flags
 import numpy as np
+
+from benchmarks.common import RESULTS, machine
 
 flags.DEFINE_list("dims", ["64", "784"], "Input dimensions d of the random victims.")
 flags.DEFINE_list("hidden", ["8", "16", "32", "64", "128", "256"], "Hidden widths h of the random victims.")
@@ -44,13 +44,6 @@ flags.DEFINE_integer("cifar_train", 10_000, "CIFAR-10 training images for the gr
 flags.DEFINE_integer("seed", 0, "Seed of victims and attacks.")
 FLAGS = flags.FLAGS
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-RESULTS = REPO / "benchmarks" / "results"
-
-
-def machine() -> dict:
-  cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-  return {"cpu_count": os.cpu_count(), "cpu": cpu, "platform": platform.platform(), "numpy": np.__version__}
 
 
 def ours(net, eval_inputs: int, seed: int, test=None) -> dict:
@@ -268,7 +261,7 @@ def main(argv):
     float32_row = art(victims.random_net(FLAGS.seed, 64, 8, FLAGS.outputs), FLAGS.seed, FLAGS.art_float32_timeout,
                       float64=False)
     print(json.dumps(float32_row), flush=True)
-  meta = dict(command=" ".join(["python -m benchmarks.fe_scaling"] + sys.argv[1:]), machine=machine(),
+  meta = dict(command=" ".join(["python -m benchmarks.fe_scaling"] + sys.argv[1:]), machine=machine("numpy", "adversarial-robustness-toolbox"),
               seconds=time.monotonic() - start, art_float32_64x8=float32_row)
   RESULTS.mkdir(parents=True, exist_ok=True)
   (RESULTS / "fe_scaling.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1, default=str))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import time
 
 import numpy as np
 from absl import app, flags
+
+from benchmarks.common import machine
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("victim_workdir", None, "A trained victim (launch.run workdir); default: train a tiny one.")
@@ -73,21 +74,12 @@ def time_round(ask, x: np.ndarray, seconds: float) -> tuple[float, float]:
   return len(x) * len(times) / sum(times), statistics.median(times)
 
 
-def machine() -> dict:
-  cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?") \
-      if os.path.exists("/proc/cpuinfo") else platform.processor()
-  import fastapi, httpx, jax, uvicorn
-  return {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(),
-          "jax": jax.__version__, "fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__,
-          "httpx": httpx.__version__, "load_average_at_start": list(os.getloadavg())}
-
-
 def main(argv):
   del argv
   from extraction import oracle as oracle_lib, victim as victim_lib
   from extraction.remote import RemoteOracle
   from launch import service
-  info = machine()
+  info = machine("fastapi", "uvicorn", "httpx")
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
     workdir = victim_dir(tmp)
@@ -136,9 +128,9 @@ def write(rows: list[dict], info: dict) -> None:
   (out / "serve_throughput.json").write_text(json.dumps({"command": command, "machine": info, "settings": settings,
                                                          "rows": rows}, indent=2))
   lines = ["# Prediction API throughput (q/s: inputs answered per second; ms: median per call of the batch)", "",
-           f"Command: `{command}`  ", f"Machine: {info['cpu']}, {info['cpus']} CPUs, {info['platform']}, Python "
+           f"Command: `{command}`  ", f"Machine: {info['cpu']}, {info['cpu_count']} CPUs, {info['platform']}, Python "
            f"{info['python']}, jax {info['jax']}, fastapi {info['fastapi']}, uvicorn {info['uvicorn']}, httpx "
-           f"{info['httpx']}; load average {info['load_average_at_start'][0]:.1f} at start, "
+           f"{info['httpx']}; load average {info['load_average'][0]:.1f} at start, "
            f"{info['load_average_at_end'][0]:.1f} at end (shared machine).  ",
            f"Victim: {settings['victim']}; one client thread, one server process on 127.0.0.1; median of "
            f"{FLAGS.rounds} alternating rounds of {FLAGS.seconds:g} s.", "",

@@ -7,7 +7,6 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from extraction import parallel  # noqa: E402
 from extraction.oracle import Oracle  # noqa: E402
