@@ -22,6 +22,10 @@ flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
 
+class ConfigError(ValueError):
+  """Flags that are valid one by one but do not fit the data (e.g. more queries than the pool holds)."""
+
+
 @flags.validator("experiment", message="unknown --experiment")
 def _known_experiment(name):
   if name not in experiments.EXPERIMENTS:

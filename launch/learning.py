@@ -14,7 +14,7 @@ from absl import flags, logging
 
 from extraction import datasets, metrics, models, oracle as oracle_lib, parallel, supervised, victim as victim_lib
 from extraction.predict import predict_logits
-from launch import experiments, oracle_flags
+from launch import common, experiments, oracle_flags
 
 # Data.
 flags.DEFINE_string("dataset", "digits", f"One of {', '.join(datasets.DATASETS)}.")
@@ -108,12 +108,20 @@ def mixmatch_kwargs() -> dict:
               temperature=FLAGS.temperature, alpha=FLAGS.alpha, k=FLAGS.mixmatch_k)
 
 
+def run_name(prefix: str, cfg: supervised.StudentConfig, kwargs: dict, oracle) -> str:
+  """`prefix` plus a digest of every setting of the student and the oracle: other settings, other checkpoints."""
+  settings = {**dataclasses.asdict(cfg), **{k: v for k, v in kwargs.items() if k != "step_factory"},
+              "top_k": FLAGS.top_k, **oracle_flags.oracle_settings(oracle)}
+  return f"{prefix}_{hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]}"
+
+
 @experiments.register("extraction")
 def run(workdir: pathlib.Path) -> list[dict]:
   ds = datasets.load(FLAGS.dataset, FLAGS.data_dir, FLAGS.tfds_data_dir)
   logging.info("dataset %s: %d train, %d test, %s", ds.name, len(ds.train), len(ds.test), ds.image_shape)
   if max(int(q) for q in FLAGS.queries) > len(ds.train):
-    raise ValueError(f"--queries={','.join(FLAGS.queries)}: the attacker's pool has only {len(ds.train)} inputs")
+    raise common.ConfigError(f"--queries={','.join(FLAGS.queries)}: the attacker's pool has only "
+                             f"{len(ds.train)} inputs")
   mesh = parallel.data_mesh(FLAGS.num_devices)
   vcfg = victim_lib.VictimConfig(model=FLAGS.victim_model, steps=FLAGS.victim_steps,
                                  batch_size=FLAGS.victim_batch_size, lr=FLAGS.victim_lr, seed=FLAGS.seed)
@@ -136,10 +144,7 @@ def run(workdir: pathlib.Path) -> list[dict]:
         targets = supervised.oracle_targets(oracle(pool[idx]), output)
         unlabeled = np.delete(pool, idx, axis=0)  # never sent to the oracle
         kwargs = mixmatch_kwargs() if method == "mixmatch" else {}
-        settings = {**dataclasses.asdict(cfg), **{k: v for k, v in kwargs.items() if k != "step_factory"},
-                    "top_k": FLAGS.top_k, **oracle_flags.oracle_settings(oracle)}
-        digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-        name = f"{method}{rot}_{output}_{queries}_{cfg.model}_{digest}"  # other settings -> other checkpoints
+        name = run_name(f"{method}{rot}_{output}_{queries}_{cfg.model}", cfg, kwargs, oracle)
         model, variables = supervised.train_student(
             pool[idx], targets, unlabeled, ds.num_classes, cfg, ds.name, checkpoint_dir=workdir / "students" / name,
             mesh=mesh, name=name, **kwargs)

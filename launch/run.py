@@ -24,7 +24,7 @@ from extraction.remote import RemoteError
 from functional_equivalence.errors import ExtractionError, VictimFileError
 
 FLAGS = flags.FLAGS
-USER_ERRORS = (DatasetUnavailable, BudgetExceeded, ExtractionError, VictimFileError, FileNotFoundError, RemoteError)
+USER_ERRORS = (common.ConfigError, DatasetUnavailable, BudgetExceeded, ExtractionError, VictimFileError, FileNotFoundError, RemoteError)
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 

@@ -10,6 +10,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("args,message", [
     (["--dataset=mnist"], "unknown --dataset='mnist'"),
     (["--queries=0"], "--queries must be positive integers"),
+    (["--queries=5000"], "the attacker's pool has only 1437 inputs"),
     (["--oracle_output=scores"], "unknown --oracle_output=scores"),
     (["--oracle_output=top_k", "--top_k=10"], "must be smaller than the number of classes (10)"),
     (["--student_model=vgg"], "unknown --student_model='vgg'"),
