@@ -35,3 +35,28 @@ def test_fe_search_sharded_over_4_devices_finds_the_same_units():
   out = json.loads(p.stdout.strip().splitlines()[-1])
   assert out["devices"] == 4 and out["units"] == [8, 8]
   assert out["error_sharded"] <= 1e-9 and out["between_runs"] <= 1e-9
+
+
+def _last_json(text):
+  return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
+
+
+def test_two_processes_with_jax_distributed_match_one_device():
+  """Multi-host path (jax.distributed, gloo on CPU): 2 processes x 2 devices, each feeding its slice of the batch."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = str(s.getsockname()[1])
+  cmd = [sys.executable, "-m", "tests.multihost_check"]
+  procs = [subprocess.Popen(cmd + [port, str(i)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in (0, 1)]
+  outs = [p.communicate(timeout=240) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  single = subprocess.run(cmd + ["single"], cwd=REPO, capture_output=True, text=True, timeout=240)
+  assert single.returncode == 0, single.stderr[-3000:]
+  ref = _last_json(single.stdout)
+  for out, _ in outs:
+    got = _last_json(out)
+    assert got["devices"] == 4 and got["local"] == 2
+    assert max(abs(a - b) for a, b in zip(got["params"], ref["params"])) <= 1e-5
