@@ -50,6 +50,13 @@ def test_tiny_end_to_end_run_and_reuse(tmp_path, launcher):
   assert p2.returncode == 0 and "victim: step" not in p2.stderr
   rows2 = json.loads((tmp_path / "results.json").read_text())
   assert [(r["accuracy"], r["fidelity"]) for r in rows2] == [(r["accuracy"], r["fidelity"]) for r in rows]
+  # And from scratch in a fresh workdir: same flags and seed, same numbers.
+  fresh = tmp_path / "fresh"
+  p3 = launcher(*[a if not a.startswith("--workdir=") else f"--workdir={fresh}" for a in args])
+  assert p3.returncode == 0 and "victim: step" in p3.stderr
+  rows3 = json.loads((fresh / "results.json").read_text())
+  numbers = lambda rs: [(r["accuracy"], r["fidelity"], r.get("noise_fidelity")) for r in rs]
+  assert numbers(rows3) == numbers(rows)
 
 
 def test_missing_dataset_fails_fast_with_one_line(tmp_path, launcher):
