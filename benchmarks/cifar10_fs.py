@@ -35,17 +35,17 @@ def throughput(model_name: str, batch: int, timed_steps: int) -> dict:
   model = models.create_model(model_name, 10)
   tx = train.make_optimizer(0.002, 0.02, 1000)
   state = train.create_state(model, tx, jax.random.key(0), (32, 32, 3))
-  step = jax.jit(train.make_supervised_step(model, tx, flip=True, shift=4), donate_argnums=0)
+  step = jax.jit(train.make_supervised_step(model, flip=True, shift=4), donate_argnums=0)
   rng = np.random.default_rng(0)
   b = {"images": rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8),
        "targets": np.eye(10, dtype=np.float32)[rng.integers(0, 10, batch)]}
   b = jax.device_put(b)
   for i in range(2):
-    state, m = step(state, b, jax.random.key(i))
+    state, m = step(state, b)
   jax.block_until_ready(m)
   t = time.perf_counter()
   for i in range(timed_steps):
-    state, m = step(state, b, jax.random.key(i))
+    state, m = step(state, b)
   jax.block_until_ready(m)
   dt = (time.perf_counter() - t) / timed_steps
   return {"model": model_name, "batch": batch, "seconds_per_step": round(dt, 4), "images_per_s": round(batch / dt, 1)}

@@ -43,19 +43,19 @@ def time_steps(num_devices: int) -> dict:
     tx = train.make_optimizer(0.002, 0.02, 100)
     state = train.create_state(model, tx, jax.random.key(0), (32, 32, 3))
     if method == "fs":
-      step = train.make_supervised_step(model, tx, flip=True, shift=4)
+      step = train.make_supervised_step(model, flip=True, shift=4)
       host = {k: v for k, v in batch.items() if k != "unlabeled"}
     else:
-      step = mixmatch.make_mixmatch_step(model, tx, lambda_u=75.0, rampup_steps=100, flip=True, shift=4)
+      step = mixmatch.make_mixmatch_step(model, lambda_u=75.0, rampup_steps=100, flip=True, shift=4)
       host = batch
     state, put, jitted = parallel.place(step, state, parallel.data_mesh(num_devices))
     dev = put(host)
     for i in range(2):
-      state, m = jitted(state, dev, jax.random.key(i))
+      state, m = jitted(state, dev)
     jax.block_until_ready(m)
     t = time.perf_counter()
     for i in range(FLAGS.timed_steps):
-      state, m = jitted(state, dev, jax.random.key(i))
+      state, m = jitted(state, dev)
     jax.block_until_ready(m)
     out[f"{method}_steps_per_s"] = round(FLAGS.timed_steps / (time.perf_counter() - t), 3)
   return out

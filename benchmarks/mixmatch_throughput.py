@@ -56,16 +56,15 @@ class JaxRunner:
     tx = train.make_optimizer(LR, WD, 10_000)
     self.state = train.create_state(model, tx, jax.random.key(0), SHAPE)
     self.params = sum(x.size for x in jax.tree_util.tree_leaves(self.state.params))
-    step = mixmatch.make_mixmatch_step(model, tx, lambda_u=LAMBDA_U, rampup_steps=1000, temperature=T, alpha=ALPHA,
+    step = mixmatch.make_mixmatch_step(model, lambda_u=LAMBDA_U, rampup_steps=1000, temperature=T, alpha=ALPHA,
                                        k=K, ema_decay=EMA, flip=True, shift=SHIFT)
     self.step = jax.jit(step, donate_argnums=0)
     self.batches = [jax.device_put(b) for b in batches]
-    self.rng, self.i = jax.random.key(1), 0
+    self.i = 0
 
   def run(self, n: int) -> float:
     for _ in range(n):
-      self.state, metrics = self.step(self.state, self.batches[self.i % len(self.batches)],
-                                      jax.random.fold_in(self.rng, self.i))
+      self.state, metrics = self.step(self.state, self.batches[self.i % len(self.batches)])
       self.i += 1
     loss = float(metrics["loss"])  # waits for the last step
     if not np.isfinite(loss):

@@ -1,37 +1,36 @@
-"""Batched, jittable image augmentation driven by explicit keys: random horizontal flip and random shift.
+"""Batched, jittable image augmentation driven by explicit keys (dm-pix per image, vmapped over the batch).
 
-Shift is the MixMatch reference's: reflect-pad by `shift` pixels and crop back at a random offset.
+Weak augmentation (MixMatch, FS, FixMatch's weak branch): random horizontal flip and random shift, the latter the
+MixMatch reference's: reflect-pad by `shift` pixels and crop back at a random offset.
 Inputs are float images (N, H, W, C); every function is pure and safe under jit/vmap.
 """
 from __future__ import annotations
 
+import dm_pix as pix
 import jax
 import jax.numpy as jnp
 
 
-def random_flip(rng: jax.Array, images: jax.Array) -> jax.Array:
+def random_flip(key: jax.Array, images: jax.Array) -> jax.Array:
   """Mirrors each image left-right with probability 1/2."""
-  flip = jax.random.bernoulli(rng, 0.5, (images.shape[0], 1, 1, 1))
-  return jnp.where(flip, images[:, :, ::-1], images)
+  return jax.vmap(pix.random_flip_left_right)(jax.random.split(key, images.shape[0]), images)
 
 
-def random_shift(rng: jax.Array, images: jax.Array, shift: int) -> jax.Array:
+def random_shift(key: jax.Array, images: jax.Array, shift: int) -> jax.Array:
   """Translates each image by up to `shift` pixels in each direction (reflect padding)."""
   if shift <= 0:
     return images
-  n, h, w, _ = images.shape
   padded = jnp.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="reflect")
-  offsets = jax.random.randint(rng, (n, 2), 0, 2 * shift + 1)
-  crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, img.shape[-1]))
-  return jax.vmap(crop)(padded, offsets)
+  crop = lambda k, img: pix.random_crop(k, img, images.shape[1:])
+  return jax.vmap(crop)(jax.random.split(key, images.shape[0]), padded)
 
 
-def augment(rng: jax.Array, images: jax.Array, flip: bool, shift: int) -> jax.Array:
+def augment(key: jax.Array, images: jax.Array, flip: bool, shift: int) -> jax.Array:
   """Flip (if `flip`) then shift (if `shift` > 0); the identity when both are off."""
-  flip_rng, shift_rng = jax.random.split(rng)
+  flip_key, shift_key = jax.random.split(key)
   if flip:
-    images = random_flip(flip_rng, images)
-  return random_shift(shift_rng, images, shift)
+    images = random_flip(flip_key, images)
+  return random_shift(shift_key, images, shift)
 
 
 def default_augmentation(dataset: str) -> tuple[bool, int]:

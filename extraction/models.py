@@ -115,6 +115,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+DENSE_MODELS = ("mlp",)  # no convolutions
+
+
 def create_model(name: str, num_classes: int, rotation_head: bool = False) -> nn.Module:
   """Model by flag name (see MODELS); raises ValueError naming the choices for an unknown name."""
   if name not in MODELS:

@@ -42,25 +42,68 @@ def local_slice(global_size: int) -> slice:
   return slice(i * per, (i + 1) * per)
 
 
-def place(step_fn: Callable, state, mesh: Optional[Mesh]):
-  """Returns (state on device(s), put(host batch) -> device batch, the jitted step with donated state).
+STACK_MODES = ("vmap", "unroll")
 
-  With a mesh, `put` takes the global host batch (or, with several processes, any array whose leading axis is
-  the global batch: only `local_slice` of it is read) and shards it along the data axis.
+
+def student_parallel(mesh: Optional[Mesh], n_students: int) -> bool:
+  """Whether a stack of n students can be spread whole over the mesh's devices (one process, n a multiple of
+  the devices): then no device ever waits on another."""
+  return mesh is not None and jax.process_count() == 1 and n_students % mesh.size == 0
+
+
+def stack_step(step_fn: Callable, mode: str, mesh: Optional[Mesh], n_students: int) -> Callable:
+  """The step of one student made the step of a stack of students (axis 0 of state and batch).
+
+  mode 'vmap' batches the students' operations (best for dense layers and on accelerators); 'unroll' runs them
+  one after the other inside one program. On XLA:CPU, vmapped convolutions become grouped convolutions, several
+  times slower than the students' convolutions one by one, and convolutions inside loops (`lax.map`,
+  `lax.scan`) are slower still (benchmarks/results/mixmatch_throughput.md), hence unrolling. With student parallelism each device runs
+  its own students (`shard_map`); otherwise the students' batches are split over the devices (data parallel).
+  """
+  if mode not in STACK_MODES:
+    raise ValueError(f"unknown stacking mode {mode!r}; choose one of {', '.join(STACK_MODES)}")
+  if mode == "vmap":
+    many = jax.vmap(step_fn)
+  else:
+    def many(states, batches):  # the students one after the other, unrolled in one program
+      n = jax.tree.leaves(states)[0].shape[0]
+      outs = [step_fn(*jax.tree.map(lambda x: x[i], (states, batches))) for i in range(n)]
+      return jax.tree.map(lambda *xs: jax.numpy.stack(xs), *outs)
+  if not student_parallel(mesh, n_students):
+    return many
+  spec = P(DATA_AXIS)
+  return jax.shard_map(many, mesh=mesh, in_specs=(spec, spec), out_specs=(spec, spec))
+
+
+def place(step_fn: Callable, state, mesh: Optional[Mesh], batch_axis: int = 0, stacked: bool = False):
+  """Returns (state on device(s), put(host batch) -> device batch, the jitted `step_fn(state, batch)` with the
+  state donated).
+
+  Data parallel (the default): the state is replicated and `put` shards axis `batch_axis` of every batch array
+  along the data axis (with several processes, only this process's `local_slice` of it is read).
+  `batch_axis` is 1 for stacked students (axis 0 indexes the student) and one more for several steps per call.
+  Student parallel (`stacked` and `student_parallel`; the step from `stack_step`): each device holds whole
+  students, their state and batches sharded along the student axis (axis 0 of the state, `batch_axis - 1` of a
+  batch).
   """
   if mesh is None:
     return state, jax.device_put, jax.jit(step_fn, donate_argnums=0)
-  replicated = NamedSharding(mesh, P())
-  data = NamedSharding(mesh, P(DATA_AXIS))
+  by_student = stacked and student_parallel(mesh, jax.tree.leaves(state)[0].shape[0])
+  state_spec = P(DATA_AXIS) if by_student else P()
+  split_axis = batch_axis - 1 if by_student else batch_axis
+  data = NamedSharding(mesh, P(*([None] * split_axis), DATA_AXIS))
 
   def put(batch):
     out = {}
     for k, v in batch.items():
-      if v.shape[0] % mesh.size:
-        raise ValueError(f"batch {k!r} of {v.shape[0]} does not split over {mesh.size} devices")
-      out[k] = jax.make_array_from_process_local_data(data, v[local_slice(v.shape[0])], v.shape)
+      n = v.shape[split_axis]
+      if n % mesh.size:
+        raise ValueError(f"batch {k!r} of {n} does not split over {mesh.size} devices")
+      local = v if by_student else v[(slice(None),) * split_axis + (local_slice(n),)]
+      out[k] = jax.make_array_from_process_local_data(data, local, v.shape)
     return out
 
-  jitted = jax.jit(step_fn, in_shardings=(replicated, data, replicated), out_shardings=(replicated, replicated),
-                   donate_argnums=0)
-  return jax.device_put(state, replicated), put, jitted
+  state_sharding = jax.tree.map(lambda _: NamedSharding(mesh, state_spec), state)
+  jitted = jax.jit(step_fn, in_shardings=(state_sharding, data),
+                   out_shardings=(state_sharding, NamedSharding(mesh, state_spec)), donate_argnums=0)
+  return jax.device_put(state, state_sharding), put, jitted

@@ -12,9 +12,16 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from extraction import augment, metrics, models, train
+from extraction import augment, metrics, models, seeds, train
 from extraction.datasets import Dataset
 from extraction.predict import predict_logits
+
+
+class VictimMismatch(ValueError):
+  """The victim directory holds a victim made with other settings (or by an older version of this code)."""
+
+
+FORMAT = 2  # 2: the victim draws from its own random stream (extraction.seeds); earlier victims are refused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,27 +51,29 @@ def train_victim(dataset: Dataset, cfg: VictimConfig, directory: pathlib.Path,
   info_path = directory / "info.json"
   if info_path.exists():
     old = json.loads(info_path.read_text())
+    if old.get("format") != FORMAT:
+      raise VictimMismatch(f"{directory} holds a victim trained by an older version of this code (format "
+                       f"{old.get('format', 1)}, now {FORMAT}); use another --workdir or delete it")
     if old["config"] != dataclasses.asdict(cfg) or old["dataset"] != dataset.name:
-      raise ValueError(f"{directory} holds a victim trained with other settings ({old['config']}, "
+      raise VictimMismatch(f"{directory} holds a victim trained with other settings ({old['config']}, "
                        f"{old['dataset']}); use another --workdir or delete it")
   model = models.create_model(cfg.model, dataset.num_classes)
   tx = train.make_optimizer(cfg.lr, cfg.weight_decay, cfg.steps, schedule="cosine")
-  rng = jax.random.key(cfg.seed)
-  state = train.create_state(model, tx, jax.random.fold_in(rng, 0), dataset.image_shape)
+  state = train.create_state(model, tx, seeds.key(cfg.seed, "victim"), dataset.image_shape)
   flip, shift = augment.default_augmentation(dataset.name)
-  step = train.make_supervised_step(model, tx, ema_decay=cfg.ema, flip=flip, shift=shift)
+  step = train.make_supervised_step(model, ema_decay=cfg.ema, flip=flip, shift=shift)
   one_hot = np.eye(dataset.num_classes, dtype=np.float32)
   images, labels = dataset.train.images, dataset.train.labels
 
   def make_batch(i):
-    idx = train.batch_indices(cfg.seed, i, len(labels), cfg.batch_size)
+    idx = train.batch_indices(cfg.seed, i, len(labels), cfg.batch_size, salt=seeds.salt("victim"))
     return {"images": images[idx], "targets": one_hot[labels[idx]]}
 
-  state = train.fit(step, state, make_batch, cfg.steps, jax.random.fold_in(rng, 1),
-                    checkpoint_dir=directory / "checkpoints", name="victim", mesh=mesh)
+  state = train.fit(step, state, make_batch, cfg.steps, checkpoint_dir=directory / "checkpoints", name="victim",
+                    mesh=mesh)
   variables = jax.device_get(state.variables(ema=True))
   acc = metrics.top1_accuracy(predict_logits(model, variables, dataset.test.images), dataset.test.labels)
-  info_path.write_text(json.dumps({"config": dataclasses.asdict(cfg), "dataset": dataset.name,
+  info_path.write_text(json.dumps({"format": FORMAT, "config": dataclasses.asdict(cfg), "dataset": dataset.name,
                                    "image_shape": list(dataset.image_shape), "num_classes": dataset.num_classes,
                                    "test_accuracy": acc}, indent=2))
   return Victim(model, variables, acc, dataset.image_shape, dataset.num_classes)
@@ -80,7 +89,7 @@ def load_victim(directory: pathlib.Path) -> Victim:
   cfg = VictimConfig(**info["config"])
   model = models.create_model(cfg.model, info["num_classes"])
   tx = train.make_optimizer(cfg.lr, cfg.weight_decay, cfg.steps, schedule="cosine")
-  template = train.create_state(model, tx, jax.random.key(0), tuple(info["image_shape"]))
+  template = train.create_state(model, tx, seeds.key(cfg.seed, "victim"), tuple(info["image_shape"]))
   state, step = train.restore_latest(train.checkpoint_manager(directory / "checkpoints"), template)
   if step < cfg.steps:
     raise ValueError(f"victim in {directory} is incomplete (step {step} of {cfg.steps})")

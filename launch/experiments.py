@@ -12,12 +12,17 @@ from typing import Callable
 
 Experiment = Callable[[pathlib.Path], list]
 EXPERIMENTS: dict[str, Experiment] = {}
+NOTES: dict[str, Callable[[], str]] = {}
 
 
-def register(name: str) -> Callable[[Experiment], Experiment]:
+def register(name: str, notes: Callable[[], str] | None = None) -> Callable[[Experiment], Experiment]:
+  """Registers an experiment; `notes()` (optional) returns the text that results.md states above the table
+  (how the figures were obtained)."""
   def wrap(fn: Experiment) -> Experiment:
     if name in EXPERIMENTS:
       raise ValueError(f"experiment {name!r} registered twice")
     EXPERIMENTS[name] = fn
+    if notes is not None:
+      NOTES[name] = notes
     return fn
   return wrap

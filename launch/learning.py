@@ -1,6 +1,13 @@
-"""Learning-based extraction (`--experiment=extraction`): train or restore the victim, then for every oracle
-output, query budget and method, query the oracle and train a student (FS, FS + Rot, MixMatch, MM + Rot),
-measuring accuracy and fidelity. Students are checkpointed under <workdir>/students/ and resume."""
+"""Learning-based extraction (`--experiment=extraction`) under the fair protocol.
+
+Train or restore the victim (its own seed and random stream); split the training inputs into the attacker's pool
+and a validation split that the attacker never touches; for every oracle output, query budget and repetition
+(`--seeds`), query the oracle on a seeded choice of pool inputs; then for every method train one student per
+(budget, repetition), all of them stacked in one vmapped run, each from its own student seed. Students are
+evaluated every `--eval_every` steps; a student's figure is the median of its last `--median_of` evaluations, and
+a row reports the mean and standard deviation over repetitions. Students are checkpointed under
+<workdir>/students/ and resume; `split.npz` and each group's `tasks.npz` record which inputs were queried.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -12,9 +19,11 @@ import time
 import numpy as np
 from absl import flags, logging
 
-from extraction import datasets, metrics, models, oracle as oracle_lib, parallel, supervised, victim as victim_lib
+from extraction import datasets, evaluation, models, oracle as oracle_lib, parallel, students, supervised
+from extraction import victim as victim_lib
 from extraction.predict import predict_logits
 from launch import common, experiments, oracle_flags
+from launch.methods import METHODS, make_step_factory
 
 # Data.
 flags.DEFINE_string("dataset", "digits", f"One of {', '.join(datasets.DATASETS)}.")
@@ -25,37 +34,69 @@ flags.DEFINE_string("victim_model", "small_cnn", f"Victim architecture: {', '.jo
 flags.DEFINE_integer("victim_steps", 2000, "Victim training steps.")
 flags.DEFINE_integer("victim_batch_size", 128, "Victim batch size.")
 flags.DEFINE_float("victim_lr", 0.002, "Victim peak learning rate (Adam, cosine schedule).")
+# Seeds and protocol.
+flags.DEFINE_integer("victim_seed", None, "Seed of the victim's initialisation and data order (default --seed).")
+flags.DEFINE_integer("student_seed", None, "Seed of the first student's initialisation, data order and "
+                     "augmentation (default --seed); repetition r uses student_seed + r.")
+flags.DEFINE_integer("query_seed", None, "Seed of the first repetition's choice of queried inputs (default "
+                     "--seed); repetition r uses query_seed + r.")
+flags.DEFINE_integer("seeds", 1, "Repetitions: students trained against the one victim, each with its own "
+                     "student and query seed; rows report mean and std over them.")
+flags.DEFINE_integer("val_size", None, "Training inputs held out of the attacker's pool as a validation split "
+                     "for tuning (never queried, never unlabeled); default 10% of the training split.")
+flags.DEFINE_integer("eval_every", None, "Evaluate students every this many steps (default student_steps // 20).")
+flags.DEFINE_integer("median_of", 3, "A student's figure is the median of its last this many evaluations.")
 # Attack.
 flags.DEFINE_list("queries", ["250", "1000", "4000"], "Query budgets, one extraction per budget.")
 flags.DEFINE_list("oracle_output", ["probabilities"], f"Oracle outputs: {', '.join(oracle_lib.OUTPUT_MODES)}.")
 flags.DEFINE_integer("top_k", None, "k for --oracle_output=top_k.")
-flags.DEFINE_list("method", ["fs"], "Extraction methods: fs, mixmatch.")
-flags.DEFINE_float("rotation_weight", 0.0, "Weight of the rotation loss on unlabeled inputs (0: off).")
+flags.DEFINE_list("method", ["fs"], f"Extraction methods: {', '.join(METHODS)}.")
+flags.DEFINE_float("rotation_weight", 0.0, "Weight of the S4L rotation loss (all four rotations of each "
+                   "unlabeled input); 0: off.")
+flags.DEFINE_bool("rotate_labeled", False, "The rotation loss also sees the labeled batch.")
 # Student.
 flags.DEFINE_string("student_model", "small_cnn", "Student architecture.")
 flags.DEFINE_integer("student_steps", 1000, "Student training steps (same for every method).")
 flags.DEFINE_integer("batch_size", 64, "Labeled batch size of the student.")
-flags.DEFINE_integer("unlabeled_batch_size", 64, "Unlabeled batch size (per augmentation).")
-flags.DEFINE_float("lr", 0.002, "Student learning rate (Adam, constant as in MixMatch).")
-flags.DEFINE_float("weight_decay", 0.02, "Decoupled weight decay (times lr) on kernels.")
+flags.DEFINE_integer("unlabeled_batch_size", None, "Unlabeled batch size (MixMatch: per augmentation, default 64; "
+                     "FixMatch: default mu * batch_size).")
+flags.DEFINE_float("lr", None, "Student learning rate (default: the method's: Adam 0.002 FS/MixMatch, SGD 0.03 "
+                   "FixMatch).")
+flags.DEFINE_float("weight_decay", None, "Weight decay on kernels (default: the method's: 0.02 decoupled for Adam, "
+                   "5e-4 L2 for SGD).")
+flags.DEFINE_string("optimizer", None, "adam or sgd (default: the method's).")
+flags.DEFINE_string("lr_schedule", None, "constant, cosine or fixmatch_cosine (default: the method's).")
 flags.DEFINE_float("ema", 0.999, "EMA decay of the student weights (evaluated model).")
-# MixMatch (reference defaults).
-flags.DEFINE_float("lambda_u", 75.0, "MixMatch unlabeled loss weight (75 CIFAR-10, 250 SVHN).")
-flags.DEFINE_integer("rampup_steps", None, "Steps of the linear lambda_u ramp-up (default: student_steps // 4).")
+flags.DEFINE_integer("steps_per_call", 1, "Training steps per jitted call (lax.scan); >1 helps small models.")
+# MixMatch (reference defaults) and FixMatch (paper defaults).
+flags.DEFINE_float("lambda_u", None, "Unlabeled loss weight (default: the method's, MixMatch 75, FixMatch 1).")
+flags.DEFINE_integer("rampup_steps", None, "Steps of MixMatch's linear lambda_u ramp-up (default: student_steps, "
+                     "the whole run).")
 flags.DEFINE_float("temperature", 0.5, "MixMatch sharpening temperature.")
 flags.DEFINE_float("alpha", 0.75, "MixMatch MixUp Beta(alpha, alpha).")
 flags.DEFINE_integer("mixmatch_k", 2, "MixMatch augmentations per unlabeled input.")
-# Evaluation and devices.
+flags.DEFINE_float("threshold", 0.95, "FixMatch confidence threshold of the pseudo-labels.")
+flags.DEFINE_integer("mu", 7, "FixMatch unlabeled batch size as a multiple of the labeled batch size.")
+flags.DEFINE_integer("randaugment_ops", 2, "FixMatch RandAugment operations per strongly augmented input.")
+# Evaluation.
 flags.DEFINE_integer("noise_samples", 2000, "Uniform-noise images for off-distribution agreement.")
+flags.DEFINE_list("gauss_sigmas", ["8", "24", "64"], "Gaussian noise (pixel levels of 255) added to test images for "
+                  "agreement under noise.")
+flags.DEFINE_integer("gauss_samples", None, "Test images used under Gaussian noise (default all).")
 
 FLAGS = flags.FLAGS
-METHODS = ("fs", "mixmatch")
 
 
 def _check(cond: bool, message: str) -> bool:
   if not cond:
     raise flags.ValidationError(message)
   return True
+
+
+def _positive_list(name):
+  flags.register_validator(name, lambda v: _check(
+      bool(v) and all(q.strip().replace(".", "", 1).isdigit() and float(q) > 0 for q in v),
+      f"--{name} must be positive numbers, got {','.join(v)}"))
 
 
 flags.register_validator("dataset", lambda v: _check(v in datasets.DATASETS,
@@ -71,10 +112,17 @@ flags.register_validator("method", lambda v: _check(
 flags.register_validator("queries", lambda v: _check(
     bool(v) and all(q.strip().isdigit() and int(q) > 0 for q in v),
     f"--queries must be positive integers, got {','.join(v)}"))
+_positive_list("gauss_sigmas")
 for _name in ("victim_steps", "student_steps", "victim_batch_size", "batch_size", "unlabeled_batch_size",
-              "mixmatch_k", "noise_samples"):
-  flags.register_validator(_name, lambda v, n=_name: _check(v is not None and v > 0, f"--{n} must be > 0, got {v}"))
-flags.register_validator("rotation_weight", lambda v: _check(v >= 0, f"--rotation_weight must be >= 0, got {v}"))
+              "mixmatch_k", "seeds", "median_of", "mu", "steps_per_call", "eval_every", "gauss_samples"):
+  flags.register_validator(_name, lambda v, n=_name: _check(v is None or v > 0, f"--{n} must be > 0, got {v}"))
+for _name in ("rotation_weight", "noise_samples", "val_size", "randaugment_ops", "lambda_u", "rampup_steps"):
+  flags.register_validator(_name, lambda v, n=_name: _check(v is None or v >= 0, f"--{n} must be >= 0, got {v}"))
+flags.register_validator("threshold", lambda v: _check(0 <= v <= 1, f"--threshold must be in [0, 1], got {v}"))
+flags.register_validator("optimizer", lambda v: _check(v in (None, "adam", "sgd"),
+                         f"unknown --optimizer={v!r}; choose adam or sgd"))
+flags.register_validator("lr_schedule", lambda v: _check(v in (None, "constant", "cosine", "fixmatch_cosine"),
+                         f"unknown --lr_schedule={v!r}; choose constant, cosine or fixmatch_cosine"))
 
 
 @flags.multi_flags_validator(["oracle_output", "top_k", "dataset"])
@@ -94,65 +142,158 @@ def _one_output_per_key(values):
   return True
 
 
-def student_config() -> supervised.StudentConfig:
-  return supervised.StudentConfig(
+def _seed(name: str) -> int:
+  value = getattr(FLAGS, name)
+  return FLAGS.seed if value is None else value
+
+
+def method_settings(method: str) -> tuple[students.StudentConfig, dict]:
+  """The students' shared config and the step's parameters for `method`: flags where set, else its defaults."""
+  spec = METHODS[method]
+  pick = lambda flag, default: default if flag is None else flag
+  if spec.needs_unlabeled and method == "fixmatch":
+    unlabeled = pick(FLAGS.unlabeled_batch_size, FLAGS.mu * FLAGS.batch_size)
+  else:
+    unlabeled = pick(FLAGS.unlabeled_batch_size, 64)
+  cfg = students.StudentConfig(
       model=FLAGS.student_model, steps=FLAGS.student_steps, batch_size=FLAGS.batch_size,
-      unlabeled_batch_size=FLAGS.unlabeled_batch_size, lr=FLAGS.lr, weight_decay=FLAGS.weight_decay, ema=FLAGS.ema,
-      rotation_weight=FLAGS.rotation_weight, seed=FLAGS.seed)
+      unlabeled_batch_size=unlabeled, lr=pick(FLAGS.lr, spec.lr), weight_decay=pick(FLAGS.weight_decay,
+                                                                                    spec.weight_decay),
+      ema=FLAGS.ema, optimizer=pick(FLAGS.optimizer, spec.optimizer), schedule=pick(FLAGS.lr_schedule, spec.schedule),
+      rotation_head=FLAGS.rotation_weight > 0)
+  params = {"ema": FLAGS.ema, "lambda_u": pick(FLAGS.lambda_u, spec.lambda_u),
+            "rampup_steps": pick(FLAGS.rampup_steps, FLAGS.student_steps), "temperature": FLAGS.temperature,
+            "alpha": FLAGS.alpha, "mixmatch_k": FLAGS.mixmatch_k, "threshold": FLAGS.threshold,
+            "randaugment_ops": FLAGS.randaugment_ops}
+  return cfg, params
 
 
-def mixmatch_kwargs() -> dict:
-  from semisup import mixmatch
-  rampup = FLAGS.rampup_steps if FLAGS.rampup_steps is not None else max(FLAGS.student_steps // 4, 1)
-  return dict(step_factory=mixmatch.make_mixmatch_step, lambda_u=FLAGS.lambda_u, rampup_steps=rampup,
-              temperature=FLAGS.temperature, alpha=FLAGS.alpha, k=FLAGS.mixmatch_k)
+def run_name(prefix: str, settings: dict) -> str:
+  """`prefix` plus a digest of every setting: other settings, other checkpoints."""
+  return f"{prefix}_{hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]}"
 
 
-def run_name(prefix: str, cfg: supervised.StudentConfig, kwargs: dict, oracle) -> str:
-  """`prefix` plus a digest of every setting of the student and the oracle: other settings, other checkpoints."""
-  settings = {**dataclasses.asdict(cfg), **{k: v for k, v in kwargs.items() if k != "step_factory"},
-              "top_k": FLAGS.top_k, **oracle_flags.oracle_settings(oracle)}
-  return f"{prefix}_{hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]}"
+def _query_all(backend, pool: np.ndarray, output: str, budgets: list[int]) -> tuple[dict, dict]:
+  """({(queries, repetition): (pool indices, training targets, inputs the oracle answered)}, the oracle's
+  settings that change its answers, for run names)."""
+  answers, settings = {}, {}
+  for rep in range(FLAGS.seeds):
+    for q in budgets:
+      oracle = oracle_flags.make_oracle(backend, output, FLAGS.top_k, q, record_inputs=False)
+      idx = supervised.choose_queries(_seed("query_seed") + rep, len(pool), q)
+      answers[q, rep] = (idx, supervised.oracle_targets(oracle(pool[idx]), output), oracle.used)
+      settings = oracle_flags.oracle_settings(oracle)
+      if hasattr(oracle, "close"):
+        oracle.close()
+  return answers, settings
 
 
-@experiments.register("extraction")
+def _noise_top(hist: list) -> str:
+  return f"{int(np.argmax(hist))}:{max(hist):.2f}"
+
+
+def _rows(method: str, output: str, budgets: list[int], answers: dict, histories: list, seconds: float) -> list:
+  rows, i = [], 0
+  for q in budgets:
+    runs = []
+    for rep in range(FLAGS.seeds):
+      summary = evaluation.summarize(histories[i], FLAGS.median_of)
+      curve = [{k: h[k] for k in ("step", "fidelity", "val_fidelity") if k in h} for h in histories[i]]
+      runs.append({"student_seed": _seed("student_seed") + rep, "query_seed": _seed("query_seed") + rep,
+                   "oracle_used": answers[q, rep][2], **summary, "curve": curve})
+      i += 1
+    agg = evaluation.aggregate([{k: v for k, v in r.items()
+                                 if k not in ("student_seed", "query_seed", "curve", "oracle_used")} for r in runs])
+    row = {"method": method, "queries": q, "oracle_output": output, "oracle_used": answers[q, 0][2], **agg}
+    if "noise_hist" in row:
+      row["noise_top"] = _noise_top(row["noise_hist"])
+    rows.append({**row, "steps": FLAGS.student_steps, "seconds": round(seconds, 1), "per_seed": runs})
+  return rows
+
+
+def notes() -> str:
+  """How the figures of results.md were obtained."""
+  every = FLAGS.eval_every or max(FLAGS.student_steps // 20, 1)
+  return (f"Each student is evaluated every {every} steps (EMA weights; before its last {FLAGS.median_of} "
+          f"evaluations only on the test and validation splits); its figure is the median of its last "
+          f"{FLAGS.median_of} evaluations. A row gives the mean over `seeds` repetitions (student seed "
+          f"{_seed('student_seed')}+r, query seed {_seed('query_seed')}+r, one victim of seed "
+          f"{_seed('victim_seed')}) and `<figure>_std` their standard deviation. fidelity: top-1 agreement on the "
+          f"test split; val_fidelity: on the held-out validation split of the training inputs (for tuning); "
+          f"gauss<s>_fidelity: on test images plus Gaussian noise of s pixel levels; noise_fidelity: on uniform "
+          f"noise, beside noise_top (class:share of the most frequent predicted class on noise, the victim's in its "
+          f"row): a student that predicts one class on noise scores the victim's share of that class.")
+
+
+@experiments.register("extraction", notes=notes)
 def run(workdir: pathlib.Path) -> list[dict]:
   ds = datasets.load(FLAGS.dataset, FLAGS.data_dir, FLAGS.tfds_data_dir)
-  logging.info("dataset %s: %d train, %d test, %s", ds.name, len(ds.train), len(ds.test), ds.image_shape)
-  if max(int(q) for q in FLAGS.queries) > len(ds.train):
-    raise common.ConfigError(f"--queries={','.join(FLAGS.queries)}: the attacker's pool has only "
-                             f"{len(ds.train)} inputs")
+  val_size = FLAGS.val_size if FLAGS.val_size is not None else len(ds.train) // 10
+  if val_size >= len(ds.train):
+    raise common.ConfigError(f"--val_size={val_size} leaves no attacker's pool of the {len(ds.train)} inputs")
+  pool_idx, val_idx = evaluation.split_pool(len(ds.train), val_size, FLAGS.seed)
+  logging.info("dataset %s: %d train (%d attacker's pool, %d validation), %d test, %s", ds.name, len(ds.train),
+               len(pool_idx), len(val_idx), len(ds.test), ds.image_shape)
+  budgets = sorted(int(q) for q in FLAGS.queries)
+  if budgets[-1] > len(pool_idx):
+    raise common.ConfigError(f"--queries={','.join(FLAGS.queries)}: the attacker's pool has only {len(pool_idx)} "
+                             f"inputs ({len(ds.train)} minus --val_size={val_size})")
+  semi = [m for m in FLAGS.method if METHODS[m].needs_unlabeled] + (["rotation"] if FLAGS.rotation_weight else [])
+  if semi and budgets[-1] == len(pool_idx):
+    raise common.ConfigError(f"--method={','.join(FLAGS.method)}: {semi[0]} needs unlabeled inputs, but "
+                             f"--queries={budgets[-1]} queries the whole attacker's pool; lower the budget")
+  np.savez(workdir / "split.npz", pool=pool_idx, val=val_idx)
   mesh = parallel.data_mesh(FLAGS.num_devices)
   vcfg = victim_lib.VictimConfig(model=FLAGS.victim_model, steps=FLAGS.victim_steps,
-                                 batch_size=FLAGS.victim_batch_size, lr=FLAGS.victim_lr, seed=FLAGS.seed)
+                                 batch_size=FLAGS.victim_batch_size, lr=FLAGS.victim_lr, seed=_seed("victim_seed"))
   victim = victim_lib.train_victim(ds, vcfg, workdir / "victim", mesh)
   logging.info("victim test accuracy %.4f", victim.test_accuracy)
-  backend = oracle_lib.model_backend(victim.model, victim.variables)
-  noise = metrics.noise_images(FLAGS.seed, FLAGS.noise_samples, ds.image_shape)
-  victim_test, victim_noise = backend(ds.test.images), backend(noise)
-  rows = [{"method": "victim", "queries": 0, "oracle_output": "-", "accuracy": victim.test_accuracy,
-           "fidelity": 1.0}]
-  pool = ds.train.images  # the attacker's pool: its labels are never read
+  evaluator = evaluation.Evaluator.build(
+      lambda x: predict_logits(victim.model, victim.variables, x), ds.test.images, ds.test.labels, ds.num_classes,
+      val_images=ds.train.images[val_idx], noise_samples=FLAGS.noise_samples,
+      gauss_sigmas=[float(s) for s in FLAGS.gauss_sigmas], gauss_samples=FLAGS.gauss_samples, seed=FLAGS.seed)
+  victim_row = evaluator.victim_row()
+  if "noise_victim_hist" in victim_row:
+    victim_row["noise_top"] = _noise_top(victim_row["noise_victim_hist"])
+  rows = [{"method": "victim", "queries": 0, "oracle_output": "-", **victim_row, "fidelity": 1.0}]
+  backend = oracle_lib.model_backend(victim.model, victim.variables)  # the API; the evaluator never goes through it
+  pool = ds.train.images[pool_idx]  # the attacker's pool: its labels are never read
   rot = "+rot" if FLAGS.rotation_weight > 0 else ""
-  cfg = student_config()
+  eval_every = FLAGS.eval_every or max(FLAGS.student_steps // 20, 1)
   for output in FLAGS.oracle_output:
-    for queries in sorted(int(q) for q in FLAGS.queries):
-      for method in FLAGS.method:
-        t0 = time.time()
-        oracle = oracle_flags.make_oracle(backend, output, FLAGS.top_k, queries, record_inputs=False)
-        idx = supervised.choose_queries(FLAGS.seed, len(pool), queries)
-        targets = supervised.oracle_targets(oracle(pool[idx]), output)
-        unlabeled = np.delete(pool, idx, axis=0)  # never sent to the oracle
-        kwargs = mixmatch_kwargs() if method == "mixmatch" else {}
-        name = run_name(f"{method}{rot}_{output}_{queries}_{cfg.model}", cfg, kwargs, oracle)
-        model, variables = supervised.train_student(
-            pool[idx], targets, unlabeled, ds.num_classes, cfg, ds.name, checkpoint_dir=workdir / "students" / name,
-            mesh=mesh, name=name, **kwargs)
-        student = lambda x: predict_logits(model, variables, x)
-        row = {"method": method + rot, "queries": queries, "oracle_output": output, "oracle_used": oracle.used,
-               **metrics.evaluate(student, victim_test, ds.test.images, ds.test.labels, victim_noise, noise),
-               "steps": cfg.steps, "seconds": round(time.time() - t0, 1)}
-        logging.info("%s", row)
-        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    answers, oracle_settings = _query_all(backend, pool, output, budgets)
+    for method in FLAGS.method:
+      t0 = time.time()
+      cfg, params = method_settings(method)
+      needs_unlabeled = METHODS[method].needs_unlabeled or FLAGS.rotation_weight > 0
+      every = np.arange(len(pool))
+      tasks = [students.StudentTask(idx, targets, np.setdiff1d(every, idx) if needs_unlabeled else every[:0],
+                                    _seed("student_seed") + rep)
+               for q in budgets for rep in range(FLAGS.seeds) for idx, targets, _ in [answers[q, rep]]]
+      extra = None
+      if FLAGS.rotation_weight > 0:
+        from semisup import rotation
+        from extraction import augment
+        extra = rotation.make_rotation_loss(FLAGS.rotation_weight, *augment.default_augmentation(ds.name),
+                                            rotate_labeled=FLAGS.rotate_labeled)
+      settings = {"config": dataclasses.asdict(cfg), "params": params, "victim": dataclasses.asdict(vcfg),
+                  "budgets": budgets, "seeds": [t.seed for t in tasks], "query_seed": _seed("query_seed"),
+                  "rotation": [FLAGS.rotation_weight, FLAGS.rotate_labeled], "top_k": FLAGS.top_k,
+                  "val": [FLAGS.seed, val_size], "eval": [eval_every, FLAGS.noise_samples, FLAGS.gauss_sigmas],
+                  **oracle_settings}
+      name = run_name(f"{method}{rot}_{output}_{cfg.model}", settings)
+      group_dir = workdir / "students" / name
+      group_dir.mkdir(parents=True, exist_ok=True)
+      np.savez(group_dir / "tasks.npz", pool=pool_idx, **{f"labeled_{i}": t.labeled for i, t in enumerate(tasks)},
+               **{f"unlabeled_{i}": t.unlabeled for i, t in enumerate(tasks)})
+      _, _, histories = students.train_students(
+          pool, tasks, ds.num_classes, cfg, make_step_factory(method, params, ds.name, extra),
+          needs_unlabeled=needs_unlabeled, evaluate=evaluator, eval_every=eval_every, full_evals=FLAGS.median_of,
+          checkpoint_dir=group_dir,
+          mesh=mesh, name=name, steps_per_call=FLAGS.steps_per_call)
+      for row in _rows(method + rot, output, budgets, answers, histories, time.time() - t0):
+        logging.info("%s", {k: v for k, v in row.items() if k != "per_seed"})
+        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                       if k != "per_seed" and not isinstance(v, list)), flush=True)
         rows.append(row)
   return rows

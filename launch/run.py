@@ -21,10 +21,12 @@ from launch import fe  # noqa: F401  (registers functional_equivalence)
 from extraction.datasets import DatasetUnavailable
 from extraction.oracle import BudgetExceeded
 from extraction.remote import RemoteError
+from extraction.victim import VictimMismatch
 from functional_equivalence.errors import ExtractionError, VictimFileError
 
 FLAGS = flags.FLAGS
-USER_ERRORS = (common.ConfigError, DatasetUnavailable, BudgetExceeded, ExtractionError, VictimFileError, FileNotFoundError, RemoteError)
+USER_ERRORS = (common.ConfigError, DatasetUnavailable, BudgetExceeded, ExtractionError, VictimFileError,
+               FileNotFoundError, RemoteError, VictimMismatch)
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -55,6 +57,7 @@ def main(argv):
   if FLAGS.dry_run:
     print(json.dumps(common.flag_values(), indent=2, default=str))
     return
+  common.configure_cpu_devices()
   common.initialize_distributed()
   workdir = pathlib.Path(FLAGS.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -70,7 +73,8 @@ def main(argv):
     sys.exit(f"error: {type(e).__name__}: {e}")
   if common.process_index() != 0:  # multi-host: one process writes the results
     return
-  paths = results.write(workdir, rows, config=common.flag_values())
+  notes = experiments.NOTES.get(FLAGS.experiment, str)()
+  paths = results.write(workdir, rows, config=common.flag_values(), notes=notes)
   for p in paths:
     print(f"wrote {p}")
 

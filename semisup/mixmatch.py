@@ -10,19 +10,18 @@ batch u:
   4. one forward pass on the whole mixed batch (batch norm over labeled and unlabeled together: the JAX
      equivalent of the reference's interleaving), soft cross-entropy on the labeled part plus
      lambda_u * ramp-up * mean squared error between softmax and targets on the unlabeled part;
-  5. optionally (`rotation_weight` > 0, MM + Rot) the 4-way rotation loss on the rotated first augmentation of u,
-     appended to the same forward pass through the model's rotation head.
-Precision: float32 throughout.
+  5. optionally an extra loss (MM + Rot: `semisup.rotation.make_rotation_loss`).
+Losses and the ramp-up come from optax. Precision: float32 throughout.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from extraction import augment as aug
 from extraction.datasets import to_float
-from extraction.train import Step, apply_update, soft_cross_entropy
-from semisup import rotation
+from extraction.train import Step, forward, gradient_step, soft_cross_entropy, split_heads, training_apply
 
 
 def sharpen(probs: jax.Array, temperature: float) -> jax.Array:
@@ -94,7 +93,7 @@ def mixmatch_loss(logits_x: jax.Array, targets_x: jax.Array, logits_u: jax.Array
     (loss_x: mean soft cross-entropy, loss_u: mean over all M*C entries of (softmax(logits_u) - targets_u)^2),
     float32 scalars.
   """
-  loss_u = jnp.square(jax.nn.softmax(logits_u) - targets_u).mean()
+  loss_u = optax.squared_error(jax.nn.softmax(logits_u), targets_u).mean()
   return soft_cross_entropy(logits_x, targets_x), loss_u
 
 
@@ -109,21 +108,17 @@ def rampup(step: jax.Array, rampup_steps: int) -> jax.Array:
   """
   if rampup_steps <= 0:
     return jnp.ones((), jnp.float32)
-  return jnp.clip(jnp.asarray(step, jnp.float32) / rampup_steps, 0.0, 1.0)
+  return optax.linear_schedule(0.0, 1.0, rampup_steps)(step)
 
 
-def _split_heads(out):
-  return out if isinstance(out, tuple) else (out, None)
-
-
-def make_mixmatch_step(model, tx, *, lambda_u: float, rampup_steps: int, temperature: float = 0.5,
+def make_mixmatch_step(model, *, lambda_u: float, rampup_steps: int, temperature: float = 0.5,
                        alpha: float = 0.75, k: int = 2, ema_decay: float = 0.999, flip: bool, shift: int,
-                       rotation_weight: float = 0.0) -> Step:
-  """Builds the MixMatch step `step(state, batch, rng) -> (state, metrics)` (jit it with the state donated).
+                       extra_loss=None) -> Step:
+  """Builds the MixMatch step `step(state, batch) -> (state, metrics)` (jit it with the state donated).
 
   Args:
-    model: Flax module from `extraction.models.create_model` (rotation_head=True if rotation_weight > 0).
-    tx: optimizer, e.g. `extraction.train.make_optimizer(0.002, 0.02, steps)` (Adam, decoupled weight decay).
+    model: Flax module from `extraction.models.create_model` (the state, from `extraction.train.create_state`,
+      carries the optimizer, e.g. `make_optimizer(0.002, 0.02, steps)`: Adam, decoupled weight decay).
     lambda_u: weight of the unlabeled L2 loss at the end of the ramp-up (75 CIFAR-10, 250 SVHN).
     rampup_steps: steps over which that weight grows linearly from 0.
     temperature: sharpening temperature T.
@@ -131,46 +126,34 @@ def make_mixmatch_step(model, tx, *, lambda_u: float, rampup_steps: int, tempera
     k: augmentations of each unlabeled batch.
     ema_decay: decay of the EMA of the weights.
     flip, shift: augmentation (`extraction.augment.augment`).
-    rotation_weight: weight of the rotation loss on the unlabeled batch (0 = off).
+    extra_loss: optional `extra_loss(apply, params, batch, key) -> (loss, metrics)` added to the loss (see
+      `extraction.train.make_supervised_step`).
   Returns:
-    The step. batch = {'images': uint8 (B,H,W,C), 'targets': float (B,C) distributions,
-    'unlabeled': uint8 (U,H,W,C)}; metrics = float32 scalars 'loss', 'loss_x', 'loss_u', 'w_u' (the current
-    unlabeled weight) and 'loss_rot' when rotation_weight > 0.
+    The step `step(state, batch) -> (state, metrics)`. batch = {'images': uint8 (B,H,W,C), 'targets': float (B,C)
+    distributions, 'unlabeled': uint8 (U,H,W,C)}; metrics = float32 scalars 'loss', 'loss_x', 'loss_u', 'w_u' (the
+    current unlabeled weight) and the extra loss's.
   """
-  def predict(variables, images):
-    out, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])  # statistics discarded
-    return jax.nn.softmax(_split_heads(out)[0])
+  def predict(params, batch_stats, images):
+    return jax.nn.softmax(split_heads(training_apply(model, batch_stats)(params, images))[0])
 
-  def step(state, batch, rng):
-    r_x, r_u, r_mix, r_rot = jax.random.split(rng, 4)
+  def step(state, batch):
+    r_x, r_u, r_mix, r_extra = jax.random.split(state.step_key(), 4)
     x = aug.augment(r_x, to_float(batch["images"]), flip, shift)
     u = to_float(batch["unlabeled"])
     u_aug = [aug.augment(r, u, flip, shift) for r in jax.random.split(r_u, k)]
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    guess = jax.lax.stop_gradient(guess_labels(jnp.stack([predict(variables, ui) for ui in u_aug]), temperature))
+    guess = jax.lax.stop_gradient(guess_labels(
+        jnp.stack([predict(state.params, state.batch_stats, ui) for ui in u_aug]), temperature))
     inputs = jnp.concatenate([x] + u_aug)
     targets = jnp.concatenate([batch["targets"].astype(jnp.float32)] + [guess] * k)
     mixed, mixed_targets = mixup(inputs, targets, *mixup_params(r_mix, inputs.shape[0], alpha))
-    n, m = x.shape[0], inputs.shape[0]
-    if rotation_weight:
-      rotated, rot_labels = rotation.rotation_batch(r_rot, u_aug[0])
-      mixed = jnp.concatenate([mixed, rotated])
+    n = x.shape[0]
     w_u = lambda_u * rampup(state.step, rampup_steps)
 
     def loss_fn(params):
-      out, new_vars = model.apply({"params": params, "batch_stats": state.batch_stats}, mixed, train=True,
-                                  mutable=["batch_stats"])
-      logits, rot_logits = _split_heads(out)
-      loss_x, loss_u = mixmatch_loss(logits[:n], mixed_targets[:n], logits[n:m], mixed_targets[n:])
-      loss = loss_x + w_u * loss_u
-      metrics = {"loss_x": loss_x, "loss_u": loss_u, "w_u": w_u}
-      if rotation_weight:
-        metrics["loss_rot"] = rotation.rotation_loss(rot_logits[m:], rot_labels)
-        loss = loss + rotation_weight * metrics["loss_rot"]
-      metrics["loss"] = loss
-      return loss, (new_vars.get("batch_stats", {}), metrics)
+      logits, batch_stats = forward(model, params, state.batch_stats, mixed)
+      loss_x, loss_u = mixmatch_loss(logits[:n], mixed_targets[:n], logits[n:], mixed_targets[n:])
+      return loss_x + w_u * loss_u, (batch_stats, {"loss_x": loss_x, "loss_u": loss_u, "w_u": w_u})
 
-    grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
-    return apply_update(state, tx, grads, batch_stats, ema_decay), metrics
+    return gradient_step(model, state, loss_fn, ema_decay, extra_loss, batch, r_extra)
 
   return step

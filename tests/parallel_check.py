@@ -26,9 +26,9 @@ def run(method: str, num_devices: int, steps: int = 4):
   tx = optax.sgd(0.05, momentum=0.9)
   state = train.create_state(model, tx, jax.random.key(0), x.shape[1:])
   if method == "fs":
-    step = train.make_supervised_step(model, tx, shift=1)
+    step = train.make_supervised_step(model, shift=1)
   else:
-    step = mixmatch.make_mixmatch_step(model, tx, lambda_u=10.0, rampup_steps=2, flip=False, shift=1)
+    step = mixmatch.make_mixmatch_step(model, lambda_u=10.0, rampup_steps=2, flip=False, shift=1)
   one_hot = np.eye(10, dtype=np.float32)
 
   def make_batch(i):
@@ -39,13 +39,35 @@ def run(method: str, num_devices: int, steps: int = 4):
     return b
 
   mesh = parallel.data_mesh(num_devices)
-  state = train.fit(step, state, make_batch, steps, jax.random.key(1), mesh=mesh, log_every=steps)
+  state = train.fit(step, state, make_batch, steps, mesh=mesh, log_every=steps)
   return jax.device_get(state.params)
+
+
+def run_stacked(num_devices: int, steps: int = 1):
+  """Two students stacked (extraction.students): on 2 devices one student each (student parallel), on 4 each
+  student's batch split over the devices (data parallel)."""
+  from extraction import students
+  rng = np.random.default_rng(1)
+  pool = rng.integers(0, 256, (256, 16, 16, 3), dtype=np.uint8)
+  targets = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 64)]
+  tasks = [students.StudentTask(np.arange(64), targets, np.arange(64, 256), s) for s in (0, 1)]
+  cfg = students.StudentConfig(model="small_cnn", steps=steps, batch_size=16, unlabeled_batch_size=16,
+                               optimizer="sgd", lr=0.05, weight_decay=0.0)
+  make = lambda m: mixmatch.make_mixmatch_step(m, lambda_u=10.0, rampup_steps=2, flip=False, shift=1)
+  _, variables, _ = students.train_students(pool, tasks, 10, cfg, make, needs_unlabeled=True,
+                                            mesh=parallel.data_mesh(num_devices))
+  return variables
 
 
 def main():
   out = {"devices": len(jax.devices())}
-  for method in sys.argv[1:]:
+  if "stacked" in sys.argv[1:]:
+    ref = run_stacked(1)
+    for n in (2, 4):
+      other = run_stacked(n)
+      out[f"stacked_{n}"] = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(ref),
+                                                                              jax.tree.leaves(other)))
+  for method in [m for m in sys.argv[1:] if m != "stacked"]:
     ref = run(method, 1)
     for n in (2, 4):
       other = run(method, n)

@@ -10,7 +10,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("args,message", [
     (["--dataset=mnist"], "unknown --dataset='mnist'"),
     (["--queries=0"], "--queries must be positive integers"),
-    (["--queries=5000"], "the attacker's pool has only 1437 inputs"),
+    (["--queries=5000"], "the attacker's pool has only 1294 inputs (1437 minus --val_size=143)"),
     (["--oracle_output=scores"], "unknown --oracle_output=scores"),
     (["--oracle_output=top_k", "--top_k=10"], "must be smaller than the number of classes (10)"),
     (["--student_model=vgg"], "unknown --student_model='vgg'"),
@@ -34,7 +34,7 @@ def test_missing_flagfile(launcher):
 
 def test_tiny_end_to_end_run_and_reuse(tmp_path, launcher):
   args = ["--flagfile=quickstart.flags", f"--workdir={tmp_path}", "--victim_model=mlp", "--victim_steps=100", "--student_steps=30",
-          "--queries=20,100", "--oracle_output=probabilities,labels", "--noise_samples=64"]
+          "--queries=20,100", "--oracle_output=probabilities,labels", "--noise_samples=64", "--method=fs", "--seeds=1"]
   p = launcher(*args)
   assert p.returncode == 0, p.stderr[-3000:]
   rows = json.loads((tmp_path / "results.json").read_text())
@@ -74,7 +74,7 @@ def test_every_flagfile_is_valid(config, tmp_path, launcher):
 
 def test_mixmatch_and_rotation_through_the_launcher(tmp_path, launcher):
   p = launcher("--flagfile=quickstart.flags", f"--workdir={tmp_path}", "--victim_steps=50", "--student_steps=10",
-               "--queries=40", "--method=fs,mixmatch", "--rotation_weight=0.5", "--noise_samples=32",
+               "--queries=40", "--method=fs,mixmatch", "--rotation_weight=0.5", "--noise_samples=32", "--seeds=1",
                "--student_model=small_cnn", "--oracle_output=top_k", "--top_k=3")
   assert p.returncode == 0, p.stderr[-3000:]
   rows = json.loads((tmp_path / "results.json").read_text())

@@ -13,16 +13,19 @@ def test_accuracy_and_fidelity():
   assert metrics.topk_fidelity(student, victim, k=2) == 0.75
 
 
-def test_evaluate_reports_top5_only_above_five_classes():
+def test_evaluator_reports_top5_only_above_five_classes():
+  from extraction import evaluation
   rng = np.random.default_rng(0)
   images = rng.integers(0, 255, (20, 4, 4, 1), dtype=np.uint8)
   for c, has_top5 in ((3, False), (10, True)):
-    v = rng.normal(size=(20, c))
-    out = metrics.evaluate(lambda x: v[: len(x)], v, images, np.argmax(v, -1), v, images)
+    w = rng.normal(size=(16, c))
+    f = lambda x: x.reshape(len(x), -1) @ w
+    out = evaluation.Evaluator.build(f, images, np.argmax(f(images), -1), c, noise_samples=8)(f)
     assert out["fidelity"] == 1.0 and out["accuracy"] == 1.0 and out["noise_fidelity"] == 1.0
     assert ("top5_fidelity" in out) == has_top5
 
 
 def test_noise_images_are_seeded():
-  a, b = metrics.noise_images(1, 5, (8, 8, 1)), metrics.noise_images(1, 5, (8, 8, 1))
+  from extraction import evaluation
+  a, b = evaluation.uniform_noise(5, (8, 8, 1), 1), evaluation.uniform_noise(5, (8, 8, 1), 1)
   assert a.dtype == np.uint8 and a.shape == (5, 8, 8, 1) and (a == b).all()
