@@ -31,6 +31,7 @@ from functional_equivalence.simple_models import (active_linear, equation_solvin
                                                   path_finding, tree_build)
 from functional_equivalence.simple_models.common import Box
 from launch import common, experiments
+from launch import learning, oracle_flags  # noqa: F401  (define --queries, --oracle_url, validated here too)
 
 # What each attack asks the API for, and which victims it can handle (checked before any query).
 OUTPUTS = {"lowd_meek": ("labels",), "equation_solving": ("probabilities", "labels"), "path_finding": ("leaf",),
@@ -42,6 +43,7 @@ HANDLES = {"lowd_meek": "a binary linear classifier (LogisticRegression or Linea
            "path_finding": "a DecisionTreeClassifier or DecisionTreeRegressor",
            "gradient_recovery": "a two-layer ReLU network (.npz or DATASET:two_layer)"}
 MODELS = tabular.SKLEARN_MODELS + ("two_layer",)
+EXACT_ANSWERS = ("equation_solving", "path_finding", "gradient_recovery")  # recover the answers, not only labels
 
 flags.DEFINE_enum("attack", None, list(OUTPUTS), "direct_recovery: which attack of Table 1.")
 flags.DEFINE_string("victim", None, "direct_recovery: PATH.joblib (scikit-learn, trusted), PATH.npz (two-layer "
@@ -113,7 +115,8 @@ def _check(values):
     if kind[0] == "file":
       load_file(kind[1])
     _box(values["box"])
-    if not FLAGS["queries"].using_default_value and len(values["queries"]) != 1:
+    given = not FLAGS["queries"].using_default_value or values["queries"] != FLAGS["queries"].default
+    if given and len(values["queries"]) != 1:
       raise ValueError(f"--queries is one hard budget for {_ON}, got {','.join(values['queries'])}")
     out = values["direct_output"]
     if out is not None and out not in OUTPUTS[values["attack"]]:
@@ -302,7 +305,9 @@ def _run(workdir: pathlib.Path) -> list[dict]:
   agree, worst = agreement_on(victim, rec, x_eval, regression)
   row = dict(method=attack, attack=attack, victim=FLAGS.victim, victim_kind=victim_kind(victim), d=d,
              oracle_output=output, queries=int(queries), oracle_used=int(oracle.used), agreement=agree,
-             max_answer_error=worst, eval_inputs=FLAGS.eval_inputs)
+             eval_inputs=FLAGS.eval_inputs)
+  if attack in EXACT_ANSWERS and not (attack == "equation_solving" and (output == "labels" or FLAGS.mlp_hidden)):
+    row["max_answer_error"] = worst  # |logit| (LR, nets) or |leaf value| differences on the box points
   if attack == "path_finding":
     row["strategy"] = FLAGS.path_strategy
   if data is not None:

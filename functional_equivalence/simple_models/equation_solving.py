@@ -7,7 +7,8 @@ Security), Sec. 4.1: equation-solving attacks, and retraining when the API answe
   float64 in box-normalised coordinates; exact up to the conditioning of the random points (about 1e-13
   relative on the scikit-learn datasets). A multinomial model is defined up to a common shift of every class's
   parameters: it is returned centred (sum over classes 0), as scikit-learn fits it. Answers that are exactly 0
-  or 1 (a logit beyond float64 range) carry no equation: those points are redrawn (more queries).
+  or 1 (a logit beyond float64 range) carry no equation: those points are redrawn nearer the least saturated
+  point (more queries).
 * `fit_two_layer`: a two-layer ReLU network (the MLP of Tramer et al., whose architecture the attacker is assumed
   to know) by minimising the cross-entropy to the answered probabilities over random box points with L-BFGS.
   Not exact: a fit of a non-convex model; its fidelity is a result.
@@ -38,8 +39,9 @@ def _probabilities(answers: np.ndarray, attack: str) -> np.ndarray:
     raise UnsupportedAnswersError(f"{attack} needs class probabilities of at least 2 classes, got answers of "
                                   f"shape {answers.shape}")
   if np.all(np.isin(answers, (0.0, 1.0))):
-    raise UnsupportedAnswersError(f"{attack} needs probabilities but the API answers one-hot labels; use "
-                                  f"retraining (labels) or lowd_meek")
+    raise UnsupportedAnswersError(f"{attack} needs probabilities but every answer is 0 or 1 (a labels API, or "
+                                  f"probabilities saturated on all {len(answers)} points asked); use retraining "
+                                  f"(labels) or lowd_meek")
   return answers
 
 
@@ -50,16 +52,17 @@ def solve_logistic(oracle, box: Box, rng: np.random.Generator | None = None, red
   n = box.dim + 1
   x = box.sample(rng, n)
   p = _probabilities(ask(x), "equation_solving")
-  for _ in range(redraws):
-    bad = np.flatnonzero(~np.all((p > 0) & (p < 1) & np.isfinite(p), axis=1))
-    if not len(bad):
+  for r in range(redraws):  # saturated answers: redraw them nearer the least saturated point, halving the radius
+    bad = ~np.all((p > 0) & (p < 1) & np.isfinite(p), axis=1)
+    if not bad.any():
       break
-    x[bad] = box.sample(rng, len(bad))
+    best = x[np.argmax(np.where(np.isfinite(p), p, 0).min(axis=1))]
+    radius = 0.5 ** (r + 1) * box.width
+    x[bad] = np.clip(best + rng.uniform(-radius, radius, size=(int(bad.sum()), box.dim)), box.low, box.high)
     p[bad] = _probabilities(ask(x[bad]), "equation_solving")
-  else:
-    if not np.all((p > 0) & (p < 1)):
-      raise UnsupportedAnswersError(f"equation_solving: probabilities stay exactly 0 or 1 after {redraws} redraws "
-                                    f"(logits beyond float64 range on the box)")
+  if not np.all((p > 0) & (p < 1)):
+    raise UnsupportedAnswersError(f"equation_solving: probabilities stay exactly 0 or 1 after {redraws} redraws "
+                                  f"(logits beyond float64 range on the box)")
   z = np.log(p[:, 1:]) - np.log(p[:, :1])                                   # (n, k - 1) logit differences
   half = 0.5 * box.width
   a = np.concatenate([(x - box.center) / half, np.ones((n, 1))], axis=1)  # normalised coordinates + bias column
@@ -72,8 +75,8 @@ def solve_logistic(oracle, box: Box, rng: np.random.Generator | None = None, red
     coef = np.concatenate([np.zeros((1, box.dim)), w.T])
     intercept = np.concatenate([[0.0], b])
     coef, intercept = coef - coef.mean(axis=0), intercept - intercept.mean()
-  return LinearResult(coef, intercept, ask.queries,
-                      dict(condition_number=float(np.linalg.cond(a)), classes=int(p.shape[1])))
+  return LinearResult(coef, intercept, ask.queries, dict(condition_number=float(np.linalg.cond(a)),
+                                                        classes=int(p.shape[1]), redrawn=ask.queries - n))
 
 
 def retrain(oracle, box: Box, queries: int, rng: np.random.Generator | None = None) -> LinearResult:
@@ -90,7 +93,7 @@ def retrain(oracle, box: Box, queries: int, rng: np.random.Generator | None = No
   if len(seen) < 2:
     raise UnsupportedAnswersError(f"retraining: all {queries} random points of the box got class {seen[0]}; "
                                   f"nothing to learn a boundary from")
-  model = LogisticRegression(C=1e4, max_iter=20_000).fit(x, y)
+  model = LogisticRegression(C=1e3, max_iter=5000).fit(x, y)
   k = answers.shape[1]
   if k == 2:
     return LinearResult(model.coef_, model.intercept_, ask.queries, dict(classes_seen=len(seen)))

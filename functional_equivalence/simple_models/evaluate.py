@@ -24,7 +24,7 @@ def reachable_splits(tree, low: float, high: float):
   """(feature, threshold) of the internal nodes of a scikit-learn `tree_` that inputs of the box [low, high]^d
   reach, and the number of reachable leaves."""
   splits, leaves = [], 0
-  stack = [(0, np.full(tree.n_features, low), np.full(tree.n_features, high))]
+  stack = [(0, np.full(tree.n_features, float(low)), np.full(tree.n_features, float(high)))]
   while stack:
     node, lo, hi = stack.pop()
     if tree.children_left[node] < 0:

@@ -12,9 +12,10 @@ unit's output weights times its row) where a line crosses unit i's hyperplane w_
      answered logits meet (the API returns the logit beside its gradient), which makes the biases exact to
      rounding rather than to epsilon;
   4. which side of each hyperplane is active is not visible in the jumps (alpha relu(z) and alpha relu(-z) differ
-     by a linear function): the gradient at p, a least-squares solve over the units' jumps, decides it; what no
-     found unit explains (units whose hyperplanes miss the searched segment of the line, or undecidable sides) is
-     a linear term, written as pairs of units relu(v . x) - relu(-v . x);
+     by a linear function): the gradient at a box point decides it, as the 0/1 solution of a linear system over
+     the units' jumps (unique when the h jumps are independent, e.g. h <= k d; otherwise every 0/1 solution gives
+     the same function, and one is taken); what no found unit explains (units whose hyperplanes miss the searched
+     segment of the line, or no 0/1 solution) is a linear term, written as pairs of units relu(v.x) - relu(-v.x);
   5. b1 from the logit at p; then the recovered network's gradients and logits are checked at `checks` random
      box points, and another line is searched (units merged) while they disagree, up to `lines` lines.
 Precision: float64. Units whose jump is below `tolerance` relative to the gradient are not seen.
@@ -105,6 +106,42 @@ def _merge(units, new, tol=1e-7):
   return units
 
 
+def _flips(cols: np.ndarray, target: np.ndarray, max_free: int = 12):
+  """beta in {0, 1}^h with cols @ beta = target, or None. When the units' jumps are linearly dependent (h > k d)
+  the solutions form beta_p + null(cols) z: the free coordinates are enumerated (at most 2^max_free); every
+  0/1 solution gives the same function (flips change the gradient by the same constant everywhere)."""
+  beta = np.linalg.lstsq(cols, target, rcond=None)[0]
+  ok = lambda b: np.abs(b - np.round(b)).max() <= 1e-6 and np.all(np.isin(np.round(b), (0, 1)))
+  if ok(beta):
+    return np.round(beta) == 1
+  _, s, vt = np.linalg.svd(cols)
+  rank = int(np.sum(s > 1e-10 * s[0]))
+  null = vt[rank:].T                                                     # (h, q)
+  q = null.shape[1]
+  if not 0 < q <= max_free:
+    return None
+  rows = _independent_rows(null)
+  for bits in range(2 ** q):
+    want = np.array([(bits >> i) & 1 for i in range(q)], np.float64)
+    z = np.linalg.solve(null[rows], want - beta[rows])
+    cand = beta + null @ z
+    if ok(cand) and np.abs(cols @ np.round(cand) - target).max() <= 1e-8 * max(np.abs(target).max(), 1.0):
+      return np.round(cand) == 1
+  return None
+
+
+def _independent_rows(a: np.ndarray) -> np.ndarray:
+  """Indices of a.shape[1] linearly independent rows of a (greedy)."""
+  rows, basis = [], np.zeros((0, a.shape[1]))
+  for i in range(len(a)):
+    trial = np.vstack([basis, a[i]])
+    if np.linalg.matrix_rank(trial, tol=1e-9) > len(basis):
+      rows, basis = rows + [i], trial
+    if len(rows) == a.shape[1]:
+      break
+  return np.array(rows)
+
+
 def _assemble(units, d, k, x0, g0, f0, tol):
   """The network of the found units with each unit's active side chosen to fit the gradient g0 at x0, a linear
   term (pairs of units) for what they do not explain, and b1 from the logits f0 at x0."""
@@ -118,9 +155,8 @@ def _assemble(units, d, k, x0, g0, f0, tol):
   residual = (alpha * on[:, None]).T @ n.T - g0                          # (k, d): sum of alpha_i n_i^T over flips
   cols = np.stack([np.outer(alpha[i], n[:, i]).ravel() for i in range(len(off))], axis=1) if len(off) else \
       np.zeros((k * d, 0))
-  beta = np.linalg.lstsq(cols, residual.ravel(), rcond=None)[0] if len(off) else np.zeros(0)
-  flip = np.round(beta) == 1
-  if len(off) and np.abs(beta - np.round(beta)).max() > 1e-6 or not np.all(np.isin(np.round(beta), (0, 1))):
+  flip = _flips(cols, residual.ravel()) if len(off) else np.zeros(0, bool)
+  if flip is None:
     flip = np.zeros(len(off), bool)                                      # undecidable: all into the linear term
   sign = np.where(flip, -1.0, 1.0)
   w0, b0, w1 = n * sign, off * sign, alpha
