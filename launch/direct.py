@@ -61,6 +61,8 @@ flags.DEFINE_float("direct_epsilon", None, "direct_recovery: precision of line s
 flags.DEFINE_enum("path_strategy", "top_down", list(path_finding.STRATEGIES),
                   "direct_recovery: path finding with incomplete queries from the root (top_down), Algorithm 1 "
                   "with incomplete queries (incomplete) or with complete queries only (exhaustive).")
+flags.DEFINE_bool("path_reuse_thresholds", True, "direct_recovery: path finding tries the boundaries it already "
+                  "found on a feature before bisecting (False: Tramer et al.'s plain line searches).")
 flags.DEFINE_enum("tree_missing", "stop", list(sklearn_victims.MISSING),
                   "direct_recovery: how the tree API answers an input with NaN features: stop at the node that "
                   "tests it (BigML) or follow the majority branch.")
@@ -210,7 +212,8 @@ def run_attack(attack: str, oracle, box: Box, classes: int, rng):
     r = equation_solving.solve_logistic(oracle, box, rng)
     return (r.coef, r.intercept), r.queries, r.stats
   if attack == "path_finding":
-    cfg = path_finding.Config(strategy=FLAGS.path_strategy, **({} if eps is None else dict(epsilon=eps)))
+    cfg = path_finding.Config(strategy=FLAGS.path_strategy, reuse_thresholds=FLAGS.path_reuse_thresholds,
+                              **({} if eps is None else dict(epsilon=eps)))
     r = path_finding.extract(oracle, box, cfg, rng)
     return r, r.queries, r.stats
   cfg = milli.Config() if eps is None else milli.Config(epsilon=eps)

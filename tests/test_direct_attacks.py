@@ -93,7 +93,7 @@ def test_path_finding_with_a_majority_api_and_a_tree_and_box_not_built_for():
   y = (np.sin(3 * x[:, 0]) + x[:, 1] * x[:, 2] > 0).astype(int) + (x[:, 3] > 1)
   model = DecisionTreeClassifier(max_depth=8, random_state=0).fit(x, y)
   oracle, _ = _oracle(sv.TreeBackend(model, "majority", id_seed=2), "leaf")
-  r = path_finding.extract(oracle, Box(-2, 2, 9), path_finding.Config(strategy="exhaustive"),
+  r = path_finding.extract(oracle, Box(-2, 2, 9), path_finding.Config(strategy="exhaustive", reuse_thresholds=False),
                            np.random.default_rng(1))
   _, reachable = evaluate.reachable_splits(model.tree_, -2, 2)
   assert len(r.ids) == reachable

@@ -6,7 +6,10 @@ Every node of a tree owns an axis-aligned box, so along any line parallel to an 
 constant and each identifier occupies one interval. `line_search` finds every change along such a line: query the
 two ends, bisect every bracket whose ends differ (a third identifier at a midpoint splits it in two) until it is
 narrower than epsilon box widths. The bracket's left end is the recovered threshold (x <= t goes left). The leaf
-containing a point then has, along each feature, exactly the interval of its own identifier: its box.
+containing a point then has, along each feature, exactly the interval of its own identifier: its box. With
+`reuse_thresholds` (our addition, on by default) a bracket first tries the two ends of a boundary already found on
+the same feature (the same node's split is met from many leaves): 2 queries instead of a bisection; a miss still
+splits the bracket, so nothing is lost but the 2 queries.
 
 Strategies (`STRATEGIES`):
   * 'exhaustive' (Algorithm 1, complete queries only; any tree API): from a random point, line searches along
@@ -39,9 +42,11 @@ NEEDS_STOP = ("top_down", "incomplete")
 @dataclasses.dataclass(frozen=True)
 class Config:
   """strategy: one of STRATEGIES; epsilon: bracket width (box widths) at which a threshold is placed;
+  reuse_thresholds: try the boundaries already found on a feature before bisecting (see `line_search`);
   max_leaves: stop with an error past this many leaves (a guard against an API that is not a tree)."""
   strategy: str = "top_down"
   epsilon: float = 1e-9
+  reuse_thresholds: bool = True
   max_leaves: int = 100_000
 
 
@@ -70,9 +75,13 @@ class _LeafAsker:
     return out[:, 0], out[:, 1:]
 
 
-def line_search(ask, box: Box, bases: np.ndarray, features: np.ndarray, eps: float):
+def line_search(ask, box: Box, bases: np.ndarray, features: np.ndarray, eps: float, known: dict | None = None):
   """All identifier changes along the lines bases[i] with feature features[i] running over [low, high].
 
+  Args:
+    known: None, or {feature: set of brackets (a, b)} of the boundaries found so far (updated here): a bracket to
+      search first tries the two ends of a known boundary inside it (the same split met from another leaf), which
+      settles it in 2 queries instead of a bisection, and bisects only otherwise.
   Returns, per line, a list of pieces (id, value, lower edge, upper edge, point inside) in increasing order;
   edges at the box's ends are -inf / inf. One oracle call for the ends, then one per bisection level."""
   m = len(bases)
@@ -82,11 +91,11 @@ def line_search(ask, box: Box, bases: np.ndarray, features: np.ndarray, eps: flo
   ends[np.arange(m), features] = box.low
   ends[m + np.arange(m), features] = box.high
   ids, vals = ask(ends)
-  # brackets: line, a, b, id_a, id_b (values kept by id)
   value_of = {i: v for i, v in zip(ids, vals)}
   line, a, b = np.arange(m), np.full(m, box.low), np.full(m, box.high)
   ida, idb = ids[:m], ids[m:]
   bounds = [[] for _ in range(m)]                                     # (a, b, id_a, id_b) per line
+  sorted_known = {f: np.array(sorted(v)) for f, v in (known or {}).items()}
   while len(line):
     diff = ida != idb
     line, a, b, ida, idb = (v[diff] for v in (line, a, b, ida, idb))
@@ -94,16 +103,30 @@ def line_search(ask, box: Box, bases: np.ndarray, features: np.ndarray, eps: flo
     closed = (b - a <= eps * box.width) | (mid <= a) | (mid >= b)
     for i in np.flatnonzero(closed):
       bounds[line[i]].append((a[i], b[i], ida[i], idb[i]))
+      if known is not None:
+        f = int(features[line[i]])
+        known.setdefault(f, set()).add((a[i], b[i]))
+        sorted_known[f] = np.array(sorted(known[f]))
     line, a, b, ida, idb, mid = (v[~closed] for v in (line, a, b, ida, idb, mid))
     if not len(line):
       break
-    pts = bases[line].copy()
-    pts[np.arange(len(line)), features[line]] = mid
-    idm, valm = ask(pts)
-    value_of.update(zip(idm, valm))
-    left = (line, a, mid, ida, idm)                                     # [a, mid]: open if ida != idm
-    right = (line, mid, b, idm, idb)                                    # [mid, b]: open if idm != idb
-    line, a, b, ida, idb = (np.concatenate([l, r]) for l, r in zip(left, right))
+    probes = []                                                         # per bracket: the points to ask
+    for j in range(len(line)):
+      k = sorted_known.get(int(features[line[j]]))
+      inside = k[(k[:, 0] > a[j]) & (k[:, 1] < b[j])] if k is not None else ()
+      probes.append(list(inside[np.argmin(np.abs(inside.mean(axis=1) - mid[j]))]) if len(inside) else [mid[j]])
+    owner = np.repeat(np.arange(len(line)), [len(p) for p in probes])
+    t = np.concatenate(probes)
+    pts = bases[line[owner]].copy()
+    pts[np.arange(len(owner)), features[line[owner]]] = t
+    idt, valt = ask(pts)
+    value_of.update(zip(idt, valt))
+    new = []                                                            # consecutive segments of every bracket
+    for j in range(len(line)):
+      ts, it = t[owner == j], idt[owner == j]
+      cuts, cut_ids = [a[j], *ts, b[j]], [ida[j], *it, idb[j]]
+      new += [(line[j], cuts[q], cuts[q + 1], cut_ids[q], cut_ids[q + 1]) for q in range(len(cuts) - 1)]
+    line, a, b, ida, idb = (np.array(v) for v in zip(*new))
   out = []
   for i in range(m):
     bl = sorted(bounds[i])
@@ -120,7 +143,7 @@ def line_search(ask, box: Box, bases: np.ndarray, features: np.ndarray, eps: flo
   return out
 
 
-def _leaf_boxes(ask, box, points, ids, features_per_point, eps):
+def _leaf_boxes(ask, box, points, ids, features_per_point, eps, known):
   """Boxes of the leaves at `points` (ids known; NaN features stay left out) from line searches along the given
   features (others unbounded), and the other pieces met: (id, value, point, feature, lower edge, upper edge)."""
   n, d = points.shape
@@ -128,7 +151,7 @@ def _leaf_boxes(ask, box, points, ids, features_per_point, eps):
   rows = np.array([i for i, fs in enumerate(features_per_point) for _ in fs], np.int64)
   feats = np.array([f for fs in features_per_point for f in fs], np.int64)
   found = []
-  for r, f, pieces in zip(rows, feats, line_search(ask, box, points[rows], feats, eps)):
+  for r, f, pieces in zip(rows, feats, line_search(ask, box, points[rows], feats, eps, known)):
     for pid, value, e_lo, e_hi, inside in pieces:
       if pid == ids[r]:
         lo[r, f], hi[r, f] = e_lo, e_hi
@@ -141,6 +164,7 @@ def _leaf_boxes(ask, box, points, ids, features_per_point, eps):
 
 def _search_leaves(ask, box, cfg, rng, leaf_features):
   """'exhaustive' / 'incomplete': grow the set of leaves from a random point (see module docstring)."""
+  known = {} if cfg.reuse_thresholds else None
   x0 = box.sample(rng, 1)
   ids0, vals0 = ask(x0)
   frontier = {ids0[0]: (vals0[0], x0[0])}
@@ -150,7 +174,7 @@ def _search_leaves(ask, box, cfg, rng, leaf_features):
       raise ExtractionError(f"path finding: more than {cfg.max_leaves} leaves; is the victim a tree?")
     ids = np.array(list(frontier))
     points = np.stack([frontier[i][1] for i in ids])
-    lo, hi, found = _leaf_boxes(ask, box, points, ids, leaf_features(ids, points), cfg.epsilon)
+    lo, hi, found = _leaf_boxes(ask, box, points, ids, leaf_features(ids, points), cfg.epsilon, known)
     for j, i in enumerate(ids):
       leaves[i] = (frontier[i][0], lo[j], hi[j])
     new = {}
@@ -198,6 +222,7 @@ def _tested_features(ask, points, node_ids, fill):
 def _top_down(ask, box, cfg, rng):
   """'top_down' (see module docstring). A state is (partial point, id, value, feature searched last, its edges)."""
   d = box.dim
+  known = {} if cfg.reuse_thresholds else None
   fill = box.sample(rng, 1)[0]                      # values given to missing features when testing a node
   ids, vals = ask(np.full((1, d), np.nan))
   states = [(np.full(d, np.nan), ids[0], vals[0], -1, -np.inf, np.inf)]
@@ -210,14 +235,14 @@ def _top_down(ask, box, cfg, rng):
     tested = _tested_features(ask, points, node_ids, fill)
     new_states = []
     inner = np.flatnonzero(tested >= 0)
-    for i, pieces in zip(inner, line_search(ask, box, points[inner], tested[inner], cfg.epsilon)):
+    for i, pieces in zip(inner, line_search(ask, box, points[inner], tested[inner], cfg.epsilon, known)):
       for pid, value, e_lo, e_hi, inside in pieces:
         x = points[i].copy()
         x[tested[i]] = inside
         new_states.append((x, pid, value, tested[i], e_lo, e_hi))
     leaf_rows = np.flatnonzero(tested < 0)
     feats = [[f for f in np.flatnonzero(~np.isnan(points[i])) if f != states[i][3]] for i in leaf_rows]
-    lo, hi, found = _leaf_boxes(ask, box, points[leaf_rows], node_ids[leaf_rows], feats, cfg.epsilon)
+    lo, hi, found = _leaf_boxes(ask, box, points[leaf_rows], node_ids[leaf_rows], feats, cfg.epsilon, known)
     for j, i in enumerate(leaf_rows):
       _, _, value, last, e_lo, e_hi = states[i]
       if last >= 0:  # the state's edges along the feature searched last
