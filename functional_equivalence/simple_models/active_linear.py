@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from functional_equivalence.errors import ExtractionError, LimitReachedError
 from functional_equivalence.simple_models.common import Asker, Box, labels
@@ -103,7 +104,8 @@ def extract(oracle, box: Box, cfg: Config = Config(), rng: np.random.Generator |
   y_check = labels(ask(x_check), "active_linear")
   radius, iterations = cfg.radius, 0
   for attempt in range(cfg.attempts):
-    theta, its = _ellipsoid_search(label_of, theta0, basis, radius, cfg)
+    with threadpool_limits(1):  # d x d eigendecompositions: threads only add overhead (10x on 2 cores)
+      theta, its = _ellipsoid_search(label_of, theta0, basis, radius, cfg)
     iterations += its
     w, b = theta[:d] / half, theta[d] - center @ theta[:d] / half
     if np.all((x_check @ w + b > 0) == (y_check == 1)):
