@@ -27,7 +27,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from functional_equivalence.errors import ExtractionError, LimitReachedError
-from functional_equivalence.simple_models.common import Asker, Box, labels
+from functional_equivalence.simple_models.common import Asker, Box, Halfspace, labels
 from functional_equivalence.simple_models.lowd_meek import sign_witnesses
 
 
@@ -43,15 +43,6 @@ class Config:
   checks: int = 32
   max_iterations: int = 2_000_000
   attempts: int = 2
-
-
-@dataclasses.dataclass
-class Result:
-  """w (d,), b: the recovered classifier sign(w . x + b) with |w| = 1; queries: inputs asked; stats."""
-  w: np.ndarray
-  b: float
-  queries: int
-  stats: dict
 
 
 _TILTS = (0.0, *np.logspace(-8, 2, 21))
@@ -90,7 +81,7 @@ def _ellipsoid_search(label_of, theta0, basis, radius, cfg: Config):
   raise LimitReachedError(f"active_linear: no convergence within {cfg.max_iterations} queries")
 
 
-def extract(oracle, box: Box, cfg: Config = Config(), rng: np.random.Generator | None = None) -> Result:
+def extract(oracle, box: Box, cfg: Config = Config(), rng: np.random.Generator | None = None) -> Halfspace:
   """Recovers (w, b) of a binary linear classifier behind a labels oracle by QS active learning."""
   rng = rng if rng is not None else np.random.default_rng(0)
   ask = Asker(oracle)
@@ -110,7 +101,7 @@ def extract(oracle, box: Box, cfg: Config = Config(), rng: np.random.Generator |
     w, b = theta[:d] / half, theta[d] - center @ theta[:d] / half
     if np.all((x_check @ w + b > 0) == (y_check == 1)):
       norm = np.linalg.norm(w)
-      return Result(w / norm, b / norm, ask.queries,
+      return Halfspace(w / norm, b / norm, ask.queries,
                     dict(witness_queries=witnesses, iterations=iterations, attempts=attempt + 1, radius=radius))
     radius *= 1e3
   raise ExtractionError(f"active_linear: the learned classifier disagrees with the answers at random box points "

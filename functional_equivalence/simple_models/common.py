@@ -43,6 +43,15 @@ class Box:
     return rng.uniform(self.low, self.high, size=(n, self.dim))
 
 
+@dataclasses.dataclass
+class Halfspace:
+  """A recovered binary linear classifier sign(w . x + b), scaled to |w| = 1; queries: inputs asked; stats."""
+  w: np.ndarray
+  b: float
+  queries: int
+  stats: dict
+
+
 class Asker:
   """Asks `oracle(x)` and counts the inputs this attack asked (the attack's query count, a result)."""
 

@@ -22,7 +22,7 @@ import dataclasses
 import numpy as np
 
 from functional_equivalence.errors import ExtractionError
-from functional_equivalence.simple_models.common import Asker, Box, labels
+from functional_equivalence.simple_models.common import Asker, Box, Halfspace, labels
 
 
 class NoWitnessError(ExtractionError):
@@ -43,15 +43,6 @@ class Config:
   witness_queries: int = 1024
   step: float = 0.25
   max_stretch: float = 2.0 ** 40
-
-
-@dataclasses.dataclass
-class Result:
-  """w (d,), b: the recovered classifier sign(w . x + b), scaled to |w| = 1; queries: inputs asked; stats."""
-  w: np.ndarray
-  b: float
-  queries: int
-  stats: dict
 
 
 def sign_witnesses(ask, box: Box, rng: np.random.Generator, budget: int, attack: str = "lowd_meek"):
@@ -81,7 +72,7 @@ def _bisect(ask_label, lo, hi, ref, done):
     lo[rows[same]], hi[rows[~same]] = mid[rows[same]], mid[rows[~same]]
 
 
-def extract(oracle, box: Box, cfg: Config = Config(), rng: np.random.Generator | None = None) -> Result:
+def extract(oracle, box: Box, cfg: Config = Config(), rng: np.random.Generator | None = None) -> Halfspace:
   """Recovers (w, b) of a binary linear classifier behind `oracle` (labels or probabilities) up to scale."""
   rng = rng if rng is not None else np.random.default_rng(0)
   ask = Asker(oracle)
@@ -131,4 +122,4 @@ def extract(oracle, box: Box, cfg: Config = Config(), rng: np.random.Generator |
   norm = np.linalg.norm(w)
   stats = dict(witness_queries=witnesses, boundary_queries=boundary, feature_queries=ask.queries - witnesses - boundary,
                zero_weights=int(d - found.size))
-  return Result(w / norm, b / norm, ask.queries, stats)
+  return Halfspace(w / norm, b / norm, ask.queries, stats)
