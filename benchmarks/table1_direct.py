@@ -46,8 +46,8 @@ def cases():
     out.append(("equation_solving", f"{ds}:logistic_regression", {"direct_output": "labels"},
                 "uniform retraining, 50 (d + 1) labels: no figure for these datasets"))
   for factor in (1, 2):
-    out.append(("equation_solving", "digits:two_layer", {"mlp_hidden": 32, "queries": [str(factor * DIGITS_NET_UNKNOWNS)]},
-                TRAMER_MLP))
+    out.append(("equation_solving", "digits:two_layer",
+                {"mlp_hidden": 32, "queries": [str(factor * DIGITS_NET_UNKNOWNS)]}, TRAMER_MLP))
   for attack in ("lowd_meek", "active_linear"):
     for model in ("logistic_regression", "linear_svc"):
       paper = ("polynomially many membership queries (Lowd & Meek 2005)" if attack == "lowd_meek"

@@ -185,17 +185,22 @@ def check_fits(attack: str, model, output: str) -> None:
                              f"missing feature (--tree_missing=stop); use --path_strategy=exhaustive")
 
 
-def victim_backend(model, seed_seq):
+def backend_of(model, missing: str = "stop", id_seed: int = 0):
+  """The batched backend of a victim or recovered model (two-layer network or scikit-learn estimator)."""
   if isinstance(model, net_victims.TwoLayerNet):
     return TwoLayerBackend(*model)
-  return sklearn_victims.backend(model, FLAGS.tree_missing, id_seed=int(np.random.default_rng(seed_seq).integers(2 ** 31)))
+  return sklearn_victims.backend(model, missing, id_seed)
+
+
+def budget() -> int | None:
+  """--queries as this experiment's hard budget, None when not given."""
+  return None if FLAGS["queries"].using_default_value else int(FLAGS.queries[0])
 
 
 def run_attack(attack: str, oracle, box: Box, classes: int, rng):
   """(what the attack found, queries, stats). `classes`: the API's number of classes (for the size of the
   two-layer fit, whose architecture Tramer et al.'s attacker knows)."""
-  eps = FLAGS.direct_epsilon
-  budget = None if FLAGS["queries"].using_default_value else int(FLAGS.queries[0])
+  eps, limit = FLAGS.direct_epsilon, budget()
   if attack in ("lowd_meek", "active_linear"):
     mod = lowd_meek if attack == "lowd_meek" else active_linear
     cfg = mod.Config() if eps is None else mod.Config(epsilon=eps)
@@ -203,10 +208,10 @@ def run_attack(attack: str, oracle, box: Box, classes: int, rng):
     return (r.w[None], np.array([r.b])), r.queries, r.stats
   if attack == "equation_solving":
     if oracle.output == "labels":
-      r = equation_solving.retrain(oracle, box, budget or 50 * (box.dim + 1), rng)
+      r = equation_solving.retrain(oracle, box, limit or 50 * (box.dim + 1), rng)
       return (r.coef, r.intercept), r.queries, r.stats
     if FLAGS.mlp_hidden is not None:
-      n = budget or equation_solving.mlp_unknowns(box.dim, FLAGS.mlp_hidden, classes)
+      n = limit or equation_solving.mlp_unknowns(box.dim, FLAGS.mlp_hidden, classes)
       net, queries, stats = equation_solving.fit_two_layer(oracle, box, FLAGS.mlp_hidden, n, rng)
       return net, queries, stats
     r = equation_solving.solve_logistic(oracle, box, rng)
@@ -221,13 +226,7 @@ def run_attack(attack: str, oracle, box: Box, classes: int, rng):
   return r.net, r.queries, r.stats
 
 
-def _predict_fn(model):
-  if isinstance(model, net_victims.TwoLayerNet):
-    return TwoLayerBackend(*model)
-  return sklearn_victims.backend(model)
-
-
-def recovered_model(attack: str, victim, found, d: int):
+def recovered_model(victim, found, d: int):
   """The recovered model as an object of the victim's kind (scikit-learn estimator or TwoLayerNet)."""
   if isinstance(found, net_victims.TwoLayerNet):
     return found
@@ -259,7 +258,7 @@ def attack_errors(attack: str, victim, found, rec_model, box: Box) -> dict:
 
 def agreement_on(victim, rec_model, x, regression: bool, chunk: int = 16384) -> tuple[float, float]:
   """(agreement, max |answer difference|) of the two models' backends on x."""
-  vb, rb = _predict_fn(victim), _predict_fn(rec_model)
+  vb, rb = backend_of(victim), backend_of(rec_model)
   same, worst = 0.0, 0.0
   for i in range(0, len(x), chunk):
     a, b = vb(x[i:i + chunk]), rb(x[i:i + chunk])
@@ -288,11 +287,12 @@ def _run(workdir: pathlib.Path) -> list[dict]:
     with np.load(FLAGS.victim_data) as f:
       data = np.asarray(f["x"], np.float64).reshape(len(f["x"]), -1)
   box = Box(*_box(FLAGS.box), d)
-  budget = None if FLAGS["queries"].using_default_value else int(FLAGS.queries[0])
-  oracle = Oracle(victim_backend(victim, [seed, 4]), output=output, budget=budget, record_inputs=False)
+  id_seed = int(np.random.default_rng([seed, 4]).integers(2 ** 31))
+  oracle = Oracle(backend_of(victim, FLAGS.tree_missing, id_seed), output=output, budget=budget(),
+                  record_inputs=False)
   classes = victim.shape[2] if isinstance(victim, net_victims.TwoLayerNet) else sklearn_victims.num_classes(victim)
   logging.info("%s on %s (%s, d=%d) through a %s oracle, budget %s", attack, FLAGS.victim, victim_kind(victim), d,
-               output, budget or "none")
+               output, budget() or "none")
   start = time.monotonic()
   try:
     found, queries, stats = run_attack(attack, oracle, box, classes, np.random.default_rng([seed, 2]))
@@ -300,7 +300,7 @@ def _run(workdir: pathlib.Path) -> list[dict]:
     logging.error("%s stopped by the budget after %d queries: %s", attack, oracle.used, e)
     raise
   seconds = time.monotonic() - start
-  rec = recovered_model(attack, victim, found, d)
+  rec = recovered_model(victim, found, d)
   path = (net_victims.save_npz(workdir / "recovered.npz", rec) if isinstance(rec, net_victims.TwoLayerNet)
           else sklearn_victims.save_joblib(workdir / "recovered.joblib", rec))
   regression = victim_kind(victim) == "tree_regressor"

@@ -9,6 +9,7 @@ from extraction import sklearn_victims as sv, tabular
 from extraction.oracle import BudgetExceeded, Oracle
 from extraction.two_layer import TwoLayerBackend
 from functional_equivalence import align, victims
+from functional_equivalence.errors import ExtractionError
 from functional_equivalence.simple_models import (active_linear, equation_solving, evaluate, lowd_meek, milli,
                                                   path_finding, tree_build)
 from functional_equivalence.simple_models.common import Box, UnsupportedAnswersError
@@ -202,3 +203,14 @@ def test_every_attack_is_refused_the_query_that_passes_its_budget(case):
   with pytest.raises(BudgetExceeded):
     attack(oracle)
   assert counting.count <= needed - 1                              # nothing past the budget was answered
+
+
+def test_tree_build_refuses_boxes_that_do_not_tile_and_handles_a_single_leaf():
+  inf = np.inf
+  lo = np.array([[-inf, -inf], [0.5, -inf], [0.2, 0.5]])      # the third box overlaps the first two
+  hi = np.array([[0.5, inf], [inf, inf], [0.8, inf]])
+  with pytest.raises(ExtractionError, match="admit no common split"):
+    tree_build.build(lo, hi, np.eye(3), tolerance=1e-9)
+  single = tree_build.build(np.full((1, 2), -inf), np.full((1, 2), inf), np.array([[0.25, 0.75]]), 1e-9)
+  est = tree_build.to_sklearn(single, 2, regression=False)
+  np.testing.assert_allclose(est.predict_proba(np.zeros((3, 2))), [[0.25, 0.75]] * 3)

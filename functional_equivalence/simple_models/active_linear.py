@@ -10,9 +10,9 @@ here tracks the version space with an ellipsoid, as the spectral QS algorithm of
     positive sign witness (w . u > 0 for the victim): theta = (u, 0) + B phi with phi in R^d;
   * the version space is kept inside an ellipsoid {phi: (phi - c)^T P^-1 (phi - c) <= 1}, at first a ball of
     `radius`; each query z is synthesised on the decision boundary of the centre classifier, with the cut it
-    makes perpendicular to the ellipsoid's longest axis (tilted towards the bias direction when the query would lie
-    beyond `reach` normalised units); the answer keeps one half, and the ellipsoid shrinks to the smallest one around that half
-    (the ellipsoid method's central-cut update: volume times < exp(-1 / (2 (d + 1))) per query);
+    makes perpendicular to the ellipsoid's longest axis (tilted towards the bias direction when the query would
+    lie beyond `reach` normalised units); the answer keeps one half, and the ellipsoid shrinks to the smallest one
+    around that half (the ellipsoid method's central-cut update: volume times < exp(-1 / (2 (d + 1))) per query);
   * it stops when the longest axis is below epsilon (relative to |theta|), which bounds the direction error.
 A central cut removes a constant fraction of the ellipsoid, not half the version space, so this learner needs
 about 2 d (d + 1) ln(radius / epsilon) queries against Lowd-Meek's d log2(1 / epsilon): the comparison is in
