@@ -35,7 +35,7 @@ from functional_equivalence.victims import TwoLayerNet
 class Config:
   """Settings of the gradient attack (see module docstring)."""
   epsilon: float = 1e-10
-  reach: float = 1e4
+  reach: float = 1e6
   lines: int = 4
   checks: int = 8
   tolerance: float = 1e-9
