@@ -264,7 +264,7 @@ def agreement_on(victim, rec_model, x, regression: bool, chunk: int = 16384) -> 
     a, b = vb(x[i:i + chunk]), rb(x[i:i + chunk])
     same += evaluate.agreement(a, b, regression) * len(a)
     finite = np.isfinite(a) & np.isfinite(b)
-    worst = max(worst, float(np.max(np.abs(np.where(finite, a - b, 0.0)), initial=0.0)))
+    worst = max(worst, float(np.max(np.abs(a[finite] - b[finite]), initial=0.0)))  # log-probs may be -inf
   return same / len(x), worst
 
 

@@ -121,7 +121,7 @@ def test_bad_flags_are_refused_on_assignment(dr, name, value, message):
     setattr(dr, name, value)
 
 
-def test_command_line_flagfile_and_one_line_error(tmp_path):
+def test_command_line_runs_a_flagfile(tmp_path):
   p = subprocess.run(CLI + ["--flagfile=table1_equation_solving.flags", f"--workdir={tmp_path}/ok",
                             "--victim=wine:logistic_regression", "--eval_inputs=1000"],
                      cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -130,7 +130,18 @@ def test_command_line_flagfile_and_one_line_error(tmp_path):
   assert row["attack"] == "equation_solving" and row["queries"] == 14 and row["agreement"] == 1.0
   assert row["config"]["attack"] == "equation_solving" and "| equation_solving |" in (tmp_path / "ok" /
                                                                                       "results.md").read_text()
-  p = subprocess.run(CLI + ["--experiment=direct_recovery", f"--workdir={tmp_path}/bad", "--attack=path_finding",
-                            "--victim=iris:linear_svc"], cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert p.returncode == 1 and "Traceback" not in p.stderr
-  assert p.stderr.strip().splitlines()[-1].startswith("error: ConfigError: path_finding needs a DecisionTree")
+
+
+def test_the_launcher_ends_a_mismatched_run_with_one_line(dr, tmp_path):
+  from absl import logging
+  from launch import run
+  dr.attack, dr.victim = "path_finding", "iris:linear_svc"
+  try:
+    with pytest.raises(SystemExit) as e:
+      run.main(["launch.run"])
+  finally:  # main logs to <workdir>/log.txt: detach that file
+    for h in [h for h in logging.get_absl_logger().handlers if str(tmp_path) in getattr(h, "baseFilename", "")]:
+      logging.get_absl_logger().removeHandler(h)
+      h.close()
+  assert str(e.value.code).startswith("error: ConfigError: path_finding needs a DecisionTree")
+  assert "\n" not in str(e.value.code) and not (tmp_path / "results.json").exists()
