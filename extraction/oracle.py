@@ -11,6 +11,14 @@ Every output mode returns an array of shape (N, C) so that downstream code is un
   * ``top_k``          the k largest probabilities, every other entry 0 (the API reveals nothing about them);
   * ``labels``         one-hot of the arg-max class.
 
+Two more modes are answered by the backend itself, by its method of the same name, not from logits
+(`BACKEND_MODES`; the victims that have them are in extraction/sklearn_victims.py and extraction/two_layer.py):
+  * ``leaf``       (N, 1 + v): a decision tree's leaf identifier (an opaque number) and the leaf's value (class
+                   distribution or regression value); inputs may hold NaN for features left out;
+  * ``gradients``  (N, k, d + 1): the input gradient of each of the k logits, and the logit itself in the last
+                   column (the prediction an explanation API returns beside its explanation).
+They share the budget, batching and record of `logits`; defenses do not apply to them.
+
 Optional `defenses` (`extraction.defenses.Defenses`: rounding, Gaussian noise, reverse sigmoid) are applied to the
 answers of `__call__`, as the prediction service (`launch.serve`) applies them per API key; `logits` stays raw.
 """
@@ -23,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import numpy as np
 
 OUTPUT_MODES = ("logits", "probabilities", "top_k", "labels")
+BACKEND_MODES = ("leaf", "gradients")  # answered by `backend.<mode>(x)` (see module docstring)
 
 if TYPE_CHECKING:
   from extraction.defenses import Defenses
@@ -94,7 +103,12 @@ class Oracle:
   _asked: list = dataclasses.field(default_factory=list, init=False, repr=False)
 
   def __post_init__(self):
-    validate_output_mode(self.output, self.top_k)
+    if self.output in BACKEND_MODES:
+      if not callable(getattr(self.backend, self.output, None)):
+        raise ValueError(f"oracle output {self.output!r} needs a backend with a .{self.output}(x) method "
+                         f"(see extraction/sklearn_victims.py, extraction/two_layer.py)")
+    else:
+      validate_output_mode(self.output, self.top_k)
     if self.budget is not None and self.budget < 0:
       raise ValueError(f"budget must be >= 0 or None, got {self.budget}")
     if self.defenses is not None:
@@ -113,13 +127,17 @@ class Oracle:
 
   def logits(self, x) -> np.ndarray:
     """Raw victim logits for x, counted against the budget (used by attacks that need logits internally)."""
+    return self._answer(x, self.backend)
+
+  def _answer(self, x, answer: Backend) -> np.ndarray:
+    """`answer(x)` in batches, refused whole (BudgetExceeded) when it would pass the budget; counted, recorded."""
     x = np.asarray(x)
     n = x.shape[0]
     if self.budget is not None and self.used + n > self.budget:
       raise BudgetExceeded(
           f"query of {n} inputs refused: {self.used} of the budget of {self.budget} already used "
           f"({self.remaining} left)")
-    chunks = [np.asarray(self.backend(x[i:i + self.batch_size])) for i in range(0, n, self.batch_size)]
+    chunks = [np.asarray(answer(x[i:i + self.batch_size])) for i in range(0, n, self.batch_size)]
     self.used += n
     if self.record_inputs:
       self._asked.append(np.array(x, copy=True))
@@ -129,6 +147,8 @@ class Oracle:
 
   def __call__(self, x) -> np.ndarray:
     """Answers a batch of inputs (N, ...) with (N, C) in this oracle's output mode; see module docstring."""
+    if self.output in BACKEND_MODES:
+      return self._answer(x, getattr(self.backend, self.output))
     offset = self.used
     logits = self.logits(x)
     answers = transform_logits(logits, self.output, self.top_k)
