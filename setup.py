@@ -16,6 +16,7 @@ setup(
         "absl-py>=2.0",
         "scikit-learn>=1.3",
         "matplotlib>=3.7",
+        "dm-pix>=0.4",  # jittable image ops: augmentation, RandAugment, rotations
         "httpx>=0.27",  # the RemoteOracle client (light); the server's packages are in [serve]
     ],
     extras_require={
