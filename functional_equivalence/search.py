@@ -6,7 +6,8 @@ zero. Every interval [ta, tb] of every line is processed at once per level (one 
   * if g(mid) and g(tb) lie on the line through ta, the interval holds no kink (a cancellation of two kinks
     would need two k-vectors of slope jumps to cancel exactly: a null event);
   * otherwise the lines from both ends intersect at t*; if g just left of t* lies on the left line, g just right
-    of t* on the right line (t* +- eta) and g(mid) on its side's line, the interval holds exactly one kink, at t*
+    of t* on the right line (t* +- delta, delta ~ 1e-8 (tb - ta) or 100 tolerances / slope jump: a cluster of
+    kinks within +-delta would pass for one) and g(mid) on its side's line, the interval holds exactly one kink, at t*
     (to the accuracy of the float64 values, not of any grid; the checks beside t* matter for one output, where
     g(t*) itself would always match);
   * otherwise it is split in two at the midpoint.
@@ -42,17 +43,21 @@ def _close(a, b, tol):
   return np.all(np.abs(a - b) <= tol[..., None], axis=-1)
 
 
-def find_kinks(query: Querier, starts: np.ndarray, dirs: np.ndarray, t_max: float, *, pieces: int = 8,
-               rtol: float = 1e-10, max_depth: int = 44, max_intervals: int = 4096) -> Kinks:
+def find_kinks(query: Querier, starts: np.ndarray, dirs: np.ndarray, t_max, *, pieces: int = 8,
+               rtol: float = 1e-11, max_depth: int | None = None, max_intervals: int = 4096) -> Kinks:
   """Finds the kinks of g along the lines starts[l] + t dirs[l], t in [-t_max, t_max].
+
+  Long lines cost little more than short ones: an interval without a kink is dropped at the first level that
+  sees it whole, so far out the search stays coarse and only intervals where g bends are refined (each level
+  that halves the range around a cluster of kinks costs ~5 queries).
 
   Args:
     query: the attack's Querier (float64 g).
     starts, dirs: (L, d) float64 points and directions of the lines.
-    t_max: half-length of the searched range of t.
+    t_max: half-length of the searched range of t (float), or per-line ranges (L, 2) of [t_low, t_high].
     pieces: initial equal pieces per line (each is one interval of the first level).
     rtol: relative tolerance of the collinearity tests (float64 rounding is ~1e-13 relative here).
-    max_depth: most bisection levels (widths down to 2 t_max / pieces / 2^max_depth).
+    max_depth: most bisection levels (default: down to widths of ~2^-43 in t, as 44 levels from |t| <= 8).
     max_intervals: most live intervals per line at one level (a line crosses each hidden unit's hyperplane at most
       once, so more means more than ~max_intervals units or a g that is not exactly piecewise linear).
   Returns:
@@ -61,19 +66,23 @@ def find_kinks(query: Querier, starts: np.ndarray, dirs: np.ndarray, t_max: floa
   """
   used0 = query.queries
   n_lines = len(starts)
-  grid = np.linspace(-t_max, t_max, pieces + 1)
+  ranges = np.broadcast_to(np.array([-t_max, t_max], float) if np.ndim(t_max) == 0 else np.asarray(t_max, float),
+                           (n_lines, 2))
+  if max_depth is None:
+    max_depth = 44 + max(0, int(np.ceil(np.log2(np.max(ranges[:, 1] - ranges[:, 0]) / pieces / 2))))
+  grid = ranges[:, :1] + (ranges[:, 1:] - ranges[:, :1]) * np.linspace(0, 1, pieces + 1)[None]   # (L, pieces+1)
   line0 = np.repeat(np.arange(n_lines), pieces + 1)
-  g0 = query(_points(starts, dirs, line0, np.tile(grid, n_lines)), "critical-point search")
+  g0 = query(_points(starts, dirs, line0, grid.reshape(-1)), "critical-point search")
   g0 = g0.reshape(n_lines, pieces + 1, -1)
   line = np.repeat(np.arange(n_lines), pieces)
-  ta, tb = np.tile(grid[:-1], n_lines), np.tile(grid[1:], n_lines)
+  ta, tb = grid[:, :-1].reshape(-1), grid[:, 1:].reshape(-1)
   ga, gb = g0[:, :-1].reshape(len(line), -1), g0[:, 1:].reshape(len(line), -1)
   found_line, found_t = [], []
   for _ in range(max_depth):
     if len(line) == 0:
       break
     if len(line) > max_intervals * n_lines:
-      width = float(np.min(tb - ta)) / (2 * t_max)
+      width = float(np.min((tb - ta) / (ranges[line, 1] - ranges[line, 0])))
       raise OraclePrecisionError(
           f"precision reached: 2^{np.log2(width):.0f} (relative interval width) in the critical-point search: "
           f"{len(line)} intervals on {n_lines} line(s) still hold inconsistent slopes, so g is not exactly "
@@ -91,11 +100,16 @@ def find_kinks(query: Querier, starts: np.ndarray, dirs: np.ndarray, t_max: floa
     ds = sa - sb
     with np.errstate(divide="ignore", invalid="ignore"):
       tstar = ta + np.sum(ds * (gb - sb * w[:, None] - ga), -1) / np.sum(ds * ds, -1)
-    cand = ~flat & np.isfinite(tstar) & (tstar > ta + eta) & (tstar < tb - eta)
+    # t* right at the end of a slope window is what a kink inside that window gives: split those instead
+    cand = ~flat & np.isfinite(tstar) & (tstar > ta + 2 * eta) & (tstar < tb - 2 * eta)
+    # the checks beside t* accept any cluster of kinks within +-delta of t* as one kink, so delta must be far
+    # below the interval (eta is not, on long lines), yet |ds| delta must stand well above the tolerance
+    with np.errstate(divide="ignore", invalid="ignore"):
+      delta = np.minimum(eta, np.maximum(1e-8 * w, 100 * tol / np.sqrt(np.sum(ds * ds, -1))))
     single = np.zeros_like(cand)
     if np.any(cand):
       i = np.flatnonzero(cand)
-      near = np.stack([tstar[i] - eta[i], tstar[i] + eta[i]])          # just left and right of t*
+      near = np.stack([tstar[i] - delta[i], tstar[i] + delta[i]])      # just left and right of t*
       gn = query(_points(starts, dirs, np.broadcast_to(line[i], near.shape), near).reshape(-1, starts.shape[1]),
                  "critical-point search").reshape(2, len(i), -1)
       at_mid_a = mid[i] <= tstar[i]
