@@ -152,7 +152,7 @@ def _round(q: queries.Querier, units: recover.Units, cfg: Config, dom, t_max: fl
   # a line crosses a hyperplane at distance D from p with probability P(|N(0,1)| >= D / (t_reach scale)): >= 90%
   # up to D = t_reach * scale / 8, the search radius
   stats["search_radius"] = min(stats.get("search_radius", np.inf), float(np.min(np.abs(ranges))) * cfg.scale / 8)
-  kinks = search.find_kinks(q, starts, dirs, ranges)
+  kinks = search.find_kinks(q, starts, dirs, ranges, far=2 * dom.circumradius(d), center=center)
   stats["search_queries"] += q.queries - q0
   stats["kinks"] += len(kinks.t)
   stats["unresolved_intervals"] += kinks.unresolved
@@ -185,14 +185,16 @@ def _round(q: queries.Querier, units: recover.Units, cfg: Config, dom, t_max: fl
   stats["rejected_kinks"] += int(np.sum(~keep))
   cand, width, xk = recover.Units(*(a[keep] for a in cand)), width[keep], xk[keep]
   step = np.minimum(used[where[left]], used[where[right]])[keep]
-  # rows measured with steps far below the usual one (crowded segments) are measured again beside x_k (rows
+  # rows measured with steps far below the usual one (crowded segments), and with one output every row (no rank
+  # test there: a small unit's kink missed on the line may hide in the jump), are measured again beside x_k (rows
   # measured far out need not be: the step grows with |x|, so the relative precision stays)
   reach = np.maximum(cfg.scale, np.linalg.norm(xk - center, axis=1) / np.sqrt(d))
-  redo = step < 0.25 * cfg.grad_step * reach
+  redo = (step < 0.25 * cfg.grad_step * reach) | (m == 1)
   if np.any(redo):
     q0 = q.queries
     sub = recover.Units(*(a[redo] for a in cand))
-    polished, _ = recover.polish_rows(q, sub, xk[redo], width[redo], cfg.grad_step * reach[redo], rng)
+    steps = np.minimum(cfg.grad_step * reach[redo], width[redo] / 4)   # never across the unit's own hyperplane
+    polished, _ = recover.polish_rows(q, sub, xk[redo], width[redo], steps, rng, prefer_new=m == 1)
     cand = recover.Units(*(np.concatenate([a[~redo], b]) for a, b in zip(cand, polished)))
     stats["polish_queries"] += q.queries - q0
     stats["polished_units"] += int(np.sum(redo))
@@ -212,35 +214,61 @@ def _note_lost(stats, jumps, noise, rejected, dist, radius):
 
 
 def _domain_points(units: recover.Units, dom, d: int, count: int, scale: float, rng) -> np.ndarray:
-  """Points inside the domain for the affine model: near the units' hyperplanes (projected into the domain) and
-  spread over it."""
-  near = dom.project(second_layer.sample_points(units, scale, count // 2, rng, dom.center(d)))
-  return np.concatenate([near, dom.check_points(rng, d, count - count // 2)])
+  """Points inside the domain for the affine model: on both sides of every hyperplane that meets it (so that each
+  such unit is active and inactive among them), and spread over the domain."""
+  on, which = dom.hyperplane_points(units.u, units.beta, rng, 2)
+  side = 1e-2 * scale * units.u[which]
+  near = dom.project(np.concatenate([on + side, on - side]))
+  return np.concatenate([near, dom.check_points(rng, d, count)])
+
+
+def _answered(q, x):
+  """x and g(x) at the points where the oracle's answer carries g (with probabilities, not underflowed)."""
+  g = q(x, "second layer", underflow_ok=True)
+  seen = np.all(np.isfinite(g), axis=1)
+  return x[seen], g[seen]
 
 
 def _second_layer(q, units, cfg, dom, rng, stats, affine_ok: bool):
-  """Signs and second layer (second_layer.solve; with affine_ok the affine model as a last resort)."""
+  """Signs and second layer (second_layer.solve; with affine_ok, or when the signs are not identifiable (h + k >
+  k (d + 1)), the affine model: equal on the domain, orientations as found)."""
   d = units.u.shape[1]
   center = dom.center(d)
   stats["sign_attempts"] += 1
+  unidentifiable = None
+  if len(units):
+    q0 = q.queries
+    x, g = _answered(q, second_layer.sample_points(units, cfg.scale, 2 * len(units) + 16, rng, center))
+    stats["layer2_queries"] += q.queries - q0
+    try:
+      return second_layer.solve(units, x, g)
+    except SignsNotIdentifiableError as e:
+      unidentifiable = e
+    except SignRecoveryError:
+      if not affine_ok:
+        raise
   q0 = q.queries
-  x = second_layer.sample_points(units, cfg.scale, 2 * len(units) + 16, rng, center)
-  g = q(x, "second layer")
-  stats["layer2_queries"] += q.queries - q0
-  try:
-    return second_layer.solve(units, x, g)
-  except SignsNotIdentifiableError:
-    raise
-  except SignRecoveryError:
-    if not affine_ok:
-      raise
-  q0 = q.queries
-  x = _domain_points(units, dom, d, len(units) + d + 32, cfg.scale, rng)
-  g = q(x, "second layer")
+  x, g = _answered(q, _domain_points(units, dom, d, d + 32, cfg.scale, rng))
   stats["layer2_queries"] += q.queries - q0
   margin = 0.5 * dom.circumradius(d) + cfg.scale
   crossing = (dom.max_affine(units.u, units.beta) > 0) & (dom.max_affine(-units.u, -units.beta) > 0)
-  return second_layer.affine_fit(units, x, g, crossing, lambda rows: dom.max_affine(-rows, 0.0) + margin)
+  try:
+    return second_layer.affine_fit(units, x, g, crossing, lambda rows: dom.max_affine(-rows, 0.0) + margin)
+  except SignRecoveryError as e:
+    if unidentifiable is not None:   # units missing too: search on
+      raise SignRecoveryError(f"{unidentifiable}; and {e}") from None
+    raise
+
+
+def _affine_only(q, units, cfg, dom, rng, stats, rounds: int, t_max: float):
+  """The affine model with no hidden unit, when the lines found no kink: equal on the domain if the victim is
+  affine there (its hyperplanes all outside it, or none); else NoCriticalPointsError."""
+  try:
+    return _second_layer(q, units, cfg, dom, rng, stats, affine_ok=True)
+  except SignRecoveryError:
+    raise NoCriticalPointsError(
+        f"no critical point on {rounds + 1} lines (|t| <= {t_max:g}, scale {cfg.scale:g}) after {q.queries} "
+        f"queries, yet the victim is not affine on the domain {dom.describe()}") from None
 
 
 def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 0) -> Extraction:
@@ -275,14 +303,13 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
     lines = None
     logging.info("round %d: %d units, %d queries", r, len(units), q.queries)
     quiet = quiet + 1 if len(units) == before else 0
-    if len(units) == 0 and stats["kinks"] == 0 and quiet >= cfg.patience:
-      raise NoCriticalPointsError(
-          f"no critical point on {r + 1} lines (|t| <= {t_max:g}, scale {cfg.scale:g}) after "
-          f"{q.queries} queries: the victim looks affine")
-    if quiet < cfg.patience or len(units) == 0:
+    if quiet < cfg.patience or (len(units) == 0 and stats["kinks"] > 0):
       continue
     try:
-      layer2 = _second_layer(q, units, cfg, dom, rng, stats, affine_ok=failed_with == len(units))
+      if len(units) == 0:   # no kink at all: affine on the domain, or an error
+        layer2 = _affine_only(q, units, cfg, dom, rng, stats, r, t_max)
+      else:
+        layer2 = _second_layer(q, units, cfg, dom, rng, stats, affine_ok=failed_with == len(units))
     except SignsNotIdentifiableError:
       raise
     except SignRecoveryError as e:  # units missing: search on
@@ -335,7 +362,8 @@ def _unit_table(units: recover.Units, layer2, dom, stats) -> dict:
   whose bound is below that floor (negligible units that were not recovered)."""
   n = len(units)
   kind = ["unit"] * n + ["twin"] * layer2.paired + ["linear"] * layer2.linear
-  twin_of = np.argmax(np.abs(layer2.u[n:n + layer2.paired] @ units.u.T), axis=1).astype(int)
+  twin_of = (np.argmax(np.abs(layer2.u[n:n + layer2.paired] @ units.u.T), axis=1) if layer2.paired
+             else np.zeros(0, int))
   err = np.concatenate([units.err, units.err[twin_of], np.zeros(layer2.linear)])
   zmax = np.maximum(dom.max_affine(layer2.u, layer2.beta), 0.0)
   effect = np.max(np.abs(layer2.w1), axis=1) * zmax
@@ -349,8 +377,10 @@ def _unit_table(units: recover.Units, layer2, dom, stats) -> dict:
 def _check(q, net: TwoLayerNet, layer2, dom, cfg: Config, rng, differences: bool) -> dict:
   """The final check: the recovered g against the oracle at fresh points that cover the domain (64 near the
   center, cfg.check_points over the domain, and for every recovered hyperplane that meets the domain 2 of its points
-  inside it, each on the hyperplane and +-1e-3 scale beside it). Per point the error is relative to
-  |g(x)| + the median |g| near the center. Returns (stats, the points above cfg.check_rtol, worst first)."""
+  inside it, each on the hyperplane and +-1e-3 scale beside it). Per point the error is relative to the largest
+  |g| among the checked points at about the same distance from the center (the same power of 2 of |x - center| +
+  scale: where g happens to be ~0 far out, the recovery's error still scales with |x|). Returns (stats, the points
+  above cfg.check_rtol, worst first)."""
   d = net.w0.shape[0]
   center = dom.center(d)
   on, which = dom.hyperplane_points(layer2.u, layer2.beta, rng, 2)
@@ -363,9 +393,12 @@ def _check(q, net: TwoLayerNet, layer2, dom, cfg: Config, rng, differences: bool
     mine = mine[:, 1:] - mine[:, :1]
   seen = np.all(np.isfinite(g), axis=1)
   size = np.max(np.abs(g[seen]), axis=1)
-  ref = float(np.median(size[:64])) if np.any(seen[:64]) else float(np.median(size))
+  shell = np.floor(np.log2(np.linalg.norm(x[seen] - center, axis=1) + cfg.scale)).astype(int)
+  ref = np.zeros(len(size))
+  for b in np.unique(shell):
+    ref[shell == b] = np.max(size[shell == b])
   diff = np.max(np.abs(mine[seen] - g[seen]), axis=1)
-  rel = diff / (size + ref + 1e-300)
+  rel = diff / (ref + 1e-300)
   err = float(np.max(rel))
   order = np.argsort(-rel)
   bad = x[seen][order[rel[order] > cfg.check_rtol]]

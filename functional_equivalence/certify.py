@@ -5,8 +5,9 @@ cells is exponential in general, so `certify` computes a rigorous upper bound in
   * every unit is written c relu(u . x + beta) with |u| = 1 (c carries the row's norm), for both networks, the
     recovered one with -c; a unit never active on the domain is dropped, one always active on it is affine there
     and joins the affine part A x + b exactly;
-  * the other units are grouped by hyperplane (max over the domain of |z_k -+ z_r| below 1% of that of |z_r|;
-    any grouping gives a valid bound, a close one a tight bound). In a group with reference z_r, a
+  * the other units are grouped by hyperplane (max over the domain of |z_k -+ z_r| below 1% of that of |z_r|,
+    and output vectors that cancel: a unit and its recovery; any grouping gives a valid bound, a good one a tight
+    bound). In a group with reference z_r, a
     member with the same orientation is relu(z_r) + e, with the opposite one relu(z_r) - z_r + e, where
     |e| <= max over the domain of |z_k -+ z_r| (a number: the exact max of an affine function on the domain);
   * so D = A x + b + sum_groups C_g relu(z_g) + E, and per output o
@@ -59,32 +60,36 @@ def certify(true: TwoLayerNet, rec: TwoLayerNet, dom: domains.Domain, difference
   idx = np.flatnonzero(cross)
   cos = u[idx] @ u[idx].T
   orient = np.sign(cos)
-  # group two units when the max over the domain of |z_k -+ z_r| is small next to that of |z_r|
+  # candidates: the max over the domain of |z_k -+ z_r| small next to that of |z_r|
+  dev_all = np.full((len(idx), len(idx)), np.inf)
   near = np.argwhere((np.abs(cos) > 1 - GROUP_TOL) & ~np.eye(len(idx), dtype=bool))
-  same = np.eye(len(idx), dtype=bool)
   if len(near):
     a, b = idx[near[:, 0]], idx[near[:, 1]]
     s = orient[near[:, 0], near[:, 1]]
     dev = _max_abs(dom, u[a] - s[:, None] * u[b], beta[a] - s * beta[b])
-    same[near[:, 0], near[:, 1]] = dev <= GROUP_TOL * _max_abs(dom, u[b], beta[b])
+    ok = dev <= GROUP_TOL * _max_abs(dom, u[b], beta[b])
+    dev_all[near[ok, 0], near[ok, 1]] = dev[ok]
   group = np.full(len(idx), -1)
   error = np.zeros(m)
   coef = []
   for i in range(len(idx)):
     if group[i] >= 0:
       continue
-    members = np.flatnonzero(same[i] & (group < 0))
-    group[members] = len(coef)
-    r = idx[i]
-    total = np.zeros(m)
-    for j in members:
+    r, total = idx[i], c[idx[i]].copy()
+    group[i] = len(coef)
+    # a candidate joins when its coefficients cancel the group's (a unit and its recovery), closest first
+    for j in np.argsort(dev_all[i]):
+      if not np.isfinite(dev_all[i, j]) or group[j] >= 0:
+        continue
       k, s = idx[j], orient[i, j]
+      if np.max(np.abs(total + c[k])) > 0.5 * (np.max(np.abs(total)) + np.max(np.abs(c[k]))):
+        continue
+      group[j] = group[i]
       total += c[k]
       if s < 0:                                # relu(z_k) ~ relu(-z_r) = relu(z_r) - z_r
         a_lin -= np.outer(c[k], u[r])
         b_lin -= c[k] * beta[r]
-      dev = _max_abs(dom, u[k] - s * u[r], beta[k] - s * beta[r]) if k != r else 0.0
-      error += np.abs(c[k]) * dev
+      error += np.abs(c[k]) * dev_all[i, j]
     coef.append((total, max(zmax[r], 0.0)))
   per = _max_abs(dom, a_lin, b_lin) + error
   scale = np.zeros(m)

@@ -108,13 +108,21 @@ class Box:
     return x
 
   def hyperplane_points(self, u: np.ndarray, beta: np.ndarray, rng: np.random.Generator, per_unit: int):
-    """Points of each hyperplane inside the box: projections of the center and of random box points onto it
-    that fall inside (at most per_unit per unit; a hyperplane missing the box gives none)."""
+    """Points of each hyperplane inside the box: where it crosses the segment between the box's vertices of least
+    and largest u . x (inside the box whenever the hyperplane meets it, even at a corner), then projections of
+    random box points onto it that fall inside (at most per_unit per unit; a hyperplane missing the box gives
+    none)."""
     n, d = u.shape
-    y = np.concatenate([self.center(d)[None].repeat(n, 0)[:, None],
-                        rng.uniform(self.low, self.high, size=(n, 4 * per_unit, d))], axis=1)
+    if n == 0:
+      return np.zeros((0, d)), np.zeros(0, int)
+    lo_v, hi_v = np.where(u > 0, self.low, self.high), np.where(u > 0, self.high, self.low)
+    z_lo, z_hi = np.sum(u * lo_v, 1) + beta, np.sum(u * hi_v, 1) + beta
+    with np.errstate(divide="ignore", invalid="ignore"):
+      cross = lo_v + (-z_lo / (z_hi - z_lo))[:, None] * (hi_v - lo_v)
+    y = rng.uniform(self.low, self.high, size=(n, 4 * per_unit, d))
     x = y - (np.einsum("nkd,nd->nk", y, u) + beta[:, None])[..., None] * u[:, None]
-    good = self.contains(x)
+    x = np.concatenate([cross[:, None], x], axis=1)
+    good = self.contains(x) & ((z_lo < 0) & (z_hi > 0))[:, None]
     pts, which = [], []
     for i in range(n):
       sel = np.flatnonzero(good[i])[:per_unit]

@@ -44,7 +44,8 @@ def _close(a, b, tol):
 
 
 def find_kinks(query: Querier, starts: np.ndarray, dirs: np.ndarray, t_max, *, pieces: int = 8,
-               rtol: float = 1e-11, max_depth: int | None = None, max_intervals: int = 4096) -> Kinks:
+               rtol: float = 1e-10, max_depth: int | None = None, max_intervals: int = 4096,
+               far: float | None = None, center=None) -> Kinks:
   """Finds the kinks of g along the lines starts[l] + t dirs[l], t in [-t_max, t_max].
 
   Long lines cost little more than short ones: an interval without a kink is dropped at the first level that
@@ -60,6 +61,10 @@ def find_kinks(query: Querier, starts: np.ndarray, dirs: np.ndarray, t_max, *, p
     max_depth: most bisection levels (default: down to widths of ~2^-43 in t, as 44 levels from |t| <= 8).
     max_intervals: most live intervals per line at one level (a line crosses each hidden unit's hyperplane at most
       once, so more means more than ~max_intervals units or a g that is not exactly piecewise linear).
+    far, center: when the live intervals pass max_intervals, those lying wholly further than `far` from `center`
+      (default 0) are given up first (counted in `unresolved`): far outside the domain g's rounding grows like
+      eps |x| |J|, which the tolerances (relative to |g| and to the slope along the line) cannot always see, e.g.
+      on a line nearly parallel to a far hyperplane.
   Returns:
     Kinks. Raises OraclePrecisionError when the live intervals explode (noise) and LimitReachedError (from the
     Querier) when the attack's limits are reached.
@@ -74,13 +79,27 @@ def find_kinks(query: Querier, starts: np.ndarray, dirs: np.ndarray, t_max, *, p
   line0 = np.repeat(np.arange(n_lines), pieces + 1)
   g0 = query(_points(starts, dirs, line0, grid.reshape(-1)), "critical-point search")
   g0 = g0.reshape(n_lines, pieces + 1, -1)
+  # g's rounding is relative to the terms it sums, ~ eps |x| |J|, not to |g| where units cancel: |J| per line is
+  # estimated from the first grid (max |g| / |x| over it)
+  x0 = np.linalg.norm(_points(starts, dirs, line0, grid.reshape(-1)), axis=-1).reshape(n_lines, pieces + 1)
+  jac_est = np.max(np.max(np.abs(g0), axis=-1) / (x0 + 1e-300), axis=1)
   line = np.repeat(np.arange(n_lines), pieces)
   ta, tb = grid[:, :-1].reshape(-1), grid[:, 1:].reshape(-1)
   ga, gb = g0[:, :-1].reshape(len(line), -1), g0[:, 1:].reshape(len(line), -1)
   found_line, found_t = [], []
+  given_up = 0
   for _ in range(max_depth):
     if len(line) == 0:
       break
+    if len(line) > max_intervals * n_lines and far is not None:
+      c = np.zeros(starts.shape[1]) if center is None else center
+      near = np.minimum(np.linalg.norm(_points(starts, dirs, line, ta) - c, axis=-1),
+                        np.linalg.norm(_points(starts, dirs, line, tb) - c, axis=-1)) <= far
+      near |= (ta < 0) & (tb > 0)                                          # an interval around the line's base
+      given_up += int(np.sum(~near))
+      line, ta, tb, ga, gb = line[near], ta[near], tb[near], ga[near], gb[near]
+      if len(line) == 0:
+        break
     if len(line) > max_intervals * n_lines:
       width = float(np.min((tb - ta) / (ranges[line, 1] - ranges[line, 0])))
       raise OraclePrecisionError(
@@ -95,6 +114,7 @@ def find_kinks(query: Querier, starts: np.ndarray, dirs: np.ndarray, t_max, *, p
     sa, sb, gm = (g3[0] - ga) / eta[:, None], (gb - g3[1]) / eta[:, None], g3[2]
     mag = np.max(np.maximum(np.maximum(np.abs(ga), np.abs(gb)), np.abs(gm)), axis=-1)
     mag = np.maximum(mag, w * np.max(np.maximum(np.abs(sa), np.abs(sb)), axis=-1))
+    mag = np.maximum(mag, 0.1 * jac_est[line] * np.linalg.norm(_points(starts, dirs, line, mid), axis=-1))
     tol = rtol * mag
     flat = _close(gm, ga + sa * (mid - ta)[:, None], tol) & _close(gb, ga + sa * w[:, None], tol)
     ds = sa - sb
@@ -126,4 +146,4 @@ def find_kinks(query: Querier, starts: np.ndarray, dirs: np.ndarray, t_max, *, p
   line_all = np.concatenate(found_line) if found_line else np.zeros(0, int)
   t_all = np.concatenate(found_t) if found_t else np.zeros(0)
   order = np.lexsort((t_all, line_all))
-  return Kinks(line_all[order], t_all[order], int(len(line)), query.queries - used0)
+  return Kinks(line_all[order], t_all[order], int(len(line)) + given_up, query.queries - used0)

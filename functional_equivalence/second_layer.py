@@ -46,13 +46,17 @@ class Layer2(NamedTuple):
 
 def sample_points(units: Units, scale: float, count: int, rng: np.random.Generator, center=None) -> np.ndarray:
   """`count` points x0_i + N(0, scale^2 I) around the units' hyperplanes (x0_i: the point of the hyperplane
-  nearest `center`, default 0), cycling over the units, so that every unit is active at about half of the points
-  near its own hyperplane."""
+  nearest `center`, default 0), cycling over the units, on alternate sides of each unit's own hyperplane, so that
+  every unit is active at half of the points near it (a unit far from the others is active nowhere else)."""
   d = units.u.shape[1]
   center = np.zeros(d) if center is None else np.asarray(center, float)
   which = np.arange(count) % len(units)
-  x0 = center - (units.u[which] @ center + units.beta[which])[:, None] * units.u[which]
-  return x0 + scale * rng.normal(size=(count, d))
+  u = units.u[which]
+  x0 = center - (u @ center + units.beta[which])[:, None] * u
+  noise = scale * rng.normal(size=(count, d))
+  along = np.sum(noise * u, axis=1)
+  side = np.where((np.arange(count) // len(units)) % 2 == 0, 1.0, -1.0)
+  return x0 + noise + (side * np.abs(along) - along)[:, None] * u
 
 
 def _misfit(fit, g) -> float:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from extraction.oracle import Oracle
-from functional_equivalence import align, attack, victims
+from functional_equivalence import align, attack, certify, domain, victims
 from functional_equivalence.errors import (LimitReachedError, NoCriticalPointsError, NotPiecewiseLinearError,
-                                           OraclePrecisionError, SignsNotIdentifiableError)
+                                           OraclePrecisionError)
 
 
 class CountingBackend:
@@ -80,10 +80,15 @@ def test_more_hidden_units_than_inputs():
   _assert_exact(net, _extract(net))
 
 
-def test_h_greater_than_d_with_one_output_is_refused_clearly():
+def test_unidentifiable_signs_give_a_network_equal_on_the_domain():
+  # h > d with one output: the orientations cannot be told apart (h + k > k (d + 1)), the function can: the affine
+  # part they leave is represented by linear units outside the domain
   net = victims.random_net(3, 8, 12, 1)
-  with pytest.raises(SignsNotIdentifiableError, match=r"n \+ m <= m \* \(d \+ 1\) = 9"):
-    _extract(net)
+  result = _extract(net)
+  assert result.stats["layer2_model"] == "affine" and result.hidden_units_found == 12
+  dom = domain.Ball(1000.0)
+  assert align.domain_agreement(net, result.net, dom, 4000)["agreement"] == 1.0
+  assert certify.certify(net, result.net, dom)["bound"] < 1e-6
 
 
 def test_dead_units_are_not_found_and_do_not_matter():
@@ -113,7 +118,7 @@ def test_trained_digits_victim_is_extracted_exactly():
 
 @pytest.mark.parametrize("kind,error", [
     ("noise", OraclePrecisionError), ("float32", OraclePrecisionError), ("float32_cast", OraclePrecisionError),
-    ("softplus", NotPiecewiseLinearError), ("affine", NoCriticalPointsError)])
+    ("softplus", NotPiecewiseLinearError)])
 def test_bad_oracles_end_quickly_with_a_clear_error(kind, error):
   net = victims.random_net(5, 16, 8, 10)
   rng = np.random.default_rng(0)
@@ -121,12 +126,27 @@ def test_bad_oracles_end_quickly_with_a_clear_error(kind, error):
       "noise": lambda x: victims.logits(net, x) + 1e-8 * rng.normal(size=(len(x), 10)),
       "float32": victims.backend(net, np.float32),
       "float32_cast": lambda x: victims.backend(net, np.float32)(x).astype(np.float64),
-      "softplus": lambda x: np.logaddexp(0, x @ net.w0 + net.b0) @ net.w1 + net.b1,
-      "affine": lambda x: x @ net.w0 @ net.w1 + net.b1}[kind]
+      "softplus": lambda x: np.logaddexp(0, x @ net.w0 + net.b0) @ net.w1 + net.b1}[kind]
   start = time.monotonic()
   with pytest.raises(error):
     _extract(net, backend=backend)
   assert time.monotonic() - start < 5
+
+
+def test_an_affine_victim_is_an_affine_network_on_the_domain():
+  net = victims.random_net(5, 16, 8, 10)
+  affine = lambda x: x @ net.w0 @ net.w1 + net.b1
+  result = _extract(net, backend=affine)
+  assert result.hidden_units_found == 0 and result.stats["layer2_model"] == "affine"
+  assert result.stats["linear_units"] == 8                        # the rank of w0 @ w1
+  x = domain.Ball(1000.0).check_points(np.random.default_rng(0), 16, 500)
+  np.testing.assert_allclose(victims.logits(result.net, x), affine(x), rtol=0, atol=1e-9)
+
+
+def test_no_kink_on_lines_too_short_for_a_victim_that_is_not_affine():
+  net = victims.random_net(5, 16, 8, 10)
+  with pytest.raises(NoCriticalPointsError, match="not affine on the domain"):
+    _extract(net, line_reach=1e-9)
 
 
 def test_limits_stop_the_attack():
