@@ -12,7 +12,7 @@ the row at the hyperplane's point nearest the center (`recover.refine`); rows me
 (crowded segments) are measured again there (`recover.polish_rows`) -> duplicates dropped. Rounds go on until
 `patience` rounds find no new unit; then the signs and the second layer are solved (`second_layer.solve`: flips,
 then pairs on one hyperplane, then, when the search keeps finding nothing new, an affine part for units that are
-affine on the whole domain), and the result is checked on points covering the domain (`_check`: spheres up to R or
+affine on the whole domain), and the result is checked on points covering the domain (check.py: spheres up to R or
 the box's corners and faces, and on and beside every recovered hyperplane inside the domain). Where the check
 fails, lines through the failing points towards the center search again (`Config.repairs` times at most).
 
@@ -32,7 +32,7 @@ import numpy as np
 
 from extraction.oracle import Oracle
 from functional_equivalence import domain as domains
-from functional_equivalence import queries, recover, search, second_layer
+from functional_equivalence import check, queries, recover, search, second_layer
 from functional_equivalence.errors import (ExtractionError, NoCriticalPointsError, SignRecoveryError,
                                           SignsNotIdentifiableError)
 from functional_equivalence.victims import TwoLayerNet
@@ -316,34 +316,26 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
       error, quiet, failed_with = e, 0, len(units)
       continue
     net = _network(layer2, oracle.output == "probabilities")
-    check, bad = _check(q, net, layer2, dom, cfg, rng, oracle.output == "probabilities")
+    checked, bad = check.final_check(q, net, layer2, dom, cfg.scale, cfg.check_points, cfg.check_rtol, rng,
+                                     oracle.output == "probabilities")
     if not len(bad):
       break
     error = ExtractionError(
-        f"final check failed, precision reached: 2^{np.log2(check['check_error']):.1f}: the recovered network is "
-        f"off by {check['check_error']:.2g} (relative, limit {cfg.check_rtol:g}) at fresh points of the domain "
+        f"final check failed, precision reached: 2^{np.log2(checked['check_error']):.1f}: the recovered network is "
+        f"off by {checked['check_error']:.2g} (relative, limit {cfg.check_rtol:g}) at fresh points of the domain "
         f"{dom.describe()} (a slightly noisy oracle, or units the search missed?)")
     stats["repair_rounds"] += 1
     if stats["repair_rounds"] > cfg.repairs:
       raise error
-    lines, quiet = _lines_towards_center(bad[:4 * cfg.lines_per_round], dom, cfg.scale, rng), 0
+    lines, quiet = check.lines_towards_center(bad[:4 * cfg.lines_per_round], dom, cfg.scale, rng), 0
   else:
     raise error or ExtractionError(f"no consistent network after {cfg.max_rounds} rounds ({q.queries} queries)")
   stats.update(layer2_residual=layer2.residual, layer2_model=layer2.model, paired_units=layer2.paired,
-               linear_units=layer2.linear, **check)
+               linear_units=layer2.linear, **checked)
   stats["verify_error"] = stats["check_error"]
-  unit_table = _unit_table(units, layer2, dom, stats)
+  unit_table = check.unit_table(units, layer2, dom, stats)
   found = len(layer2.beta) - layer2.linear
   return Extraction(net, q.queries, q.seconds, found, r + 1, stats, dom, dict(q.by_stage), unit_table)
-
-
-def _lines_towards_center(points: np.ndarray, dom, scale: float, rng):
-  """Lines through points where the check failed, towards the domain's center (a point where the recovery is
-  wrong is on the active side of a missed unit; if the center is not, the line crosses its hyperplane)."""
-  d = points.shape[1]
-  dirs = dom.center(d) - points
-  dirs *= scale * np.sqrt(d) / (np.linalg.norm(dirs, axis=1, keepdims=True) + 1e-300)
-  return points, dirs + 0.1 * scale * rng.normal(size=dirs.shape)
 
 
 def _network(layer2, differences: bool) -> TwoLayerNet:
@@ -355,52 +347,3 @@ def _network(layer2, differences: bool) -> TwoLayerNet:
   return TwoLayerNet(layer2.u.T.copy(), layer2.beta.copy(), w1, b1)
 
 
-def _unit_table(units: recover.Units, layer2, dom, stats) -> dict:
-  """Per hidden unit of the result: kind, estimated relative row error, max effect on the domain (max over the
-  domain of |w1_i| relu(z_i), in logit units) and whether that effect is below the oracle's precision there (the
-  precision floor: 2^-probe_bits times the largest |g| of the final check), and the kinks without a measurable jump
-  whose bound is below that floor (negligible units that were not recovered)."""
-  n = len(units)
-  kind = ["unit"] * n + ["twin"] * layer2.paired + ["linear"] * layer2.linear
-  twin_of = (np.argmax(np.abs(layer2.u[n:n + layer2.paired] @ units.u.T), axis=1) if layer2.paired
-             else np.zeros(0, int))
-  err = np.concatenate([units.err, units.err[twin_of], np.zeros(layer2.linear)])
-  zmax = np.maximum(dom.max_affine(layer2.u, layer2.beta), 0.0)
-  effect = np.max(np.abs(layer2.w1), axis=1) * zmax
-  floor = stats["check_max_abs_g"] * 2.0 ** -stats["probe_bits"]
-  lost = np.array(stats["lost_kink_bounds"])
-  return dict(kind=kind, row_error=err.tolist(), effect=effect.tolist(), negligible=(effect <= floor).tolist(),
-              precision_floor=float(floor), negligible_lost_kinks=int(np.sum(lost <= floor)),
-              negligible_lost_bound=float(np.max(lost[lost <= floor], initial=0.0)))
-
-
-def _check(q, net: TwoLayerNet, layer2, dom, cfg: Config, rng, differences: bool) -> dict:
-  """The final check: the recovered g against the oracle at fresh points that cover the domain (64 near the
-  center, cfg.check_points over the domain, and for every recovered hyperplane that meets the domain 2 of its points
-  inside it, each on the hyperplane and +-1e-3 scale beside it). Per point the error is relative to the largest
-  |g| among the checked points at about the same distance from the center (the same power of 2 of |x - center| +
-  scale: where g happens to be ~0 far out, the recovery's error still scales with |x|). Returns (stats, the points
-  above cfg.check_rtol, worst first)."""
-  d = net.w0.shape[0]
-  center = dom.center(d)
-  on, which = dom.hyperplane_points(layer2.u, layer2.beta, rng, 2)
-  side = 1e-3 * cfg.scale * layer2.u[which]
-  x = np.concatenate([center + cfg.scale * rng.normal(size=(64, d)), dom.check_points(rng, d, cfg.check_points),
-                      on, on + side, on - side])
-  g = q(x, "final check", underflow_ok=True)
-  mine = np.maximum(x @ net.w0 + net.b0, 0) @ net.w1 + net.b1
-  if differences:
-    mine = mine[:, 1:] - mine[:, :1]
-  seen = np.all(np.isfinite(g), axis=1)
-  size = np.max(np.abs(g[seen]), axis=1)
-  shell = np.floor(np.log2(np.linalg.norm(x[seen] - center, axis=1) + cfg.scale)).astype(int)
-  ref = np.zeros(len(size))
-  for b in np.unique(shell):
-    ref[shell == b] = np.max(size[shell == b])
-  diff = np.max(np.abs(mine[seen] - g[seen]), axis=1)
-  rel = diff / (ref + 1e-300)
-  err = float(np.max(rel))
-  order = np.argsort(-rel)
-  bad = x[seen][order[rel[order] > cfg.check_rtol]]
-  return dict(check_error=err, check_max_abs_error=float(np.max(diff)), check_points=int(len(x)),
-              check_skipped_underflow=int(np.sum(~seen)), check_max_abs_g=float(np.max(size))), bad
