@@ -179,7 +179,7 @@ def _round(q: queries.Querier, units: recover.Units, cfg: Config, dom, t_max: fl
   measured = ok[where[left]] & ok[where[right]]
   _note_lost(stats, jumps, jump_noise, measured & ~ok_rank, dist[new], dom.circumradius(d))
   q0 = q.queries
-  cand, ok_ref, width, xk = recover.refine(q, cand, cfg.scale, rng, center=center)
+  cand, ok_ref, width, xk = recover.refine(q, cand, cfg.scale, rng, center=center, kinks=x[new])
   stats["refine_queries"] += q.queries - q0
   keep = measured & ok_rank & ok_ref
   stats["rejected_kinks"] += int(np.sum(~keep))

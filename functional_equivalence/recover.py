@@ -117,8 +117,8 @@ def units_from_jumps(jumps: np.ndarray, line_dirs: np.ndarray, points: np.ndarra
   return Units(u, -np.sum(u * points, -1), c, err), ok
 
 
-def refine(query: Querier, units: Units, scale: float, rng: np.random.Generator, center=None, rtol: float = 1e-10,
-           tries: int = 8, agree: float = 1e-6):
+def refine(query: Querier, units: Units, scale: float, rng: np.random.Generator, center=None, kinks=None,
+           rtol: float = 1e-10, tries: int = 8, agree: float = 1e-6):
   """Sharpens each unit's bias and output vector along its row, at a point x0 of its hyperplane.
 
   Along u from x0, g has one kink (s = 0) within +-w unless another hyperplane is that close; the lines through
@@ -126,7 +126,8 @@ def refine(query: Querier, units: Units, scale: float, rng: np.random.Generator,
   slope jump within `agree` (relative, plus the rounding noise of both) of the unit's c (6 queries per unit per
   try). A failed try shrinks w 8-fold and moves x0 (first the point of the hyperplane nearest `center` (default
   0), then projections of random points near it), so a hyperplane passing by chance through x0 cannot hold up a
-  unit. beta <- beta - s*, c <- slope jump.
+  unit. beta <- beta - s*, c <- slope jump. `kinks` (n, d): where the rows were measured (default: x0); the first
+  window is wide enough for the hyperplane's error there, err |kink - x0|.
   Returns:
     (Units, ok (n,) bool, w (n,), x_k (n, d)): x_k lies on the unit's hyperplane, no other one crosses
     x_k + s u for w/1024 <= |s| <= w.
@@ -136,8 +137,9 @@ def refine(query: Querier, units: Units, scale: float, rng: np.random.Generator,
   m = c.shape[1]
   center = np.zeros(d) if center is None else np.asarray(center, float)
   # beta_hat - beta ~ err |x_kink - x0|: an imprecise row (a unit with small output weights) starts wider
-  kink_dist = np.abs(beta + u @ center) + scale * np.sqrt(d)
-  w = np.maximum(1e-2 * scale, 8 * NOISE_FACTOR * err * kink_dist)
+  x_near = center - (u @ center + beta)[:, None] * u
+  moved = np.linalg.norm(kinks - x_near, axis=1) if kinks is not None else 0.0
+  w = np.maximum(1e-2 * scale, 8 * NOISE_FACTOR * err * (moved + scale * np.sqrt(d)))
   ok = np.zeros(n, bool)
   xk = -beta[:, None] * u
   for attempt in range(tries):
