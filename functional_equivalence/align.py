@@ -56,7 +56,8 @@ def weight_error(true: TwoLayerNet, rec: TwoLayerNet, differences: bool = False,
 
   Args:
     true, rec: the victim and the recovered network. differences: compare the second layer as differences to
-      class 0 (probabilities). domain: a domain.Ball / Box; true units never active on it are set aside.
+      class 0 (probabilities). domain: a domain.Ball / Box; units of either network never active on it are set
+      aside.
   Returns:
     dict with max_weight_error (inf unless every live true unit is matched and nothing is extra),
     weight_error_bits, true_units, inert_true_units (never change the function on the domain),
@@ -68,8 +69,10 @@ def weight_error(true: TwoLayerNet, rec: TwoLayerNet, differences: bool = False,
   true, merged = merge_coincident(true)
   norms = np.linalg.norm(true.w0, axis=0)
   inert = (norms == 0) | (np.linalg.norm(true.w1, axis=1) == 0)
-  if domain is not None:
+  if domain is not None:   # units never active on the domain, of either network, are set aside
     inert |= domain.max_affine(true.w0.T, true.b0) <= 0
+    keep = domain.max_affine(rec.w0.T, rec.b0) > 0
+    rec = TwoLayerNet(rec.w0[:, keep], rec.b0[keep], rec.w1[keep], rec.b1)
   b1_true = true.b1 + np.maximum(true.b0[norms == 0], 0) @ true.w1[norms == 0]
   live = np.flatnonzero(~inert)
   t_u, t_b = true.w0[:, live] / norms[live], true.b0[live] / norms[live]
