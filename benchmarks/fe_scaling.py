@@ -147,6 +147,9 @@ def ours(net, eval_inputs: int, seed: int, test=None, radius: float = 1000.0) ->
              domain_max_logit_error=over["max_logit_error"], domain_agreement=over["agreement"],
              domain_inputs=over["count"], certified=cert["bound"], searched=found["found"],
              max_unit_row_error=max(result.units["row_error"]), seconds=round(seconds, 2),
+             layer2_model=result.stats["layer2_model"],
+             logit_size=float(np.max(np.abs(victims.logits(net, dom.check_points(np.random.default_rng(0),
+                                                                                  net.shape[0], 1000))))),
              stats={k: (float(f"{v:.3g}") if isinstance(v, float) else v) for k, v in result.stats.items()
                     if not isinstance(v, list)})
   if test is not None:
@@ -290,6 +293,12 @@ def _log2(q):
   return f"2^{math.log2(q):.2f}"
 
 
+def _bits(r):
+  """'e (2^-b)' or 'inf' for an aligned weight error."""
+  return "inf (not aligned)" if not math.isfinite(r["max_weight_error"]) else (
+      f"{r['max_weight_error']:.2e} (2^-{r['error_bits']})")
+
+
 def notes(rows: list[dict], float32_row, before: dict) -> list[str]:
   """Target checks, before/after, the cost of the domain and the ART comparison, in words, from the rows."""
   out = []
@@ -332,8 +341,9 @@ def notes(rows: list[dict], float32_row, before: dict) -> list[str]:
   for r in rows:
     if r["group"] == "hard":
       out.append(f"{r['victim']}: {r['units_found']}/{r['true_units']} units, agreement {r['domain_agreement']} over "
-                 f"the ball, certified max |logit difference| {r['certified']:.2g} (searched {r['searched']:.2g}), "
-                 f"weight error 2^-{r['error_bits']}, worst per-unit row error estimate {r['max_unit_row_error']:.1g}.")
+                 f"the ball, certified max |logit difference| {r['certified']:.2g} (searched {r['searched']:.2g}; "
+                 f"the logits reach {r['logit_size']:.2g} there), weight error {_bits(r)} ({r['layer2_model']} "
+                 f"model), worst per-unit row error estimate {r['max_unit_row_error']:.1g}.")
   art_rows = [r for r in rows if "art_status" in r]
   done = [r for r in art_rows if r["art_status"] == "finished"]
   if done:
@@ -381,8 +391,7 @@ def markdown(rows: list[dict], meta: dict, before: dict) -> str:
     b = before.get(r["victim"], {})
     lines.append("| " + " | ".join([
         r["victim"], f"{r['queries']} (2^{r['queries_log2']})", _log2(b["queries"]) if b else "",
-        f"{r['units_found']}/{r['true_units']}", f"{r['max_weight_error']:.2e} (2^-{r['error_bits']})",
-        f"2^-{b['error_bits']}" if b else "", f"{r['check_error']:.1e}", f"{r['max_logit_error']:.1e}",
+        f"{r['units_found']}/{r['true_units']}", _bits(r), f"2^-{b['error_bits']}" if b else "", f"{r['check_error']:.1e}", f"{r['max_logit_error']:.1e}",
         f"{r['agreement']:.6f} ({r['eval_inputs']:.0e})", f"{r['domain_agreement']:.6f} ({r['domain_inputs']:.0e})",
         f"{r['certified']:.1e}", f"{r['searched']:.1e}",
         "" if "test_agreement" not in r else f"{r['test_agreement']:.4f} ({r['test_inputs']})",
@@ -394,16 +403,16 @@ def markdown(rows: list[dict], meta: dict, before: dict) -> str:
     if r["group"] in ("domain", "random") and any(x["group"] == "domain" and x["victim"] == r["victim"] for x in rows):
       lines.append("| " + " | ".join([
           r["victim"], f"{r['radius']:g}", f"{r['queries']} (2^{r['queries_log2']})", str(r["search_queries"]),
-          f"2^-{r['error_bits']}", f"{r['domain_agreement']:.6f}", f"{r['certified']:.1e}", f"{r['seconds']:.2f}"]) + " |")
+          _bits(r), f"{r['domain_agreement']:.6f}", f"{r['certified']:.1e}", f"{r['seconds']:.2f}"]) + " |")
   lines += ["", "## Victims built to break the claim (ball of radius 1000)", "",
             "| victim | queries (log2) | units | weight error (bits) | worst unit row error (estimate) | agreement ball |"
-            " certified max diff ball | searched | seconds |", "|" + "---|" * 9]
+            " max abs logit ball | certified max diff ball | searched | seconds |", "|" + "---|" * 10]
   for r in rows:
     if r["group"] == "hard":
       lines.append("| " + " | ".join([
           r["victim"], f"{r['queries']} (2^{r['queries_log2']})", f"{r['units_found']}/{r['true_units']}",
-          f"{r['max_weight_error']:.2e} (2^-{r['error_bits']})", f"{r['max_unit_row_error']:.1e}",
-          f"{r['domain_agreement']:.6f}", f"{r['certified']:.1e}", f"{r['searched']:.1e}", f"{r['seconds']:.2f}"]) + " |")
+          _bits(r), f"{r['max_unit_row_error']:.1e}", f"{r['domain_agreement']:.6f}", f"{r['logit_size']:.1e}",
+          f"{r['certified']:.1e}", f"{r['searched']:.1e}", f"{r['seconds']:.2f}"]) + " |")
   sw = meta.get("sweep")
   if sw:
     lines += ["", "## Victims not built for (--sweep)", "",
