@@ -7,7 +7,7 @@
 directory itself; --victim_npz a two-layer ReLU network answered in float64. Keys and budgets live in the SQLite
 file --db (default: keys.sqlite beside the victim); --keys=FILE adds the keys of a JSON file to it (or updates
 their settings, keeping what they spent), and `python -m launch.serve_keys` adds, lists or resets keys. Endpoints
-and errors: launch/service.py. Prints `serving ... on http://HOST:PORT` once the socket listens.
+and errors: service/app.py (docs/service.md). Prints `serving ... on http://HOST:PORT` once the socket listens.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import sys
 
 from absl import app, flags, logging
 
-from launch import keystore, service
+import service
+from service import keystore, server
 
 flags.DEFINE_string("victim_workdir", None, "Experiment workdir of launch.run (victim in <dir>/victim) or a victim "
                     "directory.")
@@ -73,19 +74,9 @@ def default_db(workdir, npz) -> pathlib.Path:
   return npz.with_name(npz.stem + ".keys.sqlite")
 
 
-def warm_up(model: service.ServedModel, max_batch: int) -> None:
-  """Compiles the victim for the power-of-two batch sizes it pads to (up to 1024, see extraction/predict.py)."""
-  import numpy as np
-  size = 1
-  while size <= min(max_batch, 1024):
-    model.backend(np.zeros((size,) + tuple(model.input_shape), model.input_dtype))
-    size *= 2
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  import uvicorn
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   try:
@@ -107,16 +98,13 @@ def main(argv):
   if not store.list():
     sys.exit(f"no API keys in {store.path}: give --keys=FILE or add one with python -m launch.serve_keys")
   if FLAGS.warmup and model.input_dtype == "uint8":
-    warm_up(model, FLAGS.max_batch)
+    service.warm_up(model, FLAGS.max_batch)
   api = service.create_app(model, store, service.Limits(FLAGS.max_batch, FLAGS.max_bytes))
-  sock = service.listen(FLAGS.host, FLAGS.port)
-  host, port = sock.getsockname()[:2]
-  shown = f"[{host}]" if ":" in host else host
-  print(f"serving {model.name}: inputs {service.shape_text(model.input_shape)} {model.input_dtype}, "
-        f"{model.num_classes} classes, {len(store.list())} keys in {store.path}, on http://{shown}:{port}",
+  sock = server.listen(FLAGS.host, FLAGS.port)
+  print(f"serving {model.name}: inputs {service.app.shape_text(model.input_shape)} {model.input_dtype}, "
+        f"{model.num_classes} classes, {len(store.list())} keys in {store.path}, on {server.url_of(sock)}",
         flush=True)
-  server = uvicorn.Server(uvicorn.Config(api, log_level=FLAGS.log_level, access_log=FLAGS.log_level == "info"))
-  server.run(sockets=[sock])
+  server.serve(api, sock, FLAGS.log_level)
 
 
 def run():

@@ -1,4 +1,4 @@
-"""Add, update, list or reset the API keys of a prediction service's SQLite file (see launch/keystore.py).
+"""Add, update, list or reset the API keys of a prediction service's SQLite file (see service/keys.py).
 
   python -m launch.serve_keys --db=workdirs/quickstart/victim/keys.sqlite --add=KEY --budget=1000 --output=labels
   python -m launch.serve_keys --db=... --add=KEY2 --output=probabilities --defenses='{"round_decimals": 2}'
@@ -9,13 +9,11 @@ A running server sees the changes at its next request.
 """
 from __future__ import annotations
 
-import json
-
 from absl import app, flags
 
-from extraction.defenses import Defenses
 from extraction.oracle import OUTPUT_MODES
-from launch import keystore
+from service import keys
+from service.keystore import KeyStore
 
 flags.DEFINE_string("db", None, "SQLite file of the keys (created if missing).")
 flags.DEFINE_string("add", None, "Add this key, or update its settings (keeping what it spent).")
@@ -33,40 +31,23 @@ FLAGS = flags.FLAGS
 @flags.multi_flags_validator(["output", "top_k", "defenses"], message="bad key settings")
 def _settings_valid(values):
   try:
-    settings(values["output"], values["top_k"], values["defenses"], None)
+    keys.settings(values["output"], values["top_k"], values["defenses"], None)
   except ValueError as e:
     raise flags.ValidationError(str(e)) from None
   return True
 
 
-def settings(output, top_k, defenses_json, budget) -> keystore.KeySettings:
-  """KeySettings from the flag values; raises ValueError with a one-line message."""
-  try:
-    defenses = json.loads(defenses_json)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"--defenses is not valid JSON ({e})") from None
-  if not isinstance(defenses, dict):
-    raise ValueError("--defenses must be a JSON object")
-  out = keystore.KeySettings(budget, output, top_k, Defenses.from_dict(defenses))
-  out.check()
-  return out
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  store = keystore.KeyStore(FLAGS.db)
+  store = KeyStore(FLAGS.db)
   if FLAGS.add:
-    store.put(FLAGS.add, settings(FLAGS.output, FLAGS.top_k, FLAGS.defenses, FLAGS.budget))
-    print(f"key {keystore.label(FLAGS.add)} set in {store.path}")
+    print(keys.add(store, FLAGS.add, keys.settings(FLAGS.output, FLAGS.top_k, FLAGS.defenses, FLAGS.budget)))
   if FLAGS.reset:
-    known = store.reset(FLAGS.reset)
-    print(f"key {keystore.label(FLAGS.reset)}: " + ("spending reset to 0" if known else "unknown key"))
+    print(keys.reset(store, FLAGS.reset))
   if FLAGS.list or not (FLAGS.add or FLAGS.reset):
-    for k in store.list():
-      s = k.settings
-      print(f"{k.label:12s} used {k.used:>8d} of {'unlimited' if s.budget is None else s.budget:>9}  "
-            f"output={s.output}{'' if s.top_k is None else f' top_k={s.top_k}'}  defenses={s.defenses.to_dict()}")
+    for state in store.list():
+      print(keys.describe(state))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from extraction.oracle import BudgetExceeded, Oracle, softmax
 from extraction.predict import predict_logits
 from extraction.remote import RemoteOracle
 from functional_equivalence import align, attack, victims
-from launch import keystore, service
+import service
+from service import keystore
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ROUND = {"round_decimals": 2}

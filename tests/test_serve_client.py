@@ -15,7 +15,9 @@ from absl.testing import flagsaver
 
 from extraction.oracle import BudgetExceeded, Oracle
 from extraction.remote import OracleUnavailable, RemoteOracle
-from launch import keystore, oracle_flags, service
+import service
+from launch import oracle_flags
+from service import keystore
 from tests.conftest import REPO
 
 FLAGS = flags.FLAGS

@@ -7,7 +7,8 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from functional_equivalence import victims  # noqa: E402
-from launch import keystore, service  # noqa: E402
+import service  # noqa: E402
+from service import keystore  # noqa: E402
 
 
 def _serve(model, db, keys):

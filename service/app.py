@@ -14,7 +14,7 @@ Endpoints (the API key goes in the `X-API-Key` header, or `Authorization: Bearer
 Errors are JSON {"detail": message}: 400 malformed body, 401 missing or unknown key, 406 unknown format, 409 a
 request id reused with other inputs, 413 body or batch over the limits, 415 unsupported Content-Type, 422 inputs of
 the wrong shape or dtype or with NaN/inf, 429 the query would pass the key's budget (nothing of it is answered).
-A query is charged before it is answered (atomically, see launch/keystore.py) and refunded if it fails.
+A query is charged before it is answered (atomically, see service/keystore.py) and refunded if it fails.
 """
 from __future__ import annotations
 
@@ -24,10 +24,7 @@ import dataclasses
 import hashlib
 import io
 import json
-import pathlib
-import socket
-import threading
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -36,20 +33,11 @@ from starlette.concurrency import run_in_threadpool
 
 from extraction.defenses import apply_defenses, noise_rng
 from extraction.oracle import transform_logits
-from launch.keystore import BudgetExhausted, KeyStore, UnknownKey
+from service.keystore import BudgetExhausted, KeyStore, UnknownKey
+from service.model import ServedModel
 
 NPY = "application/x-npy"
 NPY_TYPES = (NPY, "application/octet-stream")
-
-
-@dataclasses.dataclass(frozen=True)
-class ServedModel:
-  """The victim behind the API. backend: inputs (N, *input_shape) of input_dtype -> logits (N, num_classes)."""
-  backend: Callable[[np.ndarray], Any]
-  input_shape: tuple
-  input_dtype: str  # 'uint8' (images) or 'float64'
-  num_classes: int
-  name: str = "victim"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,31 +45,6 @@ class Limits:
   """Largest batch (inputs per request) and body (bytes) the service accepts."""
   max_batch: int = 4096
   max_bytes: int = 32 << 20
-
-
-def resolve_victim_dir(path) -> pathlib.Path:
-  """The victim directory of an experiment workdir W (W/victim), or the victim directory itself."""
-  path = pathlib.Path(path)
-  if (path / "info.json").is_file() or not (path / "victim" / "info.json").is_file():
-    return path
-  return path / "victim"
-
-
-def model_from_victim_dir(path) -> ServedModel:
-  """The trained Flax victim of `launch.run` (uint8 images -> logits, jitted) from a workdir or its victim dir."""
-  from extraction import oracle, victim  # jax: imported only to serve a Flax victim
-  directory = resolve_victim_dir(path)
-  v = victim.load_victim(directory)
-  name = f"{directory} (test accuracy {v.test_accuracy:.4f})"
-  return ServedModel(oracle.model_backend(v.model, v.variables), tuple(v.image_shape), "uint8", v.num_classes, name)
-
-
-def model_from_npz(path) -> ServedModel:
-  """A two-layer ReLU victim from an npz file (w0, b0, w1, b1), answered in float64."""
-  from functional_equivalence import victims
-  net = victims.load_npz(path)
-  d, _, k = net.shape
-  return ServedModel(victims.backend(net), (d,), "float64", k, str(path))
 
 
 class ApiError(Exception):
@@ -239,36 +202,6 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
       raise ApiError(413, f"body is over the limit of {max_bytes} bytes")
     chunks.append(chunk)
   return b"".join(chunks)
-
-
-def listen(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-  """A listening TCP socket (port 0: the OS picks a free one, see `sock.getsockname()`)."""
-  sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-  sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-  sock.bind((host, port))
-  sock.listen(2048)
-  return sock
-
-
-class BackgroundServer:
-  """An app served by uvicorn in a daemon thread (tests, notebooks, benchmarks): `with BackgroundServer(app) as
-  url: ...` starts it on a free port of 127.0.0.1 and stops it on exit."""
-
-  def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0):
-    import uvicorn
-    self.sock = listen(host, port)
-    self.url = f"http://{host}:{self.sock.getsockname()[1]}"
-    self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-  def __enter__(self) -> str:
-    self.thread.start()
-    return self.url
-
-  def __exit__(self, *exc) -> None:
-    self.server.should_exit = True
-    self.thread.join(timeout=10)
-    self.sock.close()
 
 
 def create_app(model: ServedModel, store: KeyStore, limits: Limits = Limits()) -> FastAPI:
