@@ -1,43 +1,61 @@
 """API keys of the prediction service and their query budgets, kept in SQLite (stdlib `sqlite3`).
 
-One row per key: its settings (budget, output mode, top_k, defenses) and `used`, the inputs answered so far. Keys
-are stored as SHA-256 digests, never in clear. `reserve` charges a query before it is answered, atomically
-(`BEGIN IMMEDIATE` + `UPDATE ... WHERE used + n <= budget`), so that concurrent requests -- from threads or from
-several server processes on the same file -- can never be answered past a budget; `refund` gives the inputs back
-when the answer could not be computed. `used` survives restarts: loading a keys file again updates the settings of
-known keys and keeps what they spent.
+One row per key: the operator's label, its settings (budget, output mode, top_k, defenses, see service/settings.py),
+`used` (the inputs answered so far) and whether it was revoked. Keys are stored as HMAC-SHA256 digests under the
+server secret (service/secret.py, `<db>.secret` beside the database, mode 0600), never in clear nor in part.
 
-Keys file (JSON): {"KEY": {"budget": 1000, "output": "probabilities", "top_k": null, "defenses": {...}}, ...};
-`budget` null means unlimited, `output` defaults to 'probabilities', `defenses` holds `extraction.defenses.Defenses`
-fields.
+`reserve` charges a query before it is answered, atomically (`BEGIN IMMEDIATE` + `UPDATE ... WHERE used + n <=
+budget`), so that concurrent requests -- from threads or from several server processes on the same file -- can never
+be answered past a budget; `refund` gives the inputs back when the answer could not be computed.
+
+Spending is never reset behind the operator's back: a database is created only on request (`create=True`, the
+command lines' --init_db), opening checks the file's format, the secret and that it can be written (one-line
+`StoreError` otherwise), and every transaction first checks that the file is still the one opened: a database
+deleted or replaced while serving raises `StoreUnavailable` (the service answers 503, nothing is charged).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
+import datetime
 import json
+import os
 import pathlib
 import sqlite3
 import threading
 from typing import Iterator, Mapping, Optional
 
 from extraction.defenses import Defenses
-from extraction.oracle import validate_output_mode
+from service import secret as secret_lib
+from service.settings import KeySettings, check_key, check_label, check_label_apart
+from service.settings import read_keys_file  # noqa: F401 (re-exported)
 
-SCHEMA = """CREATE TABLE IF NOT EXISTS keys (
+FORMAT = 2  # PRAGMA user_version of the databases this module writes (0: the SHA-256 format before it)
+SCHEMA = """
+CREATE TABLE keys (
   digest TEXT PRIMARY KEY,
-  label TEXT NOT NULL,
+  label TEXT NOT NULL UNIQUE,
   budget INTEGER,
   used INTEGER NOT NULL DEFAULT 0 CHECK (used >= 0),
   output TEXT NOT NULL,
   top_k INTEGER,
-  defenses TEXT NOT NULL DEFAULT '{}'
-)"""
+  defenses TEXT NOT NULL DEFAULT '{}',
+  revoked_at TEXT
+);
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class StoreError(RuntimeError):
+  """The key database cannot be used (missing, corrupt, read-only, another format or secret); one-line message."""
+
+
+class StoreUnavailable(StoreError):
+  """The key database vanished or was replaced while serving: nothing is answered until it is back."""
 
 
 class UnknownKey(LookupError):
-  """No such API key."""
+  """No such API key, or a revoked one."""
 
 
 class BudgetExhausted(RuntimeError):
@@ -50,100 +68,104 @@ class BudgetExhausted(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class KeySettings:
-  """What one key may ask and how it is answered."""
-  budget: Optional[int] = None
-  output: str = "probabilities"
-  top_k: Optional[int] = None
-  defenses: Defenses = Defenses()
-
-  def check(self, num_classes: Optional[int] = None) -> None:
-    """Raises ValueError (one line) for an invalid combination."""
-    if self.budget is not None and (isinstance(self.budget, bool) or not isinstance(self.budget, int)
-                                    or self.budget < 0):
-      raise ValueError(f"budget must be an integer >= 0 or null, got {self.budget!r}")
-    validate_output_mode(self.output, self.top_k, num_classes)
-    self.defenses.check(self.output)
-
-  def to_dict(self) -> dict:
-    return {"budget": self.budget, "output": self.output, "top_k": self.top_k, "defenses": self.defenses.to_dict()}
-
-  @classmethod
-  def from_dict(cls, d: Mapping) -> "KeySettings":
-    if not isinstance(d, Mapping):
-      raise ValueError(f"key settings must be a JSON object, got {type(d).__name__}")
-    unknown = sorted(set(d) - {"budget", "output", "top_k", "defenses"})
-    if unknown:
-      raise ValueError(f"unknown key setting(s) {', '.join(unknown)}; known: budget, output, top_k, defenses")
-    out = cls(budget=d.get("budget"), output=d.get("output", "probabilities"), top_k=d.get("top_k"),
-              defenses=Defenses.from_dict(d.get("defenses")))
-    out.check()
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
 class KeyState:
-  """A key's settings and what it has spent."""
+  """A key's label, settings and what it has spent."""
   label: str
   settings: KeySettings
   used: int
+  revoked: bool = False
 
   @property
   def remaining(self) -> Optional[int]:
     return None if self.settings.budget is None else self.settings.budget - self.used
 
 
-def digest(key: str) -> str:
-  """SHA-256 hex digest of an API key (what the database stores)."""
-  return hashlib.sha256(key.encode()).hexdigest()
+@dataclasses.dataclass(frozen=True)
+class LoadReport:
+  """What loading a keys file changed: labels added, updated, revoked (sync), and revoked ones left revoked."""
+  added: tuple = ()
+  updated: tuple = ()
+  revoked: tuple = ()
+  still_revoked: tuple = ()
 
 
-def label(key: str) -> str:
-  """How a key is shown (listings, /v1/budget): its first and last 4 characters, or 2 of a short key."""
-  return f"{key[:4]}...{key[-4:]}" if len(key) >= 12 else f"{key[:2]}..."
-
-
-def read_keys_file(path) -> dict[str, KeySettings]:
-  """Parses and checks a keys file (module docstring); raises ValueError with a one-line message."""
-  path = pathlib.Path(path)
-  try:
-    raw = json.loads(path.read_text())
-  except OSError as e:
-    raise ValueError(f"keys file {str(path)!r}: {e.strerror}") from None
-  except json.JSONDecodeError as e:
-    raise ValueError(f"keys file {path}: not valid JSON ({e})") from None
-  if not isinstance(raw, dict) or not raw:
-    raise ValueError(f"keys file {path}: expected a non-empty JSON object mapping key -> settings")
-  out = {}
-  for key, settings in raw.items():
-    if not key or not key.isprintable() or key != key.strip():
-      raise ValueError(f"keys file {path}: API keys must be non-empty printable strings without outer spaces")
-    try:
-      out[key] = KeySettings.from_dict(settings)
-    except (ValueError, TypeError) as e:
-      raise ValueError(f"keys file {path}: key {label(key)}: {e}") from None
-  return out
+def _now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 class KeyStore:
-  """The SQLite file of keys. One connection per store, shared by threads under a lock; transactions with the
-  write lock taken up front keep `reserve` atomic across processes too."""
+  """The SQLite file of keys (module docstring). One connection per store, shared by threads under a lock;
+  transactions with the write lock taken up front keep `reserve` atomic across processes too.
 
-  def __init__(self, path, timeout: float = 30.0):
+  Args:
+    path: the database file.
+    create: make a new database and its secret (refused if either exists); otherwise both must exist.
+    timeout: seconds to wait for another process's write lock.
+  Raises:
+    StoreError (one line) when the database or its secret cannot be used.
+  """
+
+  def __init__(self, path, create: bool = False, timeout: float = 30.0):
     self.path = pathlib.Path(path)
-    self.path.parent.mkdir(parents=True, exist_ok=True)
     self._lock = threading.Lock()
-    self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
-    self._db.execute("PRAGMA journal_mode=WAL")  # readers do not wait for the writer; persistent in the file
-    self._db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across crashes of the process
-    with self._transaction() as db:
-      db.execute(SCHEMA)
+    secret_file = secret_lib.secret_path(self.path)
+    try:
+      if create:
+        if self.path.exists():
+          raise StoreError(f"key database {self.path} already exists; --init_db only creates a new one")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.secret = secret_lib.create_secret(secret_file)
+      else:
+        if not self.path.is_file():
+          raise StoreError(f"no key database at {self.path}; create one with --init_db (every key of a new database "
+                           f"starts at 0 spent)")
+        self.secret = secret_lib.read_secret(secret_file)
+      self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode={'rwc' if create else 'rw'}", uri=True,
+                                 timeout=timeout, isolation_level=None, check_same_thread=False)
+      self._db.execute("PRAGMA journal_mode=WAL")  # readers do not wait for the writer; persistent in the file
+      self._db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across crashes of the process
+      if create:
+        self._db.executescript(SCHEMA + f"PRAGMA user_version = {FORMAT};")
+        self._db.execute("INSERT INTO meta VALUES ('secret_check', ?)", (secret_lib.check_value(self.secret),))
+      self._verify()
+    except secret_lib.SecretError as e:
+      raise StoreError(str(e)) from None
+    except sqlite3.DatabaseError as e:
+      raise StoreError(f"key database {self.path}: {e} (is it a key database of this service, writable?)") from None
+    st = os.stat(self.path)
+    self._identity = (st.st_dev, st.st_ino)
+
+  def _verify(self) -> None:
+    """Checks the format, that the secret belongs to the database, and that it can be written."""
+    version = self._db.execute("PRAGMA user_version").fetchone()[0]
+    if version != FORMAT:
+      raise StoreError(f"key database {self.path} is in format {version}, not {FORMAT} (made by an older version "
+                       f"of the service?); start a new one with --init_db and load the keys file into it")
+    row = self._db.execute("SELECT value FROM meta WHERE name = 'secret_check'").fetchone()
+    if row is None or row[0] != secret_lib.check_value(self.secret):
+      raise StoreError(f"secret file {secret_lib.secret_path(self.path)} does not belong to key database "
+                       f"{self.path}")
+    self._db.execute("BEGIN IMMEDIATE")
+    try:
+      self._db.execute("INSERT OR REPLACE INTO meta VALUES ('opened_at', ?)", (_now(),))
+    finally:
+      self._db.execute("ROLLBACK")
+
+  def _check_file(self) -> None:
+    """Raises StoreUnavailable when the file opened is no longer at `path` (deleted, moved or replaced)."""
+    try:
+      st = os.stat(self.path)
+    except OSError:
+      raise StoreUnavailable(f"key database {self.path} is gone; nothing is answered until it is restored") from None
+    if (st.st_dev, st.st_ino) != self._identity:
+      raise StoreUnavailable(f"key database {self.path} was replaced while serving; restart the server")
 
   @contextlib.contextmanager
   def _transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
     """The connection inside BEGIN IMMEDIATE (a plain BEGIN for reads), committed on success, rolled back on
     any exception."""
     with self._lock:
+      self._check_file()
       self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
       try:
         yield self._db
@@ -156,32 +178,98 @@ class KeyStore:
     with self._lock:
       self._db.close()
 
-  def put(self, key: str, settings: KeySettings) -> None:
-    """Adds a key, or updates the settings of a known key keeping what it spent."""
+  # --------------------------------------------------------------------------------------------------- keys
+  def digest(self, key: str) -> str:
+    """What the database stores of `key`: HMAC-SHA256 under the server secret."""
+    return secret_lib.key_digest(self.secret, key)
+
+  def noise_key(self, key: str) -> bytes:
+    """The key of `key`'s noise (service/secret.py); give it to a local Oracle to answer as this key."""
+    return secret_lib.noise_key(self.secret, key)
+
+  def put(self, key: str, settings: KeySettings, label: str) -> bool:
+    """Adds a key, or updates the label and settings of a known key keeping what it spent; True if added.
+
+    Raises ValueError (one line) for a key under 16 characters, a label of another key or holding a piece of this
+    one, or a revoked key (revoked keys stay revoked: issue a new one).
+    """
+    check_key(key)
+    check_label(label)
+    check_label_apart(label, key)
     settings.check()
+    d = self.digest(key)
     with self._transaction() as db:
+      row = db.execute("SELECT label, revoked_at FROM keys WHERE digest = ?", (d,)).fetchone()
+      if row is not None and row[1] is not None:
+        raise ValueError(f"key {row[0]!r} was revoked on {row[1]}; revoked keys stay revoked: issue a new key")
+      other = db.execute("SELECT 1 FROM keys WHERE label = ? AND digest != ?", (label, d)).fetchone()
+      if other is not None:
+        raise ValueError(f"label {label!r} already names another key")
       db.execute("INSERT INTO keys (digest, label, budget, output, top_k, defenses) VALUES (?, ?, ?, ?, ?, ?) "
-                 "ON CONFLICT(digest) DO UPDATE SET budget = excluded.budget, output = excluded.output, "
-                 "top_k = excluded.top_k, defenses = excluded.defenses",
-                 (digest(key), label(key), settings.budget, settings.output, settings.top_k,
-                  json.dumps(settings.defenses.to_dict())))
+                 "ON CONFLICT(digest) DO UPDATE SET label = excluded.label, budget = excluded.budget, "
+                 "output = excluded.output, top_k = excluded.top_k, defenses = excluded.defenses",
+                 (d, label, settings.budget, settings.output, settings.top_k, json.dumps(settings.defenses.to_dict())))
+      return row is None
 
-  def load(self, keys: Mapping[str, KeySettings]) -> None:
-    """`put` for every key of a parsed keys file."""
-    for key, settings in keys.items():
-      self.put(key, settings)
+  def load(self, keys: Mapping[str, tuple[str, KeySettings]], sync: bool = False) -> LoadReport:
+    """`put` for every key of a parsed keys file ({key: (label, settings)}, `read_keys_file`).
 
+    Keys revoked earlier stay revoked (listed in the report). With sync, every key of the database that is not in
+    `keys` is revoked: the file becomes the list of the keys that work.
+    """
+    added, updated, still = [], [], []
+    wanted = {self.digest(k) for k in keys}
+    for key, (label, settings) in keys.items():
+      state = self._state(self.digest(key))
+      if state is not None and state.revoked:
+        still.append(state.label)
+        continue
+      (added if self.put(key, settings, label) else updated).append(label)
+    revoked = []
+    if sync:
+      with self._transaction() as db:
+        for d, label in db.execute("SELECT digest, label FROM keys WHERE revoked_at IS NULL").fetchall():
+          if d not in wanted:
+            db.execute("UPDATE keys SET revoked_at = ? WHERE digest = ?", (_now(), d))
+            revoked.append(label)
+    return LoadReport(tuple(added), tuple(updated), tuple(revoked), tuple(still))
+
+  def revoke(self, key: str) -> Optional[str]:
+    """Revokes the key for good (it gets 401 from the next request on); its label, or None if unknown."""
+    return self._revoke("digest", self.digest(key))
+
+  def revoke_label(self, label: str) -> Optional[str]:
+    """Revokes the key the operator named `label`; the label, or None if no key has it."""
+    return self._revoke("label", label)
+
+  def _revoke(self, column: str, value: str) -> Optional[str]:
+    with self._transaction() as db:
+      row = db.execute(f"SELECT label FROM keys WHERE {column} = ?", (value,)).fetchone()
+      if row is not None:
+        db.execute(f"UPDATE keys SET revoked_at = COALESCE(revoked_at, ?) WHERE {column} = ?", (_now(), value))
+      return None if row is None else row[0]
+
+  # ---------------------------------------------------------------------------------------------- spending
   def get(self, key: str) -> KeyState:
-    """The key's settings and spending; raises UnknownKey."""
-    with self._transaction(write=False) as db:
-      return self._get(db, digest(key))
+    """The key's settings and spending; raises UnknownKey (also for a revoked key)."""
+    state = self._state(self.digest(key))
+    if state is None or state.revoked:
+      raise UnknownKey("unknown or revoked API key")
+    return state
 
-  def _get(self, db: sqlite3.Connection, d: str) -> KeyState:
-    row = db.execute("SELECT label, budget, used, output, top_k, defenses FROM keys WHERE digest = ?", (d,)).fetchone()
+  def _state(self, d: str) -> Optional[KeyState]:
+    with self._transaction(write=False) as db:
+      return self._row(db, d)
+
+  @staticmethod
+  def _row(db: sqlite3.Connection, d: str) -> Optional[KeyState]:
+    row = db.execute("SELECT label, budget, used, output, top_k, defenses, revoked_at FROM keys WHERE digest = ?",
+                     (d,)).fetchone()
     if row is None:
-      raise UnknownKey("unknown API key")
-    shown, budget, used, output, top_k, defenses = row
-    return KeyState(shown, KeySettings(budget, output, top_k, Defenses(**json.loads(defenses))), used)
+      return None
+    shown, budget, used, output, top_k, defenses, revoked_at = row
+    return KeyState(shown, KeySettings(budget, output, top_k, Defenses(**json.loads(defenses))), used,
+                    revoked_at is not None)
 
   def reserve(self, key: str, n: int) -> tuple[KeyState, int]:
     """Charges n inputs to the key before they are answered.
@@ -189,13 +277,15 @@ class KeyStore:
     Returns:
       (the key's state after the charge, offset: how many inputs the key had used before this query).
     Raises:
-      UnknownKey; BudgetExhausted when used + n > budget (nothing is charged).
+      UnknownKey (also revoked); BudgetExhausted when used + n > budget (nothing is charged); StoreUnavailable.
     """
-    d = digest(key)
+    d = self.digest(key)
     with self._transaction() as db:
-      cur = db.execute("UPDATE keys SET used = used + ? WHERE digest = ? AND (budget IS NULL OR used + ? <= budget)",
-                       (n, d, n))
-      state = self._get(db, d)
+      cur = db.execute("UPDATE keys SET used = used + ? WHERE digest = ? AND revoked_at IS NULL "
+                       "AND (budget IS NULL OR used + ? <= budget)", (n, d, n))
+      state = self._row(db, d)
+      if state is None or state.revoked:
+        raise UnknownKey("unknown or revoked API key")
       if cur.rowcount != 1:
         raise BudgetExhausted(n, state.used, state.settings.budget)
       return state, state.used - n
@@ -203,15 +293,18 @@ class KeyStore:
   def refund(self, key: str, n: int) -> None:
     """Gives back n inputs charged by `reserve` for a query that was not answered."""
     with self._transaction() as db:
-      db.execute("UPDATE keys SET used = MAX(used - ?, 0) WHERE digest = ?", (n, digest(key)))
+      db.execute("UPDATE keys SET used = MAX(used - ?, 0) WHERE digest = ?", (n, self.digest(key)))
 
-  def reset(self, key: str) -> bool:
-    """Sets what the key spent back to 0; False if the key is unknown."""
+  def reset(self, key: str) -> Optional[str]:
+    """Sets what the key spent back to 0; its label, or None if the key is unknown."""
+    d = self.digest(key)
     with self._transaction() as db:
-      return db.execute("UPDATE keys SET used = 0 WHERE digest = ?", (digest(key),)).rowcount == 1
+      row = db.execute("SELECT label FROM keys WHERE digest = ?", (d,)).fetchone()
+      db.execute("UPDATE keys SET used = 0 WHERE digest = ?", (d,))
+      return None if row is None else row[0]
 
   def list(self) -> list[KeyState]:
-    """Every key (shown by `label`)."""
+    """Every key, revoked ones included (`KeyState.revoked`), by label."""
     with self._transaction(write=False) as db:
       digests = [r[0] for r in db.execute("SELECT digest FROM keys ORDER BY label")]
-      return [self._get(db, d) for d in digests]
+      return [self._row(db, d) for d in digests]

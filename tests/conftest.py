@@ -29,3 +29,12 @@ def launcher():
 def digits():
   from extraction import datasets
   return datasets.load_digits()
+
+
+def make_key_store(path, keys: dict):
+  """A new key database at `path` (with its secret) holding `keys` ({key: settings as in a keys file, without
+  label}), labelled key0, key1, ... in order."""
+  from service import keystore
+  store = keystore.KeyStore(path, create=True)
+  store.load({k: (f"key{i}", keystore.KeySettings.from_dict(v)) for i, (k, v) in enumerate(keys.items())})
+  return store
