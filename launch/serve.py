@@ -23,6 +23,7 @@ from absl import app, flags, logging
 import service
 from service import keys as keys_lib
 from service import keystore, server
+from service.inputs import shape_text
 
 flags.DEFINE_string("victim_workdir", None, "Experiment workdir of launch.run (victim in <dir>/victim) or a victim "
                     "directory.")
@@ -150,7 +151,7 @@ def main(argv):
   connections = server.fit_to_open_files(server.ConnectionLimits(
       FLAGS.max_connections, FLAGS.max_connections_per_client, FLAGS.header_timeout))
   sock = server.listen(FLAGS.host, FLAGS.port)
-  print(f"serving {model.name}: inputs {service.app.shape_text(model.input_shape)} {model.input_dtype}, "
+  print(f"serving {model.name}: inputs {shape_text(model.input_shape)} {model.input_dtype}, "
         f"{model.num_classes} classes, {sum(not k.revoked for k in store.list())} keys in {store.path}, "
         f"at most {connections.max_connections} connections, on {server.url_of(sock)}", flush=True)
   server.serve(api, sock, connections, FLAGS.log_level)

@@ -10,10 +10,18 @@ Modules (one concept each):
 Floors: this package imports `extraction/` (and `functional_equivalence/` for its victims), never `launch/`;
 `launch/serve.py` and `launch/serve_keys.py` are the command lines over it. See docs/service.md.
 """
-from service.app import ApiError, Limits, create_app
-from service.keystore import KeySettings, KeyStore
-from service.model import ServedModel, model_from_npz, model_from_victim_dir, resolve_victim_dir, warm_up
-from service.server import BackgroundServer, listen
+import importlib
 
-__all__ = ["ApiError", "BackgroundServer", "KeySettings", "KeyStore", "Limits", "ServedModel", "create_app",
-           "listen", "model_from_npz", "model_from_victim_dir", "resolve_victim_dir", "warm_up"]
+_EXPORTS = {"ApiError": "service.inputs", "Limits": "service.app", "create_app": "service.app",
+            "KeySettings": "service.settings", "KeyStore": "service.keystore", "ServedModel": "service.model",
+            "model_from_npz": "service.model", "model_from_victim_dir": "service.model",
+            "resolve_victim_dir": "service.model", "warm_up": "service.model", "BackgroundServer": "service.server",
+            "ConnectionLimits": "service.server", "listen": "service.server"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+  """The package's main names, imported on first use (key management does not load the web framework)."""
+  if name in _EXPORTS:
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+  raise AttributeError(f"module 'service' has no attribute {name!r}")

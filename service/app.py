@@ -38,7 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from extraction.defenses import apply_defenses, keyed_normal
 from extraction.oracle import transform_logits
 from service import inputs
-from service.inputs import NPY, NPY_TYPES, ApiError, shape_text  # noqa: F401 (shape_text: launch.serve)
+from service.inputs import NPY, NPY_TYPES, ApiError
 from service.keystore import BudgetExhausted, KeySettings, KeyStore, StoreUnavailable, UnknownKey
 from service.model import ServedModel
 from service.replay import ReplayCache
