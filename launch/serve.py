@@ -118,7 +118,7 @@ def open_store() -> keystore.KeyStore:
     store = keystore.KeyStore(FLAGS.db or default_db(FLAGS.victim_workdir, FLAGS.victim_npz), create=FLAGS.init_db)
     if FLAGS.keys:
       for line in keys_lib.report(store.load(keystore.read_keys_file(FLAGS.keys), sync=FLAGS.sync_keys)):
-        print(line, flush=True)
+        print(line, file=sys.stderr, flush=True)  # stdout's first line stays the `serving ... on URL` line
   except (keystore.StoreError, ValueError) as e:
     sys.exit(f"{'--keys: ' if isinstance(e, ValueError) else ''}{e}")
   if not any(not k.revoked for k in store.list()):

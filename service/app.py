@@ -17,7 +17,9 @@ key and of the service (service/sharing.py: waits, then 429 / 503 with Retry-Aft
 `body_timeout` (408) and within the memory bound (503), parsed and validated in a worker thread (400 / 413 / 415 /
 422, service/inputs.py), charged (atomically, service/keystore.py; 429 past the budget), answered by the victim in
 turn with the other keys (service/sharing.py), defended, sent. A query that fails after its charge is refunded.
-A key database that vanished while serving gives 503 (nothing answered). Errors are JSON {"detail": message}.
+A key database that vanished while serving gives 503 (nothing answered). Errors are JSON {"detail": message}; an
+error answered before a body of more than 64 KB was read closes the connection instead of reading the body in
+vain (a client still sending it may then see the connection reset rather than the answer).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from extraction.defenses import apply_defenses, keyed_normal
 from extraction.oracle import transform_logits
@@ -45,6 +48,7 @@ from service.replay import ReplayCache
 from service.sharing import Admission, FairScheduler
 
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+SMALL_BODY = 1 << 16  # a request refused before its body is read closes its connection when the body is larger
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +156,9 @@ async def _read_body(request: Request, max_bytes: int, timeout: float) -> bytes:
   try:
     return await asyncio.wait_for(read(), timeout)
   except asyncio.TimeoutError:
-    raise ApiError(408, f"body not received within {timeout:g} s", {"Connection": "close"}) from None
+    raise ApiError(408, f"body not received within {timeout:g} s") from None
+  except ClientDisconnect:
+    raise ApiError(400, "the client left before sending the whole body") from None
 
 
 def defend(logits: np.ndarray, x: np.ndarray, settings: KeySettings, noise_key: bytes) -> np.ndarray:
@@ -234,16 +240,27 @@ def create_app(model: ServedModel, store: KeyStore, limits: Limits = Limits(), d
 
   @app.post("/v1/predict")
   async def predict(request: Request, format: Optional[str] = None):  # noqa: A002 (the query parameter's name)
+    body_read = []
+    try:
+      return await predict_one(request, format, body_read)
+    except ApiError as e:
+      length = request.headers.get("content-length", "")
+      if not body_read and not (length.isdigit() and int(length) <= SMALL_BODY):
+        e.headers = {**(e.headers or {}), "Connection": "close"}  # refused before a large body: not read in vain
+      raise
+
+  async def predict_one(request: Request, fmt: Optional[str], body_read: list):
     key = _api_key(request)
     state = await in_thread(store.get, key)
     if state.remaining is not None and state.remaining <= 0:  # refused before reading a byte of the body
       raise ApiError(429, f"this key's budget of {state.settings.budget} is spent", {"X-Queries-Remaining": "0"})
-    fmt = answer_format(request, format)
+    fmt = answer_format(request, fmt)
     length = _declared_length(request, limits.max_bytes)
     owner = store.digest(key)
     async with admission.request(owner):
       with admission.memory(limits.max_bytes if length is None else length):
         body = await _read_body(request, limits.max_bytes, limits.body_timeout)
+        body_read.append(True)
         x, fingerprint = await asyncio.wrap_future(parsers.submit(parse, body, request.headers.get("content-type", "")))
         del body
 

@@ -1,9 +1,11 @@
 """Serving an app over TCP: `listen`, `serve` (uvicorn, one process) and `BackgroundServer` (tests, notebooks).
 
 The connections themselves are guarded (`ConnectionLimits`, applied by a subclass of uvicorn's h11 protocol):
-  * at most `max_connections` open connections, and `per_client` from one client address: a connection over
-    either cap is answered 503 (Retry-After) and closed at once, so a flood of idle connections can neither run the
-    process out of file descriptors nor take the places of other clients;
+  * at most `max_connections` open connections, and `per_client` from one client address. A connection over
+    either cap makes room by closing the connection (of that address, or of anyone) that has waited longest for a
+    request's headers; when none is waiting (all are busy with requests) it is answered 503 (Retry-After) and
+    closed. A flood of idle or slow connections can neither run the process out of file descriptors nor keep
+    others out: each newcomer pushes out the oldest idler, and a real client sends its headers at once;
   * a request's headers must arrive within `header_timeout` seconds of the connection (or of the previous
     answer): slow senders are dropped (request bodies have their own timeout in the app);
   * idle keep-alive connections close after `keep_alive` seconds.
@@ -41,19 +43,34 @@ def guarded_protocol(limits: ConnectionLimits):
   """A uvicorn HTTP/1.1 protocol class enforcing `limits` (one class per server: it holds the counts)."""
   from uvicorn.protocols.http.h11_impl import H11Protocol
   per_client: collections.Counter = collections.Counter()
+  idle: dict = {}  # client address -> {connection: None}, oldest first: connections waiting for a request's headers
   open_connections = [0]
+
+  def evict_idle(peer: Optional[str]) -> bool:
+    """Closes the connection that has waited longest for headers (from `peer`, or from anyone); False if none."""
+    queues = [idle.get(peer, {})] if peer is not None else list(idle.values())
+    waiting = [next(iter(q)) for q in queues if q]
+    if not waiting:
+      return False
+    oldest = min(waiting, key=lambda c: c._armed_at)
+    oldest._disarm()
+    oldest.transport.close()
+    return True
 
   class GuardedProtocol(H11Protocol):
     _peer: Optional[str] = None
     _header_timer = None
     _timed_cycle = None
+    _armed_at = 0.0
 
     def connection_made(self, transport) -> None:
       super().connection_made(transport)
       self._peer = self.client[0] if self.client else ""
       per_client[self._peer] += 1
       open_connections[0] += 1
-      if open_connections[0] > limits.max_connections or per_client[self._peer] > limits.per_client:
+      # Over a cap, the connection that has waited longest for headers makes room; without one, refuse this one.
+      over_client = per_client[self._peer] > limits.per_client and not evict_idle(self._peer)
+      if over_client or (open_connections[0] > limits.max_connections and not evict_idle(None)):
         transport.write(_REFUSED)
         transport.close()
         return
@@ -62,17 +79,23 @@ def guarded_protocol(limits: ConnectionLimits):
     def _arm(self) -> None:
       """Drops the connection unless a new request's headers arrive within header_timeout."""
       self._disarm()
-      self._timed_cycle = self.cycle
+      self._timed_cycle, self._armed_at = self.cycle, self.loop.time()
       self._header_timer = self.loop.call_later(limits.header_timeout, self._headers_late)
+      idle.setdefault(self._peer, {})[self] = None
 
     def _disarm(self) -> None:
       if self._header_timer is not None:
         self._header_timer.cancel()
         self._header_timer = None
+        waiting = idle.get(self._peer, {})
+        waiting.pop(self, None)
+        if not waiting:
+          idle.pop(self._peer, None)
 
     def _headers_late(self) -> None:
-      self._header_timer = None
-      if self.cycle is self._timed_cycle and not self.transport.is_closing():
+      late = self.cycle is self._timed_cycle
+      self._disarm()
+      if late and not self.transport.is_closing():
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:

@@ -252,7 +252,8 @@ def test_restart_keeps_what_keys_spent(tmp_path):
     timer.start()
     try:
       line = proc.stdout.readline()
-      line = proc.stdout.readline() if line.startswith("keys ") else line  # what loading the keys file did
+      while line.startswith("keys "):  # what loading the keys file did (stderr)
+        line = proc.stdout.readline()
       assert "on http://127.0.0.1:" in line, line + proc.stdout.read()
       oracle = RemoteOracle(line.rsplit(" on ", 1)[1].strip(), "restart-key-123456")
       assert oracle.remaining == expected_left

@@ -1,6 +1,7 @@
 """The prediction service under hostile clients: budget checked before the body is read, per-key request limits,
 round-robin use of the victim between keys, connection caps and timeouts, a bound on the memory of bodies in
 flight, JSON nesting, a float input range, a retry cache per key, and nothing leaked to unauthenticated clients."""
+import socket
 import statistics
 import threading
 import time
@@ -100,20 +101,27 @@ def test_one_keys_large_batches_do_not_starve_another_key(tmp_path):
   assert statistics.median(latencies) < 0.2, latencies
 
 
-def test_connections_are_capped_and_slow_headers_dropped(tmp_path):
-  _, server = start(tmp_path, connections=service.ConnectionLimits(per_client=3, header_timeout=0.5))
+def test_connections_over_the_cap_push_out_slow_ones_and_slow_headers_are_dropped(tmp_path):
+  _, server = start(tmp_path, connections=service.ConnectionLimits(per_client=3, header_timeout=1.5))
   with server as url:
     host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
-    import socket
     slow = [socket.create_connection((host, int(port)), timeout=5) for _ in range(3)]
     for s in slow:
       s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n")  # headers that never end
+      time.sleep(0.05)
+    assert post(url, A, np.ones((1, 5))).status_code == 200  # a fourth connection: the oldest slow one makes room
+    assert response_status(slow[0], 2.0) is None  # closed
+    busy = [open_request(url, key, 10_000, b"\x93NUMPY") for key in (A, B, A)]  # push out the other idlers
+    time.sleep(0.3)
     over = socket.create_connection((host, int(port)), timeout=5)
-    assert response_status(over, 3.0) == 503  # a fourth from the same address: refused at once
-    time.sleep(1.0)
-    for s in slow:  # dropped after the header timeout
-      s.settimeout(3.0)
-      assert s.recv(100) == b""
+    assert response_status(over, 3.0) == 503  # all three busy with requests: nothing to push out, refused
+    for s in busy + slow[1:]:
+      s.close()
+    time.sleep(0.3)
+    late = socket.create_connection((host, int(port)), timeout=5)
+    late.sendall(b"GET /health HTTP/1.1\r\n")
+    time.sleep(2.0)
+    assert response_status(late, 2.0) is None  # dropped after the header timeout
     assert post(url, A, np.ones((1, 5))).status_code == 200
 
 
