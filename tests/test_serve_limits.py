@@ -1,6 +1,7 @@
 """The prediction service under hostile clients: budget checked before the body is read, per-key request limits,
 round-robin use of the victim between keys, connection caps and timeouts, a bound on the memory of bodies in
 flight, JSON nesting, a float input range, a retry cache per key, and nothing leaked to unauthenticated clients."""
+import io
 import socket
 import statistics
 import threading
@@ -187,3 +188,37 @@ def test_unauthenticated_clients_learn_nothing_about_the_victim(tmp_path):
   with server as url:
     docs = httpx.get(url + "/openapi.json")
     assert docs.status_code == 200 and "secret-victim-dir" not in docs.text
+
+
+def test_a_large_json_body_is_read_without_stalling_other_requests(tmp_path):
+  """8 MB of JSON numbers (4M values) parsed while another client polls /health: numpy reads the numbers with the
+  interpreter lock released, so the polls keep being answered; the answers equal those of the .npy body."""
+  model = service.ServedModel(lambda x: np.asarray(x, np.float64)[:, :3] * 2.0, (1000,), "float64", 3)
+  limits = service.Limits(max_batch=4000, max_bytes=16 << 20, body_memory=16 << 20)
+  store, server = start(tmp_path, limits, model=model)
+  row = b"[" + b"7," * 999 + b"-3]"
+  body = b'{"inputs": [' + b",".join([row] * 4000) + b"]}"
+  gaps, done = [], threading.Event()
+  with server as url:
+    def poll():
+      with httpx.Client() as client:
+        while not done.is_set():
+          t0 = time.perf_counter()
+          client.get(url + "/health")
+          gaps.append(time.perf_counter() - t0)
+          time.sleep(0.01)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    time.sleep(0.2)
+    r = CLIENT.post(url + "/v1/predict", content=body, headers={"X-API-Key": A, "Content-Type": "application/json",
+                                                                "Accept": "application/x-npy"})
+    done.set()
+    poller.join(10)
+    assert max(gaps) < 0.3, sorted(gaps)[-5:]
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(np.load(io.BytesIO(r.content)), np.full((4000, 3), 14.0))
+    big_other = b'{"inputs": [' + b",".join([row] * 600) + b'], "note": "x"}'  # not a plain array, > 1 MB
+    r = CLIENT.post(url + "/v1/predict", content=big_other, headers={"X-API-Key": A, "Content-Type": "application/json"})
+    assert r.status_code == 400 and "send .npy" in r.json()["detail"]
+  assert store.get(A).used == 4000
