@@ -105,9 +105,10 @@ def default_db(workdir, npz) -> pathlib.Path:
 def limits() -> service.Limits:
   """The request limits from the flags; exits with one line when they do not fit together."""
   try:
-    return service.Limits(FLAGS.max_batch, FLAGS.max_bytes, FLAGS.max_abs_input, FLAGS.key_requests,
-                          FLAGS.total_requests, FLAGS.queue_wait, FLAGS.body_memory, FLAGS.body_timeout,
-                          FLAGS.workers)
+    return service.Limits(max_batch=FLAGS.max_batch, max_bytes=FLAGS.max_bytes, max_abs_input=FLAGS.max_abs_input,
+                          key_requests=FLAGS.key_requests, total_requests=FLAGS.total_requests,
+                          queue_wait=FLAGS.queue_wait, body_memory=FLAGS.body_memory,
+                          body_timeout=FLAGS.body_timeout, workers=FLAGS.workers)
   except ValueError as e:
     sys.exit(f"bad limits: {e}")
 

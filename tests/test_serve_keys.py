@@ -156,10 +156,22 @@ def test_a_new_database_is_made_only_on_request(tmp_path):
     keystore.KeyStore(db)
 
 
-@pytest.mark.parametrize("problem", ["missing", "corrupt", "old format"])
+def make_read_only(path) -> bool:
+  """Makes a file read-only even for root (chattr +i; chmod for others); False if this system cannot."""
+  if os.geteuid() != 0:
+    os.chmod(path, 0o444)
+    return True
+  return subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("problem", ["missing", "corrupt", "old format", "read-only"])
 def test_database_problems_at_startup_are_one_line(tmp_path, problem):
   npz = victims.save_npz(tmp_path / "victim.npz", victims.random_net(0, 5, 4, 3))
   db = tmp_path / "keys.sqlite"
+  if problem == "read-only":
+    make_key_store(db, {ALICE: {}}).close()
+    if not make_read_only(db):
+      pytest.skip("cannot make a file read-only for root here (no chattr)")
   if problem == "corrupt":
     db.write_bytes(b"not a database" * 100)
     (tmp_path / "keys.sqlite.secret").write_bytes(b"s" * 32)
@@ -176,8 +188,11 @@ def test_database_problems_at_startup_are_one_line(tmp_path, problem):
                        cwd=REPO, capture_output=True, text=True, timeout=30)
   except subprocess.TimeoutExpired:
     pytest.fail(f"{problem} database: the server started instead of refusing")
+  finally:
+    if problem == "read-only" and os.geteuid() == 0:
+      subprocess.run(["chattr", "-i", str(db)], capture_output=True)
   want = {"missing": "create one with --init_db", "corrupt": "file is not a database",
-          "old format": "is in format 0, not 2"}[problem]
+          "old format": "is in format 0, not 2", "read-only": "readonly database"}[problem]
   assert r.returncode == 1 and want in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
   assert len(r.stderr.strip().splitlines()) == 1 and db.exists() == (problem != "missing")
 
