@@ -17,9 +17,10 @@ import collections
 import dataclasses
 import socket
 import threading
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from fastapi import FastAPI
+if TYPE_CHECKING:
+  from fastapi import FastAPI
 
 _REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
             b"connection: close\r\ncontent-length: 42\r\n\r\n"
