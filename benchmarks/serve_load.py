@@ -23,6 +23,7 @@ The server's resident memory is sampled every 50 ms (peak reported).
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -64,6 +65,15 @@ def npy_bytes(x: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
+OUTCOMES: collections.Counter = collections.Counter()  # an attacker process's results: status or error -> count
+_OUTCOMES_LOCK = threading.Lock()
+
+
+def _count(outcome: str) -> None:
+  with _OUTCOMES_LOCK:
+    OUTCOMES[outcome] += 1
+
+
 def _host_port(url: str) -> tuple[str, int]:
   host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
   return host, int(port)
@@ -80,9 +90,11 @@ def attack_batches(url: str, deadline: float, source: str) -> None:
         if time.time() > deadline:
           return
         try:
-          client.post(url + "/v1/predict", content=body, headers={"X-API-Key": ATTACK,
-                                                                  "Content-Type": "application/x-npy"})
-        except httpx.HTTPError:
+          _count(str(client.post(url + "/v1/predict", content=body, headers={"X-API-Key": ATTACK,
+                                                                             "Content-Type": "application/x-npy"}
+                                 ).status_code))
+        except httpx.HTTPError as e:
+          _count(type(e).__name__)
           time.sleep(0.05)
 
   threads = [threading.Thread(target=loop, daemon=True) for _ in range(8)]
@@ -103,9 +115,11 @@ def attack_json(url: str, deadline: float, source: str) -> None:
         if time.time() > deadline:
           return
         try:
-          client.post(url + "/v1/predict", content=body, headers={"X-API-Key": SPENT,
-                                                                  "Content-Type": "application/json"})
-        except httpx.HTTPError:
+          _count(str(client.post(url + "/v1/predict", content=body, headers={"X-API-Key": SPENT,
+                                                                             "Content-Type": "application/json"}
+                                 ).status_code))
+        except httpx.HTTPError as e:
+          _count(type(e).__name__)
           time.sleep(0.05)
 
   threads = [threading.Thread(target=loop, daemon=True) for _ in range(2)]
@@ -121,6 +135,7 @@ async def _slow_slot(host: str, port: int, source: str, deadline: float) -> None
     writer = None
     try:
       reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, local_addr=(source, 0)), 5)
+      _count("connections opened")
       writer.write(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nX-Slow: ")
       while time.time() < deadline:
         await writer.drain()
@@ -166,9 +181,10 @@ def attack_uploads(url: str, deadline: float, source: str, count: int = 40) -> N
           for _ in range(16):
             s.sendall(chunk)
           s.settimeout(max(0.1, deadline - time.time()))
-          s.recv(1024)  # held until the server answers (or drops us) or the deadline passes
-      except OSError:
-        pass
+          answer = s.recv(1024)  # held until the server answers (or drops us) or the deadline passes
+          _count(answer[9:12].decode() if answer.startswith(b"HTTP/1.1 ") else "dropped")
+      except OSError as e:
+        _count(type(e).__name__)
       time.sleep(0.5)
 
   threads = [threading.Thread(target=hold, daemon=True) for _ in range(count)]
@@ -276,7 +292,7 @@ def start_server(repo: pathlib.Path, workdir: pathlib.Path, tmp: pathlib.Path):
 def run_scenario(repo: pathlib.Path, workdir: pathlib.Path, tmp: pathlib.Path, scenario: str) -> dict:
   import httpx
   proc, url = start_server(repo, workdir, tmp)
-  attacker = None
+  attacker, row = None, {}
   try:
     for _ in range(5):  # warm up: connections, the victim's batch-1 path
       httpx.post(url + "/v1/predict", headers={"X-API-Key": VICTIM, "Content-Type": "application/json"},
@@ -289,15 +305,16 @@ def run_scenario(repo: pathlib.Path, workdir: pathlib.Path, tmp: pathlib.Path, s
       deadline = time.time() + RAMP_SECONDS + FLAGS.seconds + 2
       attacker = subprocess.Popen([sys.executable, "-m", "benchmarks.serve_load", f"--role={role}", f"--url={url}",
                                    f"--source={source}", f"--deadline={deadline}"], cwd=REPO,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
       time.sleep(RAMP_SECONDS)
-    row = measure(url, FLAGS.seconds)
+    row.update(measure(url, FLAGS.seconds))
     row.update(scenario=scenario, server_rss_start_mb=round(start_rss), server_rss_peak_mb=round(watch.stop()))
   finally:
     if attacker is not None:
       try:
-        attacker.wait(20)
-      except subprocess.TimeoutExpired:
+        out, _ = attacker.communicate(timeout=20)
+        row["attacker"] = json.loads(out.strip().splitlines()[-1])
+      except (subprocess.TimeoutExpired, ValueError, IndexError):
         attacker.kill()
         attacker.wait(10)
     proc.terminate()
@@ -326,6 +343,7 @@ def main(argv):
     deadline = min(FLAGS.deadline, time.time() + 120)  # bounded whatever it is given
     attack = {"batches": attack_batches, "json": attack_json, "slow": attack_slow, "uploads": attack_uploads}
     attack[FLAGS.role](FLAGS.url, deadline, FLAGS.source)
+    print(json.dumps(dict(OUTCOMES)), flush=True)
     return
   from benchmarks.common import machine
   logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
@@ -350,7 +368,8 @@ def _cell(row: dict) -> str:
   if row is None:
     return "— | — | —"
   median = f"{row['median_ms']:,.1f}" if "median_ms" in row else "—"
-  return f"{median} | {row.get('p90_ms', '—')} | {row['failed']}/{row['requests']}"
+  p90 = f"{row['p90_ms']:,.1f}" if "p90_ms" in row else "—"
+  return f"{median} | {p90} | {row['failed']}/{row['requests']}"
 
 
 def write(rows: list[dict], info: dict) -> None:
@@ -388,7 +407,11 @@ def write(rows: list[dict], info: dict) -> None:
                  f"{'yes' if ok else 'NO'} | {peak(before)} | {peak(after)} |")
   errors = [f"{r['version']} {r['scenario']}: {r['errors']}" for r in rows if r["errors"]]
   if errors:
-    lines += ["", "Failures by kind: " + "; ".join(errors) + "."]
+    lines += ["", "Failures of the measured client by kind: " + "; ".join(errors) + "."]
+  attackers = [f"{r['version']} {r['scenario']}: {r['attacker']}" for r in rows if r.get("attacker")]
+  if attackers:
+    lines += ["", f"What the attackers got over their {RAMP_SECONDS + FLAGS.seconds + 2:g} s (HTTP status or error "
+              f"-> count; `batches`: each 200 is 4096 inputs answered): " + "; ".join(attackers) + "."]
   (out / "serve_load.md").write_text("\n".join(lines) + "\n")
   print(f"wrote {out / 'serve_load.json'} and {out / 'serve_load.md'}")
 
