@@ -2,10 +2,15 @@
 
 Modules (one concept each):
   model.py     `ServedModel` (the victim behind the API) and the loaders of the victims `launch.serve` serves;
-  keystore.py  the SQLite file of API keys and what they spent (`KeyStore`, `KeySettings`);
+  secret.py    the server secret beside the database, and what is derived from it (key digests, noise keys);
+  settings.py  `KeySettings` (checked with types and bounds) and the keys file;
+  keystore.py  the SQLite file of API keys, what they spent, revocation (`KeyStore`);
   keys.py      key management (what `python -m launch.serve_keys` does);
-  app.py       the FastAPI app (`create_app`): endpoints, request parsing and validation, answers;
-  server.py    serving an app over TCP (`listen`, `serve`, `BackgroundServer` for tests and notebooks).
+  inputs.py    request bodies to input batches: parsing and validation;
+  sharing.py   fair sharing between keys: admission limits, round-robin use of the victim;
+  replay.py    answers kept per key for retries (X-Request-Id);
+  app.py       the FastAPI app (`create_app`): endpoints and the path of a request;
+  server.py    serving over TCP with guarded connections (`serve`, `BackgroundServer` for tests and notebooks).
 
 Floors: this package imports `extraction/` (and `functional_equivalence/` for its victims), never `launch/`;
 `launch/serve.py` and `launch/serve_keys.py` are the command lines over it. See docs/service.md.
