@@ -39,6 +39,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from benchmarks.common import start_serve
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("baseline_repo", None, "A checkout of the code before the fixes: measured side by side.")
 flags.DEFINE_string("victim_workdir", None, "A trained victim (launch.run workdir); default: train a tiny one.")
@@ -74,59 +76,49 @@ def _count(outcome: str) -> None:
     OUTCOMES[outcome] += 1
 
 
+def _in_threads(target, count: int, deadline: float) -> None:
+  """Runs `target` in `count` daemon threads, waiting for them until 5 s past the deadline."""
+  threads = [threading.Thread(target=target, daemon=True) for _ in range(count)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(max(0.0, deadline - time.time()) + 5)
+
+
 def _host_port(url: str) -> tuple[str, int]:
   host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
   return host, int(port)
 
 
-def attack_batches(url: str, deadline: float, source: str) -> None:
-  """8 threads sending batches of 4096 random digits images (npy) until the deadline (at most 500 each)."""
+def _post_repeatedly(url: str, deadline: float, source: str, body: bytes, headers: dict, threads: int,
+                     repeats: int) -> None:
+  """`threads` clients each posting `body` until the deadline, at most `repeats` times; outcomes counted."""
   import httpx
-  body = npy_bytes(np.random.default_rng(0).integers(0, 256, (4096, 8, 8, 1), dtype=np.uint8))
 
   def loop():
     with httpx.Client(timeout=30, transport=httpx.HTTPTransport(local_address=source)) as client:
-      for _ in range(500):
+      for _ in range(repeats):
         if time.time() > deadline:
           return
         try:
-          _count(str(client.post(url + "/v1/predict", content=body, headers={"X-API-Key": ATTACK,
-                                                                             "Content-Type": "application/x-npy"}
-                                 ).status_code))
+          _count(str(client.post(url + "/v1/predict", content=body, headers=headers).status_code))
         except httpx.HTTPError as e:
           _count(type(e).__name__)
           time.sleep(0.05)
 
-  threads = [threading.Thread(target=loop, daemon=True) for _ in range(8)]
-  for t in threads:
-    t.start()
-  for t in threads:
-    t.join(max(0.0, deadline - time.time()) + 5)
+  _in_threads(loop, threads, deadline)
+
+
+def attack_batches(url: str, deadline: float, source: str) -> None:
+  """8 threads sending batches of 4096 random digits images (npy) until the deadline (at most 500 each)."""
+  body = npy_bytes(np.random.default_rng(0).integers(0, 256, (4096, 8, 8, 1), dtype=np.uint8))
+  _post_repeatedly(url, deadline, source, body, {"X-API-Key": ATTACK, "Content-Type": "application/x-npy"}, 8, 500)
 
 
 def attack_json(url: str, deadline: float, source: str) -> None:
   """2 threads sending 30 MB JSON bodies with a key whose budget is spent, until the deadline (at most 200 each)."""
-  import httpx
   body = b"[" + b"0," * (15 * 1024 * 1024 - 1) + b"0]"
-
-  def loop():
-    with httpx.Client(timeout=30, transport=httpx.HTTPTransport(local_address=source)) as client:
-      for _ in range(200):
-        if time.time() > deadline:
-          return
-        try:
-          _count(str(client.post(url + "/v1/predict", content=body, headers={"X-API-Key": SPENT,
-                                                                             "Content-Type": "application/json"}
-                                 ).status_code))
-        except httpx.HTTPError as e:
-          _count(type(e).__name__)
-          time.sleep(0.05)
-
-  threads = [threading.Thread(target=loop, daemon=True) for _ in range(2)]
-  for t in threads:
-    t.start()
-  for t in threads:
-    t.join(max(0.0, deadline - time.time()) + 5)
+  _post_repeatedly(url, deadline, source, body, {"X-API-Key": SPENT, "Content-Type": "application/json"}, 2, 200)
 
 
 async def _slow_slot(host: str, port: int, source: str, deadline: float) -> None:
@@ -187,11 +179,7 @@ def attack_uploads(url: str, deadline: float, source: str, count: int = 40) -> N
         _count(type(e).__name__)
       time.sleep(0.5)
 
-  threads = [threading.Thread(target=hold, daemon=True) for _ in range(count)]
-  for t in threads:
-    t.start()
-  for t in threads:
-    t.join(max(0.0, deadline - time.time()) + 5)
+  _in_threads(hold, count, deadline)
 
 
 # ----------------------------------------------------------------------------------------------- measuring
@@ -277,16 +265,7 @@ def start_server(repo: pathlib.Path, workdir: pathlib.Path, tmp: pathlib.Path):
   def set_limit():
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
-  proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                          preexec_fn=set_limit, env={**os.environ, "PYTHONPATH": str(repo)})
-  timer = threading.Timer(300, proc.kill)
-  timer.start()
-  line = proc.stdout.readline()
-  timer.cancel()
-  if " on http://" not in line:
-    proc.kill()
-    raise RuntimeError(f"server of {repo} did not start: {line!r}")
-  return proc, line.rsplit(" on ", 1)[1].strip()
+  return start_serve(cmd, cwd=repo, preexec_fn=set_limit, env={**os.environ, "PYTHONPATH": str(repo)})
 
 
 def run_scenario(repo: pathlib.Path, workdir: pathlib.Path, tmp: pathlib.Path, scenario: str) -> dict:
