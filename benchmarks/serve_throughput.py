@@ -48,7 +48,7 @@ def victim_dir(tmp: pathlib.Path) -> pathlib.Path:
 
 def start_server(workdir: pathlib.Path, tmp: pathlib.Path):
   """`python -m launch.serve` on a free port; returns (process, url)."""
-  (tmp / "keys.json").write_text(json.dumps({KEY: {"label": "benchmark", "output": "probabilities"}}))
+  (tmp / "keys.json").write_text(json.dumps({KEY: {"label": "throughput", "output": "probabilities"}}))
   cmd = [sys.executable, "-m", "launch.serve", f"--victim_workdir={workdir}", f"--keys={tmp / 'keys.json'}",
          f"--db={tmp / 'keys.sqlite'}", "--init_db", "--port=0"]
   return start_serve(cmd)
