@@ -143,7 +143,7 @@ def norm_geometry(victim: LMVictim) -> tuple[np.ndarray, float]:
 def init_params(config: LMConfig, seed: int) -> Any:
   config.check()
   tokens = jnp.zeros((1, config.max_len), jnp.int32)
-  return jax.device_get(TransformerLM(config).init(jax.random.key(seed), tokens)["params"])
+  return jax.device_get(jax.jit(TransformerLM(config).init)(jax.random.key(seed), tokens)["params"])
 
 
 def make_lm_step(model: TransformerLM, tx, ema_decay: float = 0.99) -> train.Step:
