@@ -102,38 +102,6 @@ def attack_config() -> attack.Config:
                        oversample=FLAGS.lm_oversample, bias=FLAGS.lm_bias or None)
 
 
-def paper_requests_per_vector(output: str, vocab: int, top_k: int) -> float:
-  """The paper's cost of one logit vector: 1 request with full logits; V / (k-1) with top-k and a logit bias
-  (its Table 3: 0.25 queries per logit for top-5)."""
-  return 1.0 if output == "logits" else vocab / (top_k - 1)
-
-
-def result_row(victim: lm_victim.LMVictim, result: attack.Result, output: str, top_k: int) -> dict:
-  """The experiment's row: what the attack found and cost, and its errors against the true W."""
-  cfg = victim.config
-  directions, offset = lm_victim.norm_geometry(victim)
-  err = evaluate.align(result.unembedding, lm_victim.unembedding(victim), result.shift_invariant, directions)
-  row = dict(method="lm_last_layer", victim="trained" if victim.info["train"]["steps"] else "random",
-             vocab=cfg.vocab_size, hidden=cfg.hidden, layers=cfg.layers, tied=cfg.tied, precision=FLAGS.lm_precision,
-             oracle_output=output, top_k=top_k if output != "logits" else None,
-             hidden_size_found=result.hidden_size, rank=result.rank, affine_rank=result.affine_rank,
-             gap=result.gap, affine_gap=result.affine_gap, vectors_at_detection=result.vectors_at_detection,
-             vectors=result.vectors, queries=result.queries, tokens=result.tokens,
-             requests_per_vector=round(result.requests_per_vector, 3),
-             paper_requests_per_vector=paper_requests_per_vector(output, cfg.vocab_size, top_k),
-             bias_retries=result.bias_retries, rms_error=err["rms_error"],
-             rms_error_relative=err["rms_error_relative"], max_error=err["max_error"],
-             variance_explained=err["variance_explained"],
-             norm_directions_rms_error_relative=err["subspace_rms_error_relative"], norm_offset=offset,
-             compared_with="P W (vocabulary-centred)" if result.shift_invariant else "W",
-             seconds=round(result.seconds, 2))
-  if "held_out_loss" in victim.info:
-    row.update(held_out_loss=victim.info["held_out_loss"], unigram_entropy=victim.info["unigram_entropy"])
-  if result.notes:
-    row["notes"] = " | ".join(result.notes)
-  return row
-
-
 @experiments.register("lm_last_layer")
 def run(workdir: pathlib.Path) -> list[dict]:
   """Builds the victim, attacks it through the oracle, writes recovered.npz, returns one row."""
@@ -150,7 +118,7 @@ def run(workdir: pathlib.Path) -> list[dict]:
     logging.error("lm_last_layer stopped after %d queries", oracle.used)
     raise
   np.savez(workdir / "recovered.npz", unembedding=result.unembedding, singular_values=result.singular_values)
-  row = result_row(victim, result, oracle.output, FLAGS.lm_top_k)
+  row = evaluate.report(victim, result, output=oracle.output, top_k=FLAGS.lm_top_k, precision=FLAGS.lm_precision)
   row["oracle_used"], row["oracle_tokens"] = oracle.used, oracle.tokens
   logging.info("lm_last_layer: %s", row)
   return [row]
