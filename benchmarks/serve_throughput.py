@@ -78,7 +78,7 @@ def main(argv):
   del argv
   from extraction import oracle as oracle_lib, victim as victim_lib
   from extraction.remote import RemoteOracle
-  from launch import service
+  import service
   info = machine("fastapi", "uvicorn", "httpx")
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
