@@ -22,6 +22,7 @@ import numpy as np
 from extraction.oracle import Oracle
 
 LM_OUTPUT_MODES = ("logits", "top_k", "top_k_bias", "argmax")
+LM_ONLY_OUTPUTS = ("top_k_bias", "argmax")  # the others share their names with a classifier API's modes
 
 
 class TopK(NamedTuple):

@@ -5,13 +5,16 @@
 
 Builds (or reuses, in --lm_victim_dir, default <workdir>/lm_victim) a small decoder-only transformer: random
 initialisation with --lm_train_steps=0, else that many Adam steps on the Python standard library's sources
-(`extraction.lm_victim`). Puts it behind an `extraction.lm_oracle.LMOracle` answering --lm_oracle_output (or, with
---oracle_url, asks a served LM through `extraction.remote`), runs `functional_equivalence.lm.attack` through it,
+(`extraction.lm_victim`). Puts it behind an `extraction.lm_oracle.LMOracle` answering --lm_oracle_output, or with
+--oracle_url asks the LM served there (`python -m launch.serve --victim_lm=DIR`) through
+`extraction.lm_remote.RemoteLMOracle` with --api_key, --lm_victim_dir then naming the served victim (read only to
+measure the recovered W; the key must serve --lm_oracle_output). Runs `functional_equivalence.lm.attack` through it,
 and compares the recovered W with the victim's (`functional_equivalence.lm.evaluate`). Writes
 <workdir>/recovered.npz (W_rec, singular values) and returns one result row.
 """
 from __future__ import annotations
 
+import os
 import pathlib
 
 import numpy as np
@@ -20,7 +23,7 @@ from absl import flags, logging
 from extraction import lm_victim
 from extraction.lm_oracle import LMOracle
 from functional_equivalence.lm import attack, evaluate, spectrum
-from launch import common, experiments
+from launch import common, experiments, oracle_flags
 
 flags.DEFINE_string("lm_victim_dir", None, "Directory of the LM victim (built there if missing; default "
                     "<workdir>/lm_victim).")
@@ -77,20 +80,48 @@ def _check_lm(v):
   return True
 
 
+@flags.multi_flags_validator(["experiment", "oracle_url", "lm_victim_dir"])
+def _remote_needs_victim(values):
+  """Through --oracle_url the attack needs the served LM's directory too, to measure what it recovered."""
+  if values["experiment"] == "lm_last_layer" and values["oracle_url"] and not values["lm_victim_dir"]:
+    raise flags.ValidationError("--oracle_url with lm_last_layer needs --lm_victim_dir=DIR of the served LM (to "
+                                "compare the recovered W with it)")
+  return True
+
+
 def build_victim(workdir: pathlib.Path) -> lm_victim.LMVictim:
   config = lm_victim.LMConfig(vocab_size=FLAGS.lm_vocab, hidden=FLAGS.lm_hidden, layers=FLAGS.lm_layers,
                               heads=FLAGS.lm_heads, max_len=FLAGS.lm_max_len, tied=FLAGS.lm_tied)
   tcfg = lm_victim.TrainConfig(steps=FLAGS.lm_train_steps, batch_size=FLAGS.lm_train_batch,
                                seq_len=FLAGS.lm_seq_len, lr=FLAGS.lm_lr, seed=FLAGS.seed)
   directory = pathlib.Path(FLAGS.lm_victim_dir or workdir / "lm_victim")
+  if FLAGS.oracle_url:  # the served victim, as it is
+    if (directory / "lm_victim" / "info.json").is_file():
+      directory = directory / "lm_victim"
+    return lm_victim.load_victim(directory)
   try:
     return lm_victim.build_victim(config, tcfg, directory)
   except ValueError as e:  # a directory holding another victim: one line
     raise common.ConfigError(str(e)) from None
 
 
-def make_oracle(victim: lm_victim.LMVictim) -> LMOracle:
+def make_oracle(victim: lm_victim.LMVictim):
+  """The API: a local LMOracle over the victim, or the served LM of --oracle_url (its key must serve
+  --lm_oracle_output with --lm_top_k)."""
   top_k = FLAGS.lm_top_k if FLAGS.lm_oracle_output in ("top_k", "top_k_bias") else None
+  if FLAGS.oracle_url:
+    from extraction.lm_remote import RemoteLMOracle
+    oracle = RemoteLMOracle(FLAGS.oracle_url, FLAGS.api_key or os.environ.get(oracle_flags.API_KEY_ENV, ""),
+                            timeout=FLAGS.oracle_timeout, retries=FLAGS.oracle_retries, budget=FLAGS.lm_budget,
+                            record_inputs=False)
+    served = (oracle.output, oracle.top_k)
+    if served != (FLAGS.lm_oracle_output, top_k) or oracle.vocab_size != victim.config.vocab_size:
+      oracle.close()
+      raise oracle_flags.OracleMismatch(
+          f"--oracle_url={FLAGS.oracle_url}: this key is served {served[0]} (top_k={served[1]}) over a vocabulary "
+          f"of {oracle.vocab_size}; the experiment asks for {FLAGS.lm_oracle_output} (top_k={top_k}) of the LM in "
+          f"--lm_victim_dir (V={victim.config.vocab_size})")
+    return oracle
   return LMOracle(lm_victim.backend(victim, FLAGS.lm_precision), output=FLAGS.lm_oracle_output, top_k=top_k,
                   budget=FLAGS.lm_budget, record_inputs=False, vocab_size=victim.config.vocab_size,
                   max_bias=FLAGS.lm_max_bias, max_biased_tokens=FLAGS.lm_max_biased_tokens)
@@ -118,7 +149,10 @@ def run(workdir: pathlib.Path) -> list[dict]:
     logging.error("lm_last_layer stopped after %d queries", oracle.used)
     raise
   np.savez(workdir / "recovered.npz", unembedding=result.unembedding, singular_values=result.singular_values)
-  row = evaluate.report(victim, result, output=oracle.output, top_k=FLAGS.lm_top_k, precision=FLAGS.lm_precision)
+  row = evaluate.report(victim, result, output=oracle.output, top_k=FLAGS.lm_top_k,
+                        precision=result.answer_dtype or FLAGS.lm_precision)
+  if FLAGS.oracle_url:
+    row["oracle_url"] = FLAGS.oracle_url
   row["oracle_used"], row["oracle_tokens"] = oracle.used, oracle.tokens
   logging.info("lm_last_layer: %s", row)
   return [row]

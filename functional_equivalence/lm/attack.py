@@ -78,6 +78,7 @@ class Result:
     queries, tokens: requests and prompt tokens the attack sent (the oracle's counts over the attack).
     requests_per_vector: API requests per logit vector (1 with logits; ~V/(k-1) with top_k_bias).
     bias_retries: groups asked again at the largest bias.
+    answer_dtype: the dtype of the API's scores (float32 answers bound the precision).
   """
   hidden_size: int
   rank: Optional[int]
@@ -94,6 +95,7 @@ class Result:
   bias_retries: int
   shift_invariant: bool
   seconds: float
+  answer_dtype: Optional[str] = None
   notes: tuple = ()
 
 
@@ -120,6 +122,7 @@ class _Collector:
     self.rng = np.random.default_rng([seed, 0x5EA1])
     self.rows: list = []
     self.recon = bias_lib.Reconstruction()
+    self.dtype = None  # of the API's answers: their precision bounds the attack's
 
   @property
   def vocab(self) -> int:
@@ -128,7 +131,9 @@ class _Collector:
   def ask(self, count: int) -> None:
     prompts = self.rng.integers(0, self.vocab, (count, self.cfg.prompt_len), dtype=np.int32)
     if self.oracle.output == "logits":
-      answers = np.asarray(self.oracle(prompts), np.float64)
+      raw = np.asarray(self.oracle(prompts))
+      self.dtype = str(raw.dtype)
+      answers = raw.astype(np.float64)
       if answers.shape != (count, self.vocab):
         raise ExtractionError(f"the API answered logits of shape {answers.shape} for {count} prompts over a "
                               f"vocabulary of {self.vocab}")
@@ -137,6 +142,7 @@ class _Collector:
     for p in prompts:
       self.rows.append(recover.center_vocabulary(bias_lib.reconstruct_one(self.oracle, p, self.recon,
                                                                          self.cfg.bias)))
+    self.dtype = self.recon.dtype
 
   def matrix(self) -> np.ndarray:
     return np.stack(self.rows)
@@ -187,4 +193,4 @@ def steal_last_layer(oracle, cfg: Config = Config(), seed: int = 0) -> Result:
       singular_values=found.values, vectors_at_detection=at_detection, vectors=len(vectors), queries=queries,
       tokens=None if tokens0 is None else oracle.tokens - tokens0, requests_per_vector=queries / len(vectors),
       bias_retries=collect.recon.retries, shift_invariant=oracle.output != "logits", seconds=time.time() - t0,
-      notes=found.notes)
+      answer_dtype=collect.dtype, notes=found.notes)

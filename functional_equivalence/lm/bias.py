@@ -38,6 +38,7 @@ class Reconstruction:
   requests: int = 0
   retries: int = 0
   range_seen: float = 0.0  # the largest z_R - min_t z_t so far
+  dtype: Optional[str] = None  # of the API's log-probabilities
 
   @property
   def requests_per_vector(self) -> float:
@@ -85,6 +86,7 @@ def reconstruct_one(oracle, prompt: np.ndarray, state: Reconstruction, bias: Opt
   vocab, g, bound = int(oracle.vocab_size), group_size(oracle), float(oracle.max_bias)
   first = oracle(prompt[None])
   state.requests += 1
+  state.dtype = str(np.asarray(first.logprobs).dtype)
   top, top_lp = np.asarray(first.ids[0]), np.asarray(first.logprobs[0], np.float64)
   ref = int(top[0])
   z = np.full(vocab, np.nan)
