@@ -14,6 +14,7 @@ with the command and the machine.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import sys
 import time
@@ -127,6 +128,7 @@ def main(argv):
               f"{row['queries']} queries, rel. RMS {row['rms_error_relative']:.2e}, LN dirs "
               f"{row['norm_directions_rms_error_relative']:.2e}, {row['seconds']} s", flush=True)
   info = machine("numpy", "flax")
+  info["OPENBLAS_NUM_THREADS"] = os.environ.get("OPENBLAS_NUM_THREADS")  # 1: no BLAS thread contention
   seconds = time.time() - t0
   RESULTS.mkdir(parents=True, exist_ok=True)
   (RESULTS / f"{FLAGS.out}.json").write_text(json.dumps(
