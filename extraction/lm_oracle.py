@@ -119,6 +119,7 @@ class LMOracle(Oracle):
 
   Attributes (beyond `Oracle`'s backend, output, top_k, budget, batch_size, record_inputs):
     vocab_size: V, public (an API's tokenizer is public).
+    max_len: the longest prompt the API takes (None: no bound checked here).
     max_bias: bound on |logit bias| per token (output 'top_k_bias').
     max_biased_tokens: bound on the number of biased tokens per request.
     tokens: prompt tokens of every answered request.
@@ -126,6 +127,7 @@ class LMOracle(Oracle):
   """
   output: str = "logits"
   vocab_size: int = 0
+  max_len: Optional[int] = None
   max_bias: float = 100.0
   max_biased_tokens: int = 300
   tokens: int = dataclasses.field(default=0, init=False)
@@ -147,6 +149,8 @@ class LMOracle(Oracle):
     x = np.asarray(x)
     if x.ndim != 2 or x.dtype.kind not in "iu":
       raise ValueError(f"prompts must be an integer array (N, L) of token ids, got {x.dtype} {x.shape}")
+    if self.max_len is not None and x.shape[1] > self.max_len:
+      raise ValueError(f"prompts of {x.shape[1]} tokens; this API takes at most {self.max_len}")
     out = super().logits(x)
     self.tokens += int(x.size)
     return out

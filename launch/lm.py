@@ -124,6 +124,7 @@ def make_oracle(victim: lm_victim.LMVictim):
     return oracle
   return LMOracle(lm_victim.backend(victim, FLAGS.lm_precision), output=FLAGS.lm_oracle_output, top_k=top_k,
                   budget=FLAGS.lm_budget, record_inputs=False, vocab_size=victim.config.vocab_size,
+                  max_len=victim.config.max_len,
                   max_bias=FLAGS.lm_max_bias, max_biased_tokens=FLAGS.lm_max_biased_tokens)
 
 

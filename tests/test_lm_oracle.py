@@ -95,7 +95,8 @@ def test_budget_refuses_the_call_that_passes_it():
 
 
 @pytest.mark.parametrize("k,fixed_bias", [(2, None), (3, None), (5, 30.0)])
-def test_bias_reconstruction_is_exact_on_a_toy_vocabulary(k, fixed_bias):
+def test_bias_reconstruction_is_exact_on_a_toy_vocabulary(k, fixed_bias, monkeypatch):
+  monkeypatch.setattr(bias_lib, "CHUNK", 4)  # several oracle calls per vector
   table = toy_logits(spread=4.0)
   backend = CountingBackend(table)
   o = LMOracle(backend, output="top_k_bias", top_k=k, vocab_size=V)
@@ -131,3 +132,20 @@ def test_attack_refuses_apis_without_scores_before_any_query(output, k, message)
   with pytest.raises(attack.ScoresNeeded, match=message):
     attack.steal_last_layer(o)
   assert backend.prompts == 0 and o.used == 0
+
+
+def test_prompts_longer_than_the_api_takes_are_refused_and_the_attack_fits_them():
+  rng = np.random.default_rng(3)
+  w, emb = rng.normal(size=(V, 5)), rng.normal(size=(V, 5))
+  calls = []
+
+  def low_rank(prompts):  # logits = W tanh(sum of the prompt's embeddings): rank 5, no centring norm
+    calls.append(np.asarray(prompts).shape)
+    return np.tanh(emb[np.asarray(prompts)].sum(1)) @ w.T
+
+  o = LMOracle(low_rank, output="logits", vocab_size=V, max_len=3)
+  with pytest.raises(ValueError, match="at most 3"):
+    o(np.zeros((2, 4), np.int32))
+  assert calls == [] and o.used == 0
+  result = attack.steal_last_layer(o, attack.Config(prompt_len=16, final_norm="rmsnorm"))
+  assert result.hidden_size == 5 and all(shape[1] == 3 for shape in calls) and o.tokens == 3 * o.used

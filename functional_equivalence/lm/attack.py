@@ -129,15 +129,16 @@ class _Collector:
     return int(self.oracle.vocab_size)
 
   def ask(self, count: int) -> None:
-    prompts = self.rng.integers(0, self.vocab, (count, self.cfg.prompt_len), dtype=np.int32)
+    length = min(self.cfg.prompt_len, getattr(self.oracle, "max_len", None) or self.cfg.prompt_len)
+    prompts = self.rng.integers(0, self.vocab, (count, length), dtype=np.int32)
     if self.oracle.output == "logits":
-      raw = np.asarray(self.oracle(prompts))
-      self.dtype = str(raw.dtype)
-      answers = raw.astype(np.float64)
-      if answers.shape != (count, self.vocab):
-        raise ExtractionError(f"the API answered logits of shape {answers.shape} for {count} prompts over a "
-                              f"vocabulary of {self.vocab}")
-      self.rows.extend(answers)
+      for i in range(0, count, 256):  # bounded memory for large vocabularies
+        raw = np.asarray(self.oracle(prompts[i:i + 256]))
+        self.dtype = str(raw.dtype)
+        if raw.shape != (len(prompts[i:i + 256]), self.vocab):
+          raise ExtractionError(f"the API answered logits of shape {raw.shape} for {len(prompts[i:i + 256])} "
+                                f"prompts over a vocabulary of {self.vocab}")
+        self.rows.extend(raw.astype(np.float64))
       return
     for p in prompts:
       self.rows.append(recover.center_vocabulary(bias_lib.reconstruct_one(self.oracle, p, self.recon,

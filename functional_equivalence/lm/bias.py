@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from extraction.lm_oracle import LogitBias
+from extraction.lm_oracle import LogitBias, TopK
 from functional_equivalence.errors import ExtractionError
 
 
@@ -53,12 +53,17 @@ def group_size(oracle) -> int:
   return min(k - 1, int(oracle.max_biased_tokens))
 
 
-def _ask(oracle, prompt: np.ndarray, groups: np.ndarray, bias: float, state: Reconstruction):
-  """One query: `prompt` once per row of `groups` (token ids, -1 padded), each token of a row biased by `bias`."""
-  ids = np.asarray(groups, np.int64)
-  answer = oracle(np.repeat(prompt[None], len(ids), axis=0), LogitBias(ids, np.where(ids >= 0, bias, 0.0)))
-  state.requests += len(ids)
-  return answer
+CHUNK = 1024  # requests per oracle call: bounds the memory of an API answering (requests x V) logits at once
+
+
+def _ask(oracle, prompt: np.ndarray, groups: np.ndarray, bias: float, state: Reconstruction) -> TopK:
+  """`prompt` once per row of `groups` (token ids, -1 padded), each token of a row biased by `bias`."""
+  parts = []
+  for i in range(0, len(groups), CHUNK):
+    ids = np.asarray(groups[i:i + CHUNK], np.int64)
+    parts.append(oracle(np.repeat(prompt[None], len(ids), axis=0), LogitBias(ids, np.where(ids >= 0, bias, 0.0))))
+    state.requests += len(ids)
+  return TopK(np.concatenate([p.ids for p in parts]), np.concatenate([p.logprobs for p in parts]))
 
 
 def _read(answer, groups: np.ndarray, ref: int, bias: float, z: np.ndarray) -> np.ndarray:
