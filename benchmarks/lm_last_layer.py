@@ -7,7 +7,7 @@ Victims (V=4096, 2 blocks, 4 heads, untied unless --tied): random initialisation
 and victims trained --train_steps Adam steps on the Python standard library's sources for --trained_hidden
 (built once in --workdir and reused). Each is attacked through an `LMOracle` in every --modes entry
 (output:precision), not told h, with `functional_equivalence.lm.attack` defaults (step 16, tail 2, gap threshold
-1e3, final_norm layernorm) and --oversample. The row is `functional_equivalence.lm.evaluate.report`'s; seconds
+1e3, final_norm layernorm) and every --oversample (logits) or --bias_oversample (top_k_bias) value. The row is `functional_equivalence.lm.evaluate.report`'s; seconds
 are the attack's (queries answered by the local victim included). Writes benchmarks/results/lm_last_layer.{json,md}
 with the command and the machine.
 """
@@ -32,7 +32,10 @@ flags.DEFINE_integer("vocab", 4096, "Vocabulary size.")
 flags.DEFINE_bool("tied", False, "Tie the unembedding to the embedding.")
 flags.DEFINE_list("modes", ["logits:float32", "logits:float64", "top_k_bias:float32"],
                   "API output modes and victim precisions, output:precision.")
-flags.DEFINE_list("oversample", ["1"], "Values of the attack's oversample (W from max(n, oversample*h) vectors).")
+flags.DEFINE_list("oversample", ["1"], "Values of the attack's oversample (W from max(n, oversample*h) vectors) "
+                  "in logits modes.")
+flags.DEFINE_list("bias_oversample", ["1"], "Values of the oversample in top_k_bias modes (each vector costs "
+                  "V/(k-1) requests there).")
 flags.DEFINE_string("workdir", "workdirs/lm_bench", "Where the trained victims are built and kept.")
 flags.DEFINE_string("out", "lm_last_layer", "Results name in benchmarks/results/.")
 FLAGS = flags.FLAGS
@@ -119,9 +122,7 @@ def main(argv):
     seed = int(victim.info["train"].get("seed", 0))
     for mode in FLAGS.modes:
       output, precision = mode.split(":")
-      for over in map(float, FLAGS.oversample):
-        if output != "logits" and over != 1:
-          continue  # a logit vector costs V/(k-1) requests there: oversampling is the logits mode's lever
+      for over in map(float, FLAGS.oversample if output == "logits" else FLAGS.bias_oversample):
         row = run_one(name, victim, output, precision, over, seed)
         rows.append(row)
         print(f"{name} {output} {precision} x{over:g}: h {row['hidden_size_found']}/{row['hidden']}, "
