@@ -9,7 +9,7 @@ group plus R, and for t in the group
     z_t - z_R = (logprob_t - B) - logprob_R          (the normaliser cancels).
 
 So a vector costs 1 + ceil((V - k) / (k - 1)) requests, V / (k - 1) in the limit: 0.25 requests per logit for
-top-5, the paper's figure for this attack (its Table 3, as we read it). Answers are exact up to the API's
+top-5, the paper's figure for this attack (its Table 3, as we recall it). Answers are exact up to the API's
 rounding; that rounding grows with the biased logits' magnitude (a float32 server adds the bias in float32), so B
 is kept as small as works: the first prompt uses the API's bound `max_bias`, later ones 1.5 x the largest logit
 range below R seen so far + 1, and any group whose answer misses a biased token or R is asked again at

@@ -3,10 +3,10 @@
 n logit vectors y_i = W g_i (W: vocab x h) span at most h dimensions, so the singular values s_1 >= ... >= s_n of
 the n x V matrix drop at index h from the signal's scale to the answers' rounding noise. The rule here: the
 dimension is the index i of the largest ratio s_i / s_(i+1) (the largest multiplicative gap); it is accepted when
-that ratio is at least `threshold` (1e3 by default, `DEFAULT_THRESHOLD`: float32 answers give gaps of 1e3-1e5,
-float64 ones 1e9 and more, while ratios between consecutive signal values stay below ~1e2 for the victims
-measured) and at least `tail` singular values lie below the gap (so n >= dim + tail: a square, merely ill-
-conditioned matrix does not pass). Exact zeros are clipped to the smallest positive float.
+that ratio is at least `threshold` (1e3 by default, `DEFAULT_THRESHOLD`: float32 answers gave gaps of 2e3-6e5,
+float64 ones 1e11 and more, while ratios between consecutive signal values stayed below ~30 on the victims of
+benchmarks/results/lm_last_layer*.md) and at least `tail` singular values lie below the gap (so n >= dim + tail:
+a square, merely ill-conditioned matrix does not pass). Exact zeros are clipped to the smallest positive float.
 
 A final LayerNorm centres its input: its outputs g = gamma * z + beta (z orthogonal to the all-ones vector) fill
 an (h-1)-dimensional affine subspace, so the logits have an (h-1)-dimensional affine hull (the gap of the
