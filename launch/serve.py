@@ -4,9 +4,11 @@
       --init_db --port=8000                       # the first time: creates the key database and its secret
   python -m launch.serve --victim_workdir=workdirs/quickstart --keys=configs/serve_quickstart.keys.json --port=8000
   python -m launch.serve --victim_npz=workdirs/fe/victim.npz --port=0   # 0: any free port
+  python -m launch.serve --victim_lm=workdirs/lm --keys=configs/serve_lm.keys.json --init_db   # a language model
 
 --victim_workdir is an experiment workdir of `launch.run` (its victim is in <workdir>/victim) or the victim
-directory itself; --victim_npz a two-layer ReLU network answered in float64. Keys and budgets live in the SQLite
+directory itself; --victim_npz a two-layer ReLU network answered in float64; --victim_lm the language model of
+`--experiment=lm_last_layer` (its workdir or lm_victim directory; prompts in, see service/lm.py). Keys and budgets live in the SQLite
 file --db (default: keys.sqlite beside the victim) and its secret <db>.secret; a new database is made only with
 --init_db. --keys=FILE adds the keys of a JSON file (or updates their settings, keeping what they spent); with
 --sync_keys, keys of the database missing from the file are revoked. `python -m launch.serve_keys` adds, revokes,
@@ -23,11 +25,18 @@ from absl import app, flags, logging
 import service
 from service import keys as keys_lib
 from service import keystore, server
+from service import lm as lm_api
 from service.inputs import shape_text
 
 flags.DEFINE_string("victim_workdir", None, "Experiment workdir of launch.run (victim in <dir>/victim) or a victim "
                     "directory.")
 flags.DEFINE_string("victim_npz", None, "Two-layer ReLU victim (npz with w0, b0, w1, b1), served in float64.")
+flags.DEFINE_string("victim_lm", None, "Language-model victim: a workdir of --experiment=lm_last_layer or its "
+                    "lm_victim directory (prompts in, next-token scores out).")
+flags.DEFINE_enum("victim_lm_precision", "float32", ["float32", "float64"], "Precision the LM victim computes in.")
+flags.DEFINE_float("max_logit_bias", 100.0, "LM: bound on |logit bias| per token (OpenAI: 100).", lower_bound=1e-9)
+flags.DEFINE_integer("max_biased_tokens", 300, "LM: bound on biased tokens per request (OpenAI: 300).",
+                     lower_bound=1)
 flags.DEFINE_string("keys", None, "JSON file of API keys: {KEY: {label, budget, output, top_k, defenses}}.")
 flags.DEFINE_bool("sync_keys", False, "Revoke the keys of the database that --keys does not list.")
 flags.DEFINE_string("db", None, "SQLite file of the keys and what they spent (default: keys.sqlite beside the "
@@ -57,12 +66,17 @@ flags.DEFINE_string("log_level", "warning", "uvicorn log level (info logs every 
 FLAGS = flags.FLAGS
 
 
-@flags.multi_flags_validator(["victim_workdir", "victim_npz"], message="bad victim")
+@flags.multi_flags_validator(["victim_workdir", "victim_npz", "victim_lm"], message="bad victim")
 def _one_victim(values):
-  workdir, npz = values["victim_workdir"], values["victim_npz"]
-  if (workdir is None) == (npz is None):
-    raise flags.ValidationError("give exactly one of --victim_workdir=DIR and --victim_npz=PATH")
-  if workdir is not None:
+  workdir, npz, lm_dir = values["victim_workdir"], values["victim_npz"], values["victim_lm"]
+  if sum(v is not None for v in (workdir, npz, lm_dir)) != 1:
+    raise flags.ValidationError("give exactly one of --victim_workdir=DIR, --victim_npz=PATH and --victim_lm=DIR")
+  if lm_dir is not None:
+    path = pathlib.Path(lm_dir)
+    if not ((path / "info.json").is_file() or (path / "lm_victim" / "info.json").is_file()):
+      raise flags.ValidationError(f"--victim_lm={lm_dir!r}: no LM victim there (no info.json in it or in its "
+                                  f"lm_victim/); build one with python -m launch.run --experiment=lm_last_layer")
+  elif workdir is not None:
     directory = service.resolve_victim_dir(workdir)
     if not (directory / "info.json").is_file():
       raise flags.ValidationError(f"--victim_workdir={workdir!r}: no trained victim there (no info.json in it or "
@@ -94,8 +108,10 @@ def _sync_needs_keys(values):
   return True
 
 
-def default_db(workdir, npz) -> pathlib.Path:
+def default_db(workdir, npz, lm_dir=None) -> pathlib.Path:
   """keys.sqlite beside the victim: in the victim directory, or next to the npz file (<name>.keys.sqlite)."""
+  if lm_dir is not None:
+    return pathlib.Path(lm_dir) / "keys.sqlite"
   if workdir is not None:
     return service.resolve_victim_dir(workdir) / "keys.sqlite"
   npz = pathlib.Path(npz)
@@ -116,7 +132,8 @@ def limits() -> service.Limits:
 def open_store() -> keystore.KeyStore:
   """The key store (a new one with --init_db), the keys file loaded into it; exits with one line on a problem."""
   try:
-    store = keystore.KeyStore(FLAGS.db or default_db(FLAGS.victim_workdir, FLAGS.victim_npz), create=FLAGS.init_db)
+    store = keystore.KeyStore(FLAGS.db or default_db(FLAGS.victim_workdir, FLAGS.victim_npz, FLAGS.victim_lm),
+                              create=FLAGS.init_db)
     if FLAGS.keys:
       for line in keys_lib.report(store.load(keystore.read_keys_file(FLAGS.keys), sync=FLAGS.sync_keys)):
         print(line, file=sys.stderr, flush=True)  # stdout's first line stays the `serving ... on URL` line
@@ -135,7 +152,10 @@ def main(argv):
   request_limits = limits()
   store = open_store()
   try:
-    if FLAGS.victim_workdir is not None:
+    if FLAGS.victim_lm is not None:
+      model = lm_api.model_from_lm_dir(FLAGS.victim_lm, FLAGS.victim_lm_precision, FLAGS.max_logit_bias,
+                                       FLAGS.max_biased_tokens)
+    elif FLAGS.victim_workdir is not None:
       model = service.model_from_victim_dir(FLAGS.victim_workdir)
     else:
       model = service.model_from_npz(FLAGS.victim_npz)
@@ -144,6 +164,7 @@ def main(argv):
   for state in (k for k in store.list() if not k.revoked):
     try:
       state.settings.check(model.num_classes)
+      lm_api.check_key_for_model(state.settings, model)
     except ValueError as e:
       sys.exit(f"key {state.label!r}: {e}")
   if FLAGS.warmup and model.input_dtype == "uint8":

@@ -11,6 +11,8 @@ Endpoints (the API key goes in the `X-API-Key` header, or `Authorization: Bearer
                       A header X-Request-Id makes a retry of the same request (same inputs) answered again
                       without being charged again (for each key's last 16 such requests in this process).
 /docs, /redoc and /openapi.json exist only with `create_app(..., docs=True)` (launch.serve --docs).
+A language model (`ServedModel.lm` set) takes prompts and, for 'top_k_bias' keys, a logit bias per prompt; its
+answers and checks are service/lm.py's.
 
 A request goes: key known and not revoked (401), budget not spent (429, before the body is read), a slot of its
 key and of the service (service/sharing.py: waits, then 429 / 503 with Retry-After), body read within
@@ -41,6 +43,7 @@ from starlette.requests import ClientDisconnect
 from extraction.defenses import apply_defenses, keyed_normal
 from extraction.oracle import transform_logits
 from service import inputs
+from service import lm as lm_api
 from service.inputs import NPY, NPY_TYPES, ApiError
 from service.keystore import BudgetExhausted, KeySettings, KeyStore, StoreUnavailable, UnknownKey
 from service.model import ServedModel
@@ -212,15 +215,23 @@ def create_app(model: ServedModel, store: KeyStore, limits: Limits = Limits(), d
       raise ApiError(429, str(e), {"X-Queries-Remaining": str(e.budget - e.used)}) from None
 
   def parse(body: bytes, content_type: str):
-    x = inputs.validate_inputs(inputs.parse_body(body, content_type, model, input_limits), model, input_limits)
-    return x, hashlib.sha256(repr((x.shape, x.dtype.str)).encode() + x.tobytes()).hexdigest()
+    if model.lm is not None:  # prompts, and a logit bias (service/lm.py)
+      x, bias = lm_api.parse_request(body, content_type, model, input_limits)
+    else:
+      x, bias = inputs.validate_inputs(inputs.parse_body(body, content_type, model, input_limits), model,
+                                       input_limits), None
+    digest = hashlib.sha256(repr((x.shape, x.dtype.str)).encode() + x.tobytes() + lm_api.fingerprint_bias(bias))
+    return x, bias, digest.hexdigest()
 
-  async def answer(key: str, owner: str, x: np.ndarray):
+  async def answer(key: str, owner: str, x: np.ndarray, bias=None):
     """Charges the key, asks the victim in turn with the other keys, applies the key's mode and defenses."""
     state, _ = await in_thread(store.reserve, key, len(x))
     try:
       logits = await scheduler.logits(owner, x)
-      answers = await in_thread(defend, logits, x, state.settings, store.noise_key(key))
+      if model.lm is not None:
+        answers = await in_thread(lm_api.answer, logits, state.settings, bias, model)
+      else:
+        answers = await in_thread(defend, logits, x, state.settings, store.noise_key(key))
     except BaseException:
       store.refund(key, len(x))  # here, not in a thread: runs even when the request is cancelled
       raise
@@ -228,8 +239,11 @@ def create_app(model: ServedModel, store: KeyStore, limits: Limits = Limits(), d
 
   @app.get("/health")
   async def health():
-    return {"status": "ok", "input_shape": list(model.input_shape), "input_dtype": model.input_dtype,
-            "num_classes": model.num_classes, "max_batch": limits.max_batch, "max_bytes": limits.max_bytes}
+    out = {"status": "ok", "input_shape": list(model.input_shape), "input_dtype": model.input_dtype,
+           "num_classes": model.num_classes, "max_batch": limits.max_batch, "max_bytes": limits.max_bytes}
+    if model.lm is not None:
+      out["lm"] = model.lm.to_dict()
+    return out
 
   @app.get("/v1/budget")
   async def budget(request: Request):
@@ -261,11 +275,16 @@ def create_app(model: ServedModel, store: KeyStore, limits: Limits = Limits(), d
       with admission.memory(limits.max_bytes if length is None else length):
         body = await _read_body(request, limits.max_bytes, limits.body_timeout)
         body_read.append(True)
-        x, fingerprint = await asyncio.wrap_future(parsers.submit(parse, body, request.headers.get("content-type", "")))
+        x, bias, fingerprint = await asyncio.wrap_future(parsers.submit(parse, body,
+                                                                        request.headers.get("content-type", "")))
         del body
+        if model.lm is not None:
+          bias = lm_api.check_request_bias(bias, len(x), state.settings, model)
 
         async def make():
-          answers, state = await answer(key, owner, x)
+          answers, state = await answer(key, owner, x, bias)
+          if hasattr(answers, "logprobs"):  # an LM's top-k answers
+            return lm_api.encode_top_k(answers, state, _state_headers(state))
           return await run_in_threadpool(encode_answers, answers, fmt, state)
 
         ident = request.headers.get("x-request-id")

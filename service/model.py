@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -13,9 +13,10 @@ class ServedModel:
   """The victim behind the API. backend: inputs (N, *input_shape) of input_dtype -> logits (N, num_classes)."""
   backend: Callable[[np.ndarray], Any]
   input_shape: tuple
-  input_dtype: str  # 'uint8' (images) or 'float64'
+  input_dtype: str  # 'uint8' (images), 'float64', or 'int32' (a language model's prompts)
   num_classes: int
   name: str = "victim"
+  lm: Optional[Any] = None  # a language model: service.lm.LMApi (input_shape is then (longest prompt,))
 
 
 def resolve_victim_dir(path) -> pathlib.Path:

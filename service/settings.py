@@ -19,6 +19,7 @@ import pathlib
 from typing import Mapping, Optional
 
 from extraction.defenses import Defenses
+from extraction.lm_oracle import LM_ONLY_OUTPUTS, validate_lm_output
 from extraction.oracle import OUTPUT_MODES, validate_output_mode
 from service.secret import MIN_KEY_LENGTH
 
@@ -80,8 +81,16 @@ class KeySettings:
     """Raises ValueError (one line) for a value of the wrong type, out of its bounds, or an invalid combination."""
     if self.budget is not None:
       check_integer("budget", self.budget, 0, MAX_BUDGET)
+    if self.output in LM_ONLY_OUTPUTS:  # a language model's outputs (service/lm.py checks them against the model)
+      if self.top_k is not None:
+        check_integer("top_k", self.top_k, 1, (num_classes or 10 ** 6 + 1) - 1)
+      validate_lm_output(self.output, self.top_k, num_classes)
+      if self.defenses.active:
+        raise ValueError(f"output {self.output!r} (a language model's) takes no defenses")
+      return
     if self.output not in OUTPUT_MODES:
-      raise ValueError(f"unknown oracle output {self.output!r}; choose one of {', '.join(OUTPUT_MODES)}")
+      raise ValueError(f"unknown oracle output {self.output!r}; choose one of "
+                       f"{', '.join(OUTPUT_MODES + LM_ONLY_OUTPUTS)}")
     if self.top_k is not None:
       if self.output != "top_k":
         raise ValueError(f"top_k is a setting of output 'top_k', not of {self.output!r}")
