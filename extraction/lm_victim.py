@@ -146,7 +146,7 @@ def init_params(config: LMConfig, seed: int) -> Any:
   return jax.device_get(jax.jit(TransformerLM(config).init)(jax.random.key(seed), tokens)["params"])
 
 
-def make_lm_step(model: TransformerLM, tx, ema_decay: float = 0.99) -> train.Step:
+def make_lm_step(model: TransformerLM, ema_decay: float = 0.99) -> train.Step:
   """Step on {'tokens': (B, L+1) int32}: mean next-token cross-entropy over the L positions."""
   def loss_fn(params, batch):
     tokens = batch["tokens"]
@@ -154,9 +154,9 @@ def make_lm_step(model: TransformerLM, tx, ema_decay: float = 0.99) -> train.Ste
     labels = jax.nn.one_hot(tokens[:, 1:], logits.shape[-1])
     return train.soft_cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1, labels.shape[-1]))
 
-  def step(state, batch, rng):
+  def step(state, batch):
     loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
-    return train.apply_update(state, tx, grads, {}, ema_decay), {"loss": loss}
+    return state.apply_update(grads, state.batch_stats, ema_decay), {"loss": loss}
 
   return step
 
@@ -194,16 +194,17 @@ def build_victim(config: LMConfig, tcfg: TrainConfig, directory: pathlib.Path,
 def _train(config, tcfg, params, train_ids, held_ids, checkpoint_dir):
   model = TransformerLM(config)
   tx = train.make_optimizer(tcfg.lr, tcfg.weight_decay, tcfg.steps, schedule="cosine")
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={}, opt_state=tx.init(params),
-                           ema_params=jax.tree.map(jnp.copy, params))
+  state = train.TrainState.create(apply_fn=model.apply, params=params, tx=tx, batch_stats={},
+                                  ema_params=jax.tree.map(jnp.copy, params),
+                                  rng=jax.random.key_data(jax.random.key(tcfg.seed)))
   length = min(tcfg.seq_len, config.max_len)
 
   def windows(ids, seed, step, size):
     start = train.batch_indices(seed, step, len(ids) - length - 1, size)
     return {"tokens": ids[start[:, None] + np.arange(length + 1)]}
 
-  state = train.fit(make_lm_step(model, tx), state, lambda i: windows(train_ids, tcfg.seed, i, tcfg.batch_size),
-                    tcfg.steps, jax.random.key(tcfg.seed), checkpoint_dir=checkpoint_dir, name="lm_victim",
+  state = train.fit(make_lm_step(model), state, lambda i: windows(train_ids, tcfg.seed, i, tcfg.batch_size),
+                    tcfg.steps, checkpoint_dir=checkpoint_dir, name="lm_victim",
                     log_every=max(1, min(100, tcfg.steps // 5)))
   params = jax.device_get(state.ema_params)
   loss_fn = jax.jit(lambda p, t: train.soft_cross_entropy(
