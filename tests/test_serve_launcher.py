@@ -17,8 +17,8 @@ def _serve(model, db, keys):
 
 def test_fs_through_http_gives_the_local_rows(tmp_path, launcher):
   args = ["--flagfile=quickstart.flags", f"--workdir={tmp_path}", "--victim_model=mlp", "--victim_steps=100",
-          "--student_model=mlp", "--student_steps=40", "--queries=30,120", "--oracle_output=probabilities",
-          "--noise_samples=64"]
+          "--student_model=mlp", "--student_steps=40", "--seeds=1", "--method=fs", "--queries=30,120",
+          "--oracle_output=probabilities", "--noise_samples=64"]
   local = launcher(*args)
   assert local.returncode == 0, local.stderr[-3000:]
   local_rows = json.loads((tmp_path / "results.json").read_text())
