@@ -52,7 +52,7 @@ def make_batches(pool: np.ndarray, tasks: list[StudentTask], cfg: StudentConfig,
   """`make_batch(step)`: the stacked batch of every task (leading axis: the student), a pure function of the
   step. Each student samples its own labeled (and unlabeled) indices with replacement from its own stream."""
   def make_batch(i):
-    out = {"images": [], "targets": [], "unlabeled": []}
+    out: dict[str, list] = {"images": [], "targets": [], "unlabeled": []}
     for t in tasks:
       idx = train.batch_indices(t.seed, i, len(t.labeled), cfg.batch_size, salt=seeds.salt("student"))
       out["images"].append(pool[t.labeled[idx]])

@@ -71,7 +71,7 @@ def certify(true: TwoLayerNet, rec: TwoLayerNet, dom: domains.Domain, difference
     dev_all[near[ok, 0], near[ok, 1]] = dev[ok]
   group = np.full(len(idx), -1)
   error = np.zeros(m)
-  coef = []
+  coef: list[tuple[np.ndarray, float]] = []
   for i in range(len(idx)):
     if group[i] >= 0:
       continue
