@@ -81,7 +81,7 @@ def main(argv):
                  "http_json": RemoteOracle(url, KEY, record_inputs=False, transport="json")}
       rng = np.random.default_rng(0)
       inputs = {b: rng.integers(0, 256, (b,) + tuple(v.image_shape), dtype=np.uint8) for b in map(int, FLAGS.batches)}
-      for b, x in inputs.items():  # warm up (compilation, connections) and check the answers agree
+      for _, x in inputs.items():  # warm up (compilation, connections) and check the answers agree
         answers = {m: clients[m](x) for m in MODES}
         np.testing.assert_array_equal(answers["http_npy"], answers["local"])
         np.testing.assert_array_equal(answers["http_json"], answers["local"])

@@ -113,7 +113,7 @@ def train_students(pool: np.ndarray, tasks: list[StudentTask], num_classes: int,
       return
     full = not full_evals or not eval_every or done > cfg.steps - full_evals * eval_every
     for h, variables in zip(histories, train.unstack(st.variables(ema=True), len(tasks))):
-      h[done] = evaluate(lambda x: predict_logits(model, variables, x), full)
+      h[done] = evaluate(lambda x, v=variables: predict_logits(model, v, x), full)
     if history_path:
       history_path.write_text(json.dumps(histories))
 

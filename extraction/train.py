@@ -172,7 +172,7 @@ def stack(trees: list) -> Any:
 def unstack(tree, n: int) -> list:
   """The inverse of `stack`: n pytrees from one with a leading axis of n (host numpy arrays)."""
   tree = jax.device_get(tree)
-  return [jax.tree.map(lambda x: x[i], tree) for i in range(n)]
+  return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(n)]
 
 
 def _prefetch(make_batch: Callable[[int], Batch], chunks: list, put: Callable, size: int = 2) -> Iterator:

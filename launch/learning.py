@@ -132,7 +132,7 @@ def _top_k_fits(values):
     try:
       oracle_lib.validate_output_mode("top_k", values["top_k"], datasets.NUM_CLASSES.get(values["dataset"]))
     except ValueError as e:
-      raise flags.ValidationError(f"--top_k: {e}")
+      raise flags.ValidationError(f"--top_k: {e}") from e
   return True
 
 

@@ -51,7 +51,8 @@ def closure(roots: list[Requirement]) -> dict[str, str]:
     try:
       dist = md.distribution(req.name)
     except md.PackageNotFoundError:
-      raise SystemExit(f"{req.name} (needed by the project) is not installed here: pip install -e '.[test]' first")
+      message = f"{req.name} (needed by the project) is not installed here: pip install -e '.[test]' first"
+      raise SystemExit(message) from None
     name = canonicalize_name(dist.metadata["Name"])
     key = f"{name}[{','.join(sorted(req.extras))}]"
     if key in found:
