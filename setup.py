@@ -21,7 +21,9 @@ setup(
         "httpx>=0.27",  # the RemoteOracle client (light); the server's packages are in [serve]
     ],
     extras_require={
-        "test": ["pytest>=8", "tensorflow-datasets>=4.9", "importlib_resources", "fastapi>=0.110", "uvicorn>=0.30"],
+        # ruff and mypy: the static checks of .ci/check (exact versions in requirements/lock.txt)
+        "test": ["pytest>=8", "tensorflow-datasets>=4.9", "importlib_resources", "fastapi>=0.110", "uvicorn>=0.30",
+                 "ruff>=0.17", "mypy>=2.4"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.30"],
         # tfds 4.9.10 needs importlib_resources but does not declare it; preparing svhn_cropped/cifar10 needs TF.
         "tfds": ["tensorflow-datasets>=4.9", "importlib_resources", "tensorflow-cpu"],

@@ -20,7 +20,7 @@ import time
 
 from absl import app, flags
 
-from benchmarks.common import RESULTS, REPO, machine
+from benchmarks.common import RESULTS, REPO, lock_file, lock_text, machine
 
 RUNS = {"fs": "cifar10_cpu.flags", "mixmatch": "cifar10_mixmatch_cpu.flags", "fixmatch": "cifar10_fixmatch_cpu.flags",
         "rotation": "cifar10_rotation_cpu.flags"}
@@ -70,7 +70,8 @@ def main(_):
   path.write_text(json.dumps(out, indent=2))
   from launch import results
   results.plot_curves(rows, RESULTS / f"{FLAGS.name}_curves.png")
-  md = ["# CIFAR-10 extraction at CPU scale (fair protocol)\n", f"Last command: `{out['command']}`\n"]
+  md = ["# CIFAR-10 extraction at CPU scale (fair protocol)\n", f"Last command: `{out['command']}`\n",
+        f"Environment: {lock_text(lock_file())}\n"]
   for run, r in out["runs"].items():
     md.append(f"- {run}: `{r['launcher_command']}`, {r['wall_seconds']} s on {r['machine']['cpu_count']} cores "
               f"(load average at the end {r['machine']['load_average']})")

@@ -1,6 +1,7 @@
 """What every benchmark records: where results go and the machine they ran on."""
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 import pathlib
@@ -10,18 +11,56 @@ import threading
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
+LOCK = REPO / "requirements" / "lock.txt"
+
+
+def lock_file(path: pathlib.Path = LOCK) -> dict:
+  """The pinned environment the figures belong to: the lock file's path (relative to the repository), its sha256,
+  and the packages whose installed version differs from it (`mismatches`, "name installed (locked)"; empty when the
+  environment is the locked one, i.e. the figures can be reproduced with `pip install -c <path> -e .[test]`)."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    return {"path": None, "sha256": None, "mismatches": [f"no lock file at {path}"]}
+  text = path.read_text()
+  mismatches = []
+  for line in text.splitlines():
+    line = line.split("#", 1)[0].strip()
+    if "==" not in line:
+      continue
+    name, locked = (part.strip() for part in line.split("==", 1))
+    try:
+      installed = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      installed = "missing"
+    if installed != locked:
+      mismatches.append(f"{name} {installed} ({locked})")
+  shown = str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+  return {"path": shown, "sha256": hashlib.sha256(text.encode()).hexdigest(), "mismatches": mismatches}
+
+
+def lock_text(lock: dict) -> str:
+  """One line for a results header: `requirements/lock.txt (sha256 1234abcd5678...), installed versions match` or
+  the mismatches."""
+  if lock["path"] is None:
+    return f"environment not pinned ({lock['mismatches'][0]})"
+  state = ("installed versions match" if not lock["mismatches"] else
+           f"installed versions differ: {', '.join(lock['mismatches'][:5])}"
+           f"{' ...' if len(lock['mismatches']) > 5 else ''} (installed (locked))")
+  return f"{lock['path']} (sha256 {lock['sha256'][:16]}), {state}"
 
 
 def machine(*packages: str) -> dict:
-  """CPU model, cores, platform, Python, jax backend and devices, the versions of `packages`, and the load average
-  at the time of the call (above the core count, the machine was shared and timings are pessimistic)."""
+  """CPU model, cores, platform, Python, jax backend and devices, the versions of `packages`, the load average
+  at the time of the call (above the core count, the machine was shared and timings are pessimistic) and the
+  lock file of the environment (`lock`: see lock_file)."""
   import jax
   cpu = platform.processor() or platform.machine()
   if os.path.exists("/proc/cpuinfo"):
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), cpu)
   out = {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
          "python": platform.python_version(), "jax": jax.__version__, "backend": jax.default_backend(),
-         "devices": [str(d) for d in jax.devices()], "load_average": [round(x, 2) for x in os.getloadavg()]}
+         "devices": [str(d) for d in jax.devices()], "load_average": [round(x, 2) for x in os.getloadavg()],
+         "lock": lock_file()}
   for p in packages:
     try:
       out[p] = importlib.metadata.version(p)

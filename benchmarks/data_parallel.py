@@ -50,11 +50,11 @@ def time_steps(num_devices: int) -> dict:
       host = batch
     state, put, jitted = parallel.place(step, state, parallel.data_mesh(num_devices))
     dev = put(host)
-    for i in range(2):
+    for _ in range(2):
       state, m = jitted(state, dev)
     jax.block_until_ready(m)
     t = time.perf_counter()
-    for i in range(FLAGS.timed_steps):
+    for _ in range(FLAGS.timed_steps):
       state, m = jitted(state, dev)
     jax.block_until_ready(m)
     out[f"{method}_steps_per_s"] = round(FLAGS.timed_steps / (time.perf_counter() - t), 3)

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from benchmarks.common import lock_file
 from extraction import models, train
 from semisup import mixmatch
 
@@ -85,7 +86,8 @@ def main(argv):
   result = {"command": " ".join(["python", "-m", "benchmarks.gpu_mixmatch"] + sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "machine": {"device": dev.device_kind, "platform": dev.platform, "devices": jax.device_count(),
-                        "host": platform.platform(), "jax": jax.__version__, "precision": "float32"},
+                        "host": platform.platform(), "jax": jax.__version__, "precision": "float32",
+                        "lock": lock_file()},
             "rows": [], "skipped": []}
   out = pathlib.Path(FLAGS.out)
   out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import time
 
 from absl import app, flags
 
-from benchmarks.common import REPO
+from benchmarks.common import REPO, lock_file
 
 flags.DEFINE_string("out", None, "Path of the JSON result.", required=True)
 flags.DEFINE_string("data_dir", None, "Directory holding cifar10/{train,test}.npz.")
@@ -49,7 +49,8 @@ def main(_):
     runs = tuple((n, [a.replace("250,1000,4000", "20,40").replace("=250", "=20") for a in args]) for n, args in RUNS)
   out = pathlib.Path(FLAGS.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  result = {"command": " ".join(["python", "-m", "benchmarks.gpu_table3"] + sys.argv[1:]), "runs": {}}
+  result = {"command": " ".join(["python", "-m", "benchmarks.gpu_table3"] + sys.argv[1:]), "lock": lock_file(),
+            "runs": {}}
   for name, args in runs:
     launcher = [sys.executable, "-m", "launch.run", *common, *args]
     t = time.time()

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from benchmarks.common import lock_file, lock_text
 from extraction import models, train
 from semisup import mixmatch
 
@@ -264,7 +265,7 @@ def machine() -> dict:
   import torch
   return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "platform": platform.platform(),
           "python": platform.python_version(), "jax": jax.__version__, "jax_backend": jax.default_backend(),
-          "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+          "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "lock": lock_file()}
 
 
 VARIANTS = {  # name -> (XLA_FLAGS of the child process, JaxRunner variant)
@@ -284,6 +285,7 @@ def to_markdown(result: dict) -> str:
       f"Command: `{result['command']}`  ", f"Date: {result['date']}  ",
       f"Machine: {m['cores']}-core CPU ({m['cpu']}, {m['platform']}), Python {m['python']}, jax {m['jax']} "
       f"({m['jax_backend']}), torch {m['torch']} ({m['torch_threads']} threads)  ",
+      f"Environment: {lock_text(m['lock']) if 'lock' in m else 'not recorded'}  ",
       f"Load average before / after: {result['loadavg_before']} / {result['loadavg_after']} "
       "(JAX and PyTorch rounds alternate in one process so both see the same load)", "",
       "Step: B labeled + K=2 x B unlabeled 32x32x3 images (all counted), float32, median over rounds, "

@@ -24,7 +24,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from benchmarks.common import machine, start_serve
+from benchmarks.common import lock_text, machine, start_serve
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("victim_workdir", None, "A trained victim (launch.run workdir); default: train a tiny one.")
@@ -81,7 +81,7 @@ def main(argv):
                  "http_json": RemoteOracle(url, KEY, record_inputs=False, transport="json")}
       rng = np.random.default_rng(0)
       inputs = {b: rng.integers(0, 256, (b,) + tuple(v.image_shape), dtype=np.uint8) for b in map(int, FLAGS.batches)}
-      for b, x in inputs.items():  # warm up (compilation, connections) and check the answers agree
+      for _, x in inputs.items():  # warm up (compilation, connections) and check the answers agree
         answers = {m: clients[m](x) for m in MODES}
         np.testing.assert_array_equal(answers["http_npy"], answers["local"])
         np.testing.assert_array_equal(answers["http_json"], answers["local"])
@@ -122,6 +122,7 @@ def write(rows: list[dict], info: dict) -> None:
            f"{info['python']}, jax {info['jax']}, fastapi {info['fastapi']}, uvicorn {info['uvicorn']}, httpx "
            f"{info['httpx']}; load average {info['load_average'][0]:.1f} at start, "
            f"{info['load_average_at_end'][0]:.1f} at end (shared machine).  ",
+           f"Environment: {lock_text(info['lock'])}  ",
            f"Victim: {settings['victim']}; one client thread, one server process on 127.0.0.1; median of "
            f"{FLAGS.rounds} alternating rounds of {FLAGS.seconds:g} s.", "",
            "| batch | local oracle q/s | HTTP npy q/s | HTTP JSON q/s | npy / local | local ms/call | npy ms/request "

@@ -135,7 +135,12 @@ def gaussian_noise(answers: np.ndarray, std: float, rng: Optional[np.random.Gene
 
   The draws come from `rng`, or are `std * normal` when standard normal draws (N, C) are given (`keyed_normal`).
   """
-  draws = rng.normal(scale=std, size=answers.shape) if normal is None else std * np.asarray(normal, np.float64)
+  if normal is not None:
+    draws = std * np.asarray(normal, np.float64)
+  elif rng is not None:
+    draws = rng.normal(scale=std, size=answers.shape)
+  else:
+    raise ValueError("gaussian_noise needs a generator (rng) or standard normal draws (normal)")
   noisy = answers + draws.astype(answers.dtype)
   if output == "logits":
     return noisy
@@ -190,8 +195,14 @@ def apply_defenses(answers: np.ndarray, logits: np.ndarray, settings: Optional[D
   if settings is None or not settings.active:
     return answers
   if settings.reverse_sigmoid_beta is not None:
+    assert settings.reverse_sigmoid_gamma is not None, "Defenses.validate requires gamma with beta"
     probs = reverse_sigmoid(softmax(np.asarray(logits)), settings.reverse_sigmoid_beta, settings.reverse_sigmoid_gamma)
-    answers = probs if output == "probabilities" else top_k_only(probs, top_k)
+    if output == "probabilities":
+      answers = probs
+    elif top_k is None:
+      raise ValueError("the reverse sigmoid with output 'top_k' needs top_k")
+    else:
+      answers = top_k_only(probs, top_k)
   if settings.noise_std > 0:
     answers = gaussian_noise(answers, settings.noise_std, rng, output, normal)
   if settings.round_decimals is not None:

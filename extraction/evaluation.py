@@ -12,7 +12,7 @@ Evaluation sets, all fixed by the evaluation seed (`extraction.seeds`, stream 'e
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -81,7 +81,7 @@ class Evaluator:
 
   def victim_row(self) -> dict:
     """The victim's own figures: accuracy and, on noise, its class histogram (the baseline of noise agreement)."""
-    row = {"accuracy": metrics.top1_accuracy(self.victim["test"], self.test_labels)}
+    row: dict[str, Any] = {"accuracy": metrics.top1_accuracy(self.victim["test"], self.test_labels)}
     if "noise" in self.victim:
       row["noise_victim_hist"] = class_histogram(self.victim["noise"], self.num_classes)
     return row
@@ -90,7 +90,7 @@ class Evaluator:
     """Every metric of one student (a function from uint8 images to logits); with full=False only those of the
     test and validation sets (cheaper, for learning curves)."""
     s = {k: student(v) for k, v in self.sets.items() if full or k in ("test", "val")}
-    out = {"accuracy": metrics.top1_accuracy(s["test"], self.test_labels),
+    out: dict[str, Any] = {"accuracy": metrics.top1_accuracy(s["test"], self.test_labels),
            "fidelity": metrics.fidelity(s["test"], self.victim["test"])}
     if self.num_classes > 5:
       out["top5_accuracy"] = metrics.topk_accuracy(s["test"], self.test_labels)
@@ -120,7 +120,7 @@ def summarize(history: list[dict], median_of: int) -> dict:
 def aggregate(runs: list[dict]) -> dict:
   """Mean of every numeric figure over runs (seeds), with its standard deviation as `<name>_std` (ddof=0) and
   the number of runs as `seeds`; histograms are averaged entrywise."""
-  out = {"seeds": len(runs)}
+  out: dict[str, Any] = {"seeds": len(runs)}
   for k, v in runs[0].items():
     values = [r[k] for r in runs]
     if isinstance(v, bool) or not isinstance(v, (int, float, list)):

@@ -109,6 +109,8 @@ def lm_answers(logits: np.ndarray, output: str, top_k: Optional[int] = None, bia
   if output == "argmax":
     return np.argmax(logits, axis=-1).astype(np.int32)
   if output in ("top_k", "top_k_bias"):
+    if top_k is None:
+      raise ValueError(f"LM oracle output {output!r} needs top_k")
     return top_k_logprobs(logits, top_k, bias if output == "top_k_bias" else None)
   raise ValueError(f"unknown LM oracle output {output!r}")
 
@@ -169,6 +171,7 @@ class LMOracle(Oracle):
     logits = self.logits(prompts)
     if self.output != "top_k_bias":
       return lm_answers(logits, self.output, self.top_k)
+    assert bias is not None and self.top_k is not None  # checked above; validate_lm_output requires top_k
     parts = [top_k_logprobs(logits[i:i + self.batch_size], self.top_k,
                             LogitBias(bias.ids[i:i + self.batch_size], bias.values[i:i + self.batch_size]))
              for i in range(0, len(logits), self.batch_size)]

@@ -22,7 +22,7 @@ import dataclasses
 import functools
 import json
 import pathlib
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import flax.linen as nn
 import jax
@@ -150,7 +150,7 @@ def make_lm_step(model: TransformerLM, ema_decay: float = 0.99) -> train.Step:
   """Step on {'tokens': (B, L+1) int32}: mean next-token cross-entropy over the L positions."""
   def loss_fn(params, batch):
     tokens = batch["tokens"]
-    logits = model.apply({"params": params}, tokens[:, :-1])
+    logits = cast(jax.Array, model.apply({"params": params}, tokens[:, :-1]))  # flax types apply's output loosely
     labels = jax.nn.one_hot(tokens[:, 1:], logits.shape[-1])
     return train.soft_cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1, labels.shape[-1]))
 
@@ -176,7 +176,7 @@ def build_victim(config: LMConfig, tcfg: TrainConfig, directory: pathlib.Path,
                        f" use another --workdir or delete it")
     return load_victim(directory)
   params = init_params(config, tcfg.seed)
-  info = dict(want)
+  info: dict[str, Any] = dict(want)
   if tcfg.steps > 0:
     text = lm_text.stdlib_text(tcfg.corpus_chars, corpus_dir)
     tokenizer = lm_text.Tokenizer.fit(text, config.vocab_size)
@@ -208,7 +208,7 @@ def _train(config, tcfg, params, train_ids, held_ids, checkpoint_dir):
                     log_every=max(1, min(100, tcfg.steps // 5)))
   params = jax.device_get(state.ema_params)
   loss_fn = jax.jit(lambda p, t: train.soft_cross_entropy(
-      model.apply({"params": p}, t[:, :-1]).reshape(-1, config.vocab_size),
+      cast(jax.Array, model.apply({"params": p}, t[:, :-1])).reshape(-1, config.vocab_size),
       jax.nn.one_hot(t[:, 1:], config.vocab_size).reshape(-1, config.vocab_size)))
   held = float(np.mean([loss_fn(params, windows(held_ids, tcfg.seed + 1, i, 64)["tokens"]) for i in range(4)]))
   return params, {"held_out_loss": held, "unigram_entropy": _unigram_entropy(train_ids, config.vocab_size)}

@@ -67,7 +67,7 @@ def stack_step(step_fn: Callable, mode: str, mesh: Optional[Mesh], n_students: i
   else:
     def many(states, batches):  # the students one after the other, unrolled in one program
       n = jax.tree.leaves(states)[0].shape[0]
-      outs = [step_fn(*jax.tree.map(lambda x: x[i], (states, batches))) for i in range(n)]
+      outs = [step_fn(*jax.tree.map(lambda x, i=i: x[i], (states, batches))) for i in range(n)]
       return jax.tree.map(lambda *xs: jax.numpy.stack(xs), *outs)
   if not student_parallel(mesh, n_students):
     return many

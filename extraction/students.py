@@ -52,7 +52,7 @@ def make_batches(pool: np.ndarray, tasks: list[StudentTask], cfg: StudentConfig,
   """`make_batch(step)`: the stacked batch of every task (leading axis: the student), a pure function of the
   step. Each student samples its own labeled (and unlabeled) indices with replacement from its own stream."""
   def make_batch(i):
-    out = {"images": [], "targets": [], "unlabeled": []}
+    out: dict[str, list] = {"images": [], "targets": [], "unlabeled": []}
     for t in tasks:
       idx = train.batch_indices(t.seed, i, len(t.labeled), cfg.batch_size, salt=seeds.salt("student"))
       out["images"].append(pool[t.labeled[idx]])
@@ -113,7 +113,7 @@ def train_students(pool: np.ndarray, tasks: list[StudentTask], num_classes: int,
       return
     full = not full_evals or not eval_every or done > cfg.steps - full_evals * eval_every
     for h, variables in zip(histories, train.unstack(st.variables(ema=True), len(tasks))):
-      h[done] = evaluate(lambda x: predict_logits(model, variables, x), full)
+      h[done] = evaluate(lambda x, v=variables: predict_logits(model, v, x), full)
     if history_path:
       history_path.write_text(json.dumps(histories))
 

@@ -39,7 +39,7 @@ class TrainState(train_state.TrainState):
   """flax's TrainState plus batch-norm statistics, an EMA of the weights and the run's own random key."""
   batch_stats: Any = None
   ema_params: Any = None
-  rng: jax.Array = None  # raw uint32 key data (checkpoint-friendly); see step_key
+  rng: Any = None  # jax.Array: raw uint32 key data (checkpoint-friendly); see step_key
 
   def variables(self, ema: bool = True) -> dict:
     """Variables for `model.apply`: EMA weights (default) or raw weights, with the batch-norm statistics."""
@@ -56,7 +56,7 @@ class TrainState(train_state.TrainState):
     """One optimizer update, the new batch statistics and the EMA of the weights (TF's ExponentialMovingAverage
     with num_updates=step: the decay warms up, so short runs are not dominated by the initial weights)."""
     new = self.apply_gradients(grads=grads, batch_stats=batch_stats)
-    step = self.step.astype(jnp.float32)
+    step = jnp.asarray(self.step, jnp.float32)
     decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
     return new.replace(ema_params=optax.incremental_update(new.params, self.ema_params, step_size=1.0 - decay))
 
@@ -172,7 +172,7 @@ def stack(trees: list) -> Any:
 def unstack(tree, n: int) -> list:
   """The inverse of `stack`: n pytrees from one with a leading axis of n (host numpy arrays)."""
   tree = jax.device_get(tree)
-  return [jax.tree.map(lambda x: x[i], tree) for i in range(n)]
+  return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(n)]
 
 
 def _prefetch(make_batch: Callable[[int], Batch], chunks: list, put: Callable, size: int = 2) -> Iterator:
@@ -184,7 +184,7 @@ def _prefetch(make_batch: Callable[[int], Batch], chunks: list, put: Callable, s
     batches = [make_batch(i) for i in range(start, stop)]
     return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
-  queue = collections.deque()
+  queue: collections.deque = collections.deque()
   for start, stop in chunks:
     queue.append(put(host(start, stop), stop - start))
     if len(queue) > size:
@@ -265,7 +265,7 @@ def fit(step_fn: Step, state: TrainState, make_batch: Callable[[int], Batch], nu
   multi = steps_per_call > 1
   state, put_one, jitted_one = parallel.place(step_fn, state, mesh, batch_axis, stacked)
   _, put_many, jitted_many = (parallel.place(_multi_step(step_fn), state, mesh, batch_axis + 1, stacked) if multi
-                              else (None, None, None))
+                              else (None, put_one, jitted_one))  # unused: every chunk is one step
   put = lambda batch, steps: put_many(batch) if steps > 1 else put_one(batch)
   t0, last_t, last_i = time.time(), time.time(), start
   for (begin, done), batch in zip(chunks, _prefetch(make_batch, chunks, put)):

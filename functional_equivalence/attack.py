@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -90,7 +90,7 @@ class Extraction:
   hidden_units_found: int
   rounds: int
   stats: dict
-  domain: domains.Domain = None
+  domain: Optional[domains.Domain] = None
   queries_by_stage: dict = dataclasses.field(default_factory=dict)
   units: dict = dataclasses.field(default_factory=dict)
 
@@ -99,7 +99,9 @@ def _segments(kinks: search.Kinks, ranges: np.ndarray):
   """The segments between consecutive kinks of each line: (line (S,), mid t (S,), half-length in t (S,), and for
   every kink the index of the segment on its left; the one on its right is that index + 1)."""
   left = np.zeros(len(kinks.t), int)
-  line, mid, half = [], [], []
+  line: list = []
+  mid: list = []
+  half: list = []
   for l, (lo, hi) in enumerate(ranges):
     sel = np.flatnonzero(kinks.line == l)
     bounds = np.concatenate([[lo], kinks.t[sel], [hi]])
@@ -291,11 +293,12 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
   m = q(np.zeros((1, input_dim)), "output size").shape[1]
   if m == 0:
     raise ValueError("the oracle has one class: its probabilities carry no information")
-  stats = dict(probe_bits=probe.precision_bits, search_queries=0, gradient_queries=0, refine_queries=0,
+  stats: dict[str, Any] = dict(probe_bits=probe.precision_bits, search_queries=0, gradient_queries=0, refine_queries=0,
                polish_queries=0, polished_units=0, kinks=0, unresolved_intervals=0, rejected_kinks=0,
                lost_kink_bounds=[], layer2_queries=0, sign_attempts=0, repair_rounds=0)
   t_max = cfg.line_reach * dom.circumradius(input_dim) / cfg.scale
-  units, quiet, error, failed_with = recover.empty_units(input_dim, m), 0, None, -1
+  units, quiet, failed_with = recover.empty_units(input_dim, m), 0, -1
+  error: Optional[ExtractionError] = None
   lines = None
   for r in range(cfg.max_rounds):
     before = len(units)

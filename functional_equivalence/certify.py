@@ -52,7 +52,7 @@ def certify(true: TwoLayerNet, rec: TwoLayerNet, dom: domains.Domain, difference
   u1, b1, c1, k1 = _units(true, 1.0, differences)
   u2, b2, c2, k2 = _units(rec, -1.0, differences)
   u, beta, c = np.concatenate([u1, u2]), np.concatenate([b1, b2]), np.concatenate([c1, c2])
-  d, m = u.shape[1], c.shape[1]
+  m = c.shape[1]
   zmax, zmin = dom.max_affine(u, beta), -dom.max_affine(-u, -beta)
   on, cross = zmin >= 0, (zmax > 0) & (zmin < 0)
   a_lin = c[on].T @ u[on]                                              # (m, d)
@@ -71,7 +71,7 @@ def certify(true: TwoLayerNet, rec: TwoLayerNet, dom: domains.Domain, difference
     dev_all[near[ok, 0], near[ok, 1]] = dev[ok]
   group = np.full(len(idx), -1)
   error = np.zeros(m)
-  coef = []
+  coef: list[tuple[np.ndarray, float]] = []
   for i in range(len(idx)):
     if group[i] >= 0:
       continue

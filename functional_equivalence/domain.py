@@ -11,7 +11,6 @@ float64 numpy; the domain is the same in every dimension d (a box has scalar bou
 from __future__ import annotations
 
 import dataclasses
-from typing import Union
 
 import numpy as np
 
@@ -134,7 +133,7 @@ class Box:
     return {"kind": "box", "low": float(self.low), "high": float(self.high)}
 
 
-Domain = Union[Ball, Box]
+Domain = Ball | Box
 
 
 def parse(radius: float | None, box: list | None, scale: float) -> Domain:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pathlib
 import zipfile
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -58,7 +58,7 @@ def sharded_backend(net: TwoLayerNet, mesh) -> Callable[[np.ndarray], np.ndarray
   import jax
   from jax.sharding import NamedSharding, PartitionSpec as P
   from extraction.parallel import DATA_AXIS
-  if not jax.config.jax_enable_x64:
+  if not jax.config.read("jax_enable_x64"):
     raise RuntimeError("sharded_backend needs float64 in jax: call it inside jax.enable_x64(True)")
   data, replicated = NamedSharding(mesh, P(DATA_AXIS)), NamedSharding(mesh, P())
   params = jax.device_put(tuple(np.asarray(a, np.float64) for a in net), replicated)
@@ -126,7 +126,8 @@ def load_npz(path) -> TwoLayerNet:
 def save_npz(path, net: TwoLayerNet) -> pathlib.Path:
   """Writes `net` as an npz file with arrays w0, b0, w1, b1 (float64); returns the path."""
   path = pathlib.Path(path)
-  np.savez(path, **{n: np.asarray(a, np.float64) for n, a in zip(ARRAYS, net)})
+  arrays: dict[str, Any] = {n: np.asarray(a, np.float64) for n, a in zip(ARRAYS, net)}
+  np.savez(path, **arrays)
   return path
 
 

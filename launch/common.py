@@ -49,7 +49,7 @@ def _writable_workdir(path):
     with tempfile.TemporaryFile(dir=path):
       pass
   except OSError as e:
-    raise flags.ValidationError(f"--workdir={path!r} is not writable: {e.strerror}")
+    raise flags.ValidationError(f"--workdir={path!r} is not writable: {e.strerror}") from e
   return True
 
 

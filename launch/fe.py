@@ -189,7 +189,7 @@ def _domain_text(dom) -> str:
 def _attack_row(result, d: int, seeds: dict) -> dict:
   """What needs no ground truth: queries (total, per stage), units, final check, domain, seconds, seeds."""
   stats, units = result.stats, result.units
-  by_stage = {}
+  by_stage: dict[str, int] = {}
   for stage, n in result.queries_by_stage.items():
     key = "queries_" + STAGES.get(stage, stage.replace(" ", "_"))
     by_stage[key] = by_stage.get(key, 0) + n

@@ -15,6 +15,7 @@ import hashlib
 import json
 import pathlib
 import time
+from typing import Any
 
 import numpy as np
 from absl import flags, logging
@@ -131,7 +132,7 @@ def _top_k_fits(values):
     try:
       oracle_lib.validate_output_mode("top_k", values["top_k"], datasets.NUM_CLASSES.get(values["dataset"]))
     except ValueError as e:
-      raise flags.ValidationError(f"--top_k: {e}")
+      raise flags.ValidationError(f"--top_k: {e}") from e
   return True
 
 
@@ -284,8 +285,9 @@ def run(workdir: pathlib.Path) -> list[dict]:
       name = run_name(f"{method}{rot}_{output}_{cfg.model}", settings)
       group_dir = workdir / "students" / name
       group_dir.mkdir(parents=True, exist_ok=True)
-      np.savez(group_dir / "tasks.npz", pool=pool_idx, **{f"labeled_{i}": t.labeled for i, t in enumerate(tasks)},
-               **{f"unlabeled_{i}": t.unlabeled for i, t in enumerate(tasks)})
+      arrays: dict[str, Any] = {"pool": pool_idx, **{f"labeled_{i}": t.labeled for i, t in enumerate(tasks)},
+                                **{f"unlabeled_{i}": t.unlabeled for i, t in enumerate(tasks)}}
+      np.savez(group_dir / "tasks.npz", **arrays)
       _, _, histories = students.train_students(
           pool, tasks, ds.num_classes, cfg, make_step_factory(method, params, ds.name, extra),
           needs_unlabeled=needs_unlabeled, evaluate=evaluator, eval_every=eval_every, full_evals=FLAGS.median_of,

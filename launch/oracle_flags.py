@@ -66,6 +66,8 @@ def make_oracle(local_backend: Optional[Backend], output: str, top_k: Optional[i
     key serves another output mode.
   """
   if not FLAGS.oracle_url:
+    if local_backend is None:
+      raise ValueError("a local oracle needs the victim's backend (local_backend is None and --oracle_url unset)")
     return Oracle(local_backend, output=output, top_k=top_k, budget=budget, record_inputs=record_inputs)
   oracle = RemoteOracle(FLAGS.oracle_url, FLAGS.api_key or os.environ.get(API_KEY_ENV, ""),
                         timeout=FLAGS.oracle_timeout, retries=FLAGS.oracle_retries, budget=budget,

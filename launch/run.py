@@ -7,6 +7,7 @@ there. A bare `--flagfile=NAME.flags` that does not exist is looked up in `confi
 from __future__ import annotations
 
 import json
+import logging as py_logging
 import os
 import pathlib
 import sys
@@ -50,7 +51,7 @@ class _QuietLibraries:
   """Drops INFO records of chatty libraries (orbax logs every checkpoint operation) from our log output."""
 
   def filter(self, record) -> bool:
-    return record.levelno > logging.converter.STANDARD_INFO or "/orbax/" not in record.pathname
+    return record.levelno > py_logging.INFO or "/orbax/" not in record.pathname
 
 
 def main(argv):
@@ -63,7 +64,7 @@ def main(argv):
   common.initialize_distributed()
   workdir = pathlib.Path(FLAGS.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  log_file = logging.logging.FileHandler(workdir / "log.txt")
+  log_file = py_logging.FileHandler(workdir / "log.txt")
   log_file.setFormatter(logging.PythonFormatter())
   logging.get_absl_logger().addHandler(log_file)
   for handler in (log_file, logging.get_absl_handler()):

@@ -60,7 +60,8 @@ def posterize(img, m):
 
 
 def rotate(img, m):
-  return pix.rotate(img, jnp.deg2rad(_signed(m, 30.0)), order=1, mode="constant", cval=GREY)
+  angle = jnp.deg2rad(_signed(m, 30.0))
+  return pix.rotate(img, angle, order=1, mode="constant", cval=GREY)  # type: ignore[arg-type]  # traced angle
 
 
 def sharpness(img, m):

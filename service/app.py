@@ -254,7 +254,7 @@ def create_app(model: ServedModel, store: KeyStore, limits: Limits = Limits(), d
 
   @app.post("/v1/predict")
   async def predict(request: Request, format: Optional[str] = None):  # noqa: A002 (the query parameter's name)
-    body_read = []
+    body_read: list[bool] = []
     try:
       return await predict_one(request, format, body_read)
     except ApiError as e:

@@ -24,7 +24,7 @@ def add(store: KeyStore, label: str, key_settings: KeySettings, key: Optional[st
   """Adds a key named `label` (a new random one unless `key` is given), or updates the settings of a known key
   keeping what it spent. The line printed shows a generated key once: it is stored only as a digest."""
   generated = key is None
-  key = secret.generate_key() if generated else key
+  key = secret.generate_key() if key is None else key
   added = store.put(key, key_settings, label)
   if generated:
     return f"key {label!r} added to {store.path}: {key}\n(shown once: the database keeps only its HMAC digest)"
@@ -39,7 +39,12 @@ def reset(store: KeyStore, key: str) -> str:
 
 def revoke(store: KeyStore, key: Optional[str] = None, label: Optional[str] = None) -> str:
   """Revokes a key given in clear or by its label."""
-  done = store.revoke(key) if key is not None else store.revoke_label(label)
+  if key is not None:
+    done = store.revoke(key)
+  elif label is not None:
+    done = store.revoke_label(label)
+  else:
+    raise ValueError("revoke needs a key or a label")
   if done is None:
     return "unknown key" if key is not None else f"no key labelled {label!r}"
   return f"key {done!r} revoked: it is refused from the next request on"

@@ -217,7 +217,9 @@ class KeyStore:
     Keys revoked earlier stay revoked (listed in the report). With sync, every key of the database that is not in
     `keys` is revoked: the file becomes the list of the keys that work.
     """
-    added, updated, still = [], [], []
+    added: list[str] = []
+    updated: list[str] = []
+    still: list[str] = []
     wanted = {self.digest(k) for k in keys}
     for key, (label, settings) in keys.items():
       state = self._state(self.digest(key))
@@ -287,6 +289,7 @@ class KeyStore:
       if state is None or state.revoked:
         raise UnknownKey("unknown or revoked API key")
       if cur.rowcount != 1:
+        assert state.settings.budget is not None  # only the budget clause can have failed
         raise BudgetExhausted(n, state.used, state.settings.budget)
       return state, state.used - n
 
@@ -307,4 +310,4 @@ class KeyStore:
     """Every key, revoked ones included (`KeyState.revoked`), by label."""
     with self._transaction(write=False) as db:
       digests = [r[0] for r in db.execute("SELECT digest FROM keys ORDER BY label")]
-      return [self._row(db, d) for d in digests]
+      return [s for d in digests if (s := self._row(db, d)) is not None]  # all exist: same transaction

@@ -60,6 +60,7 @@ def check_settings(settings, vocab_size: int) -> None:
 
 
 def _prompts(x: np.ndarray, model: ServedModel, limits: InputLimits) -> np.ndarray:
+  assert model.lm is not None, "prompts go to a language model"
   if x.dtype.kind not in "iu" or x.ndim != 2:
     raise ApiError(422, f"prompts must be integer token ids (N, L), got {x.dtype} {tuple(x.shape)}")
   n, length = x.shape
@@ -116,6 +117,7 @@ def check_request_bias(bias, n: int, settings, model: ServedModel):
     return None
   if settings.output != "top_k_bias":
     raise ApiError(422, f"this key (output {settings.output!r}) accepts no logit bias")
+  assert model.lm is not None, "a logit bias goes to a language model"
   try:
     return check_bias(bias, n, model.num_classes, model.lm.max_bias, model.lm.max_biased_tokens)
   except BiasRefused as e:

@@ -107,7 +107,7 @@ class KeySettings:
       if value is None:
         continue
       if kind == "integer":
-        check_integer(name, value, low, high)
+        check_integer(name, value, int(low), int(high))
       else:
         check_number(name, value, low, high, open_low)
     d.check(self.output)
@@ -131,7 +131,7 @@ class KeySettings:
                 defenses=Defenses(**dict(defenses or {})))
     except TypeError:  # an unknown defense field
       names = [f.name for f in dataclasses.fields(Defenses) if f.name != "noise_seed"]
-      unknown = sorted(set(defenses) - {f.name for f in dataclasses.fields(Defenses)})
+      unknown = sorted(set(defenses or {}) - {f.name for f in dataclasses.fields(Defenses)})
       raise ValueError(f"unknown defense setting(s) {', '.join(unknown)}; known: {', '.join(names)}") from None
     out.check()
     return out

@@ -89,7 +89,7 @@ class FairScheduler:
 
   def submit(self, owner: str, x: np.ndarray) -> list[concurrent.futures.Future]:
     """Queues x (N, ...) under `owner` in chunks; one future of logits per chunk."""
-    futures = []
+    futures: list[concurrent.futures.Future] = []
     with self._cond:
       queue = self._queues.setdefault(owner, collections.deque())
       for i in range(0, len(x), self.chunk):

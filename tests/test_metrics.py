@@ -19,7 +19,7 @@ def test_evaluator_reports_top5_only_above_five_classes():
   images = rng.integers(0, 255, (20, 4, 4, 1), dtype=np.uint8)
   for c, has_top5 in ((3, False), (10, True)):
     w = rng.normal(size=(16, c))
-    f = lambda x: x.reshape(len(x), -1) @ w
+    f = lambda x, w=w: x.reshape(len(x), -1) @ w
     out = evaluation.Evaluator.build(f, images, np.argmax(f(images), -1), c, noise_samples=8)(f)
     assert out["fidelity"] == 1.0 and out["accuracy"] == 1.0 and out["noise_fidelity"] == 1.0
     assert ("top5_fidelity" in out) == has_top5

@@ -56,7 +56,7 @@ def test_two_processes_with_jax_distributed_match_one_device():
   procs = [subprocess.Popen(cmd + [port, str(i)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in (0, 1)]
   outs = [p.communicate(timeout=240) for p in procs]
-  for p, (out, err) in zip(procs, outs):
+  for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   single = subprocess.run(cmd + ["single"], cwd=REPO, capture_output=True, text=True, timeout=240)
   assert single.returncode == 0, single.stderr[-3000:]

@@ -122,7 +122,7 @@ class _Collector:
     self.rng = np.random.default_rng([seed, 0x5EA1])
     self.rows: list = []
     self.recon = bias_lib.Reconstruction()
-    self.dtype = None  # of the API's answers: their precision bounds the attack's
+    self.dtype: Optional[str] = None  # of the API's answers: their precision bounds the attack's
 
   @property
   def vocab(self) -> int:

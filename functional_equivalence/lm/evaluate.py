@@ -45,7 +45,11 @@ def align(recovered: np.ndarray, true_w: np.ndarray, shift_invariant: bool = Fal
 def paper_requests_per_vector(output: str, vocab: int, top_k: Optional[int]) -> float:
   """The paper's cost of one logit vector: 1 request with full logits; V / (k-1) with top-k and a logit bias
   (its Table 3: 0.25 queries per logit for top-5, 4 tokens biased per query)."""
-  return 1.0 if output == "logits" else vocab / (top_k - 1)
+  if output == "logits":
+    return 1.0
+  if top_k is None:
+    raise ValueError(f"output {output!r} needs top_k")
+  return vocab / (top_k - 1)
 
 
 def report(victim, result, *, output: str, top_k: Optional[int], precision: str) -> dict:

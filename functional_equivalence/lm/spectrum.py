@@ -78,19 +78,20 @@ def detect(vectors: np.ndarray, threshold: float = DEFAULT_THRESHOLD, tail: int 
   values = singular_values(vectors)
   linear = largest_gap(values)
   affine = largest_gap(singular_values(vectors - vectors.mean(axis=0))[:len(vectors) - 1])
-  lin_ok = linear is not None and linear.accepted(threshold, tail)
-  aff_ok = affine is not None and affine.accepted(threshold, tail)
+  # the dimensions of the accepted gaps, None where there is none
+  lin_dim = linear.dim if linear is not None and linear.accepted(threshold, tail) else None
+  aff_dim = affine.dim if affine is not None and affine.accepted(threshold, tail) else None
   notes = []
   if final_norm == "rmsnorm":
-    hidden = linear.dim if lin_ok else None
+    hidden = lin_dim
   else:
-    hidden = affine.dim + 1 if aff_ok else None
-    if aff_ok and (not lin_ok or linear.dim == affine.dim):
-      seen = f"span only {linear.dim} dimensions" if lin_ok else "show no accepted gap in their linear span"
+    hidden = aff_dim + 1 if aff_dim is not None else None
+    if aff_dim is not None and (lin_dim is None or lin_dim == aff_dim):
+      seen = f"span only {lin_dim} dimensions" if lin_dim is not None else "show no accepted gap in their linear span"
       notes.append(f"the logits {seen}: the offset of their affine hull from the origin (a final LayerNorm's "
                    f"bias) is weak against the answers' noise, or zero; the h-th direction of W is then poorly "
                    f"determined")
-    elif aff_ok and lin_ok and linear.dim != affine.dim + 1:
-      notes.append(f"linear span {linear.dim} vs affine hull {affine.dim}: not the signature of a final LayerNorm "
+    elif aff_dim is not None and lin_dim is not None and lin_dim != aff_dim + 1:
+      notes.append(f"linear span {lin_dim} vs affine hull {aff_dim}: not the signature of a final LayerNorm "
                    f"(e.g. an unembedding bias adds a dimension)")
   return Detection(hidden, linear, affine, values, tuple(notes))

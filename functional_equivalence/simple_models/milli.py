@@ -132,7 +132,8 @@ def _flips(cols: np.ndarray, target: np.ndarray, max_free: int = 12):
 
 def _independent_rows(a: np.ndarray) -> np.ndarray:
   """Indices of a.shape[1] linearly independent rows of a (greedy)."""
-  rows, basis = [], np.zeros((0, a.shape[1]))
+  rows: list[int] = []
+  basis = np.zeros((0, a.shape[1]))
   for i in range(len(a)):
     trial = np.vstack([basis, a[i]])
     if np.linalg.matrix_rank(trial, tol=1e-9) > len(basis):
@@ -190,7 +191,8 @@ def extract(oracle, box: Box, cfg: Config = Config(), rng: np.random.Generator |
   x_check = box.sample(rng, cfg.checks)
   g_check, f_check = _split(ask(x_check), d)
   k = g_check.shape[1]
-  units, lines, failed = [], 0, 0
+  units: list = []
+  lines, failed = 0, 0
   for _ in range(cfg.lines):
     p = box.sample(rng, 1)[0]
     u = rng.normal(size=d)

@@ -94,14 +94,14 @@ def line_search(ask, box: Box, bases: np.ndarray, features: np.ndarray, eps: flo
   value_of = {i: v for i, v in zip(ids, vals)}
   line, a, b = np.arange(m), np.full(m, box.low), np.full(m, box.high)
   ida, idb = ids[:m], ids[m:]
-  bounds = [[] for _ in range(m)]                                     # (a, b, id_a, id_b) per line
+  bounds: list[list] = [[] for _ in range(m)]                                 # (a, b, id_a, id_b) per line
   sorted_known = {f: np.array(sorted(v)) for f, v in (known or {}).items()}
   while len(line):
     diff = ida != idb
     line, a, b, ida, idb = (v[diff] for v in (line, a, b, ida, idb))
     mid = 0.5 * (a + b)
     closed = (b - a <= eps * box.width) | (mid <= a) | (mid >= b)
-    for i in np.flatnonzero(closed):
+    for i in np.flatnonzero(closed).tolist():
       bounds[line[i]].append((a[i], b[i], ida[i], idb[i]))
       if known is not None:
         f = int(features[line[i]])
@@ -113,7 +113,7 @@ def line_search(ask, box: Box, bases: np.ndarray, features: np.ndarray, eps: flo
     probes = []                                                         # per bracket: the points to ask
     for j in range(len(line)):
       k = sorted_known.get(int(features[line[j]]))
-      inside = k[(k[:, 0] > a[j]) & (k[:, 1] < b[j])] if k is not None else ()
+      inside = k[(k[:, 0] > a[j]) & (k[:, 1] < b[j])] if k is not None else np.zeros((0, 2))
       probes.append(list(inside[np.argmin(np.abs(inside.mean(axis=1) - mid[j]))]) if len(inside) else [mid[j]])
     owner = np.repeat(np.arange(len(line)), [len(p) for p in probes])
     t = np.concatenate(probes)
@@ -164,11 +164,11 @@ def _leaf_boxes(ask, box, points, ids, features_per_point, eps, known):
 
 def _search_leaves(ask, box, cfg, rng, leaf_features):
   """'exhaustive' / 'incomplete': grow the set of leaves from a random point (see module docstring)."""
-  known = {} if cfg.reuse_thresholds else None
+  known: dict[int, set] | None = {} if cfg.reuse_thresholds else None
   x0 = box.sample(rng, 1)
   ids0, vals0 = ask(x0)
   frontier = {ids0[0]: (vals0[0], x0[0])}
-  leaves = {}
+  leaves: dict = {}
   while frontier:
     if len(leaves) + len(frontier) > cfg.max_leaves:
       raise ExtractionError(f"path finding: more than {cfg.max_leaves} leaves; is the victim a tree?")
@@ -222,11 +222,12 @@ def _tested_features(ask, points, node_ids, fill):
 def _top_down(ask, box, cfg, rng):
   """'top_down' (see module docstring). A state is (partial point, id, value, feature searched last, its edges)."""
   d = box.dim
-  known = {} if cfg.reuse_thresholds else None
+  known: dict[int, set] | None = {} if cfg.reuse_thresholds else None
   fill = box.sample(rng, 1)[0]                      # values given to missing features when testing a node
   ids, vals = ask(np.full((1, d), np.nan))
   states = [(np.full(d, np.nan), ids[0], vals[0], -1, -np.inf, np.inf)]
-  seen, leaves = {ids[0]}, {}
+  seen = {ids[0]}
+  leaves: dict = {}
   while states:
     if len(leaves) + len(states) > cfg.max_leaves:
       raise ExtractionError(f"path finding: more than {cfg.max_leaves} nodes; is the victim a tree?")

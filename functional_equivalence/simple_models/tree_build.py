@@ -43,7 +43,12 @@ class Tree(NamedTuple):
 def build(lo: np.ndarray, hi: np.ndarray, values: np.ndarray, tolerance: float) -> Tree:
   """A tree whose leaves are the boxes (lo, hi] (n, d) with values (n, v); ExtractionError if they do not form
   a tree's partition (a leaf missing, or boxes that overlap)."""
-  left, right, feature, threshold, value = [], [], [], [], []
+  # per node, filled in by grow (None until then)
+  left: list = []
+  right: list = []
+  feature: list = []
+  threshold: list = []
+  value: list = []
 
   def split_of(idx):
     for f in range(lo.shape[1]):
