@@ -1,0 +1,218 @@
+"""Functionally-equivalent extraction of a fully connected ReLU network of any depth, not told the layer sizes.
+
+Layer by layer ("peeling", Carlini, Jagielski, Mironov 2020), each layer with the ones before it known exactly:
+  1. the layer's units (layer.recover_layer): partial signatures from Jacobian jumps at kinks not on a known
+     surface, grouped across regions, verified where their hyperplane predicts a kink, refitted from precise
+     surface points;
+  2. its signs: if the answers are an affine function of [relu(p_hat), p_hat] the layer is the last hidden one
+     and the same least squares gives the signs and the output layer (signs.last_layer); otherwise the signs come
+     from the isolation tests of signs.hidden_signs (exact where the layer is contractive, neuron-wiggle votes
+     where it is not) and the next layer is recovered on top.
+Then the whole network is checked against the oracle over the domain (check.compare). The depth and every width
+are found, not given. `extract` first runs the two-layer attack (attack.py) for one round and keeps it when the
+victim is a two-layer network (its kinks all lie on global hyperplanes), so depth 1 is exactly the tuned
+two-layer attack, with its figures; `Config.depth_probe=False` skips that.
+
+Every query goes through the Oracle's __call__ (queries.Querier), counted per stage; every stage is bounded
+(rounds per layer, `max_depth`, the Querier's query and time limits) and ends with a one-line ExtractionError.
+Float64 numpy throughout.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Optional
+
+import numpy as np
+
+from extraction.oracle import Oracle
+from functional_equivalence import check, queries
+from functional_equivalence import domain as domains
+from functional_equivalence.deep import layer as layers
+from functional_equivalence.deep import network, signs
+from functional_equivalence.errors import ExtractionError, SignRecoveryError
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Attack settings (see attack.Config for the shared ones).
+
+  Attributes:
+    scale, domain, line_reach, lines_per_round, max_rounds (per layer), patience, grad_step: as the two-layer
+      attack's, for every layer.
+    verify_points, verify_hits, refit_points: layer.LayerConfig.
+    max_depth: at most this many hidden layers are peeled before giving up.
+    layers: stop after this many hidden layers with their signs (None: the whole network); the hybrid uses 1.
+    sign_votes: most neuron-wiggle votes per unit and pass.
+    check_points, check_rtol: the final check.
+    depth_probe: try the two-layer attack first (module docstring).
+    max_queries, max_seconds: hard limits of the whole attack.
+  """
+  scale: float = 1.0
+  domain: Optional[domains.Domain] = None
+  line_reach: float = 64.0
+  lines_per_round: int = 1
+  max_rounds: int = 40
+  patience: int = 2
+  grad_step: float = 1e-3
+  verify_points: int = 6
+  verify_hits: int = 3
+  refit_points: int = 8
+  max_depth: int = 8
+  layers: Optional[int] = None
+  sign_votes: int = 24
+  check_points: int = 96
+  check_rtol: float = 1e-8
+  depth_probe: bool = True
+  max_queries: Optional[int] = None
+  max_seconds: Optional[float] = 600.0
+
+  def the_domain(self) -> domains.Domain:
+    return self.domain if self.domain is not None else domains.Ball(1000.0 * self.scale)
+
+
+@dataclasses.dataclass
+class DeepExtraction:
+  """Result: the recovered network (victim convention; with probabilities the output layer's class-0 column and
+  bias are 0), queries (total, per stage), seconds, units per hidden layer, how each layer's signs were found,
+  statistics (with the final check's), the domain, and the per-unit table (`units`: per layer, estimated
+  relative error of each unit's weights and how many of its input features were seen)."""
+  net: network.DeepNet
+  queries: int
+  seconds: float
+  widths: list
+  stats: dict
+  domain: domains.Domain = None
+  queries_by_stage: dict = dataclasses.field(default_factory=dict)
+  units: list = dataclasses.field(default_factory=list)
+  sign_methods: list = dataclasses.field(default_factory=list)
+
+
+def _new_stats(probe_bits) -> dict:
+  return dict(probe_bits=probe_bits, search_queries=0, gradient_queries=0, verify_queries=0, refine_queries=0,
+              last_layer_queries=0, sign_queries=0, complete_queries=0, completed_features=0, kinks=0, kinks_off_known=0, rejected_kinks=0, facets=0,
+              exact_sign_tests=0, wiggle_sign_tests=0)
+
+
+def _append(prefix: network.DeepNet, units: list, s: np.ndarray) -> network.DeepNet:
+  w, b = signs.layer_arrays(units)
+  return network.DeepNet(prefix.weights + (w * s,), prefix.biases + (b * s,))
+
+
+def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 0):
+  """Recovers a ReLU network of any depth functionally equivalent to the oracle's victim (module docstring).
+
+  Returns:
+    DeepExtraction; or, when the depth probe finds a two-layer victim, the two-layer attack's Extraction.
+  Raises an ExtractionError subclass (errors.py) when the oracle is not exact float64 piecewise linear, a limit is
+  reached, a layer does not settle, the signs contradict, or the final check fails.
+  """
+  if cfg.depth_probe and cfg.layers is None:
+    from functional_equivalence import attack as two_layer
+    result = two_layer.extract_or_deeper(oracle, input_dim, two_layer.Config(
+        scale=cfg.scale, domain=cfg.domain, line_reach=cfg.line_reach, lines_per_round=cfg.lines_per_round,
+        max_rounds=cfg.max_rounds, patience=cfg.patience, grad_step=cfg.grad_step, check_points=cfg.check_points,
+        check_rtol=cfg.check_rtol, max_queries=cfg.max_queries, max_seconds=cfg.max_seconds), seed)
+    if not isinstance(result, two_layer.Deeper):
+      return result
+    spent, spent_by_stage, spent_seconds = result.queries, result.queries_by_stage, result.seconds
+    limits = queries.Limits(None if cfg.max_queries is None else cfg.max_queries - spent,
+                            None if cfg.max_seconds is None else cfg.max_seconds - spent_seconds)
+  else:
+    spent, spent_by_stage, spent_seconds = 0, {}, 0.0
+    limits = queries.Limits(cfg.max_queries, cfg.max_seconds)
+  q = queries.Querier(oracle, limits)
+  dom = cfg.the_domain()
+  rng = np.random.default_rng(seed)
+  probe = queries.probe(q, input_dim, cfg.scale, rng)
+  m = q(np.zeros((1, input_dim)), "output size").shape[1]
+  if m == 0:
+    raise ValueError("the oracle has one class: its probabilities carry no information")
+  stats = _new_stats(probe.precision_bits)
+  center = dom.center(input_dim)
+  lcfg = layers.LayerConfig(scale=cfg.scale, center=center, reach=cfg.line_reach * dom.circumradius(input_dim)
+                            / cfg.scale, far=2 * dom.circumradius(input_dim), lines_per_round=cfg.lines_per_round,
+                            max_rounds=cfg.max_rounds, patience=cfg.patience, grad_step=cfg.grad_step,
+                            verify_points=cfg.verify_points, verify_hits=cfg.verify_hits,
+                            refit_points=cfg.refit_points)
+  prefix = network.DeepNet((), ())
+  tables, methods, surfaces = [], [], []
+  last = None
+  for depth in range(cfg.max_depth):
+    units = layers.recover_layer(q, prefix, lcfg, dom, rng, stats)
+    if not units:
+      raise ExtractionError(f"layer {depth}: no unit found ({q.queries} queries)")
+    tables.append(dict(row_error=[u.err for u in units], features_seen=[int(u.known.sum()) for u in units],
+                       features=int(len(units[0].w))))
+    logging.info("layer %d: %d units (%d queries)", depth, len(units), q.queries)
+    if cfg.layers is None or depth + 1 < cfg.layers:
+      last = signs.last_layer(q, prefix, units, cfg.scale, center, rng, stats)
+      if last.residual <= cfg.check_rtol:
+        methods.append("last layer least squares")
+        surfaces += [(prefix, u) for u in units]
+        break
+    votes = signs.hidden_signs(q, prefix, units, cfg.scale, center, rng, stats, max_votes=cfg.sign_votes)
+    stats["exact_sign_tests"] += votes.exact_tests
+    stats["wiggle_sign_tests"] += votes.wiggle_tests
+    methods.append(sorted(set(votes.how)))
+    tables[-1]["sign_method"] = votes.how
+    surfaces += [(prefix, u) for u in units]
+    prefix = _append(prefix, units, votes.signs)
+    last = None
+    if cfg.layers is not None and depth + 1 >= cfg.layers:
+      break
+  else:
+    raise ExtractionError(f"no last layer found within {cfg.max_depth} hidden layers ({q.queries} queries): the "
+                          f"answers are not an affine function of the last recovered layer")
+  differences = oracle.output == "probabilities"
+  if last is not None:
+    net = _network(prefix, units, last, differences)
+    checked, bad = _final_check(q, net, surfaces, dom, cfg, rng, differences)
+    if len(bad):
+      raise ExtractionError(
+          f"final check failed, precision reached: 2^{np.log2(checked['check_error']):.1f}: the recovered "
+          f"{net.shape_text} network is off by {checked['check_error']:.2g} (relative, limit {cfg.check_rtol:g}) "
+          f"at fresh points of the domain {dom.describe()} (units missed, or a noisy oracle?)")
+    stats.update(layer_residual=last.residual, paired_units=int(last.pairs.sum()), **checked)
+  else:
+    net = prefix
+  by_stage = dict(spent_by_stage)
+  for k, v in q.by_stage.items():
+    by_stage[k] = by_stage.get(k, 0) + v
+  stats["depth_probe_queries"] = spent
+  return DeepExtraction(net, spent + q.queries, spent_seconds + q.seconds, [len(t["row_error"]) for t in tables],
+                        stats, dom, by_stage, tables, methods)
+
+
+def _network(prefix, units, last: signs.LastLayer, differences: bool) -> network.DeepNet:
+  """The prefix, the last hidden layer with its signs (and twins of pairs), the output layer."""
+  w, b = signs.layer_arrays(units)
+  w, b = w * last.signs, b * last.signs
+  if last.pairs.any():
+    w, b = np.concatenate([w, -w[:, last.pairs]], axis=1), np.concatenate([b, -b[last.pairs]])
+  w_out, b_out = np.concatenate([last.w_out, last.w_twin]), last.b_out
+  if differences:
+    w_out = np.concatenate([np.zeros((len(w_out), 1)), w_out], axis=1)
+    b_out = np.concatenate([[0.0], b_out])
+  return network.DeepNet(prefix.weights + (w, w_out), prefix.biases + (b, b_out))
+
+
+def _final_check(q, net, surfaces, dom, cfg: Config, rng, differences: bool):
+  """check.compare on points covering the domain and on and beside two precise points of every unit's surface."""
+  on, side = [], []
+  for prefix, u in surfaces:
+    if not u.points:
+      continue
+    p = np.array(u.points[:2])
+    p = p[dom.contains(p)]
+    if not len(p):
+      continue
+    nrm = np.einsum("ndk,k->nd", network.features(prefix, p).jac, u.w)
+    nrm /= np.linalg.norm(nrm, axis=1, keepdims=True) + 1e-300
+    on.append(p)
+    side.append(1e-3 * cfg.scale * nrm)
+  d = net.sizes[0]
+  on = np.concatenate(on) if on else np.zeros((0, d))
+  side = np.concatenate(side) if side else np.zeros((0, d))
+  return check.compare(q, on, side, lambda x: network.logits(net, x), dom, cfg.scale, cfg.check_points,
+                       cfg.check_rtol, rng, differences, d)
