@@ -94,13 +94,13 @@ def test_domain_flags(fe_flags, tmp_path, flag, value, domain):
 def test_black_box_attack_on_a_served_network(fe_flags, tmp_path):
   pytest.importorskip("fastapi")
   pytest.importorskip("uvicorn")
-  from launch import keystore, service
+  import service
+  from tests.conftest import make_key_store
   net = victims.random_net(4, 12, 9, 3)
   path = victims.save_npz(tmp_path / "served.npz", net)
-  store = keystore.KeyStore(tmp_path / "keys.sqlite")
-  store.load({"k": keystore.KeySettings.from_dict({"output": "logits"})})
+  store = make_key_store(tmp_path / "keys.sqlite", {"fe-black-box-key-0123": {"output": "logits"}})
   with service.BackgroundServer(service.create_app(service.model_from_npz(path), store)) as url:
-    fe_flags.api_key, fe_flags.oracle_url, fe_flags.fe_domain_eval_inputs = "k", url, 2000
+    fe_flags.api_key, fe_flags.oracle_url, fe_flags.fe_domain_eval_inputs = "fe-black-box-key-0123", url, 2000
     [row] = fe.run(tmp_path / "blind")                               # no npz: d from the service
     fe_flags["fe_input_dim"].parse("11")
     with pytest.raises(common.ConfigError, match="--fe_input_dim=11 but --oracle_url=.* takes inputs of dimension 12"):
