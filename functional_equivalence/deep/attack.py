@@ -42,6 +42,8 @@ class Config:
       attack's, for every layer.
     verify_points, verify_hits, refit_points: layer.LayerConfig.
     max_depth: at most this many hidden layers are peeled before giving up.
+    extra_searches: when the answers are not yet an affine function of a layer's units, the layer's search goes
+      on this many more times (until `patience` more quiet rounds each) before a deeper layer is assumed.
     layers: stop after this many hidden layers with their signs (None: the whole network); the hybrid uses 1.
     sign_votes: most neuron-wiggle votes per unit and pass.
     check_points, check_rtol: the final check.
@@ -51,7 +53,7 @@ class Config:
   scale: float = 1.0
   domain: Optional[domains.Domain] = None
   line_reach: float = 64.0
-  lines_per_round: int = 1
+  lines_per_round: int = 4
   max_rounds: int = 40
   patience: int = 2
   grad_step: float = 1e-3
@@ -59,9 +61,10 @@ class Config:
   verify_hits: int = 3
   refit_points: int = 8
   max_depth: int = 8
+  extra_searches: int = 2
   layers: Optional[int] = None
   sign_votes: int = 24
-  check_points: int = 96
+  check_points: int = 512
   check_rtol: float = 1e-8
   depth_probe: bool = True
   max_queries: Optional[int] = None
@@ -139,18 +142,25 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
   tables, methods, surfaces = [], [], []
   last = None
   for depth in range(cfg.max_depth):
-    units = layers.recover_layer(q, prefix, lcfg, dom, rng, stats)
-    if not units:
-      raise ExtractionError(f"layer {depth}: no unit found ({q.queries} queries)")
+    state = layers.LayerState()
+    for search in range(1 + cfg.extra_searches):
+      units = layers.recover_layer(q, prefix, lcfg, dom, rng, stats, state)
+      if not units:
+        raise ExtractionError(f"layer {depth}: no unit found ({q.queries} queries)")
+      logging.info("layer %d: %d units (%d queries)", depth, len(units), q.queries)
+      if cfg.layers is not None and depth + 1 >= cfg.layers:
+        break
+      last = signs.last_layer(q, prefix, units, cfg.scale, center, rng, stats, dom=dom)
+      if last.residual <= cfg.check_rtol:
+        break
+      # a residual: a deeper layer, or a unit of this one not found yet (e.g. active in a small part of the
+      # domain only): search this layer again before going deeper
     tables.append(dict(row_error=[u.err for u in units], features_seen=[int(u.known.sum()) for u in units],
                        features=int(len(units[0].w))))
-    logging.info("layer %d: %d units (%d queries)", depth, len(units), q.queries)
-    if cfg.layers is None or depth + 1 < cfg.layers:
-      last = signs.last_layer(q, prefix, units, cfg.scale, center, rng, stats)
-      if last.residual <= cfg.check_rtol:
-        methods.append("last layer least squares")
-        surfaces += [(prefix, u) for u in units]
-        break
+    if last is not None and last.residual <= cfg.check_rtol:
+      methods.append("last layer least squares")
+      surfaces += [(prefix, u) for u in units]
+      break
     votes = signs.hidden_signs(q, prefix, units, cfg.scale, center, rng, stats, max_votes=cfg.sign_votes)
     stats["exact_sign_tests"] += votes.exact_tests
     stats["wiggle_sign_tests"] += votes.wiggle_tests

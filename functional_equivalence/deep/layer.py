@@ -71,6 +71,7 @@ class LayerConfig:
     verify_points, verify_hits: a candidate is tested at up to verify_points points of its surface and accepted
       with verify_hits hits (a kink within the window where predicted).
     refit_points: precise surface points per unit beyond the number of its known features (layer 0: in total).
+    verify_spread: first layer: test points spread over this many times the anchor's distance from the center.
   """
   scale: float = 1.0
   center: Optional[np.ndarray] = None
@@ -84,6 +85,7 @@ class LayerConfig:
   verify_points: int = 6
   verify_hits: int = 3
   refit_points: int = 8
+  verify_spread: float = 8.0
 
 
 def region_key(feats: network.Features, i: int) -> bytes:
@@ -360,7 +362,11 @@ def _verify(q, prefix, cands: list, cfg: LayerConfig, rng, stats) -> list:
   hits, misses, blind = np.zeros(n, int), np.zeros(n, int), np.zeros(n, int)
   d = cands[0].anchor.shape[-1]
   center = cfg.center if cfg.center is not None else np.zeros(d)
-  spread = [2 * cfg.scale * np.sqrt(d) + np.linalg.norm(c.anchor - center) for c in cands]
+  # first layer: spread far beyond the anchor. A deeper unit's surface is flat over a whole linear region of the
+  # first layer, and far from the center such regions are wide cones; points spread over several times the
+  # anchor's distance fall in other regions. Only hits within the base spread are kept as precise points.
+  base = [2 * cfg.scale * np.sqrt(d) + np.linalg.norm(c.anchor - center) for c in cands]
+  spread = [(1.0 if prefix.weights else cfg.verify_spread) * b for b in base]
   q0 = q.queries
   for _ in range(cfg.verify_points):
     live = [i for i in range(n) if hits[i] < cfg.verify_hits and misses[i] <= cfg.verify_points - cfg.verify_hits
@@ -380,7 +386,8 @@ def _verify(q, prefix, cands: list, cfg: LayerConfig, rng, stats) -> list:
     for j, i in enumerate(who):
       if hit[j]:
         hits[i] += 1
-        cands[i].points.append(exact[j])
+        if np.linalg.norm(exact[j] - center) <= 2 * base[i]:
+          cands[i].points.append(exact[j])
       else:
         misses[i] += 1
   stats["verify_queries"] += q.queries - q0
@@ -641,10 +648,12 @@ def dedup(units: list) -> list:
   return kept
 
 
-def recover_layer(q, prefix, cfg: LayerConfig, dom, rng, stats) -> list:
-  """The units of the layer after `prefix` (module docstring). Raises ExtractionError after max_rounds rounds
-  without settling, LimitReachedError (from the Querier) at the attack's limits."""
-  state, quiet = LayerState(), 0
+def recover_layer(q, prefix, cfg: LayerConfig, dom, rng, stats, state: Optional["LayerState"] = None) -> list:
+  """The units of the layer after `prefix` (module docstring). Given the `state` of an earlier call, its search
+  goes on from there (more rounds, until `patience` more quiet ones). Raises ExtractionError after max_rounds
+  rounds without settling, LimitReachedError (from the Querier) at the attack's limits."""
+  state = LayerState() if state is None else state
+  quiet = 0
   units = state.units
   for r in range(cfg.max_rounds):
     changed = _round(q, prefix, state, cfg, dom, rng, stats)
@@ -665,4 +674,5 @@ def recover_layer(q, prefix, cfg: LayerConfig, dom, rng, stats) -> list:
         break
   complete(q, prefix, units, cfg, rng, stats)
   refit(q, prefix, units, cfg, rng, stats)
-  return dedup(units)
+  state.units[:] = dedup(units)
+  return list(state.units)

@@ -47,9 +47,11 @@ def layer_arrays(units: list):
   return np.stack([u.w for u in units], axis=1), np.array([u.b for u in units])
 
 
-def sample_points(prefix, units: list, count: int, scale: float, center, rng) -> np.ndarray:
+def sample_points(prefix, units: list, count: int, scale: float, center, rng, dom=None,
+                  domain_count: int = 256) -> np.ndarray:
   """Points on both sides of every unit's surface (its precise points moved along the surface normal by
-  +-scale/16, alternately) and around the center, for the least-squares fits."""
+  +-scale/16, alternately), `count` around the center and (given the domain) `domain_count` over the domain, for the
+  least-squares fits: a unit active only in a small part of the domain leaves a residual only where it is."""
   d = len(center)
   pts = []
   for j, u in enumerate(units):
@@ -63,6 +65,8 @@ def sample_points(prefix, units: list, count: int, scale: float, center, rng) ->
     side = np.where(np.arange(len(p)) % 2 == 0, 1.0, -1.0)
     pts.append(p + (side * step)[:, None] * nrm)
   pts.append(center + scale * rng.normal(size=(count, d)))
+  if dom is not None:
+    pts.append(dom.check_points(rng, d, domain_count))
   return np.concatenate(pts)
 
 
@@ -80,10 +84,10 @@ class LastLayer:
 
 
 def last_layer(q, prefix, units: list, scale: float, center, rng, stats, rtol: float = 1e-8,
-               tol: float = 1e-6) -> LastLayer:
+               tol: float = 1e-6, dom=None) -> LastLayer:
   """Module docstring, first item: the fit, then the classification of each unit and a clean refit."""
   n = len(units)
-  x = sample_points(prefix, units, max(16, 2 * n + 16), scale, center, rng)
+  x = sample_points(prefix, units, max(16, 2 * n + 16), scale, center, rng, dom)
   q0 = q.queries
   g = q(x, "last layer", underflow_ok=True)
   stats["last_layer_queries"] += q.queries - q0
