@@ -9,9 +9,9 @@ Layer by layer ("peeling", Carlini, Jagielski, Mironov 2020), each layer with th
      from the isolation tests of signs.hidden_signs (exact where the layer is contractive, neuron-wiggle votes
      where it is not) and the next layer is recovered on top.
 Then the whole network is checked against the oracle over the domain (check.compare). The depth and every width
-are found, not given. `extract` first runs the two-layer attack (attack.py) for one round and keeps it when the
-victim is a two-layer network (its kinks all lie on global hyperplanes), so depth 1 is exactly the tuned
-two-layer attack, with its figures; `Config.depth_probe=False` skips that.
+are found, not given; a two-layer victim is the depth-1 case (its layer 0 is the last hidden layer; with its
+units affine in x the signs come from second_layer.flip_z, the two-layer attack's scalar flips). The tuned
+two-layer attack (attack.py) spends fewer queries on a victim known to have one hidden layer.
 
 Every query goes through the Oracle's __call__ (queries.Querier), counted per stage; every stage is bounded
 (rounds per layer, `max_depth`, the Querier's query and time limits) and ends with a one-line ExtractionError.
@@ -47,7 +47,6 @@ class Config:
     layers: stop after this many hidden layers with their signs (None: the whole network); the hybrid uses 1.
     sign_votes: most neuron-wiggle votes per unit and pass.
     check_points, check_rtol: the final check.
-    depth_probe: try the two-layer attack first (module docstring).
     max_queries, max_seconds: hard limits of the whole attack.
   """
   scale: float = 1.0
@@ -66,7 +65,6 @@ class Config:
   sign_votes: int = 24
   check_points: int = 512
   check_rtol: float = 1e-8
-  depth_probe: bool = True
   max_queries: Optional[int] = None
   max_seconds: Optional[float] = 600.0
 
@@ -106,24 +104,11 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
   """Recovers a ReLU network of any depth functionally equivalent to the oracle's victim (module docstring).
 
   Returns:
-    DeepExtraction; or, when the depth probe finds a two-layer victim, the two-layer attack's Extraction.
+    DeepExtraction.
   Raises an ExtractionError subclass (errors.py) when the oracle is not exact float64 piecewise linear, a limit is
   reached, a layer does not settle, the signs contradict, or the final check fails.
   """
-  if cfg.depth_probe and cfg.layers is None:
-    from functional_equivalence import attack as two_layer
-    result = two_layer.extract_or_deeper(oracle, input_dim, two_layer.Config(
-        scale=cfg.scale, domain=cfg.domain, line_reach=cfg.line_reach, lines_per_round=cfg.lines_per_round,
-        max_rounds=cfg.max_rounds, patience=cfg.patience, grad_step=cfg.grad_step, check_points=cfg.check_points,
-        check_rtol=cfg.check_rtol, max_queries=cfg.max_queries, max_seconds=cfg.max_seconds), seed)
-    if not isinstance(result, two_layer.Deeper):
-      return result
-    spent, spent_by_stage, spent_seconds = result.queries, result.queries_by_stage, result.seconds
-    limits = queries.Limits(None if cfg.max_queries is None else cfg.max_queries - spent,
-                            None if cfg.max_seconds is None else cfg.max_seconds - spent_seconds)
-  else:
-    spent, spent_by_stage, spent_seconds = 0, {}, 0.0
-    limits = queries.Limits(cfg.max_queries, cfg.max_seconds)
+  limits = queries.Limits(cfg.max_queries, cfg.max_seconds)
   q = queries.Querier(oracle, limits)
   dom = cfg.the_domain()
   rng = np.random.default_rng(seed)
@@ -186,12 +171,8 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
     stats.update(layer_residual=last.residual, paired_units=int(last.pairs.sum()), **checked)
   else:
     net = prefix
-  by_stage = dict(spent_by_stage)
-  for k, v in q.by_stage.items():
-    by_stage[k] = by_stage.get(k, 0) + v
-  stats["depth_probe_queries"] = spent
-  return DeepExtraction(net, spent + q.queries, spent_seconds + q.seconds, [len(t["row_error"]) for t in tables],
-                        stats, dom, by_stage, tables, methods)
+  return DeepExtraction(net, q.queries, q.seconds, [len(t["row_error"]) for t in tables], stats, dom,
+                        dict(q.by_stage), tables, methods)
 
 
 def _network(prefix, units, last: signs.LastLayer, differences: bool) -> network.DeepNet:

@@ -353,6 +353,15 @@ def locate(q, prefix, units: list, which: list, points, normals, room, cfg: Laye
   return hit, exact
 
 
+def near_anchors(u: Unit, center, scale: float, count: int = 4):
+  """The center and the unit's `count` precise points nearest to it, and a spread reaching the nearest: surface
+  points near the center keep the bias precise (a located kink's error grows like eps |h(x)|)."""
+  pts = sorted(u.points, key=lambda p: float(np.linalg.norm(p - center)))[:count]
+  anc = np.stack([center] + pts)
+  near = min([float(np.linalg.norm(p - center)) for p in pts], default=0.0)
+  return anc, 2 * scale * np.sqrt(len(center)) + near
+
+
 def _verify(q, prefix, cands: list, cfg: LayerConfig, rng, stats) -> list:
   """Tests each candidate at up to verify_points points spread over its surface (sequentially, all candidates
   at once). Returns per candidate 'unit' (verify_hits hits), 'facet' (too many misses) or 'pending' (too few
@@ -599,8 +608,7 @@ def refit(q, prefix, units: list, cfg: LayerConfig, rng, stats):
       u.extra_points = 0
       if want <= 0:
         continue
-      anc = np.stack([center] + [p for p in u.points[:4]])
-      spread = 2 * cfg.scale * np.sqrt(d) + float(np.median(np.linalg.norm(anc - center, axis=1)))
+      anc, spread = near_anchors(u, center, cfg.scale)
       x, nrm, room = surface_points(prefix, u, anc, want, spread, rng)
       xs.append(x); ns.append(nrm); rs.append(room); who += [j] * len(x)
     if not who:
@@ -636,15 +644,41 @@ def _correct(prefix, u: Unit):
   u.err = float(min(u.err, np.sqrt(np.max(np.diag(cov)[:k]))))
 
 
-def dedup(units: list) -> list:
-  """Merges units that are the same hyperplane (up to orientation), keeping the most precise."""
+def _close_units(a: Unit, b: Unit, rtol: float) -> bool:
+  """a and b are one hyperplane up to orientation: unit rows that agree within rtol on their common features."""
+  common = a.known & b.known
+  if common.sum() == 0:
+    return False
+  va = np.append(a.w[common], a.b)
+  vb = np.append(b.w[common], b.b)
+  va, vb = va / np.linalg.norm(va), vb / np.linalg.norm(vb)
+  return min(np.linalg.norm(va - vb), np.linalg.norm(va + vb)) <= rtol
+
+
+def _surface_misfit(prefix, u: Unit, points: np.ndarray) -> float:
+  """Largest |h(x) . w + b| / (|h(x)| + |b|) of the unit over precise surface points (0 on its own surface)."""
+  h = network.features(prefix, points).h
+  return float(np.max(np.abs(h @ u.w + u.b) / (np.linalg.norm(h, axis=1) + abs(u.b))))
+
+
+def dedup(prefix, units: list, rtol: float = 1e-4) -> list:
+  """Merges units that are the same hyperplane up to orientation (rows within rtol, or within their errors):
+  the one whose surface fits both units' precise points best is kept, with the other's points, and refitted (a
+  duplicate measured from a poorer kink may carry an error estimate that is too small)."""
   order = sorted(range(len(units)), key=lambda j: units[j].err)
   kept = []
   for j in order:
     u = units[j]
-    if any(match(k, u.w, u.known, u.b, u.err, 1.0) is not None for k in kept):
+    twin = next((k for k in kept if _close_units(k, u, rtol) or match(k, u.w, u.known, u.b, u.err, 1.0)
+                 is not None), None)
+    if twin is None:
+      kept.append(u)
       continue
-    kept.append(u)
+    pts = np.array(twin.points + u.points)
+    if len(pts) and _surface_misfit(prefix, u, pts) < _surface_misfit(prefix, twin, pts):
+      kept[kept.index(twin)], u, twin = u, twin, u
+    twin.points = twin.points + u.points
+    _correct(prefix, twin)
   return kept
 
 
@@ -674,5 +708,5 @@ def recover_layer(q, prefix, cfg: LayerConfig, dom, rng, stats, state: Optional[
         break
   complete(q, prefix, units, cfg, rng, stats)
   refit(q, prefix, units, cfg, rng, stats)
-  state.units[:] = dedup(units)
+  state.units[:] = dedup(prefix, units)
   return list(state.units)

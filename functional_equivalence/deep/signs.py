@@ -29,7 +29,7 @@ import scipy.linalg
 
 from functional_equivalence import second_layer
 from functional_equivalence.deep import network
-from functional_equivalence.deep.layer import Unit, prefix_distance, surface_points
+from functional_equivalence.deep.layer import Unit, near_anchors, prefix_distance, surface_points
 from functional_equivalence.errors import SignRecoveryError
 
 EPS = np.finfo(np.float64).eps
@@ -139,9 +139,7 @@ class SignVotes:
 def _test_points(prefix, u: Unit, need: int, scale: float, center, rng):
   pts = list(u.points)
   if len(pts) < need:
-    anc = np.stack([center] + pts[:4])
-    d = len(center)
-    spread = 2 * scale * np.sqrt(d) + float(np.median(np.linalg.norm(anc - center, axis=1)))
+    anc, spread = near_anchors(u, center, scale)
     x, _, _ = surface_points(prefix, u, anc, need - len(pts), spread, rng)
     pts += list(x)
   return pts
