@@ -47,6 +47,8 @@ class Config:
     layers: stop after this many hidden layers with their signs (None: the whole network); the hybrid uses 1.
     sign_votes: most neuron-wiggle votes per unit and pass.
     check_points, check_rtol: the final check.
+    repairs: after a failed final check, at most this many searches of the last hidden layer on lines through the
+      points where it failed, each followed by the output layer and the check again.
     max_queries, max_seconds: hard limits of the whole attack.
   """
   scale: float = 1.0
@@ -65,6 +67,7 @@ class Config:
   sign_votes: int = 24
   check_points: int = 512
   check_rtol: float = 1e-8
+  repairs: int = 3
   max_queries: Optional[int] = None
   max_seconds: Optional[float] = 600.0
 
@@ -92,7 +95,7 @@ class DeepExtraction:
 def _new_stats(probe_bits) -> dict:
   return dict(probe_bits=probe_bits, search_queries=0, gradient_queries=0, verify_queries=0, refine_queries=0,
               last_layer_queries=0, sign_queries=0, complete_queries=0, completed_features=0, kinks=0, kinks_off_known=0, rejected_kinks=0, facets=0,
-              exact_sign_tests=0, wiggle_sign_tests=0)
+              exact_sign_tests=0, wiggle_sign_tests=0, repair_rounds=0)
 
 
 def _append(prefix: network.DeepNet, units: list, s: np.ndarray) -> network.DeepNet:
@@ -161,13 +164,25 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
                           f"answers are not an affine function of the last recovered layer")
   differences = oracle.output == "probabilities"
   if last is not None:
-    net = _network(prefix, units, last, differences)
-    checked, bad = _final_check(q, net, surfaces, dom, cfg, rng, differences)
-    if len(bad):
-      raise ExtractionError(
-          f"final check failed, precision reached: 2^{np.log2(checked['check_error']):.1f}: the recovered "
-          f"{net.shape_text} network is off by {checked['check_error']:.2g} (relative, limit {cfg.check_rtol:g}) "
-          f"at fresh points of the domain {dom.describe()} (units missed, or a noisy oracle?)")
+    first_last = len(surfaces) - len(units)
+    for repair in range(cfg.repairs + 1):
+      net = _network(prefix, units, last, differences)
+      checked, bad = _final_check(q, net, surfaces, dom, cfg, rng, differences)
+      if not len(bad):
+        break
+      if repair == cfg.repairs:
+        raise ExtractionError(
+            f"final check failed, precision reached: 2^{np.log2(checked['check_error']):.1f}: the recovered "
+            f"{net.shape_text} network is off by {checked['check_error']:.2g} (relative, limit "
+            f"{cfg.check_rtol:g}) at fresh points of the domain {dom.describe()} after {cfg.repairs} repairs "
+            f"(units missed, or a noisy oracle?)")
+      # a point where the recovery is wrong is on the active side of a missed unit: lines through it
+      stats["repair_rounds"] += 1
+      state.lines = check.lines_towards_center(bad[:4 * cfg.lines_per_round], dom, cfg.scale, rng)
+      units = layers.recover_layer(q, prefix, lcfg, dom, rng, stats, state)
+      last = signs.last_layer(q, prefix, units, cfg.scale, center, rng, stats, dom=dom)
+      surfaces = surfaces[:first_last] + [(prefix, u) for u in units]
+      tables[-1].update(row_error=[u.err for u in units], features_seen=[int(u.known.sum()) for u in units])
     stats.update(layer_residual=last.residual, paired_units=int(last.pairs.sum()), **checked)
   else:
     net = prefix

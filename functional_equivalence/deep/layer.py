@@ -409,11 +409,14 @@ def _round(q, prefix, state: "LayerState", cfg: LayerConfig, dom, rng, stats) ->
   units = state.units
   d = len(cfg.center)
   center = cfg.center
-  if hasattr(dom, "low"):
-    starts = rng.uniform(dom.low, dom.high, size=(cfg.lines_per_round, d))
+  if state.lines is not None:                    # lines asked for (through points where the final check failed)
+    (starts, dirs), state.lines = state.lines, None
   else:
-    starts = center + cfg.scale * rng.normal(size=(cfg.lines_per_round, d))
-  dirs = rng.normal(size=(cfg.lines_per_round, d)) * cfg.scale
+    if hasattr(dom, "low"):
+      starts = rng.uniform(dom.low, dom.high, size=(cfg.lines_per_round, d))
+    else:
+      starts = center + cfg.scale * rng.normal(size=(cfg.lines_per_round, d))
+    dirs = rng.normal(size=(cfg.lines_per_round, d)) * cfg.scale
   ranges = np.tile([-cfg.reach, cfg.reach], (len(starts), 1))
   q0 = q.queries
   kinks = search.find_kinks(q, starts, dirs, ranges, far=cfg.far, center=center)
@@ -474,10 +477,12 @@ def _round(q, prefix, state: "LayerState", cfg: LayerConfig, dom, rng, stats) ->
 
 @dataclasses.dataclass
 class LayerState:
-  """The units found (verified), the candidates not yet testable (pending) and those that failed (facets)."""
+  """The units found (verified), the candidates not yet testable (pending) and those that failed (facets), and
+  lines (starts, dirs) that the next round searches instead of random ones."""
   units: list = dataclasses.field(default_factory=list)
   pending: list = dataclasses.field(default_factory=list)
   facets: list = dataclasses.field(default_factory=list)
+  lines: Optional[tuple] = None
 
 
 def _last_grad(prefix, x):

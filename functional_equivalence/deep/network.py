@@ -64,9 +64,18 @@ def logits(net: DeepNet, x) -> np.ndarray:
   return h @ net.weights[-1] + net.biases[-1]
 
 
-def backend(net: DeepNet) -> Callable[[np.ndarray], np.ndarray]:
-  """A batched float64 oracle backend x (N, d) -> logits (N, k)."""
-  return lambda x: logits(net, x)
+def backend(net: DeepNet, dtype=np.float64) -> Callable[[np.ndarray], np.ndarray]:
+  """A batched oracle backend x (N, d) -> logits (N, k); `dtype=np.float32` simulates a float32 deployment."""
+  if dtype == np.float64:
+    return lambda x: logits(net, x)
+  net32 = DeepNet(tuple(np.asarray(w, dtype) for w in net.weights), tuple(np.asarray(b, dtype) for b in net.biases))
+
+  def answer(x):
+    h = np.asarray(x, dtype).reshape(len(x), -1)
+    for w, b in zip(net32.weights[:-1], net32.biases[:-1]):
+      h = np.maximum(h @ w + b, 0)
+    return h @ net32.weights[-1] + net32.biases[-1]
+  return answer
 
 
 def preactivations(net: DeepNet, x) -> list:
@@ -136,6 +145,27 @@ def check_net(net: DeepNet, source: str = "victim") -> DeepNet:
   if len(ws) < 2:
     raise VictimFileError(f"{source}: a ReLU network needs at least w0, b0, w1, b1 (got {len(ws)} layer(s))")
   return DeepNet(tuple(ws), tuple(bs))
+
+
+def load_any_npz(path):
+  """A victim npz of any depth: a TwoLayerNet (victims.load_npz, its messages) when it holds exactly w0, b0, w1,
+  b1, else a DeepNet (`load_npz`). VictimFileError (one line) for a bad file."""
+  from functional_equivalence import victims
+  path = pathlib.Path(path)
+  if path.is_file() and zipfile.is_zipfile(path):
+    try:
+      with np.load(path, allow_pickle=False) as f:
+        names = set(f.files)
+    except Exception as e:
+      raise VictimFileError(f"{path}: not a readable npz file ({type(e).__name__}: {e})") from None
+    if any(re.fullmatch(r"[wb]([2-9]|\d\d+)", n) for n in names):
+      return load_npz(path)
+  return victims.load_npz(path)
+
+
+def as_deep(net) -> DeepNet:
+  """A TwoLayerNet as a DeepNet of depth 1; a DeepNet as it is."""
+  return net if isinstance(net, DeepNet) else from_two_layer(net)
 
 
 def load_npz(path) -> DeepNet:
