@@ -106,6 +106,7 @@ def weight_error(true: DeepNet, rec: DeepNet, x: np.ndarray, differences: bool =
       (w, b), (tw, tb) = _second_layer(w, b, differences), _second_layer(tw, tb, differences)
     errors.append(float(max(np.max(np.abs(w - tw), initial=0.0), np.max(np.abs(b - tb), initial=0.0))))
   err = max(errors) if complete else math.inf
-  return dict(max_weight_error=err, weight_error_bits=64.0 if err <= 0 else -math.log2(err), errors=errors,
+  bits = 64.0 if err <= 0 else 0.0 if not math.isfinite(err) else -math.log2(err)
+  return dict(max_weight_error=err, weight_error_bits=bits, errors=errors,
               true_units=list(true.sizes[1:-1]), inert_true_units=inert, matched_units=matched, extra_units=extra,
               sign_flipped_units=flipped, recovered_units=list(rec.sizes[1:-1]))

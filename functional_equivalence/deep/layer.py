@@ -417,8 +417,9 @@ def _round(q, prefix, state: "LayerState", cfg: LayerConfig, dom, rng, stats) ->
     else:
       starts = center + cfg.scale * rng.normal(size=(cfg.lines_per_round, d))
     dirs = rng.normal(size=(cfg.lines_per_round, d)) * cfg.scale
-  ranges = np.tile([-cfg.reach, cfg.reach], (len(starts), 1))
+  from functional_equivalence import attack  # lines shortened where probabilities would underflow
   q0 = q.queries
+  ranges = attack._line_ranges(q, starts, dirs, cfg.reach)
   kinks = search.find_kinks(q, starts, dirs, ranges, far=cfg.far, center=center)
   stats["search_queries"] += q.queries - q0
   stats["kinks"] += len(kinks.t)
