@@ -153,6 +153,27 @@ def digits_data(seed: int = 0, test_fraction: float = 0.25):
   return x[train], y[train], x[test], y[test]
 
 
+def adam_full_batch(loss_fn, params, steps: int, learning_rate: float):
+  """`steps` jitted full-batch Adam (optax) steps on loss_fn(params); FloatingPointError if the loss ends
+  non-finite. Call inside `jax.enable_x64(True)` for float64 training."""
+  import jax
+  import optax
+  opt = optax.adam(learning_rate)
+
+  @jax.jit
+  def step(p, state):
+    loss, grads = jax.value_and_grad(loss_fn)(p)
+    updates, state = opt.update(grads, state, p)
+    return optax.apply_updates(p, updates), state, loss
+
+  state, loss = opt.init(params), np.nan
+  for _ in range(steps):
+    params, state, loss = step(params, state)
+  if not np.isfinite(float(loss)):
+    raise FloatingPointError(f"training diverged (loss {float(loss)})")
+  return params
+
+
 def train_two_layer(x, y, hidden: int, seed: int = 0, steps: int = 300, learning_rate: float = 1e-2,
                     num_classes: int | None = None) -> TwoLayerNet:
   """Trains a two-layer ReLU net with full-batch Adam (optax) on softmax cross-entropy, in float64.
@@ -175,23 +196,12 @@ def train_two_layer(x, y, hidden: int, seed: int = 0, steps: int = 300, learning
               "w1": jax.random.normal(key1, (hidden, k), jnp.float64) / jnp.sqrt(hidden),
               "b1": jnp.zeros(k, jnp.float64)}
     xs, ys = jnp.asarray(x, jnp.float64), jnp.asarray(y)
-    opt = optax.adam(learning_rate)
 
     def loss_fn(p):
       out = jax.nn.relu(xs @ p["w0"] + p["b0"]) @ p["w1"] + p["b1"]
       return optax.softmax_cross_entropy_with_integer_labels(out, ys).mean()
 
-    @jax.jit
-    def step(p, state):
-      loss, grads = jax.value_and_grad(loss_fn)(p)
-      updates, state = opt.update(grads, state, p)
-      return optax.apply_updates(p, updates), state, loss
-
-    state = opt.init(params)
-    for _ in range(steps):
-      params, state, loss = step(params, state)
-    if not np.isfinite(float(loss)):
-      raise FloatingPointError(f"training diverged (loss {float(loss)})")
+    params = adam_full_batch(loss_fn, params, steps, learning_rate)
     return check_net(TwoLayerNet(*(np.asarray(params[n], np.float64) for n in ARRAYS)), "trained victim")
 
 

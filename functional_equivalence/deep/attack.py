@@ -26,38 +26,33 @@ from typing import Optional
 import numpy as np
 
 from extraction.oracle import Oracle
+from functional_equivalence import attack as two_layer
 from functional_equivalence import check, queries
 from functional_equivalence import domain as domains
 from functional_equivalence.deep import layer as layers
 from functional_equivalence.deep import network, signs
-from functional_equivalence.errors import ExtractionError, SignRecoveryError
+from functional_equivalence.errors import ExtractionError
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-  """Attack settings (see attack.Config for the shared ones).
+class Config(two_layer.Config):
+  """Attack settings: the two-layer attack's (attack.Config: scale, domain, line_reach, max_rounds and patience per
+  layer, grad_step, check_rtol, repairs, max_queries, max_seconds), for every layer, and:
 
   Attributes:
-    scale, domain, line_reach, lines_per_round, max_rounds (per layer), patience, grad_step: as the two-layer
-      attack's, for every layer.
+    lines_per_round: lines a round (4: a deeper unit's surface is crossed by fewer lines than a hyperplane).
     verify_points, verify_hits, refit_points: layer.LayerConfig.
     max_depth: at most this many hidden layers are peeled before giving up.
     extra_searches: when the answers are not yet an affine function of a layer's units, the layer's search goes
       on this many more times (until `patience` more quiet rounds each) before a deeper layer is assumed.
-    layers: stop after this many hidden layers with their signs (None: the whole network); the hybrid uses 1.
+    layers: stop after this many hidden layers with their signs (None: the whole network).
     sign_votes: most neuron-wiggle votes per unit and pass.
-    check_points, check_rtol: the final check.
+    check_points: points of the final check over the domain (more than the two-layer attack's: a deep unit can
+      be active on a small part of the domain only).
     repairs: after a failed final check, at most this many searches of the last hidden layer on lines through the
       points where it failed, each followed by the output layer and the check again.
-    max_queries, max_seconds: hard limits of the whole attack.
   """
-  scale: float = 1.0
-  domain: Optional[domains.Domain] = None
-  line_reach: float = 64.0
   lines_per_round: int = 4
-  max_rounds: int = 40
-  patience: int = 2
-  grad_step: float = 1e-3
   verify_points: int = 6
   verify_hits: int = 3
   refit_points: int = 8
@@ -66,13 +61,6 @@ class Config:
   layers: Optional[int] = None
   sign_votes: int = 24
   check_points: int = 512
-  check_rtol: float = 1e-8
-  repairs: int = 3
-  max_queries: Optional[int] = None
-  max_seconds: Optional[float] = 600.0
-
-  def the_domain(self) -> domains.Domain:
-    return self.domain if self.domain is not None else domains.Ball(1000.0 * self.scale)
 
 
 @dataclasses.dataclass

@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 
 from functional_equivalence.errors import VictimFileError
-from functional_equivalence.victims import TwoLayerNet
+from functional_equivalence.victims import TwoLayerNet, adam_full_batch
 
 
 class DeepNet(NamedTuple):
@@ -281,7 +281,6 @@ def train(x, y, hidden: Sequence[int], seed: int = 0, steps: int = 300, learning
     params = ([jax.random.normal(kk, (a, b), jnp.float64) * jnp.sqrt(2.0 / a)
                for kk, a, b in zip(keys, sizes[:-1], sizes[1:])], [jnp.zeros(b, jnp.float64) for b in sizes[1:]])
     xs, ys = jnp.asarray(x, jnp.float64), jnp.asarray(y)
-    opt = optax.adam(learning_rate)
 
     def loss_fn(p):
       h = xs
@@ -289,17 +288,7 @@ def train(x, y, hidden: Sequence[int], seed: int = 0, steps: int = 300, learning
         h = jax.nn.relu(h @ w + b)
       return optax.softmax_cross_entropy_with_integer_labels(h @ p[0][-1] + p[1][-1], ys).mean()
 
-    @jax.jit
-    def step(p, state):
-      loss, grads = jax.value_and_grad(loss_fn)(p)
-      updates, state = opt.update(grads, state, p)
-      return optax.apply_updates(p, updates), state, loss
-
-    state = opt.init(params)
-    for _ in range(steps):
-      params, state, loss = step(params, state)
-    if not np.isfinite(float(loss)):
-      raise FloatingPointError(f"training diverged (loss {float(loss)})")
+    params = adam_full_batch(loss_fn, params, steps, learning_rate)
     ws, bs = (tuple(np.asarray(a, np.float64) for a in part) for part in params)
   return check_net(DeepNet(ws, bs), "trained victim")
 
