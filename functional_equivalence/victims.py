@@ -105,6 +105,17 @@ def load_npz(path) -> TwoLayerNet:
   Raises:
     VictimFileError: one-line message for a missing/unreadable file, a missing array, a shape mismatch or NaNs.
   """
+  def pick(f, path):
+    missing = [n for n in ARRAYS if n not in f.files]
+    if missing:
+      raise VictimFileError(f"{path}: missing array(s) {', '.join(missing)} (has {', '.join(f.files) or 'none'})")
+    return TwoLayerNet(*(f[n] for n in ARRAYS))
+  return check_net(read_npz(path, pick), str(path))
+
+
+def read_npz(path, pick):
+  """pick(opened npz, path) on the npz file at `path`; VictimFileError (one line) for a missing, non-zip or
+  unreadable file (and whatever VictimFileError pick raises)."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise VictimFileError(f"victim file {str(path)!r} does not exist")
@@ -112,15 +123,11 @@ def load_npz(path) -> TwoLayerNet:
     raise VictimFileError(f"{path}: not an npz file (not a zip archive)")
   try:
     with np.load(path, allow_pickle=False) as f:
-      missing = [n for n in ARRAYS if n not in f.files]
-      if missing:
-        raise VictimFileError(f"{path}: missing array(s) {', '.join(missing)} (has {', '.join(f.files) or 'none'})")
-      net = TwoLayerNet(*(f[n] for n in ARRAYS))
+      return pick(f, path)
   except VictimFileError:
     raise
-  except Exception as e:  # not a zip, truncated, pickled objects...
+  except Exception as e:  # truncated, pickled objects...
     raise VictimFileError(f"{path}: not a readable npz file ({type(e).__name__}: {e})") from None
-  return check_net(net, str(path))
 
 
 def save_npz(path, net: TwoLayerNet) -> pathlib.Path:

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import pathlib
 import re
-import zipfile
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
 from functional_equivalence.errors import VictimFileError
-from functional_equivalence.victims import TwoLayerNet, adam_full_batch
+from functional_equivalence.victims import TwoLayerNet, adam_full_batch, read_npz
 
 
 class DeepNet(NamedTuple):
@@ -151,15 +150,9 @@ def load_any_npz(path):
   """A victim npz of any depth: a TwoLayerNet (victims.load_npz, its messages) when it holds exactly w0, b0, w1,
   b1, else a DeepNet (`load_npz`). VictimFileError (one line) for a bad file."""
   from functional_equivalence import victims
-  path = pathlib.Path(path)
-  if path.is_file() and zipfile.is_zipfile(path):
-    try:
-      with np.load(path, allow_pickle=False) as f:
-        names = set(f.files)
-    except Exception as e:
-      raise VictimFileError(f"{path}: not a readable npz file ({type(e).__name__}: {e})") from None
-    if any(re.fullmatch(r"[wb]([2-9]|\d\d+)", n) for n in names):
-      return load_npz(path)
+  names = victims.read_npz(path, lambda f, _: set(f.files))
+  if any(re.fullmatch(r"[wb]([2-9]|\d\d+)", n) for n in names):
+    return load_npz(path)
   return victims.load_npz(path)
 
 
@@ -174,28 +167,18 @@ def load_npz(path) -> DeepNet:
   Raises:
     VictimFileError: one-line message for a missing/unreadable file, missing or stray arrays, shape mismatches, NaNs.
   """
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise VictimFileError(f"victim file {str(path)!r} does not exist")
-  if not zipfile.is_zipfile(path):
-    raise VictimFileError(f"{path}: not an npz file (not a zip archive)")
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      names = set(f.files)
-      layers = sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"w(\d+)", n)))
-      if not layers:
-        raise VictimFileError(f"{path}: missing arrays w0, b0, w1, b1 (has {', '.join(sorted(names)) or 'none'})")
-      expected = [f"{p}{i}" for i in range(max(layers) + 1) for p in ("w", "b")]
-      missing = [n for n in expected if n not in names]
-      if missing:
-        raise VictimFileError(f"{path}: missing array(s) {', '.join(missing)} (has {', '.join(sorted(names))})")
-      net = DeepNet(tuple(f[f"w{i}"] for i in range(max(layers) + 1)),
-                    tuple(f[f"b{i}"] for i in range(max(layers) + 1)))
-  except VictimFileError:
-    raise
-  except Exception as e:  # truncated, pickled objects...
-    raise VictimFileError(f"{path}: not a readable npz file ({type(e).__name__}: {e})") from None
-  return check_net(net, str(path))
+  def pick(f, path):
+    names = set(f.files)
+    layers = sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"w(\d+)", n)))
+    if not layers:
+      raise VictimFileError(f"{path}: missing arrays w0, b0, w1, b1 (has {', '.join(sorted(names)) or 'none'})")
+    expected = [f"{p}{i}" for i in range(max(layers) + 1) for p in ("w", "b")]
+    missing = [n for n in expected if n not in names]
+    if missing:
+      raise VictimFileError(f"{path}: missing array(s) {', '.join(missing)} (has {', '.join(sorted(names))})")
+    return DeepNet(tuple(f[f"w{i}"] for i in range(max(layers) + 1)),
+                   tuple(f[f"b{i}"] for i in range(max(layers) + 1)))
+  return check_net(read_npz(path, pick), str(path))
 
 
 def save_npz(path, net: DeepNet) -> pathlib.Path:
