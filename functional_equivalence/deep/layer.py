@@ -171,7 +171,6 @@ def measure(q, prefix: network.DeepNet, kinks: search.Kinks, starts, dirs, range
   jac_h = [None] * len(need)
   noise = np.full(len(need), np.inf)
   usable = np.zeros(len(need), bool)
-  scales = [None] * len(need)
   if not prefix.weights:
     q0 = q.queries
     jac, ok, _, nz = recover.gradients(q, points, eps, rng)

@@ -29,7 +29,7 @@ import scipy.linalg
 
 from functional_equivalence import second_layer
 from functional_equivalence.deep import network
-from functional_equivalence.deep.layer import Unit, near_anchors, prefix_distance, surface_points
+from functional_equivalence.deep.layer import Unit, near_anchors, surface_points
 from functional_equivalence.errors import SignRecoveryError
 
 EPS = np.finfo(np.float64).eps
