@@ -7,7 +7,8 @@ or the widths, equivalence claimed on the ball of radius 1000:
 1. random Gaussian networks (deep.network.random_net) of --random_sizes, --seeds seeds each: the success rate;
 2. the network sizes of Carlini, Jagielski, Mironov (CRYPTO 2020), trained as their train_models.py trains theirs
    (deep.network.cme_net: memorising 20 random points, our own optax code);
-3. networks trained on scikit-learn digits (64 inputs; with --big also 784 inputs, the 8x8 images upsampled).
+3. networks trained on scikit-learn digits (64 inputs; with --big also 784 inputs, the 8x8 images upsampled);
+4. the first hidden layer only of digits networks (--first_layer_hidden): units matched, their largest error.
 Per run: status (ok, or the error's type and message), queries (log2), widths found, how each layer's signs were
 found, max aligned weight error per layer and overall (bits), top-1 (one output: sign) agreement and max |logit
 difference| on --eval_inputs inputs ~ N(0, I) and on --domain_inputs points over the ball, seconds (attack only).
@@ -31,6 +32,8 @@ flags.DEFINE_integer("seeds", 5, "Seeds per random size.")
 flags.DEFINE_list("cme_sizes", ["10-10-10-1", "10-20-20-1", "40-20-10-10-1", "80-40-20-1"],
                   "Sizes of the CME-style trained victims.")
 flags.DEFINE_list("digits_hidden", ["16-16", "32-32"], "Hidden widths of the digits victims (64 inputs).")
+flags.DEFINE_list("first_layer_hidden", ["128-128"], "Digits victims whose first hidden layer only is recovered "
+                  "(Config.layers=1, the first stage a hybrid FE + learning would use).")
 flags.DEFINE_bool("big", False, "Also the 784-32-32-10 digits victim (upsampled images).")
 flags.DEFINE_integer("eval_inputs", 1_000_000, "Inputs ~ N(0, I) for agreement.")
 flags.DEFINE_integer("domain_inputs", 100_000, "Points over the ball (spheres of radii 1 .. 1000) for agreement.")
@@ -57,8 +60,9 @@ def _agreement(net, rec, x):
   return same / len(x), worst
 
 
-def run_one(name: str, net, seed: int) -> dict:
-  """One attack and its evaluation (module docstring)."""
+def run_one(name: str, net, seed: int, layers=None) -> dict:
+  """One attack and its evaluation (module docstring); with layers=1 the first hidden layer only (its units
+  matched to the victim's by direction, its largest aligned error)."""
   from extraction.oracle import Oracle
   from functional_equivalence import domain
   from functional_equivalence.deep import align, attack, network
@@ -78,13 +82,26 @@ def run_one(name: str, net, seed: int) -> dict:
                                                                   zip(net.weights, net.biases))), seed=seed)
   start = time.time()
   try:
-    result = attack.extract(oracle, net.sizes[0], attack.Config(max_seconds=FLAGS.max_seconds), seed=attack_seed)
+    result = attack.extract(oracle, net.sizes[0], attack.Config(max_seconds=FLAGS.max_seconds, layers=layers),
+                            seed=attack_seed)
   except Exception as e:  # reported as a row, the benchmark goes on
     row.update(status=f"{type(e).__name__}: {str(e)[:160]}", queries=counter.rows,
                queries_log2=round(math.log2(max(counter.rows, 1)), 2), seconds=round(time.time() - start, 1))
     return row
   seconds = time.time() - start
   assert result.queries == counter.rows
+  if layers == 1:
+    true, rec = align.canonical(net)[0].weights[0], result.net.weights[0]
+    rec_b = result.net.biases[0] / np.linalg.norm(rec, axis=0)
+    rec = rec / np.linalg.norm(rec, axis=0)
+    true_b = align.canonical(net)[0].biases[0]
+    best = np.argmax(true.T @ rec, axis=1)
+    errs = np.maximum(np.max(np.abs(true - rec[:, best]), axis=0), np.abs(true_b - rec_b[best]))
+    row.update(status="ok", queries=result.queries, queries_log2=round(math.log2(result.queries), 2),
+               widths_found=f"{rec.shape[1]} (first layer only)", signs="+".join(result.sign_methods[0]),
+               layer_errors=[float(f"{np.max(errs):.3g}")], units_matched=int(np.sum(errs < 1e-6)),
+               error_bits=round(-math.log2(max(float(np.max(errs)), 1e-300)), 1), seconds=round(seconds, 1))
+    return row
   rng = np.random.default_rng(eval_seed)
   d = net.sizes[0]
   x = rng.normal(size=(FLAGS.eval_inputs, d))
@@ -118,9 +135,16 @@ def victims():
     yield "digits 28x28", net, 0
 
 
+def first_layer_victims():
+  from functional_equivalence.deep import network
+  for hidden in FLAGS.first_layer_hidden:
+    net, _ = network.digits_net(0, [int(h) for h in hidden.split("-")])
+    yield "digits, first layer", net, 0
+
+
 def markdown(rows, command, info, seconds) -> str:
   cols = ["victim", "shape", "parameters", "seed", "status", "queries_log2", "widths_found", "signs", "layer_errors",
-          "error_bits", "agreement", "domain_agreement", "max_logit_error", "domain_max_logit_error", "seconds"]
+          "error_bits", "units_matched", "agreement", "domain_agreement", "max_logit_error", "domain_max_logit_error", "seconds"]
   lines = ["# Deep functionally-equivalent extraction (issue 14)", "", f"Command: `{command}`", "",
            f"Machine: {info['cpu']}, {info['cpu_count']} cores, load average {info['load_average']}; total "
            f"{seconds:.0f} s.", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -145,9 +169,11 @@ def main(argv):
   rows = []
   with jax.enable_x64(True):
     for name, net, seed in victims():
-      row = run_one(name, net, seed)
-      print(json.dumps(row), flush=True)
-      rows.append(row)
+      rows.append(run_one(name, net, seed))
+      print(json.dumps(rows[-1]), flush=True)
+    for name, net, seed in first_layer_victims():
+      rows.append(run_one(name, net, seed, layers=1))
+      print(json.dumps(rows[-1]), flush=True)
   seconds = time.time() - start
   info = machine("jax", "numpy", "scipy")
   RESULTS.mkdir(parents=True, exist_ok=True)
