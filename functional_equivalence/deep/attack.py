@@ -7,9 +7,12 @@ Layer by layer ("peeling", Carlini, Jagielski, Mironov 2020), each layer with th
   2. its signs: if the answers are an affine function of [relu(p_hat), p_hat] the layer is the last hidden one
      and the same least squares gives the signs and the output layer (signs.last_layer); otherwise the signs come
      from the isolation tests of signs.hidden_signs (exact where the layer is contractive, neuron-wiggle votes
-     where it is not) and the next layer is recovered on top.
-Then the whole network is checked against the oracle over the domain (check.compare). The depth and every width
-are found, not given; a two-layer victim is the depth-1 case (its layer 0 is the last hidden layer; with its
+     where it is not) and the next layer is recovered on top. A layer whose fit leaves a residual is searched
+     again (`extra_searches`) before a deeper layer is assumed: a unit active on a small part of the domain only.
+Then the whole network is checked against the oracle over the domain (check.compare), with `repairs` searches of
+the last hidden layer through the points where the check failed. What works (two hidden layers, a first layer no
+wider than the input) and what does not yet (3+ hidden layers, expanding layers' signs): docs/fe_deep.md.
+The depth and every width are found, not given; a two-layer victim is the depth-1 case (its layer 0 is the last hidden layer; with its
 units affine in x the signs come from second_layer.flip_z, the two-layer attack's scalar flips). The tuned
 two-layer attack (attack.py) spends fewer queries on a victim known to have one hidden layer.
 
