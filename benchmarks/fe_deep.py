@@ -144,7 +144,8 @@ def first_layer_victims():
 
 def markdown(rows, command, info, seconds) -> str:
   cols = ["victim", "shape", "parameters", "seed", "status", "queries_log2", "widths_found", "signs", "layer_errors",
-          "error_bits", "units_matched", "agreement", "domain_agreement", "max_logit_error", "domain_max_logit_error", "seconds"]
+          "error_bits", "units_matched", "agreement", "domain_agreement", "max_logit_error", "domain_max_logit_error",
+          "seconds"]
   lines = ["# Deep functionally-equivalent extraction (issue 14)", "", f"Command: `{command}`", "",
            f"Machine: {info['cpu']}, {info['cpu_count']} cores, load average {info['load_average']}; total "
            f"{seconds:.0f} s.", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

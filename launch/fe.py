@@ -9,18 +9,20 @@ The victim is read from --victim_npz (arrays w0, b0, ..., wL, bL; logits = relu(
 two-layer: w0 (d,h), b0 (h,), w1 (h,k), b1 (k,)), drawn at random (--fe_victim=random, --fe_input_dim, --fe_hidden
 or --fe_layers, --fe_outputs), trained on scikit-learn digits (--fe_victim=digits, --fe_hidden or --fe_layers), or,
 with --oracle_url and no --victim_npz, unknown: a pure black-box attack on a served network, d from the service (or
---fe_input_dim). The attack sees the victim only through an Oracle. --fe_attack=deep (default) is not told the
-depth or the widths (functional_equivalence/deep/, layer by layer); --fe_attack=two_layer is the paper's attack,
-which assumes one hidden layer (fewer queries when it holds, and the certificate of certify.py). The domain of the claim is the ball of radius --fe_radius (default 1000 * --fe_scale) or the box --fe_box.
-Writes <workdir>/recovered.npz (same convention; in probabilities mode class 0's column of the output layer and its
-bias are 0), <workdir>/units.json (two-layer: per hidden unit kind, estimated row error, effect on the domain,
-negligible; deep: per layer the units' estimated errors, features seen and sign methods) and, with a known victim,
+--fe_input_dim). The attack sees the victim only through an Oracle. --fe_attack=deep (default) is not told the depth
+or the widths (functional_equivalence/deep/, layer by layer); --fe_attack=two_layer is the paper's attack, which
+assumes one hidden layer (fewer queries when it holds, and the certificate of certify.py). The domain of the claim
+is the ball of radius --fe_radius (default 1000 * --fe_scale) or the box --fe_box. Writes <workdir>/recovered.npz
+(same convention; in probabilities mode class 0's column of the output layer and its bias are 0),
+<workdir>/units.json (two-layer: per hidden unit kind, estimated row error, effect on the domain, negligible; deep:
+per layer the units' estimated errors, features seen and sign methods) and, with a known victim,
 <workdir>/victim.npz; returns one result row: what needs no ground truth (queries per stage, units, the final
-check's error, the domain, seconds) and, with a known victim, the aligned weight errors per array (deep: per
-layer), agreement on random inputs and over the domain, and (two-layer) the worst-case certificate (certify.py). Victim, attack and
-evaluation draw independent random streams (--seed for the victim; the attack's and evaluation's seeds are derived
-from it unless --fe_attack_seed / --fe_eval_seed are given). An attack that cannot succeed (float32/noisy oracle,
-non-ReLU victim, limits) raises an `ExtractionError`, which launch.run reports in one line with exit code 1.
+check's error, the domain, seconds) and, with a known victim, the aligned weight errors per array (deep: per layer),
+agreement on random inputs and over the domain, and (two-layer) the worst-case certificate (certify.py). Victim,
+attack and evaluation draw independent random streams (--seed for the victim; the attack's and evaluation's seeds
+are derived from it unless --fe_attack_seed / --fe_eval_seed are given). An attack that cannot succeed
+(float32/noisy oracle, non-ReLU victim, limits) raises an `ExtractionError`, which launch.run reports in one line
+with exit code 1.
 Float64 throughout (the run is wrapped in a scoped `jax.enable_x64(True)`).
 """
 from __future__ import annotations

@@ -12,9 +12,9 @@ Layer by layer ("peeling", Carlini, Jagielski, Mironov 2020), each layer with th
 Then the whole network is checked against the oracle over the domain (check.compare), with `repairs` searches of
 the last hidden layer through the points where the check failed. What works (two hidden layers, a first layer no
 wider than the input) and what does not yet (3+ hidden layers, expanding layers' signs): docs/fe_deep.md.
-The depth and every width are found, not given; a two-layer victim is the depth-1 case (its layer 0 is the last hidden layer; with its
-units affine in x the signs come from second_layer.flip_z, the two-layer attack's scalar flips). The tuned
-two-layer attack (attack.py) spends fewer queries on a victim known to have one hidden layer.
+The depth and every width are found, not given; a two-layer victim is the depth-1 case (its layer 0 is the last
+hidden layer; with its units affine in x the signs come from second_layer.flip_z, the two-layer attack's scalar
+flips). The tuned two-layer attack (attack.py) spends fewer queries on a victim known to have one hidden layer.
 
 Every query goes through the Oracle's __call__ (queries.Querier), counted per stage; every stage is bounded
 (rounds per layer, `max_depth`, the Querier's query and time limits) and ends with a one-line ExtractionError.
@@ -85,7 +85,8 @@ class DeepExtraction:
 
 def _new_stats(probe_bits) -> dict:
   return dict(probe_bits=probe_bits, search_queries=0, gradient_queries=0, verify_queries=0, refine_queries=0,
-              last_layer_queries=0, sign_queries=0, complete_queries=0, completed_features=0, kinks=0, kinks_off_known=0, rejected_kinks=0, facets=0,
+              last_layer_queries=0, sign_queries=0, complete_queries=0, completed_features=0, kinks=0,
+              kinks_off_known=0, rejected_kinks=0, facets=0,
               exact_sign_tests=0, wiggle_sign_tests=0, repair_rounds=0)
 
 
