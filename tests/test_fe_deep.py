@@ -16,19 +16,9 @@ from functional_equivalence import domain, queries
 from functional_equivalence.deep import align, attack, network, signs
 from functional_equivalence.deep import layer as layers
 from functional_equivalence.errors import ExtractionError, LimitReachedError
+from tests.counting import CountingBackend
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-
-
-class CountingBackend:
-  """Counts the rows it answers itself, independently of the Oracle's own count."""
-
-  def __init__(self, backend):
-    self.backend, self.rows = backend, 0
-
-  def __call__(self, x):
-    self.rows += len(x)
-    return self.backend(x)
 
 
 def _extract(net, seed=7, **cfg):

@@ -10,17 +10,9 @@ from absl.testing import flagsaver
 from extraction.oracle import Oracle
 from functional_equivalence.deep import hybrid, network
 from launch import experiments, hybrid as hybrid_launch  # noqa: F401  (registers hybrid)
+from tests.counting import CountingBackend
 
 FLAGS = flags.FLAGS
-
-
-class CountingBackend:
-  def __init__(self, backend):
-    self.backend, self.rows = backend, 0
-
-  def __call__(self, x):
-    self.rows += len(x)
-    return self.backend(x)
 
 
 @pytest.fixture(scope="module")
