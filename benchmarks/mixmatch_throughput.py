@@ -289,7 +289,7 @@ def to_markdown(result: dict) -> str:
       "Step: B labeled + K=2 x B unlabeled 32x32x3 images (all counted), float32, median over rounds, "
       "warm-up/compile excluded. Each JAX variant runs in its own process (its XLA_FLAGS) against the same PyTorch "
       "step: `jit` one XLA device; `N CPU devices` the batch split over N XLA CPU devices (data parallel, as the "
-      "launcher's default --cpu_devices does); `onednn` XLA's oneDNN flag; `lax.scan` the step inside a scan (as "
+      "launcher's --cpu_devices=N does); `onednn` XLA's oneDNN flag; `lax.scan` the step inside a scan (as "
       "--steps_per_call runs it); `model fwd+bwd` only the forward and backward pass of the model on the 3B "
       "images, in both frameworks (the convolutions' share of the step).", "",
       "| model | variant | params (JAX / torch) | timed steps | JAX s/step | JAX images/s | torch s/step "

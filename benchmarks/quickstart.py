@@ -24,6 +24,8 @@ flags.DEFINE_string("flagfile_name", "quickstart.flags", "Flagfile in configs/."
 flags.DEFINE_string("workdir", "/tmp/bench_quickstart", "Fresh workdir (deleted first).")
 flags.DEFINE_string("name", "quickstart", "Results file name in benchmarks/results/.")
 flags.DEFINE_list("extra", [], "Extra launcher flags.")
+flags.DEFINE_list("compare", [], "Results files (names in benchmarks/results/) whose rows also enter the headline "
+                  "check, e.g. the FS rows of `quickstart` for a FixMatch-only run; their victim must be this run's.")
 FLAGS = flags.FLAGS
 
 HEADLINE = (("mixmatch", 50, "fs", 200), ("mixmatch", 200, "fs", 1000), ("fixmatch", 50, "fs", 200),
@@ -56,9 +58,18 @@ def main(_):
   wall = round(time.time() - t, 1)
   rows = [{k: v for k, v in r.items() if k not in ("config", "versions")}
           for r in json.loads((workdir / "results.json").read_text())]
+  others = []
+  victim = next((r for r in rows if r["method"] == "victim"), None)
+  for name in FLAGS.compare:
+    theirs = json.loads((RESULTS / f"{name}.json").read_text())["rows"]
+    their_victim = next((r for r in theirs if r["method"] == "victim"), None)
+    if victim is None or their_victim is None or their_victim.get("accuracy") != victim.get("accuracy"):
+      raise ValueError(f"benchmarks/results/{name}.json was not made against this run's victim")
+    others += [r for r in theirs if r["method"] != "victim" and not any(
+        (o["method"], o["queries"]) == (r["method"], r["queries"]) for o in rows)]
   out = {"command": "python -m benchmarks.quickstart " + " ".join(sys.argv[1:]),
          "launcher_command": " ".join(launcher[1:]), "wall_seconds": wall, "machine": machine(), "rows": rows,
-         "headline": headline(rows)}
+         "compared_with": FLAGS.compare, "headline": headline(rows + others)}
   RESULTS.mkdir(parents=True, exist_ok=True)
   (RESULTS / f"{FLAGS.name}.json").write_text(json.dumps(out, indent=2))
   if (workdir / "curves.png").exists():
@@ -68,7 +79,9 @@ def main(_):
   md = [f"# Quickstart under the fair protocol ({FLAGS.flagfile_name})\n", f"Command: `{out['command']}`\n",
         f"Launcher: `{out['launcher_command']}`, whole run (victim included) {wall} s\n",
         f"Machine: {out['machine']}\n", notes + "\n", markdown_table(rows),
-        "Headline in miniature (paper: MM@250 beats FS@4000):\n", "\n".join(f"- {h}" for h in out["headline"]) + "\n"]
+        "Headline in miniature (paper: MM@250 beats FS@4000)"
+        + (f", with the rows of {', '.join(FLAGS.compare)}.md" if FLAGS.compare else "") + ":\n",
+        "\n".join(f"- {h}" for h in out["headline"]) + "\n"]
   (RESULTS / f"{FLAGS.name}.md").write_text("\n".join(md))
   print("\n".join(md))
 

@@ -76,7 +76,8 @@ class WideResNet(nn.Module):
 
 
 class SmallCNN(nn.Module):
-  """Six 3x3 convolutions (32, 32, 64, 64, 128, 128) with batch norm and two poolings; ~0.29M parameters."""
+  """Two 3x3 convolutions per width (default 32, 64, 128: ~0.29M parameters) with batch norm, a max pooling between
+  widths, global average pooling and the heads."""
   num_classes: int
   widths: Sequence[int] = (32, 64, 128)
   rotation_head: bool = False
@@ -111,11 +112,13 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "wrn28_2": functools.partial(WideResNet, filters=32),
     "wrn28_8": functools.partial(WideResNet, filters=128),
     "small_cnn": SmallCNN,
+    "tiny_cnn": functools.partial(SmallCNN, widths=(16, 32)),  # four convolutions, ~15k parameters: digits on a CPU
     "mlp": MLP,
+    "mlp2x256": functools.partial(MLP, hidden=(256, 256)),
 }
 
 
-DENSE_MODELS = ("mlp",)  # no convolutions
+DENSE_MODELS = ("mlp", "mlp2x256")  # no convolutions
 
 
 def create_model(name: str, num_classes: int, rotation_head: bool = False) -> nn.Module:

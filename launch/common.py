@@ -17,9 +17,10 @@ flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of proce
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes (jax.distributed).")
 flags.DEFINE_integer("process_id", None, "Multi-host: index of this process (jax.distributed).")
 flags.DEFINE_integer("num_devices", None, "Data-parallel devices (default: all devices).")
-flags.DEFINE_integer("cpu_devices", None, "On a CPU host, run this many XLA CPU devices (default: one per core), so "
-                     "that data- or student-parallel training uses every core; 1 keeps XLA's single CPU device. "
-                     "Has no effect on GPU/TPU runs.", lower_bound=1)
+flags.DEFINE_integer("cpu_devices", 1, "On a CPU host, run this many XLA CPU devices, so that data- or "
+                     "student-parallel training can use every core. Default 1 (XLA's single CPU device): on a "
+                     "loaded machine a collective across forced CPU devices can miss XLA's 40 s rendezvous timeout "
+                     "and abort the run. Has no effect on GPU/TPU runs.", lower_bound=1)
 flags.DEFINE_bool("dry_run", False, "Validate the flags, print them and exit without running.")
 flags.mark_flag_as_required("workdir")
 
@@ -53,12 +54,13 @@ def _writable_workdir(path):
 
 
 def configure_cpu_devices() -> None:
-  """Splits the CPU into --cpu_devices XLA devices (default: the cores); must run before jax's first computation.
+  """Splits the CPU into --cpu_devices XLA devices; must run before jax's first computation.
 
-  One XLA:CPU device leaves cores idle on the small convolutions of these models (benchmarks/results/
-  data_parallel.md); training results do not depend on the device count (tests/test_parallel.py).
+  Several devices can use idle cores on the small convolutions of these models (benchmarks/results/
+  data_parallel.md), but their collectives abort the process when one device thread is starved for 40 s (seen on
+  a loaded 2-core machine), so the default is one device. Results do not depend on the count (tests/test_parallel.py).
   """
-  count = FLAGS.cpu_devices or os.cpu_count() or 1
+  count = FLAGS.cpu_devices
   xla_flags = os.environ.get("XLA_FLAGS", "")
   if count > 1 and "xla_force_host_platform_device_count" not in xla_flags:
     os.environ["XLA_FLAGS"] = f"{xla_flags} --xla_force_host_platform_device_count={count}".strip()
