@@ -108,17 +108,31 @@ def weight_error(true: TwoLayerNet, rec: TwoLayerNet, differences: bool = False,
               **{f"max_error_{k}": v for k, v in errs.items()})
 
 
-def _logits(net: TwoLayerNet, x):
+def _logits(net, x):
+  """Logits of a TwoLayerNet or of a deep network (deep.network.DeepNet: `weights`, `biases`)."""
+  if hasattr(net, "weights"):
+    from functional_equivalence.deep import network
+    return network.logits(net, x)
   return np.maximum(x @ net.w0 + net.b0, 0) @ net.w1 + net.b1
 
 
+def _input_dim(net) -> int:
+  return (net.weights[0] if hasattr(net, "weights") else net.w0).shape[0]
+
+
+def labels(logits: np.ndarray) -> np.ndarray:
+  """Predicted classes: the arg-max, or with one output the sign (logit > 0), its binary decision."""
+  return logits[:, 0] > 0 if logits.shape[1] == 1 else logits.argmax(1)
+
+
 def logit_agreement(true: TwoLayerNet, rec: TwoLayerNet, x: np.ndarray, differences: bool = False) -> dict:
-  """Max |logit difference| and top-1 agreement on inputs x (N, d). With differences=True, logits are compared
-  as differences to class 0 (the arg-max is unaffected by the common shift)."""
+  """Max |logit difference| and top-1 agreement (`labels`) on inputs x (N, d), for two-layer or deep networks.
+  With differences=True, logits are compared as differences to class 0 (the arg-max is unaffected by the common
+  shift)."""
   a, b = _logits(true, x), _logits(rec, x)
   if differences:
     a, b = a - a[:, :1], b - b[:, :1]
-  return dict(max_logit_error=float(np.max(np.abs(a - b))), agreement=float(np.mean(a.argmax(1) == b.argmax(1))),
+  return dict(max_logit_error=float(np.max(np.abs(a - b))), agreement=float(np.mean(labels(a) == labels(b))),
               count=int(len(x)))
 
 
@@ -129,7 +143,7 @@ def random_agreement(true: TwoLayerNet, rec: TwoLayerNet, count: int, scale: flo
   worst, same, done = 0.0, 0.0, 0
   while done < count:
     n = min(chunk, count - done)
-    r = logit_agreement(true, rec, rng.standard_normal((n, true.w0.shape[0])) * scale, differences)
+    r = logit_agreement(true, rec, rng.standard_normal((n, _input_dim(true))) * scale, differences)
     worst, same, done = max(worst, r["max_logit_error"]), same + r["agreement"] * n, done + n
   return dict(max_logit_error=worst, agreement=same / max(count, 1), count=count)
 
@@ -139,4 +153,4 @@ def domain_agreement(true: TwoLayerNet, rec: TwoLayerNet, dom, count: int, seed:
   """`logit_agreement` over `count` points covering the domain (`dom.check_points`: spheres of radii up to R for a
   ball, interior, vertices and faces for a box)."""
   rng = np.random.default_rng(seed)
-  return logit_agreement(true, rec, dom.check_points(rng, true.w0.shape[0], count), differences)
+  return logit_agreement(true, rec, dom.check_points(rng, _input_dim(true), count), differences)

@@ -43,18 +43,26 @@ def unit_table(units: recover.Units, layer2, dom, stats) -> dict:
 def final_check(q, net: TwoLayerNet, layer2, dom, scale: float, count: int, rtol: float, rng, differences: bool):
   """The final check: the recovered g against the oracle at fresh points that cover the domain (64 near the
   center, `count` over the domain, and for every recovered hyperplane that meets the domain 2 of its points
-  inside it, each on the hyperplane and +-1e-3 scale beside it). Per point the error is relative to the largest
-  |g| among the checked points at about the same distance from the center (the same power of 2 of |x - center| +
-  scale: where g happens to be ~0 far out, the recovery's error still scales with |x|). Returns (stats, the points
-  above rtol, worst first)."""
+  inside it, each on the hyperplane and +-1e-3 scale beside it); see `compare`. Returns (stats, the points above
+  rtol, worst first)."""
   d = net.w0.shape[0]
-  center = dom.center(d)
   on, which = dom.hyperplane_points(layer2.u, layer2.beta, rng, 2)
   side = 1e-3 * scale * layer2.u[which]
+  return compare(q, on, side, lambda x: np.maximum(x @ net.w0 + net.b0, 0) @ net.w1 + net.b1, dom, scale, count,
+                 rtol, rng, differences, d)
+
+
+def compare(q, on, side, predict, dom, scale: float, count: int, rtol: float, rng, differences: bool, d: int):
+  """The recovered logits `predict(x)` against the oracle at 64 points near the center, `count` over the domain,
+  and at the surface points `on` (k, d) and beside them (on +- side). Per point the error is relative to the
+  largest |g| among the checked points at about the same distance from the center (the same power of 2 of
+  |x - center| + scale: where g happens to be ~0 far out, the recovery's error still scales with |x|). Returns
+  (stats, the points above rtol, worst first)."""
+  center = dom.center(d)
   x = np.concatenate([center + scale * rng.normal(size=(64, d)), dom.check_points(rng, d, count),
                       on, on + side, on - side])
   g = q(x, "final check", underflow_ok=True)
-  mine = np.maximum(x @ net.w0 + net.b0, 0) @ net.w1 + net.b1
+  mine = predict(x)
   if differences:
     mine = mine[:, 1:] - mine[:, :1]
   seen = np.all(np.isfinite(g), axis=1)

@@ -44,15 +44,17 @@ def concat_units(a: Units, b: Units) -> Units:
 
 
 def gradients(query: Querier, points: np.ndarray, eps: np.ndarray, rng: np.random.Generator,
-              retries: int = 3, chunk: int = 1 << 22):
-  """Jacobians of g at `points` (R, d) by forward differences along every basis direction (d + 2 queries each).
+              retries: int = 3, chunk: int = 1 << 22, dirs=None):
+  """Jacobians of g at `points` (R, d) by forward differences along every basis direction (d + 2 queries each),
+  or along the given directions `dirs` (R, r, d) (r + 2 queries each: the derivatives along them, e.g. along
+  directions that move one hidden feature of a deep network's known prefix at a time).
 
   g is linear around each point, so the differences are exact up to rounding unless a step crosses a critical
-  hyperplane; one extra query along a random direction checks that (a crossing makes it disagree), and failed
-  points are measured again with a step 8 times smaller, at most `retries` times.
+  hyperplane; one extra query along a random direction (a random combination of `dirs`) checks that (a crossing
+  makes it disagree), and failed points are measured again with a step 8 times smaller, at most `retries` times.
   Returns:
-    (G (R, m, d), ok (R,) bool, steps (R,) finally used, noise (R,)): noise = eps_64 max|g| / step, the scale of
-    the rounding error of each entry of G.
+    (G (R, m, d or r), ok (R,) bool, steps (R,) finally used, noise (R,)): noise = eps_64 max|g| / step, the scale
+    of the rounding error of each entry of G.
   """
   n, d = points.shape
   if n == 0:
@@ -60,26 +62,37 @@ def gradients(query: Querier, points: np.ndarray, eps: np.ndarray, rng: np.rando
   G, ok, eps = None, np.zeros(n, bool), eps.astype(np.float64).copy()
   noise = np.zeros(n)
   todo = np.arange(n)
+  r = d if dirs is None else dirs.shape[1]
   for _ in range(retries + 1):
-    per = max(1, chunk // (d * (d + 2)))
+    per = max(1, chunk // (d * (r + 2)))
     for lo in range(0, len(todo), per):
       idx = todo[lo:lo + per]
       p, e = points[idx], eps[idx]
-      w = rng.normal(size=p.shape)
-      w /= np.linalg.norm(w, axis=1, keepdims=True)
-      steps = p[:, None, :] + e[:, None, None] * np.eye(d)[None]
+      if dirs is None:
+        w = rng.normal(size=p.shape)
+        w /= np.linalg.norm(w, axis=1, keepdims=True)
+        coef, step_dirs, dir_norm = w, np.eye(d)[None], np.ones((1, d))
+      else:
+        coef = rng.normal(size=(len(idx), r))
+        coef /= np.linalg.norm(coef, axis=1, keepdims=True)
+        step_dirs = dirs[idx]
+        w, dir_norm = np.einsum("nr,nrd->nd", coef, step_dirs), np.linalg.norm(step_dirs, axis=2)
+      steps = p[:, None, :] + e[:, None, None] * step_dirs
       x = np.concatenate([p, steps.reshape(-1, d), p + e[:, None] * w])
       y = query(x, "gradients")
-      g0, gj, gw = y[:len(idx)], y[len(idx):-len(idx)].reshape(len(idx), d, -1), y[-len(idx):]
+      g0, gj, gw = y[:len(idx)], y[len(idx):-len(idx)].reshape(len(idx), r, -1), y[-len(idx):]
       jac = np.swapaxes(gj - g0[:, None, :], 1, 2) / e[:, None, None]
       if G is None:
         G = np.zeros((n,) + jac.shape[1:])
       G[idx] = jac
       # rounding is relative to the terms summed, ~ |x| |J| (large near a far hyperplane where g is ~0)
       mag = np.maximum(np.max(np.abs(g0), -1), np.max(np.abs(gj), axis=(1, 2)))
-      mag = np.maximum(mag, np.linalg.norm(p, axis=1) * np.max(np.linalg.norm(jac, axis=2), axis=1))
-      pred = g0 + e[:, None] * np.einsum("rmd,rd->rm", jac, w)
-      ok[idx] = np.all(np.abs(gw - pred) <= 64 * EPS * mag[:, None] * (np.sqrt(d) + 1), -1)
+      if dirs is None:
+        mag = np.maximum(mag, np.linalg.norm(p, axis=1) * np.max(np.linalg.norm(jac, axis=2), axis=1))
+      else:  # x-space slopes: derivative along a direction over that direction's length
+        mag = np.maximum(mag, np.linalg.norm(p, axis=1) * np.max(np.linalg.norm(jac, axis=1) / dir_norm, axis=1))
+      pred = g0 + e[:, None] * np.einsum("rmd,rd->rm", jac, coef)
+      ok[idx] = np.all(np.abs(gw - pred) <= 64 * EPS * mag[:, None] * (np.sqrt(r) + 1), -1)
       noise[idx] = EPS * mag / e
     todo = np.flatnonzero(~ok)
     eps[todo] /= 8
@@ -117,6 +130,35 @@ def units_from_jumps(jumps: np.ndarray, line_dirs: np.ndarray, points: np.ndarra
   return Units(u, -np.sum(u * points, -1), c, err), ok
 
 
+def locate_kinks(query: Querier, x0: np.ndarray, dirs: np.ndarray, w: np.ndarray, slope: np.ndarray,
+                 rtol: float = 1e-10, stage: str = "refine"):
+  """The kink of g near each x0 (n, d) along unit directions dirs (n, d), within +-w (n,) (6 queries a point).
+
+  The lines through g on [-w, -w/2] and [w/2, w] intersect at s*; the kink is confirmed when |s*| < w/4 and g at
+  s* -+ w/1024 lies on those lines (so no second kink within the window shows). `slope` (n,): the size of g's
+  Jacobian, for the rounding of the terms g sums (~ |x| |J|).
+  Returns:
+    (s* (n,), good (n,) bool, ds (n, m) the slope jump across s*, mag (n,) the magnitude the tolerances used).
+  """
+  n, d = x0.shape
+  s = np.stack([-w, -w / 2, w / 2, w])
+  g = query((x0[None] + s[..., None] * dirs[None]).reshape(-1, d), stage).reshape(4, n, -1)
+  sl, sr = (g[1] - g[0]) / (w / 2)[:, None], (g[3] - g[2]) / (w / 2)[:, None]
+  ds = sr - sl
+  with np.errstate(divide="ignore", invalid="ignore"):
+    st = np.sum(ds * (g[0] + sl * w[:, None] - g[3] + sr * w[:, None]), -1) / np.sum(ds * ds, -1)
+  good = np.isfinite(st) & (np.abs(st) < w / 4)
+  st = np.where(good, st, 0.0)
+  near = np.stack([st - w / 1024, st + w / 1024])                 # just left and right of s*
+  gs = query((x0[None] + near[..., None] * dirs[None]).reshape(-1, d), stage).reshape(2, n, -1)
+  mag = np.max(np.abs(g), axis=(0, 2)) + w * np.max(np.abs(ds), -1)
+  mag = np.maximum(mag, np.linalg.norm(x0, axis=1) * slope)       # terms ~ |x| |J|
+  tol = rtol * mag[:, None]
+  pa, pb = g[0] + sl * (near[0] + w)[:, None], g[3] + sr * (near[1] - w)[:, None]
+  good &= np.all(np.abs(gs[0] - pa) <= tol, -1) & np.all(np.abs(gs[1] - pb) <= tol, -1)
+  return st, good, ds, mag
+
+
 def refine(query: Querier, units: Units, scale: float, rng: np.random.Generator, center=None, kinks=None,
            rtol: float = 1e-10, tries: int = 8, agree: float = 1e-6):
   """Sharpens each unit's bias and output vector along its row, at a point x0 of its hyperplane.
@@ -150,21 +192,7 @@ def refine(query: Querier, units: Units, scale: float, rng: np.random.Generator,
     # |x0| small keeps beta precise: beta_hat - beta = (u - u_hat) . x_k
     p = center + (scale * rng.normal(size=(len(idx), d)) / np.sqrt(d) if attempt else 0.0)
     x0 = p - (np.sum(ui * p, -1) + beta[idx])[:, None] * ui
-    s = np.stack([-wi, -wi / 2, wi / 2, wi])
-    g = query((x0[None] + s[..., None] * ui[None]).reshape(-1, d), "refine").reshape(4, len(idx), -1)
-    sl, sr = (g[1] - g[0]) / (wi / 2)[:, None], (g[3] - g[2]) / (wi / 2)[:, None]
-    ds = sr - sl
-    with np.errstate(divide="ignore", invalid="ignore"):
-      st = np.sum(ds * (g[0] + sl * wi[:, None] - g[3] + sr * wi[:, None]), -1) / np.sum(ds * ds, -1)
-    good = np.isfinite(st) & (np.abs(st) < wi / 4)
-    st = np.where(good, st, 0.0)
-    near = np.stack([st - wi / 1024, st + wi / 1024])                 # just left and right of s*
-    gs = query((x0[None] + near[..., None] * ui[None]).reshape(-1, d), "refine").reshape(2, len(idx), -1)
-    mag = np.max(np.abs(g), axis=(0, 2)) + wi * np.max(np.abs(ds), -1)
-    mag = np.maximum(mag, np.linalg.norm(x0, axis=1) * np.linalg.norm(c[idx], axis=-1))   # terms ~ |x| |c|
-    tol = rtol * mag[:, None]
-    pa, pb = g[0] + sl * (near[0] + wi)[:, None], g[3] + sr * (near[1] - wi)[:, None]
-    good &= np.all(np.abs(gs[0] - pa) <= tol, -1) & np.all(np.abs(gs[1] - pb) <= tol, -1)
+    st, good, ds, mag = locate_kinks(query, x0, ui, wi, np.linalg.norm(c[idx], axis=-1), rtol, "refine")
     rounding = NOISE_FACTOR * 8 * EPS * mag * np.sqrt(m) / wi
     cn = np.linalg.norm(c[idx], axis=-1)
     good &= np.linalg.norm(ds - c[idx], axis=-1) <= agree * np.linalg.norm(ds, axis=-1) + rounding + (

@@ -73,21 +73,28 @@ def flip_signs(units: Units, x: np.ndarray, g: np.ndarray, rtol: float = 1e-8) -
   n, m = len(units), g.shape[1]
   keep = min(len(x), 3 * (n + m) // m + 8)                           # rank needs min(N, d+1) * m >= n + m
   x, g = x[:keep], g[:keep]
-  z = x @ units.u.T + units.beta                                     # (N, n)
-  r = g - np.maximum(z, 0) @ units.c                                 # (N, m)
-  a = np.concatenate([-(z[:, None, :] * units.c.T[None]),            # d r_o / d t_i
-                      np.broadcast_to(np.eye(m), (len(x), m, m))], axis=2).reshape(len(x) * m, n + m)
+  return flip_z(x @ units.u.T + units.beta, units.c, g, rtol, x.shape[1])
+
+
+def flip_z(z: np.ndarray, c: np.ndarray, g: np.ndarray, rtol: float = 1e-8, d=None) -> np.ndarray:
+  """`flip_signs` on pre-activations z (N, n) of units with output vectors c (n, m) (z may come from a deep
+  network's known prefix: the last hidden layer of any depth)."""
+  n, m = z.shape[1], g.shape[1]
+  r = g - np.maximum(z, 0) @ c                                       # (N, m)
+  a = np.concatenate([-(z[:, None, :] * c.T[None]),                  # d r_o / d t_i
+                      np.broadcast_to(np.eye(m), (len(z), m, m))], axis=2).reshape(len(z) * m, n + m)
   norms = np.linalg.norm(a, axis=0) + 1e-300
   sol, _, rank, _ = scipy.linalg.lstsq(a / norms, r.reshape(-1), cond=1e-9, lapack_driver="gelsy")
   if rank < n + m:
+    need = f"requires n + m <= m * (d + 1) = {m * (d + 1)} and " if d is not None else "requires "
     raise SignsNotIdentifiableError(
         f"signs not identifiable: {n} units and {m} outputs give a rank-{rank} system (need {n + m}; "
-        f"requires n + m <= m * (d + 1) = {m * (x.shape[1] + 1)} and units that are not affinely dependent)")
+        f"{need}units that are not affinely dependent)")
   t = sol[:n] / norms[:n]
   t_round = np.clip(np.round(t), 0, 1)
   worst = float(np.max(np.abs(t - t_round))) if n else 0.0
   b1 = sol[n:] / norms[n:]
-  rel = _misfit(r + (z * t_round) @ units.c - b1, g)
+  rel = _misfit(r + (z * t_round) @ c - b1, g)
   if rel > rtol:
     raise SignRecoveryError(
         f"the residual of the {n} recovered units is not affine (sign indicators off {{0,1}} by {worst:.2g}, "

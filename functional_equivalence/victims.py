@@ -105,6 +105,17 @@ def load_npz(path) -> TwoLayerNet:
   Raises:
     VictimFileError: one-line message for a missing/unreadable file, a missing array, a shape mismatch or NaNs.
   """
+  def pick(f, path):
+    missing = [n for n in ARRAYS if n not in f.files]
+    if missing:
+      raise VictimFileError(f"{path}: missing array(s) {', '.join(missing)} (has {', '.join(f.files) or 'none'})")
+    return TwoLayerNet(*(f[n] for n in ARRAYS))
+  return check_net(read_npz(path, pick), str(path))
+
+
+def read_npz(path, pick):
+  """pick(opened npz, path) on the npz file at `path`; VictimFileError (one line) for a missing, non-zip or
+  unreadable file (and whatever VictimFileError pick raises)."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise VictimFileError(f"victim file {str(path)!r} does not exist")
@@ -112,15 +123,11 @@ def load_npz(path) -> TwoLayerNet:
     raise VictimFileError(f"{path}: not an npz file (not a zip archive)")
   try:
     with np.load(path, allow_pickle=False) as f:
-      missing = [n for n in ARRAYS if n not in f.files]
-      if missing:
-        raise VictimFileError(f"{path}: missing array(s) {', '.join(missing)} (has {', '.join(f.files) or 'none'})")
-      net = TwoLayerNet(*(f[n] for n in ARRAYS))
+      return pick(f, path)
   except VictimFileError:
     raise
-  except Exception as e:  # not a zip, truncated, pickled objects...
+  except Exception as e:  # truncated, pickled objects...
     raise VictimFileError(f"{path}: not a readable npz file ({type(e).__name__}: {e})") from None
-  return check_net(net, str(path))
 
 
 def save_npz(path, net: TwoLayerNet) -> pathlib.Path:
@@ -154,6 +161,27 @@ def digits_data(seed: int = 0, test_fraction: float = 0.25):
   return x[train], y[train], x[test], y[test]
 
 
+def adam_full_batch(loss_fn, params, steps: int, learning_rate: float):
+  """`steps` jitted full-batch Adam (optax) steps on loss_fn(params); FloatingPointError if the loss ends
+  non-finite. Call inside `jax.enable_x64(True)` for float64 training."""
+  import jax
+  import optax
+  opt = optax.adam(learning_rate)
+
+  @jax.jit
+  def step(p, state):
+    loss, grads = jax.value_and_grad(loss_fn)(p)
+    updates, state = opt.update(grads, state, p)
+    return optax.apply_updates(p, updates), state, loss
+
+  state, loss = opt.init(params), np.nan
+  for _ in range(steps):
+    params, state, loss = step(params, state)
+  if not np.isfinite(float(loss)):
+    raise FloatingPointError(f"training diverged (loss {float(loss)})")
+  return params
+
+
 def train_two_layer(x, y, hidden: int, seed: int = 0, steps: int = 300, learning_rate: float = 1e-2,
                     num_classes: int | None = None) -> TwoLayerNet:
   """Trains a two-layer ReLU net with full-batch Adam (optax) on softmax cross-entropy, in float64.
@@ -176,23 +204,12 @@ def train_two_layer(x, y, hidden: int, seed: int = 0, steps: int = 300, learning
               "w1": jax.random.normal(key1, (hidden, k), jnp.float64) / jnp.sqrt(hidden),
               "b1": jnp.zeros(k, jnp.float64)}
     xs, ys = jnp.asarray(x, jnp.float64), jnp.asarray(y)
-    opt = optax.adam(learning_rate)
 
     def loss_fn(p):
       out = jax.nn.relu(xs @ p["w0"] + p["b0"]) @ p["w1"] + p["b1"]
       return optax.softmax_cross_entropy_with_integer_labels(out, ys).mean()
 
-    @jax.jit
-    def step(p, state):
-      loss, grads = jax.value_and_grad(loss_fn)(p)
-      updates, state = opt.update(grads, state, p)
-      return optax.apply_updates(p, updates), state, loss
-
-    state = opt.init(params)
-    for _ in range(steps):
-      params, state, loss = step(params, state)
-    if not np.isfinite(float(loss)):
-      raise FloatingPointError(f"training diverged (loss {float(loss)})")
+    params = adam_full_batch(loss_fn, params, steps, learning_rate)
     return check_net(TwoLayerNet(*(np.asarray(params[n], np.float64) for n in ARRAYS)), "trained victim")
 
 

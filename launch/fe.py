@@ -1,21 +1,28 @@
-"""Flags and the `functional_equivalence` experiment: exact extraction of a two-layer ReLU victim from its logits.
+"""Flags and the `functional_equivalence` experiment: exact extraction of a ReLU victim of any depth from its logits.
 
+  python -m launch.run --flagfile=configs/fe_deep.flags
   python -m launch.run --flagfile=configs/fe_digits.flags
+  python -m launch.run --experiment=functional_equivalence --victim_npz=DEEP.npz --workdir=DIR
   python -m launch.run --experiment=functional_equivalence --oracle_url=URL --api_key=KEY --workdir=DIR
 
-The victim is read from --victim_npz (arrays w0 (d,h), b0 (h,), w1 (h,k), b1 (k,); logits = relu(x @ w0 + b0) @ w1
-+ b1), drawn at random (--fe_victim=random, --fe_input_dim, --fe_hidden, --fe_outputs), trained on scikit-learn
-digits (--fe_victim=digits, --fe_hidden), or, with --oracle_url and no --victim_npz, unknown: a pure black-box
-attack on a served network, d from the service (or --fe_input_dim). The attack sees the victim only through an
-Oracle. The domain of the claim is the ball of radius --fe_radius (default 1000 * --fe_scale) or the box --fe_box.
-Writes <workdir>/recovered.npz (same convention; in probabilities mode class 0's column of w1 and b1[0] are 0),
-<workdir>/units.json (per hidden unit: kind, estimated row error, effect on the domain, negligible) and, with a
-known victim, <workdir>/victim.npz; returns one result row: what needs no ground truth (queries per stage, units,
-the final check's error, the domain, seconds) and, with a known victim, the aligned weight errors per array,
-agreement on random inputs and over the domain, and the worst-case certificate (certify.py). Victim, attack and
-evaluation draw independent random streams (--seed for the victim; the attack's and evaluation's seeds are derived
-from it unless --fe_attack_seed / --fe_eval_seed are given). An attack that cannot succeed (float32/noisy oracle,
-non-ReLU victim, limits) raises an `ExtractionError`, which launch.run reports in one line with exit code 1.
+The victim is read from --victim_npz (arrays w0, b0, ..., wL, bL; logits = relu(...relu(x @ w0 + b0)...) @ wL + bL;
+two-layer: w0 (d,h), b0 (h,), w1 (h,k), b1 (k,)), drawn at random (--fe_victim=random, --fe_input_dim, --fe_hidden
+or --fe_layers, --fe_outputs), trained on scikit-learn digits (--fe_victim=digits, --fe_hidden or --fe_layers), or,
+with --oracle_url and no --victim_npz, unknown: a pure black-box attack on a served network, d from the service (or
+--fe_input_dim). The attack sees the victim only through an Oracle. --fe_attack=deep (default) is not told the depth
+or the widths (functional_equivalence/deep/, layer by layer); --fe_attack=two_layer is the paper's attack, which
+assumes one hidden layer (fewer queries when it holds, and the certificate of certify.py). The domain of the claim
+is the ball of radius --fe_radius (default 1000 * --fe_scale) or the box --fe_box. Writes <workdir>/recovered.npz
+(same convention; in probabilities mode class 0's column of the output layer and its bias are 0),
+<workdir>/units.json (two-layer: per hidden unit kind, estimated row error, effect on the domain, negligible; deep:
+per layer the units' estimated errors, features seen and sign methods) and, with a known victim,
+<workdir>/victim.npz; returns one result row: what needs no ground truth (queries per stage, units, the final
+check's error, the domain, seconds) and, with a known victim, the aligned weight errors per array (deep: per layer),
+agreement on random inputs and over the domain, and (two-layer) the worst-case certificate (certify.py). Victim,
+attack and evaluation draw independent random streams (--seed for the victim; the attack's and evaluation's seeds
+are derived from it unless --fe_attack_seed / --fe_eval_seed are given). An attack that cannot succeed
+(float32/noisy oracle, non-ReLU victim, limits) raises an `ExtractionError`, which launch.run reports in one line
+with exit code 1.
 Float64 throughout (the run is wrapped in a scoped `jax.enable_x64(True)`).
 """
 from __future__ import annotations
@@ -30,13 +37,21 @@ import numpy as np
 from extraction import parallel
 from functional_equivalence import align, attack, certify, victims
 from functional_equivalence import domain as domains
+from functional_equivalence.deep import align as deep_align
+from functional_equivalence.deep import attack as deep_attack
+from functional_equivalence.deep import network
 from functional_equivalence.errors import ExtractionError, VictimFileError
 from launch import common  # noqa: F401  (defines --seed, --workdir)
 from launch import experiments, oracle_flags
 
-flags.DEFINE_string("victim_npz", None, "Two-layer victim as an npz file with arrays w0 (d,h), b0 (h,), w1 (h,k), b1 "
-                    "(k,); logits = relu(x @ w0 + b0) @ w1 + b1. With --oracle_url: the served network, used only to "
-                    "evaluate the result.")
+flags.DEFINE_string("victim_npz", None, "Victim as an npz file with arrays w0, b0, ..., wL, bL (any depth L >= 1; "
+                    "two-layer: w0 (d,h), b0 (h,), w1 (h,k), b1 (k,), logits = relu(x @ w0 + b0) @ w1 + b1). With "
+                    "--oracle_url: the served network, used only to evaluate the result.")
+flags.DEFINE_enum("fe_attack", "deep", ["deep", "two_layer"],
+                  "deep: not told the depth or the widths (any depth; a two-layer victim is its depth-1 case); "
+                  "two_layer: the paper's attack, which assumes one hidden layer (fewer queries when it holds).")
+flags.DEFINE_list("fe_layers", None, "Hidden widths of a random or digits victim with several hidden layers, e.g. "
+                  "10,10 (instead of --fe_hidden; not told to the attack).")
 flags.DEFINE_enum("fe_victim", None, ["npz", "random", "digits"],
                   "Victim of functional_equivalence (default: npz if --victim_npz is given, else random; with "
                   "--oracle_url, none: the served network).")
@@ -86,7 +101,7 @@ def _check_victim(values):
     raise flags.ValidationError(f"--victim_npz is given but --fe_victim={kind}; drop one of them")
   if npz:
     try:
-      victims.load_npz(npz)
+      network.load_any_npz(npz)
     except VictimFileError as e:
       raise flags.ValidationError(f"--victim_npz: {e}") from None
   return True
@@ -122,6 +137,15 @@ def _check_outputs(values):
   return True
 
 
+@flags.validator("fe_layers", message="--fe_layers takes positive integers, e.g. 10,10")
+def _check_layers(values):
+  return values is None or (len(values) > 0 and all(v.strip().isdigit() and int(v) > 0 for v in values))
+
+
+def _hidden_layers():
+  return [int(v) for v in FLAGS.fe_layers] if FLAGS.fe_layers else None
+
+
 def stream_seeds(seed: int) -> dict:
   """Independent seeds of the victim (--seed itself, so victims do not change), the attack and the evaluation
   (numpy SeedSequence([seed, stream]) unless given by --fe_attack_seed / --fe_eval_seed)."""
@@ -137,11 +161,17 @@ def build_victim(seed: int):
   kind = _victim_kind(FLAGS.fe_victim, FLAGS.victim_npz, FLAGS.oracle_url)
   if kind == "remote":
     return None, None
+  layers = _hidden_layers()
   if kind == "npz":
-    return victims.load_npz(FLAGS.victim_npz), None
+    return network.load_any_npz(FLAGS.victim_npz), None
   if kind == "random":
+    if layers:
+      return network.random_net(seed, [FLAGS.fe_input_dim, *layers, FLAGS.fe_outputs]), None
     return victims.random_net(seed, FLAGS.fe_input_dim, FLAGS.fe_hidden, FLAGS.fe_outputs), None
-  net, data = victims.digits_net(seed, FLAGS.fe_hidden, FLAGS.fe_train_steps)
+  if layers:
+    net, data = network.digits_net(seed, layers, steps=FLAGS.fe_train_steps)
+  else:
+    net, data = victims.digits_net(seed, FLAGS.fe_hidden, FLAGS.fe_train_steps)
   return net, (data[2], data[3])
 
 
@@ -172,13 +202,20 @@ def _oracle(net):
   if FLAGS.oracle_url:
     oracle = oracle_flags.make_oracle(None, FLAGS.fe_oracle_output, record_inputs=False)
     d = _remote_input_dim(oracle)
-    if net is not None and net.shape[0] != d:
-      raise common.ConfigError(f"--victim_npz has d={net.shape[0]} but --oracle_url takes d={d}")
+    if net is not None and _input_dim(net) != d:
+      raise common.ConfigError(f"--victim_npz has d={_input_dim(net)} but --oracle_url takes d={d}")
     return oracle, d
   dtype = np.float64 if FLAGS.fe_oracle_precision == "float64" else np.float32
+  if isinstance(net, network.DeepNet):
+    return oracle_flags.make_oracle(network.backend(net, dtype), FLAGS.fe_oracle_output, record_inputs=False), \
+        _input_dim(net)
   mesh = parallel.data_mesh(FLAGS.num_devices) if dtype == np.float64 else None
   backend = victims.sharded_backend(net, mesh) if mesh is not None else victims.backend(net, dtype)
   return oracle_flags.make_oracle(backend, FLAGS.fe_oracle_output, record_inputs=False), net.shape[0]
+
+
+def _input_dim(net) -> int:
+  return network.as_deep(net).sizes[0]
 
 
 def _domain_text(dom) -> str:
@@ -236,33 +273,92 @@ def _evaluation_row(net, result, dom, test, eval_seed: int) -> dict:
   return row
 
 
+def _deep_attack_row(result, d: int, seeds: dict) -> dict:
+  """What needs no ground truth, for the deep attack: queries (total, per stage), widths found, how each layer's
+  signs were found, the final check, the domain, seconds, seeds."""
+  by_stage = {}
+  for stage, n in result.queries_by_stage.items():
+    key = "queries_" + STAGES.get(stage, stage.replace(" ", "_"))
+    by_stage[key] = by_stage.get(key, 0) + n
+  stats = result.stats
+  return dict(oracle_output=FLAGS.fe_oracle_output, domain=_domain_text(result.domain),
+              recovered_shape=result.net.shape_text, hidden_layers_found=result.net.depth,
+              widths_found=list(result.net.sizes[1:-1]), queries=result.queries,
+              queries_log2=round(math.log2(max(result.queries, 1)), 2), **by_stage,
+              sign_methods=[m if isinstance(m, str) else "+".join(m) for m in result.sign_methods],
+              exact_sign_tests=stats["exact_sign_tests"], wiggle_sign_tests=stats["wiggle_sign_tests"],
+              max_unit_row_error=max(max(t["row_error"]) for t in result.units), check_error=stats["check_error"],
+              check_max_abs_error=stats["check_max_abs_error"], check_points=stats["check_points"],
+              seconds=round(result.seconds, 2), **seeds)
+
+
+def _deep_evaluation_row(net, rec, dom, test, eval_seed: int) -> dict:
+  """The comparison of a recovered network of any depth with the true one: aligned weight errors per layer (units
+  never active on the evaluation points set aside), agreement on N(0, scale^2 I) and over the domain."""
+  diff = FLAGS.fe_oracle_output == "probabilities"
+  net = network.as_deep(net)
+  rec = network.as_deep(rec)
+  seeds = np.random.SeedSequence(eval_seed).generate_state(3)
+  rand = align.random_agreement(net, rec, FLAGS.fe_eval_inputs, FLAGS.fe_scale, int(seeds[0]), diff)
+  over = align.domain_agreement(net, rec, dom, FLAGS.fe_domain_eval_inputs, int(seeds[1]), diff)
+  rng = np.random.default_rng(int(seeds[2]))
+  x = np.concatenate([FLAGS.fe_scale * rng.normal(size=(20_000, net.sizes[0])),
+                      dom.check_points(rng, net.sizes[0], 20_000)])
+  weights = deep_align.weight_error(net, rec, x, differences=diff)
+  row = dict(shape=net.shape_text, inert_true_units=weights.get("inert_true_units"),
+             max_weight_error=weights["max_weight_error"], weight_error_bits=round(weights["weight_error_bits"], 1),
+             layer_weight_errors=weights["errors"], max_logit_error=rand["max_logit_error"],
+             agreement=rand["agreement"], eval_inputs=rand["count"], domain_max_logit_error=over["max_logit_error"],
+             domain_agreement=over["agreement"], domain_eval_inputs=over["count"])
+  if test is not None:
+    t = align.logit_agreement(net, rec, test[0], diff)
+    row.update(test_max_logit_error=t["max_logit_error"], test_agreement=t["agreement"],
+               victim_test_accuracy=float(np.mean(network.logits(net, test[0]).argmax(1) == test[1])),
+               extracted_test_accuracy=float(np.mean(network.logits(rec, test[0]).argmax(1) == test[1])))
+  return row
+
+
 def _run(workdir: pathlib.Path) -> list[dict]:
   workdir.mkdir(parents=True, exist_ok=True)
   seeds = stream_seeds(FLAGS.seed)
   net, test = build_victim(seeds["victim_seed"])
   if net is not None:
-    victims.save_npz(workdir / "victim.npz", net)
-    if FLAGS.fe_oracle_output == "probabilities" and net.shape[2] < 2:
+    network.save_npz(workdir / "victim.npz", network.as_deep(net))
+    if FLAGS.fe_oracle_output == "probabilities" and network.as_deep(net).sizes[-1] < 2:
       raise ValueError("--fe_oracle_output=probabilities needs a victim with at least 2 outputs")
   oracle, d = _oracle(net)
   dom = domains.parse(FLAGS.fe_radius, FLAGS.fe_box, FLAGS.fe_scale)
-  cfg = attack.Config(scale=FLAGS.fe_scale, domain=dom, max_queries=FLAGS.fe_max_queries,
-                      max_seconds=FLAGS.fe_seconds)
-  logging.info("functional_equivalence: d=%d, domain %s, seeds %s", d, dom.describe(), seeds)
+  logging.info("functional_equivalence (%s attack): d=%d, domain %s, seeds %s", FLAGS.fe_attack, d, dom.describe(),
+               seeds)
   try:
-    result = attack.extract(oracle, d, cfg, seed=seeds["attack_seed"])
+    if FLAGS.fe_attack == "deep":
+      cfg = deep_attack.Config(scale=FLAGS.fe_scale, domain=dom, max_queries=FLAGS.fe_max_queries,
+                               max_seconds=FLAGS.fe_seconds)
+      result = deep_attack.extract(oracle, d, cfg, seed=seeds["attack_seed"])
+    else:
+      cfg = attack.Config(scale=FLAGS.fe_scale, domain=dom, max_queries=FLAGS.fe_max_queries,
+                          max_seconds=FLAGS.fe_seconds)
+      result = attack.extract(oracle, d, cfg, seed=seeds["attack_seed"])
   except ExtractionError as e:  # launch.run turns it into a one-line error and exit code 1
     logging.error("functional_equivalence stopped after %d queries: %s: %s", oracle.used, type(e).__name__, e)
     raise
-  victims.save_npz(workdir / "recovered.npz", result.net)
-  (workdir / "units.json").write_text(json.dumps(result.units, indent=1))
-  row = dict(method="functional_equivalence", victim=_victim_kind(FLAGS.fe_victim, FLAGS.victim_npz, FLAGS.oracle_url),
-             **_attack_row(result, d, seeds))
+  network.save_npz(workdir / "recovered.npz", network.as_deep(result.net))
+  (workdir / "units.json").write_text(json.dumps(result.units, indent=1, default=float))
+  kind = _victim_kind(FLAGS.fe_victim, FLAGS.victim_npz, FLAGS.oracle_url)
+  if FLAGS.fe_attack == "deep":
+    row = dict(method="functional_equivalence", attack="deep", victim=kind, **_deep_attack_row(result, d, seeds))
+    if net is not None:
+      row.update(_deep_evaluation_row(net, result.net, dom, test, seeds["eval_seed"]))
+    logging.info("functional_equivalence: %s", row)
+    return [row]
+  row = dict(method="functional_equivalence", victim=kind, **_attack_row(result, d, seeds))
   if row["search_radius"] < dom.circumradius(d):
     logging.warning("the search lines cross hyperplanes reliably only up to %.3g from the domain's center (the "
                     "probabilities underflow further out), less than the domain's %.3g: units whose hyperplanes "
                     "lie further out may be missed", row["search_radius"], dom.circumradius(d))
-  if net is not None:
+  if net is not None and not isinstance(net, network.DeepNet):
     row.update(_evaluation_row(net, result, dom, test, seeds["eval_seed"]))
+  elif net is not None:
+    row.update(_deep_evaluation_row(net, result.net, dom, test, seeds["eval_seed"]))
   logging.info("functional_equivalence: %s", row)
   return [row]

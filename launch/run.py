@@ -20,6 +20,7 @@ from launch import learning  # noqa: F401  (registers the learning-based experim
 from launch import fe  # noqa: F401  (registers functional_equivalence)
 from launch import direct  # noqa: F401  (registers direct_recovery)
 from launch import lm  # noqa: F401  (registers lm_last_layer)
+from launch import hybrid  # noqa: F401  (registers hybrid)
 
 from extraction.datasets import DatasetUnavailable
 from extraction.oracle import BudgetExceeded

@@ -11,17 +11,7 @@ from extraction.oracle import Oracle
 from functional_equivalence import align, attack, certify, domain, victims
 from functional_equivalence.errors import (LimitReachedError, NoCriticalPointsError, NotPiecewiseLinearError,
                                            OraclePrecisionError)
-
-
-class CountingBackend:
-  """Counts the rows it answers itself, independently of the Oracle's own count."""
-
-  def __init__(self, backend):
-    self.backend, self.rows = backend, 0
-
-  def __call__(self, x):
-    self.rows += len(x)
-    return self.backend(x)
+from tests.counting import CountingBackend
 
 
 def _extract(net, output="logits", backend=None, seed=7, **cfg):

@@ -23,9 +23,11 @@ CLI = [sys.executable, "-c", "from launch import fe; from launch import run; run
 
 @pytest.fixture
 def fe_flags():
+  """The flags, restored afterwards, with the paper's two-layer attack (tests/test_fe_deep.py runs the default)."""
   if not FLAGS.is_parsed():
     FLAGS.mark_as_parsed()
   with flagsaver.flagsaver():
+    FLAGS.fe_attack = "two_layer"
     yield FLAGS
 
 
@@ -149,7 +151,7 @@ def _cli(*args):
 
 
 def test_command_line_run_writes_results(tmp_path):
-  p = _cli("--experiment=functional_equivalence", f"--workdir={tmp_path}", "--fe_victim=random",
+  p = _cli("--experiment=functional_equivalence", f"--workdir={tmp_path}", "--fe_victim=random", "--fe_attack=two_layer",
            "--fe_input_dim=6", "--fe_hidden=9", "--fe_outputs=3", "--fe_eval_inputs=1000")
   assert p.returncode == 0, p.stderr[-2000:]
   [row] = json.loads((tmp_path / "results.json").read_text())

@@ -40,7 +40,8 @@ def test_fe_through_http_recovers_the_served_network(tmp_path, launcher):
   path = victims.save_npz(tmp_path / "net.npz", net)
   with _serve(service.model_from_npz(path), tmp_path / "keys.sqlite", {"fe-launcher-key-0123456789": {"output": "logits"}}) as url:
     p = launcher("--experiment=functional_equivalence", f"--workdir={tmp_path / 'w'}", f"--victim_npz={path}",
-                 f"--oracle_url={url}", "--api_key=fe-launcher-key-0123456789", "--fe_eval_inputs=10000")
+                 f"--oracle_url={url}", "--api_key=fe-launcher-key-0123456789", "--fe_eval_inputs=10000",
+                 "--fe_attack=two_layer")
   assert p.returncode == 0, p.stderr[-3000:]
   row = json.loads((tmp_path / "w" / "results.json").read_text())[0]
   assert row["hidden_units_found"] == 6 and row["max_weight_error"] <= 1e-9 and row["agreement"] == 1.0

@@ -1,0 +1,112 @@
+"""Evaluation of an extracted deep network against the victim: weight errors per layer after alignment.
+
+A ReLU network is defined up to a permutation of each hidden layer's units and a positive scale per unit (its
+incoming weights and bias times lambda, its outgoing weights divided by lambda). `weight_error` brings both
+networks to a canonical form (every hidden unit's incoming weight vector of norm 1), matches the units of each
+layer in turn (Hungarian matching on incoming weights, already permuted by the previous layer's matching, and
+biases), then scales the recovered network back to the victim's norms and reports the largest absolute
+difference of each layer's weights and biases. Units that never change the function are set aside first: units
+never active on the evaluation points `x` (N, d) and units whose outgoing weights are all zero, with everything
+downstream of them. Precision: float64.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from functional_equivalence.deep import network
+from functional_equivalence.deep.network import DeepNet
+
+
+def live_units(net: DeepNet, x: np.ndarray) -> list:
+  """Per hidden layer, a bool mask of units active at some point of x and with a nonzero outgoing weight."""
+  pre = network.preactivations(net.prefix(net.depth), x)
+  return [np.any(p > 0, axis=0) & np.any(net.weights[i + 1] != 0, axis=1) for i, p in enumerate(pre)]
+
+
+def prune(net: DeepNet, x: np.ndarray) -> tuple[DeepNet, list]:
+  """The network without the units `live_units` sets aside (their constant contribution, 0, is dropped).
+  Returns (net, pruned count per layer)."""
+  keep = live_units(net, x)
+  ws, bs = list(net.weights), list(net.biases)
+  for i, k in enumerate(keep):
+    ws[i], bs[i] = ws[i][:, k], bs[i][k]
+    ws[i + 1] = ws[i + 1][k]
+  return DeepNet(tuple(ws), tuple(bs)), [int(np.sum(~k)) for k in keep]
+
+
+def canonical(net: DeepNet) -> tuple[DeepNet, list]:
+  """The same function with every hidden unit's incoming weights of norm 1; returns (net, norms per layer)."""
+  ws, bs, norms = list(net.weights), list(net.biases), []
+  for i in range(net.depth):
+    n = np.linalg.norm(ws[i], axis=0)
+    n = np.where(n > 0, n, 1.0)
+    ws[i], bs[i] = ws[i] / n, bs[i] / n
+    ws[i + 1] = ws[i + 1] * n[:, None]
+    norms.append(n)
+  return DeepNet(tuple(ws), tuple(bs)), norms
+
+
+def _second_layer(w, b, differences):
+  return (w[:, 1:] - w[:, :1], b[1:] - b[:1]) if differences else (w, b)
+
+
+def weight_error(true: DeepNet, rec: DeepNet, x: np.ndarray, differences: bool = False) -> dict:
+  """Per-layer max aligned absolute weight error (module docstring).
+
+  Returns:
+    dict with max_weight_error (inf unless every live unit of every layer is matched and nothing is extra),
+    weight_error_bits, per layer (lists): errors (max over the layer's weights and biases), true_units,
+    inert_true_units, matched_units, extra_units; and sign_flipped_units (units matched only with the opposite
+    orientation).
+  """
+  if true.depth != rec.depth:
+    return dict(max_weight_error=math.inf, weight_error_bits=0.0, depth_true=true.depth, depth_recovered=rec.depth,
+                errors=[], true_units=list(true.sizes[1:-1]), recovered_units=list(rec.sizes[1:-1]))
+  t_net, inert = prune(true, x)
+  r_net, _ = prune(rec, x)
+  tc, t_norms = canonical(t_net)
+  rc, _ = canonical(r_net)
+  perm_prev = np.arange(true.sizes[0])
+  aligned_w, aligned_b, matched, extra, complete, flipped = [], [], [], [], True, 0
+  for i in range(true.depth):
+    tw, tb = tc.weights[i], tc.biases[i]
+    rw, rb = rc.weights[i][perm_prev], rc.biases[i]
+    cost = np.maximum(2 - 2 * tw.T @ rw, 0) + (tb[:, None] - rb[None, :]) ** 2
+    close = cost < 1e-6
+    ti, rj = linear_sum_assignment(np.where(close, cost, 1.0)) if cost.size else (np.zeros(0, int),) * 2
+    ok = close[ti, rj]
+    flip_cost = np.maximum(2 + 2 * tw.T @ rw, 0) + (tb[:, None] + rb[None, :]) ** 2
+    flipped += int(np.sum(np.min(flip_cost, axis=1, initial=1.0) < 1e-6))
+    ti, rj = ti[ok], rj[ok]
+    matched.append(int(len(ti)))
+    extra.append(int(rw.shape[1] - len(ti)))
+    complete &= len(ti) == tw.shape[1] == rw.shape[1]
+    perm = np.full(tw.shape[1], -1)
+    perm[ti] = rj
+    if np.any(perm < 0):
+      perm[perm < 0] = 0  # unmatched true units: compared against an arbitrary unit (error reported as inf)
+    aligned_w.append(rw[:, perm])
+    aligned_b.append(rb[perm])
+    perm_prev = perm
+  out_w, out_b = rc.weights[-1][perm_prev], rc.biases[-1]
+  errors = []
+  for i in range(true.depth + 1):
+    # back to the victim's scale: incoming times the victim's norm, outgoing divided by the previous one's
+    if i < true.depth:
+      w, b = aligned_w[i] * t_norms[i], aligned_b[i] * t_norms[i]
+    else:
+      w, b = out_w, out_b
+    if i > 0:
+      w = w / t_norms[i - 1][:, None]
+    tw, tb = t_net.weights[i], t_net.biases[i]
+    if i == true.depth:
+      (w, b), (tw, tb) = _second_layer(w, b, differences), _second_layer(tw, tb, differences)
+    errors.append(float(max(np.max(np.abs(w - tw), initial=0.0), np.max(np.abs(b - tb), initial=0.0))))
+  err = max(errors) if complete else math.inf
+  bits = 64.0 if err <= 0 else 0.0 if not math.isfinite(err) else -math.log2(err)
+  return dict(max_weight_error=err, weight_error_bits=bits, errors=errors,
+              true_units=list(true.sizes[1:-1]), inert_true_units=inert, matched_units=matched, extra_units=extra,
+              sign_flipped_units=flipped, recovered_units=list(rec.sizes[1:-1]))

@@ -1,0 +1,216 @@
+"""Functionally-equivalent extraction of a fully connected ReLU network of any depth, not told the layer sizes.
+
+Layer by layer ("peeling", Carlini, Jagielski, Mironov 2020), each layer with the ones before it known exactly:
+  1. the layer's units (layer.recover_layer): partial signatures from Jacobian jumps at kinks not on a known
+     surface, grouped across regions, verified where their hyperplane predicts a kink, refitted from precise
+     surface points;
+  2. its signs: if the answers are an affine function of [relu(p_hat), p_hat] the layer is the last hidden one
+     and the same least squares gives the signs and the output layer (signs.last_layer); otherwise the signs come
+     from the isolation tests of signs.hidden_signs (exact where the layer is contractive, neuron-wiggle votes
+     where it is not) and the next layer is recovered on top. A layer whose fit leaves a residual is searched
+     again (`extra_searches`) before a deeper layer is assumed: a unit active on a small part of the domain only.
+Then the whole network is checked against the oracle over the domain (check.compare), with `repairs` searches of
+the last hidden layer through the points where the check failed. What works (two hidden layers, a first layer no
+wider than the input) and what does not yet (3+ hidden layers, expanding layers' signs): docs/fe_deep.md.
+The depth and every width are found, not given; a two-layer victim is the depth-1 case (its layer 0 is the last
+hidden layer; with its units affine in x the signs come from second_layer.flip_z, the two-layer attack's scalar
+flips). The tuned two-layer attack (attack.py) spends fewer queries on a victim known to have one hidden layer.
+
+Every query goes through the Oracle's __call__ (queries.Querier), counted per stage; every stage is bounded
+(rounds per layer, `max_depth`, the Querier's query and time limits) and ends with a one-line ExtractionError.
+Float64 numpy throughout.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Optional
+
+import numpy as np
+
+from extraction.oracle import Oracle
+from functional_equivalence import attack as two_layer
+from functional_equivalence import check, queries
+from functional_equivalence import domain as domains
+from functional_equivalence.deep import layer as layers
+from functional_equivalence.deep import network, signs
+from functional_equivalence.errors import ExtractionError
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(two_layer.Config):
+  """Attack settings: the two-layer attack's (attack.Config: scale, domain, line_reach, max_rounds and patience per
+  layer, grad_step, check_rtol, repairs, max_queries, max_seconds), for every layer, and:
+
+  Attributes:
+    lines_per_round: lines a round (4: a deeper unit's surface is crossed by fewer lines than a hyperplane).
+    verify_points, verify_hits, refit_points: layer.LayerConfig.
+    max_depth: at most this many hidden layers are peeled before giving up.
+    extra_searches: when the answers are not yet an affine function of a layer's units, the layer's search goes
+      on this many more times (until `patience` more quiet rounds each) before a deeper layer is assumed.
+    layers: stop after this many hidden layers with their signs (None: the whole network).
+    sign_votes: most neuron-wiggle votes per unit and pass.
+    check_points: points of the final check over the domain (more than the two-layer attack's: a deep unit can
+      be active on a small part of the domain only).
+    repairs: after a failed final check, at most this many searches of the last hidden layer on lines through the
+      points where it failed, each followed by the output layer and the check again.
+  """
+  lines_per_round: int = 4
+  verify_points: int = 6
+  verify_hits: int = 3
+  refit_points: int = 8
+  max_depth: int = 8
+  extra_searches: int = 2
+  layers: Optional[int] = None
+  sign_votes: int = 24
+  check_points: int = 512
+
+
+@dataclasses.dataclass
+class DeepExtraction:
+  """Result: the recovered network (victim convention; with probabilities the output layer's class-0 column and
+  bias are 0), queries (total, per stage), seconds, units per hidden layer, how each layer's signs were found,
+  statistics (with the final check's), the domain, and the per-unit table (`units`: per layer, estimated
+  relative error of each unit's weights and how many of its input features were seen)."""
+  net: network.DeepNet
+  queries: int
+  seconds: float
+  widths: list
+  stats: dict
+  domain: domains.Domain = None
+  queries_by_stage: dict = dataclasses.field(default_factory=dict)
+  units: list = dataclasses.field(default_factory=list)
+  sign_methods: list = dataclasses.field(default_factory=list)
+
+
+def _new_stats(probe_bits) -> dict:
+  return dict(probe_bits=probe_bits, search_queries=0, gradient_queries=0, verify_queries=0, refine_queries=0,
+              last_layer_queries=0, sign_queries=0, complete_queries=0, completed_features=0, kinks=0,
+              kinks_off_known=0, rejected_kinks=0, facets=0,
+              exact_sign_tests=0, wiggle_sign_tests=0, repair_rounds=0)
+
+
+def _append(prefix: network.DeepNet, units: list, s: np.ndarray) -> network.DeepNet:
+  w, b = signs.layer_arrays(units)
+  return network.DeepNet(prefix.weights + (w * s,), prefix.biases + (b * s,))
+
+
+def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 0):
+  """Recovers a ReLU network of any depth functionally equivalent to the oracle's victim (module docstring).
+
+  Returns:
+    DeepExtraction.
+  Raises an ExtractionError subclass (errors.py) when the oracle is not exact float64 piecewise linear, a limit is
+  reached, a layer does not settle, the signs contradict, or the final check fails.
+  """
+  limits = queries.Limits(cfg.max_queries, cfg.max_seconds)
+  q = queries.Querier(oracle, limits)
+  dom = cfg.the_domain()
+  rng = np.random.default_rng(seed)
+  probe = queries.probe(q, input_dim, cfg.scale, rng)
+  m = q(np.zeros((1, input_dim)), "output size").shape[1]
+  if m == 0:
+    raise ValueError("the oracle has one class: its probabilities carry no information")
+  stats = _new_stats(probe.precision_bits)
+  center = dom.center(input_dim)
+  lcfg = layers.LayerConfig(scale=cfg.scale, center=center, reach=cfg.line_reach * dom.circumradius(input_dim)
+                            / cfg.scale, far=2 * dom.circumradius(input_dim), lines_per_round=cfg.lines_per_round,
+                            max_rounds=cfg.max_rounds, patience=cfg.patience, grad_step=cfg.grad_step,
+                            verify_points=cfg.verify_points, verify_hits=cfg.verify_hits,
+                            refit_points=cfg.refit_points)
+  prefix = network.DeepNet((), ())
+  tables, methods, surfaces = [], [], []
+  last = None
+  for depth in range(cfg.max_depth):
+    state = layers.LayerState()
+    for search in range(1 + cfg.extra_searches):
+      units = layers.recover_layer(q, prefix, lcfg, dom, rng, stats, state)
+      if not units:
+        raise ExtractionError(f"layer {depth}: no unit found ({q.queries} queries)")
+      logging.info("layer %d: %d units (%d queries)", depth, len(units), q.queries)
+      if cfg.layers is not None and depth + 1 >= cfg.layers:
+        break
+      last = signs.last_layer(q, prefix, units, cfg.scale, center, rng, stats, dom=dom)
+      if last.residual <= cfg.check_rtol:
+        break
+      # a residual: a deeper layer, or a unit of this one not found yet (e.g. active in a small part of the
+      # domain only): search this layer again before going deeper
+    tables.append(dict(row_error=[u.err for u in units], features_seen=[int(u.known.sum()) for u in units],
+                       features=int(len(units[0].w))))
+    if last is not None and last.residual <= cfg.check_rtol:
+      methods.append("last layer least squares")
+      surfaces += [(prefix, u) for u in units]
+      break
+    votes = signs.hidden_signs(q, prefix, units, cfg.scale, center, rng, stats, max_votes=cfg.sign_votes)
+    stats["exact_sign_tests"] += votes.exact_tests
+    stats["wiggle_sign_tests"] += votes.wiggle_tests
+    methods.append(sorted(set(votes.how)))
+    tables[-1]["sign_method"] = votes.how
+    surfaces += [(prefix, u) for u in units]
+    prefix = _append(prefix, units, votes.signs)
+    last = None
+    if cfg.layers is not None and depth + 1 >= cfg.layers:
+      break
+  else:
+    raise ExtractionError(f"no last layer found within {cfg.max_depth} hidden layers ({q.queries} queries): the "
+                          f"answers are not an affine function of the last recovered layer")
+  differences = oracle.output == "probabilities"
+  if last is not None:
+    first_last = len(surfaces) - len(units)
+    for repair in range(cfg.repairs + 1):
+      net = _network(prefix, units, last, differences)
+      checked, bad = _final_check(q, net, surfaces, dom, cfg, rng, differences)
+      if not len(bad):
+        break
+      if repair == cfg.repairs:
+        raise ExtractionError(
+            f"final check failed, precision reached: 2^{np.log2(checked['check_error']):.1f}: the recovered "
+            f"{net.shape_text} network is off by {checked['check_error']:.2g} (relative, limit "
+            f"{cfg.check_rtol:g}) at fresh points of the domain {dom.describe()} after {cfg.repairs} repairs "
+            f"(units missed, or a noisy oracle?)")
+      # a point where the recovery is wrong is on the active side of a missed unit: lines through it
+      stats["repair_rounds"] += 1
+      state.lines = check.lines_towards_center(bad[:4 * cfg.lines_per_round], dom, cfg.scale, rng)
+      units = layers.recover_layer(q, prefix, lcfg, dom, rng, stats, state)
+      last = signs.last_layer(q, prefix, units, cfg.scale, center, rng, stats, dom=dom)
+      surfaces = surfaces[:first_last] + [(prefix, u) for u in units]
+      tables[-1].update(row_error=[u.err for u in units], features_seen=[int(u.known.sum()) for u in units])
+    stats.update(layer_residual=last.residual, paired_units=int(last.pairs.sum()), **checked)
+  else:
+    net = prefix
+  return DeepExtraction(net, q.queries, q.seconds, [len(t["row_error"]) for t in tables], stats, dom,
+                        dict(q.by_stage), tables, methods)
+
+
+def _network(prefix, units, last: signs.LastLayer, differences: bool) -> network.DeepNet:
+  """The prefix, the last hidden layer with its signs (and twins of pairs), the output layer."""
+  w, b = signs.layer_arrays(units)
+  w, b = w * last.signs, b * last.signs
+  if last.pairs.any():
+    w, b = np.concatenate([w, -w[:, last.pairs]], axis=1), np.concatenate([b, -b[last.pairs]])
+  w_out, b_out = np.concatenate([last.w_out, last.w_twin]), last.b_out
+  if differences:
+    w_out = np.concatenate([np.zeros((len(w_out), 1)), w_out], axis=1)
+    b_out = np.concatenate([[0.0], b_out])
+  return network.DeepNet(prefix.weights + (w, w_out), prefix.biases + (b, b_out))
+
+
+def _final_check(q, net, surfaces, dom, cfg: Config, rng, differences: bool):
+  """check.compare on points covering the domain and on and beside two precise points of every unit's surface."""
+  on, side = [], []
+  for prefix, u in surfaces:
+    if not u.points:
+      continue
+    p = np.array(u.points[:2])
+    p = p[dom.contains(p)]
+    if not len(p):
+      continue
+    nrm = np.einsum("ndk,k->nd", network.features(prefix, p).jac, u.w)
+    nrm /= np.linalg.norm(nrm, axis=1, keepdims=True) + 1e-300
+    on.append(p)
+    side.append(1e-3 * cfg.scale * nrm)
+  d = net.sizes[0]
+  on = np.concatenate(on) if on else np.zeros((0, d))
+  side = np.concatenate(side) if side else np.zeros((0, d))
+  return check.compare(q, on, side, lambda x: network.logits(net, x), dom, cfg.scale, cfg.check_points,
+                       cfg.check_rtol, rng, differences, d)

@@ -1,0 +1,115 @@
+"""Hybrid extraction (proposed by Jagielski et al. 2020): the first hidden layer recovered exactly by the
+critical-point method (its hyperplanes are kinks of the whole network), the rest learned by distillation from the
+oracle's logits, against learning the whole network with the same total number of queries.
+
+The student is an MLP d-n0-(hidden...)-k. Its first layer is the recovered one (the deep attack stopped after
+layer 0 with its signs, `attack.Config(layers=1)`), either `frozen` or used as the `init`ialisation of a trainable
+layer; `pure` learning starts from He-normal weights. The learning queries are the attacker's unlabeled pool
+(inputs it may ask about) and random convex combinations of pairs of them; every answer comes from the Oracle's
+__call__. Training: minibatch Adam (optax) on the squared logit error, float64. The caller measures fidelity
+(launch/hybrid.py: top-1 agreement on the digits test split and on uniform points of the input box).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from functional_equivalence.deep import network
+
+METHODS = ("pure", "frozen", "init")
+
+
+def first_layer(oracle, input_dim: int, seed: int, max_seconds: float = 600.0):
+  """The victim's first hidden layer with its signs, through the oracle: (w (d, n0), b (n0,), queries)."""
+  from functional_equivalence.deep import attack
+  used = oracle.used
+  result = attack.extract(oracle, input_dim, attack.Config(layers=1, max_seconds=max_seconds), seed=seed)
+  return result.net.weights[0], result.net.biases[0], oracle.used - used
+
+
+def learning_queries(pool: np.ndarray, count: int, rng: np.random.Generator, low=0.0, high=1.0) -> np.ndarray:
+  """`count` inputs: the pool itself first, then random convex combinations of two pool inputs (clipped)."""
+  take = min(count, len(pool))
+  x = [pool[rng.permutation(len(pool))[:take]]]
+  extra = count - take
+  if extra > 0:
+    i, j = rng.integers(len(pool), size=(2, extra))
+    a = rng.uniform(size=(extra, 1))
+    x.append(np.clip(a * pool[i] + (1 - a) * pool[j], low, high))
+  return np.concatenate(x)
+
+
+def init_student(sizes, rng: np.random.Generator, first: Optional[tuple] = None) -> network.DeepNet:
+  """He-normal weights, zero biases; with `first` = (w, b) the first layer is that one."""
+  ws = [rng.normal(size=(a, b)) * np.sqrt(2.0 / a) for a, b in zip(sizes[:-1], sizes[1:])]
+  bs = [np.zeros(b) for b in sizes[1:]]
+  if first is not None:
+    ws[0], bs[0] = np.asarray(first[0], np.float64), np.asarray(first[1], np.float64)
+  return network.DeepNet(tuple(ws), tuple(bs))
+
+
+def distill(student: network.DeepNet, x: np.ndarray, y: np.ndarray, steps: int, seed: int, frozen_first: bool,
+            batch: int = 256, learning_rate: float = 1e-3) -> network.DeepNet:
+  """Minibatch Adam on mean squared logit error; the first layer kept fixed when `frozen_first`. Float64 (runs in
+  a scoped `jax.enable_x64(True)`)."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  with jax.enable_x64(True):
+    fixed = (jnp.asarray(student.weights[0]), jnp.asarray(student.biases[0]))
+    start = 1 if frozen_first else 0
+    params = (tuple(jnp.asarray(w) for w in student.weights[start:]),
+              tuple(jnp.asarray(b) for b in student.biases[start:]))
+    opt = optax.adam(learning_rate)
+
+    def forward(p, inputs):
+      ws, bs = p
+      if frozen_first:
+        ws, bs = (fixed[0],) + ws, (fixed[1],) + bs
+      h = inputs
+      for w, b in zip(ws[:-1], bs[:-1]):
+        h = jax.nn.relu(h @ w + b)
+      return h @ ws[-1] + bs[-1]
+
+    @jax.jit
+    def step(p, state, bx, by):
+      loss, grads = jax.value_and_grad(lambda q: jnp.mean((forward(q, bx) - by) ** 2))(p)
+      updates, state = opt.update(grads, state, p)
+      return optax.apply_updates(p, updates), state, loss
+
+    state = opt.init(params)
+    rng = np.random.default_rng(seed)
+    xs, ys = jnp.asarray(x, jnp.float64), jnp.asarray(y, jnp.float64)
+    for _ in range(steps):
+      idx = rng.integers(len(x), size=min(batch, len(x)))
+      params, state, loss = step(params, state, xs[idx], ys[idx])
+    if not np.isfinite(float(loss)):
+      raise FloatingPointError(f"distillation diverged (loss {float(loss)})")
+    ws = tuple(np.asarray(w, np.float64) for w in params[0])
+    bs = tuple(np.asarray(b, np.float64) for b in params[1])
+  if frozen_first:
+    ws, bs = (student.weights[0],) + ws, (student.biases[0],) + bs
+  return network.DeepNet(ws, bs)
+
+
+def run(oracle, pool: np.ndarray, hidden, queries: int, method: str, seed: int, steps: int,
+        first: Optional[tuple] = None) -> tuple[network.DeepNet, dict]:
+  """One student by `method` (module docstring) with `queries` oracle queries in total; `first` = (w, b, fe
+  queries) from `first_layer` (its queries count against the total). Returns (student, counts)."""
+  if method not in METHODS:
+    raise ValueError(f"unknown hybrid method {method!r} (one of {', '.join(METHODS)})")
+  rng = np.random.default_rng(seed)
+  fe_queries = 0 if method == "pure" else first[2]
+  if fe_queries >= queries:
+    raise ValueError(f"the first layer took {fe_queries} queries, the whole budget is {queries}")
+  x = learning_queries(pool, queries - fe_queries, rng)
+  y = oracle(x)
+  k = y.shape[1]
+  if method == "pure":
+    student = init_student([pool.shape[1], *hidden, k], rng)
+  else:
+    student = init_student([pool.shape[1], first[0].shape[1], *hidden[1:], k], rng, first[:2])
+  student = distill(student, x, y, steps, seed, frozen_first=method == "frozen")
+  return student, dict(fe_queries=fe_queries, learning_queries=len(x), queries=fe_queries + len(x))

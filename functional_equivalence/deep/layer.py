@@ -1,0 +1,717 @@
+"""One hidden layer of a deep ReLU network, given the layers before it (the prefix, recovered with signs).
+
+With the prefix known, the features h(x) entering layer i are known functions of x (network.features): on each
+linear region of the prefix, h = x P + q with P known. A unit j of layer i has pre-activation p_j = h . w_j + b_j,
+a hyperplane in h-space; in x-space its surface is piecewise linear and bends where prefix units change state.
+Across any critical point the Jacobian of g jumps by c (grad_x p)^T (rank one, whatever layer the unit is in), and
+along x-directions that move one active feature h_r at a time (the rows of pinv(P_A), A the active features) the
+jump is c w_A^T: the unit's *partial signature*, its weights on the features active there (Carlini et al. 2020).
+Every step is float64 numpy; every query goes through the Querier.
+
+A round (`_round`): random lines -> kinks (search.find_kinks) -> kinks not on a known surface (prefix units and
+this layer's units found so far, tested offline) -> Jacobians along the active features on the segments beside
+each kink (recover.gradients with directions) -> partial signatures (recover.units_from_jumps in h-space). Items
+that agree with a unit on their common features (within both errors, with the bias) join it and fill in the
+features it had not seen; the others are candidates. A candidate is accepted as a unit of layer i only if g has a
+kink where its hyperplane predicts one at points spread over its surface (`_verify`, window tests of
+recover.locate_kinks); a deeper unit's kink is only locally flat (its surface bends at this layer's hyperplanes)
+and fails there. Rounds go on until `patience` rounds bring no new unit and no new feature. Then each unit is
+refitted from precise points of its surface (`refit`: h(x_r) . w + b = 0 at kinks located to float64 precision,
+a least-squares correction weighted against the measured signature's error), which also gives the points the
+sign step and the final check use.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Optional
+
+import numpy as np
+
+from functional_equivalence import recover, search
+from functional_equivalence.deep import network
+from functional_equivalence.errors import ExtractionError
+
+EPS = np.finfo(np.float64).eps
+NF = recover.NOISE_FACTOR
+
+
+@dataclasses.dataclass(eq=False)
+class Unit:
+  """A unit of the layer being recovered: w (n_in,) with |w| = 1 on its known features (0 elsewhere), bias b,
+  relative error estimate err, c (m,) the output jump of its first kink (for w as stored; constant for a unit of
+  the last hidden layer), the precise points of its surface found so far, how many kinks joined it."""
+  w: np.ndarray
+  known: np.ndarray
+  b: float
+  err: float
+  c: np.ndarray
+  points: list = dataclasses.field(default_factory=list)
+  items: int = 1
+  regions: set = dataclasses.field(default_factory=set)
+  anchor: Optional[np.ndarray] = None
+  retests: int = 1
+  extra_points: int = 0
+
+  def normalise(self):
+    n = np.linalg.norm(self.w[self.known])
+    self.w, self.b, self.c = self.w / n, self.b / n, self.c * n
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerConfig:
+  """Settings of one layer's recovery (deep/attack.Config fills them).
+
+  Attributes:
+    scale, center, reach: lines start at center + N(0, scale^2 I), directions N(0, scale^2 I), |t| <= reach.
+    lines_per_round, max_rounds, patience: rounds of lines; stop after `patience` rounds with nothing new (the
+      first layer; `deep_patience` for the others, whose surfaces a line crosses only about every other time: the
+      image of a line in feature space need not cross a hyperplane there).
+    grad_step: finite-difference step, times max(scale, |x - center| / sqrt(d)).
+    verify_points, verify_hits: a candidate is tested at up to verify_points points of its surface and accepted
+      with verify_hits hits (a kink within the window where predicted).
+    refit_points: precise surface points per unit beyond the number of its known features (layer 0: in total).
+    verify_spread: first layer: test points spread over this many times the anchor's distance from the center.
+  """
+  scale: float = 1.0
+  center: Optional[np.ndarray] = None
+  reach: float = 64.0
+  far: float = 2000.0
+  lines_per_round: int = 1
+  max_rounds: int = 40
+  patience: int = 2
+  deep_patience: int = 6
+  grad_step: float = 1e-3
+  verify_points: int = 6
+  verify_hits: int = 3
+  refit_points: int = 8
+  verify_spread: float = 8.0
+
+
+def region_key(feats: network.Features, i: int) -> bytes:
+  """The prefix's activation pattern at point i (its linear region)."""
+  if not feats.pre:
+    return b""
+  return np.packbits(np.concatenate([p[i] > 0 for p in feats.pre])).tobytes()
+
+
+def prefix_distance(feats: network.Features) -> np.ndarray:
+  """Distance (N,) from each point to the nearest prefix unit's surface (|p_l| / |grad p_l|, inf without one)."""
+  if not feats.pre:
+    return np.full(len(feats.h), np.inf)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    dist = np.concatenate([np.abs(p) / g for p, g in zip(feats.pre, feats.pre_grad)], axis=1)
+  dist = np.where(np.isfinite(dist), dist, np.inf)
+  return np.min(dist, axis=1)
+
+
+def active_features(prefix: network.DeepNet, feats: network.Features) -> np.ndarray:
+  """(N, n_in) bool: the features that vary on each point's region (all inputs for the first layer)."""
+  if not prefix.weights:
+    return np.ones(feats.h.shape, bool)
+  return feats.h > 0
+
+
+def _stack(units: list):
+  n_in = len(units[0].w) if units else 0
+  if not units:
+    return np.zeros((0, n_in)), np.zeros((0, n_in), bool), np.zeros(0), np.zeros(0)
+  return (np.stack([u.w for u in units]), np.stack([u.known for u in units]), np.array([u.b for u in units]),
+          np.array([u.err for u in units]))
+
+
+def on_units(units: list, feats: network.Features, x: np.ndarray, tol: np.ndarray, active) -> np.ndarray:
+  """True where a point lies on (within tol (N,) plus the unit's own error of) the surface of a unit whose known
+  features cover the point's active ones."""
+  if not units:
+    return np.zeros(len(x), bool)
+  w, known, b, err = _stack(units)
+  covered = ~np.any(active[:, None, :] & ~known[None], axis=2)          # (N, U)
+  p = feats.h @ w.T + b                                                 # (N, U)
+  grad = np.linalg.norm(np.einsum("ndk,uk->nud", feats.jac, w), axis=2)
+  slack = NF * err[None] * (np.linalg.norm(feats.h, axis=1)[:, None] + np.abs(b)[None])
+  with np.errstate(divide="ignore", invalid="ignore"):
+    near = np.abs(p) <= (tol[:, None] * grad + slack)
+  return np.any(near & covered, axis=1)
+
+
+class Items:
+  """Measured kinks: point x (k, d), active features (k, n_in), partial signature w (k, n_in), bias b, output
+  jump c (k, m), relative error err, and the prefix region of each."""
+
+  def __init__(self, x, active, w, b, c, err, regions):
+    self.x, self.active, self.w, self.b, self.c, self.err, self.regions = x, active, w, b, c, err, regions
+
+  def __len__(self):
+    return len(self.b)
+
+
+def measure(q, prefix: network.DeepNet, kinks: search.Kinks, starts, dirs, ranges, new, cfg: LayerConfig, rng,
+            stats) -> Items:
+  """Partial signatures at the kinks `new` (indices into kinks): Jacobians along the active features on the
+  segments beside each kink (shared by neighbouring kinks), jumps, rows in h-space."""
+  from functional_equivalence import attack  # the segments of the two-layer rounds
+  d = starts.shape[1]
+  x = starts[kinks.line] + kinks.t[:, None] * dirs[kinks.line]
+  seg_line, seg_mid, seg_half, seg_left = attack._segments(kinks, ranges)
+  left, right = seg_left[new], seg_left[new] + 1
+  need = np.unique(np.concatenate([left, right]))
+  where = np.full(len(seg_mid), -1)
+  where[need] = np.arange(len(need))
+  points = starts[seg_line[need]] + seg_mid[need, None] * dirs[seg_line[need]]
+  center = cfg.center if cfg.center is not None else np.zeros(d)
+  feats = network.features(prefix, points)
+  reach = np.maximum(cfg.scale, np.linalg.norm(points - center, axis=1) / np.sqrt(d))
+  eps = np.minimum(cfg.grad_step * reach, 0.25 * seg_half[need] * np.linalg.norm(dirs[seg_line[need]], axis=1))
+  eps = np.minimum(eps, 0.25 * prefix_distance(feats))
+  keys = [region_key(feats, i) for i in range(len(need))]
+  n_in = feats.h.shape[1]
+  active = active_features(prefix, feats)
+  m = None
+  jac_h = [None] * len(need)
+  noise = np.full(len(need), np.inf)
+  usable = np.zeros(len(need), bool)
+  if not prefix.weights:
+    q0 = q.queries
+    jac, ok, _, nz = recover.gradients(q, points, eps, rng)
+    stats["gradient_queries"] += q.queries - q0
+    for i in range(len(need)):
+      jac_h[i], noise[i], usable[i] = jac[i], nz[i], ok[i]
+  else:
+    # directions moving one active feature at a time: rows of pinv(P_A), normalised (grouped by |A|)
+    dirs_h, norms = [None] * len(need), [None] * len(need)
+    for i in range(len(need)):
+      pa = feats.jac[i][:, active[i]]
+      if pa.shape[1] == 0 or pa.shape[1] > d:
+        continue
+      s = np.linalg.svd(pa, compute_uv=False)
+      if s[-1] <= 1e-10 * s[0]:
+        continue
+      delta = np.linalg.pinv(pa)                                        # (a, d): delta @ pa = I
+      nrm = np.linalg.norm(delta, axis=1)
+      dirs_h[i], norms[i] = delta / nrm[:, None], nrm
+      usable[i] = True
+    sizes = np.array([len(norms[i]) if usable[i] else 0 for i in range(len(need))])
+    q0 = q.queries
+    for a in np.unique(sizes[usable]):
+      idx = np.flatnonzero(usable & (sizes == a))
+      jac, ok, used, nz = recover.gradients(q, points[idx], eps[idx] / np.array([norms[i].max() for i in idx]),
+                                            rng, dirs=np.stack([dirs_h[i] for i in idx]))
+      for j, i in enumerate(idx):
+        jac_h[i] = jac[j] * norms[i][None, :]                           # derivatives per unit of h_r
+        noise[i] = nz[j] * norms[i].max()
+        usable[i] = ok[j]
+    stats["gradient_queries"] += q.queries - q0
+  # jumps across the new kinks whose two sides are measured, in the same prefix region
+  kx = x[new]
+  kf = network.features(prefix, kx)
+  rows = []
+  for j, k in enumerate(new):
+    li, ri = where[left[j]], where[right[j]]
+    if not (usable[li] and usable[ri]) or keys[li] != keys[ri] or keys[li] != region_key(kf, j):
+      continue
+    rows.append((j, li, ri))
+  if not rows:
+    return Items(np.zeros((0, d)), np.zeros((0, n_in), bool), np.zeros((0, n_in)), np.zeros(0),
+                 np.zeros((0, 0)), np.zeros(0), [])
+  out = dict(x=[], active=[], w=[], b=[], c=[], err=[], regions=[])
+  for j, li, ri in rows:
+    act = active[li]
+    jump = jac_h[ri] - jac_h[li]                                        # (m, a)
+    m = jump.shape[0]
+    line_h = dirs[kinks.line[new[j]]] @ kf.jac[j][:, act]
+    jn = recover.jump_noise(noise[li:li + 1], noise[ri:ri + 1], m, int(act.sum()))
+    units, ok = recover.units_from_jumps(jump[None], line_h[None], kf.h[j:j + 1, act], jn)
+    if not ok[0]:
+      stats["rejected_kinks"] += 1
+      continue
+    w = np.zeros(n_in)
+    w[act] = units.u[0]
+    out["x"].append(kx[j]); out["active"].append(act); out["w"].append(w); out["b"].append(units.beta[0])
+    out["c"].append(units.c[0]); out["err"].append(max(units.err[0], 1e-13)); out["regions"].append(keys[li])
+  if not out["x"]:
+    return Items(np.zeros((0, d)), np.zeros((0, n_in), bool), np.zeros((0, n_in)), np.zeros(0),
+                 np.zeros((0, m or 0)), np.zeros(0), [])
+  return Items(np.array(out["x"]), np.array(out["active"]), np.array(out["w"]), np.array(out["b"]),
+               np.array(out["c"]), np.array(out["err"]), out["regions"])
+
+
+def match(unit: Unit, w, active, b, err, hnorm) -> Optional[float]:
+  """The scale lambda with w = lambda * unit.w on their common features (and b = lambda * unit.b), or None when
+  they are different units. Needs two common features (one when the item has only one)."""
+  common = unit.known & active
+  if common.sum() < min(2, active.sum()) or common.sum() == 0:
+    return None
+  a, c = unit.w[common], w[common]
+  lam = float(c @ a / (a @ a))
+  tol = NF * (unit.err + err) + 1e-9
+  if np.linalg.norm(c - lam * a) > tol * np.linalg.norm(w):
+    return None
+  if np.linalg.norm(lam * a) < 1e-3 * np.linalg.norm(w):
+    return None
+  if abs(b - lam * unit.b) > tol * (hnorm + abs(b)) + 1e-12:
+    return None
+  return lam
+
+
+def absorb(unit: Unit, w, active, b, err, key) -> bool:
+  """Adds an item (already matched with scale lam folded into w, b) to a unit; True if it filled new features."""
+  fresh = active & ~unit.known
+  unit.items += 1
+  unit.regions.add(key)
+  if not np.any(fresh):
+    return False
+  unit.w = unit.w.copy()
+  unit.w[fresh] = w[fresh]
+  unit.known = unit.known | fresh
+  unit.err = max(unit.err, err)
+  unit.normalise()
+  return True
+
+
+def surface_points(prefix: network.DeepNet, unit: Unit, anchors: np.ndarray, count: int, spread: float, rng,
+                   tries: int = 4, grid: int = 48):
+  """Points of the unit's surface {h(x) . w + b = 0} where its known features cover the active ones (so the
+  surface there is predicted), found offline on random lines through anchors + spread N(0, I / d) (no query).
+  Returns (points (k, d), unit normals there (k, d), room (k,): distance to the nearest prefix surface)."""
+  d = anchors.shape[1]
+  found_x, found_n, found_room = [], [], []
+  for _ in range(tries):
+    need = count - sum(len(f) for f in found_x)
+    if need <= 0:
+      break
+    lines = 2 * need + 4
+    base = anchors[rng.integers(len(anchors), size=lines)] + spread * rng.normal(size=(lines, d)) / np.sqrt(d)
+    v = rng.normal(size=(lines, d))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    t = np.linspace(-2 * spread, 2 * spread, grid)
+    pts = base[:, None] + t[None, :, None] * v[:, None]
+    f = network.features(prefix, pts.reshape(-1, d))
+    val = (f.h @ unit.w + unit.b).reshape(lines, grid)
+    ok = (~np.any(active_features(prefix, f) & ~unit.known, axis=1)).reshape(lines, grid)
+    sign = np.sign(val)
+    cross = (sign[:, :-1] * sign[:, 1:] < 0) & ok[:, :-1] & ok[:, 1:]
+    li, gi = np.nonzero(cross)
+    if len(li) == 0:
+      continue
+    _, first = np.unique(li, return_index=True)                        # one root a line
+    li, gi = li[first], gi[first]
+    lo, hi = t[gi], t[gi + 1]
+    flo = val[li, gi]
+    for _ in range(64):                                                  # offline bisection to float64
+      mid = 0.5 * (lo + hi)
+      fm = network.features(prefix, base[li] + mid[:, None] * v[li])
+      vm = fm.h @ unit.w + unit.b
+      left = np.sign(vm) == np.sign(flo)
+      lo, hi = np.where(left, mid, lo), np.where(left, hi, mid)
+    root = base[li] + (0.5 * (lo + hi))[:, None] * v[li]
+    fr = network.features(prefix, root)
+    good = ~np.any(active_features(prefix, fr) & ~unit.known, axis=1)
+    normal = np.einsum("ndk,k->nd", fr.jac, unit.w)
+    nn = np.linalg.norm(normal, axis=1)
+    good &= nn > 0
+    room = prefix_distance(fr)
+    found_x.append(root[good])
+    found_n.append(normal[good] / nn[good, None])
+    found_room.append(room[good])
+  if not found_x:
+    return np.zeros((0, d)), np.zeros((0, d)), np.zeros(0)
+  x, n, r = np.concatenate(found_x), np.concatenate(found_n), np.concatenate(found_room)
+  return x[:count], n[:count], r[:count]
+
+
+def locate(q, prefix, units: list, which: list, points, normals, room, cfg: LayerConfig, stage: str,
+           tries: int = 3):
+  """Window tests: is there a kink of g where unit `which[k]` predicts one (points[k], along normals[k])?
+  Returns (hit (k,) bool, precise surface points (k, d)). Windows start at 64 times the predicted position's
+  error and stay within a quarter of the distance to the nearest prefix surface."""
+  k, d = points.shape
+  center = cfg.center if cfg.center is not None else np.zeros(d)
+  feats = network.features(prefix, points)
+  hn = np.linalg.norm(feats.h, axis=1)
+  err = np.array([units[j].err for j in which])
+  bias = np.array([abs(units[j].b) for j in which])
+  grad = np.array([np.linalg.norm(feats.jac[i] @ units[j].w) for i, j in enumerate(which)])
+  dist = np.linalg.norm(points - center, axis=1)
+  w = np.maximum(64 * NF * err * (hn + bias) / np.maximum(grad, 1e-300), 1e-9 * (cfg.scale + dist))
+  w = np.minimum(w, 1e-2 * (cfg.scale + dist))
+  w = np.minimum(w, 0.25 * room)
+  hit = np.zeros(k, bool)
+  exact = points.copy()
+  usable = w > 1e-12 * (cfg.scale + dist)
+  for _ in range(tries):
+    idx = np.flatnonzero(usable & ~hit)
+    if len(idx) == 0:
+      break
+    st, good, ds, mag = recover.locate_kinks(q, points[idx], normals[idx], w[idx], grad[idx], 1e-10, stage)
+    rounding = NF * 8 * EPS * mag * np.sqrt(ds.shape[1]) / w[idx]
+    good &= np.linalg.norm(ds, axis=1) >= 100 * rounding
+    hit[idx[good]] = True
+    exact[idx[good]] = points[idx[good]] + st[good, None] * normals[idx[good]]
+    w[idx[~good]] /= 8
+  return hit, exact
+
+
+def near_anchors(u: Unit, center, scale: float, count: int = 4):
+  """The center and the unit's `count` precise points nearest to it, and a spread reaching the nearest: surface
+  points near the center keep the bias precise (a located kink's error grows like eps |h(x)|)."""
+  pts = sorted(u.points, key=lambda p: float(np.linalg.norm(p - center)))[:count]
+  anc = np.stack([center] + pts)
+  near = min([float(np.linalg.norm(p - center)) for p in pts], default=0.0)
+  return anc, 2 * scale * np.sqrt(len(center)) + near
+
+
+def _verify(q, prefix, cands: list, cfg: LayerConfig, rng, stats) -> list:
+  """Tests each candidate at up to verify_points points spread over its surface (sequentially, all candidates
+  at once). Returns per candidate 'unit' (verify_hits hits), 'facet' (too many misses) or 'pending' (too few
+  points of its surface are predicted by the features it has seen: tested again once it has seen more). Hits
+  are kept as the unit's precise points."""
+  n = len(cands)
+  hits, misses, blind = np.zeros(n, int), np.zeros(n, int), np.zeros(n, int)
+  d = cands[0].anchor.shape[-1]
+  center = cfg.center if cfg.center is not None else np.zeros(d)
+  # first layer: spread far beyond the anchor. A deeper unit's surface is flat over a whole linear region of the
+  # first layer, and far from the center such regions are wide cones; points spread over several times the
+  # anchor's distance fall in other regions. Only hits within the base spread are kept as precise points.
+  base = [2 * cfg.scale * np.sqrt(d) + np.linalg.norm(c.anchor - center) for c in cands]
+  spread = [(1.0 if prefix.weights else cfg.verify_spread) * b for b in base]
+  q0 = q.queries
+  for _ in range(cfg.verify_points):
+    live = [i for i in range(n) if hits[i] < cfg.verify_hits and misses[i] <= cfg.verify_points - cfg.verify_hits
+            and blind[i] < 2]
+    if not live:
+      break
+    xs, ns, rs, who = [], [], [], []
+    for i in live:
+      x, nrm, room = surface_points(prefix, cands[i], np.stack([center, cands[i].anchor]), 1, spread[i], rng)
+      if len(x) == 0:
+        blind[i] += 1
+        continue
+      xs.append(x[0]); ns.append(nrm[0]); rs.append(room[0]); who.append(i)
+    if not who:
+      continue
+    hit, exact = locate(q, prefix, cands, who, np.array(xs), np.array(ns), np.array(rs), cfg, "verify")
+    for j, i in enumerate(who):
+      if hit[j]:
+        hits[i] += 1
+        if np.linalg.norm(exact[j] - center) <= 2 * base[i]:
+          cands[i].points.append(exact[j])
+      else:
+        misses[i] += 1
+  stats["verify_queries"] += q.queries - q0
+  return ["unit" if h >= cfg.verify_hits else "facet" if m > cfg.verify_points - cfg.verify_hits else "pending"
+          for h, m in zip(hits, misses)]
+
+
+def _round(q, prefix, state: "LayerState", cfg: LayerConfig, dom, rng, stats) -> bool:
+  """One round (module docstring); returns True when a unit or a feature was added."""
+  units = state.units
+  d = len(cfg.center)
+  center = cfg.center
+  if state.lines is not None:                    # lines asked for (through points where the final check failed)
+    (starts, dirs), state.lines = state.lines, None
+  else:
+    if hasattr(dom, "low"):
+      starts = rng.uniform(dom.low, dom.high, size=(cfg.lines_per_round, d))
+    else:
+      starts = center + cfg.scale * rng.normal(size=(cfg.lines_per_round, d))
+    dirs = rng.normal(size=(cfg.lines_per_round, d)) * cfg.scale
+  from functional_equivalence import attack  # lines shortened where probabilities would underflow
+  q0 = q.queries
+  ranges = attack._line_ranges(q, starts, dirs, cfg.reach)
+  kinks = search.find_kinks(q, starts, dirs, ranges, far=cfg.far, center=center)
+  stats["search_queries"] += q.queries - q0
+  stats["kinks"] += len(kinks.t)
+  if len(kinks.t) == 0:
+    return False
+  x = starts[kinks.line] + kinks.t[:, None] * dirs[kinks.line]
+  feats = network.features(prefix, x)
+  tol = 1e-7 * (cfg.scale + np.linalg.norm(x - center, axis=1))
+  known = (prefix_distance(feats) <= tol) | on_units(units, feats, x, tol, active_features(prefix, feats))
+  new = np.flatnonzero(~known)
+  stats["kinks_off_known"] += len(new)
+  if len(new) == 0:
+    return False
+  items = measure(q, prefix, kinks, starts, dirs, ranges, new, cfg, rng, stats)
+  changed = False
+  touched = set()
+  for k in range(len(items)):
+    w, act, b, err, key = items.w[k], items.active[k], items.b[k], items.err[k], items.regions[k]
+    hn = float(np.linalg.norm(network.features(prefix, items.x[k:k + 1]).h))
+    placed = False
+    for group in (units, state.pending, state.facets):
+      for u in group:
+        lam = match(u, w, act, b, err, hn)
+        if lam is not None:
+          grew = absorb(u, w / lam, act, b / lam, err, key)
+          changed |= grew and group is units
+          if group is not units and (grew or group is state.pending):
+            touched.add(id(u))
+          placed = True
+          break
+      if placed:
+        break
+    if not placed:
+      cand = Unit(w.copy(), act.copy(), float(b), float(err), items.c[k].copy(), regions={key})
+      cand.anchor = items.x[k]
+      state.pending.append(cand)
+      touched.add(id(cand))
+  # facets that keep collecting kinks from new regions are tested again (at 3, 6, 12, ... regions)
+  for f in state.facets:
+    if len(f.regions) >= 3 * f.retests and id(f) in touched:
+      f.retests *= 2
+    elif id(f) in touched:
+      touched.discard(id(f))
+  test = [c for c in state.pending + state.facets if id(c) in touched]
+  if test:
+    verdicts = _verify(q, prefix, test, cfg, rng, stats)
+    for cand, verdict in zip(test, verdicts):
+      for group in (state.pending, state.facets):
+        if cand in group:
+          group.remove(cand)
+      {"unit": units, "facet": state.facets, "pending": state.pending}[verdict].append(cand)
+      changed |= verdict == "unit"
+  stats["facets"] = len(state.facets)
+  return changed
+
+
+@dataclasses.dataclass
+class LayerState:
+  """The units found (verified), the candidates not yet testable (pending) and those that failed (facets), and
+  lines (starts, dirs) that the next round searches instead of random ones."""
+  units: list = dataclasses.field(default_factory=list)
+  pending: list = dataclasses.field(default_factory=list)
+  facets: list = dataclasses.field(default_factory=list)
+  lines: Optional[tuple] = None
+
+
+def _last_grad(prefix, x):
+  """Input gradients (d, n_in) of the last prefix layer's pre-activations at one point x (d,)."""
+  f = network.features(prefix.prefix(len(prefix.weights) - 1), x[None])
+  return f.jac[0] @ prefix.weights[-1]
+
+
+def _onto_surface(prefix, u: Unit, x):
+  """x moved along the unit's local normal onto its predicted surface (two Newton steps; offline)."""
+  for _ in range(2):
+    f = network.features(prefix, x[None])
+    grad = f.jac[0] @ u.w
+    g2 = grad @ grad
+    if g2 == 0:
+      return x
+    x = x - (f.h[0] @ u.w + u.b) / g2 * grad
+  return x
+
+
+def _walk(prefix, u: Unit, x, target: int, far: float, center, steps: int = 64):
+  """Walks (offline) along the unit's predicted surface from x, in the direction that raises prefix feature
+  `target`, until a feature the unit has not seen becomes active. Returns (point just before it, the feature,
+  the walking direction, the distance left before any other prefix unit changes) or None."""
+  n_last = prefix.weights[-1].shape[1]
+  offset = sum(w.shape[1] for w in prefix.weights[:-1])
+  for _ in range(steps):
+    f = network.features(prefix, x[None])
+    nrm = f.jac[0] @ u.w
+    nn = np.linalg.norm(nrm)
+    if nn == 0 or np.linalg.norm(x - center) > far:
+      return None
+    nrm /= nn
+    gl = _last_grad(prefix, x)[:, target]
+    tau = gl - (gl @ nrm) * nrm
+    if np.linalg.norm(tau) <= 1e-9 * np.linalg.norm(gl):
+      return None
+    tau /= np.linalg.norm(tau)
+    pre = np.concatenate([p[0] for p in f.pre])
+    rate = np.concatenate([r[0] for r in network.along(prefix, x[None], tau[None])])
+    with np.errstate(divide="ignore", invalid="ignore"):
+      dist = np.where(pre * rate < 0, -pre / rate, np.inf)
+    order = np.argsort(dist)
+    first = order[0]
+    if not np.isfinite(dist[first]):
+      return None
+    feature = first - offset
+    nxt = dist[order[1]] if len(order) > 1 else np.inf
+    if 0 <= feature < n_last and not u.known[feature] and rate[first] > 0:
+      return x + dist[first] * tau, feature, tau, nxt - dist[first]
+    x = _onto_surface(prefix, u, x + dist[first] * (1 + 1e-9) * tau + 1e-12 * (1 + np.linalg.norm(x)) * tau)
+  return None
+
+
+def complete(q, prefix, units: list, cfg: LayerConfig, rng, stats, tries: int = 3):
+  """Fills in the weights of features a unit never saw active at its kinks (hyperplane following): from a point
+  of its surface, walk along it until such a feature l turns on; just past that boundary (h_l = eta small) the
+  true surface is off the predicted one by w_l eta / |grad p_hat|; the kink found there on a short line along the
+  normal gives w_l = -(h . w + b) / h_l. Each new weight is checked by a window test deeper in the new region."""
+  if not prefix.weights:
+    return
+  center = cfg.center
+  q0 = q.queries
+  for u in units:
+    for _ in range(int((~u.known).sum()) * tries):
+      missing = np.flatnonzero(~u.known)
+      if len(missing) == 0 or not u.points:
+        break
+      start = u.points[rng.integers(len(u.points))]
+      walked = _walk(prefix, u, start, int(rng.choice(missing)), cfg.far, center)
+      if walked is None:
+        continue
+      xb, feat, tau, room = walked
+      gl = _last_grad(prefix, xb)[:, feat] @ tau
+      f = network.features(prefix, xb[None])
+      hn = np.linalg.norm(f.h[0]) + abs(u.b)
+      eta = min(1e-2 * hn, 0.25 * room * gl)
+      x1 = xb + eta / gl * tau
+      nrm = f.jac[0] @ u.w
+      nn = np.linalg.norm(nrm)
+      nrm /= nn
+      width = 10 * eta * np.max(np.abs(u.w)) / nn + 1e-9 * (cfg.scale + np.linalg.norm(x1 - center))
+      kinks = search.find_kinks(q, x1[None], nrm[None], np.array([[-width, width]]), pieces=4)
+      if len(kinks.t) == 0:
+        continue
+      xs = x1 + kinks.t[:, None] * nrm
+      fk = network.features(prefix, xs)
+      tol = 1e-7 * (cfg.scale + np.linalg.norm(xs - center, axis=1))
+      cand = np.flatnonzero((prefix_distance(fk) > tol) & (fk.h[:, feat] > 0))
+      if len(cand) == 0:
+        continue
+      k = cand[np.argmin(np.abs(kinks.t[cand]))]
+      hk = fk.h[k]
+      trial = Unit(u.w.copy(), u.known.copy(), u.b, u.err, u.c.copy())
+      trial.w[feat] = -(hk[u.known] @ u.w[u.known] + u.b) / hk[feat]
+      trial.known[feat] = True
+      # check deeper in the new region: predicted surface point with h_feat ~ 4 eta
+      x2 = _onto_surface(prefix, trial, xb + min(4 * eta, 0.5 * room * gl) / gl * tau)
+      f2 = network.features(prefix, x2[None])
+      n2 = f2.jac[0] @ trial.w
+      if not np.linalg.norm(n2):
+        continue
+      trial.err = max(u.err, 1e-9)
+      hit, exact = locate(q, prefix, [trial], [0], x2[None], (n2 / np.linalg.norm(n2))[None],
+                          prefix_distance(f2), cfg, "complete")
+      if hit[0]:
+        u.w, u.known = trial.w, trial.known
+        u.points += [xs[k], exact[0]]
+        u.extra_points += 4
+        u.normalise()
+        stats["completed_features"] += 1
+  stats["complete_queries"] += q.queries - q0
+
+
+def refit(q, prefix, units: list, cfg: LayerConfig, rng, stats):
+  """Precise points on every unit's surface (window tests at predicted points), then a least-squares correction
+  of (w, b) from h(x_r) . w + b = 0, weighted against the current error (module docstring)."""
+  if not units:
+    return
+  d = prefix.weights[0].shape[0] if prefix.weights else len(cfg.center)
+  center = cfg.center if cfg.center is not None else np.zeros(d)
+  q0 = q.queries
+  for _ in range(3):
+    xs, ns, rs, who = [], [], [], []
+    for j, u in enumerate(units):
+      want = (cfg.refit_points if not prefix.weights else int(u.known.sum()) + 1 + cfg.refit_points) - len(u.points)
+      want += u.extra_points
+      u.extra_points = 0
+      if want <= 0:
+        continue
+      anc, spread = near_anchors(u, center, cfg.scale)
+      x, nrm, room = surface_points(prefix, u, anc, want, spread, rng)
+      xs.append(x); ns.append(nrm); rs.append(room); who += [j] * len(x)
+    if not who:
+      break
+    hit, exact = locate(q, prefix, units, who, np.concatenate(xs), np.concatenate(ns), np.concatenate(rs), cfg,
+                        "refine")
+    for j, p in zip(np.array(who)[hit], exact[hit]):
+      units[j].points.append(p)
+  stats["refine_queries"] += q.queries - q0
+  for u in units:
+    _correct(prefix, u)
+
+
+def _correct(prefix, u: Unit):
+  """Least-squares correction of (w, b) on the unit's known features from its precise surface points."""
+  if not u.points:
+    return
+  pts = np.array(u.points)
+  h = network.features(prefix, pts).h[:, u.known]
+  hn = np.linalg.norm(h, axis=1) + abs(u.b) + 1e-300
+  sigma = 64 * EPS * hn                                                 # position noise of a located kink, in p
+  tau = max(u.err, 1e-15)
+  k = h.shape[1]
+  rows = np.concatenate([np.concatenate([h, np.ones((len(h), 1))], 1) / sigma[:, None],
+                         np.concatenate([np.eye(k), np.zeros((k, 1))], 1) / tau])
+  rhs = np.concatenate([-(h @ u.w[u.known] + u.b) / sigma, np.zeros(k)])
+  sol, *_ = np.linalg.lstsq(rows, rhs, rcond=None)
+  u.w = u.w.copy()
+  u.w[u.known] += sol[:k]
+  u.b += sol[k]
+  u.normalise()
+  cov = np.linalg.pinv(rows.T @ rows)
+  u.err = float(min(u.err, np.sqrt(np.max(np.diag(cov)[:k]))))
+
+
+def _close_units(a: Unit, b: Unit, rtol: float) -> bool:
+  """a and b are one hyperplane up to orientation: unit rows that agree within rtol on their common features."""
+  common = a.known & b.known
+  if common.sum() == 0:
+    return False
+  va = np.append(a.w[common], a.b)
+  vb = np.append(b.w[common], b.b)
+  va, vb = va / np.linalg.norm(va), vb / np.linalg.norm(vb)
+  return min(np.linalg.norm(va - vb), np.linalg.norm(va + vb)) <= rtol
+
+
+def _surface_misfit(prefix, u: Unit, points: np.ndarray) -> float:
+  """Largest |h(x) . w + b| / (|h(x)| + |b|) of the unit over precise surface points (0 on its own surface)."""
+  h = network.features(prefix, points).h
+  return float(np.max(np.abs(h @ u.w + u.b) / (np.linalg.norm(h, axis=1) + abs(u.b))))
+
+
+def dedup(prefix, units: list, rtol: float = 1e-4) -> list:
+  """Merges units that are the same hyperplane up to orientation (rows within rtol, or within their errors):
+  the one whose surface fits both units' precise points best is kept, with the other's points, and refitted (a
+  duplicate measured from a poorer kink may carry an error estimate that is too small)."""
+  order = sorted(range(len(units)), key=lambda j: units[j].err)
+  kept = []
+  for j in order:
+    u = units[j]
+    twin = next((k for k in kept if _close_units(k, u, rtol) or match(k, u.w, u.known, u.b, u.err, 1.0)
+                 is not None), None)
+    if twin is None:
+      kept.append(u)
+      continue
+    pts = np.array(twin.points + u.points)
+    if len(pts) and _surface_misfit(prefix, u, pts) < _surface_misfit(prefix, twin, pts):
+      kept[kept.index(twin)], u, twin = u, twin, u
+    twin.points = twin.points + u.points
+    _correct(prefix, twin)
+  return kept
+
+
+def recover_layer(q, prefix, cfg: LayerConfig, dom, rng, stats, state: Optional["LayerState"] = None) -> list:
+  """The units of the layer after `prefix` (module docstring). Given the `state` of an earlier call, its search
+  goes on from there (more rounds, until `patience` more quiet ones). Raises ExtractionError after max_rounds
+  rounds without settling, LimitReachedError (from the Querier) at the attack's limits."""
+  state = LayerState() if state is None else state
+  quiet = 0
+  units = state.units
+  for r in range(cfg.max_rounds):
+    changed = _round(q, prefix, state, cfg, dom, rng, stats)
+    quiet = 0 if changed else quiet + 1
+    logging.info("layer %d round %d: %d units, %d pending, %d facets, %d queries", len(prefix.weights), r,
+                 len(units), len(state.pending), len(state.facets), q.queries)
+    if quiet >= (cfg.deep_patience if prefix.weights else cfg.patience) and units:
+      break
+  else:
+    raise ExtractionError(f"layer {len(prefix.weights)}: the search did not settle in {cfg.max_rounds} rounds "
+                          f"({len(units)} units, {q.queries} queries)")
+  for cand in state.pending:                     # partial candidates that belong to a unit fill in its features
+    for u in units:
+      hn = float(np.linalg.norm(network.features(prefix, cand.anchor[None]).h))
+      lam = match(u, cand.w, cand.known, cand.b, cand.err, hn)
+      if lam is not None:
+        absorb(u, cand.w / lam, cand.known, cand.b / lam, cand.err, b"")
+        break
+  complete(q, prefix, units, cfg, rng, stats)
+  refit(q, prefix, units, cfg, rng, stats)
+  state.units[:] = dedup(prefix, units)
+  return list(state.units)

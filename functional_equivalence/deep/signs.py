@@ -1,0 +1,255 @@
+"""Signs of a recovered layer, in polynomial time, and the last layer by least squares.
+
+A unit is recovered up to orientation: p_hat = s p with s = +-1 unknown (relu(p) and relu(-p) differ).
+
+* The last hidden layer (`last_layer`): g(x) = sum_j v_j relu(s_j p_hat_j(x)) + b, and relu(-z) = relu(z) - z, so
+  g = sum_j [a_j relu(p_hat_j) + e_j p_hat_j] + b with a_j = v_j and e_j = 0 (s_j = +1) or -v_j (s_j = -1):
+  linear least squares on the features [relu(p_hat), p_hat, 1] at sampled points. For a deep network p_hat_j are
+  piecewise linear functions of x and these features are independent even when the layer is wider than the
+  input (not so for a two-layer network, where p_hat is affine in x: there the scalar flips of
+  second_layer.flip_signs are used, with the measured output jumps c_j). A residual ~0 also says that this layer
+  is the last hidden one; e_j neither 0 nor -a_j is a pair of units on one hyperplane (c relu(z) + q relu(-z)).
+* A hidden layer followed by more layers (`hidden_signs`): at a point x on unit j's surface, a direction delta
+  that changes p_hat_j by 1 and leaves every other unit l that may be active unchanged (delta . grad p_hat_l = 0)
+  changes g only on the side where unit j is truly active: g(x + s delta) - g(x) is exactly 0 (to rounding) on
+  the inactive side and not on the other, which gives s_j (3 queries; the "system of equations" idea of
+  Canales-Martinez et al. 2024 for contractive layers). Such a delta exists while the constraints number less
+  than the rank of d p_hat / dx at x (the layer is contractive there); units whose sign is already known and that
+  are inactive at x need no constraint, so decided units make more points exact (bootstrap). Where no exact
+  delta exists the test falls back to the neuron wiggle (ibid.): the least-squares delta concentrates the change
+  on unit j, and the side with the larger change of g is taken as the active one, a statistical vote.
+Float64 numpy; every query through the Querier.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import scipy.linalg
+
+from functional_equivalence import second_layer
+from functional_equivalence.deep import network
+from functional_equivalence.deep.layer import Unit, near_anchors, surface_points
+from functional_equivalence.errors import SignRecoveryError
+
+EPS = np.finfo(np.float64).eps
+
+
+def _lstsq(phi, y, cond=1e-12):
+  """Column-normalised least squares (LAPACK gelsy): (solution, rank)."""
+  norms = np.linalg.norm(phi, axis=0) + 1e-300
+  sol, _, rank, _ = scipy.linalg.lstsq(phi / norms, y, cond=cond, lapack_driver="gelsy")
+  return sol / (norms[:, None] if sol.ndim == 2 else norms), rank
+
+
+def layer_arrays(units: list):
+  """(W (n_in, n) with the units' w as columns, b (n,))."""
+  return np.stack([u.w for u in units], axis=1), np.array([u.b for u in units])
+
+
+def sample_points(prefix, units: list, count: int, scale: float, center, rng, dom=None,
+                  domain_count: int = 256) -> np.ndarray:
+  """Points on both sides of every unit's surface (its precise points moved along the surface normal by
+  +-scale/16, alternately), `count` around the center and (given the domain) `domain_count` over the domain, for the
+  least-squares fits: a unit active only in a small part of the domain leaves a residual only where it is."""
+  d = len(center)
+  pts = []
+  for j, u in enumerate(units):
+    if not u.points:
+      continue
+    p = np.array(u.points)
+    f = network.features(prefix, p)
+    nrm = np.einsum("ndk,k->nd", f.jac, u.w)
+    nrm /= np.linalg.norm(nrm, axis=1, keepdims=True) + 1e-300
+    step = 0.0625 * scale * rng.uniform(0.5, 1.5, size=len(p))
+    side = np.where(np.arange(len(p)) % 2 == 0, 1.0, -1.0)
+    pts.append(p + (side * step)[:, None] * nrm)
+  pts.append(center + scale * rng.normal(size=(count, d)))
+  if dom is not None:
+    pts.append(dom.check_points(rng, d, domain_count))
+  return np.concatenate(pts)
+
+
+@dataclasses.dataclass
+class LastLayer:
+  """Signs s (n,), pair flags (n,) (a twin relu(-p_hat) with its own output weights), the output weights of the
+  units (n, m) and of the twins (n_pairs, m), the output bias (m,), and the relative residual of the fit."""
+  signs: np.ndarray
+  pairs: np.ndarray
+  w_out: np.ndarray
+  w_twin: np.ndarray
+  b_out: np.ndarray
+  residual: float
+  rank_deficient: bool = False
+
+
+def last_layer(q, prefix, units: list, scale: float, center, rng, stats, rtol: float = 1e-8,
+               tol: float = 1e-6, dom=None) -> LastLayer:
+  """Module docstring, first item: the fit, then the classification of each unit and a clean refit."""
+  n = len(units)
+  x = sample_points(prefix, units, max(16, 2 * n + 16), scale, center, rng, dom)
+  q0 = q.queries
+  g = q(x, "last layer", underflow_ok=True)
+  stats["last_layer_queries"] += q.queries - q0
+  seen = np.all(np.isfinite(g), axis=1)
+  x, g = x[seen], g[seen]
+  w, b = layer_arrays(units)
+  z = network.features(prefix, x).h @ w + b
+  phi = np.concatenate([np.maximum(z, 0), z, np.ones((len(z), 1))], axis=1)
+  sol, rank = _lstsq(phi, g)
+  gmax = float(np.max(np.abs(g))) + 1e-300
+  if rank < phi.shape[1]:
+    # z affine in x over the samples (a two-layer network, or a prefix linear there): scalar flips with c
+    c = np.stack([u.c for u in units])
+    try:
+      t = second_layer.flip_z(z, c, g, rtol)
+    except SignRecoveryError as e:
+      return LastLayer(np.ones(n), np.zeros(n, bool), np.zeros((n, g.shape[1])), np.zeros((0, g.shape[1])),
+                       np.zeros(g.shape[1]), np.inf, rank_deficient=str(e) != "")
+    signs, pairs = np.where(t, -1.0, 1.0), np.zeros(n, bool)
+  else:
+    a, e = sol[:n], sol[n:2 * n]
+    an = np.linalg.norm(a, axis=1) + 1e-300
+    plus = np.linalg.norm(e, axis=1) <= tol * an
+    minus = np.linalg.norm(e + a, axis=1) <= tol * an
+    signs = np.where(minus & ~plus, -1.0, 1.0)
+    pairs = ~plus & ~minus
+  zs = z * signs
+  feats = [np.maximum(zs, 0), np.maximum(-zs[:, pairs], 0), np.ones((len(z), 1))]
+  phi = np.concatenate(feats, axis=1)
+  sol, rank = _lstsq(phi, g)
+  residual = float(np.max(np.abs(phi @ sol - g)) / gmax)
+  if rank < phi.shape[1]:
+    residual = np.inf
+  k = int(pairs.sum())
+  return LastLayer(signs, pairs, sol[:n], sol[n:n + k], sol[-1], residual)
+
+
+@dataclasses.dataclass
+class SignVotes:
+  """Per unit: the sign, how it was decided ('exact' / 'vote' / 'majority'), and the votes for + and -."""
+  signs: np.ndarray
+  how: list
+  plus: np.ndarray
+  minus: np.ndarray
+  exact_tests: int = 0
+  wiggle_tests: int = 0
+
+
+def _test_points(prefix, u: Unit, need: int, scale: float, center, rng):
+  pts = list(u.points)
+  if len(pts) < need:
+    anc, spread = near_anchors(u, center, scale)
+    x, _, _ = surface_points(prefix, u, anc, need - len(pts), spread, rng)
+    pts += list(x)
+  return pts
+
+
+def hidden_signs(q, prefix, units: list, scale: float, center, rng, stats, max_votes: int = 24,
+                 margin: int = 5, passes: int = 4, ratio: float = 1e-6) -> SignVotes:
+  """Module docstring, second item. Raises SignRecoveryError when exact tests of a unit contradict each other."""
+  n = len(units)
+  w, b = layer_arrays(units)
+  signs = np.zeros(n)
+  how = [""] * n
+  plus, minus = np.zeros(n, int), np.zeros(n, int)
+  exact_p, exact_m = np.zeros(n, int), np.zeros(n, int)
+  pts = [_test_points(prefix, u, max_votes, scale, center, rng) for u in units]
+  cursor = np.zeros(n, int)
+  out = SignVotes(signs, how, plus, minus)
+  q0 = q.queries
+  for _ in range(passes):
+    todo = [j for j in range(n) if signs[j] == 0 or how[j] == "vote"]
+    if not todo:
+      break
+    for _ in range(max_votes):
+      live = [j for j in todo if how[j] != "exact" and cursor[j] < len(pts[j])]
+      if not live:
+        break
+      xs, deltas, steps, exact_flags, who = [], [], [], [], []
+      for j in live:
+        x = pts[j][cursor[j]]
+        cursor[j] += 1
+        r = _direction(prefix, w, b, signs, j, x)
+        if r is None:
+          continue
+        delta, s, exact = r
+        xs.append(x); deltas.append(delta); steps.append(s); exact_flags.append(exact); who.append(j)
+      if not who:
+        continue
+      xs, deltas, steps = np.array(xs), np.array(deltas), np.array(steps)
+      k = len(who)
+      g = q(np.concatenate([xs, xs + steps[:, None] * deltas, xs - steps[:, None] * deltas]), "signs")
+      g0, gp, gm = g[:k], g[k:2 * k], g[2 * k:]
+      dp, dm = np.linalg.norm(gp - g0, axis=1), np.linalg.norm(gm - g0, axis=1)
+      noise = 64 * EPS * np.max(np.abs(g.reshape(3, k, -1)), axis=(0, 2))
+      for i, j in enumerate(who):
+        if exact_flags[i]:
+          out.exact_tests += 1
+          if dm[i] <= ratio * dp[i] + noise[i] and dp[i] > 1e3 * noise[i]:
+            exact_p[j] += 1
+          elif dp[i] <= ratio * dm[i] + noise[i] and dm[i] > 1e3 * noise[i]:
+            exact_m[j] += 1
+          if exact_p[j] and exact_m[j]:
+            raise SignRecoveryError(f"unit {j}: exact sign tests disagree (the layer or its prefix is not "
+                                    f"recovered exactly, or units are missing)")
+          if exact_p[j] + exact_m[j] >= 2:
+            signs[j], how[j] = (1.0 if exact_p[j] else -1.0), "exact"
+        else:
+          out.wiggle_tests += 1
+          if dp[i] > dm[i]:
+            plus[j] += 1
+          elif dm[i] > dp[i]:
+            minus[j] += 1
+          if how[j] != "exact" and abs(plus[j] - minus[j]) >= margin and max(plus[j], minus[j]) >= 0.75 * (
+              plus[j] + minus[j]):
+            signs[j], how[j] = (1.0 if plus[j] > minus[j] else -1.0), "vote"
+    # exact decisions count before the next pass; undecided units keep their votes
+  for j in range(n):
+    if signs[j] == 0:
+      if exact_p[j] or exact_m[j]:
+        signs[j], how[j] = (1.0 if exact_p[j] else -1.0), "exact"
+      else:
+        signs[j], how[j] = (1.0 if plus[j] >= minus[j] else -1.0), "majority"
+  stats["sign_queries"] += q.queries - q0
+  return out
+
+
+def _direction(prefix, w, b, signs, j, x):
+  """(delta, step, exact) at x for unit j (module docstring): delta changes p_hat_j by 1 and every other unit
+  that may be active at x by 0 when `exact`, else by the least possible; step keeps every prefix unit and every
+  unconstrained unit of the layer on its side. None when no usable step exists."""
+  f = network.features(prefix, x[None])
+  jac = f.jac[0] @ w                                                    # (d, n): grad p_hat
+  p = f.h[0] @ w + b
+  n = len(b)
+  others = np.arange(n) != j
+  # units that may be truly active at x: undecided ones, and decided ones on their active side
+  constrained = others & ((signs == 0) | (signs * p > 0))
+  a = np.concatenate([jac[:, constrained], jac[:, j:j + 1]], axis=1).T  # (c + 1, d)
+  target = np.zeros(len(a))
+  target[-1] = 1.0
+  delta, *_ = np.linalg.lstsq(a, target, rcond=None)
+  moved = jac.T @ delta                                                 # change of every p_hat per unit step
+  if moved[j] <= 0:
+    return None
+  delta, moved = delta / moved[j], moved / moved[j]
+  leak = np.max(np.abs(moved[constrained]), initial=0.0)
+  exact = leak <= 1e-9
+  # step: no prefix unit and no unconstrained unit crosses; a constrained one may move by its leak only
+  limit = [np.inf]
+  if prefix.weights:
+    for pre, dpre in zip(f.pre, network.along(prefix, x[None], delta[None])):
+      with np.errstate(divide="ignore", invalid="ignore"):
+        limit.append(np.min(np.where(dpre[0] != 0, np.abs(pre[0] / dpre[0]), np.inf)))
+  free = others & ~constrained
+  with np.errstate(divide="ignore", invalid="ignore"):
+    limit.append(np.min(np.where(free & (moved != 0), np.abs(p / moved), np.inf), initial=np.inf))
+    if not exact:
+      limit.append(np.min(np.where(constrained & (moved != 0), np.abs(p / moved), np.inf), initial=np.inf))
+  step = 0.25 * min(limit)
+  scale_p = np.linalg.norm(f.h[0]) * np.max(np.linalg.norm(w, axis=0)) + np.max(np.abs(b))
+  step = min(step, 1e-2 * scale_p)
+  if not np.isfinite(step) or step <= 1e-9 * scale_p:
+    return None
+  return delta, step, exact

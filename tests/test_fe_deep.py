@@ -1,0 +1,135 @@
+"""The deep functionally-equivalent attack (functional_equivalence/deep/): exact recovery of two-hidden-layer random
+nets up to permutation and scale (aligned weights to 1e-9, agreement 1.0 near the origin and out to the domain's
+radius 1000), a two-layer victim as the depth-1 case, sign recovery on a contractive layer (exact) and on an
+expanding one (exact decisions only where they are sound), bounded stages with clear errors, and the launcher on a
+deep npz. Query counts are checked against a backend that counts its own rows."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from extraction.oracle import Oracle
+from functional_equivalence import domain, queries
+from functional_equivalence.deep import align, attack, network, signs
+from functional_equivalence.deep import layer as layers
+from functional_equivalence.errors import ExtractionError, LimitReachedError
+from tests.counting import CountingBackend
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _extract(net, seed=7, **cfg):
+  counter = CountingBackend(network.backend(net))
+  oracle = Oracle(counter, output="logits", record_inputs=False)
+  result = attack.extract(oracle, net.sizes[0], attack.Config(**cfg), seed=seed)
+  assert result.queries == counter.rows == sum(result.queries_by_stage.values())
+  return result
+
+
+def _eval_points(d, seed=5, count=10_000):
+  """N(0, I) points and points on spheres of radii 1 .. 1000 (the default domain's radius)."""
+  rng = np.random.default_rng(seed)
+  return np.concatenate([rng.normal(size=(count, d)), domain.Ball(1000.0).check_points(rng, d, count)])
+
+
+def _assert_equivalent(net, rec, x):
+  a, b = network.logits(net, x), network.logits(rec, x)
+  scale = np.abs(a).max(axis=1, keepdims=True) + 1.0
+  assert np.max(np.abs(a - b) / scale) < 1e-8
+  labels = (lambda z: z[:, 0] > 0) if a.shape[1] == 1 else (lambda z: z.argmax(1))
+  assert np.mean(labels(a) == labels(b)) == 1.0
+
+
+@pytest.mark.parametrize("sizes,seed", [((10, 8, 8, 1), 1), ((12, 8, 6, 3), 0)])
+def test_two_hidden_layers_recovered_exactly(sizes, seed):
+  net = network.random_net(seed, sizes)
+  result = _extract(net)
+  assert result.net.sizes == sizes and result.widths == list(sizes[1:-1])
+  x = _eval_points(sizes[0])
+  err = align.weight_error(net, result.net, x)
+  assert err["max_weight_error"] <= 1e-9 and err["inert_true_units"] == [0, 0], err
+  assert result.sign_methods == [["exact"], "last layer least squares"]
+  _assert_equivalent(net, result.net, x)
+  assert result.stats["check_error"] < 1e-8
+
+
+def test_a_two_layer_victim_is_the_depth_one_case():
+  net = network.random_net(3, (10, 7, 4))
+  result = _extract(net)
+  assert result.net.depth == 1 and result.widths == [7]
+  x = _eval_points(10)
+  assert align.weight_error(net, result.net, x)["max_weight_error"] <= 1e-9
+  _assert_equivalent(net, result.net, x)
+
+
+def _sign_test(sizes, seed):
+  """hidden_signs on layer 1 of a random net, given its true prefix and its true units with random orientations."""
+  net = network.random_net(seed, sizes)
+  counter = CountingBackend(network.backend(net))
+  q = queries.Querier(Oracle(counter, output="logits", record_inputs=False), queries.Limits(None, 60.0))
+  rng = np.random.default_rng(0)
+  w, b = net.weights[1], net.biases[1]
+  flip = np.where(rng.uniform(size=w.shape[1]) < 0.5, -1.0, 1.0)
+  norms = np.linalg.norm(w, axis=0)
+  units = [layers.Unit(flip[j] * w[:, j] / norms[j], np.ones(w.shape[0], bool), flip[j] * b[j] / norms[j], 1e-14,
+                       np.zeros(1)) for j in range(w.shape[1])]
+  stats = dict(sign_queries=0)
+  votes = signs.hidden_signs(q, net.prefix(1), units, 1.0, np.zeros(sizes[0]), rng, stats)
+  assert stats["sign_queries"] == counter.rows
+  return votes, flip
+
+
+def test_signs_of_a_contractive_layer_are_exact():
+  # 10 first-layer features into 8 units: a direction moving one unit alone exists at most surface points
+  votes, flip = _sign_test((20, 10, 8, 1), 1)
+  assert votes.how == ["exact"] * 8 and np.all(votes.signs == flip)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_signs_of_an_expanding_layer_exact_only_where_sound(seed):
+  # 16 units on 16 first-layer features from 8 inputs: rank <= 8, so most tests are neuron-wiggle votes; every
+  # decision labelled exact must be right (the votes are statistical and may not be)
+  votes, flip = _sign_test((8, 16, 16, 1), seed)
+  exact = np.array([h == "exact" for h in votes.how])
+  assert votes.wiggle_tests > 0 and not exact.all()
+  assert np.all(votes.signs[exact] == flip[exact])
+
+
+def test_limits_end_in_clear_errors_not_loops():
+  net = network.random_net(1, (10, 8, 8, 1))
+  with pytest.raises(LimitReachedError):
+    _extract(net, max_queries=3000)
+  with pytest.raises(ExtractionError, match=r"did not settle in 2 rounds"):
+    _extract(net, max_rounds=2, patience=5)
+
+
+def _cli(*args):
+  cli = [sys.executable, "-c", "from launch import fe; from launch import run; run.run()"]
+  return subprocess.run(cli + list(args), cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_launcher_on_a_deep_npz_writes_the_victims_convention(tmp_path):
+  net = network.random_net(1, (10, 8, 8, 1))
+  path = network.save_npz(tmp_path / "deep.npz", net)
+  p = _cli("--experiment=functional_equivalence", f"--victim_npz={path}", f"--workdir={tmp_path}/w",
+           "--fe_eval_inputs=5000", "--fe_domain_eval_inputs=5000")
+  assert p.returncode == 0, p.stderr[-2000:]
+  [row] = json.loads((tmp_path / "w" / "results.json").read_text())
+  assert row["attack"] == "deep" and row["recovered_shape"] == "10-8-8-1" and row["agreement"] == 1.0
+  assert row["max_weight_error"] <= 1e-9 and row["domain_agreement"] == 1.0
+  with np.load(tmp_path / "w" / "recovered.npz") as f:
+    assert sorted(f.files) == ["b0", "b1", "b2", "w0", "w1", "w2"]
+  _assert_equivalent(net, network.load_npz(tmp_path / "w" / "recovered.npz"), _eval_points(10, seed=11, count=2000))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--fe_layers=8,x"], "--fe_layers takes positive integers"),
+    (["--victim_npz={tmp}/gap.npz"], "missing array(s) w1, b1"),
+])
+def test_launcher_bad_deep_flags_fail_with_one_line(tmp_path, args, message):
+  np.savez(tmp_path / "gap.npz", w0=np.ones((3, 2)), b0=np.ones(2), w2=np.ones((2, 1)), b2=np.ones(1))
+  p = _cli("--experiment=functional_equivalence", f"--workdir={tmp_path}/w", *[a.format(tmp=tmp_path) for a in args])
+  assert p.returncode != 0 and message in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]

@@ -1,0 +1,69 @@
+"""Hybrid FE + learning (functional_equivalence/deep/hybrid.py, the `hybrid` experiment): the first layer is the
+recovered one (frozen: unchanged by training; init: trained from it), every query is counted against one total
+budget (a backend that counts its own rows), a budget below the first layer's queries is refused, and the
+experiment writes rows per method and their means."""
+import numpy as np
+import pytest
+from absl import flags
+from absl.testing import flagsaver
+
+from extraction.oracle import Oracle
+from functional_equivalence.deep import hybrid, network
+from launch import experiments, hybrid as hybrid_launch  # noqa: F401  (registers hybrid)
+from tests.counting import CountingBackend
+
+FLAGS = flags.FLAGS
+
+
+@pytest.fixture(scope="module")
+def victim():
+  net = network.random_net(2, (8, 6, 6, 3))
+  counter = CountingBackend(network.backend(net))
+  first = hybrid.first_layer(Oracle(counter, output="logits", record_inputs=False), 8, seed=5)
+  assert first[2] == counter.rows and first[0].shape == (8, 6)
+  return net, first
+
+
+def test_first_layer_is_the_victims_up_to_scale(victim):
+  net, (w, b, _) = victim
+  true = np.vstack([net.weights[0], net.biases[0]])
+  rec = np.vstack([w, b])
+  cos = (true / np.linalg.norm(true, axis=0)).T @ (rec / np.linalg.norm(rec, axis=0))
+  assert np.all(np.max(cos, axis=1) > 1 - 1e-12)   # every unit, with its sign
+
+
+@pytest.mark.parametrize("method", hybrid.METHODS)
+def test_students_spend_the_budget_and_keep_or_train_the_first_layer(victim, method):
+  net, first = victim
+  pool = np.random.default_rng(0).uniform(size=(300, 8))
+  counter = CountingBackend(network.backend(net))
+  total = first[2] + 400
+  student, counts = hybrid.run(Oracle(counter, output="logits", record_inputs=False), pool, [6, 6], total, method,
+                               seed=1, steps=50, first=first)
+  assert counts["queries"] == total and counter.rows == counts["learning_queries"] == total - counts["fe_queries"]
+  assert counts["fe_queries"] == (0 if method == "pure" else first[2])
+  if method == "frozen":
+    np.testing.assert_array_equal(student.weights[0], first[0])
+  else:
+    assert not np.allclose(student.weights[0], first[0])
+
+
+def test_a_budget_below_the_first_layer_is_refused(victim):
+  net, first = victim
+  oracle = Oracle(network.backend(net), output="logits", record_inputs=False)
+  with pytest.raises(ValueError, match="the whole budget is"):
+    hybrid.run(oracle, np.zeros((5, 8)), [6], first[2] - 1, "frozen", 0, 10, first)
+
+
+def test_experiment_rows_and_means(tmp_path):
+  if not FLAGS.is_parsed():
+    FLAGS.mark_as_parsed()
+  with flagsaver.flagsaver(hybrid_victim_hidden=["4", "4"], hybrid_extra_queries=["200"], hybrid_steps=20,
+                           hybrid_seeds=1, hybrid_box_inputs=100):
+    rows = experiments.EXPERIMENTS["hybrid"](tmp_path)
+  runs = [r for r in rows if "seed" in r]
+  assert len(runs) == 3 and {r["method"] for r in runs} == set(hybrid.METHODS)
+  assert all(r["queries"] == r["fe_queries"] + r["learning_queries"] for r in runs)
+  means = [r for r in rows if "mean of 1" in r["method"]]
+  assert len(means) == 3 and all(0.0 <= r["fidelity"] <= 1.0 for r in means)
+  assert (tmp_path / "victim.npz").exists()
