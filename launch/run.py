@@ -18,6 +18,7 @@ from launch import experiments, results
 from launch import learning  # noqa: F401  (registers the learning-based experiments)
 from launch import fe  # noqa: F401  (registers functional_equivalence)
 from launch import direct  # noqa: F401  (registers direct_recovery)
+from launch import limits  # noqa: F401  (registers limits)
 
 from extraction.datasets import DatasetUnavailable
 from extraction.oracle import BudgetExceeded
@@ -27,7 +28,7 @@ from functional_equivalence.errors import ExtractionError, VictimFileError
 
 FLAGS = flags.FLAGS
 USER_ERRORS = (common.ConfigError, DatasetUnavailable, BudgetExceeded, ExtractionError, VictimFileError,
-               FileNotFoundError, RemoteError, VictimMismatch)
+               FileNotFoundError, RemoteError, VictimMismatch, limits.RunFailed)
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 
