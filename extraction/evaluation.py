@@ -85,6 +85,8 @@ class Evaluator:
   def victim_row(self) -> dict:
     """The victim's own figures: accuracy and, on noise, its class histogram (the baseline of noise agreement)."""
     row = {"accuracy": metrics.top1_accuracy(self.victim["test"], self.test_labels)}
+    if self.num_classes > self.top_k:
+      row[f"top{self.top_k}_accuracy"] = metrics.topk_accuracy(self.victim["test"], self.test_labels, self.top_k)
     if "noise" in self.victim:
       row["noise_victim_hist"] = class_histogram(self.victim["noise"], self.num_classes)
     return row

@@ -47,7 +47,8 @@ flags.DEFINE_integer("val_size", None, "Training inputs held out of the attacker
 flags.DEFINE_integer("eval_every", None, "Evaluate students every this many steps (default student_steps // 20).")
 flags.DEFINE_integer("median_of", 3, "A student's figure is the median of its last this many evaluations.")
 # Attack.
-flags.DEFINE_list("queries", ["250", "1000", "4000"], "Query budgets, one extraction per budget.")
+flags.DEFINE_list("queries", ["250", "1000", "4000"], "Query budgets, one extraction per budget: a number of "
+                "inputs, or a share of the attacker's pool ('10%', '100%': the pool fractions of the paper's Table 2).")
 flags.DEFINE_list("oracle_output", ["probabilities"], f"Oracle outputs: {', '.join(oracle_lib.OUTPUT_MODES)}.")
 flags.DEFINE_integer("top_k", None, "k for --oracle_output=top_k.")
 flags.DEFINE_list("method", ["fs"], f"Extraction methods: {', '.join(METHODS)}.")
@@ -118,9 +119,23 @@ TARGETS = ("oracle", "ground_truth")
 flags.register_validator("targets", lambda v: _check(
     bool(v) and len(set(v)) == len(v) and all(t in TARGETS for t in v),
     f"unknown --targets={','.join(v)}; choose from {', '.join(TARGETS)}"))
+def _budget_ok(q: str) -> bool:
+  q = q.strip()
+  if q.endswith("%"):
+    return q[:-1].replace(".", "", 1).isdigit() and 0 < float(q[:-1]) <= 100
+  return q.isdigit() and int(q) > 0
+
+
+def budgets_of(queries: list, pool_size: int) -> list[int]:
+  """The sorted distinct budgets of --queries for a pool of `pool_size` inputs: 'n' is n inputs, 'p%' is p% of
+  the pool rounded to the nearest input (at least one)."""
+  size = lambda q: max(1, round(float(q[:-1]) / 100 * pool_size)) if q.endswith("%") else int(q)
+  return sorted({size(q.strip()) for q in queries})
+
+
 flags.register_validator("queries", lambda v: _check(
-    bool(v) and all(q.strip().isdigit() and int(q) > 0 for q in v),
-    f"--queries must be positive integers, got {','.join(v)}"))
+    bool(v) and all(_budget_ok(q) for q in v),
+    f"--queries must be positive integers or percentages of the pool in (0%, 100%], got {','.join(v)}"))
 _positive_list("gauss_sigmas")
 for _name in ("victim_steps", "student_steps", "victim_batch_size", "batch_size", "unlabeled_batch_size",
               "mixmatch_k", "seeds", "median_of", "mu", "steps_per_call", "eval_every", "gauss_samples",
@@ -248,7 +263,7 @@ def prepare(workdir: pathlib.Path) -> tuple:
   pool_idx, val_idx = evaluation.split_pool(len(ds.train), val_size, FLAGS.seed)
   logging.info("dataset %s: %d train (%d attacker's pool, %d validation), %d test, %s", ds.name, len(ds.train),
                len(pool_idx), len(val_idx), len(ds.test), ds.image_shape)
-  budgets = sorted(int(q) for q in FLAGS.queries)
+  budgets = budgets_of(FLAGS.queries, len(pool_idx))
   if budgets[-1] > len(pool_idx):
     raise common.ConfigError(f"--queries={','.join(FLAGS.queries)}: the attacker's pool has only {len(pool_idx)} "
                              f"inputs ({len(ds.train)} minus --val_size={val_size})")
