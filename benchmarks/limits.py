@@ -18,12 +18,6 @@ from absl import app, flags
 
 from benchmarks.common import RESULTS, run_launcher
 
-flags.DEFINE_string("flagfile_name", "limits_digits.flags", "Flagfile in configs/.")
-flags.DEFINE_string("workdir", "/tmp/bench_limits", "Launcher workdir.")
-flags.DEFINE_bool("fresh", True, "Delete the workdir first (otherwise trained runs are reused and the wall time "
-                  "counts only what was left to do).")
-flags.DEFINE_string("name", "limits_digits", "Results file name in benchmarks/results/.")
-flags.DEFINE_list("extra", [], "Extra launcher flags.")
 FLAGS = flags.FLAGS
 
 COLUMNS = ("source", "varied", "pairs", "method", "queries", "oracle_output", "oracle_used", "accuracy", "fidelity",
@@ -72,6 +66,17 @@ def reading(rows: list[dict]) -> list[str]:
   return out
 
 
+def define_flags():
+  """The driver's flags, defined only when it runs (its module is imported by tests for its pure functions,
+  beside the launcher's flags)."""
+  flags.DEFINE_string("flagfile_name", "limits_digits.flags", "Flagfile in configs/.")
+  flags.DEFINE_string("workdir", "/tmp/bench_limits", "Launcher workdir.")
+  flags.DEFINE_bool("fresh", True, "Delete the workdir first (otherwise trained runs are reused and the wall time "
+                    "counts only what was left to do).")
+  flags.DEFINE_string("name", "limits_digits", "Results file name in benchmarks/results/.")
+  flags.DEFINE_list("extra", [], "Extra launcher flags.")
+
+
 def main(_):
   workdir = pathlib.Path(FLAGS.workdir)
   if FLAGS.fresh:
@@ -99,4 +104,5 @@ def main(_):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -99,17 +99,20 @@ def fe_row(sigmas: list[float]) -> dict:
   Gaussian noise (sigma pixel levels of 255, features in [0, 1]) and uniform noise in [0, 1]^d."""
   import jax
   from functional_equivalence import attack, victims
+  from launch.fe import stream_seeds
+  streams = stream_seeds(FLAGS.seed)  # victim, attack and evaluation: independent streams, as --experiment=fe
   with jax.enable_x64(True):
-    net, (_, _, x_test, y_test) = victims.digits_net(FLAGS.seed, FLAGS.fe_hidden, FLAGS.fe_train_steps)
+    net, (_, _, x_test, y_test) = victims.digits_net(streams["victim_seed"], FLAGS.fe_hidden, FLAGS.fe_train_steps)
     oracle = oracle_lib.Oracle(victims.backend(net), output="logits", record_inputs=False)
     result = attack.extract(oracle, net.shape[0], attack.Config(scale=FLAGS.fe_scale, max_queries=FLAGS.fe_max_queries,
-                                                                max_seconds=FLAGS.fe_seconds), seed=FLAGS.seed)
+                                                                max_seconds=FLAGS.fe_seconds),
+                            seed=streams["attack_seed"])
   sets = {"test": x_test}
   for s in sigmas:
-    noise = seeds.rng(FLAGS.seed, "eval", int(s * 1000)).normal(0.0, s / 255.0, x_test.shape)
+    noise = seeds.rng(streams["eval_seed"], "eval", int(s * 1000)).normal(0.0, s / 255.0, x_test.shape)
     sets[f"gauss{s:g}"] = np.clip(x_test + noise, 0.0, 1.0)
   if FLAGS.noise_samples:
-    sets["noise"] = seeds.rng(FLAGS.seed, "eval", 7).uniform(0.0, 1.0, (FLAGS.noise_samples, net.shape[0]))
+    sets["noise"] = seeds.rng(streams["eval_seed"], "eval", 7).uniform(0.0, 1.0, (FLAGS.noise_samples, net.shape[0]))
   figures = limits.compare({k: victims.logits(net, x) for k, x in sets.items()},
                            {k: victims.logits(result.net, x) for k, x in sets.items()}, y_test, net.shape[2],
                            FLAGS.eval_top_k)

@@ -125,10 +125,20 @@ def test_limits_experiment_end_to_end(tmp_path):
   assert again[1]["per_pair"] == by["nothing"]["per_pair"] and again[2]["per_pair"] == by["devices"]["per_pair"]
 
 
+def test_queries_as_pool_fractions():
+  from launch import learning
+  assert learning.budgets_of(["10%", "100%"], 1294) == [129, 1294]
+  assert learning.budgets_of(["0.01%", "50", "50%", "647"], 1294) == [1, 50, 647]  # at least one; duplicates once
+  assert learning.budgets_of(["12.5%"], 48000) == [6000]
+
+
 def test_bad_limits_and_targets_flags_fail_up_front():
   for arg, message in (("--limits_sources=init,cosmic_rays", "unknown --limits_sources"),
                        ("--limits_devices=1,x", "--limits_devices must be positive integers"),
-                       ("--targets=oracle,labels", "unknown --targets=oracle,labels")):
+                       ("--targets=oracle,labels", "unknown --targets=oracle,labels"),
+                       ("--queries=10%,150%", "percentages of the pool in"),
+                       ("--queries=0%", "percentages of the pool in"),
+                       ("--queries=ten", "positive integers or percentages")):
     FLAGS.unparse_flags()
     with pytest.raises(flags.IllegalFlagValueError, match=message):
       FLAGS(["launch.run", "--workdir=/tmp", arg])
@@ -173,3 +183,36 @@ def test_ground_truth_targets_ask_the_oracle_nothing(tmp_path, backend_calls):
   assert set(groups) == {"ground", "probabilities", "top"}
   for i in range(4):
     np.testing.assert_array_equal(groups["ground"][f"labeled_{i}"], groups["probabilities"][f"labeled_{i}"])
+
+
+def test_benchmark_readings_come_from_the_rows():
+  """The sentences of benchmarks/limits.md and table2.md are computed from the rows: change a row, the reading
+  changes."""
+  from benchmarks import limits as bench_limits, table2
+  pair = lambda source, fid, **kw: {"source": source, "varied": source, "pairs": 3, "fidelity": fid,
+                                    "fidelity_std": 0.01, "noise_fidelity": fid - 0.3, "noise_fidelity_std": 0.02,
+                                    "gauss64_fidelity": fid - 0.1, "max_param_diff": 0.1, "params_identical": False,
+                                    **kw}
+  rows = [{"source": "victim", "varied": "the base run x", "accuracy": 0.98, "run_accuracy": {}},
+          pair("nothing", 1.0, max_param_diff=0.0, params_identical=True), pair("init", 0.95), pair("devices", 0.97),
+          {"source": "attack", "method": "fs", "oracle_output": "probabilities", "queries": 1294, "fidelity": 0.96,
+           "fidelity_std": 0.01}]
+  text = bench_limits.reading(rows)
+  assert text[0].startswith("nothing varied: bit-identical")
+  assert "most first: init 0.0500" in text[1] and text[1].index("init") < text[1].index("devices")
+  assert "below the closest second training (devices: 0.9700)" in text[-1]
+  rows[1]["params_identical"] = False
+  assert "NOT bit-identical" in bench_limits.reading(rows)[0]
+  cell = lambda t, rot, fid, **kw: {"student_model": "small_cnn", "pool_fraction": 0.1, "method": "fs+rot" if rot
+                                    else "fs", "oracle_output": t if t != "ground_truth" else "-",
+                                    **({"targets": "ground_truth"} if t == "ground_truth" else {}), "accuracy": fid,
+                                    "fidelity": fid, "fidelity_std": 0.01, "top3_accuracy": 0.99,
+                                    "top3_fidelity": 0.99, **kw}
+  t2 = [cell("ground_truth", False, 0.80), cell("probabilities", False, 0.90), cell("top_k", False, 0.85),
+        cell("probabilities", True, 0.905)]
+  lines = table2.layout(t2, 3)
+  assert "| small_cnn | 10% | 80.00 / 80.00 ± 1.00 | 90.00 / 90.00 ± 1.00 | 85.00 / 85.00 ± 1.00 | n/a | 90.50" in "\n".join(lines)
+  assert "n/a" in "\n".join(lines)  # no ground-truth + Rot row
+  verdict = table2.verdict(t2, 3)
+  assert "small_cnn at 10%: probabilities - ground truth: fidelity +10.00" in verdict[0]
+  assert any(v.startswith("small_cnn at 10%: probabilities + Rot - probabilities: fidelity +0.50 (tie") for v in verdict)
