@@ -60,3 +60,15 @@ def run_launcher(flagfile: str, workdir, extra=()) -> dict:
           for r in json.loads((workdir / "results.json").read_text())]
   return {"launcher_command": "python " + " ".join(launcher[1:]), "wall_seconds": wall, "rows": rows,
           "notes": (workdir / "results.md").read_text().split("\n\n")[0], "machine": machine()}
+
+
+def define_launcher_flags(flagfile: str, workdir: str, name: str) -> None:
+  """The flags of a driver around `run_launcher`: --flagfile_name, --workdir, --fresh, --name, --extra (defined
+  when the driver runs, not on import: tests import drivers beside the launcher's flags)."""
+  from absl import flags
+  flags.DEFINE_string("flagfile_name", flagfile, "Flagfile in configs/.")
+  flags.DEFINE_string("workdir", workdir, "Launcher workdir.")
+  flags.DEFINE_bool("fresh", True, "Delete the workdir first (otherwise what it holds is reused and the wall time "
+                    "counts only what was left to do).")
+  flags.DEFINE_string("name", name, "Results file name in benchmarks/results/.")
+  flags.DEFINE_list("extra", [], "Extra launcher flags (for every run).")

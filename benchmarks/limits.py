@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags
 
-from benchmarks.common import RESULTS, run_launcher
+from benchmarks.common import RESULTS, define_launcher_flags, run_launcher
 
 FLAGS = flags.FLAGS
 
@@ -66,17 +66,6 @@ def reading(rows: list[dict]) -> list[str]:
   return out
 
 
-def define_flags():
-  """The driver's flags, defined only when it runs (its module is imported by tests for its pure functions,
-  beside the launcher's flags)."""
-  flags.DEFINE_string("flagfile_name", "limits_digits.flags", "Flagfile in configs/.")
-  flags.DEFINE_string("workdir", "/tmp/bench_limits", "Launcher workdir.")
-  flags.DEFINE_bool("fresh", True, "Delete the workdir first (otherwise trained runs are reused and the wall time "
-                    "counts only what was left to do).")
-  flags.DEFINE_string("name", "limits_digits", "Results file name in benchmarks/results/.")
-  flags.DEFINE_list("extra", [], "Extra launcher flags.")
-
-
 def main(_):
   workdir = pathlib.Path(FLAGS.workdir)
   if FLAGS.fresh:
@@ -104,5 +93,5 @@ def main(_):
 
 
 if __name__ == "__main__":
-  define_flags()
+  define_launcher_flags("limits_digits.flags", "/tmp/bench_limits", "limits_digits")
   app.run(main)

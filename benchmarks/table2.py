@@ -22,7 +22,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from benchmarks.common import RESULTS, run_launcher
+from benchmarks.common import RESULTS, define_launcher_flags, run_launcher
 
 FLAGS = flags.FLAGS
 
@@ -96,16 +96,11 @@ def verdict(rows: list[dict], k: int) -> list[str]:
 
 
 def define_flags():
-  """The driver's flags, defined only when it runs (its module is imported by tests for its pure functions,
-  beside the launcher's flags)."""
-  flags.DEFINE_string("flagfile_name", "table2_digits.flags", "Flagfile in configs/.")
-  flags.DEFINE_string("workdir", "/tmp/bench_table2", "Launcher workdir (one victim for every run).")
-  flags.DEFINE_bool("fresh", True, "Delete the workdir first.")
-  flags.DEFINE_string("name", "table2_digits", "Results file name in benchmarks/results/.")
+  """The driver's flags (defined when it runs: tests import its pure functions beside the launcher's flags)."""
+  define_launcher_flags("table2_digits.flags", "/tmp/bench_table2", "table2_digits")
   flags.DEFINE_list("student_models", ["small_cnn"], "Student architectures (the paper: ResNet_v2_50 and _200).")
   flags.DEFINE_float("rotation_weight", 0.5, "--rotation_weight of the rotation runs.")
   flags.DEFINE_string("rotation_queries", "10%", "--queries of the rotation runs.")
-  flags.DEFINE_list("extra", [], "Extra launcher flags for every run.")
 
 
 def main(_):
