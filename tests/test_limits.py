@@ -196,11 +196,13 @@ def test_benchmark_readings_come_from_the_rows():
   rows = [{"source": "victim", "varied": "the base run x", "accuracy": 0.98, "run_accuracy": {}},
           pair("nothing", 1.0, max_param_diff=0.0, params_identical=True), pair("init", 0.95), pair("devices", 0.97),
           {"source": "attack", "method": "fs", "oracle_output": "probabilities", "queries": 1294, "fidelity": 0.96,
-           "fidelity_std": 0.01}]
+           "fidelity_std": 0.01, "noise_fidelity": 0.5}]
   text = bench_limits.reading(rows)
   assert text[0].startswith("nothing varied: bit-identical")
   assert "most first: init 0.0500" in text[1] and text[1].index("init") < text[1].index("devices")
-  assert "below the closest second training (devices: 0.9700)" in text[-1]
+  assert "below devices (0.9700, uniform noise 0.6700 vs the attack's" in text[-1]
+  rows.insert(2, pair("all", 0.94))
+  assert "at or above all (0.9400" in bench_limits.reading(rows)[-1]
   rows[1]["params_identical"] = False
   assert "NOT bit-identical" in bench_limits.reading(rows)[0]
   cell = lambda t, rot, fid, **kw: {"student_model": "small_cnn", "pool_fraction": 0.1, "method": "fs+rot" if rot
