@@ -81,3 +81,33 @@ def start_serve(cmd: list, timeout: float = 300, **popen_kwargs) -> tuple[subpro
     proc.kill()
     raise RuntimeError(f"server did not start ({' '.join(map(str, cmd[:4]))} ...): {line!r}")
   return proc, line.rsplit(" on ", 1)[1].strip()
+
+
+def run_launcher(flagfile: str, workdir, extra=()) -> dict:
+  """Runs `python -m launch.run --flagfile=<flagfile> --workdir=<workdir> <extra>` (raising on failure) and returns
+  its record: launcher_command, wall_seconds, rows (without the bulky config and versions), the experiment's
+  notes (the first paragraph of results.md) and the machine at the end of the run."""
+  import json
+  import sys
+  import time
+  workdir = pathlib.Path(workdir)
+  launcher = [sys.executable, "-m", "launch.run", f"--flagfile={flagfile}", f"--workdir={workdir}", *extra]
+  t = time.time()
+  subprocess.run(launcher, cwd=REPO, check=True)
+  wall = round(time.time() - t, 1)
+  rows = [{k: v for k, v in r.items() if k not in ("config", "versions")}
+          for r in json.loads((workdir / "results.json").read_text())]
+  return {"launcher_command": "python " + " ".join(launcher[1:]), "wall_seconds": wall, "rows": rows,
+          "notes": (workdir / "results.md").read_text().split("\n\n")[0], "machine": machine()}
+
+
+def define_launcher_flags(flagfile: str, workdir: str, name: str) -> None:
+  """The flags of a driver around `run_launcher`: --flagfile_name, --workdir, --fresh, --name, --extra (defined
+  when the driver runs, not on import: tests import drivers beside the launcher's flags)."""
+  from absl import flags
+  flags.DEFINE_string("flagfile_name", flagfile, "Flagfile in configs/.")
+  flags.DEFINE_string("workdir", workdir, "Launcher workdir.")
+  flags.DEFINE_bool("fresh", True, "Delete the workdir first (otherwise what it holds is reused and the wall time "
+                    "counts only what was left to do).")
+  flags.DEFINE_string("name", name, "Results file name in benchmarks/results/.")
+  flags.DEFINE_list("extra", [], "Extra launcher flags (for every run).")

@@ -58,16 +58,19 @@ class Evaluator:
     victim: name -> the victim's logits on those images.
     test_labels: labels of the test images (for accuracy).
     num_classes: number of classes.
+    top_k: k of the top-k accuracy and fidelity (`top<k>_accuracy`, `top<k>_fidelity`), reported when there are
+      more than k classes.
   """
   sets: dict
   victim: dict
   test_labels: np.ndarray
   num_classes: int
+  top_k: int = 5
 
   @classmethod
   def build(cls, victim_predict: Predict, test_images: np.ndarray, test_labels: np.ndarray, num_classes: int, *,
             val_images: Optional[np.ndarray] = None, noise_samples: int = 0, gauss_sigmas: Sequence[float] = (),
-            gauss_samples: Optional[int] = None, seed: int = 0) -> "Evaluator":
+            gauss_samples: Optional[int] = None, seed: int = 0, top_k: int = 5) -> "Evaluator":
     """Draws the evaluation sets from the evaluation stream of `seed` and labels them with the victim."""
     sets = {"test": test_images}
     if val_images is not None and len(val_images):
@@ -77,11 +80,13 @@ class Evaluator:
     subset = test_images[:gauss_samples] if gauss_samples else test_images
     for s in gauss_sigmas:
       sets[f"gauss{s:g}"] = gaussian_noised(subset, s, seed)
-    return cls(sets, {k: victim_predict(v) for k, v in sets.items()}, test_labels, num_classes)
+    return cls(sets, {k: victim_predict(v) for k, v in sets.items()}, test_labels, num_classes, top_k)
 
   def victim_row(self) -> dict:
     """The victim's own figures: accuracy and, on noise, its class histogram (the baseline of noise agreement)."""
     row: dict[str, Any] = {"accuracy": metrics.top1_accuracy(self.victim["test"], self.test_labels)}
+    if self.num_classes > self.top_k:
+      row[f"top{self.top_k}_accuracy"] = metrics.topk_accuracy(self.victim["test"], self.test_labels, self.top_k)
     if "noise" in self.victim:
       row["noise_victim_hist"] = class_histogram(self.victim["noise"], self.num_classes)
     return row
@@ -89,12 +94,16 @@ class Evaluator:
   def __call__(self, student: Predict, full: bool = True) -> dict:
     """Every metric of one student (a function from uint8 images to logits); with full=False only those of the
     test and validation sets (cheaper, for learning curves)."""
-    s = {k: student(v) for k, v in self.sets.items() if full or k in ("test", "val")}
+    return self.compare({k: student(v) for k, v in self.sets.items() if full or k in ("test", "val")})
+
+  def compare(self, s: dict) -> dict:
+    """The metrics of a model given its logits on (some of) the sets: name -> logits ('test' required)."""
+    k = self.top_k
     out: dict[str, Any] = {"accuracy": metrics.top1_accuracy(s["test"], self.test_labels),
            "fidelity": metrics.fidelity(s["test"], self.victim["test"])}
-    if self.num_classes > 5:
-      out["top5_accuracy"] = metrics.topk_accuracy(s["test"], self.test_labels)
-      out["top5_fidelity"] = metrics.topk_fidelity(s["test"], self.victim["test"])
+    if self.num_classes > k:
+      out[f"top{k}_accuracy"] = metrics.topk_accuracy(s["test"], self.test_labels, k)
+      out[f"top{k}_fidelity"] = metrics.topk_fidelity(s["test"], self.victim["test"], k)
     for name in s:
       if name != "test":
         out[f"{name}_fidelity"] = metrics.fidelity(s[name], self.victim[name])

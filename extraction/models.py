@@ -2,7 +2,9 @@
 
 Every model maps float inputs (N, H, W, C) in [-1, 1] (see `extraction.datasets.to_float`) to logits (N, classes).
 With `rotation_head=True` it returns `(logits, rotation_logits)`, the second a 4-way head on the same features
-(used by the rotation self-supervised loss). Models with batch norm keep running statistics in the
+(used by the rotation self-supervised loss). `compute_dtype=jnp.bfloat16` computes the convolutions and dense
+layers in bfloat16 (inputs and kernels rounded to it; parameters, batch norm and the returned logits stay
+float32), the mixed precision of flax's ImageNet example; None (the default) computes in the parameters' dtype. Models with batch norm keep running statistics in the
 `batch_stats` collection; call them with `train=True` and `mutable=['batch_stats']` while training.
 """
 from __future__ import annotations
@@ -21,16 +23,19 @@ _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 class _Heads(nn.Module):
-  """Class head plus the optional 4-way rotation head on a feature vector."""
+  """Class head plus the optional 4-way rotation head on a feature vector; outputs in the parameters' dtype."""
   num_classes: int
   rotation_head: bool
   dtype: Any = jnp.float32
+  compute_dtype: Any = None
 
   @nn.compact
   def __call__(self, feats):
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.dtype, name="classifier")(feats)
+    dense = lambda n, name: nn.Dense(n, dtype=self.compute_dtype or self.dtype, param_dtype=self.dtype,
+                                     name=name)(feats).astype(self.dtype)
+    logits = dense(self.num_classes, "classifier")
     if self.rotation_head:
-      return logits, nn.Dense(4, dtype=self.dtype, param_dtype=self.dtype, name="rotation")(feats)
+      return logits, dense(4, "rotation")
     return logits
 
 
@@ -38,17 +43,19 @@ class _Residual(nn.Module):
   filters: int
   stride: int = 1
   activate_before_residual: bool = False
+  compute_dtype: Any = None
 
   @nn.compact
   def __call__(self, x0, train: bool):
+    conv = functools.partial(nn.Conv, kernel_init=_conv_init, dtype=self.compute_dtype)
     x = _leaky(_BN(use_running_average=not train)(x0))
     if self.activate_before_residual:
       x0 = x
-    x = nn.Conv(self.filters, (3, 3), self.stride, kernel_init=_conv_init)(x)
+    x = conv(self.filters, (3, 3), self.stride)(x)
     x = _leaky(_BN(use_running_average=not train)(x))
-    x = nn.Conv(self.filters, (3, 3), kernel_init=_conv_init)(x)
+    x = conv(self.filters, (3, 3))(x)
     if x0.shape[-1] != self.filters:
-      x0 = nn.Conv(self.filters, (1, 1), self.stride, kernel_init=_conv_init)(x0)
+      x0 = conv(self.filters, (1, 1), self.stride)(x0)
     return x0 + x
 
 
@@ -62,17 +69,19 @@ class WideResNet(nn.Module):
   repeat: int = 4
   scales: int = 3
   rotation_head: bool = False
+  compute_dtype: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.Conv(16, (3, 3), kernel_init=_conv_init)(x)
+    x = nn.Conv(16, (3, 3), kernel_init=_conv_init, dtype=self.compute_dtype)(x)
     for scale in range(self.scales):
       f = self.filters << scale
-      x = _Residual(f, stride=2 if scale else 1, activate_before_residual=scale == 0)(x, train)
+      x = _Residual(f, stride=2 if scale else 1, activate_before_residual=scale == 0,
+                    compute_dtype=self.compute_dtype)(x, train)
       for _ in range(self.repeat - 1):
-        x = _Residual(f)(x, train)
+        x = _Residual(f, compute_dtype=self.compute_dtype)(x, train)
     x = _leaky(_BN(use_running_average=not train)(x))
-    return _Heads(self.num_classes, self.rotation_head)(x.mean(axis=(1, 2)))
+    return _Heads(self.num_classes, self.rotation_head, compute_dtype=self.compute_dtype)(x.mean(axis=(1, 2)))
 
 
 class SmallCNN(nn.Module):
@@ -81,16 +90,17 @@ class SmallCNN(nn.Module):
   num_classes: int
   widths: Sequence[int] = (32, 64, 128)
   rotation_head: bool = False
+  compute_dtype: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     for i, w in enumerate(self.widths):
       for _ in range(2):
-        x = nn.Conv(w, (3, 3), kernel_init=_conv_init, use_bias=False)(x)
+        x = nn.Conv(w, (3, 3), kernel_init=_conv_init, use_bias=False, dtype=self.compute_dtype)(x)
         x = _leaky(_BN(use_running_average=not train)(x))
       if i < len(self.widths) - 1:
         x = nn.max_pool(x, (2, 2), (2, 2))
-    return _Heads(self.num_classes, self.rotation_head)(x.mean(axis=(1, 2)))
+    return _Heads(self.num_classes, self.rotation_head, compute_dtype=self.compute_dtype)(x.mean(axis=(1, 2)))
 
 
 class MLP(nn.Module):
@@ -99,13 +109,14 @@ class MLP(nn.Module):
   hidden: Sequence[int] = (128,)
   rotation_head: bool = False
   dtype: Any = jnp.float32
+  compute_dtype: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = x.reshape((x.shape[0], -1)).astype(self.dtype)
     for h in self.hidden:
-      x = nn.relu(nn.Dense(h, dtype=self.dtype, param_dtype=self.dtype)(x))
-    return _Heads(self.num_classes, self.rotation_head, self.dtype)(x)
+      x = nn.relu(nn.Dense(h, dtype=self.compute_dtype or self.dtype, param_dtype=self.dtype)(x))
+    return _Heads(self.num_classes, self.rotation_head, self.dtype, self.compute_dtype)(x)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -121,8 +132,15 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 DENSE_MODELS = ("mlp", "mlp2x256")  # no convolutions
 
 
-def create_model(name: str, num_classes: int, rotation_head: bool = False) -> nn.Module:
-  """Model by flag name (see MODELS); raises ValueError naming the choices for an unknown name."""
+PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16}  # name -> compute_dtype
+
+
+def create_model(name: str, num_classes: int, rotation_head: bool = False, precision: str = "float32") -> nn.Module:
+  """Model by flag name (see MODELS) computing its convolutions and dense layers in `precision` (PRECISIONS);
+  raises ValueError naming the choices for an unknown name."""
   if name not in MODELS:
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-  return MODELS[name](num_classes=num_classes, rotation_head=rotation_head)
+  if precision not in PRECISIONS:
+    raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+  kwargs = {"compute_dtype": PRECISIONS[precision]} if PRECISIONS[precision] is not None else {}
+  return MODELS[name](num_classes=num_classes, rotation_head=rotation_head, **kwargs)

@@ -87,9 +87,16 @@ def make_optimizer(lr: float, weight_decay: float, steps: int, schedule: str = "
                      optax.sgd(lr_fn, momentum=0.9, nesterov=True))
 
 
-def create_state(model, tx: optax.GradientTransformation, key: jax.Array, image_shape: tuple) -> TrainState:
-  """A fresh state: weights from `key`'s first half, the step stream from its second (vmappable over keys)."""
+def create_state(model, tx: optax.GradientTransformation, key: jax.Array, image_shape: tuple,
+                 data_key: Optional[jax.Array] = None) -> TrainState:
+  """A fresh state: weights from `key`'s first half, the step stream from its second (vmappable over keys).
+
+  With `data_key`, the step stream (augmentation draws and any other per-step randomness) is the one a state
+  created from `data_key` would have: the weights of one seed with the draws of another.
+  """
   init_key, step_key = jax.random.split(key)
+  if data_key is not None:
+    step_key = jax.random.split(data_key)[1]
   variables = model.init(init_key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
   params = variables["params"]
   state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, batch_stats=variables.get("batch_stats", {}),

@@ -57,26 +57,42 @@ def train_victim(dataset: Dataset, cfg: VictimConfig, directory: pathlib.Path,
     if old["config"] != dataclasses.asdict(cfg) or old["dataset"] != dataset.name:
       raise VictimMismatch(f"{directory} holds a victim trained with other settings ({old['config']}, "
                        f"{old['dataset']}); use another --workdir or delete it")
-  model = models.create_model(cfg.model, dataset.num_classes)
-  tx = train.make_optimizer(cfg.lr, cfg.weight_decay, cfg.steps, schedule="cosine")
-  state = train.create_state(model, tx, seeds.key(cfg.seed, "victim"), dataset.image_shape)
-  flip, shift = augment.default_augmentation(dataset.name)
-  step = train.make_supervised_step(model, ema_decay=cfg.ema, flip=flip, shift=shift)
-  one_hot = np.eye(dataset.num_classes, dtype=np.float32)
-  images, labels = dataset.train.images, dataset.train.labels
-
-  def make_batch(i):
-    idx = train.batch_indices(cfg.seed, i, len(labels), cfg.batch_size, salt=seeds.salt("victim"))
-    return {"images": images[idx], "targets": one_hot[labels[idx]]}
-
-  state = train.fit(step, state, make_batch, cfg.steps, checkpoint_dir=directory / "checkpoints", name="victim",
-                    mesh=mesh)
+  model, state = fit_recipe(dataset, cfg, directory / "checkpoints", mesh)
   variables = jax.device_get(state.variables(ema=True))
   acc = metrics.top1_accuracy(predict_logits(model, variables, dataset.test.images), dataset.test.labels)
   info_path.write_text(json.dumps({"format": FORMAT, "config": dataclasses.asdict(cfg), "dataset": dataset.name,
                                    "image_shape": list(dataset.image_shape), "num_classes": dataset.num_classes,
                                    "test_accuracy": acc}, indent=2))
   return Victim(model, variables, acc, dataset.image_shape, dataset.num_classes)
+
+
+def fit_recipe(dataset: Dataset, cfg: VictimConfig, checkpoint_dir: Optional[pathlib.Path],
+               mesh: Optional[jax.sharding.Mesh] = None, *, init_seed: Optional[int] = None,
+               data_seed: Optional[int] = None, precision: str = "float32", name: str = "victim") -> tuple:
+  """Trains the victim's recipe on `dataset.train` (resuming from `checkpoint_dir`); returns (model, final state).
+
+  With the defaults this is exactly the victim of `cfg`. The limits study (`extraction.limits`) varies one thing
+  at a time: `init_seed` (the initial weights), `data_seed` (the order of the examples and the augmentation draws;
+  both seeds default to `cfg.seed`, and draw from the 'victim' stream), `precision` (of the convolutions and
+  dense layers, `models.PRECISIONS`) and the devices of `mesh` (the order of the data-parallel reductions).
+  """
+  init_seed = cfg.seed if init_seed is None else init_seed
+  data_seed = cfg.seed if data_seed is None else data_seed
+  model = models.create_model(cfg.model, dataset.num_classes, precision=precision)
+  tx = train.make_optimizer(cfg.lr, cfg.weight_decay, cfg.steps, schedule="cosine")
+  state = train.create_state(model, tx, seeds.key(init_seed, "victim"), dataset.image_shape,
+                             data_key=seeds.key(data_seed, "victim"))
+  flip, shift = augment.default_augmentation(dataset.name)
+  step = train.make_supervised_step(model, ema_decay=cfg.ema, flip=flip, shift=shift)
+  one_hot = np.eye(dataset.num_classes, dtype=np.float32)
+  images, labels = dataset.train.images, dataset.train.labels
+
+  def make_batch(i):
+    idx = train.batch_indices(data_seed, i, len(labels), cfg.batch_size, salt=seeds.salt("victim"))
+    return {"images": images[idx], "targets": one_hot[labels[idx]]}
+
+  state = train.fit(step, state, make_batch, cfg.steps, checkpoint_dir=checkpoint_dir, name=name, mesh=mesh)
+  return model, state
 
 
 def load_victim(directory: pathlib.Path) -> Victim:

@@ -194,7 +194,12 @@ def backend_of(model, missing: str = "stop", id_seed: int = 0):
 
 def budget() -> int | None:
   """--queries as this experiment's hard budget, None when not given."""
-  return None if FLAGS["queries"].using_default_value else int(FLAGS.queries[0])
+  if FLAGS["queries"].using_default_value:
+    return None
+  if not FLAGS.queries[0].strip().isdigit():
+    raise common.ConfigError(f"--queries={FLAGS.queries[0]}: direct recovery takes a number of queries, not a "
+                             f"share of a pool")
+  return int(FLAGS.queries[0])
 
 
 def run_attack(attack: str, oracle, box: Box, classes: int, rng):

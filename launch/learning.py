@@ -48,10 +48,14 @@ flags.DEFINE_integer("val_size", None, "Training inputs held out of the attacker
 flags.DEFINE_integer("eval_every", None, "Evaluate students every this many steps (default student_steps // 20).")
 flags.DEFINE_integer("median_of", 3, "A student's figure is the median of its last this many evaluations.")
 # Attack.
-flags.DEFINE_list("queries", ["250", "1000", "4000"], "Query budgets, one extraction per budget.")
+flags.DEFINE_list("queries", ["250", "1000", "4000"], "Query budgets, one extraction per budget: a number of "
+                "inputs, or a share of the attacker's pool ('10%', '100%': the pool fractions of the paper's Table 2).")
 flags.DEFINE_list("oracle_output", ["probabilities"], f"Oracle outputs: {', '.join(oracle_lib.OUTPUT_MODES)}.")
 flags.DEFINE_integer("top_k", None, "k for --oracle_output=top_k.")
 flags.DEFINE_list("method", ["fs"], f"Extraction methods: {', '.join(METHODS)}.")
+flags.DEFINE_list("targets", ["oracle"], "What the labeled inputs of the students are trained on: 'oracle' (the "
+                  "oracle's answers, once per --oracle_output) and/or 'ground_truth' (the pool's own labels of the "
+                  "same inputs: no oracle, 0 queries; the 'ImageNet' column of the paper's Table 2).")
 flags.DEFINE_float("rotation_weight", 0.0, "Weight of the S4L rotation loss (all four rotations of each "
                    "unlabeled input); 0: off.")
 flags.DEFINE_bool("rotate_labeled", False, "The rotation loss also sees the labeled batch.")
@@ -84,6 +88,8 @@ flags.DEFINE_integer("noise_samples", 2000, "Uniform-noise images for off-distri
 flags.DEFINE_list("gauss_sigmas", ["8", "24", "64"], "Gaussian noise (pixel levels of 255) added to test images for "
                   "agreement under noise.")
 flags.DEFINE_integer("gauss_samples", None, "Test images used under Gaussian noise (default all).")
+flags.DEFINE_integer("eval_top_k", 5, "k of the top-k accuracy and fidelity reported beside top-1 (when there are "
+                     "more than k classes).")
 
 FLAGS = flags.FLAGS
 
@@ -110,12 +116,31 @@ flags.register_validator("oracle_output", lambda v: _check(
     f"unknown --oracle_output={','.join(v)}; choose from {', '.join(oracle_lib.OUTPUT_MODES)}"))
 flags.register_validator("method", lambda v: _check(
     v and all(m in METHODS for m in v), f"unknown --method={','.join(v)}; choose from {', '.join(METHODS)}"))
+TARGETS = ("oracle", "ground_truth")
+flags.register_validator("targets", lambda v: _check(
+    bool(v) and len(set(v)) == len(v) and all(t in TARGETS for t in v),
+    f"unknown --targets={','.join(v)}; choose from {', '.join(TARGETS)}"))
+def _budget_ok(q: str) -> bool:
+  q = q.strip()
+  if q.endswith("%"):
+    return q[:-1].replace(".", "", 1).isdigit() and 0 < float(q[:-1]) <= 100
+  return q.isdigit() and int(q) > 0
+
+
+def budgets_of(queries: list, pool_size: int) -> list[int]:
+  """The sorted distinct budgets of --queries for a pool of `pool_size` inputs: 'n' is n inputs, 'p%' is p% of
+  the pool rounded to the nearest input (at least one)."""
+  size = lambda q: max(1, round(float(q[:-1]) / 100 * pool_size)) if q.endswith("%") else int(q)
+  return sorted({size(q.strip()) for q in queries})
+
+
 flags.register_validator("queries", lambda v: _check(
-    bool(v) and all(q.strip().isdigit() and int(q) > 0 for q in v),
-    f"--queries must be positive integers, got {','.join(v)}"))
+    bool(v) and all(_budget_ok(q) for q in v),
+    f"--queries must be positive integers or percentages of the pool in (0%, 100%], got {','.join(v)}"))
 _positive_list("gauss_sigmas")
 for _name in ("victim_steps", "student_steps", "victim_batch_size", "batch_size", "unlabeled_batch_size",
-              "mixmatch_k", "seeds", "median_of", "mu", "steps_per_call", "eval_every", "gauss_samples"):
+              "mixmatch_k", "seeds", "median_of", "mu", "steps_per_call", "eval_every", "gauss_samples",
+              "eval_top_k"):
   flags.register_validator(_name, lambda v, n=_name: _check(v is None or v > 0, f"--{n} must be > 0, got {v}"))
 for _name in ("rotation_weight", "noise_samples", "val_size", "randaugment_ops", "lambda_u", "rampup_steps"):
   flags.register_validator(_name, lambda v, n=_name: _check(v is None or v >= 0, f"--{n} must be >= 0, got {v}"))
@@ -223,11 +248,15 @@ def notes() -> str:
           f"test split; val_fidelity: on the held-out validation split of the training inputs (for tuning); "
           f"gauss<s>_fidelity: on test images plus Gaussian noise of s pixel levels; noise_fidelity: on uniform "
           f"noise, beside noise_top (class:share of the most frequent predicted class on noise, the victim's in its "
-          f"row): a student that predicts one class on noise scores the victim's share of that class.")
+          f"row): a student that predicts one class on noise scores the victim's share of that class."
+          + (" Rows with targets=ground_truth train on the pool's own labels of the same inputs as the oracle rows "
+             "(no oracle: oracle_used 0; `queries` is then the number of labeled inputs)."
+             if "ground_truth" in FLAGS.targets else ""))
 
 
-@experiments.register("extraction", notes=notes)
-def run(workdir: pathlib.Path) -> list[dict]:
+def prepare(workdir: pathlib.Path) -> tuple:
+  """The dataset, the attacker's pool and the validation split (saved to split.npz), and the sorted budgets,
+  checked against the pool; one-line ConfigErrors where the flags do not fit the data."""
   ds = datasets.load(FLAGS.dataset, FLAGS.data_dir, FLAGS.tfds_data_dir)
   val_size = FLAGS.val_size if FLAGS.val_size is not None else len(ds.train) // 10
   if val_size >= len(ds.train):
@@ -235,7 +264,7 @@ def run(workdir: pathlib.Path) -> list[dict]:
   pool_idx, val_idx = evaluation.split_pool(len(ds.train), val_size, FLAGS.seed)
   logging.info("dataset %s: %d train (%d attacker's pool, %d validation), %d test, %s", ds.name, len(ds.train),
                len(pool_idx), len(val_idx), len(ds.test), ds.image_shape)
-  budgets = sorted(int(q) for q in FLAGS.queries)
+  budgets = budgets_of(FLAGS.queries, len(pool_idx))
   if budgets[-1] > len(pool_idx):
     raise common.ConfigError(f"--queries={','.join(FLAGS.queries)}: the attacker's pool has only {len(pool_idx)} "
                              f"inputs ({len(ds.train)} minus --val_size={val_size})")
@@ -244,25 +273,54 @@ def run(workdir: pathlib.Path) -> list[dict]:
     raise common.ConfigError(f"--method={','.join(FLAGS.method)}: {semi[0]} needs unlabeled inputs, but "
                              f"--queries={budgets[-1]} queries the whole attacker's pool; lower the budget")
   np.savez(workdir / "split.npz", pool=pool_idx, val=val_idx)
-  mesh = parallel.data_mesh(FLAGS.num_devices)
-  vcfg = victim_lib.VictimConfig(model=FLAGS.victim_model, steps=FLAGS.victim_steps,
+  return ds, pool_idx, val_idx, budgets
+
+
+def victim_config() -> victim_lib.VictimConfig:
+  """The victim's recipe from the --victim_* flags."""
+  return victim_lib.VictimConfig(model=FLAGS.victim_model, steps=FLAGS.victim_steps,
                                  batch_size=FLAGS.victim_batch_size, lr=FLAGS.victim_lr, seed=_seed("victim_seed"))
-  victim = victim_lib.train_victim(ds, vcfg, workdir / "victim", mesh)
-  logging.info("victim test accuracy %.4f", victim.test_accuracy)
-  evaluator = evaluation.Evaluator.build(
-      lambda x: predict_logits(victim.model, victim.variables, x), ds.test.images, ds.test.labels, ds.num_classes,
-      val_images=ds.train.images[val_idx], noise_samples=FLAGS.noise_samples,
-      gauss_sigmas=[float(s) for s in FLAGS.gauss_sigmas], gauss_samples=FLAGS.gauss_samples, seed=FLAGS.seed)
-  victim_row = evaluator.victim_row()
-  if "noise_victim_hist" in victim_row:
-    victim_row["noise_top"] = _noise_top(victim_row["noise_victim_hist"])
-  rows = [{"method": "victim", "queries": 0, "oracle_output": "-", **victim_row, "fidelity": 1.0}]
-  backend = oracle_lib.model_backend(victim.model, victim.variables)  # the API; the evaluator never goes through it
-  pool = ds.train.images[pool_idx]  # the attacker's pool: its labels are never read
+
+
+def build_evaluator(ds, victim_predict, val_idx: np.ndarray) -> evaluation.Evaluator:
+  """The evaluation sets of the flags (test, validation split, Gaussian-noised test images, uniform noise),
+  labelled by the victim directly."""
+  return evaluation.Evaluator.build(
+      victim_predict, ds.test.images, ds.test.labels, ds.num_classes, val_images=ds.train.images[val_idx],
+      noise_samples=FLAGS.noise_samples, gauss_sigmas=[float(s) for s in FLAGS.gauss_sigmas],
+      gauss_samples=FLAGS.gauss_samples, seed=FLAGS.seed, top_k=FLAGS.eval_top_k)
+
+
+def _ground_truth(labels: np.ndarray, num_classes: int, budgets: list[int]) -> dict:
+  """--targets=ground_truth: the pool's own labels (one-hot) of the inputs the oracle rows would query (same
+  query seeds, same inputs), and no oracle at all: 0 inputs answered."""
+  one_hot = np.eye(num_classes, dtype=np.float32)
+  answers = {}
+  for rep in range(FLAGS.seeds):
+    for q in budgets:
+      idx = supervised.choose_queries(_seed("query_seed") + rep, len(labels), q)
+      answers[q, rep] = (idx, one_hot[labels[idx]], 0)
+  return answers
+
+
+def extract(ds, pool_idx: np.ndarray, victim_model, victim_variables, evaluator: evaluation.Evaluator,
+            workdir: pathlib.Path, budgets: list[int], mesh, victim_settings: dict) -> list[dict]:
+  """Every (targets or oracle output, method) of the flags against one victim: the students of every budget and
+  repetition trained stacked; returns their rows. `victim_settings` (how the victim was made) enters the
+  students' run names, so that students of another victim never resume from these checkpoints."""
+  rows = []
+  backend = oracle_lib.model_backend(victim_model, victim_variables)  # the API; the evaluator never goes through it
+  pool = ds.train.images[pool_idx]  # the attacker's pool: its labels are read only by --targets=ground_truth
   rot = "+rot" if FLAGS.rotation_weight > 0 else ""
   eval_every = FLAGS.eval_every or max(FLAGS.student_steps // 20, 1)
-  for output in FLAGS.oracle_output:
-    answers, oracle_settings = _query_all(backend, pool, output, budgets)
+  outputs = (["ground_truth"] if "ground_truth" in FLAGS.targets else []) + (
+      list(FLAGS.oracle_output) if "oracle" in FLAGS.targets else [])
+  for output in outputs:
+    if output == "ground_truth":
+      answers, oracle_settings = _ground_truth(ds.train.labels[pool_idx], ds.num_classes, budgets), {
+          "targets": "ground_truth"}
+    else:
+      answers, oracle_settings = _query_all(backend, pool, output, budgets)
     for method in FLAGS.method:
       t0 = time.time()
       cfg, params = method_settings(method)
@@ -277,11 +335,13 @@ def run(workdir: pathlib.Path) -> list[dict]:
         from extraction import augment
         extra = rotation.make_rotation_loss(FLAGS.rotation_weight, *augment.default_augmentation(ds.name),
                                             rotate_labeled=FLAGS.rotate_labeled)
-      settings = {"config": dataclasses.asdict(cfg), "params": params, "victim": dataclasses.asdict(vcfg),
+      settings = {"config": dataclasses.asdict(cfg), "params": params, "victim": victim_settings,
                   "budgets": budgets, "seeds": [t.seed for t in tasks], "query_seed": _seed("query_seed"),
                   "rotation": [FLAGS.rotation_weight, FLAGS.rotate_labeled], "top_k": FLAGS.top_k,
-                  "val": [FLAGS.seed, val_size], "eval": [eval_every, FLAGS.noise_samples, FLAGS.gauss_sigmas],
-                  **oracle_settings}
+                  "val": [FLAGS.seed, len(ds.train) - len(pool_idx)],
+                  "eval": [eval_every, FLAGS.noise_samples, FLAGS.gauss_sigmas], **oracle_settings}
+      if FLAGS.eval_top_k != 5:
+        settings["eval_top_k"] = FLAGS.eval_top_k
       name = run_name(f"{method}{rot}_{output}_{cfg.model}", settings)
       group_dir = workdir / "students" / name
       group_dir.mkdir(parents=True, exist_ok=True)
@@ -294,8 +354,32 @@ def run(workdir: pathlib.Path) -> list[dict]:
           checkpoint_dir=group_dir,
           mesh=mesh, name=name, steps_per_call=FLAGS.steps_per_call)
       for row in _rows(method + rot, output, budgets, answers, histories, time.time() - t0):
+        if FLAGS.targets != ["oracle"]:
+          row = {**row, "targets": "ground_truth" if output == "ground_truth" else "oracle"}
+          if output == "ground_truth":
+            row["oracle_output"] = "-"
         logging.info("%s", {k: v for k, v in row.items() if k != "per_seed"})
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                        if k != "per_seed" and not isinstance(v, list)), flush=True)
         rows.append(row)
   return rows
+
+
+def victim_row(evaluator: evaluation.Evaluator) -> dict:
+  """The victim's own row: its accuracy and (on noise) its class histogram."""
+  row = evaluator.victim_row()
+  if "noise_victim_hist" in row:
+    row["noise_top"] = _noise_top(row["noise_victim_hist"])
+  return {"method": "victim", "queries": 0, "oracle_output": "-", **row, "fidelity": 1.0}
+
+
+@experiments.register("extraction", notes=notes)
+def run(workdir: pathlib.Path) -> list[dict]:
+  ds, pool_idx, val_idx, budgets = prepare(workdir)
+  mesh = parallel.data_mesh(FLAGS.num_devices)
+  vcfg = victim_config()
+  victim = victim_lib.train_victim(ds, vcfg, workdir / "victim", mesh)
+  logging.info("victim test accuracy %.4f", victim.test_accuracy)
+  evaluator = build_evaluator(ds, lambda x: predict_logits(victim.model, victim.variables, x), val_idx)
+  return [victim_row(evaluator)] + extract(ds, pool_idx, victim.model, victim.variables, evaluator, workdir, budgets,
+                                           mesh, dataclasses.asdict(vcfg))

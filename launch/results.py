@@ -52,20 +52,26 @@ def markdown_table(rows: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _targets(row: dict) -> str:
+  """What a row's students trained on: the oracle's output mode, or 'ground_truth' (--targets)."""
+  return "ground_truth" if row.get("targets") == "ground_truth" else row.get("oracle_output", "")
+
+
 def plot(rows: list[dict], path: pathlib.Path) -> bool:
   """Accuracy and fidelity against queries; returns False (and writes nothing) when rows have no such data."""
-  rows = [r for r in rows if "fidelity" in r and "queries" in r and r.get("method") != "victim"]
+  rows = [r for r in rows if "fidelity" in r and "queries" in r and r.get("method") != "victim"
+          and "source" not in r]  # the limits study's rows: its own plot
   if not rows:
     return False
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-  groups = sorted({(r["method"], r.get("oracle_output", "")) for r in rows})
+  groups = sorted({(r["method"], _targets(r)) for r in rows})
   for ax, metric in zip(axes, ("accuracy", "fidelity")):
     for method, output in groups:
       pts = sorted((r["queries"], r[metric], r.get(f"{metric}_std", 0.0)) for r in rows
-                   if (r["method"], r.get("oracle_output", "")) == (method, output) and metric in r)
+                   if (r["method"], _targets(r)) == (method, output) and metric in r)
       if not pts:
         continue
       q, v, sd = np.array(pts).T
@@ -96,7 +102,7 @@ def plot_curves(rows: list[dict], path: pathlib.Path) -> bool:
     curves = [run["curve"] for run in r["per_seed"]]
     steps = [c["step"] for c in curves[0]]
     mean = np.mean([[c["fidelity"] for c in curve] for curve in curves], axis=0)
-    ax.plot(steps, 100 * mean, marker=".", label=f"{r['method']} {r.get('oracle_output', '')} {r['queries']}")
+    ax.plot(steps, 100 * mean, marker=".", label=f"{r['method']} {_targets(r)} {r['queries']}")
   ax.set_xlabel("student steps")
   ax.set_ylabel("test fidelity (%)")
   ax.grid(alpha=0.3)

@@ -21,6 +21,7 @@ from launch import fe  # noqa: F401  (registers functional_equivalence)
 from launch import direct  # noqa: F401  (registers direct_recovery)
 from launch import lm  # noqa: F401  (registers lm_last_layer)
 from launch import hybrid  # noqa: F401  (registers hybrid)
+from launch import limits  # noqa: F401  (registers limits)
 
 from extraction.datasets import DatasetUnavailable
 from extraction.oracle import BudgetExceeded
@@ -30,7 +31,7 @@ from functional_equivalence.errors import ExtractionError, VictimFileError
 
 FLAGS = flags.FLAGS
 USER_ERRORS = (common.ConfigError, DatasetUnavailable, BudgetExceeded, ExtractionError, VictimFileError,
-               FileNotFoundError, RemoteError, VictimMismatch)
+               FileNotFoundError, RemoteError, VictimMismatch, limits.RunFailed)
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 
