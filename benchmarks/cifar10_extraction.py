@@ -10,6 +10,7 @@ go into one table, the curves into one figure, and a verdict compares MM@250 wit
 paper's headline: MM@250 beats FS@4000). Writes benchmarks/results/cifar10_extraction.{json,md} and
 cifar10_extraction_curves.png. A run already in the results file is kept unless named in --runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,10 +21,14 @@ import time
 
 from absl import app, flags
 
-from benchmarks.common import RESULTS, REPO, lock_file, lock_text, machine
+from benchmarks.common import REPO, RESULTS, lock_file, lock_text, machine
 
-RUNS = {"fs": "cifar10_cpu.flags", "mixmatch": "cifar10_mixmatch_cpu.flags", "fixmatch": "cifar10_fixmatch_cpu.flags",
-        "rotation": "cifar10_rotation_cpu.flags"}
+RUNS = {
+  "fs": "cifar10_cpu.flags",
+  "mixmatch": "cifar10_mixmatch_cpu.flags",
+  "fixmatch": "cifar10_fixmatch_cpu.flags",
+  "rotation": "cifar10_rotation_cpu.flags",
+}
 flags.DEFINE_string("data_dir", "../shared/data", "Directory holding cifar10/{train,test}.npz.")
 flags.DEFINE_string("workdir", "workdirs/bench_cifar10", "Launcher workdir (victim shared by every run).")
 flags.DEFINE_list("runs", list(RUNS), f"Runs to do now, of {', '.join(RUNS)}.")
@@ -42,8 +47,10 @@ def verdict(rows: list[dict]) -> list[str]:
       b = get("fs", q)
       if a and b and a is not b:
         word = ">=" if a["fidelity"] >= b["fidelity"] else "<"
-        out.append(f"{m}@250 {word} fs@{q}: fidelity {a['fidelity']:.4f} ± {a.get('fidelity_std', 0):.4f} vs "
-                   f"{b['fidelity']:.4f} ± {b.get('fidelity_std', 0):.4f}")
+        out.append(
+          f"{m}@250 {word} fs@{q}: fidelity {a['fidelity']:.4f} ± {a.get('fidelity_std', 0):.4f} vs "
+          f"{b['fidelity']:.4f} ± {b.get('fidelity_std', 0):.4f}"
+        )
   return out
 
 
@@ -53,31 +60,57 @@ def main(_):
   for run in FLAGS.runs:
     if run not in RUNS:
       raise app.UsageError(f"unknown run {run!r}; choose from {', '.join(RUNS)}")
-    launcher = [sys.executable, "-m", "launch.run", f"--flagfile={RUNS[run]}", f"--data_dir={FLAGS.data_dir}",
-                f"--workdir={FLAGS.workdir}", *FLAGS.extra]
+    launcher = [
+      sys.executable,
+      "-m",
+      "launch.run",
+      f"--flagfile={RUNS[run]}",
+      f"--data_dir={FLAGS.data_dir}",
+      f"--workdir={FLAGS.workdir}",
+      *FLAGS.extra,
+    ]
     t = time.time()
     subprocess.run(launcher, cwd=REPO, check=True)
-    rows = [{k: v for k, v in r.items() if k not in ("config", "versions")}
-            for r in json.loads((pathlib.Path(FLAGS.workdir) / "results.json").read_text())]
+    rows = [
+      {k: v for k, v in r.items() if k not in ("config", "versions")}
+      for r in json.loads((pathlib.Path(FLAGS.workdir) / "results.json").read_text())
+    ]
     notes = (pathlib.Path(FLAGS.workdir) / "results.md").read_text().split("\n\n")[0]
-    out["runs"][run] = {"launcher_command": " ".join(launcher[1:]), "wall_seconds": round(time.time() - t),
-                        "machine": machine(), "rows": rows, "notes": notes}
+    out["runs"][run] = {
+      "launcher_command": " ".join(launcher[1:]),
+      "wall_seconds": round(time.time() - t),
+      "machine": machine(),
+      "rows": rows,
+      "notes": notes,
+    }
     path.write_text(json.dumps(out, indent=2))  # after every run: a later failure keeps what was measured
   victim = next((r for run in out["runs"].values() for r in run["rows"] if r["method"] == "victim"), None)
-  rows = ([victim] if victim else []) + [r for run in out["runs"].values() for r in run["rows"]
-                                         if r["method"] != "victim"]
+  rows = ([victim] if victim else []) + [
+    r for run in out["runs"].values() for r in run["rows"] if r["method"] != "victim"
+  ]
   out.update(command="python -m benchmarks.cifar10_extraction " + " ".join(sys.argv[1:]), verdict=verdict(rows))
   path.write_text(json.dumps(out, indent=2))
   from launch import results
+
   results.plot_curves(rows, RESULTS / f"{FLAGS.name}_curves.png")
-  md = ["# CIFAR-10 extraction at CPU scale (fair protocol)\n", f"Last command: `{out['command']}`\n",
-        f"Environment: {lock_text(lock_file())}\n"]
+  md = [
+    "# CIFAR-10 extraction at CPU scale (fair protocol)\n",
+    f"Last command: `{out['command']}`\n",
+    f"Environment: {lock_text(lock_file())}\n",
+  ]
   for run, r in out["runs"].items():
-    md.append(f"- {run}: `{r['launcher_command']}`, {r['wall_seconds']} s on {r['machine']['cpu_count']} cores "
-              f"(load average at the end {r['machine']['load_average']})")
-  md += ["", next(iter(out["runs"].values()))["notes"] + "\n" if out["runs"] else "", results.markdown_table(rows),
-         f"Learning curves: `{FLAGS.name}_curves.png`.\n", "Verdict (paper: MM@250 beats FS@4000):\n",
-         "\n".join(f"- {v}" for v in out["verdict"]) + "\n"]
+    md.append(
+      f"- {run}: `{r['launcher_command']}`, {r['wall_seconds']} s on {r['machine']['cpu_count']} cores "
+      f"(load average at the end {r['machine']['load_average']})"
+    )
+  md += [
+    "",
+    next(iter(out["runs"].values()))["notes"] + "\n" if out["runs"] else "",
+    results.markdown_table(rows),
+    f"Learning curves: `{FLAGS.name}_curves.png`.\n",
+    "Verdict (paper: MM@250 beats FS@4000):\n",
+    "\n".join(f"- {v}" for v in out["verdict"]) + "\n",
+  ]
   (RESULTS / f"{FLAGS.name}.md").write_text("\n".join(md))
   print("\n".join(md))
 

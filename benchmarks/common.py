@@ -1,4 +1,5 @@
 """What every benchmark records: where results go and the machine they ran on."""
+
 from __future__ import annotations
 
 import hashlib
@@ -43,9 +44,12 @@ def lock_text(lock: dict) -> str:
   the mismatches."""
   if lock["path"] is None:
     return f"environment not pinned ({lock['mismatches'][0]})"
-  state = ("installed versions match" if not lock["mismatches"] else
-           f"installed versions differ: {', '.join(lock['mismatches'][:5])}"
-           f"{' ...' if len(lock['mismatches']) > 5 else ''} (installed (locked))")
+  state = (
+    "installed versions match"
+    if not lock["mismatches"]
+    else f"installed versions differ: {', '.join(lock['mismatches'][:5])}"
+    f"{' ...' if len(lock['mismatches']) > 5 else ''} (installed (locked))"
+  )
   return f"{lock['path']} (sha256 {lock['sha256'][:16]}), {state}"
 
 
@@ -54,13 +58,21 @@ def machine(*packages: str) -> dict:
   at the time of the call (above the core count, the machine was shared and timings are pessimistic) and the
   lock file of the environment (`lock`: see lock_file)."""
   import jax
+
   cpu = platform.processor() or platform.machine()
   if os.path.exists("/proc/cpuinfo"):
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), cpu)
-  out = {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
-         "python": platform.python_version(), "jax": jax.__version__, "backend": jax.default_backend(),
-         "devices": [str(d) for d in jax.devices()], "load_average": [round(x, 2) for x in os.getloadavg()],
-         "lock": lock_file()}
+  out = {
+    "cpu": cpu,
+    "cpu_count": os.cpu_count(),
+    "platform": platform.platform(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "devices": [str(d) for d in jax.devices()],
+    "load_average": [round(x, 2) for x in os.getloadavg()],
+    "lock": lock_file(),
+  }
   for p in packages:
     try:
       out[p] = importlib.metadata.version(p)
@@ -90,24 +102,36 @@ def run_launcher(flagfile: str, workdir, extra=()) -> dict:
   import json
   import sys
   import time
+
   workdir = pathlib.Path(workdir)
   launcher = [sys.executable, "-m", "launch.run", f"--flagfile={flagfile}", f"--workdir={workdir}", *extra]
   t = time.time()
   subprocess.run(launcher, cwd=REPO, check=True)
   wall = round(time.time() - t, 1)
-  rows = [{k: v for k, v in r.items() if k not in ("config", "versions")}
-          for r in json.loads((workdir / "results.json").read_text())]
-  return {"launcher_command": "python " + " ".join(launcher[1:]), "wall_seconds": wall, "rows": rows,
-          "notes": (workdir / "results.md").read_text().split("\n\n")[0], "machine": machine()}
+  rows = [
+    {k: v for k, v in r.items() if k not in ("config", "versions")}
+    for r in json.loads((workdir / "results.json").read_text())
+  ]
+  return {
+    "launcher_command": "python " + " ".join(launcher[1:]),
+    "wall_seconds": wall,
+    "rows": rows,
+    "notes": (workdir / "results.md").read_text().split("\n\n")[0],
+    "machine": machine(),
+  }
 
 
 def define_launcher_flags(flagfile: str, workdir: str, name: str) -> None:
   """The flags of a driver around `run_launcher`: --flagfile_name, --workdir, --fresh, --name, --extra (defined
   when the driver runs, not on import: tests import drivers beside the launcher's flags)."""
   from absl import flags
+
   flags.DEFINE_string("flagfile_name", flagfile, "Flagfile in configs/.")
   flags.DEFINE_string("workdir", workdir, "Launcher workdir.")
-  flags.DEFINE_bool("fresh", True, "Delete the workdir first (otherwise what it holds is reused and the wall time "
-                    "counts only what was left to do).")
+  flags.DEFINE_bool(
+    "fresh",
+    True,
+    "Delete the workdir first (otherwise what it holds is reused and the wall time counts only what was left to do).",
+  )
   flags.DEFINE_string("name", name, "Results file name in benchmarks/results/.")
   flags.DEFINE_list("extra", [], "Extra launcher flags (for every run).")

@@ -8,6 +8,7 @@ Each device count runs in its own process (XLA_FLAGS must be set before jax star
 labeled (+ 2x64 unlabeled for MixMatch) per step, small_cnn on 32x32x3. Writes
 benchmarks/results/data_parallel.{json,md} (or --out).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,14 +31,18 @@ FLAGS = flags.FLAGS
 def time_steps(num_devices: int) -> dict:
   import jax
   import numpy as np
+
   from extraction import models, parallel, train
   from semisup import mixmatch
+
   out = {"devices": num_devices, "platform": jax.default_backend()}
   rng = np.random.default_rng(0)
   b = FLAGS.batch
-  batch = {"images": rng.integers(0, 256, (b, 32, 32, 3), dtype=np.uint8),
-           "targets": np.eye(10, dtype=np.float32)[rng.integers(0, 10, b)],
-           "unlabeled": rng.integers(0, 256, (b, 32, 32, 3), dtype=np.uint8)}
+  batch = {
+    "images": rng.integers(0, 256, (b, 32, 32, 3), dtype=np.uint8),
+    "targets": np.eye(10, dtype=np.float32)[rng.integers(0, 10, b)],
+    "unlabeled": rng.integers(0, 256, (b, 32, 32, 3), dtype=np.uint8),
+  }
   for method in ("fs", "mixmatch"):
     model = models.create_model(FLAGS.model, 10)
     tx = train.make_optimizer(0.002, 0.02, 100)
@@ -66,6 +71,7 @@ def main(argv):
     print(json.dumps(time_steps(FLAGS.child)))
     return
   import jax  # only to count real devices; children set their own XLA_FLAGS
+
   counts = [n for n in (1, 2, 4, 8) if n <= (len(jax.devices()) if FLAGS.real else 4)]
   rows = []
   for n in counts:
@@ -73,23 +79,38 @@ def main(argv):
     if not FLAGS.real:
       env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
       env["JAX_PLATFORMS"] = "cpu"
-    args = [sys.executable, "-m", "benchmarks.data_parallel", f"--child={n}", f"--model={FLAGS.model}",
-            f"--batch={FLAGS.batch}", f"--timed_steps={FLAGS.timed_steps}"]
+    args = [
+      sys.executable,
+      "-m",
+      "benchmarks.data_parallel",
+      f"--child={n}",
+      f"--model={FLAGS.model}",
+      f"--batch={FLAGS.batch}",
+      f"--timed_steps={FLAGS.timed_steps}",
+    ]
     p = subprocess.run(args, env=env, capture_output=True, text=True, check=True)
     rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
     print(rows[-1], flush=True)
   from benchmarks.common import RESULTS, machine
   from launch.results import markdown_table
+
   prefix = FLAGS.out or str(RESULTS / "data_parallel")
   command = "python -m benchmarks.data_parallel " + " ".join(argv[1:])
-  result = {"command": command.strip(), "machine": machine(), "model": FLAGS.model, "global_batch": FLAGS.batch,
-            "rows": rows}
+  result = {
+    "command": command.strip(),
+    "machine": machine(),
+    "model": FLAGS.model,
+    "global_batch": FLAGS.batch,
+    "rows": rows,
+  }
   with open(prefix + ".json", "w") as f:
     json.dump(result, f, indent=2)
   with open(prefix + ".md", "w") as f:
-    f.write(f"# Data-parallel steps/s\n\nCommand: `{result['command']}`\n\nMachine: {result['machine']}\n\n"
-            f"Model {FLAGS.model}, global batch {FLAGS.batch} (+2x{FLAGS.batch} unlabeled for MixMatch).\n\n"
-            + markdown_table(rows))
+    f.write(
+      f"# Data-parallel steps/s\n\nCommand: `{result['command']}`\n\nMachine: {result['machine']}\n\n"
+      f"Model {FLAGS.model}, global batch {FLAGS.batch} (+2x{FLAGS.batch} unlabeled for MixMatch).\n\n"
+      + markdown_table(rows)
+    )
 
 
 if __name__ == "__main__":

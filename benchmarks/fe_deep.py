@@ -14,6 +14,7 @@ found, max aligned weight error per layer and overall (bits), top-1 (one output:
 difference| on --eval_inputs inputs ~ N(0, I) and on --domain_inputs points over the ball, seconds (attack only).
 Victim, attack and evaluation draw independent seeds. Writes benchmarks/results/fe_deep.{json,md}.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,19 +22,25 @@ import math
 import sys
 import time
 
-from absl import app, flags
 import numpy as np
+from absl import app, flags
 
 from benchmarks.common import RESULTS, machine
 
-flags.DEFINE_list("random_sizes", ["10-8-8-1", "20-10-10-1", "12-8-6-3", "10-8-8-8-1"],
-                  "Sizes d-n0-...-k of the random victims.")
+flags.DEFINE_list(
+  "random_sizes", ["10-8-8-1", "20-10-10-1", "12-8-6-3", "10-8-8-8-1"], "Sizes d-n0-...-k of the random victims."
+)
 flags.DEFINE_integer("seeds", 5, "Seeds per random size.")
-flags.DEFINE_list("cme_sizes", ["10-10-10-1", "10-20-20-1", "40-20-10-10-1", "80-40-20-1"],
-                  "Sizes of the CME-style trained victims.")
+flags.DEFINE_list(
+  "cme_sizes", ["10-10-10-1", "10-20-20-1", "40-20-10-10-1", "80-40-20-1"], "Sizes of the CME-style trained victims."
+)
 flags.DEFINE_list("digits_hidden", ["16-16", "32-32"], "Hidden widths of the digits victims (64 inputs).")
-flags.DEFINE_list("first_layer_hidden", ["128-128"], "Digits victims whose first hidden layer only is recovered "
-                  "(Config.layers=1, the first stage a hybrid FE + learning would use).")
+flags.DEFINE_list(
+  "first_layer_hidden",
+  ["128-128"],
+  "Digits victims whose first hidden layer only is recovered "
+  "(Config.layers=1, the first stage a hybrid FE + learning would use).",
+)
 flags.DEFINE_bool("big", False, "Also the 784-32-32-10 digits victim (upsampled images).")
 flags.DEFINE_integer("eval_inputs", 1_000_000, "Inputs ~ N(0, I) for agreement.")
 flags.DEFINE_integer("domain_inputs", 100_000, "Points over the ball (spheres of radii 1 .. 1000) for agreement.")
@@ -42,21 +49,22 @@ flags.DEFINE_string("out", "fe_deep", "Result file stem in benchmarks/results/."
 FLAGS = flags.FLAGS
 
 QUOTED = [
-    "Carlini, Jagielski, Mironov (CRYPTO 2020): 784-128-1 in 2^21.5 queries, worst-case error 2^-25; a ~4,000-"
-    "parameter network in 2^18.5 queries at 2^-40 (their paper; their code is told the layer sizes and brute-forces "
-    "2^K sign patterns for the last hidden layer).",
-    "Canales-Martinez et al. (Eurocrypt 2024): all signs of a CIFAR-10 3072-256x8-10 network (~1.2M parameters) in "
-    "30 minutes on 256 cores, weights up to sign assumed known.",
-    "Foerster et al. (NeurIPS 2024): a 16,721-parameter two-hidden-layer MNIST network in 98 minutes.",
+  "Carlini, Jagielski, Mironov (CRYPTO 2020): 784-128-1 in 2^21.5 queries, worst-case error 2^-25; a ~4,000-"
+  "parameter network in 2^18.5 queries at 2^-40 (their paper; their code is told the layer sizes and brute-forces "
+  "2^K sign patterns for the last hidden layer).",
+  "Canales-Martinez et al. (Eurocrypt 2024): all signs of a CIFAR-10 3072-256x8-10 network (~1.2M parameters) in "
+  "30 minutes on 256 cores, weights up to sign assumed known.",
+  "Foerster et al. (NeurIPS 2024): a 16,721-parameter two-hidden-layer MNIST network in 98 minutes.",
 ]
 
 
 def _agreement(net, rec, x):
   from functional_equivalence import align
+
   worst, same = 0.0, 0.0
   for lo in range(0, len(x), 100_000):
-    r = align.logit_agreement(net, rec, x[lo:lo + 100_000])
-    worst, same = max(worst, r["max_logit_error"]), same + r["agreement"] * len(x[lo:lo + 100_000])
+    r = align.logit_agreement(net, rec, x[lo : lo + 100_000])
+    worst, same = max(worst, r["max_logit_error"]), same + r["agreement"] * len(x[lo : lo + 100_000])
   return same / len(x), worst
 
 
@@ -78,15 +86,24 @@ def run_one(name: str, net, seed: int, layers=None) -> dict:
   counter = Counting(network.backend(net))
   oracle = Oracle(counter, output="logits", record_inputs=False)
   attack_seed, eval_seed = (int(s) for s in np.random.SeedSequence([seed, 14]).generate_state(2))
-  row = dict(victim=name, shape=net.shape_text, parameters=int(sum(w.size + b.size for w, b in
-                                                                  zip(net.weights, net.biases))), seed=seed)
+  row = dict(
+    victim=name,
+    shape=net.shape_text,
+    parameters=int(sum(w.size + b.size for w, b in zip(net.weights, net.biases))),
+    seed=seed,
+  )
   start = time.time()
   try:
-    result = attack.extract(oracle, net.sizes[0], attack.Config(max_seconds=FLAGS.max_seconds, layers=layers),
-                            seed=attack_seed)
+    result = attack.extract(
+      oracle, net.sizes[0], attack.Config(max_seconds=FLAGS.max_seconds, layers=layers), seed=attack_seed
+    )
   except Exception as e:  # reported as a row, the benchmark goes on
-    row.update(status=f"{type(e).__name__}: {str(e)[:160]}", queries=counter.rows,
-               queries_log2=round(math.log2(max(counter.rows, 1)), 2), seconds=round(time.time() - start, 1))
+    row.update(
+      status=f"{type(e).__name__}: {str(e)[:160]}",
+      queries=counter.rows,
+      queries_log2=round(math.log2(max(counter.rows, 1)), 2),
+      seconds=round(time.time() - start, 1),
+    )
     return row
   seconds = time.time() - start
   assert result.queries == counter.rows
@@ -97,10 +114,17 @@ def run_one(name: str, net, seed: int, layers=None) -> dict:
     true_b = align.canonical(net)[0].biases[0]
     best = np.argmax(true.T @ rec, axis=1)
     errs = np.maximum(np.max(np.abs(true - rec[:, best]), axis=0), np.abs(true_b - rec_b[best]))
-    row.update(status="ok", queries=result.queries, queries_log2=round(math.log2(result.queries), 2),
-               widths_found=f"{rec.shape[1]} (first layer only)", signs="+".join(result.sign_methods[0]),
-               layer_errors=[float(f"{np.max(errs):.3g}")], units_matched=int(np.sum(errs < 1e-6)),
-               error_bits=round(-math.log2(max(float(np.max(errs)), 1e-300)), 1), seconds=round(seconds, 1))
+    row.update(
+      status="ok",
+      queries=result.queries,
+      queries_log2=round(math.log2(result.queries), 2),
+      widths_found=f"{rec.shape[1]} (first layer only)",
+      signs="+".join(result.sign_methods[0]),
+      layer_errors=[float(f"{np.max(errs):.3g}")],
+      units_matched=int(np.sum(errs < 1e-6)),
+      error_bits=round(-math.log2(max(float(np.max(errs)), 1e-300)), 1),
+      seconds=round(seconds, 1),
+    )
     return row
   rng = np.random.default_rng(eval_seed)
   d = net.sizes[0]
@@ -109,19 +133,29 @@ def run_one(name: str, net, seed: int, layers=None) -> dict:
   err = align.weight_error(net, result.net, np.concatenate([x[:50_000], over[:50_000]]))
   agree, worst = _agreement(net, result.net, x)
   d_agree, d_worst = _agreement(net, result.net, over)
-  row.update(status="ok", queries=result.queries, queries_log2=round(math.log2(result.queries), 2),
-             widths_found="-".join(map(str, result.widths)),
-             signs=", ".join(m if isinstance(m, str) else "+".join(m) for m in result.sign_methods),
-             layer_errors=[float(f"{e:.3g}") for e in err["errors"]], max_weight_error=err["max_weight_error"],
-             error_bits=round(err["weight_error_bits"], 1), inert_units=err.get("inert_true_units"),
-             agreement=agree, max_logit_error=worst, domain_agreement=d_agree, domain_max_logit_error=d_worst,
-             seconds=round(seconds, 1))
+  row.update(
+    status="ok",
+    queries=result.queries,
+    queries_log2=round(math.log2(result.queries), 2),
+    widths_found="-".join(map(str, result.widths)),
+    signs=", ".join(m if isinstance(m, str) else "+".join(m) for m in result.sign_methods),
+    layer_errors=[float(f"{e:.3g}") for e in err["errors"]],
+    max_weight_error=err["max_weight_error"],
+    error_bits=round(err["weight_error_bits"], 1),
+    inert_units=err.get("inert_true_units"),
+    agreement=agree,
+    max_logit_error=worst,
+    domain_agreement=d_agree,
+    domain_max_logit_error=d_worst,
+    seconds=round(seconds, 1),
+  )
   return row
 
 
 def victims():
   """(name, net, seed) of every run."""
   from functional_equivalence.deep import network
+
   for sizes in FLAGS.random_sizes:
     for seed in range(FLAGS.seeds):
       yield "random", network.random_net(seed, [int(s) for s in sizes.split("-")]), seed
@@ -137,18 +171,41 @@ def victims():
 
 def first_layer_victims():
   from functional_equivalence.deep import network
+
   for hidden in FLAGS.first_layer_hidden:
     net, _ = network.digits_net(0, [int(h) for h in hidden.split("-")])
     yield "digits, first layer", net, 0
 
 
 def markdown(rows, command, info, seconds) -> str:
-  cols = ["victim", "shape", "parameters", "seed", "status", "queries_log2", "widths_found", "signs", "layer_errors",
-          "error_bits", "units_matched", "agreement", "domain_agreement", "max_logit_error", "domain_max_logit_error",
-          "seconds"]
-  lines = ["# Deep functionally-equivalent extraction (issue 14)", "", f"Command: `{command}`", "",
-           f"Machine: {info['cpu']}, {info['cpu_count']} cores, load average {info['load_average']}; total "
-           f"{seconds:.0f} s.", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+  cols = [
+    "victim",
+    "shape",
+    "parameters",
+    "seed",
+    "status",
+    "queries_log2",
+    "widths_found",
+    "signs",
+    "layer_errors",
+    "error_bits",
+    "units_matched",
+    "agreement",
+    "domain_agreement",
+    "max_logit_error",
+    "domain_max_logit_error",
+    "seconds",
+  ]
+  lines = [
+    "# Deep functionally-equivalent extraction (issue 14)",
+    "",
+    f"Command: `{command}`",
+    "",
+    f"Machine: {info['cpu']}, {info['cpu_count']} cores, load average {info['load_average']}; total {seconds:.0f} s.",
+    "",
+    "| " + " | ".join(cols) + " |",
+    "|" + "---|" * len(cols),
+  ]
   for r in rows:
     lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
   lines += ["", "Success (status ok and all weights matched) by kind of victim:", ""]
@@ -164,7 +221,8 @@ def main(argv):
   del argv
   import jax
   from absl import logging
-  logging.set_verbosity(logging.WARNING)   # the attack's per-round progress lines
+
+  logging.set_verbosity(logging.WARNING)  # the attack's per-round progress lines
   command = "python -m benchmarks.fe_deep " + " ".join(sys.argv[1:])
   start = time.time()
   rows = []
@@ -178,8 +236,9 @@ def main(argv):
   seconds = time.time() - start
   info = machine("jax", "numpy", "scipy")
   RESULTS.mkdir(parents=True, exist_ok=True)
-  (RESULTS / f"{FLAGS.out}.json").write_text(json.dumps(dict(command=command, machine=info, seconds=seconds,
-                                                             rows=rows, quoted=QUOTED), indent=1, default=str))
+  (RESULTS / f"{FLAGS.out}.json").write_text(
+    json.dumps(dict(command=command, machine=info, seconds=seconds, rows=rows, quoted=QUOTED), indent=1, default=str)
+  )
   (RESULTS / f"{FLAGS.out}.md").write_text(markdown(rows, command, info, seconds))
   print(f"wrote {RESULTS / FLAGS.out}.{{json,md}}")
 

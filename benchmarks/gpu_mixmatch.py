@@ -11,6 +11,7 @@ For each labeled batch B in --batches the step sees B labeled + K=2 x B unlabele
 --rounds timing rounds of at least --round_seconds each; the JSON is rewritten after every configuration, so
 a run cut short keeps what it measured.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,12 +48,17 @@ def time_batch(name: str, b: int, size: int, rounds: int, round_seconds: float) 
   model = models.create_model(name, 10)
   tx = train.make_optimizer(0.002, 0.02, 10_000)
   state = train.create_state(model, tx, jax.random.key(0), shape)
-  step = jax.jit(mixmatch.make_mixmatch_step(model, lambda_u=75.0, rampup_steps=1000, k=K, flip=True, shift=4),
-                 donate_argnums=0)
+  step = jax.jit(
+    mixmatch.make_mixmatch_step(model, lambda_u=75.0, rampup_steps=1000, k=K, flip=True, shift=4), donate_argnums=0
+  )
   r = np.random.default_rng(0)
-  batch = jax.device_put({"images": r.integers(0, 256, (b,) + shape, dtype=np.uint8),
-                          "targets": r.dirichlet(np.ones(10), b).astype(np.float32),
-                          "unlabeled": r.integers(0, 256, (b,) + shape, dtype=np.uint8)})
+  batch = jax.device_put(
+    {
+      "images": r.integers(0, 256, (b,) + shape, dtype=np.uint8),
+      "targets": r.dirichlet(np.ones(10), b).astype(np.float32),
+      "unlabeled": r.integers(0, 256, (b,) + shape, dtype=np.uint8),
+    }
+  )
   t0 = time.perf_counter()
   state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
@@ -71,24 +77,46 @@ def time_batch(name: str, b: int, size: int, rounds: int, round_seconds: float) 
   if not np.isfinite(loss):
     raise FloatingPointError(f"loss {loss} at batch {b}")
   s = statistics.median(per_step)
-  return {"model": name, "batch": f"{b}+{K}x{b}", "images_per_step": (1 + K) * b, "compile_s": compile_s,
-          "timed_steps": i - 1, "s_per_step": s, "steps_per_s": 1.0 / s, "images_per_s": (1 + K) * b / s,
-          "s_per_step_rounds": per_step}
+  return {
+    "model": name,
+    "batch": f"{b}+{K}x{b}",
+    "images_per_step": (1 + K) * b,
+    "compile_s": compile_s,
+    "timed_steps": i - 1,
+    "s_per_step": s,
+    "steps_per_s": 1.0 / s,
+    "images_per_s": (1 + K) * b / s,
+    "s_per_step_rounds": per_step,
+  }
 
 
 def main(argv):
   del argv
-  name, size, batches, rounds, round_s = FLAGS.model, FLAGS.image_size, [int(b) for b in FLAGS.batches], \
-      FLAGS.rounds, FLAGS.round_seconds
+  name, size, batches, rounds, round_s = (
+    FLAGS.model,
+    FLAGS.image_size,
+    [int(b) for b in FLAGS.batches],
+    FLAGS.rounds,
+    FLAGS.round_seconds,
+  )
   if FLAGS.smoke:
     name, size, batches, rounds, round_s = "mlp", 16, [4, 8], 2, 0.05
   dev = jax.devices()[0]
-  result = {"command": " ".join(["python", "-m", "benchmarks.gpu_mixmatch"] + sys.argv[1:]),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "machine": {"device": dev.device_kind, "platform": dev.platform, "devices": jax.device_count(),
-                        "host": platform.platform(), "jax": jax.__version__, "precision": "float32",
-                        "lock": lock_file()},
-            "rows": [], "skipped": []}
+  result = {
+    "command": " ".join(["python", "-m", "benchmarks.gpu_mixmatch"] + sys.argv[1:]),
+    "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    "machine": {
+      "device": dev.device_kind,
+      "platform": dev.platform,
+      "devices": jax.device_count(),
+      "host": platform.platform(),
+      "jax": jax.__version__,
+      "precision": "float32",
+      "lock": lock_file(),
+    },
+    "rows": [],
+    "skipped": [],
+  }
   out = pathlib.Path(FLAGS.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
@@ -98,8 +126,11 @@ def main(argv):
       continue
     row = time_batch(name, b, size, rounds, round_s)
     result["rows"].append(row)
-    print(f"{name} B={row['batch']}: compile {row['compile_s']:.1f}s  {row['steps_per_s']:.2f} steps/s  "
-          f"{row['images_per_s']:.0f} images/s", flush=True)
+    print(
+      f"{name} B={row['batch']}: compile {row['compile_s']:.1f}s  {row['steps_per_s']:.2f} steps/s  "
+      f"{row['images_per_s']:.0f} images/s",
+      flush=True,
+    )
     result["total_s"] = time.perf_counter() - start
     out.write_text(json.dumps(result, indent=2) + "\n")
   out.write_text(json.dumps(result, indent=2) + "\n")

@@ -13,6 +13,7 @@ images. The models are WRN-28-2 and the small CNN of extraction/models.py, rebui
 below (parameter counts are compared in the output). JAX and PyTorch steps are timed in alternating rounds
 in the same process, so that load from other processes falls on both alike; each reports the median step time.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,11 @@ flags.DEFINE_integer("batch", 64, "Labeled batch B; the unlabeled batch is B too
 flags.DEFINE_integer("rounds", 4, "Alternating JAX / PyTorch timing rounds per model.")
 flags.DEFINE_string("steps_per_round", "small_cnn=5,wrn28_2=1", "Timed steps per round, per model (default 2).")
 flags.DEFINE_string("out_dir", "benchmarks/results", "Where mixmatch_throughput.{json,md} go.")
-flags.DEFINE_list("variants", ["jit", "2 CPU devices", "4 CPU devices", "onednn", "lax.scan", "model fwd+bwd"],
-                  "JAX variants timed for the first model (the others: jit only).")
+flags.DEFINE_list(
+  "variants",
+  ["jit", "2 CPU devices", "4 CPU devices", "onednn", "lax.scan", "model fwd+bwd"],
+  "JAX variants timed for the first model (the others: jit only).",
+)
 flags.DEFINE_string("child", None, "Internal: time MODEL:VARIANT in this process and print its row.")
 
 K, CLASSES, SHAPE = 2, 10, (32, 32, 3)
@@ -49,9 +53,14 @@ LR, WD, EMA, LAMBDA_U, T, ALPHA, SHIFT = 0.002, 0.02, 0.999, 75.0, 0.5, 0.75, 4
 def make_batches(n: int, b: int, seed: int = 0) -> list[dict]:
   """n host batches of random uint8 images and Dirichlet targets (float32)."""
   r = np.random.default_rng(seed)
-  return [{"images": r.integers(0, 256, (b,) + SHAPE, dtype=np.uint8),
-           "targets": r.dirichlet(np.ones(CLASSES), b).astype(np.float32),
-           "unlabeled": r.integers(0, 256, (b,) + SHAPE, dtype=np.uint8)} for _ in range(n)]
+  return [
+    {
+      "images": r.integers(0, 256, (b,) + SHAPE, dtype=np.uint8),
+      "targets": r.dirichlet(np.ones(CLASSES), b).astype(np.float32),
+      "unlabeled": r.integers(0, 256, (b,) + SHAPE, dtype=np.uint8),
+    }
+    for _ in range(n)
+  ]
 
 
 # ----------------------------------------------------------------------------------------------------- JAX
@@ -65,22 +74,36 @@ class JaxRunner:
 
   def __init__(self, name: str, batches: list[dict], variant: str = "jit"):
     from extraction import parallel
+
     model = models.create_model(name, CLASSES)
     tx = train.make_optimizer(LR, WD, 10_000)
     self.state = train.create_state(model, tx, jax.random.key(0), SHAPE)
     self.params = sum(x.size for x in jax.tree_util.tree_leaves(self.state.params))
-    step = mixmatch.make_mixmatch_step(model, lambda_u=LAMBDA_U, rampup_steps=1000, temperature=T, alpha=ALPHA,
-                                       k=K, ema_decay=EMA, flip=True, shift=SHIFT)
+    step = mixmatch.make_mixmatch_step(
+      model,
+      lambda_u=LAMBDA_U,
+      rampup_steps=1000,
+      temperature=T,
+      alpha=ALPHA,
+      k=K,
+      ema_decay=EMA,
+      flip=True,
+      shift=SHIFT,
+    )
     if variant == "model":
+
       def step(state, batch):
         x = jax.numpy.concatenate([batch["images"], batch["unlabeled"], batch["unlabeled"]]).astype("float32")
         loss = lambda p: train.forward(model, p, state.batch_stats, x / 127.5 - 1.0)[0].sum()
-        return state.replace(params=jax.tree.map(lambda p, g: p - 1e-9 * g, state.params,
-                                                 jax.grad(loss)(state.params))), {"loss": loss(state.params)}
+        return state.replace(
+          params=jax.tree.map(lambda p, g: p - 1e-9 * g, state.params, jax.grad(loss)(state.params))
+        ), {"loss": loss(state.params)}
+
     if variant == "scan":
       one = step
-      step = lambda state, batch: jax.tree.map(lambda m: m[-1], jax.lax.scan(
-          one, state, jax.tree.map(lambda a: a[None], batch)))
+      step = lambda state, batch: jax.tree.map(
+        lambda m: m[-1], jax.lax.scan(one, state, jax.tree.map(lambda a: a[None], batch))
+      )
     mesh = parallel.data_mesh() if variant == "devices" else None
     self.state, put, self.step = parallel.place(step, self.state, mesh)
     self.batches = [put(b) for b in batches]
@@ -99,7 +122,6 @@ class JaxRunner:
 # ------------------------------------------------------------------------------------------------- PyTorch
 def torch_modules():
   """Builds the PyTorch twins of WRN-28-2 and the small CNN (imported lazily: torch is optional)."""
-  import torch
   from torch import nn
 
   bn = lambda c: nn.BatchNorm2d(c, momentum=0.001, eps=1e-3)  # Flax momentum 0.999
@@ -159,14 +181,16 @@ class TorchRunner:
   def __init__(self, name: str, batches: list[dict], model_only: bool = False):
     self.model_only = model_only
     import torch
+
     self.torch = torch
     torch.manual_seed(0)
     self.model = torch_modules()[name](CLASSES)
     self.params = sum(p.numel() for p in self.model.parameters())
     kernels = [p for p in self.model.parameters() if p.ndim > 1]
     others = [p for p in self.model.parameters() if p.ndim <= 1]
-    self.opt = torch.optim.AdamW([{"params": kernels, "weight_decay": WD}, {"params": others, "weight_decay": 0.0}],
-                                 lr=LR)
+    self.opt = torch.optim.AdamW(
+      [{"params": kernels, "weight_decay": WD}, {"params": others, "weight_decay": 0.0}], lr=LR
+    )
     self.ema = [p.detach().clone() for p in self.model.parameters()]
     self.bns = [m for m in self.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     self.batches = [{k: torch.from_numpy(v) for k, v in b.items()} for b in batches]
@@ -251,62 +275,92 @@ def time_model(name: str, b: int, rounds: int, steps: int, variant: str = "jit")
       times[k].append((time.perf_counter() - t0) / steps)
       print(f"{name} {k}: round {i + 1}/{rounds}  {times[k][-1]:.3f} s/step", flush=True)
   images = b + K * b
-  row = {"model": name, "variant": variant, "jax_devices": len(jax.devices()), "xla_flags": os.environ.get(
-      "XLA_FLAGS", ""), "batch": f"{b}+{K}x{b}", "images_per_step": images, "timed_steps": rounds * steps}
+  row = {
+    "model": name,
+    "variant": variant,
+    "jax_devices": len(jax.devices()),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "batch": f"{b}+{K}x{b}",
+    "images_per_step": images,
+    "timed_steps": rounds * steps,
+  }
   for k, r in runners.items():
     med = statistics.median(times[k])
-    row.update({f"{k}_params": r.params, f"{k}_s_per_step": med, f"{k}_images_per_s": images / med,
-                f"{k}_s_per_step_rounds": times[k]})
+    row.update(
+      {
+        f"{k}_params": r.params,
+        f"{k}_s_per_step": med,
+        f"{k}_images_per_s": images / med,
+        f"{k}_s_per_step_rounds": times[k],
+      }
+    )
   row["ratio_jax_over_torch"] = row["jax_images_per_s"] / row["torch_images_per_s"]
   return row
 
 
 def machine() -> dict:
   import torch
-  return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "platform": platform.platform(),
-          "python": platform.python_version(), "jax": jax.__version__, "jax_backend": jax.default_backend(),
-          "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "lock": lock_file()}
+
+  return {
+    "cpu": platform.processor() or platform.machine(),
+    "cores": os.cpu_count(),
+    "platform": platform.platform(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "jax_backend": jax.default_backend(),
+    "torch": torch.__version__,
+    "torch_threads": torch.get_num_threads(),
+    "lock": lock_file(),
+  }
 
 
 VARIANTS = {  # name -> (XLA_FLAGS of the child process, JaxRunner variant)
-    "jit": ("", "jit"),
-    "2 CPU devices": ("--xla_force_host_platform_device_count=2", "devices"),
-    "4 CPU devices": ("--xla_force_host_platform_device_count=4", "devices"),
-    "onednn": ("--xla_cpu_use_onednn=true", "jit"),
-    "lax.scan": ("", "scan"),
-    "model fwd+bwd": ("", "model"),
+  "jit": ("", "jit"),
+  "2 CPU devices": ("--xla_force_host_platform_device_count=2", "devices"),
+  "4 CPU devices": ("--xla_force_host_platform_device_count=4", "devices"),
+  "onednn": ("--xla_cpu_use_onednn=true", "jit"),
+  "lax.scan": ("", "scan"),
+  "model fwd+bwd": ("", "model"),
 }
 
 
 def to_markdown(result: dict) -> str:
   m = result["machine"]
   lines = [
-      "# MixMatch train-step throughput, JAX vs PyTorch (CPU)", "",
-      f"Command: `{result['command']}`  ", f"Date: {result['date']}  ",
-      f"Machine: {m['cores']}-core CPU ({m['cpu']}, {m['platform']}), Python {m['python']}, jax {m['jax']} "
-      f"({m['jax_backend']}), torch {m['torch']} ({m['torch_threads']} threads)  ",
-      f"Environment: {lock_text(m['lock']) if 'lock' in m else 'not recorded'}  ",
-      f"Load average before / after: {result['loadavg_before']} / {result['loadavg_after']} "
-      "(JAX and PyTorch rounds alternate in one process so both see the same load)", "",
-      "Step: B labeled + K=2 x B unlabeled 32x32x3 images (all counted), float32, median over rounds, "
-      "warm-up/compile excluded. Each JAX variant runs in its own process (its XLA_FLAGS) against the same PyTorch "
-      "step: `jit` one XLA device; `N CPU devices` the batch split over N XLA CPU devices (data parallel, as the "
-      "launcher's --cpu_devices=N does); `onednn` XLA's oneDNN flag; `lax.scan` the step inside a scan (as "
-      "--steps_per_call runs it); `model fwd+bwd` only the forward and backward pass of the model on the 3B "
-      "images, in both frameworks (the convolutions' share of the step).", "",
-      "| model | variant | params (JAX / torch) | timed steps | JAX s/step | JAX images/s | torch s/step "
-      "| torch images/s | JAX / torch |",
-      "|---|---|---|---|---|---|---|---|---|"]
+    "# MixMatch train-step throughput, JAX vs PyTorch (CPU)",
+    "",
+    f"Command: `{result['command']}`  ",
+    f"Date: {result['date']}  ",
+    f"Machine: {m['cores']}-core CPU ({m['cpu']}, {m['platform']}), Python {m['python']}, jax {m['jax']} "
+    f"({m['jax_backend']}), torch {m['torch']} ({m['torch_threads']} threads)  ",
+    f"Environment: {lock_text(m['lock']) if 'lock' in m else 'not recorded'}  ",
+    f"Load average before / after: {result['loadavg_before']} / {result['loadavg_after']} "
+    "(JAX and PyTorch rounds alternate in one process so both see the same load)",
+    "",
+    "Step: B labeled + K=2 x B unlabeled 32x32x3 images (all counted), float32, median over rounds, "
+    "warm-up/compile excluded. Each JAX variant runs in its own process (its XLA_FLAGS) against the same PyTorch "
+    "step: `jit` one XLA device; `N CPU devices` the batch split over N XLA CPU devices (data parallel, as the "
+    "launcher's --cpu_devices=N does); `onednn` XLA's oneDNN flag; `lax.scan` the step inside a scan (as "
+    "--steps_per_call runs it); `model fwd+bwd` only the forward and backward pass of the model on the 3B "
+    "images, in both frameworks (the convolutions' share of the step).",
+    "",
+    "| model | variant | params (JAX / torch) | timed steps | JAX s/step | JAX images/s | torch s/step "
+    "| torch images/s | JAX / torch |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
   for r in result["rows"]:
-    lines.append(f"| {r['model']} | {r['variant']} | {r['jax_params']:,} / {r['torch_params']:,} | {r['timed_steps']} "
-                 f"| {r['jax_s_per_step']:.3f} | {r['jax_images_per_s']:.1f} | {r['torch_s_per_step']:.3f} "
-                 f"| {r['torch_images_per_s']:.1f} | {r['ratio_jax_over_torch']:.2f} |")
+    lines.append(
+      f"| {r['model']} | {r['variant']} | {r['jax_params']:,} / {r['torch_params']:,} | {r['timed_steps']} "
+      f"| {r['jax_s_per_step']:.3f} | {r['jax_images_per_s']:.1f} | {r['torch_s_per_step']:.3f} "
+      f"| {r['torch_images_per_s']:.1f} | {r['ratio_jax_over_torch']:.2f} |"
+    )
   return "\n".join(lines) + "\n" + result.get("notes", "")
 
 
 def main(argv):
   del argv
   import torch
+
   torch.set_num_threads(os.cpu_count())
   per_model = dict(kv.split("=") for kv in FLAGS.steps_per_round.split(",") if kv)
   if FLAGS.child:  # one (model, variant) in this process: print its row
@@ -316,21 +370,33 @@ def main(argv):
       steps = 1  # a scan of convolutions is far slower on XLA:CPU: one step a round is plenty
     print("ROW " + json.dumps(time_model(name, FLAGS.batch, FLAGS.rounds, steps, VARIANTS[variant][1])))
     return
-  result = {"command": " ".join(["python", "-m", "benchmarks.mixmatch_throughput"] + sys.argv[1:]),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
-            "loadavg_before": [round(x, 2) for x in os.getloadavg()], "rows": []}
+  result = {
+    "command": " ".join(["python", "-m", "benchmarks.mixmatch_throughput"] + sys.argv[1:]),
+    "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    "machine": machine(),
+    "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+    "rows": [],
+  }
   for name in FLAGS.models:
-    for variant in (FLAGS.variants if name == FLAGS.models[0] else ["jit"]):
+    for variant in FLAGS.variants if name == FLAGS.models[0] else ["jit"]:
       xla_flags, _ = VARIANTS[variant]
       env = {**os.environ, "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu"}
-      args = [sys.executable, "-m", "benchmarks.mixmatch_throughput", f"--child={name}:{variant}",
-              f"--batch={FLAGS.batch}", f"--rounds={FLAGS.rounds}", f"--steps_per_round={FLAGS.steps_per_round}"]
+      args = [
+        sys.executable,
+        "-m",
+        "benchmarks.mixmatch_throughput",
+        f"--child={name}:{variant}",
+        f"--batch={FLAGS.batch}",
+        f"--rounds={FLAGS.rounds}",
+        f"--steps_per_round={FLAGS.steps_per_round}",
+      ]
       p = subprocess.run(args, env=env, capture_output=True, text=True)
       if p.returncode:
         raise RuntimeError(f"{name} {variant}: {p.stderr[-2000:]}")
       result["rows"].append(json.loads(next(l for l in p.stdout.splitlines() if l.startswith("ROW "))[4:]))
-      print(result["rows"][-1]["model"], variant, f"JAX/torch {result['rows'][-1]['ratio_jax_over_torch']:.2f}",
-            flush=True)
+      print(
+        result["rows"][-1]["model"], variant, f"JAX/torch {result['rows'][-1]['ratio_jax_over_torch']:.2f}", flush=True
+      )
   result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
   out = pathlib.Path(FLAGS.out_dir)
   out.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ runs in its own process; a request fails if it gets no 200 within 5 s. Scenarios
 The attackers connect from 127.0.0.2 (another client) except in `slow_same`; the measured client from 127.0.0.1.
 The server's resident memory is sampled every 50 ms (peak reported).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -62,6 +63,7 @@ RAMP_SECONDS = 3.0
 # ------------------------------------------------------------------------------------------------ attackers
 def npy_bytes(x: np.ndarray) -> bytes:
   import io
+
   buf = io.BytesIO()
   np.save(buf, x)
   return buf.getvalue()
@@ -90,8 +92,9 @@ def _host_port(url: str) -> tuple[str, int]:
   return host, int(port)
 
 
-def _post_repeatedly(url: str, deadline: float, source: str, body: bytes, headers: dict, threads: int,
-                     repeats: int) -> None:
+def _post_repeatedly(
+  url: str, deadline: float, source: str, body: bytes, headers: dict, threads: int, repeats: int
+) -> None:
   """`threads` clients each posting `body` until the deadline, at most `repeats` times; outcomes counted."""
   import httpx
 
@@ -158,10 +161,13 @@ def attack_slow(url: str, deadline: float, source: str, count: int = 1100) -> No
 def attack_uploads(url: str, deadline: float, source: str, count: int = 40) -> None:
   """40 uploads of 32 MB announced, 16 MB sent, the rest held back until the deadline (reopened if dropped)."""
   import socket
+
   host, port = _host_port(url)
   length, chunk = 32 * 1024 * 1024 - 4096, b"\0" * (1 << 20)
-  head = (f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nX-API-Key: {ATTACK}\r\nContent-Type: application/x-npy\r\n"
-          f"Content-Length: {length}\r\n\r\n").encode()
+  head = (
+    f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nX-API-Key: {ATTACK}\r\nContent-Type: application/x-npy\r\n"
+    f"Content-Length: {length}\r\n\r\n"
+  ).encode()
 
   def hold():
     for _ in range(20):
@@ -215,6 +221,7 @@ class MemoryWatch:
 def measure(url: str, seconds: float) -> dict:
   """One input at a time from VICTIM over a new connection each, for `seconds`: latencies and failures."""
   import httpx
+
   body = npy_bytes(np.random.default_rng(1).integers(0, 256, (1, 8, 8, 1), dtype=np.uint8))
   latencies, failures, errors = [], 0, {}
   limits = httpx.Limits(max_keepalive_connections=0)
@@ -225,8 +232,9 @@ def measure(url: str, seconds: float) -> dict:
         break
       t0 = time.perf_counter()
       try:
-        r = client.post(url + "/v1/predict", content=body, headers={"X-API-Key": VICTIM,
-                                                                    "Content-Type": "application/x-npy"})
+        r = client.post(
+          url + "/v1/predict", content=body, headers={"X-API-Key": VICTIM, "Content-Type": "application/x-npy"}
+        )
         ok, what = r.status_code == 200, f"HTTP {r.status_code}: {r.text[:80]}"
       except httpx.HTTPError as e:
         ok, what = False, type(e).__name__
@@ -238,8 +246,11 @@ def measure(url: str, seconds: float) -> dict:
       time.sleep(0.02)
   out = {"requests": len(latencies) + failures, "failed": failures, "errors": errors}
   if latencies:
-    out.update(median_ms=round(statistics.median(latencies), 1),
-               p90_ms=round(float(np.percentile(latencies, 90)), 1), max_ms=round(max(latencies), 1))
+    out.update(
+      median_ms=round(statistics.median(latencies), 1),
+      p90_ms=round(float(np.percentile(latencies, 90)), 1),
+      max_ms=round(max(latencies), 1),
+    )
   return out
 
 
@@ -250,16 +261,27 @@ def is_after(repo: pathlib.Path) -> bool:
 
 def start_server(repo: pathlib.Path, workdir: pathlib.Path, tmp: pathlib.Path):
   """`python -m launch.serve` of `repo` on a free port with --open_files; returns (process, url)."""
-  keys = {ATTACK: {"budget": 10 ** 12, "output": "probabilities"}, VICTIM: {"output": "probabilities"},
-          SPENT: {"budget": 0, "output": "probabilities"}}
+  keys = {
+    ATTACK: {"budget": 10**12, "output": "probabilities"},
+    VICTIM: {"output": "probabilities"},
+    SPENT: {"budget": 0, "output": "probabilities"},
+  }
   extra = []
   if is_after(repo):
     keys = {k: {"label": f"key{i}", **v} for i, (k, v) in enumerate(keys.items())}
     extra = ["--init_db"]
   db = tempfile.mkdtemp(dir=tmp)
   (tmp / "keys.json").write_text(json.dumps(keys))
-  cmd = [sys.executable, "-m", "launch.serve", f"--victim_workdir={workdir}", f"--keys={tmp / 'keys.json'}",
-         f"--db={db}/keys.sqlite", "--port=0", *extra]
+  cmd = [
+    sys.executable,
+    "-m",
+    "launch.serve",
+    f"--victim_workdir={workdir}",
+    f"--keys={tmp / 'keys.json'}",
+    f"--db={db}/keys.sqlite",
+    "--port=0",
+    *extra,
+  ]
   limit = FLAGS.open_files
 
   def set_limit():
@@ -270,21 +292,38 @@ def start_server(repo: pathlib.Path, workdir: pathlib.Path, tmp: pathlib.Path):
 
 def run_scenario(repo: pathlib.Path, workdir: pathlib.Path, tmp: pathlib.Path, scenario: str) -> dict:
   import httpx
+
   proc, url = start_server(repo, workdir, tmp)
   attacker, row = None, {}
   try:
     for _ in range(5):  # warm up: connections, the victim's batch-1 path
-      httpx.post(url + "/v1/predict", headers={"X-API-Key": VICTIM, "Content-Type": "application/json"},
-                 content=json.dumps([[[[0]] * 8] * 8]), timeout=30)
+      httpx.post(
+        url + "/v1/predict",
+        headers={"X-API-Key": VICTIM, "Content-Type": "application/json"},
+        content=json.dumps([[[[0]] * 8] * 8]),
+        timeout=30,
+      )
     start_rss = rss_mb(proc.pid)
     watch = MemoryWatch(proc.pid)
     if scenario != "idle":
       role = "slow" if scenario.startswith("slow") else scenario
       source = "127.0.0.1" if scenario == "slow_same" else "127.0.0.2"
       deadline = time.time() + RAMP_SECONDS + FLAGS.seconds + 2
-      attacker = subprocess.Popen([sys.executable, "-m", "benchmarks.serve_load", f"--role={role}", f"--url={url}",
-                                   f"--source={source}", f"--deadline={deadline}"], cwd=REPO,
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+      attacker = subprocess.Popen(
+        [
+          sys.executable,
+          "-m",
+          "benchmarks.serve_load",
+          f"--role={role}",
+          f"--url={url}",
+          f"--source={source}",
+          f"--deadline={deadline}",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+      )
       time.sleep(RAMP_SECONDS)
     row.update(measure(url, FLAGS.seconds))
     row.update(scenario=scenario, server_rss_start_mb=round(start_rss), server_rss_peak_mb=round(watch.stop()))
@@ -305,13 +344,14 @@ def run_scenario(repo: pathlib.Path, workdir: pathlib.Path, tmp: pathlib.Path, s
   return row
 
 
-
 def victim_dir(tmp: pathlib.Path) -> pathlib.Path:
   """--victim_workdir, or a small CNN trained for 20 steps on digits in tmp (in a subprocess: no jax here)."""
   if FLAGS.victim_workdir:
     return pathlib.Path(FLAGS.victim_workdir)
-  code = ("import pathlib, sys; from extraction import datasets, victim; victim.train_victim(datasets.load_digits(), "
-          "victim.VictimConfig(model='small_cnn', steps=20), pathlib.Path(sys.argv[1]) / 'victim')")
+  code = (
+    "import pathlib, sys; from extraction import datasets, victim; victim.train_victim(datasets.load_digits(), "
+    "victim.VictimConfig(model='small_cnn', steps=20), pathlib.Path(sys.argv[1]) / 'victim')"
+  )
   subprocess.run([sys.executable, "-c", code, str(tmp)], cwd=REPO, check=True, timeout=600)
   return tmp
 
@@ -325,6 +365,7 @@ def main(argv):
     print(json.dumps(dict(OUTCOMES)), flush=True)
     return
   from benchmarks.common import machine
+
   logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
   info = machine("fastapi", "uvicorn", "httpx")
   versions = {"after": REPO}
@@ -355,42 +396,63 @@ def write(rows: list[dict], info: dict) -> None:
   out = pathlib.Path(FLAGS.out_dir)
   out.mkdir(parents=True, exist_ok=True)
   command = "python -m " + __spec__.name + "".join(f" {a}" for a in sys.argv[1:])
-  settings = {"seconds": FLAGS.seconds, "open_files": FLAGS.open_files, "target_median_ms": TARGET_MS,
-              "request_timeout_s": REQUEST_TIMEOUT, "victim": FLAGS.victim_workdir or
-              "small_cnn, digits 8x8x1, 20 training steps", "baseline_repo": FLAGS.baseline_repo}
-  (out / "serve_load.json").write_text(json.dumps({"command": command, "machine": info, "settings": settings,
-                                                   "rows": rows}, indent=2))
+  settings = {
+    "seconds": FLAGS.seconds,
+    "open_files": FLAGS.open_files,
+    "target_median_ms": TARGET_MS,
+    "request_timeout_s": REQUEST_TIMEOUT,
+    "victim": FLAGS.victim_workdir or "small_cnn, digits 8x8x1, 20 training steps",
+    "baseline_repo": FLAGS.baseline_repo,
+  }
+  (out / "serve_load.json").write_text(
+    json.dumps({"command": command, "machine": info, "settings": settings, "rows": rows}, indent=2)
+  )
   by = {(r["version"], r["scenario"]): r for r in rows}
-  what = {"idle": "no attack", "batches": "8 concurrent batches of 4096 from one key",
-          "json": "2 x 30 MB JSON bodies from a key with no budget left",
-          "slow": "1,100 slow connections from another address", "slow_same": "1,100 slow connections from the "
-          "measured client's own address", "uploads": "40 held 32 MB uploads from one key"}
-  lines = ["# The prediction service under hostile load: another key's latency, before and after", "",
-           f"Command: `{command}`  ",
-           f"Machine: {info['cpu']}, {info['cpu_count']} CPUs, {info['platform']}, Python {info['python']}, jax "
-           f"{info['jax']}, fastapi {info['fastapi']}, uvicorn {info['uvicorn']}, httpx {info['httpx']}; load "
-           f"average {info['load_average'][0]:.1f} at start, {info['load_average_at_end'][0]:.1f} at end (2 cores "
-           f"shared with other jobs: timings are pessimistic).  ", f"Environment: {lock_text(info['lock'])}  ",
-           f"Setup: one server process per scenario (one uvicorn worker, open-file limit {FLAGS.open_files}), "
-           f"victim {settings['victim']}; the measured client sends 1 input per request over a new connection, "
-           f"for {FLAGS.seconds:g} s while the attack runs; a request fails without a 200 within "
-           f"{REQUEST_TIMEOUT:g} s. Target: median <= {TARGET_MS:g} ms and no failed request. Memory: the "
-           f"server's resident set, sampled every 50 ms.", "",
-           "| attack | before median ms | p90 | failed | after median ms | p90 | failed | after meets target | "
-           "before peak MB | after peak MB |", "|---|---:|---:|---:|---:|---:|---:|:---:|---:|---:|"]
+  what = {
+    "idle": "no attack",
+    "batches": "8 concurrent batches of 4096 from one key",
+    "json": "2 x 30 MB JSON bodies from a key with no budget left",
+    "slow": "1,100 slow connections from another address",
+    "slow_same": "1,100 slow connections from the measured client's own address",
+    "uploads": "40 held 32 MB uploads from one key",
+  }
+  lines = [
+    "# The prediction service under hostile load: another key's latency, before and after",
+    "",
+    f"Command: `{command}`  ",
+    f"Machine: {info['cpu']}, {info['cpu_count']} CPUs, {info['platform']}, Python {info['python']}, jax "
+    f"{info['jax']}, fastapi {info['fastapi']}, uvicorn {info['uvicorn']}, httpx {info['httpx']}; load "
+    f"average {info['load_average'][0]:.1f} at start, {info['load_average_at_end'][0]:.1f} at end (2 cores "
+    f"shared with other jobs: timings are pessimistic).  ",
+    f"Environment: {lock_text(info['lock'])}  ",
+    f"Setup: one server process per scenario (one uvicorn worker, open-file limit {FLAGS.open_files}), "
+    f"victim {settings['victim']}; the measured client sends 1 input per request over a new connection, "
+    f"for {FLAGS.seconds:g} s while the attack runs; a request fails without a 200 within "
+    f"{REQUEST_TIMEOUT:g} s. Target: median <= {TARGET_MS:g} ms and no failed request. Memory: the "
+    f"server's resident set, sampled every 50 ms.",
+    "",
+    "| attack | before median ms | p90 | failed | after median ms | p90 | failed | after meets target | "
+    "before peak MB | after peak MB |",
+    "|---|---:|---:|---:|---:|---:|---:|:---:|---:|---:|",
+  ]
   for scenario in FLAGS.scenarios:
     before, after = by.get(("before", scenario)), by.get(("after", scenario))
     ok = after is not None and after["failed"] == 0 and after.get("median_ms", 1e9) <= TARGET_MS
     peak = lambda r: "—" if r is None else f"{r['server_rss_peak_mb']:,} (from {r['server_rss_start_mb']:,})"
-    lines.append(f"| {what.get(scenario, scenario)} | {_cell(before)} | {_cell(after)} | "
-                 f"{'yes' if ok else 'NO'} | {peak(before)} | {peak(after)} |")
+    lines.append(
+      f"| {what.get(scenario, scenario)} | {_cell(before)} | {_cell(after)} | "
+      f"{'yes' if ok else 'NO'} | {peak(before)} | {peak(after)} |"
+    )
   errors = [f"{r['version']} {r['scenario']}: {r['errors']}" for r in rows if r["errors"]]
   if errors:
     lines += ["", "Failures of the measured client by kind: " + "; ".join(errors) + "."]
   attackers = [f"{r['version']} {r['scenario']}: {r['attacker']}" for r in rows if r.get("attacker")]
   if attackers:
-    lines += ["", f"What the attackers got over their {RAMP_SECONDS + FLAGS.seconds + 2:g} s (HTTP status or error "
-              f"-> count; `batches`: each 200 is 4096 inputs answered): " + "; ".join(attackers) + "."]
+    lines += [
+      "",
+      f"What the attackers got over their {RAMP_SECONDS + FLAGS.seconds + 2:g} s (HTTP status or error "
+      f"-> count; `batches`: each 200 is 4096 inputs answered): " + "; ".join(attackers) + ".",
+    ]
   (out / "serve_load.md").write_text("\n".join(lines) + "\n")
   print(f"wrote {out / 'serve_load.json'} and {out / 'serve_load.md'}")
 

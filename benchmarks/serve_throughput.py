@@ -11,6 +11,7 @@ weights). The server runs as its own process (`python -m launch.serve`, uvicorn,
 `extraction.oracle.Oracle` over the same jitted backend. Each configuration is timed in alternating rounds of
 --seconds, so that load from other processes falls on all alike; the table reports the median round.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,6 +43,7 @@ def victim_dir(tmp: pathlib.Path) -> pathlib.Path:
   if FLAGS.victim_workdir:
     return pathlib.Path(FLAGS.victim_workdir)
   from extraction import datasets, victim
+
   victim.train_victim(datasets.load_digits(), victim.VictimConfig(model="small_cnn", steps=20), tmp / "victim")
   return tmp
 
@@ -49,8 +51,16 @@ def victim_dir(tmp: pathlib.Path) -> pathlib.Path:
 def start_server(workdir: pathlib.Path, tmp: pathlib.Path):
   """`python -m launch.serve` on a free port; returns (process, url)."""
   (tmp / "keys.json").write_text(json.dumps({KEY: {"label": "throughput", "output": "probabilities"}}))
-  cmd = [sys.executable, "-m", "launch.serve", f"--victim_workdir={workdir}", f"--keys={tmp / 'keys.json'}",
-         f"--db={tmp / 'keys.sqlite'}", "--init_db", "--port=0"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "launch.serve",
+    f"--victim_workdir={workdir}",
+    f"--keys={tmp / 'keys.json'}",
+    f"--db={tmp / 'keys.sqlite'}",
+    "--init_db",
+    "--port=0",
+  ]
   return start_serve(cmd)
 
 
@@ -66,9 +76,11 @@ def time_round(ask, x: np.ndarray, seconds: float) -> tuple[float, float]:
 
 def main(argv):
   del argv
-  from extraction import oracle as oracle_lib, victim as victim_lib
-  from extraction.remote import RemoteOracle
   import service
+  from extraction import oracle as oracle_lib
+  from extraction import victim as victim_lib
+  from extraction.remote import RemoteOracle
+
   info = machine("fastapi", "uvicorn", "httpx")
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
@@ -77,8 +89,11 @@ def main(argv):
     local = oracle_lib.Oracle(oracle_lib.model_backend(v.model, v.variables), "probabilities", record_inputs=False)
     proc, url = start_server(workdir, tmp)
     try:
-      clients = {"local": local, "http_npy": RemoteOracle(url, KEY, record_inputs=False),
-                 "http_json": RemoteOracle(url, KEY, record_inputs=False, transport="json")}
+      clients = {
+        "local": local,
+        "http_npy": RemoteOracle(url, KEY, record_inputs=False),
+        "http_json": RemoteOracle(url, KEY, record_inputs=False, transport="json"),
+      }
       rng = np.random.default_rng(0)
       inputs = {b: rng.integers(0, 256, (b,) + tuple(v.image_shape), dtype=np.uint8) for b in map(int, FLAGS.batches)}
       for _, x in inputs.items():  # warm up (compilation, connections) and check the answers agree
@@ -113,25 +128,39 @@ def write(rows: list[dict], info: dict) -> None:
   out = pathlib.Path(FLAGS.out_dir)
   out.mkdir(parents=True, exist_ok=True)
   command = "python -m " + __spec__.name + "".join(f" {a}" for a in sys.argv[1:])
-  settings = {"rounds": FLAGS.rounds, "seconds": FLAGS.seconds, "victim": FLAGS.victim_workdir or
-              "small_cnn, digits 8x8x1, 20 training steps", "output": "probabilities", "key": "unlimited budget"}
-  (out / "serve_throughput.json").write_text(json.dumps({"command": command, "machine": info, "settings": settings,
-                                                         "rows": rows}, indent=2))
-  lines = ["# Prediction API throughput (q/s: inputs answered per second; ms: median per call of the batch)", "",
-           f"Command: `{command}`  ", f"Machine: {info['cpu']}, {info['cpu_count']} CPUs, {info['platform']}, Python "
-           f"{info['python']}, jax {info['jax']}, fastapi {info['fastapi']}, uvicorn {info['uvicorn']}, httpx "
-           f"{info['httpx']}; load average {info['load_average'][0]:.1f} at start, "
-           f"{info['load_average_at_end'][0]:.1f} at end (shared machine).  ",
-           f"Environment: {lock_text(info['lock'])}  ",
-           f"Victim: {settings['victim']}; one client thread, one server process on 127.0.0.1; median of "
-           f"{FLAGS.rounds} alternating rounds of {FLAGS.seconds:g} s.", "",
-           "| batch | local oracle q/s | HTTP npy q/s | HTTP JSON q/s | npy / local | local ms/call | npy ms/request "
-           "| JSON ms/request |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  settings = {
+    "rounds": FLAGS.rounds,
+    "seconds": FLAGS.seconds,
+    "victim": FLAGS.victim_workdir or "small_cnn, digits 8x8x1, 20 training steps",
+    "output": "probabilities",
+    "key": "unlimited budget",
+  }
+  (out / "serve_throughput.json").write_text(
+    json.dumps({"command": command, "machine": info, "settings": settings, "rows": rows}, indent=2)
+  )
+  lines = [
+    "# Prediction API throughput (q/s: inputs answered per second; ms: median per call of the batch)",
+    "",
+    f"Command: `{command}`  ",
+    f"Machine: {info['cpu']}, {info['cpu_count']} CPUs, {info['platform']}, Python "
+    f"{info['python']}, jax {info['jax']}, fastapi {info['fastapi']}, uvicorn {info['uvicorn']}, httpx "
+    f"{info['httpx']}; load average {info['load_average'][0]:.1f} at start, "
+    f"{info['load_average_at_end'][0]:.1f} at end (shared machine).  ",
+    f"Environment: {lock_text(info['lock'])}  ",
+    f"Victim: {settings['victim']}; one client thread, one server process on 127.0.0.1; median of "
+    f"{FLAGS.rounds} alternating rounds of {FLAGS.seconds:g} s.",
+    "",
+    "| batch | local oracle q/s | HTTP npy q/s | HTTP JSON q/s | npy / local | local ms/call | npy ms/request "
+    "| JSON ms/request |",
+    "|---:|---:|---:|---:|---:|---:|---:|---:|",
+  ]
   for r in rows:
-    lines.append(f"| {r['batch']} | {r['local_queries_per_s']:,.0f} | {r['http_npy_queries_per_s']:,.0f} | "
-                 f"{r['http_json_queries_per_s']:,.0f} | {r['http_npy_vs_local']:.2f} | "
-                 f"{r['local_ms_per_request']:.2f} | {r['http_npy_ms_per_request']:.2f} | "
-                 f"{r['http_json_ms_per_request']:.2f} |")
+    lines.append(
+      f"| {r['batch']} | {r['local_queries_per_s']:,.0f} | {r['http_npy_queries_per_s']:,.0f} | "
+      f"{r['http_json_queries_per_s']:,.0f} | {r['http_npy_vs_local']:.2f} | "
+      f"{r['local_ms_per_request']:.2f} | {r['http_npy_ms_per_request']:.2f} | "
+      f"{r['http_json_ms_per_request']:.2f} |"
+    )
   (out / "serve_throughput.md").write_text("\n".join(lines) + "\n")
   print(f"wrote {out / 'serve_throughput.json'} and {out / 'serve_throughput.md'}")
 

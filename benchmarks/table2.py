@@ -12,6 +12,7 @@ Writes benchmarks/results/<name>.{json,md}: every row, and the table laid out li
 pool fraction; columns: targets without and with rotation; cells: top-k accuracy / top-k fidelity, and a second
 table with top-1), with a verdict computed from the rows and the paper's findings beside.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,14 +27,19 @@ from benchmarks.common import RESULTS, define_launcher_flags, run_launcher
 
 FLAGS = flags.FLAGS
 
-TARGETS = (("ground_truth", "ground truth (paper: ImageNet)"), ("probabilities", "probabilities (WSL)"),
-           ("top_k", "top-k (WSL-5)"))
-PAPER = ("Paper (Jagielski et al. 2020, Table 2: ResNet_v2_50 and ResNet_v2_200 students of the WSL model on 10% "
-         "and 100% of ImageNet, top-5 accuracy / top-5 fidelity): querying the oracle beats training on the public "
-         "labels at both fractions, even with top-5 answers only; the rotation loss on the unlabeled data helps the "
-         "larger model at 10% (WSL to WSL+Rot: +1.36 top-5 accuracy, +1.80 top-5 fidelity for ResNet_v2_200). "
-         "(These are the figures the issue quotes; the other cells of the paper's table are not reproduced here, "
-         "as this machine cannot reach the paper to check them.)")
+TARGETS = (
+  ("ground_truth", "ground truth (paper: ImageNet)"),
+  ("probabilities", "probabilities (WSL)"),
+  ("top_k", "top-k (WSL-5)"),
+)
+PAPER = (
+  "Paper (Jagielski et al. 2020, Table 2: ResNet_v2_50 and ResNet_v2_200 students of the WSL model on 10% "
+  "and 100% of ImageNet, top-5 accuracy / top-5 fidelity): querying the oracle beats training on the public "
+  "labels at both fractions, even with top-5 answers only; the rotation loss on the unlabeled data helps the "
+  "larger model at 10% (WSL to WSL+Rot: +1.36 top-5 accuracy, +1.80 top-5 fidelity for ResNet_v2_200). "
+  "(These are the figures the issue quotes; the other cells of the paper's table are not reproduced here, "
+  "as this machine cannot reach the paper to check them.)"
+)
 
 
 def target(row: dict) -> str:
@@ -51,17 +57,33 @@ def layout(rows: list[dict], k: int) -> list[str]:
   """The two tables in the paper's layout (top-k, then top-1), one line per (student, pool fraction)."""
   keys = sorted({(r["student_model"], r["pool_fraction"]) for r in rows}, key=lambda t: (t[1], t[0]))
   names = [n.replace("WSL-5", f"WSL-5; here top-{k}") for _, n in TARGETS]
-  head = ["| student | pool fraction | " + " | ".join(names + [n + " + Rot" for n in names]) + " |",
-          "|" + "---|" * (2 + 2 * len(TARGETS))]
+  head = [
+    "| student | pool fraction | " + " | ".join(names + [n + " + Rot" for n in names]) + " |",
+    "|" + "---|" * (2 + 2 * len(TARGETS)),
+  ]
   out = []
-  for acc, fid, title in ((f"top{k}_accuracy", f"top{k}_fidelity", f"top-{k} accuracy / top-{k} fidelity (%)"),
-                          ("accuracy", "fidelity", "top-1 accuracy / top-1 fidelity (%)")):
+  for acc, fid, title in (
+    (f"top{k}_accuracy", f"top{k}_fidelity", f"top-{k} accuracy / top-{k} fidelity (%)"),
+    ("accuracy", "fidelity", "top-1 accuracy / top-1 fidelity (%)"),
+  ):
     lines = [f"{title}, mean ± std over seeds:\n"] + head
     for model, frac in keys:
-      get = lambda t, rot: next((r for r in rows if r["student_model"] == model and r["pool_fraction"] == frac
-                                 and target(r) == t and r["method"].endswith("+rot") == rot), None)
-      lines.append(f"| {model} | {100 * frac:.0f}% | " + " | ".join(
-          cell(get(t, rot), acc, fid) for rot in (False, True) for t, _ in TARGETS) + " |")
+      get = lambda t, rot, model=model, frac=frac: next(
+        (
+          r
+          for r in rows
+          if r["student_model"] == model
+          and r["pool_fraction"] == frac
+          and target(r) == t
+          and r["method"].endswith("+rot") == rot
+        ),
+        None,
+      )
+      lines.append(
+        f"| {model} | {100 * frac:.0f}% | "
+        + " | ".join(cell(get(t, rot), acc, fid) for rot in (False, True) for t, _ in TARGETS)
+        + " |"
+      )
     out += lines + [""]
   return out
 
@@ -82,7 +104,7 @@ def verdict(rows: list[dict], k: int) -> list[str]:
 
   for model, frac in keys:
     sel = [r for r in rows if r["student_model"] == model and r["pool_fraction"] == frac]
-    get = lambda t, rot: next((r for r in sel if target(r) == t and r["method"].endswith("+rot") == rot), None)
+    get = lambda t, rot, sel=sel: next((r for r in sel if target(r) == t and r["method"].endswith("+rot") == rot), None)
     where = f"{model} at {100 * frac:.0f}%"
     for rot in (False, True):
       gt = get("ground_truth", rot)
@@ -119,22 +141,39 @@ def main(_):
           rows.insert(0, r)
       runs.append({k: record[k] for k in ("launcher_command", "wall_seconds", "machine")})
       notes = record["notes"]
-  k = next(int(key[3:-len("_fidelity")]) for r in rows for key in r if key.startswith("top") and
-           key.endswith("_fidelity"))
-  out = {"command": "python -m benchmarks.table2 " + " ".join(sys.argv[1:]), "runs": runs,
-         "wall_seconds": round(sum(r["wall_seconds"] for r in runs), 1), "rows": rows, "verdict": verdict(rows[1:], k),
-         "paper": PAPER}
+  k = next(
+    int(key[3 : -len("_fidelity")]) for r in rows for key in r if key.startswith("top") and key.endswith("_fidelity")
+  )
+  out = {
+    "command": "python -m benchmarks.table2 " + " ".join(sys.argv[1:]),
+    "runs": runs,
+    "wall_seconds": round(sum(r["wall_seconds"] for r in runs), 1),
+    "rows": rows,
+    "verdict": verdict(rows[1:], k),
+    "paper": PAPER,
+  }
   RESULTS.mkdir(parents=True, exist_ok=True)
   (RESULTS / f"{FLAGS.name}.json").write_text(json.dumps(out, indent=2))
   from launch.results import markdown_table
+
   victim = rows[0]
-  md = [f"# Table 2 in miniature ({FLAGS.flagfile_name})\n", f"Command: `{out['command']}`, {out['wall_seconds']} s "
-        f"in all (victim included)\n", "Runs:\n", "\n".join(f"- `{r['launcher_command']}`: {r['wall_seconds']} s"
-                                                          for r in runs) + "\n",
-        f"Machine: {runs[-1]['machine']}\n", f"Victim test accuracy {victim['accuracy']:.4f}"
-        + (f", top-{k} accuracy {victim[f'top{k}_accuracy']:.4f}" if f"top{k}_accuracy" in victim else "") + "\n",
-        notes + "\n", *layout(rows[1:], k), PAPER + "\n", "Verdict (computed from the rows):\n",
-        "\n".join(f"- {v}" for v in out["verdict"]) + "\n", "Every row:\n", markdown_table(rows)]
+  md = [
+    f"# Table 2 in miniature ({FLAGS.flagfile_name})\n",
+    f"Command: `{out['command']}`, {out['wall_seconds']} s in all (victim included)\n",
+    "Runs:\n",
+    "\n".join(f"- `{r['launcher_command']}`: {r['wall_seconds']} s" for r in runs) + "\n",
+    f"Machine: {runs[-1]['machine']}\n",
+    f"Victim test accuracy {victim['accuracy']:.4f}"
+    + (f", top-{k} accuracy {victim[f'top{k}_accuracy']:.4f}" if f"top{k}_accuracy" in victim else "")
+    + "\n",
+    notes + "\n",
+    *layout(rows[1:], k),
+    PAPER + "\n",
+    "Verdict (computed from the rows):\n",
+    "\n".join(f"- {v}" for v in out["verdict"]) + "\n",
+    "Every row:\n",
+    markdown_table(rows),
+  ]
   (RESULTS / f"{FLAGS.name}.md").write_text("\n".join(md))
   print("\n".join(md))
 

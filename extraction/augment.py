@@ -4,6 +4,7 @@ Weak augmentation (MixMatch, FS, FixMatch's weak branch): random horizontal flip
 MixMatch reference's: reflect-pad by `shift` pixels and crop back at a random offset.
 Inputs are float images (N, H, W, C); every function is pure and safe under jit/vmap.
 """
+
 from __future__ import annotations
 
 import dm_pix as pix

@@ -7,13 +7,13 @@ Sources, in order:
   * otherwise tfds. An unprepared tfds dataset on a machine without internet fails within seconds
     (`DatasetUnavailable`) instead of tfds's ~205 s of retries, with a message naming both ways to provide it.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import pathlib
 import socket
 import threading
-from typing import Optional
 
 import numpy as np
 
@@ -53,10 +53,12 @@ def to_float(images):
 
 
 def _how_to_provide(name: str) -> str:
-  return (f"provide dataset {name!r} either with --data_dir=DIR holding {name}/train.npz and {name}/test.npz "
-          f"(arrays 'image' uint8 NxHxWxC and 'label' int), or through tfds on a machine with internet "
-          f"(`python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}').download_and_prepare()\"`, "
-          f"needs pip install -e .[tfds])")
+  return (
+    f"provide dataset {name!r} either with --data_dir=DIR holding {name}/train.npz and {name}/test.npz "
+    f"(arrays 'image' uint8 NxHxWxC and 'label' int), or through tfds on a machine with internet "
+    f"(`python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}').download_and_prepare()\"`, "
+    f"needs pip install -e .[tfds])"
+  )
 
 
 def _split_from_arrays(image, label, where: str) -> Split:
@@ -82,12 +84,17 @@ def load_npz(path: pathlib.Path) -> Split:
 def load_digits() -> Dataset:
   """scikit-learn's digits as 8x8x1 uint8 images (0..16 scaled to 0..255), a fixed seeded 80/20 split."""
   from sklearn.datasets import load_digits as sk_digits
+
   d = sk_digits()
   images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
   order = np.random.default_rng(0).permutation(len(images))
   train, test = order[:1437], order[1437:]
-  return Dataset("digits", Split(images[train], d.target[train].astype(np.int32)),
-                 Split(images[test], d.target[test].astype(np.int32)), 10)
+  return Dataset(
+    "digits",
+    Split(images[train], d.target[train].astype(np.int32)),
+    Split(images[test], d.target[test].astype(np.int32)),
+    10,
+  )
 
 
 def _online(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
@@ -113,7 +120,7 @@ def _split_from_records(records, where: str) -> Split:
   return _split_from_arrays(image, label, where)
 
 
-def load_tfds_split(name: str, split: str, tfds_data_dir: Optional[str] = None) -> Split:
+def load_tfds_split(name: str, split: str, tfds_data_dir: str | None = None) -> Split:
   """One split through tfds; fails fast with DatasetUnavailable when it is not prepared and we are offline."""
   try:
     import tensorflow_datasets as tfds
@@ -127,14 +134,15 @@ def load_tfds_split(name: str, split: str, tfds_data_dir: Optional[str] = None) 
   builder = tfds.builder(name, data_dir=tfds_data_dir)
   if not builder.is_prepared():
     if not _online():
-      raise DatasetUnavailable(f"{name} is not prepared in {builder.data_dir} and there is no internet; "
-                               + _how_to_provide(name))
+      raise DatasetUnavailable(
+        f"{name} is not prepared in {builder.data_dir} and there is no internet; " + _how_to_provide(name)
+      )
     builder.download_and_prepare()
   arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
   return _split_from_arrays(arrays["image"], arrays["label"], f"tfds {name}/{split}")
 
 
-def load(name: str, data_dir: Optional[str] = None, tfds_data_dir: Optional[str] = None) -> Dataset:
+def load(name: str, data_dir: str | None = None, tfds_data_dir: str | None = None) -> Dataset:
   """Loads dataset `name` (one of DATASETS) from `data_dir` npz files, scikit-learn or tfds (module docstring)."""
   if name not in DATASETS:
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -150,5 +158,6 @@ def load(name: str, data_dir: Optional[str] = None, tfds_data_dir: Optional[str]
       raise DatasetUnavailable(f"{missing} not found; {_how_to_provide(name)}")
   if name == "digits":
     return load_digits()
-  return Dataset(name, load_tfds_split(name, "train", tfds_data_dir), load_tfds_split(name, "test", tfds_data_dir),
-                 NUM_CLASSES[name])
+  return Dataset(
+    name, load_tfds_split(name, "train", tfds_data_dir), load_tfds_split(name, "test", tfds_data_dir), NUM_CLASSES[name]
+  )

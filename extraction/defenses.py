@@ -20,12 +20,14 @@ service (service/) draws it instead with `keyed_normal` from a secret noise key 
 same input always gets the same noise (repeating a query gains nothing), different inputs independent noise, and
 without the key nothing about it can be recomputed; a local `Oracle(..., noise_key=...)` does the same.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import hmac
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -45,11 +47,12 @@ class Defenses:
     reverse_sigmoid_beta: beta > 0 of the reverse sigmoid (magnitude); set together with gamma.
     reverse_sigmoid_gamma: gamma > 0 of the reverse sigmoid (convergence).
   """
-  round_decimals: Optional[int] = None
+
+  round_decimals: int | None = None
   noise_std: float = 0.0
   noise_seed: int = 0
-  reverse_sigmoid_beta: Optional[float] = None
-  reverse_sigmoid_gamma: Optional[float] = None
+  reverse_sigmoid_beta: float | None = None
+  reverse_sigmoid_gamma: float | None = None
 
   @property
   def active(self) -> bool:
@@ -60,7 +63,7 @@ class Defenses:
     return {k: v for k, v in dataclasses.asdict(self).items() if v != getattr(Defenses(), k)}
 
   @classmethod
-  def from_dict(cls, d: Optional[Mapping[str, Any]]) -> "Defenses":
+  def from_dict(cls, d: Mapping[str, Any] | None) -> Defenses:
     """Builds and checks settings from a JSON object (a keys file); raises ValueError with a one-line message."""
     d = dict(d or {})
     names = [f.name for f in dataclasses.fields(cls)]
@@ -71,10 +74,11 @@ class Defenses:
     out.check()
     return out
 
-  def check(self, output: Optional[str] = None) -> None:
+  def check(self, output: str | None = None) -> None:
     """Raises ValueError (one line) for invalid values, or for a defense that does nothing in `output` mode."""
-    if self.round_decimals is not None and (isinstance(self.round_decimals, bool)
-                                            or not isinstance(self.round_decimals, int) or self.round_decimals < 0):
+    if self.round_decimals is not None and (
+      isinstance(self.round_decimals, bool) or not isinstance(self.round_decimals, int) or self.round_decimals < 0
+    ):
       raise ValueError(f"round_decimals must be an integer >= 0, got {self.round_decimals!r}")
     if not isinstance(self.noise_std, (int, float)) or not self.noise_std >= 0 or not np.isfinite(self.noise_std):
       raise ValueError(f"noise_std must be a finite number >= 0, got {self.noise_std!r}")
@@ -91,8 +95,9 @@ class Defenses:
     if output not in OUTPUT_MODES:
       raise ValueError(f"unknown output {output!r}; choose one of {', '.join(OUTPUT_MODES)}")
     if beta is not None and output not in ("probabilities", "top_k"):
-      raise ValueError(f"the reverse sigmoid perturbs probabilities: it needs output 'probabilities' or 'top_k', "
-                       f"not {output!r}")
+      raise ValueError(
+        f"the reverse sigmoid perturbs probabilities: it needs output 'probabilities' or 'top_k', not {output!r}"
+      )
     if output == "labels" and (self.noise_std > 0 or self.round_decimals is not None):
       raise ValueError("noise and rounding do nothing to output 'labels' (one-hot answers); drop them")
 
@@ -129,8 +134,9 @@ def reverse_sigmoid(probs: np.ndarray, beta: float, gamma: float) -> np.ndarray:
   return np.where(total > 0, p / np.where(total > 0, total, 1.0), uniform).astype(probs.dtype)
 
 
-def gaussian_noise(answers: np.ndarray, std: float, rng: Optional[np.random.Generator], output: str,
-                   normal: Optional[np.ndarray] = None) -> np.ndarray:
+def gaussian_noise(
+  answers: np.ndarray, std: float, rng: np.random.Generator | None, output: str, normal: np.ndarray | None = None
+) -> np.ndarray:
   """Adds N(0, std^2) to every revealed entry; keeps probabilities in [0, 1] (see module docstring).
 
   The draws come from `rng`, or are `std * normal` when standard normal draws (N, C) are given (`keyed_normal`).
@@ -170,16 +176,25 @@ def keyed_normal(noise_key: bytes, inputs: np.ndarray, num_classes: int) -> np.n
   if n == 0:
     return np.zeros((0, num_classes))
   tag = f"{x.dtype.str}{tuple(x.shape[1:])}".encode()
-  raw = b"".join(hashlib.shake_256(hmac.digest(noise_key, tag + row.tobytes(), "sha256")).digest(16 * pairs)
-                 for row in x.reshape(n, -1))
-  u = (np.frombuffer(raw, "<u8").reshape(n, pairs, 2) >> np.uint64(11)) * 2.0 ** -53
+  raw = b"".join(
+    hashlib.shake_256(hmac.digest(noise_key, tag + row.tobytes(), "sha256")).digest(16 * pairs)
+    for row in x.reshape(n, -1)
+  )
+  u = (np.frombuffer(raw, "<u8").reshape(n, pairs, 2) >> np.uint64(11)) * 2.0**-53
   radius, angle = np.sqrt(-2.0 * np.log1p(-u[..., 0])), 2.0 * np.pi * u[..., 1]
   return np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=-1).reshape(n, 2 * pairs)[:, :num_classes]
 
 
-def apply_defenses(answers: np.ndarray, logits: np.ndarray, settings: Optional[Defenses],
-                   rng: Optional[np.random.Generator], *, output: str, top_k: Optional[int] = None,
-                   normal: Optional[np.ndarray] = None) -> np.ndarray:
+def apply_defenses(
+  answers: np.ndarray,
+  logits: np.ndarray,
+  settings: Defenses | None,
+  rng: np.random.Generator | None,
+  *,
+  output: str,
+  top_k: int | None = None,
+  normal: np.ndarray | None = None,
+) -> np.ndarray:
   """Applies `settings` to the answers of one query.
 
   Args:

@@ -9,10 +9,12 @@ Evaluation sets, all fixed by the evaluation seed (`extraction.seeds`, stream 'e
   * noise: uniform uint8 noise. Agreement there is reported beside the student's and the victim's class
     histograms: a student that predicts one class on noise scores the victim's share of that class.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +63,7 @@ class Evaluator:
     top_k: k of the top-k accuracy and fidelity (`top<k>_accuracy`, `top<k>_fidelity`), reported when there are
       more than k classes.
   """
+
   sets: dict
   victim: dict
   test_labels: np.ndarray
@@ -68,9 +71,20 @@ class Evaluator:
   top_k: int = 5
 
   @classmethod
-  def build(cls, victim_predict: Predict, test_images: np.ndarray, test_labels: np.ndarray, num_classes: int, *,
-            val_images: Optional[np.ndarray] = None, noise_samples: int = 0, gauss_sigmas: Sequence[float] = (),
-            gauss_samples: Optional[int] = None, seed: int = 0, top_k: int = 5) -> "Evaluator":
+  def build(
+    cls,
+    victim_predict: Predict,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    num_classes: int,
+    *,
+    val_images: np.ndarray | None = None,
+    noise_samples: int = 0,
+    gauss_sigmas: Sequence[float] = (),
+    gauss_samples: int | None = None,
+    seed: int = 0,
+    top_k: int = 5,
+  ) -> Evaluator:
     """Draws the evaluation sets from the evaluation stream of `seed` and labels them with the victim."""
     sets = {"test": test_images}
     if val_images is not None and len(val_images):
@@ -99,8 +113,10 @@ class Evaluator:
   def compare(self, s: dict) -> dict:
     """The metrics of a model given its logits on (some of) the sets: name -> logits ('test' required)."""
     k = self.top_k
-    out: dict[str, Any] = {"accuracy": metrics.top1_accuracy(s["test"], self.test_labels),
-           "fidelity": metrics.fidelity(s["test"], self.victim["test"])}
+    out: dict[str, Any] = {
+      "accuracy": metrics.top1_accuracy(s["test"], self.test_labels),
+      "fidelity": metrics.fidelity(s["test"], self.victim["test"]),
+    }
     if self.num_classes > k:
       out[f"top{k}_accuracy"] = metrics.topk_accuracy(s["test"], self.test_labels, k)
       out[f"top{k}_fidelity"] = metrics.topk_fidelity(s["test"], self.victim["test"], k)
@@ -117,7 +133,7 @@ def summarize(history: list[dict], median_of: int) -> dict:
   MixMatch reference's rule); non-numeric entries (histograms) from the last evaluation."""
   if not history:
     raise ValueError("no evaluation to summarize")
-  last = sorted(history, key=lambda h: h["step"])[-max(median_of, 1):]
+  last = sorted(history, key=lambda h: h["step"])[-max(median_of, 1) :]
   out = {}
   for k, v in last[-1].items():
     if k == "step":

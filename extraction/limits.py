@@ -25,11 +25,13 @@ top-1 agreement (fidelity) on the test set, on Gaussian-noised test images and o
 fidelity, the largest logit difference, and from their weights the largest parameter difference and whether
 they are bit-identical. Precision: the figures are float64 reductions of float32 (or bfloat16) logits.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -37,19 +39,20 @@ import numpy as np
 from extraction import evaluation, metrics
 
 SOURCES = {
-    "nothing": "nothing (the same run in two processes)",
-    "deterministic_ops": "nothing, with --xla_gpu_deterministic_ops=true",
-    "init": "initialisation seed",
-    "data": "data order and augmentation seed",
-    "all": "all seeds",
-    "devices": "data-parallel devices (reduction order)",
-    "precision": "float32 vs bfloat16 matmuls and convolutions",
+  "nothing": "nothing (the same run in two processes)",
+  "deterministic_ops": "nothing, with --xla_gpu_deterministic_ops=true",
+  "init": "initialisation seed",
+  "data": "data order and augmentation seed",
+  "all": "all seeds",
+  "devices": "data-parallel devices (reduction order)",
+  "precision": "float32 vs bfloat16 matmuls and convolutions",
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
   """One training of the recipe: what may vary between two runs."""
+
   init_seed: int
   data_seed: int
   devices: int
@@ -60,12 +63,16 @@ class Run:
   @property
   def name(self) -> str:
     """A directory name that says every setting."""
-    return (f"init{self.init_seed}_data{self.data_seed}_dev{self.devices}_{self.precision}"
-            + ("_detops" if self.deterministic_ops else "") + (f"_repeat{self.repeat}" if self.repeat else ""))
+    return (
+      f"init{self.init_seed}_data{self.data_seed}_dev{self.devices}_{self.precision}"
+      + ("_detops" if self.deterministic_ops else "")
+      + (f"_repeat{self.repeat}" if self.repeat else "")
+    )
 
 
-def plan(sources: Sequence[str], seed: int, repeats: int, device_counts: Sequence[int],
-         base_devices: int) -> dict[str, list[tuple[Run, Run]]]:
+def plan(
+  sources: Sequence[str], seed: int, repeats: int, device_counts: Sequence[int], base_devices: int
+) -> dict[str, list[tuple[Run, Run]]]:
   """The pairs of runs of each source (see the module docstring); every run not named by its source uses seed
   `seed` for both seeds, `base_devices` devices and float32."""
   unknown = [s for s in sources if s not in SOURCES]
@@ -79,14 +86,15 @@ def plan(sources: Sequence[str], seed: int, repeats: int, device_counts: Sequenc
   run = lambda init=seed, data=seed, **kw: Run(init, data, kw.pop("devices", base_devices), **kw)
   each_pair = lambda runs: list(itertools.combinations(runs, 2))
   make = {
-      "nothing": lambda: [(run(s, s), run(s, s, repeat=1)) for s in seeds],
-      "deterministic_ops": lambda: [(run(s, s, deterministic_ops=True), run(s, s, deterministic_ops=True, repeat=1))
-                                    for s in seeds],
-      "init": lambda: each_pair([run(init=s) for s in seeds]),
-      "data": lambda: each_pair([run(data=s) for s in seeds]),
-      "all": lambda: each_pair([run(s, s) for s in seeds]),
-      "devices": lambda: each_pair([run(devices=n) for n in dict.fromkeys(device_counts)]),
-      "precision": lambda: [(run(s, s), run(s, s, precision="bfloat16")) for s in seeds],
+    "nothing": lambda: [(run(s, s), run(s, s, repeat=1)) for s in seeds],
+    "deterministic_ops": lambda: [
+      (run(s, s, deterministic_ops=True), run(s, s, deterministic_ops=True, repeat=1)) for s in seeds
+    ],
+    "init": lambda: each_pair([run(init=s) for s in seeds]),
+    "data": lambda: each_pair([run(data=s) for s in seeds]),
+    "all": lambda: each_pair([run(s, s) for s in seeds]),
+    "devices": lambda: each_pair([run(devices=n) for n in dict.fromkeys(device_counts)]),
+    "precision": lambda: [(run(s, s), run(s, s, precision="bfloat16")) for s in seeds],
   }
   return {s: make[s]() for s in sources}
 
@@ -113,12 +121,12 @@ def param_difference(a: Any, b: Any) -> tuple[float, bool]:
 def compare(logits_a: dict, logits_b: dict, test_labels: np.ndarray, num_classes: int, top_k: int = 5) -> dict:
   """The figures of one pair from the two models' logits on the same sets (name -> (N, C); 'test' required):
 
-    accuracy            mean of the two models' test accuracies;
-    fidelity            top-1 agreement on the test set (and top<k>_fidelity: b's top k holds a's top 1);
-    <set>_fidelity      top-1 agreement on every other set (gauss<s>, noise);
-    max_logit_diff      largest |logit difference| on the test set (noise_max_logit_diff on uniform noise);
-    noise_top_share     mean over the two models of the largest share of one class on noise (agreement on noise
-                        is at least about this when both predict mostly that class).
+  accuracy            mean of the two models' test accuracies;
+  fidelity            top-1 agreement on the test set (and top<k>_fidelity: b's top k holds a's top 1);
+  <set>_fidelity      top-1 agreement on every other set (gauss<s>, noise);
+  max_logit_diff      largest |logit difference| on the test set (noise_max_logit_diff on uniform noise);
+  noise_top_share     mean over the two models of the largest share of one class on noise (agreement on noise
+                      is at least about this when both predict mostly that class).
   """
   out = evaluation.Evaluator({}, logits_a, test_labels, num_classes, top_k).compare(logits_b)
   out.pop("noise_hist", None)
@@ -128,8 +136,9 @@ def compare(logits_a: dict, logits_b: dict, test_labels: np.ndarray, num_classes
   out["max_logit_diff"] = diff("test")
   if "noise" in logits_a:
     out["noise_max_logit_diff"] = diff("noise")
-    out["noise_top_share"] = float(np.mean([max(evaluation.class_histogram(l["noise"], num_classes))
-                                            for l in (logits_a, logits_b)]))
+    out["noise_top_share"] = float(
+      np.mean([max(evaluation.class_histogram(l["noise"], num_classes)) for l in (logits_a, logits_b)])
+    )
   return out
 
 
@@ -138,5 +147,10 @@ def summarize(source: str, pair_figures: list[dict], param_diffs: list[tuple[flo
   difference and whether every pair was bit-identical."""
   agg = evaluation.aggregate(pair_figures)
   agg["pairs"] = agg.pop("seeds")
-  return {"source": source, "varied": SOURCES[source], **agg,
-          "max_param_diff": max(d for d, _ in param_diffs), "params_identical": all(s for _, s in param_diffs)}
+  return {
+    "source": source,
+    "varied": SOURCES[source],
+    **agg,
+    "max_param_diff": max(d for d, _ in param_diffs),
+    "params_identical": all(s for _, s in param_diffs),
+  }

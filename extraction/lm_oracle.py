@@ -12,10 +12,11 @@ of asked prompts) whose inputs are prompts -- token ids (N, L), one request each
 It also counts `tokens`, the prompt tokens of every answered request (what an LM API bills). Log-probabilities
 are computed in the logits' precision, as a server would (float32 for a float32 victim).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 
@@ -27,12 +28,14 @@ LM_ONLY_OUTPUTS = ("top_k_bias", "argmax")  # the others share their names with 
 
 class TopK(NamedTuple):
   """Top-k answers: token ids (N, k) int32 and their log-probabilities (N, k), best first."""
+
   ids: np.ndarray
   logprobs: np.ndarray
 
 
 class LogitBias(NamedTuple):
   """A logit bias per request: token ids (N, m) int (-1 pads a row with fewer tokens) and values (N, m)."""
+
   ids: np.ndarray
   values: np.ndarray
 
@@ -41,7 +44,7 @@ class BiasRefused(ValueError):
   """A logit bias the API does not accept (over its bounds, unknown tokens, or a mode without bias)."""
 
 
-def validate_lm_output(output: str, top_k: Optional[int], vocab_size: Optional[int] = None) -> None:
+def validate_lm_output(output: str, top_k: int | None, vocab_size: int | None = None) -> None:
   """Raises ValueError (one line) when (output, top_k) is not a valid LM API setting."""
   if output not in LM_OUTPUT_MODES:
     raise ValueError(f"unknown LM oracle output {output!r}; choose one of {', '.join(LM_OUTPUT_MODES)}")
@@ -52,7 +55,7 @@ def validate_lm_output(output: str, top_k: Optional[int], vocab_size: Optional[i
       raise ValueError(f"top_k={top_k} must be smaller than the vocabulary ({vocab_size})")
 
 
-def check_bias(bias: Optional[LogitBias], n: int, vocab_size: int, max_bias: float, max_tokens: int) -> LogitBias:
+def check_bias(bias: LogitBias | None, n: int, vocab_size: int, max_bias: float, max_tokens: int) -> LogitBias:
   """The bias of n requests as int64 ids / float64 values of shape (n, m), or BiasRefused (one line)."""
   if bias is None:
     return LogitBias(np.full((n, 0), -1, np.int64), np.zeros((n, 0)))
@@ -84,7 +87,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
   return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-def top_k_logprobs(logits: np.ndarray, k: int, bias: Optional[LogitBias] = None) -> TopK:
+def top_k_logprobs(logits: np.ndarray, k: int, bias: LogitBias | None = None) -> TopK:
   """The k most likely tokens of softmax(logits + bias) and their log-probabilities (best first, ties by id).
 
   The bias is added in the logits' precision (a float32 server adds it in float32)."""
@@ -101,7 +104,7 @@ def top_k_logprobs(logits: np.ndarray, k: int, bias: Optional[LogitBias] = None)
   return TopK(ids.astype(np.int32), np.take_along_axis(vals, order, axis=-1))
 
 
-def lm_answers(logits: np.ndarray, output: str, top_k: Optional[int] = None, bias: Optional[LogitBias] = None):
+def lm_answers(logits: np.ndarray, output: str, top_k: int | None = None, bias: LogitBias | None = None):
   """Turns next-token logits (N, V) into the API's answer for one output mode (module docstring)."""
   logits = np.asarray(logits)
   if output == "logits":
@@ -127,9 +130,10 @@ class LMOracle(Oracle):
     tokens: prompt tokens of every answered request.
   `backend` maps prompts (N, L) int to next-token logits (N, V). Defenses are not supported.
   """
+
   output: str = "logits"
   vocab_size: int = 0
-  max_len: Optional[int] = None
+  max_len: int | None = None
   max_bias: float = 100.0
   max_biased_tokens: int = 300
   tokens: int = dataclasses.field(default=0, init=False)
@@ -141,8 +145,9 @@ class LMOracle(Oracle):
     if self.budget is not None and self.budget < 0:
       raise ValueError(f"budget must be >= 0 or None, got {self.budget}")
     if not self.max_bias > 0 or self.max_biased_tokens < 1:
-      raise ValueError(f"max_bias must be > 0 and max_biased_tokens >= 1, got {self.max_bias}, "
-                       f"{self.max_biased_tokens}")
+      raise ValueError(
+        f"max_bias must be > 0 and max_biased_tokens >= 1, got {self.max_bias}, {self.max_biased_tokens}"
+      )
     if self.defenses is not None:
       raise ValueError("LMOracle does not apply defenses")
 
@@ -157,7 +162,7 @@ class LMOracle(Oracle):
     self.tokens += int(x.size)
     return out
 
-  def __call__(self, prompts, bias: Optional[LogitBias] = None):
+  def __call__(self, prompts, bias: LogitBias | None = None):
     """Answers prompts (N, L) in this oracle's output mode; `bias` only with output 'top_k_bias'.
 
     Raises BiasRefused (nothing answered, nothing counted) for a bias the API does not accept, and
@@ -172,9 +177,14 @@ class LMOracle(Oracle):
     if self.output != "top_k_bias":
       return lm_answers(logits, self.output, self.top_k)
     assert bias is not None and self.top_k is not None  # checked above; validate_lm_output requires top_k
-    parts = [top_k_logprobs(logits[i:i + self.batch_size], self.top_k,
-                            LogitBias(bias.ids[i:i + self.batch_size], bias.values[i:i + self.batch_size]))
-             for i in range(0, len(logits), self.batch_size)]
+    parts = [
+      top_k_logprobs(
+        logits[i : i + self.batch_size],
+        self.top_k,
+        LogitBias(bias.ids[i : i + self.batch_size], bias.values[i : i + self.batch_size]),
+      )
+      for i in range(0, len(logits), self.batch_size)
+    ]
     if not parts:
       return TopK(np.zeros((0, self.top_k), np.int32), np.zeros((0, self.top_k), logits.dtype))
     return TopK(np.concatenate([p.ids for p in parts]), np.concatenate([p.logprobs for p in parts]))

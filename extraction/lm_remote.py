@@ -11,12 +11,12 @@ Requests are JSON (prompts and bias; answers of 'top_k'/'top_k_bias' are JSON to
 as .npy), split into requests of `batch_size` prompts with `extraction.remote.RemoteOracle`'s retries, budget
 checks and errors. A bias the service refuses raises `extraction.remote.QueryRefused` with its message.
 """
+
 from __future__ import annotations
 
 import io
 import json
 import uuid
-from typing import Optional
 
 import numpy as np
 
@@ -33,18 +33,27 @@ class RemoteLMOracle(RemoteOracle):
     lm = self.info.get("lm")
     if lm is None:
       self.close()
-      raise QueryRefused(f"{url} serves no language model (its /health has no 'lm'); serve one with "
-                         f"python -m launch.serve --victim_lm=DIR")
+      raise QueryRefused(
+        f"{url} serves no language model (its /health has no 'lm'); serve one with "
+        f"python -m launch.serve --victim_lm=DIR"
+      )
     self.vocab_size = self.num_classes
     self.max_len, self.max_bias, self.max_biased_tokens = lm["max_len"], lm["max_bias"], lm["max_biased_tokens"]
     self.tokens = 0
 
-  def _predict_lm(self, prompts: np.ndarray, bias: Optional[LogitBias]):
+  def _predict_lm(self, prompts: np.ndarray, bias: LogitBias | None):
     body = {"inputs": prompts.tolist()}
     if bias is not None:
       body["logit_bias"] = {"ids": np.asarray(bias.ids).tolist(), "values": np.asarray(bias.values).tolist()}
-    response = self._check(self._send("POST", "/v1/predict", request_id=uuid.uuid4().hex, content=json.dumps(body),
-                                      headers={"Content-Type": "application/json", "Accept": NPY}))
+    response = self._check(
+      self._send(
+        "POST",
+        "/v1/predict",
+        request_id=uuid.uuid4().hex,
+        content=json.dumps(body),
+        headers={"Content-Type": "application/json", "Accept": NPY},
+      )
+    )
     n = len(prompts)
     if self.output in ("top_k", "top_k_bias"):
       data = response.json()
@@ -57,26 +66,31 @@ class RemoteLMOracle(RemoteOracle):
       raise OracleUnavailable(f"{self.url}: answers of an unexpected shape for {n} prompts")
     return answers
 
-  def __call__(self, prompts, bias: Optional[LogitBias] = None):
+  def __call__(self, prompts, bias: LogitBias | None = None):
     """Answers prompts (N, L) in the key's output mode (module docstring); raises BudgetExceeded."""
     prompts = np.asarray(prompts)
     n = len(prompts)
     if n == 0:
       raise ValueError("no prompts to ask")
     if self.budget is not None and self.used + n > self.budget:
-      raise BudgetExceeded(f"query of {n} prompts refused: {self.used} of the budget of {self.budget} already "
-                           f"used ({self.budget - self.used} left)")
+      raise BudgetExceeded(
+        f"query of {n} prompts refused: {self.used} of the budget of {self.budget} already "
+        f"used ({self.budget - self.used} left)"
+      )
     if n > self.batch_size:
       left = self.key_state["remaining"]
       if left is not None and left < n:
         raise BudgetExceeded(f"query of {n} prompts refused: the key has {left} left on the server")
     if bias is not None and np.asarray(bias.ids).ndim == 1:
-      bias = LogitBias(np.broadcast_to(bias.ids, (n,) + np.shape(bias.ids)),
-                       np.broadcast_to(bias.values, (n,) + np.shape(bias.values)))
+      bias = LogitBias(
+        np.broadcast_to(bias.ids, (n,) + np.shape(bias.ids)), np.broadcast_to(bias.values, (n,) + np.shape(bias.values))
+      )
     parts = []
     for i in range(0, n, self.batch_size):
-      chunk = prompts[i:i + self.batch_size]
-      part = None if bias is None else LogitBias(bias.ids[i:i + self.batch_size], bias.values[i:i + self.batch_size])
+      chunk = prompts[i : i + self.batch_size]
+      part = (
+        None if bias is None else LogitBias(bias.ids[i : i + self.batch_size], bias.values[i : i + self.batch_size])
+      )
       try:
         parts.append(self._predict_lm(chunk, part))
       except BudgetExceeded as e:

@@ -7,6 +7,7 @@ downloaded. The tokenizer is a word-level vocabulary with a byte fallback: ids 0
 spaces or newlines, single punctuation characters); a piece outside the vocabulary is spelled as its UTF-8 bytes,
 so every text encodes and decodes exactly.
 """
+
 from __future__ import annotations
 
 import collections
@@ -14,7 +15,6 @@ import dataclasses
 import pathlib
 import re
 import sysconfig
-from typing import Optional
 
 import numpy as np
 
@@ -22,7 +22,7 @@ PIECE = re.compile(r" ?[A-Za-z_]+| ?[0-9]+| +|\n+|[^A-Za-z_0-9 \n]")
 BYTES = 256
 
 
-def stdlib_text(max_chars: Optional[int] = None, directory: Optional[str] = None) -> str:
+def stdlib_text(max_chars: int | None = None, directory: str | None = None) -> str:
   """The concatenated top-level `.py` files of the standard library (sorted by name), cut to `max_chars`.
 
   Raises:
@@ -31,8 +31,10 @@ def stdlib_text(max_chars: Optional[int] = None, directory: Optional[str] = None
   root = pathlib.Path(directory or sysconfig.get_paths()["stdlib"])
   files = sorted(root.glob("*.py"))
   if not files:
-    raise FileNotFoundError(f"no .py files in {root}: the LM victim trains on the standard library's sources; "
-                            f"give another directory of text files or use a random victim (--lm_train_steps=0)")
+    raise FileNotFoundError(
+      f"no .py files in {root}: the LM victim trains on the standard library's sources; "
+      f"give another directory of text files or use a random victim (--lm_train_steps=0)"
+    )
   parts, size = [], 0
   for f in files:
     text = f.read_text(encoding="utf-8", errors="replace")
@@ -47,6 +49,7 @@ def stdlib_text(max_chars: Optional[int] = None, directory: Optional[str] = None
 @dataclasses.dataclass(frozen=True)
 class Tokenizer:
   """Byte-fallback word vocabulary (module docstring). pieces[i] is the text of id BYTES + i."""
+
   pieces: tuple
 
   @property
@@ -54,12 +57,12 @@ class Tokenizer:
     return BYTES + len(self.pieces)
 
   @classmethod
-  def fit(cls, text: str, vocab_size: int) -> "Tokenizer":
+  def fit(cls, text: str, vocab_size: int) -> Tokenizer:
     """The `vocab_size - 256` most frequent multi-byte pieces of `text` (ties: alphabetical), in that order."""
     if vocab_size <= BYTES:
       raise ValueError(f"vocab_size must be > {BYTES} (the byte tokens), got {vocab_size}")
     counts = collections.Counter(p for p in PIECE.findall(text) if len(p.encode()) > 1)
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:vocab_size - BYTES]
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: vocab_size - BYTES]
     pieces = tuple(p for p, _ in ranked)
     if len(pieces) < vocab_size - BYTES:
       raise ValueError(f"the text has only {len(pieces)} distinct pieces; cannot fill a vocabulary of {vocab_size}")

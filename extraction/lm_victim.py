@@ -16,13 +16,15 @@ Files in the victim directory: `info.json` (config, vocabulary, training record)
 parameters), `checkpoints/` (orbax training state, resumed if interrupted). Precision: parameters are trained and
 stored in float32; `backend(victim, 'float64')` casts them to float64 and computes in float64.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import json
 import pathlib
-from typing import Any, Callable, Optional, cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -39,6 +41,7 @@ _norm_bias = nn.initializers.normal(0.1)
 @dataclasses.dataclass(frozen=True)
 class LMConfig:
   """Shape of the transformer. vocab_size >= 257 (256 byte tokens + pieces); hidden divisible by heads."""
+
   vocab_size: int = 4096
   hidden: int = 128
   layers: int = 2
@@ -75,16 +78,25 @@ class Block(nn.Module):
 
 class TransformerLM(nn.Module):
   """tokens (N, L) int, L <= max_len -> logits (N, L, V), or (N, V) of the last position with last_only=True."""
+
   config: LMConfig
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, tokens, last_only: bool = False):
     cfg = self.config
-    embed = nn.Embed(cfg.vocab_size, cfg.hidden, dtype=self.dtype, param_dtype=self.dtype,
-                     embedding_init=nn.initializers.normal(1.0 / np.sqrt(cfg.hidden)), name="embed")
-    pos = self.param("position", nn.initializers.normal(0.5 / np.sqrt(cfg.hidden)), (cfg.max_len, cfg.hidden), self.dtype)
-    x = embed(tokens) + pos[:tokens.shape[1]]
+    embed = nn.Embed(
+      cfg.vocab_size,
+      cfg.hidden,
+      dtype=self.dtype,
+      param_dtype=self.dtype,
+      embedding_init=nn.initializers.normal(1.0 / np.sqrt(cfg.hidden)),
+      name="embed",
+    )
+    pos = self.param(
+      "position", nn.initializers.normal(0.5 / np.sqrt(cfg.hidden)), (cfg.max_len, cfg.hidden), self.dtype
+    )
+    x = embed(tokens) + pos[: tokens.shape[1]]
     mask = nn.make_causal_mask(tokens)
     for i in range(cfg.layers):
       x = Block(cfg.hidden, cfg.heads, self.dtype, name=f"block{i}")(x, mask)
@@ -93,13 +105,20 @@ class TransformerLM(nn.Module):
     x = _layer_norm(self.dtype, name="final_norm")(x)
     if cfg.tied:
       return embed.attend(x)
-    return nn.Dense(cfg.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.dtype,
-                    kernel_init=nn.initializers.normal(1.0 / np.sqrt(cfg.hidden)), name="unembed")(x)
+    return nn.Dense(
+      cfg.vocab_size,
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=self.dtype,
+      kernel_init=nn.initializers.normal(1.0 / np.sqrt(cfg.hidden)),
+      name="unembed",
+    )(x)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Brief next-token training on the standard library (steps=0: the random initialisation is the victim)."""
+
   steps: int = 0
   batch_size: int = 32
   seq_len: int = 64
@@ -135,7 +154,7 @@ def norm_geometry(victim: LMVictim) -> tuple[np.ndarray, float]:
   p = victim.params["final_norm"]
   gamma, beta = np.asarray(p["scale"], np.float64), np.asarray(p["bias"], np.float64)
   h = len(gamma)
-  basis = np.linalg.svd(gamma[:, None] * (np.eye(h) - 1.0 / h), full_matrices=False)[0][:, :h - 1]
+  basis = np.linalg.svd(gamma[:, None] * (np.eye(h) - 1.0 / h), full_matrices=False)[0][:, : h - 1]
   normal = (1.0 / gamma) / np.linalg.norm(1.0 / gamma)
   return basis, float(abs(normal @ beta) / np.linalg.norm(gamma))
 
@@ -148,6 +167,7 @@ def init_params(config: LMConfig, seed: int) -> Any:
 
 def make_lm_step(model: TransformerLM, ema_decay: float = 0.99) -> train.Step:
   """Step on {'tokens': (B, L+1) int32}: mean next-token cross-entropy over the L positions."""
+
   def loss_fn(params, batch):
     tokens = batch["tokens"]
     logits = cast(jax.Array, model.apply({"params": params}, tokens[:, :-1]))  # flax types apply's output loosely
@@ -161,8 +181,9 @@ def make_lm_step(model: TransformerLM, ema_decay: float = 0.99) -> train.Step:
   return step
 
 
-def build_victim(config: LMConfig, tcfg: TrainConfig, directory: pathlib.Path,
-                 corpus_dir: Optional[str] = None) -> LMVictim:
+def build_victim(
+  config: LMConfig, tcfg: TrainConfig, directory: pathlib.Path, corpus_dir: str | None = None
+) -> LMVictim:
   """Creates (or reuses) the victim of (config, tcfg) in `directory`: random init, then `tcfg.steps` Adam steps
   on the standard library's sources (resumed from its checkpoints if interrupted); saves params and info.json."""
   config.check()
@@ -172,8 +193,10 @@ def build_victim(config: LMConfig, tcfg: TrainConfig, directory: pathlib.Path,
   if info_path.exists():
     old = json.loads(info_path.read_text())
     if {k: old.get(k) for k in want} != want:
-      raise ValueError(f"{directory} holds an LM victim built with other settings ({old['config']}, {old['train']});"
-                       f" use another --workdir or delete it")
+      raise ValueError(
+        f"{directory} holds an LM victim built with other settings ({old['config']}, {old['train']});"
+        f" use another --workdir or delete it"
+      )
     return load_victim(directory)
   params = init_params(config, tcfg.seed)
   info: dict[str, Any] = dict(want)
@@ -194,22 +217,36 @@ def build_victim(config: LMConfig, tcfg: TrainConfig, directory: pathlib.Path,
 def _train(config, tcfg, params, train_ids, held_ids, checkpoint_dir):
   model = TransformerLM(config)
   tx = train.make_optimizer(tcfg.lr, tcfg.weight_decay, tcfg.steps, schedule="cosine")
-  state = train.TrainState.create(apply_fn=model.apply, params=params, tx=tx, batch_stats={},
-                                  ema_params=jax.tree.map(jnp.copy, params),
-                                  rng=jax.random.key_data(jax.random.key(tcfg.seed)))
+  state = train.TrainState.create(
+    apply_fn=model.apply,
+    params=params,
+    tx=tx,
+    batch_stats={},
+    ema_params=jax.tree.map(jnp.copy, params),
+    rng=jax.random.key_data(jax.random.key(tcfg.seed)),
+  )
   length = min(tcfg.seq_len, config.max_len)
 
   def windows(ids, seed, step, size):
     start = train.batch_indices(seed, step, len(ids) - length - 1, size)
     return {"tokens": ids[start[:, None] + np.arange(length + 1)]}
 
-  state = train.fit(make_lm_step(model), state, lambda i: windows(train_ids, tcfg.seed, i, tcfg.batch_size),
-                    tcfg.steps, checkpoint_dir=checkpoint_dir, name="lm_victim",
-                    log_every=max(1, min(100, tcfg.steps // 5)))
+  state = train.fit(
+    make_lm_step(model),
+    state,
+    lambda i: windows(train_ids, tcfg.seed, i, tcfg.batch_size),
+    tcfg.steps,
+    checkpoint_dir=checkpoint_dir,
+    name="lm_victim",
+    log_every=max(1, min(100, tcfg.steps // 5)),
+  )
   params = jax.device_get(state.ema_params)
-  loss_fn = jax.jit(lambda p, t: train.soft_cross_entropy(
+  loss_fn = jax.jit(
+    lambda p, t: train.soft_cross_entropy(
       cast(jax.Array, model.apply({"params": p}, t[:, :-1])).reshape(-1, config.vocab_size),
-      jax.nn.one_hot(t[:, 1:], config.vocab_size).reshape(-1, config.vocab_size)))
+      jax.nn.one_hot(t[:, 1:], config.vocab_size).reshape(-1, config.vocab_size),
+    )
+  )
   held = float(np.mean([loss_fn(params, windows(held_ids, tcfg.seed + 1, i, 64)["tokens"]) for i in range(4)]))
   return params, {"held_out_loss": held, "unigram_entropy": _unigram_entropy(train_ids, config.vocab_size)}
 
@@ -226,8 +263,10 @@ def load_victim(directory: pathlib.Path) -> LMVictim:
   directory = pathlib.Path(directory)
   info_path = directory / "info.json"
   if not info_path.exists():
-    raise FileNotFoundError(f"no LM victim in {directory} (missing info.json); build one with "
-                            f"python -m launch.run --experiment=lm_last_layer first")
+    raise FileNotFoundError(
+      f"no LM victim in {directory} (missing info.json); build one with "
+      f"python -m launch.run --experiment=lm_last_layer first"
+    )
   info = json.loads(info_path.read_text())
   config = LMConfig(**info["config"])
   template = init_params(config, 0)
@@ -236,7 +275,7 @@ def load_victim(directory: pathlib.Path) -> LMVictim:
   return LMVictim(config, jax.device_get(params), info)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _forward(config: LMConfig, dtype: str) -> Callable:
   model = TransformerLM(config, dtype=jnp.float64 if dtype == "float64" else jnp.float32)
   return jax.jit(lambda params, tokens: model.apply({"params": params}, tokens, last_only=True))
@@ -265,10 +304,10 @@ def backend(victim: LMVictim, dtype: str = "float32", batch_size: int = 256) -> 
     out = np.empty((len(unique), cfg.vocab_size), np_dtype)
     with jax.enable_x64(dtype == "float64"):
       for i in range(0, len(unique), batch_size):
-        chunk = unique[i:i + batch_size]
+        chunk = unique[i : i + batch_size]
         size = min(batch_size, 1 << max(len(chunk) - 1, 0).bit_length())  # few shapes, few compilations
         padded = np.concatenate([chunk, np.zeros((size - len(chunk), chunk.shape[1]), np.int32)])
-        out[i:i + len(chunk)] = np.asarray(fwd(params, padded))[:len(chunk)]
+        out[i : i + len(chunk)] = np.asarray(fwd(params, padded))[: len(chunk)]
     return out[inverse.reshape(-1)]
 
   return logits

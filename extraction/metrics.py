@@ -1,5 +1,6 @@
 """Accuracy and fidelity. Fidelity is top-1 agreement between student and victim (on any inputs: the evaluation
 sets are in `extraction.evaluation`)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -7,10 +7,12 @@ layers in bfloat16 (inputs and kernels rounded to it; parameters, batch norm and
 float32), the mixed precision of flax's ImageNet example; None (the default) computes in the parameters' dtype. Models with batch norm keep running statistics in the
 `batch_stats` collection; call them with `train=True` and `mutable=['batch_stats']` while training.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -24,6 +26,7 @@ _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 class _Heads(nn.Module):
   """Class head plus the optional 4-way rotation head on a feature vector; outputs in the parameters' dtype."""
+
   num_classes: int
   rotation_head: bool
   dtype: Any = jnp.float32
@@ -31,8 +34,9 @@ class _Heads(nn.Module):
 
   @nn.compact
   def __call__(self, feats):
-    dense = lambda n, name: nn.Dense(n, dtype=self.compute_dtype or self.dtype, param_dtype=self.dtype,
-                                     name=name)(feats).astype(self.dtype)
+    dense = lambda n, name: nn.Dense(n, dtype=self.compute_dtype or self.dtype, param_dtype=self.dtype, name=name)(
+      feats
+    ).astype(self.dtype)
     logits = dense(self.num_classes, "classifier")
     if self.rotation_head:
       return logits, dense(4, "rotation")
@@ -64,6 +68,7 @@ class WideResNet(nn.Module):
 
   WRN-28-2 (filters=32) has about 1.47M parameters.
   """
+
   num_classes: int
   filters: int = 32
   repeat: int = 4
@@ -76,8 +81,9 @@ class WideResNet(nn.Module):
     x = nn.Conv(16, (3, 3), kernel_init=_conv_init, dtype=self.compute_dtype)(x)
     for scale in range(self.scales):
       f = self.filters << scale
-      x = _Residual(f, stride=2 if scale else 1, activate_before_residual=scale == 0,
-                    compute_dtype=self.compute_dtype)(x, train)
+      x = _Residual(f, stride=2 if scale else 1, activate_before_residual=scale == 0, compute_dtype=self.compute_dtype)(
+        x, train
+      )
       for _ in range(self.repeat - 1):
         x = _Residual(f, compute_dtype=self.compute_dtype)(x, train)
     x = _leaky(_BN(use_running_average=not train)(x))
@@ -87,6 +93,7 @@ class WideResNet(nn.Module):
 class SmallCNN(nn.Module):
   """Two 3x3 convolutions per width (default 32, 64, 128: ~0.29M parameters) with batch norm, a max pooling between
   widths, global average pooling and the heads."""
+
   num_classes: int
   widths: Sequence[int] = (32, 64, 128)
   rotation_head: bool = False
@@ -105,6 +112,7 @@ class SmallCNN(nn.Module):
 
 class MLP(nn.Module):
   """Fully connected ReLU network on flattened inputs; `dtype=jnp.float64` for exact-extraction victims."""
+
   num_classes: int
   hidden: Sequence[int] = (128,)
   rotation_head: bool = False
@@ -120,12 +128,12 @@ class MLP(nn.Module):
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    "wrn28_2": functools.partial(WideResNet, filters=32),
-    "wrn28_8": functools.partial(WideResNet, filters=128),
-    "small_cnn": SmallCNN,
-    "tiny_cnn": functools.partial(SmallCNN, widths=(16, 32)),  # four convolutions, ~15k parameters: digits on a CPU
-    "mlp": MLP,
-    "mlp2x256": functools.partial(MLP, hidden=(256, 256)),
+  "wrn28_2": functools.partial(WideResNet, filters=32),
+  "wrn28_8": functools.partial(WideResNet, filters=128),
+  "small_cnn": SmallCNN,
+  "tiny_cnn": functools.partial(SmallCNN, widths=(16, 32)),  # four convolutions, ~15k parameters: digits on a CPU
+  "mlp": MLP,
+  "mlp2x256": functools.partial(MLP, hidden=(256, 256)),
 }
 
 

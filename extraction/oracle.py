@@ -24,11 +24,13 @@ answers of `__call__`, as the prediction service (`launch.serve`) applies them p
 With `noise_key` the noise is keyed by each input's bytes (`extraction.defenses.keyed_normal`), as the service
 draws it: a local oracle given a served key's noise key (`service.secret.noise_key`) answers as that key.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,7 +54,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
   return e / e.sum(axis=-1, keepdims=True)
 
 
-def validate_output_mode(output: str, top_k: Optional[int], num_classes: Optional[int] = None) -> None:
+def validate_output_mode(output: str, top_k: int | None, num_classes: int | None = None) -> None:
   """Raises ValueError with a one-line message when (output, top_k) is not a valid API setting."""
   if output not in OUTPUT_MODES:
     raise ValueError(f"unknown oracle output {output!r}; choose one of {', '.join(OUTPUT_MODES)}")
@@ -63,7 +65,7 @@ def validate_output_mode(output: str, top_k: Optional[int], num_classes: Optiona
       raise ValueError(f"top_k={top_k} must be smaller than the number of classes ({num_classes})")
 
 
-def transform_logits(logits: np.ndarray, output: str, top_k: Optional[int] = None) -> np.ndarray:
+def transform_logits(logits: np.ndarray, output: str, top_k: int | None = None) -> np.ndarray:
   """Turns victim logits (N, C) into the API's answer (N, C) for one output mode (see module docstring)."""
   logits = np.asarray(logits)
   if output == "logits":
@@ -96,22 +98,25 @@ class Oracle:
     noise_key: draw the defenses' noise from this secret and each input's bytes (`defenses.keyed_normal`) instead
       of from (noise_seed, inputs answered before): the same input always gets the same noise.
   """
+
   backend: Backend
   output: str = "probabilities"
-  top_k: Optional[int] = None
-  budget: Optional[int] = None
+  top_k: int | None = None
+  budget: int | None = None
   batch_size: int = 1024
   record_inputs: bool = True
-  defenses: Optional["Defenses"] = None
-  noise_key: Optional[bytes] = dataclasses.field(default=None, repr=False)
+  defenses: Defenses | None = None
+  noise_key: bytes | None = dataclasses.field(default=None, repr=False)
   used: int = dataclasses.field(default=0, init=False)
   _asked: list = dataclasses.field(default_factory=list, init=False, repr=False)
 
   def __post_init__(self):
     if self.output in BACKEND_MODES:
       if not callable(getattr(self.backend, self.output, None)):
-        raise ValueError(f"oracle output {self.output!r} needs a backend with a .{self.output}(x) method "
-                         f"(see extraction/sklearn_victims.py, extraction/two_layer.py)")
+        raise ValueError(
+          f"oracle output {self.output!r} needs a backend with a .{self.output}(x) method "
+          f"(see extraction/sklearn_victims.py, extraction/two_layer.py)"
+        )
     else:
       validate_output_mode(self.output, self.top_k)
     if self.budget is not None and self.budget < 0:
@@ -120,7 +125,7 @@ class Oracle:
       self.defenses.check(self.output)
 
   @property
-  def remaining(self) -> Optional[int]:
+  def remaining(self) -> int | None:
     return None if self.budget is None else self.budget - self.used
 
   @property
@@ -140,9 +145,9 @@ class Oracle:
     n = x.shape[0]
     if self.budget is not None and self.used + n > self.budget:
       raise BudgetExceeded(
-          f"query of {n} inputs refused: {self.used} of the budget of {self.budget} already used "
-          f"({self.remaining} left)")
-    chunks = [np.asarray(answer(x[i:i + self.batch_size])) for i in range(0, n, self.batch_size)]
+        f"query of {n} inputs refused: {self.used} of the budget of {self.budget} already used ({self.remaining} left)"
+      )
+    chunks = [np.asarray(answer(x[i : i + self.batch_size])) for i in range(0, n, self.batch_size)]
     self.used += n
     if self.record_inputs:
       self._asked.append(np.array(x, copy=True))
@@ -160,15 +165,18 @@ class Oracle:
     if self.defenses is None:
       return answers
     from extraction import defenses as defenses_lib  # imports this module
+
     rng = defenses_lib.noise_rng(self.defenses, offset)
     normal = None
     if self.noise_key is not None and self.defenses.noise_std > 0:
       normal = defenses_lib.keyed_normal(self.noise_key, np.asarray(x), answers.shape[-1])
-    return defenses_lib.apply_defenses(answers, logits, self.defenses, rng, output=self.output, top_k=self.top_k,
-                                       normal=normal)
+    return defenses_lib.apply_defenses(
+      answers, logits, self.defenses, rng, output=self.output, top_k=self.top_k, normal=normal
+    )
 
 
 def model_backend(model, variables: Any, batch_size: int = 1024) -> Backend:
   """A Flax model with bound variables as a backend on uint8 images (jitted, fixed-size batches)."""
   from extraction.predict import predict_logits
+
   return functools.partial(predict_logits, model, variables, batch_size=batch_size)

@@ -6,18 +6,20 @@ Multi-host: every process builds the same global batch indices (a pure function 
 only its own contiguous slice of the examples (`local_slice`), which `jax.make_array_from_process_local_data`
 assembles into one global array sharded over all processes' devices.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 
 
-def make_mesh(num_devices: Optional[int] = None) -> Mesh:
+def make_mesh(num_devices: int | None = None) -> Mesh:
   """A 1-D mesh over the first `num_devices` devices of all processes (all devices when None)."""
   devices = jax.devices()
   if num_devices is not None:
@@ -27,7 +29,7 @@ def make_mesh(num_devices: Optional[int] = None) -> Mesh:
   return Mesh(np.array(devices), (DATA_AXIS,))
 
 
-def data_mesh(num_devices: Optional[int] = None) -> Optional[Mesh]:
+def data_mesh(num_devices: int | None = None) -> Mesh | None:
   """`make_mesh(num_devices)`, or None (plain single-device jit) when that would hold one device."""
   mesh = make_mesh(num_devices)
   return mesh if mesh.size > 1 else None
@@ -45,13 +47,13 @@ def local_slice(global_size: int) -> slice:
 STACK_MODES = ("vmap", "unroll")
 
 
-def student_parallel(mesh: Optional[Mesh], n_students: int) -> bool:
+def student_parallel(mesh: Mesh | None, n_students: int) -> bool:
   """Whether a stack of n students can be spread whole over the mesh's devices (one process, n a multiple of
   the devices): then no device ever waits on another."""
   return mesh is not None and jax.process_count() == 1 and n_students % mesh.size == 0
 
 
-def stack_step(step_fn: Callable, mode: str, mesh: Optional[Mesh], n_students: int) -> Callable:
+def stack_step(step_fn: Callable, mode: str, mesh: Mesh | None, n_students: int) -> Callable:
   """The step of one student made the step of a stack of students (axis 0 of state and batch).
 
   mode 'vmap' batches the students' operations (best for dense layers and on accelerators); 'unroll' runs them
@@ -65,17 +67,19 @@ def stack_step(step_fn: Callable, mode: str, mesh: Optional[Mesh], n_students: i
   if mode == "vmap":
     many = jax.vmap(step_fn)
   else:
+
     def many(states, batches):  # the students one after the other, unrolled in one program
       n = jax.tree.leaves(states)[0].shape[0]
       outs = [step_fn(*jax.tree.map(lambda x, i=i: x[i], (states, batches))) for i in range(n)]
       return jax.tree.map(lambda *xs: jax.numpy.stack(xs), *outs)
+
   if not student_parallel(mesh, n_students):
     return many
   spec = P(DATA_AXIS)
   return jax.shard_map(many, mesh=mesh, in_specs=(spec, spec), out_specs=(spec, spec), check_vma=False)
 
 
-def place(step_fn: Callable, state, mesh: Optional[Mesh], batch_axis: int = 0, stacked: bool = False):
+def place(step_fn: Callable, state, mesh: Mesh | None, batch_axis: int = 0, stacked: bool = False):
   """Returns (state on device(s), put(host batch) -> device batch, the jitted `step_fn(state, batch)` with the
   state donated).
 
@@ -104,6 +108,10 @@ def place(step_fn: Callable, state, mesh: Optional[Mesh], batch_axis: int = 0, s
     return out
 
   state_sharding = jax.tree.map(lambda _: NamedSharding(mesh, state_spec), state)
-  jitted = jax.jit(step_fn, in_shardings=(state_sharding, data),
-                   out_shardings=(state_sharding, NamedSharding(mesh, state_spec)), donate_argnums=0)
+  jitted = jax.jit(
+    step_fn,
+    in_shardings=(state_sharding, data),
+    out_shardings=(state_sharding, NamedSharding(mesh, state_spec)),
+    donate_argnums=0,
+  )
   return jax.device_put(state, state_sharding), put, jitted

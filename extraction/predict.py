@@ -1,8 +1,9 @@
 """Batched, jitted inference of a Flax model on uint8 images (float32)."""
+
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import numpy as np
 from extraction.datasets import to_float
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _forward(model) -> Callable:
   return jax.jit(lambda variables, images: _first(model.apply(variables, to_float(images), train=False)))
 
@@ -28,5 +29,5 @@ def predict_logits(model, variables: dict, images: np.ndarray, batch_size: int =
   if pad:
     images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
   fwd = _forward(model)
-  outs = [fwd(variables, images[i:i + size]) for i in range(0, len(images), size)]
+  outs = [fwd(variables, images[i : i + size]) for i in range(0, len(images), size)]
   return np.asarray(jnp.concatenate(outs))[:n]

@@ -16,6 +16,7 @@ The service does not disclose a key's defenses: `defenses` is None unless the se
 A query that needs several requests is refused whole, before any request, when the key has fewer inputs left
 than it asks (another client of the same key can still take them meanwhile).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,7 +24,6 @@ import io
 import json
 import time
 import uuid
-from typing import Optional
 
 import httpx
 import numpy as np
@@ -56,7 +56,7 @@ def _detail(response: httpx.Response) -> str:
     return response.text[:200] or response.reason_phrase
 
 
-def _retry_after(response: httpx.Response) -> Optional[float]:
+def _retry_after(response: httpx.Response) -> float | None:
   """Seconds of a Retry-After header given in seconds (None: absent or a date)."""
   try:
     return max(0.0, float(response.headers["retry-after"]))
@@ -81,9 +81,20 @@ class RemoteOracle:
     client: an httpx.Client to use instead of a new one (tests: a MockTransport).
   """
 
-  def __init__(self, url: str, api_key: str, batch_size: int = 1024, timeout: float = 30.0, retries: int = 3,
-               backoff: float = 0.2, budget: Optional[int] = None, record_inputs: bool = True,
-               transport: str = "npy", client: Optional[httpx.Client] = None, max_wait: float = 30.0):
+  def __init__(
+    self,
+    url: str,
+    api_key: str,
+    batch_size: int = 1024,
+    timeout: float = 30.0,
+    retries: int = 3,
+    backoff: float = 0.2,
+    budget: int | None = None,
+    record_inputs: bool = True,
+    transport: str = "npy",
+    client: httpx.Client | None = None,
+    max_wait: float = 30.0,
+  ):
     if transport not in ("npy", "json"):
       raise ValueError(f"transport must be 'npy' or 'json', got {transport!r}")
     if not api_key:
@@ -105,7 +116,7 @@ class RemoteOracle:
     self.batch_size = max(1, min(batch_size, int(self.info["max_batch"])))
 
   # ------------------------------------------------------------------------------------------------ HTTP
-  def _send(self, method: str, path: str, request_id: Optional[str] = None, **kwargs) -> httpx.Response:
+  def _send(self, method: str, path: str, request_id: str | None = None, **kwargs) -> httpx.Response:
     """One request with retries on timeouts, connection errors and 5xx; returns the first other response."""
     headers = dict(kwargs.pop("headers", {}))
     if request_id is not None:
@@ -148,8 +159,10 @@ class RemoteOracle:
       np.save(buf, x, allow_pickle=False)
       kwargs = dict(content=buf.getvalue(), headers={"Content-Type": NPY, "Accept": NPY})
     else:
-      kwargs = dict(content=json.dumps({"inputs": x.tolist()}),
-                    headers={"Content-Type": "application/json", "Accept": "application/json"})
+      kwargs = dict(
+        content=json.dumps({"inputs": x.tolist()}),
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+      )
     response = self._check(self._send("POST", "/v1/predict", request_id=uuid.uuid4().hex, **kwargs))
     if self.transport == "npy":
       answers = np.load(io.BytesIO(response.content), allow_pickle=False)
@@ -167,10 +180,13 @@ class RemoteOracle:
     return self._get("/v1/budget")
 
   @property
-  def remaining(self) -> Optional[int]:
+  def remaining(self) -> int | None:
     """Inputs this client may still ask: the key's remaining on the server, capped by `budget` (None: no limit)."""
-    left = [v for v in (self.key_state["remaining"], None if self.budget is None else self.budget - self.used)
-            if v is not None]
+    left = [
+      v
+      for v in (self.key_state["remaining"], None if self.budget is None else self.budget - self.used)
+      if v is not None
+    ]
     return min(left) if left else None
 
   @property
@@ -183,8 +199,10 @@ class RemoteOracle:
     x = np.asarray(x)
     n = len(x)
     if self.budget is not None and self.used + n > self.budget:
-      raise BudgetExceeded(f"query of {n} inputs refused: {self.used} of the budget of {self.budget} already used "
-                           f"({self.budget - self.used} left)")
+      raise BudgetExceeded(
+        f"query of {n} inputs refused: {self.used} of the budget of {self.budget} already used "
+        f"({self.budget - self.used} left)"
+      )
     if n == 0:
       return np.zeros((0, self.num_classes))
     if n > self.batch_size:
@@ -193,7 +211,7 @@ class RemoteOracle:
         raise BudgetExceeded(f"query of {n} inputs refused: the key has {left} left on the server")
     outs = []
     for i in range(0, n, self.batch_size):
-      chunk = x[i:i + self.batch_size]
+      chunk = x[i : i + self.batch_size]
       try:
         answers = self._predict(chunk)
       except BudgetExceeded as e:

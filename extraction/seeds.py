@@ -5,13 +5,19 @@ A stream is named; `key(seed, stream)` (jax) and `rng(seed, stream, *more)` (num
 victim trained with `--victim_seed=0` and a student trained with `--student_seed=0` get different initial weights
 and data orders (tested), which a shared `jax.random.key(seed)` would not give.
 """
+
 from __future__ import annotations
 
 import jax
 import numpy as np
 
-STREAMS = {"victim": 0x5ec7_0001, "student": 0x5ec7_0002, "query": 0x5ec7_0003, "split": 0x5ec7_0004,
-           "eval": 0x5ec7_0005}
+STREAMS = {
+  "victim": 0x5EC7_0001,
+  "student": 0x5EC7_0002,
+  "query": 0x5EC7_0003,
+  "split": 0x5EC7_0004,
+  "eval": 0x5EC7_0005,
+}
 
 
 def _stream_id(stream: str) -> int:

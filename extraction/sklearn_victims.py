@@ -19,6 +19,7 @@ or the regression value). Inputs may hold NaN for features left out, answered as
 follows the branch that more training samples took, down to a leaf. Like scikit-learn, trees compare the input
 cast to float32 with their float64 thresholds.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -26,8 +27,12 @@ from typing import Any
 
 import numpy as np
 
-KINDS = {"LogisticRegression": "logistic_regression", "LinearSVC": "linear_svc",
-         "DecisionTreeClassifier": "tree_classifier", "DecisionTreeRegressor": "tree_regressor"}
+KINDS = {
+  "LogisticRegression": "logistic_regression",
+  "LinearSVC": "linear_svc",
+  "DecisionTreeClassifier": "tree_classifier",
+  "DecisionTreeRegressor": "tree_regressor",
+}
 MISSING = ("stop", "majority")
 
 
@@ -39,8 +44,10 @@ def kind(model: Any) -> str:
   """'logistic_regression', 'linear_svc', 'tree_classifier' or 'tree_regressor'; VictimError otherwise."""
   name = type(model).__name__
   if name not in KINDS or not type(model).__module__.startswith("sklearn."):
-    raise VictimError(f"unsupported victim {type(model).__module__}.{name}; supported: {', '.join(KINDS)} "
-                      f"(scikit-learn), or a two-layer network as .npz")
+    raise VictimError(
+      f"unsupported victim {type(model).__module__}.{name}; supported: {', '.join(KINDS)} "
+      f"(scikit-learn), or a two-layer network as .npz"
+    )
   return KINDS[name]
 
 
@@ -62,6 +69,7 @@ def check_model(model: Any, source: str = "victim") -> Any:
 def load_joblib(path) -> Any:
   """Loads and checks a fitted scikit-learn victim from a joblib file (trusted input: joblib unpickles code)."""
   import joblib
+
   path = pathlib.Path(path)
   if not path.is_file():
     raise VictimError(f"victim file {str(path)!r} does not exist")
@@ -74,6 +82,7 @@ def load_joblib(path) -> Any:
 
 def save_joblib(path, model) -> pathlib.Path:
   import joblib
+
   path = pathlib.Path(path)
   joblib.dump(model, path)
   return path

@@ -9,12 +9,13 @@ exactly what it would draw alone. Inputs stay in one pool; tasks hold indices in
 Periodic evaluation (`evaluate`) gives each student a learning curve, kept in `history.json` beside the group's
 checkpoints so that a resumed run keeps it.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import pathlib
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -26,6 +27,7 @@ from extraction.predict import predict_logits
 @dataclasses.dataclass(frozen=True)
 class StudentConfig:
   """What every student of a group shares."""
+
   model: str = "small_cnn"
   steps: int = 1000
   batch_size: int = 64
@@ -41,16 +43,19 @@ class StudentConfig:
 @dataclasses.dataclass(frozen=True)
 class StudentTask:
   """One student's data: indices into the pool, the targets of the labeled ones, and its seed."""
+
   labeled: np.ndarray  # int (q,) pool indices of the queried inputs
   targets: np.ndarray  # float32 (q, C) training targets from the oracle's answers
   unlabeled: np.ndarray  # int (u,) pool indices never sent to the oracle (may be empty)
   seed: int
 
 
-def make_batches(pool: np.ndarray, tasks: list[StudentTask], cfg: StudentConfig,
-                 unlabeled: bool) -> Callable[[int], dict]:
+def make_batches(
+  pool: np.ndarray, tasks: list[StudentTask], cfg: StudentConfig, unlabeled: bool
+) -> Callable[[int], dict]:
   """`make_batch(step)`: the stacked batch of every task (leading axis: the student), a pure function of the
   step. Each student samples its own labeled (and unlabeled) indices with replacement from its own stream."""
+
   def make_batch(i):
     out: dict[str, list] = {"images": [], "targets": [], "unlabeled": []}
     for t in tasks:
@@ -61,6 +66,7 @@ def make_batches(pool: np.ndarray, tasks: list[StudentTask], cfg: StudentConfig,
         u = train.batch_indices(t.seed, i, len(t.unlabeled), cfg.unlabeled_batch_size, salt=seeds.salt("student") + 1)
         out["unlabeled"].append(pool[t.unlabeled[u]])
     return {k: np.stack(v) for k, v in out.items() if v}
+
   return make_batch
 
 
@@ -73,11 +79,23 @@ def _load_history(path: pathlib.Path, n: int) -> list[dict]:
   return [{} for _ in range(n)]
 
 
-def train_students(pool: np.ndarray, tasks: list[StudentTask], num_classes: int, cfg: StudentConfig,
-                   make_step: Callable, *, needs_unlabeled: bool = False,
-                   evaluate: Optional[Callable[..., dict]] = None, eval_every: int = 0, full_evals: int = 0,
-                   checkpoint_dir: Optional[pathlib.Path] = None, mesh=None, name: str = "students",
-                   steps_per_call: int = 1, stack: str = "auto") -> tuple:
+def train_students(
+  pool: np.ndarray,
+  tasks: list[StudentTask],
+  num_classes: int,
+  cfg: StudentConfig,
+  make_step: Callable,
+  *,
+  needs_unlabeled: bool = False,
+  evaluate: Callable[..., dict] | None = None,
+  eval_every: int = 0,
+  full_evals: int = 0,
+  checkpoint_dir: pathlib.Path | None = None,
+  mesh=None,
+  name: str = "students",
+  steps_per_call: int = 1,
+  stack: str = "auto",
+) -> tuple:
   """Trains one student per task, stacked; returns (model, [EMA variables per task], [history per task]).
 
   Args:
@@ -117,9 +135,20 @@ def train_students(pool: np.ndarray, tasks: list[StudentTask], num_classes: int,
     if history_path:
       history_path.write_text(json.dumps(histories))
 
-  state = train.fit(step, state, make_batches(pool, tasks, cfg, needs_unlabeled), cfg.steps,
-                    checkpoint_dir=checkpoint_dir, name=name, mesh=mesh, batch_axis=1, stacked=True,
-                    steps_per_call=steps_per_call, callback=callback, callback_every=eval_every)
+  state = train.fit(
+    step,
+    state,
+    make_batches(pool, tasks, cfg, needs_unlabeled),
+    cfg.steps,
+    checkpoint_dir=checkpoint_dir,
+    name=name,
+    mesh=mesh,
+    batch_axis=1,
+    stacked=True,
+    steps_per_call=steps_per_call,
+    callback=callback,
+    callback_every=eval_every,
+  )
   if evaluate is not None and any(cfg.steps not in h for h in histories):
     callback(cfg.steps, state)  # restored a finished group whose history was not kept
   variables = train.unstack(state.variables(ema=True), len(tasks))

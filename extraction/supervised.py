@@ -8,6 +8,7 @@ Targets by oracle output mode (`oracle_targets`):
   * logits: softmax of the returned logits (distillation at temperature 1; matches the victim's posterior, which
     is what top-1 agreement needs, and is scale-safe where raw-logit regression is not).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,14 +45,25 @@ def fs_step_factory(dataset_name: str, ema: float, extra_loss=None):
   return lambda model: train.make_supervised_step(model, ema_decay=ema, flip=flip, shift=shift, extra_loss=extra_loss)
 
 
-def extract(oracle: Oracle, pool: np.ndarray, queries: int, num_classes: int, cfg: students.StudentConfig,
-            dataset_name: str, *, query_seed: int = 0, student_seed: int = 0, **kwargs):
+def extract(
+  oracle: Oracle,
+  pool: np.ndarray,
+  queries: int,
+  num_classes: int,
+  cfg: students.StudentConfig,
+  dataset_name: str,
+  *,
+  query_seed: int = 0,
+  student_seed: int = 0,
+  **kwargs,
+):
   """FS extraction end to end for one student: query `queries` pool inputs through `oracle`, train on the answers.
 
   Returns (model, variables, query indices).
   """
   idx = choose_queries(query_seed, len(pool), queries)
   task = students.StudentTask(idx, oracle_targets(oracle(pool[idx]), oracle.output), np.zeros(0, int), student_seed)
-  model, variables, _ = students.train_students(pool, [task], num_classes, cfg,
-                                                fs_step_factory(dataset_name, cfg.ema), **kwargs)
+  model, variables, _ = students.train_students(
+    pool, [task], num_classes, cfg, fs_step_factory(dataset_name, cfg.ema), **kwargs
+  )
   return model, variables[0], idx

@@ -7,19 +7,26 @@ Every feature is min-max scaled over the whole dataset, so every input of the da
 Splits: 75% train, 25% test, drawn with `seed`. `train` fits scikit-learn models: logistic regression
 (multinomial for k > 2), LinearSVC, decision tree (a classifier, or a regressor on `diabetes`) of `tree_depth`.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import numpy as np
 
-DATASETS = {"breast_cancer": "classification", "wine": "classification", "iris": "classification",
-            "digits": "classification", "diabetes": "regression"}
+DATASETS = {
+  "breast_cancer": "classification",
+  "wine": "classification",
+  "iris": "classification",
+  "digits": "classification",
+  "diabetes": "regression",
+}
 SKLEARN_MODELS = ("logistic_regression", "linear_svc", "tree")
 
 
 class Tabular(NamedTuple):
   """A dataset in [0, 1]^d: train/test inputs (N, d) float64 and targets (class indices, or values)."""
+
   name: str
   task: str
   x_train: np.ndarray
@@ -35,6 +42,7 @@ class Tabular(NamedTuple):
 def load(name: str, seed: int = 0, test_fraction: float = 0.25) -> Tabular:
   """One of DATASETS, min-max scaled to [0, 1] per feature and split with `seed`."""
   import sklearn.datasets as skd
+
   if name not in DATASETS:
     raise ValueError(f"unknown tabular dataset {name!r}; choose one of {', '.join(DATASETS)}")
   x, y = getattr(skd, f"load_{name}")(return_X_y=True)
@@ -53,6 +61,7 @@ def train(model: str, data: Tabular, seed: int = 0, tree_depth: int = 6):
   from sklearn.linear_model import LogisticRegression
   from sklearn.svm import LinearSVC
   from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
   if data.task == "regression" and model != "tree":
     raise ValueError(f"{data.name} is a regression dataset: only 'tree' (a regression tree) fits it")
   if model == "logistic_regression":

@@ -10,12 +10,14 @@ batches prefetched to the device(s), logs progress (steps/s, ETA), calls a callb
 orbax checkpoints and resumes from the latest one. Batches are a pure function of (seed, step index).
 Precision: float32 (the models' default).
 """
+
 from __future__ import annotations
 
 import collections
 import pathlib
 import time
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +39,7 @@ SCHEDULES = ("constant", "cosine", "fixmatch_cosine")
 
 class TrainState(train_state.TrainState):
   """flax's TrainState plus batch-norm statistics, an EMA of the weights and the run's own random key."""
+
   batch_stats: Any = None
   ema_params: Any = None
   rng: Any = None  # jax.Array: raw uint32 key data (checkpoint-friendly); see step_key
@@ -52,7 +55,7 @@ class TrainState(train_state.TrainState):
     """The key of the current step: fold_in(run key, step)."""
     return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
 
-  def apply_update(self, grads, batch_stats, ema_decay: float) -> "TrainState":
+  def apply_update(self, grads, batch_stats, ema_decay: float) -> TrainState:
     """One optimizer update, the new batch statistics and the EMA of the weights (TF's ExponentialMovingAverage
     with num_updates=step: the decay warms up, so short runs are not dominated by the initial weights)."""
     new = self.apply_gradients(grads=grads, batch_stats=batch_stats)
@@ -61,8 +64,9 @@ class TrainState(train_state.TrainState):
     return new.replace(ema_params=optax.incremental_update(new.params, self.ema_params, step_size=1.0 - decay))
 
 
-def make_optimizer(lr: float, weight_decay: float, steps: int, schedule: str = "constant",
-                   optimizer: str = "adam") -> optax.GradientTransformation:
+def make_optimizer(
+  lr: float, weight_decay: float, steps: int, schedule: str = "constant", optimizer: str = "adam"
+) -> optax.GradientTransformation:
   """The optimizer of a run; weight decay touches kernels only.
 
   Args:
@@ -78,17 +82,22 @@ def make_optimizer(lr: float, weight_decay: float, steps: int, schedule: str = "
   if optimizer not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
   steps = max(steps, 1)
-  lr_fn = {"constant": optax.constant_schedule(lr), "cosine": optax.cosine_decay_schedule(lr, steps),
-           "fixmatch_cosine": lambda t: lr * jnp.cos(7 * jnp.pi * t / (16 * steps))}[schedule]
+  lr_fn = {
+    "constant": optax.constant_schedule(lr),
+    "cosine": optax.cosine_decay_schedule(lr, steps),
+    "fixmatch_cosine": lambda t: lr * jnp.cos(7 * jnp.pi * t / (16 * steps)),
+  }[schedule]
   kernels = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: p[-1].key == "kernel", params)
   if optimizer == "adam":
     return optax.adamw(lr_fn, weight_decay=weight_decay, mask=kernels)
-  return optax.chain(optax.add_decayed_weights(weight_decay, mask=kernels),
-                     optax.sgd(lr_fn, momentum=0.9, nesterov=True))
+  return optax.chain(
+    optax.add_decayed_weights(weight_decay, mask=kernels), optax.sgd(lr_fn, momentum=0.9, nesterov=True)
+  )
 
 
-def create_state(model, tx: optax.GradientTransformation, key: jax.Array, image_shape: tuple,
-                 data_key: Optional[jax.Array] = None) -> TrainState:
+def create_state(
+  model, tx: optax.GradientTransformation, key: jax.Array, image_shape: tuple, data_key: jax.Array | None = None
+) -> TrainState:
   """A fresh state: weights from `key`'s first half, the step stream from its second (vmappable over keys).
 
   With `data_key`, the step stream (augmentation draws and any other per-step randomness) is the one a state
@@ -99,8 +108,14 @@ def create_state(model, tx: optax.GradientTransformation, key: jax.Array, image_
     step_key = jax.random.split(data_key)[1]
   variables = model.init(init_key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
   params = variables["params"]
-  state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, batch_stats=variables.get("batch_stats", {}),
-                            ema_params=jax.tree.map(jnp.copy, params), rng=jax.random.key_data(step_key))
+  state = TrainState.create(
+    apply_fn=model.apply,
+    params=params,
+    tx=tx,
+    batch_stats=variables.get("batch_stats", {}),
+    ema_params=jax.tree.map(jnp.copy, params),
+    rng=jax.random.key_data(step_key),
+  )
   return state.replace(step=jnp.zeros((), jnp.int32))
 
 
@@ -117,22 +132,26 @@ def split_heads(out):
 def training_apply(model, batch_stats) -> Callable:
   """`apply(params, images)`: the model in training mode with these batch statistics, the updated statistics
   discarded (for label guesses and extra losses, whose forward passes must not move the running averages)."""
-  return lambda params, images: model.apply({"params": params, "batch_stats": batch_stats}, images, train=True,
-                                            mutable=["batch_stats"])[0]
+  return lambda params, images: model.apply(
+    {"params": params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"]
+  )[0]
 
 
 def forward(model, params, batch_stats, images) -> tuple[jax.Array, Any]:
   """(class logits, updated batch statistics) of the model in training mode."""
-  out, new_vars = model.apply({"params": params, "batch_stats": batch_stats}, images, train=True,
-                              mutable=["batch_stats"])
+  out, new_vars = model.apply(
+    {"params": params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"]
+  )
   return split_heads(out)[0], new_vars.get("batch_stats", {})
 
 
-def gradient_step(model, state: TrainState, loss_fn, ema_decay: float, extra_loss=None, batch=None,
-                  extra_key=None) -> tuple[TrainState, dict]:
+def gradient_step(
+  model, state: TrainState, loss_fn, ema_decay: float, extra_loss=None, batch=None, extra_key=None
+) -> tuple[TrainState, dict]:
   """One update of every step factory: the gradient of `loss_fn(params) -> (loss, (batch_stats, metrics))`
   plus, when given, `extra_loss(apply, params, batch, extra_key) -> (loss, metrics)` (e.g. the rotation loss);
   returns (new state, metrics with the total 'loss')."""
+
   def total(params):
     loss, (batch_stats, metrics) = loss_fn(params)
     if extra_loss is not None:
@@ -144,14 +163,16 @@ def gradient_step(model, state: TrainState, loss_fn, ema_decay: float, extra_los
   return state.apply_update(grads, batch_stats, ema_decay), metrics
 
 
-def make_supervised_step(model, *, ema_decay: float = 0.999, flip: bool = False, shift: int = 0,
-                         extra_loss=None) -> Step:
+def make_supervised_step(
+  model, *, ema_decay: float = 0.999, flip: bool = False, shift: int = 0, extra_loss=None
+) -> Step:
   """Step on a batch {'images': uint8 (B,H,W,C), 'targets': (B,C) distributions[, 'unlabeled': uint8]}.
 
   Loss: soft cross-entropy to the targets, plus `extra_loss` when given (e.g. the rotation loss of
   `semisup.rotation.make_rotation_loss`, FS + Rot): a pure `extra_loss(apply, params, batch, key) -> (loss,
   metrics)`, where `apply(params, images)` runs the model in training mode.
   """
+
   def step(state, batch):
     k_aug, k_extra = jax.random.split(state.step_key())
     x = aug.augment(k_aug, to_float(batch["images"]), flip, shift)
@@ -185,6 +206,7 @@ def unstack(tree, n: int) -> list:
 def _prefetch(make_batch: Callable[[int], Batch], chunks: list, put: Callable, size: int = 2) -> Iterator:
   """Yields device batches for each chunk of steps (start, stop) while the next `size` are being copied; a chunk
   of several steps is one batch with a leading axis of its length. `put(host batch, steps)` places it."""
+
   def host(start, stop):
     if stop - start == 1:
       return make_batch(start)
@@ -214,8 +236,9 @@ def _chunks(start: int, stop: int, steps_per_call: int, boundaries: tuple) -> li
 
 
 def checkpoint_manager(directory: pathlib.Path) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(pathlib.Path(directory).absolute(),
-                               options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+  return ocp.CheckpointManager(
+    pathlib.Path(directory).absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+  )
 
 
 def restore_latest(mngr: ocp.CheckpointManager, template: TrainState) -> tuple[TrainState, int]:
@@ -228,17 +251,31 @@ def restore_latest(mngr: ocp.CheckpointManager, template: TrainState) -> tuple[T
 
 def _multi_step(step_fn: Step) -> Step:
   """Several steps in one call: scans `step_fn` over batches with a leading axis of steps; last metrics."""
+
   def run(state, batches):
     state, metrics = jax.lax.scan(step_fn, state, batches)
     return state, jax.tree.map(lambda m: m[-1], metrics)
+
   return run
 
 
-def fit(step_fn: Step, state: TrainState, make_batch: Callable[[int], Batch], num_steps: int, *,
-        checkpoint_dir: Optional[pathlib.Path] = None, checkpoint_every: int = 1000, log_every: int = 100,
-        name: str = "train", mesh: Optional[jax.sharding.Mesh] = None, batch_axis: int = 0,
-        steps_per_call: int = 1, callback: Optional[Callable[[int, TrainState], None]] = None,
-        callback_every: int = 0, stacked: bool = False) -> TrainState:
+def fit(
+  step_fn: Step,
+  state: TrainState,
+  make_batch: Callable[[int], Batch],
+  num_steps: int,
+  *,
+  checkpoint_dir: pathlib.Path | None = None,
+  checkpoint_every: int = 1000,
+  log_every: int = 100,
+  name: str = "train",
+  mesh: jax.sharding.Mesh | None = None,
+  batch_axis: int = 0,
+  steps_per_call: int = 1,
+  callback: Callable[[int, TrainState], None] | None = None,
+  callback_every: int = 0,
+  stacked: bool = False,
+) -> TrainState:
   """Runs `step_fn` until `num_steps` total steps, resuming from the latest checkpoint in `checkpoint_dir`.
 
   Args:
@@ -267,12 +304,17 @@ def fit(step_fn: Step, state: TrainState, make_batch: Callable[[int], Batch], nu
     if mngr is not None:
       mngr.close()
     return state
-  chunks = _chunks(start, num_steps, max(steps_per_call, 1), (log_every, checkpoint_every if mngr else 0,
-                                                              callback_every if callback else 0))
+  chunks = _chunks(
+    start,
+    num_steps,
+    max(steps_per_call, 1),
+    (log_every, checkpoint_every if mngr else 0, callback_every if callback else 0),
+  )
   multi = steps_per_call > 1
   state, put_one, jitted_one = parallel.place(step_fn, state, mesh, batch_axis, stacked)
-  _, put_many, jitted_many = (parallel.place(_multi_step(step_fn), state, mesh, batch_axis + 1, stacked) if multi
-                              else (None, put_one, jitted_one))  # unused: every chunk is one step
+  _, put_many, jitted_many = (
+    parallel.place(_multi_step(step_fn), state, mesh, batch_axis + 1, stacked) if multi else (None, put_one, jitted_one)
+  )  # unused: every chunk is one step
   put = lambda batch, steps: put_many(batch) if steps > 1 else put_one(batch)
   t0, last_t, last_i = time.time(), time.time(), start
   for (begin, done), batch in zip(chunks, _prefetch(make_batch, chunks, put)):
@@ -283,9 +325,15 @@ def fit(step_fn: Step, state: TrainState, make_batch: Callable[[int], Batch], nu
         raise FloatingPointError(f"{name}: loss is {metrics['loss']} at step {done}")
       now = time.time()
       rate = (done - last_i) / max(now - last_t, 1e-9)
-      logging.info("%s: step %d/%d  %s  %.2f steps/s  ETA %.0fs", name, done, num_steps,
-                   "  ".join(f"{k}={float(np.mean(v)):.4f}" for k, v in sorted(metrics.items())), rate,
-                   (num_steps - done) / max(rate, 1e-9))
+      logging.info(
+        "%s: step %d/%d  %s  %.2f steps/s  ETA %.0fs",
+        name,
+        done,
+        num_steps,
+        "  ".join(f"{k}={float(np.mean(v)):.4f}" for k, v in sorted(metrics.items())),
+        rate,
+        (num_steps - done) / max(rate, 1e-9),
+      )
       last_t, last_i = now, done
     if callback is not None and (done == num_steps or (callback_every and done % callback_every == 0)):
       callback(done, state)

@@ -5,6 +5,7 @@ Besides logits it answers the oracle's `gradients` mode (Milli et al. 2019's exp
 input gradient of each logit (w0 diag(relu'(x @ w0 + b0)) w1, transposed) and the logit itself in the last column.
 At a kink (a pre-activation exactly 0) the unit counts as inactive. Float64 numpy throughout.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,7 +27,7 @@ class TwoLayerBackend:
 
   def gradients(self, x) -> np.ndarray:
     x, pre = self._hidden(x)
-    active = (pre > 0).astype(np.float64)                                 # (N, h)
+    active = (pre > 0).astype(np.float64)  # (N, h)
     grads = np.einsum("nhk,dh->nkd", active[:, :, None] * self.w1, self.w0, optimize=True)  # (N, k, d)
     logits = np.maximum(pre, 0.0) @ self.w1 + self.b1
     return np.concatenate([grads, logits[:, :, None]], axis=2)

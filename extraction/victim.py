@@ -2,12 +2,13 @@
 Adam + decoupled weight decay, cosine schedule and an EMA of the weights; orbax checkpoints in its directory,
 resumed if interrupted and reused (no retraining) once complete. `info.json` beside them records how it was made
 and its test accuracy, and lets `load_victim` rebuild it (e.g. for serving)."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import pathlib
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import numpy as np
@@ -44,31 +45,54 @@ class Victim:
   num_classes: int
 
 
-def train_victim(dataset: Dataset, cfg: VictimConfig, directory: pathlib.Path,
-                 mesh: Optional[jax.sharding.Mesh] = None) -> Victim:
+def train_victim(
+  dataset: Dataset, cfg: VictimConfig, directory: pathlib.Path, mesh: jax.sharding.Mesh | None = None
+) -> Victim:
   """Trains (or restores) the victim of `cfg` on `dataset.train` and measures its test accuracy."""
   directory = pathlib.Path(directory)
   info_path = directory / "info.json"
   if info_path.exists():
     old = json.loads(info_path.read_text())
     if old.get("format") != FORMAT:
-      raise VictimMismatch(f"{directory} holds a victim trained by an older version of this code (format "
-                       f"{old.get('format', 1)}, now {FORMAT}); use another --workdir or delete it")
+      raise VictimMismatch(
+        f"{directory} holds a victim trained by an older version of this code (format "
+        f"{old.get('format', 1)}, now {FORMAT}); use another --workdir or delete it"
+      )
     if old["config"] != dataclasses.asdict(cfg) or old["dataset"] != dataset.name:
-      raise VictimMismatch(f"{directory} holds a victim trained with other settings ({old['config']}, "
-                       f"{old['dataset']}); use another --workdir or delete it")
+      raise VictimMismatch(
+        f"{directory} holds a victim trained with other settings ({old['config']}, "
+        f"{old['dataset']}); use another --workdir or delete it"
+      )
   model, state = fit_recipe(dataset, cfg, directory / "checkpoints", mesh)
   variables = jax.device_get(state.variables(ema=True))
   acc = metrics.top1_accuracy(predict_logits(model, variables, dataset.test.images), dataset.test.labels)
-  info_path.write_text(json.dumps({"format": FORMAT, "config": dataclasses.asdict(cfg), "dataset": dataset.name,
-                                   "image_shape": list(dataset.image_shape), "num_classes": dataset.num_classes,
-                                   "test_accuracy": acc}, indent=2))
+  info_path.write_text(
+    json.dumps(
+      {
+        "format": FORMAT,
+        "config": dataclasses.asdict(cfg),
+        "dataset": dataset.name,
+        "image_shape": list(dataset.image_shape),
+        "num_classes": dataset.num_classes,
+        "test_accuracy": acc,
+      },
+      indent=2,
+    )
+  )
   return Victim(model, variables, acc, dataset.image_shape, dataset.num_classes)
 
 
-def fit_recipe(dataset: Dataset, cfg: VictimConfig, checkpoint_dir: Optional[pathlib.Path],
-               mesh: Optional[jax.sharding.Mesh] = None, *, init_seed: Optional[int] = None,
-               data_seed: Optional[int] = None, precision: str = "float32", name: str = "victim") -> tuple:
+def fit_recipe(
+  dataset: Dataset,
+  cfg: VictimConfig,
+  checkpoint_dir: pathlib.Path | None,
+  mesh: jax.sharding.Mesh | None = None,
+  *,
+  init_seed: int | None = None,
+  data_seed: int | None = None,
+  precision: str = "float32",
+  name: str = "victim",
+) -> tuple:
   """Trains the victim's recipe on `dataset.train` (resuming from `checkpoint_dir`); returns (model, final state).
 
   With the defaults this is exactly the victim of `cfg`. The limits study (`extraction.limits`) varies one thing
@@ -80,8 +104,9 @@ def fit_recipe(dataset: Dataset, cfg: VictimConfig, checkpoint_dir: Optional[pat
   data_seed = cfg.seed if data_seed is None else data_seed
   model = models.create_model(cfg.model, dataset.num_classes, precision=precision)
   tx = train.make_optimizer(cfg.lr, cfg.weight_decay, cfg.steps, schedule="cosine")
-  state = train.create_state(model, tx, seeds.key(init_seed, "victim"), dataset.image_shape,
-                             data_key=seeds.key(data_seed, "victim"))
+  state = train.create_state(
+    model, tx, seeds.key(init_seed, "victim"), dataset.image_shape, data_key=seeds.key(data_seed, "victim")
+  )
   flip, shift = augment.default_augmentation(dataset.name)
   step = train.make_supervised_step(model, ema_decay=cfg.ema, flip=flip, shift=shift)
   one_hot = np.eye(dataset.num_classes, dtype=np.float32)
@@ -109,5 +134,10 @@ def load_victim(directory: pathlib.Path) -> Victim:
   state, step = train.restore_latest(train.checkpoint_manager(directory / "checkpoints"), template)
   if step < cfg.steps:
     raise ValueError(f"victim in {directory} is incomplete (step {step} of {cfg.steps})")
-  return Victim(model, jax.device_get(state.variables(ema=True)), info["test_accuracy"],
-                tuple(info["image_shape"]), info["num_classes"])
+  return Victim(
+    model,
+    jax.device_get(state.variables(ema=True)),
+    info["test_accuracy"],
+    tuple(info["image_shape"]),
+    info["num_classes"],
+  )

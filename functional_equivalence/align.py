@@ -10,6 +10,7 @@ with one orientation (indistinguishable from one unit) are merged into one. With
 to a common shift of all logits, so w1 and b1 are compared as differences to class 0.
 Precision: float64; random-input comparisons are chunked (16384 inputs per chunk).
 """
+
 from __future__ import annotations
 
 import math
@@ -30,7 +31,7 @@ def merge_coincident(net: TwoLayerNet) -> tuple[TwoLayerNet, int]:
   live = np.flatnonzero(norms > 0)
   u, b = net.w0[:, live] / norms[live], net.b0[live] / norms[live]
   same = (u.T @ u > 1 - MERGE_TOL) & (np.abs(b[:, None] - b[None, :]) <= MERGE_TOL * (1 + np.abs(b[None, :])))
-  first = np.argmax(same, axis=1)                                  # the first unit of each one's group
+  first = np.argmax(same, axis=1)  # the first unit of each one's group
   if np.all(first == np.arange(len(live))):
     return net, 0
   w1 = net.w1.copy()
@@ -69,7 +70,7 @@ def weight_error(true: TwoLayerNet, rec: TwoLayerNet, differences: bool = False,
   true, merged = merge_coincident(true)
   norms = np.linalg.norm(true.w0, axis=0)
   inert = (norms == 0) | (np.linalg.norm(true.w1, axis=1) == 0)
-  if domain is not None:   # units never active on the domain, of either network, are set aside
+  if domain is not None:  # units never active on the domain, of either network, are set aside
     inert |= domain.max_affine(true.w0.T, true.b0) <= 0
     keep = domain.max_affine(rec.w0.T, rec.b0) > 0
     rec = TwoLayerNet(rec.w0[:, keep], rec.b0[keep], rec.w1[keep], rec.b1)
@@ -87,10 +88,11 @@ def weight_error(true: TwoLayerNet, rec: TwoLayerNet, differences: bool = False,
   w1_t, b1_t = _second_layer(true.w1[live][ti], b1_true, differences)
   w1_r, b1_r = _second_layer(rec.w1[rj] / lam[:, None], rec.b1, differences)
   errs = dict(
-      w0=float(np.max(np.abs(rec.w0[:, rj] * lam - true.w0[:, live][:, ti]), initial=0.0)),
-      b0=float(np.max(np.abs(rec.b0[rj] * lam - true.b0[live][ti]), initial=0.0)),
-      w1=float(np.max(np.abs(w1_r - w1_t), initial=0.0)),
-      b1=float(np.max(np.abs(b1_r - b1_t), initial=0.0)))
+    w0=float(np.max(np.abs(rec.w0[:, rj] * lam - true.w0[:, live][:, ti]), initial=0.0)),
+    b0=float(np.max(np.abs(rec.b0[rj] * lam - true.b0[live][ti]), initial=0.0)),
+    w1=float(np.max(np.abs(w1_r - w1_t), initial=0.0)),
+    b1=float(np.max(np.abs(b1_r - b1_t), initial=0.0)),
+  )
   complete = len(ti) == len(live) == rec.w0.shape[1]
   err = max(errs.values()) if complete else math.inf
   # unmatched units that match with the opposite orientation: a wrong global sign
@@ -101,17 +103,26 @@ def weight_error(true: TwoLayerNet, rec: TwoLayerNet, differences: bool = False,
     c2 = np.maximum(2 + 2 * t_u[:, t_rest].T @ r_u[:, r_rest], 0) + (t_b[t_rest, None] + r_b[None, r_rest]) ** 2
     a, b = linear_sum_assignment(np.where(c2 < 1e-6, c2, 1.0))
     flipped = int(np.sum(c2[a, b] < 1e-6))
-  return dict(max_weight_error=err, weight_error_bits=bits(err), true_units=int(h_true),
-              inert_true_units=int(np.sum(inert)), merged_true_units=merged, matched_units=int(len(ti)),
-              unmatched_true_units=int(len(live) - len(ti)), extra_units=int(rec.w0.shape[1] - len(rj)),
-              sign_flipped_units=flipped, max_matched_error=max(errs.values()),
-              **{f"max_error_{k}": v for k, v in errs.items()})
+  return dict(
+    max_weight_error=err,
+    weight_error_bits=bits(err),
+    true_units=int(h_true),
+    inert_true_units=int(np.sum(inert)),
+    merged_true_units=merged,
+    matched_units=int(len(ti)),
+    unmatched_true_units=int(len(live) - len(ti)),
+    extra_units=int(rec.w0.shape[1] - len(rj)),
+    sign_flipped_units=flipped,
+    max_matched_error=max(errs.values()),
+    **{f"max_error_{k}": v for k, v in errs.items()},
+  )
 
 
 def _logits(net, x):
   """Logits of a TwoLayerNet or of a deep network (deep.network.DeepNet: `weights`, `biases`)."""
   if hasattr(net, "weights"):
     from functional_equivalence.deep import network
+
     return network.logits(net, x)
   return np.maximum(x @ net.w0 + net.b0, 0) @ net.w1 + net.b1
 
@@ -132,12 +143,20 @@ def logit_agreement(true: TwoLayerNet, rec: TwoLayerNet, x: np.ndarray, differen
   a, b = _logits(true, x), _logits(rec, x)
   if differences:
     a, b = a - a[:, :1], b - b[:, :1]
-  return dict(max_logit_error=float(np.max(np.abs(a - b))), agreement=float(np.mean(labels(a) == labels(b))),
-              count=int(len(x)))
+  return dict(
+    max_logit_error=float(np.max(np.abs(a - b))), agreement=float(np.mean(labels(a) == labels(b))), count=int(len(x))
+  )
 
 
-def random_agreement(true: TwoLayerNet, rec: TwoLayerNet, count: int, scale: float = 1.0, seed: int = 0,
-                     differences: bool = False, chunk: int = 16384) -> dict:
+def random_agreement(
+  true: TwoLayerNet,
+  rec: TwoLayerNet,
+  count: int,
+  scale: float = 1.0,
+  seed: int = 0,
+  differences: bool = False,
+  chunk: int = 16384,
+) -> dict:
   """`logit_agreement` over `count` inputs ~ N(0, scale^2 I), drawn and compared chunk by chunk."""
   rng = np.random.default_rng(seed)
   worst, same, done = 0.0, 0.0, 0
@@ -148,8 +167,9 @@ def random_agreement(true: TwoLayerNet, rec: TwoLayerNet, count: int, scale: flo
   return dict(max_logit_error=worst, agreement=same / max(count, 1), count=count)
 
 
-def domain_agreement(true: TwoLayerNet, rec: TwoLayerNet, dom, count: int, seed: int = 0,
-                     differences: bool = False) -> dict:
+def domain_agreement(
+  true: TwoLayerNet, rec: TwoLayerNet, dom, count: int, seed: int = 0, differences: bool = False
+) -> dict:
   """`logit_agreement` over `count` points covering the domain (`dom.check_points`: spheres of radii up to R for a
   ball, interior, vertices and faces for a box)."""
   rng = np.random.default_rng(seed)

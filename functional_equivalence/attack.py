@@ -22,22 +22,27 @@ whose effect on the whole domain is below the oracle's precision there is report
 (also a kink whose Jacobian jump is lost in the rounding noise, when its bound is that small). Every stage is
 bounded by `queries.Limits`.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
 from extraction.oracle import Oracle
-from functional_equivalence import domain as domains
 from functional_equivalence import check, queries, recover, search, second_layer
-from functional_equivalence.errors import (ExtractionError, NoCriticalPointsError, SignRecoveryError,
-                                          SignsNotIdentifiableError)
+from functional_equivalence import domain as domains
+from functional_equivalence.errors import (
+  ExtractionError,
+  NoCriticalPointsError,
+  SignRecoveryError,
+  SignsNotIdentifiableError,
+)
 from functional_equivalence.victims import TwoLayerNet
 
-PROBABILITY_REACH = 600.0   # with probabilities, lines stop where |log p_i - log p_0| passes this (underflow ~708)
+PROBABILITY_REACH = 600.0  # with probabilities, lines stop where |log p_i - log p_0| passes this (underflow ~708)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +65,9 @@ class Config:
       the center), then signs, second layer and check again.
     max_queries, max_seconds: hard limits of the whole attack (None: none).
   """
+
   scale: float = 1.0
-  domain: Optional[domains.Domain] = None
+  domain: domains.Domain | None = None
   line_reach: float = 64.0
   lines_per_round: int = 1
   max_rounds: int = 40
@@ -70,8 +76,8 @@ class Config:
   check_points: int = 96
   check_rtol: float = 1e-8
   repairs: int = 3
-  max_queries: Optional[int] = None
-  max_seconds: Optional[float] = 600.0
+  max_queries: int | None = None
+  max_seconds: float | None = 600.0
 
   def the_domain(self) -> domains.Domain:
     return self.domain if self.domain is not None else domains.Ball(1000.0 * self.scale)
@@ -84,13 +90,14 @@ class Extraction:
   hidden units recovered (twins of pairs included, linear units not), rounds, the domain, per-unit estimates
   (`units`: for each hidden unit of `net`, kind 'unit' / 'twin' / 'linear', estimated relative row error, max
   effect on the domain, negligible flag) and statistics (`stats`, with the final check's error)."""
+
   net: TwoLayerNet
   queries: int
   seconds: float
   hidden_units_found: int
   rounds: int
   stats: dict
-  domain: Optional[domains.Domain] = None
+  domain: domains.Domain | None = None
   queries_by_stage: dict = dataclasses.field(default_factory=dict)
   units: dict = dataclasses.field(default_factory=dict)
 
@@ -125,21 +132,21 @@ def _line_ranges(q: queries.Querier, starts, dirs, t_max: float) -> np.ndarray:
   n, d = starts.shape
   if q.oracle.output != "probabilities":
     return np.tile([-t_max, t_max], (n, 1))
-  t = t_max * 2.0 ** -np.arange(max(1, int(np.ceil(np.log2(max(t_max, 2.0)))) + 1))   # decreasing to ~1
+  t = t_max * 2.0 ** -np.arange(max(1, int(np.ceil(np.log2(max(t_max, 2.0)))) + 1))  # decreasing to ~1
   ts = np.concatenate([-t, t])
-  g = q((starts[:, None] + ts[None, :, None] * dirs[:, None]).reshape(-1, d), "critical-point search",
-        underflow_ok=True).reshape(n, len(ts), -1)
+  g = q(
+    (starts[:, None] + ts[None, :, None] * dirs[:, None]).reshape(-1, d), "critical-point search", underflow_ok=True
+  ).reshape(n, len(ts), -1)
   good = np.all(np.isfinite(g), -1) & (np.max(np.abs(g), -1) <= PROBABILITY_REACH)
   out = np.zeros((n, 2))
   for side, sl in ((0, slice(0, len(t))), (1, slice(len(t), None))):
-    ok = good[:, sl][:, ::-1]                                   # from small |t| outwards
-    reach = np.argmin(np.concatenate([ok, np.zeros((n, 1), bool)], 1), axis=1)   # first bad one
+    ok = good[:, sl][:, ::-1]  # from small |t| outwards
+    reach = np.argmin(np.concatenate([ok, np.zeros((n, 1), bool)], 1), axis=1)  # first bad one
     out[:, side] = np.where(reach > 0, t[::-1][np.maximum(reach - 1, 0)], t[-1] / 2) * (1 if side else -1)
   return out
 
 
-def _round(q: queries.Querier, units: recover.Units, cfg: Config, dom, t_max: float, rng, stats: dict,
-           lines=None):
+def _round(q: queries.Querier, units: recover.Units, cfg: Config, dom, t_max: float, rng, stats: dict, lines=None):
   """One round: search new lines (`lines`: given (starts, dirs), else random), recover a unit for every kink off
   the known hyperplanes; returns all units."""
   d, m = units.u.shape[1], units.c.shape[1]
@@ -195,7 +202,7 @@ def _round(q: queries.Querier, units: recover.Units, cfg: Config, dom, t_max: fl
   if np.any(redo):
     q0 = q.queries
     sub = recover.Units(*(a[redo] for a in cand))
-    steps = np.minimum(cfg.grad_step * reach[redo], width[redo] / 4)   # never across the unit's own hyperplane
+    steps = np.minimum(cfg.grad_step * reach[redo], width[redo] / 4)  # never across the unit's own hyperplane
     polished, _ = recover.polish_rows(q, sub, xk[redo], width[redo], steps, rng, prefer_new=m == 1)
     cand = recover.Units(*(np.concatenate([a[~redo], b]) for a, b in zip(cand, polished)))
     stats["polish_queries"] += q.queries - q0
@@ -257,7 +264,7 @@ def _second_layer(q, units, cfg, dom, rng, stats, affine_ok: bool):
   try:
     return second_layer.affine_fit(units, x, g, crossing, lambda rows: dom.max_affine(-rows, 0.0) + margin)
   except SignRecoveryError as e:
-    if unidentifiable is not None:   # units missing too: search on
+    if unidentifiable is not None:  # units missing too: search on
       raise SignRecoveryError(f"{unidentifiable}; and {e}") from None
     raise
 
@@ -269,8 +276,9 @@ def _affine_only(q, units, cfg, dom, rng, stats, rounds: int, t_max: float):
     return _second_layer(q, units, cfg, dom, rng, stats, affine_ok=True)
   except SignRecoveryError:
     raise NoCriticalPointsError(
-        f"no critical point on {rounds + 1} lines (|t| <= {t_max:g}, scale {cfg.scale:g}) after {q.queries} "
-        f"queries, yet the victim is not affine on the domain {dom.describe()}") from None
+      f"no critical point on {rounds + 1} lines (|t| <= {t_max:g}, scale {cfg.scale:g}) after {q.queries} "
+      f"queries, yet the victim is not affine on the domain {dom.describe()}"
+    ) from None
 
 
 def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 0) -> Extraction:
@@ -293,12 +301,24 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
   m = q(np.zeros((1, input_dim)), "output size").shape[1]
   if m == 0:
     raise ValueError("the oracle has one class: its probabilities carry no information")
-  stats: dict[str, Any] = dict(probe_bits=probe.precision_bits, search_queries=0, gradient_queries=0, refine_queries=0,
-               polish_queries=0, polished_units=0, kinks=0, unresolved_intervals=0, rejected_kinks=0,
-               lost_kink_bounds=[], layer2_queries=0, sign_attempts=0, repair_rounds=0)
+  stats: dict[str, Any] = dict(
+    probe_bits=probe.precision_bits,
+    search_queries=0,
+    gradient_queries=0,
+    refine_queries=0,
+    polish_queries=0,
+    polished_units=0,
+    kinks=0,
+    unresolved_intervals=0,
+    rejected_kinks=0,
+    lost_kink_bounds=[],
+    layer2_queries=0,
+    sign_attempts=0,
+    repair_rounds=0,
+  )
   t_max = cfg.line_reach * dom.circumradius(input_dim) / cfg.scale
   units, quiet, failed_with = recover.empty_units(input_dim, m), 0, -1
-  error: Optional[ExtractionError] = None
+  error: ExtractionError | None = None
   lines = None
   for r in range(cfg.max_rounds):
     before = len(units)
@@ -309,7 +329,7 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
     if quiet < cfg.patience or (len(units) == 0 and stats["kinks"] > 0):
       continue
     try:
-      if len(units) == 0:   # no kink at all: affine on the domain, or an error
+      if len(units) == 0:  # no kink at all: affine on the domain, or an error
         layer2 = _affine_only(q, units, cfg, dom, rng, stats, r, t_max)
       else:
         layer2 = _second_layer(q, units, cfg, dom, rng, stats, affine_ok=failed_with == len(units))
@@ -319,22 +339,29 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
       error, quiet, failed_with = e, 0, len(units)
       continue
     net = _network(layer2, oracle.output == "probabilities")
-    checked, bad = check.final_check(q, net, layer2, dom, cfg.scale, cfg.check_points, cfg.check_rtol, rng,
-                                     oracle.output == "probabilities")
+    checked, bad = check.final_check(
+      q, net, layer2, dom, cfg.scale, cfg.check_points, cfg.check_rtol, rng, oracle.output == "probabilities"
+    )
     if not len(bad):
       break
     error = ExtractionError(
-        f"final check failed, precision reached: 2^{np.log2(checked['check_error']):.1f}: the recovered network is "
-        f"off by {checked['check_error']:.2g} (relative, limit {cfg.check_rtol:g}) at fresh points of the domain "
-        f"{dom.describe()} (a slightly noisy oracle, or units the search missed?)")
+      f"final check failed, precision reached: 2^{np.log2(checked['check_error']):.1f}: the recovered network is "
+      f"off by {checked['check_error']:.2g} (relative, limit {cfg.check_rtol:g}) at fresh points of the domain "
+      f"{dom.describe()} (a slightly noisy oracle, or units the search missed?)"
+    )
     stats["repair_rounds"] += 1
     if stats["repair_rounds"] > cfg.repairs:
       raise error
-    lines, quiet = check.lines_towards_center(bad[:4 * cfg.lines_per_round], dom, cfg.scale, rng), 0
+    lines, quiet = check.lines_towards_center(bad[: 4 * cfg.lines_per_round], dom, cfg.scale, rng), 0
   else:
     raise error or ExtractionError(f"no consistent network after {cfg.max_rounds} rounds ({q.queries} queries)")
-  stats.update(layer2_residual=layer2.residual, layer2_model=layer2.model, paired_units=layer2.paired,
-               linear_units=layer2.linear, **checked)
+  stats.update(
+    layer2_residual=layer2.residual,
+    layer2_model=layer2.model,
+    paired_units=layer2.paired,
+    linear_units=layer2.linear,
+    **checked,
+  )
   stats["verify_error"] = stats["check_error"]
   unit_table = check.unit_table(units, layer2, dom, stats)
   found = len(layer2.beta) - layer2.linear
@@ -348,5 +375,3 @@ def _network(layer2, differences: bool) -> TwoLayerNet:
     w1 = np.concatenate([np.zeros((len(w1), 1)), w1], axis=1)
     b1 = np.concatenate([[0.0], b1])
   return TwoLayerNet(layer2.u.T.copy(), layer2.beta.copy(), w1, b1)
-
-

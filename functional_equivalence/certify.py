@@ -18,6 +18,7 @@ Beside it, `search_max` evaluates |D| at points over the domain, on and beside e
 the worst of them by projected gradient steps (D is linear on each cell): a lower bound, from a stated search.
 With differences=True (probabilities oracle), D is compared as differences to class 0. Float64 throughout.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -55,8 +56,8 @@ def certify(true: TwoLayerNet, rec: TwoLayerNet, dom: domains.Domain, difference
   m = c.shape[1]
   zmax, zmin = dom.max_affine(u, beta), -dom.max_affine(-u, -beta)
   on, cross = zmin >= 0, (zmax > 0) & (zmin < 0)
-  a_lin = c[on].T @ u[on]                                              # (m, d)
-  b_lin = k1 + k2 + c[on].T @ beta[on]                                 # (m,)
+  a_lin = c[on].T @ u[on]  # (m, d)
+  b_lin = k1 + k2 + c[on].T @ beta[on]  # (m,)
   idx = np.flatnonzero(cross)
   cos = u[idx] @ u[idx].T
   orient = np.sign(cos)
@@ -86,7 +87,7 @@ def certify(true: TwoLayerNet, rec: TwoLayerNet, dom: domains.Domain, difference
         continue
       group[j] = group[i]
       total += c[k]
-      if s < 0:                                # relu(z_k) ~ relu(-z_r) = relu(z_r) - z_r
+      if s < 0:  # relu(z_k) ~ relu(-z_r) = relu(z_r) - z_r
         a_lin -= np.outer(c[k], u[r])
         b_lin -= c[k] * beta[r]
       error += np.abs(c[k]) * dev_all[i, j]
@@ -101,8 +102,13 @@ def certify(true: TwoLayerNet, rec: TwoLayerNet, dom: domains.Domain, difference
     members = np.flatnonzero(group == i)
     size = sum(np.abs(c[idx[j]]) for j in members)
     unmatched += int(np.any(np.abs(coef[i][0]) > 1e-4 * (size + 1e-300)))
-  return dict(bound=float(np.max(per)), bound_per_output=per.tolist(), groups=len(coef),
-              unmatched_groups=unmatched, affine_units=int(np.sum(on)))
+  return dict(
+    bound=float(np.max(per)),
+    bound_per_output=per.tolist(),
+    groups=len(coef),
+    unmatched_groups=unmatched,
+    affine_units=int(np.sum(on)),
+  )
 
 
 def _logit_diff(true, rec, x, differences):
@@ -112,8 +118,16 @@ def _logit_diff(true, rec, x, differences):
   return diff - diff[:, :1] if differences else diff
 
 
-def search_max(true: TwoLayerNet, rec: TwoLayerNet, dom: domains.Domain, seed: int = 0, count: int = 4096,
-               climbs: int = 32, steps: int = 24, differences: bool = False) -> dict:
+def search_max(
+  true: TwoLayerNet,
+  rec: TwoLayerNet,
+  dom: domains.Domain,
+  seed: int = 0,
+  count: int = 4096,
+  climbs: int = 32,
+  steps: int = 24,
+  differences: bool = False,
+) -> dict:
   """A lower bound on max over the domain of |D_o| (see module docstring): `count` points over the domain, 3
   points on and beside each hyperplane of both networks inside it, then `climbs` projected ascents of `steps`
   steps from the worst points (step sizes from R / 4 halving, gradients of D by finite differences within the
@@ -140,9 +154,14 @@ def search_max(true: TwoLayerNet, rec: TwoLayerNet, dom: domains.Domain, seed: i
   h = 1e-7 * radius
   for it in range(steps):
     base = _logit_diff(true, rec, pts, differences)[np.arange(len(pts)), out]
-    grad = np.stack([(_logit_diff(true, rec, pts + h * e, differences)[np.arange(len(pts)), out] - base) / h
-                     for e in np.eye(d)], axis=1) if d <= 64 else _random_grad(true, rec, pts, out, h, rng,
-                                                                                  differences)
+    grad = (
+      np.stack(
+        [(_logit_diff(true, rec, pts + h * e, differences)[np.arange(len(pts)), out] - base) / h for e in np.eye(d)],
+        axis=1,
+      )
+      if d <= 64
+      else _random_grad(true, rec, pts, out, h, rng, differences)
+    )
     step = radius / 4 * 0.5 ** (it // 3)
     nrm = np.linalg.norm(grad, axis=1, keepdims=True) + 1e-300
     cand = dom.project(pts + np.sign(base)[:, None] * step * grad / nrm)
@@ -158,6 +177,7 @@ def _random_grad(true, rec, pts, out, h, rng, differences, k: int = 64):
   d = pts.shape[1]
   dirs = rng.normal(size=(k, d)) / np.sqrt(d)
   base = _logit_diff(true, rec, pts, differences)[np.arange(len(pts)), out]
-  slopes = np.stack([(_logit_diff(true, rec, pts + h * v, differences)[np.arange(len(pts)), out] - base) / h
-                     for v in dirs], axis=1)
+  slopes = np.stack(
+    [(_logit_diff(true, rec, pts + h * v, differences)[np.arange(len(pts)), out] - base) / h for v in dirs], axis=1
+  )
   return slopes @ dirs

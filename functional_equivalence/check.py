@@ -4,6 +4,7 @@ Float64 numpy. The check's error at a point is relative to the largest |g| among
 same distance from the domain's center (where g happens to be ~0 far out, the recovery's error still scales with
 |x|).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,16 +29,23 @@ def unit_table(units: recover.Units, layer2, dom, stats) -> dict:
   whose bound is below that floor (negligible units that were not recovered)."""
   n = len(units)
   kind = ["unit"] * n + ["twin"] * layer2.paired + ["linear"] * layer2.linear
-  twin_of = (np.argmax(np.abs(layer2.u[n:n + layer2.paired] @ units.u.T), axis=1) if layer2.paired
-             else np.zeros(0, int))
+  twin_of = (
+    np.argmax(np.abs(layer2.u[n : n + layer2.paired] @ units.u.T), axis=1) if layer2.paired else np.zeros(0, int)
+  )
   err = np.concatenate([units.err, units.err[twin_of], np.zeros(layer2.linear)])
   zmax = np.maximum(dom.max_affine(layer2.u, layer2.beta), 0.0)
   effect = np.max(np.abs(layer2.w1), axis=1) * zmax
   floor = stats["check_max_abs_g"] * 2.0 ** -stats["probe_bits"]
   lost = np.array(stats["lost_kink_bounds"])
-  return dict(kind=kind, row_error=err.tolist(), effect=effect.tolist(), negligible=(effect <= floor).tolist(),
-              precision_floor=float(floor), negligible_lost_kinks=int(np.sum(lost <= floor)),
-              negligible_lost_bound=float(np.max(lost[lost <= floor], initial=0.0)))
+  return dict(
+    kind=kind,
+    row_error=err.tolist(),
+    effect=effect.tolist(),
+    negligible=(effect <= floor).tolist(),
+    precision_floor=float(floor),
+    negligible_lost_kinks=int(np.sum(lost <= floor)),
+    negligible_lost_bound=float(np.max(lost[lost <= floor], initial=0.0)),
+  )
 
 
 def final_check(q, net: TwoLayerNet, layer2, dom, scale: float, count: int, rtol: float, rng, differences: bool):
@@ -48,8 +56,19 @@ def final_check(q, net: TwoLayerNet, layer2, dom, scale: float, count: int, rtol
   d = net.w0.shape[0]
   on, which = dom.hyperplane_points(layer2.u, layer2.beta, rng, 2)
   side = 1e-3 * scale * layer2.u[which]
-  return compare(q, on, side, lambda x: np.maximum(x @ net.w0 + net.b0, 0) @ net.w1 + net.b1, dom, scale, count,
-                 rtol, rng, differences, d)
+  return compare(
+    q,
+    on,
+    side,
+    lambda x: np.maximum(x @ net.w0 + net.b0, 0) @ net.w1 + net.b1,
+    dom,
+    scale,
+    count,
+    rtol,
+    rng,
+    differences,
+    d,
+  )
 
 
 def compare(q, on, side, predict, dom, scale: float, count: int, rtol: float, rng, differences: bool, d: int):
@@ -59,8 +78,9 @@ def compare(q, on, side, predict, dom, scale: float, count: int, rtol: float, rn
   |x - center| + scale: where g happens to be ~0 far out, the recovery's error still scales with |x|). Returns
   (stats, the points above rtol, worst first)."""
   center = dom.center(d)
-  x = np.concatenate([center + scale * rng.normal(size=(64, d)), dom.check_points(rng, d, count),
-                      on, on + side, on - side])
+  x = np.concatenate(
+    [center + scale * rng.normal(size=(64, d)), dom.check_points(rng, d, count), on, on + side, on - side]
+  )
   g = q(x, "final check", underflow_ok=True)
   mine = predict(x)
   if differences:
@@ -76,5 +96,10 @@ def compare(q, on, side, predict, dom, scale: float, count: int, rtol: float, rn
   err = float(np.max(rel))
   order = np.argsort(-rel)
   bad = x[seen][order[rel[order] > rtol]]
-  return dict(check_error=err, check_max_abs_error=float(np.max(diff)), check_points=int(len(x)),
-              check_skipped_underflow=int(np.sum(~seen)), check_max_abs_g=float(np.max(size))), bad
+  return dict(
+    check_error=err,
+    check_max_abs_error=float(np.max(diff)),
+    check_points=int(len(x)),
+    check_skipped_underflow=int(np.sum(~seen)),
+    check_max_abs_g=float(np.max(size)),
+  ), bad

@@ -8,6 +8,7 @@ points that cover the domain (`check_points`, `hyperplane_points`), and the cert
 logit difference on it with `max_affine`, the exact maximum of an affine function over the domain. Everything is
 float64 numpy; the domain is the same in every dimension d (a box has scalar bounds).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,6 +19,7 @@ import numpy as np
 @dataclasses.dataclass(frozen=True)
 class Ball:
   """{x in R^d : |x| <= radius}."""
+
   radius: float
 
   def __post_init__(self):
@@ -62,7 +64,7 @@ class Ball:
     w = rng.normal(size=ui.shape)
     w -= np.sum(w * ui, 1, keepdims=True) * ui
     w /= np.linalg.norm(w, axis=1, keepdims=True)
-    r = np.sqrt(np.maximum(self.radius ** 2 - bi ** 2, 0)) * rng.uniform(size=len(which)) ** (1.0 / 4)
+    r = np.sqrt(np.maximum(self.radius**2 - bi**2, 0)) * rng.uniform(size=len(which)) ** (1.0 / 4)
     r[::per_unit] = 0.0
     return x0 + r[:, None] * w, which
 
@@ -73,6 +75,7 @@ class Ball:
 @dataclasses.dataclass(frozen=True)
 class Box:
   """{x in R^d : low <= x_j <= high for every j}."""
+
   low: float
   high: float
 

@@ -3,6 +3,7 @@
 Every way the attack can fail ends in one of these, with a message that says what was measured and what the
 attack needs, never in an endless loop: each search is bounded in queries and seconds (`queries.Limits`).
 """
+
 from __future__ import annotations
 
 

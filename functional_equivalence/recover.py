@@ -11,6 +11,7 @@ rounding noise of the Jacobians it was measured with (about eps_64 |g| / step pe
 unit's jump |c|. A unit with small output weights is therefore measured less precisely, not rejected; the tests
 that tell kinks apart (rank one, same hyperplane, duplicates) allow each unit its own error.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -26,6 +27,7 @@ NOISE_FACTOR = 16.0  # measured singular values of pure rounding noise stay belo
 class Units(NamedTuple):
   """Recovered hidden units: rows u (n, d) of unit norm, biases beta (n,), output vectors c (n, m), and the
   estimated relative error err (n,) of each row (see module docstring)."""
+
   u: np.ndarray
   beta: np.ndarray
   c: np.ndarray
@@ -43,8 +45,15 @@ def concat_units(a: Units, b: Units) -> Units:
   return Units(*(np.concatenate([x, y]) for x, y in zip(a, b)))
 
 
-def gradients(query: Querier, points: np.ndarray, eps: np.ndarray, rng: np.random.Generator,
-              retries: int = 3, chunk: int = 1 << 22, dirs=None):
+def gradients(
+  query: Querier,
+  points: np.ndarray,
+  eps: np.ndarray,
+  rng: np.random.Generator,
+  retries: int = 3,
+  chunk: int = 1 << 22,
+  dirs=None,
+):
   """Jacobians of g at `points` (R, d) by forward differences along every basis direction (d + 2 queries each),
   or along the given directions `dirs` (R, r, d) (r + 2 queries each: the derivatives along them, e.g. along
   directions that move one hidden feature of a deep network's known prefix at a time).
@@ -66,7 +75,7 @@ def gradients(query: Querier, points: np.ndarray, eps: np.ndarray, rng: np.rando
   for _ in range(retries + 1):
     per = max(1, chunk // (d * (r + 2)))
     for lo in range(0, len(todo), per):
-      idx = todo[lo:lo + per]
+      idx = todo[lo : lo + per]
       p, e = points[idx], eps[idx]
       if dirs is None:
         w = rng.normal(size=p.shape)
@@ -80,7 +89,7 @@ def gradients(query: Querier, points: np.ndarray, eps: np.ndarray, rng: np.rando
       steps = p[:, None, :] + e[:, None, None] * step_dirs
       x = np.concatenate([p, steps.reshape(-1, d), p + e[:, None] * w])
       y = query(x, "gradients")
-      g0, gj, gw = y[:len(idx)], y[len(idx):-len(idx)].reshape(len(idx), r, -1), y[-len(idx):]
+      g0, gj, gw = y[: len(idx)], y[len(idx) : -len(idx)].reshape(len(idx), r, -1), y[-len(idx) :]
       jac = np.swapaxes(gj - g0[:, None, :], 1, 2) / e[:, None, None]
       if G is None:
         G = np.zeros((n,) + jac.shape[1:])
@@ -106,8 +115,7 @@ def jump_noise(noise_left: np.ndarray, noise_right: np.ndarray, m: int, d: int) 
   return np.hypot(noise_left, noise_right) * (np.sqrt(m) + np.sqrt(d))
 
 
-def units_from_jumps(jumps: np.ndarray, line_dirs: np.ndarray, points: np.ndarray, noise=None,
-                     rank_tol: float = 1e-9):
+def units_from_jumps(jumps: np.ndarray, line_dirs: np.ndarray, points: np.ndarray, noise=None, rank_tol: float = 1e-9):
   """Rows and biases from gradient jumps J = G_right - G_left (n, m, d) across kinks at `points` (n, d).
 
   J = c u^T up to sign; its top right singular vector is u_hat (oriented so u_hat . line_dir > 0) and
@@ -130,8 +138,15 @@ def units_from_jumps(jumps: np.ndarray, line_dirs: np.ndarray, points: np.ndarra
   return Units(u, -np.sum(u * points, -1), c, err), ok
 
 
-def locate_kinks(query: Querier, x0: np.ndarray, dirs: np.ndarray, w: np.ndarray, slope: np.ndarray,
-                 rtol: float = 1e-10, stage: str = "refine"):
+def locate_kinks(
+  query: Querier,
+  x0: np.ndarray,
+  dirs: np.ndarray,
+  w: np.ndarray,
+  slope: np.ndarray,
+  rtol: float = 1e-10,
+  stage: str = "refine",
+):
   """The kink of g near each x0 (n, d) along unit directions dirs (n, d), within +-w (n,) (6 queries a point).
 
   The lines through g on [-w, -w/2] and [w/2, w] intersect at s*; the kink is confirmed when |s*| < w/4 and g at
@@ -149,18 +164,27 @@ def locate_kinks(query: Querier, x0: np.ndarray, dirs: np.ndarray, w: np.ndarray
     st = np.sum(ds * (g[0] + sl * w[:, None] - g[3] + sr * w[:, None]), -1) / np.sum(ds * ds, -1)
   good = np.isfinite(st) & (np.abs(st) < w / 4)
   st = np.where(good, st, 0.0)
-  near = np.stack([st - w / 1024, st + w / 1024])                 # just left and right of s*
+  near = np.stack([st - w / 1024, st + w / 1024])  # just left and right of s*
   gs = query((x0[None] + near[..., None] * dirs[None]).reshape(-1, d), stage).reshape(2, n, -1)
   mag = np.max(np.abs(g), axis=(0, 2)) + w * np.max(np.abs(ds), -1)
-  mag = np.maximum(mag, np.linalg.norm(x0, axis=1) * slope)       # terms ~ |x| |J|
+  mag = np.maximum(mag, np.linalg.norm(x0, axis=1) * slope)  # terms ~ |x| |J|
   tol = rtol * mag[:, None]
   pa, pb = g[0] + sl * (near[0] + w)[:, None], g[3] + sr * (near[1] - w)[:, None]
   good &= np.all(np.abs(gs[0] - pa) <= tol, -1) & np.all(np.abs(gs[1] - pb) <= tol, -1)
   return st, good, ds, mag
 
 
-def refine(query: Querier, units: Units, scale: float, rng: np.random.Generator, center=None, kinks=None,
-           rtol: float = 1e-10, tries: int = 8, agree: float = 1e-6):
+def refine(
+  query: Querier,
+  units: Units,
+  scale: float,
+  rng: np.random.Generator,
+  center=None,
+  kinks=None,
+  rtol: float = 1e-10,
+  tries: int = 8,
+  agree: float = 1e-6,
+):
   """Sharpens each unit's bias and output vector along its row, at a point x0 of its hyperplane.
 
   Along u from x0, g has one kink (s = 0) within +-w unless another hyperplane is that close; the lines through
@@ -196,8 +220,9 @@ def refine(query: Querier, units: Units, scale: float, rng: np.random.Generator,
     rounding = NOISE_FACTOR * 8 * EPS * mag * np.sqrt(m) / wi
     cn = np.linalg.norm(c[idx], axis=-1)
     good &= np.linalg.norm(ds - c[idx], axis=-1) <= agree * np.linalg.norm(ds, axis=-1) + rounding + (
-        NOISE_FACTOR * err[idx] * cn)
-    good &= rounding <= 0.01 * cn                                    # a window so small that rounding hides c
+      NOISE_FACTOR * err[idx] * cn
+    )
+    good &= rounding <= 0.01 * cn  # a window so small that rounding hides c
     done = idx[good]
     beta[done] -= st[good]
     c[done] = ds[good]
@@ -207,8 +232,15 @@ def refine(query: Querier, units: Units, scale: float, rng: np.random.Generator,
   return Units(u, beta, c, err), ok, w, xk
 
 
-def polish_rows(query: Querier, units: Units, xk: np.ndarray, w: np.ndarray, step: np.ndarray,
-                rng: np.random.Generator, prefer_new: bool = False):
+def polish_rows(
+  query: Querier,
+  units: Units,
+  xk: np.ndarray,
+  w: np.ndarray,
+  step: np.ndarray,
+  rng: np.random.Generator,
+  prefer_new: bool = False,
+):
   """Measures rows again from the jump between xk +- (w/2) u (see `refine`) with finite-difference steps `step`
   (n,), for units whose first measurement had to use small steps (2 (d + 2) queries per unit).
   Keeps each unit's orientation; beta = -u_new . xk. A new row replaces the old one when it agrees with it within
@@ -223,8 +255,9 @@ def polish_rows(query: Querier, units: Units, xk: np.ndarray, w: np.ndarray, ste
   close = np.linalg.norm(new.u - units.u, axis=-1) <= NOISE_FACTOR * (units.err + new.err) + 1e-6
   # with prefer_new, an old row off the new one by more than its own error was measured across a missed kink
   shifted = np.linalg.norm(new.u - units.u, axis=-1) > NOISE_FACTOR * units.err
-  ok = ok[:n] & ok[n:] & ok_rank & close & ((new.err < units.err) |
-                                            (prefer_new & ((new.err <= 4 * units.err) | shifted)))
+  ok = (
+    ok[:n] & ok[n:] & ok_rank & close & ((new.err < units.err) | (prefer_new & ((new.err <= 4 * units.err) | shifted)))
+  )
   u = np.where(ok[:, None], new.u, units.u)
   return Units(u, -np.sum(u * xk, -1), units.c, np.where(ok, new.err, units.err)), ok
 

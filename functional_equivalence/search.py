@@ -14,6 +14,7 @@ zero. Every interval [ta, tb] of every line is processed at once per level (one 
 The number of levels, of live intervals and of queries is bounded, so a noisy or smooth g ends with an error.
 Precision: float64; tolerances are relative (`rtol`) to the magnitude of g and of slope * width on the interval.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -27,6 +28,7 @@ from functional_equivalence.queries import Querier
 class Kinks(NamedTuple):
   """Critical points found: line index and position t on it (sorted by line, then t), plus the number of
   intervals left unresolved at the deepest level and the queries spent."""
+
   line: np.ndarray
   t: np.ndarray
   unresolved: int
@@ -43,9 +45,19 @@ def _close(a, b, tol):
   return np.all(np.abs(a - b) <= tol[..., None], axis=-1)
 
 
-def find_kinks(query: Querier, starts: np.ndarray, dirs: np.ndarray, t_max, *, pieces: int = 8,
-               rtol: float = 1e-10, max_depth: int | None = None, max_intervals: int = 4096,
-               far: float | None = None, center=None) -> Kinks:
+def find_kinks(
+  query: Querier,
+  starts: np.ndarray,
+  dirs: np.ndarray,
+  t_max,
+  *,
+  pieces: int = 8,
+  rtol: float = 1e-10,
+  max_depth: int | None = None,
+  max_intervals: int = 4096,
+  far: float | None = None,
+  center=None,
+) -> Kinks:
   """Finds the kinks of g along the lines starts[l] + t dirs[l], t in [-t_max, t_max].
 
   Long lines cost little more than short ones: an interval without a kink is dropped at the first level that
@@ -71,11 +83,12 @@ def find_kinks(query: Querier, starts: np.ndarray, dirs: np.ndarray, t_max, *, p
   """
   used0 = query.queries
   n_lines = len(starts)
-  ranges = np.broadcast_to(np.array([-t_max, t_max], float) if np.ndim(t_max) == 0 else np.asarray(t_max, float),
-                           (n_lines, 2))
+  ranges = np.broadcast_to(
+    np.array([-t_max, t_max], float) if np.ndim(t_max) == 0 else np.asarray(t_max, float), (n_lines, 2)
+  )
   if max_depth is None:
     max_depth = 44 + max(0, int(np.ceil(np.log2(np.max(ranges[:, 1] - ranges[:, 0]) / pieces / 2))))
-  grid = ranges[:, :1] + (ranges[:, 1:] - ranges[:, :1]) * np.linspace(0, 1, pieces + 1)[None]   # (L, pieces+1)
+  grid = ranges[:, :1] + (ranges[:, 1:] - ranges[:, :1]) * np.linspace(0, 1, pieces + 1)[None]  # (L, pieces+1)
   line0 = np.repeat(np.arange(n_lines), pieces + 1)
   g0 = query(_points(starts, dirs, line0, grid.reshape(-1)), "critical-point search")
   g0 = g0.reshape(n_lines, pieces + 1, -1)
@@ -93,9 +106,14 @@ def find_kinks(query: Querier, starts: np.ndarray, dirs: np.ndarray, t_max, *, p
       break
     if len(line) > max_intervals * n_lines and far is not None:
       c = np.zeros(starts.shape[1]) if center is None else center
-      near = np.minimum(np.linalg.norm(_points(starts, dirs, line, ta) - c, axis=-1),
-                        np.linalg.norm(_points(starts, dirs, line, tb) - c, axis=-1)) <= far
-      near |= (ta < 0) & (tb > 0)                                          # an interval around the line's base
+      near = (
+        np.minimum(
+          np.linalg.norm(_points(starts, dirs, line, ta) - c, axis=-1),
+          np.linalg.norm(_points(starts, dirs, line, tb) - c, axis=-1),
+        )
+        <= far
+      )
+      near |= (ta < 0) & (tb > 0)  # an interval around the line's base
       given_up += int(np.sum(~near))
       line, ta, tb, ga, gb = line[near], ta[near], tb[near], ga[near], gb[near]
       if len(line) == 0:
@@ -103,14 +121,17 @@ def find_kinks(query: Querier, starts: np.ndarray, dirs: np.ndarray, t_max, *, p
     if len(line) > max_intervals * n_lines:
       width = float(np.min((tb - ta) / (ranges[line, 1] - ranges[line, 0])))
       raise OraclePrecisionError(
-          f"precision reached: 2^{np.log2(width):.0f} (relative interval width) in the critical-point search: "
-          f"{len(line)} intervals on {n_lines} line(s) still hold inconsistent slopes, so g is not exactly "
-          f"piecewise linear at float64 precision (noisy or rounded oracle?)", precision_bits=-np.log2(width))
+        f"precision reached: 2^{np.log2(width):.0f} (relative interval width) in the critical-point search: "
+        f"{len(line)} intervals on {n_lines} line(s) still hold inconsistent slopes, so g is not exactly "
+        f"piecewise linear at float64 precision (noisy or rounded oracle?)",
+        precision_bits=-np.log2(width),
+      )
     w = tb - ta
     eta, mid = 1e-3 * w, 0.5 * (ta + tb)
     ts = np.stack([ta + eta, tb - eta, mid])
-    g3 = query(_points(starts, dirs, np.broadcast_to(line, ts.shape), ts).reshape(-1, starts.shape[1]),
-               "critical-point search").reshape(3, len(line), -1)
+    g3 = query(
+      _points(starts, dirs, np.broadcast_to(line, ts.shape), ts).reshape(-1, starts.shape[1]), "critical-point search"
+    ).reshape(3, len(line), -1)
     sa, sb, gm = (g3[0] - ga) / eta[:, None], (gb - g3[1]) / eta[:, None], g3[2]
     mag = np.max(np.maximum(np.maximum(np.abs(ga), np.abs(gb)), np.abs(gm)), axis=-1)
     mag = np.maximum(mag, w * np.max(np.maximum(np.abs(sa), np.abs(sb)), axis=-1))
@@ -129,14 +150,21 @@ def find_kinks(query: Querier, starts: np.ndarray, dirs: np.ndarray, t_max, *, p
     single = np.zeros_like(cand)
     if np.any(cand):
       i = np.flatnonzero(cand)
-      near = np.stack([tstar[i] - delta[i], tstar[i] + delta[i]])      # just left and right of t*
-      gn = query(_points(starts, dirs, np.broadcast_to(line[i], near.shape), near).reshape(-1, starts.shape[1]),
-                 "critical-point search").reshape(2, len(i), -1)
+      near = np.stack([tstar[i] - delta[i], tstar[i] + delta[i]])  # just left and right of t*
+      gn = query(
+        _points(starts, dirs, np.broadcast_to(line[i], near.shape), near).reshape(-1, starts.shape[1]),
+        "critical-point search",
+      ).reshape(2, len(i), -1)
       at_mid_a = mid[i] <= tstar[i]
-      single[i] = (_close(gn[0], ga[i] + sa[i] * (near[0] - ta[i])[:, None], tol[i])
-                   & _close(gn[1], gb[i] + sb[i] * (near[1] - tb[i])[:, None], tol[i])
-                   & np.where(at_mid_a, _close(gm[i], ga[i] + sa[i] * (mid[i] - ta[i])[:, None], tol[i]),
-                              _close(gm[i], gb[i] + sb[i] * (mid[i] - tb[i])[:, None], tol[i])))
+      single[i] = (
+        _close(gn[0], ga[i] + sa[i] * (near[0] - ta[i])[:, None], tol[i])
+        & _close(gn[1], gb[i] + sb[i] * (near[1] - tb[i])[:, None], tol[i])
+        & np.where(
+          at_mid_a,
+          _close(gm[i], ga[i] + sa[i] * (mid[i] - ta[i])[:, None], tol[i]),
+          _close(gm[i], gb[i] + sb[i] * (mid[i] - tb[i])[:, None], tol[i]),
+        )
+      )
     found_line.append(line[single])
     found_t.append(tstar[single])
     split = ~flat & ~single

@@ -19,6 +19,7 @@ features. `solve` tries, in order:
      the domain, so the recovered network equals the victim on the domain only, and orientations stay as found.
 Precision: float64 throughout.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -34,6 +35,7 @@ class Layer2(NamedTuple):
   """Sign-corrected first layer (u (n, d), beta (n,)), second layer w1 (n, m), b1 (m,), the relative residual of
   the least-squares fit (max |error| / max |g|), the model that fitted ('signs', 'pairs' or 'affine'), and the
   number of units added for pairs (twins) and for the affine part (linear units; the last ones of u)."""
+
   u: np.ndarray
   beta: np.ndarray
   w1: np.ndarray
@@ -71,7 +73,7 @@ def flip_signs(units: Units, x: np.ndarray, g: np.ndarray, rtol: float = 1e-8) -
     SignRecoveryError: the residual after rounding t to {0, 1} is not ~0 (units missing, or pairs).
   """
   n, m = len(units), g.shape[1]
-  keep = min(len(x), 3 * (n + m) // m + 8)                           # rank needs min(N, d+1) * m >= n + m
+  keep = min(len(x), 3 * (n + m) // m + 8)  # rank needs min(N, d+1) * m >= n + m
   x, g = x[:keep], g[:keep]
   return flip_z(x @ units.u.T + units.beta, units.c, g, rtol, x.shape[1])
 
@@ -80,16 +82,22 @@ def flip_z(z: np.ndarray, c: np.ndarray, g: np.ndarray, rtol: float = 1e-8, d=No
   """`flip_signs` on pre-activations z (N, n) of units with output vectors c (n, m) (z may come from a deep
   network's known prefix: the last hidden layer of any depth)."""
   n, m = z.shape[1], g.shape[1]
-  r = g - np.maximum(z, 0) @ c                                       # (N, m)
-  a = np.concatenate([-(z[:, None, :] * c.T[None]),                  # d r_o / d t_i
-                      np.broadcast_to(np.eye(m), (len(z), m, m))], axis=2).reshape(len(z) * m, n + m)
+  r = g - np.maximum(z, 0) @ c  # (N, m)
+  a = np.concatenate(
+    [
+      -(z[:, None, :] * c.T[None]),  # d r_o / d t_i
+      np.broadcast_to(np.eye(m), (len(z), m, m)),
+    ],
+    axis=2,
+  ).reshape(len(z) * m, n + m)
   norms = np.linalg.norm(a, axis=0) + 1e-300
   sol, _, rank, _ = scipy.linalg.lstsq(a / norms, r.reshape(-1), cond=1e-9, lapack_driver="gelsy")
   if rank < n + m:
     need = f"requires n + m <= m * (d + 1) = {m * (d + 1)} and " if d is not None else "requires "
     raise SignsNotIdentifiableError(
-        f"signs not identifiable: {n} units and {m} outputs give a rank-{rank} system (need {n + m}; "
-        f"{need}units that are not affinely dependent)")
+      f"signs not identifiable: {n} units and {m} outputs give a rank-{rank} system (need {n + m}; "
+      f"{need}units that are not affinely dependent)"
+    )
   t = sol[:n] / norms[:n]
   t_round = np.clip(np.round(t), 0, 1)
   worst = float(np.max(np.abs(t - t_round))) if n else 0.0
@@ -97,8 +105,9 @@ def flip_z(z: np.ndarray, c: np.ndarray, g: np.ndarray, rtol: float = 1e-8, d=No
   rel = _misfit(r + (z * t_round) @ c - b1, g)
   if rel > rtol:
     raise SignRecoveryError(
-        f"the residual of the {n} recovered units is not affine (sign indicators off {{0,1}} by {worst:.2g}, "
-        f"relative misfit {rel:.2g}): some hidden units were not found")
+      f"the residual of the {n} recovered units is not affine (sign indicators off {{0,1}} by {worst:.2g}, "
+      f"relative misfit {rel:.2g}): some hidden units were not found"
+    )
   return t_round.astype(bool)
 
 
@@ -121,7 +130,7 @@ def pair_signs(units: Units, x: np.ndarray, g: np.ndarray, rtol: float = 1e-8, t
     raise SignRecoveryError(f"pairs: the {n} hyperplanes are affinely dependent at the sampled points")
   if _misfit(phi @ sol - r, g) > rtol:
     raise SignRecoveryError("pairs: the residual is not affine: some hidden units were not found")
-  q, cn = sol[:n], np.sum(units.c ** 2, 1) + 1e-300
+  q, cn = sol[:n], np.sum(units.c**2, 1) + 1e-300
   t = np.clip(np.round(np.sum(q * units.c, 1) / cn), 0, 1)
   pair = np.linalg.norm(q - t[:, None] * units.c, axis=1) > tol * np.sqrt(cn)
   return t.astype(bool) & ~pair, pair
@@ -140,8 +149,10 @@ def fit(units: Units, flips: np.ndarray, x: np.ndarray, g: np.ndarray, pair=None
   sol, _, rank, _ = scipy.linalg.lstsq(phi / norms, g, cond=1e-12, lapack_driver="gelsy")
   sol /= norms[:, None]
   if rank < phi.shape[1]:
-    raise SignRecoveryError(f"second layer: relu features have rank {rank} < {phi.shape[1]} at the sampled points "
-                            f"(a unit is never active near its hyperplane?)")
+    raise SignRecoveryError(
+      f"second layer: relu features have rank {rank} < {phi.shape[1]} at the sampled points "
+      f"(a unit is never active near its hyperplane?)"
+    )
   rel = _misfit(phi @ sol - g, g)
   if rel > rtol:
     raise SignRecoveryError(f"second layer: relative misfit {rel:.2g}: some hidden units were not found")
@@ -149,8 +160,9 @@ def fit(units: Units, flips: np.ndarray, x: np.ndarray, g: np.ndarray, pair=None
   return Layer2(u, beta, sol[:-1], sol[-1], rel, "pairs" if paired else "signs", paired)
 
 
-def affine_fit(units: Units, x: np.ndarray, g: np.ndarray, crossing: np.ndarray, active_bias,
-               rtol: float = 1e-8) -> Layer2:
+def affine_fit(
+  units: Units, x: np.ndarray, g: np.ndarray, crossing: np.ndarray, active_bias, rtol: float = 1e-8
+) -> Layer2:
   """Model 3 of the module docstring, on points x inside the domain: g = relu(z) W + x A + b by least squares over
   the units whose hyperplane meets the domain (`crossing`; the others are affine or 0 there and keep their
   measured output vector c, subtracted first), with A (d, m) represented by linear units relu(v_j . x + B_j): v_j
@@ -165,19 +177,29 @@ def affine_fit(units: Units, x: np.ndarray, g: np.ndarray, crossing: np.ndarray,
   sol /= norms[:, None]
   rel = _misfit(phi @ sol - r, g)
   if rank < phi.shape[1] or rel > rtol:
-    raise SignRecoveryError(f"the residual of the {n} recovered units is not affine (relative misfit {rel:.2g}, "
-                            f"rank {rank} of {phi.shape[1]}): some hidden units were not found")
+    raise SignRecoveryError(
+      f"the residual of the {n} recovered units is not affine (relative misfit {rel:.2g}, "
+      f"rank {rank} of {phi.shape[1]}): some hidden units were not found"
+    )
   k = int(np.sum(crossing))
   w1 = units.c.copy()
   w1[crossing] = sol[:k]
-  a, b1 = sol[k:k + d], sol[-1]
+  a, b1 = sol[k : k + d], sol[-1]
   left, sv, _ = np.linalg.svd(a, full_matrices=False)
   tiny = 1e-13 * np.max(np.abs(g)) / (np.max(np.linalg.norm(x, axis=1)) + 1e-300)
-  rows = left[:, sv > tiny].T                                          # (r, d), orthonormal
+  rows = left[:, sv > tiny].T  # (r, d), orthonormal
   bias = np.asarray(active_bias(rows), float)
-  lin_w1 = rows @ a                                                    # x A = sum_j (v_j . x) lin_w1_j
-  return Layer2(np.concatenate([units.u, rows]), np.concatenate([units.beta, bias]),
-                np.concatenate([w1, lin_w1]), b1 - bias @ lin_w1, rel, "affine", 0, len(rows))
+  lin_w1 = rows @ a  # x A = sum_j (v_j . x) lin_w1_j
+  return Layer2(
+    np.concatenate([units.u, rows]),
+    np.concatenate([units.beta, bias]),
+    np.concatenate([w1, lin_w1]),
+    b1 - bias @ lin_w1,
+    rel,
+    "affine",
+    0,
+    len(rows),
+  )
 
 
 def solve(units: Units, x: np.ndarray, g: np.ndarray, rtol: float = 1e-8) -> Layer2:

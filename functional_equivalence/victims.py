@@ -7,11 +7,13 @@ Precision: every array here is float64 and every forward pass is a float64 numpy
 `backend` is an exact-to-rounding float64 oracle whatever the jax x64 setting is. `train_digits` trains in float64
 inside a scoped `jax.enable_x64(True)`.
 """
+
 from __future__ import annotations
 
 import pathlib
 import zipfile
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -22,6 +24,7 @@ ARRAYS = ("w0", "b0", "w1", "b1")
 
 class TwoLayerNet(NamedTuple):
   """Weights of a two-layer ReLU network (float64): w0 (d, h), b0 (h,), w1 (h, k), b1 (k,)."""
+
   w0: np.ndarray
   b0: np.ndarray
   w1: np.ndarray
@@ -45,7 +48,7 @@ def backend(net: TwoLayerNet, dtype=np.float64) -> Callable[[np.ndarray], np.nda
   if dtype == np.float64:
     return lambda x: logits(net, x)
   net32 = TwoLayerNet(*(np.asarray(a, dtype) for a in net))
-  return lambda x: (np.maximum(np.asarray(x, dtype) @ net32.w0 + net32.b0, 0) @ net32.w1 + net32.b1)
+  return lambda x: np.maximum(np.asarray(x, dtype) @ net32.w0 + net32.b0, 0) @ net32.w1 + net32.b1
 
 
 def sharded_backend(net: TwoLayerNet, mesh) -> Callable[[np.ndarray], np.ndarray]:
@@ -56,14 +59,20 @@ def sharded_backend(net: TwoLayerNet, mesh) -> Callable[[np.ndarray], np.ndarray
   with `backend(net)` to float64 rounding (the summation order may differ).
   """
   import jax
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
   from extraction.parallel import DATA_AXIS
+
   if not jax.config.read("jax_enable_x64"):
     raise RuntimeError("sharded_backend needs float64 in jax: call it inside jax.enable_x64(True)")
   data, replicated = NamedSharding(mesh, P(DATA_AXIS)), NamedSharding(mesh, P())
   params = jax.device_put(tuple(np.asarray(a, np.float64) for a in net), replicated)
-  forward = jax.jit(lambda p, x: jax.numpy.maximum(x @ p[0] + p[1], 0.0) @ p[2] + p[3],
-                    in_shardings=(replicated, data), out_shardings=replicated)
+  forward = jax.jit(
+    lambda p, x: jax.numpy.maximum(x @ p[0] + p[1], 0.0) @ p[2] + p[3],
+    in_shardings=(replicated, data),
+    out_shardings=replicated,
+  )
 
   def call(x):
     x = np.asarray(x, np.float64).reshape(len(x), -1)
@@ -71,6 +80,7 @@ def sharded_backend(net: TwoLayerNet, mesh) -> Callable[[np.ndarray], np.ndarray
     size = max(mesh.size, 1 << max(n - 1, 0).bit_length())  # power-of-two buckets: few compiles
     xp = np.concatenate([x, np.zeros((size - n, x.shape[1]))]) if size > n else x
     return np.asarray(forward(params, jax.device_put(xp, data)))[:n]
+
   return call
 
 
@@ -85,12 +95,16 @@ def check_net(net: TwoLayerNet, source: str = "victim") -> TwoLayerNet:
     arrays[name] = a.astype(np.float64)
   w0, b0, w1, b1 = (arrays[n] for n in ARRAYS)
   if w0.ndim != 2 or w1.ndim != 2 or b0.ndim != 1 or b1.ndim != 1:
-    raise VictimFileError(f"{source}: expected w0 (d,h), b0 (h,), w1 (h,k), b1 (k,); got shapes "
-                          f"{w0.shape}, {b0.shape}, {w1.shape}, {b1.shape}")
+    raise VictimFileError(
+      f"{source}: expected w0 (d,h), b0 (h,), w1 (h,k), b1 (k,); got shapes "
+      f"{w0.shape}, {b0.shape}, {w1.shape}, {b1.shape}"
+    )
   d, h = w0.shape
   if b0.shape != (h,) or w1.shape[0] != h or b1.shape != (w1.shape[1],):
-    raise VictimFileError(f"{source}: shape mismatch: w0 {w0.shape}, b0 {b0.shape}, w1 {w1.shape}, b1 {b1.shape} "
-                          f"(need w0 (d,h), b0 (h,), w1 (h,k), b1 (k,))")
+    raise VictimFileError(
+      f"{source}: shape mismatch: w0 {w0.shape}, b0 {b0.shape}, w1 {w1.shape}, b1 {b1.shape} "
+      f"(need w0 (d,h), b0 (h,), w1 (h,k), b1 (k,))"
+    )
   if min(d, h, w1.shape[1]) < 1:
     raise VictimFileError(f"{source}: empty dimension in shapes {w0.shape}, {w1.shape}")
   for name, a in arrays.items():
@@ -105,11 +119,13 @@ def load_npz(path) -> TwoLayerNet:
   Raises:
     VictimFileError: one-line message for a missing/unreadable file, a missing array, a shape mismatch or NaNs.
   """
+
   def pick(f, path):
     missing = [n for n in ARRAYS if n not in f.files]
     if missing:
       raise VictimFileError(f"{path}: missing array(s) {', '.join(missing)} (has {', '.join(f.files) or 'none'})")
     return TwoLayerNet(*(f[n] for n in ARRAYS))
+
   return check_net(read_npz(path, pick), str(path))
 
 
@@ -144,15 +160,18 @@ def random_net(seed: int, input_dim: int, hidden: int, outputs: int = 10) -> Two
   With inputs ~ N(0, I) every pre-activation is ~ N(0, 1.25): each unit is active on about half the inputs.
   """
   rng = np.random.default_rng(seed)
-  return TwoLayerNet(rng.normal(size=(input_dim, hidden)) / np.sqrt(input_dim),
-                     0.5 * rng.normal(size=hidden),
-                     rng.normal(size=(hidden, outputs)) / np.sqrt(hidden),
-                     0.1 * rng.normal(size=outputs))
+  return TwoLayerNet(
+    rng.normal(size=(input_dim, hidden)) / np.sqrt(input_dim),
+    0.5 * rng.normal(size=hidden),
+    rng.normal(size=(hidden, outputs)) / np.sqrt(hidden),
+    0.1 * rng.normal(size=outputs),
+  )
 
 
 def digits_data(seed: int = 0, test_fraction: float = 0.25):
   """scikit-learn digits (d=64, 10 classes) scaled to [0, 1], split into (x_train, y_train, x_test, y_test)."""
   from sklearn.datasets import load_digits
+
   x, y = load_digits(return_X_y=True)
   x = x.astype(np.float64) / 16.0
   perm = np.random.default_rng(seed).permutation(len(x))
@@ -166,6 +185,7 @@ def adam_full_batch(loss_fn, params, steps: int, learning_rate: float):
   non-finite. Call inside `jax.enable_x64(True)` for float64 training."""
   import jax
   import optax
+
   opt = optax.adam(learning_rate)
 
   @jax.jit
@@ -182,8 +202,9 @@ def adam_full_batch(loss_fn, params, steps: int, learning_rate: float):
   return params
 
 
-def train_two_layer(x, y, hidden: int, seed: int = 0, steps: int = 300, learning_rate: float = 1e-2,
-                    num_classes: int | None = None) -> TwoLayerNet:
+def train_two_layer(
+  x, y, hidden: int, seed: int = 0, steps: int = 300, learning_rate: float = 1e-2, num_classes: int | None = None
+) -> TwoLayerNet:
   """Trains a two-layer ReLU net with full-batch Adam (optax) on softmax cross-entropy, in float64.
 
   Args:
@@ -199,10 +220,12 @@ def train_two_layer(x, y, hidden: int, seed: int = 0, steps: int = 300, learning
   with jax.enable_x64(True):
     key0, key1 = jax.random.split(jax.random.key(seed))
     d = x.shape[1]
-    params = {"w0": jax.random.normal(key0, (d, hidden), jnp.float64) * jnp.sqrt(2.0 / d),
-              "b0": jnp.zeros(hidden, jnp.float64),
-              "w1": jax.random.normal(key1, (hidden, k), jnp.float64) / jnp.sqrt(hidden),
-              "b1": jnp.zeros(k, jnp.float64)}
+    params = {
+      "w0": jax.random.normal(key0, (d, hidden), jnp.float64) * jnp.sqrt(2.0 / d),
+      "b0": jnp.zeros(hidden, jnp.float64),
+      "w1": jax.random.normal(key1, (hidden, k), jnp.float64) / jnp.sqrt(hidden),
+      "b1": jnp.zeros(k, jnp.float64),
+    }
     xs, ys = jnp.asarray(x, jnp.float64), jnp.asarray(y)
 
     def loss_fn(p):

@@ -1,4 +1,5 @@
 """Flags shared by every experiment, and helpers to validate flags up front."""
+
 from __future__ import annotations
 
 import os
@@ -17,10 +18,15 @@ flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of proce
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes (jax.distributed).")
 flags.DEFINE_integer("process_id", None, "Multi-host: index of this process (jax.distributed).")
 flags.DEFINE_integer("num_devices", None, "Data-parallel devices (default: all devices).")
-flags.DEFINE_integer("cpu_devices", 1, "On a CPU host, run this many XLA CPU devices, so that data- or "
-                     "student-parallel training can use every core. Default 1 (XLA's single CPU device): on a "
-                     "loaded machine a collective across forced CPU devices can miss XLA's 40 s rendezvous timeout "
-                     "and abort the run. Has no effect on GPU/TPU runs.", lower_bound=1)
+flags.DEFINE_integer(
+  "cpu_devices",
+  1,
+  "On a CPU host, run this many XLA CPU devices, so that data- or "
+  "student-parallel training can use every core. Default 1 (XLA's single CPU device): on a "
+  "loaded machine a collective across forced CPU devices can miss XLA's 40 s rendezvous timeout "
+  "and abort the run. Has no effect on GPU/TPU runs.",
+  lower_bound=1,
+)
 flags.DEFINE_bool("dry_run", False, "Validate the flags, print them and exit without running.")
 flags.mark_flag_as_required("workdir")
 
@@ -35,7 +41,8 @@ class ConfigError(ValueError):
 def _known_experiment(name):
   if name not in experiments.EXPERIMENTS:
     raise flags.ValidationError(
-        f"unknown --experiment={name!r}; choose one of {', '.join(sorted(experiments.EXPERIMENTS))}")
+      f"unknown --experiment={name!r}; choose one of {', '.join(sorted(experiments.EXPERIMENTS))}"
+    )
   return True
 
 
@@ -70,11 +77,13 @@ def initialize_distributed() -> None:
   """Joins a multi-host run with --distributed or --coordinator_address (unset values are auto-detected)."""
   if FLAGS.distributed or FLAGS.coordinator_address:
     import jax
+
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
 
 def process_index() -> int:
   import jax
+
   return jax.process_index()
 
 
@@ -82,6 +91,7 @@ def flag_values() -> dict:
   """The values of every flag defined by this project's modules, for results.json."""
   out = {}
   from launch import oracle_flags  # its --api_key must not land in results: public values only
+
   for module in ("launch.common", "launch.learning", "launch.fe", "launch.direct", "launch.lm", "launch.limits"):
     for f in FLAGS.get_flags_for_module(module):
       out[f.name] = f.value

@@ -5,10 +5,11 @@ import, does its work through library code, and returns result rows; `launch.run
 (results.json, results.md, plot.png). Adding an experiment is adding one registered function and importing its
 module in `launch/run.py`.
 """
+
 from __future__ import annotations
 
 import pathlib
-from typing import Callable
+from collections.abc import Callable
 
 Experiment = Callable[[pathlib.Path], list]
 EXPERIMENTS: dict[str, Experiment] = {}
@@ -18,6 +19,7 @@ NOTES: dict[str, Callable[[], str]] = {}
 def register(name: str, notes: Callable[[], str] | None = None) -> Callable[[Experiment], Experiment]:
   """Registers an experiment; `notes()` (optional) returns the text that results.md states above the table
   (how the figures were obtained)."""
+
   def wrap(fn: Experiment) -> Experiment:
     if name in EXPERIMENTS:
       raise ValueError(f"experiment {name!r} registered twice")
@@ -25,4 +27,5 @@ def register(name: str, notes: Callable[[], str] | None = None) -> Callable[[Exp
     if notes is not None:
       NOTES[name] = notes
     return fn
+
   return wrap

@@ -25,14 +25,15 @@ are derived from it unless --fe_attack_seed / --fe_eval_seed are given). An atta
 with exit code 1.
 Float64 throughout (the run is wrapped in a scoped `jax.enable_x64(True)`).
 """
+
 from __future__ import annotations
 
 import json
 import math
 import pathlib
 
-from absl import flags, logging
 import numpy as np
+from absl import flags, logging
 
 from extraction import parallel
 from functional_equivalence import align, attack, certify, victims
@@ -41,49 +42,99 @@ from functional_equivalence.deep import align as deep_align
 from functional_equivalence.deep import attack as deep_attack
 from functional_equivalence.deep import network
 from functional_equivalence.errors import ExtractionError, VictimFileError
-from launch import common  # noqa: F401  (defines --seed, --workdir)
-from launch import experiments, oracle_flags
+from launch import (
+  common,  # noqa: F401  (defines --seed, --workdir)
+  experiments,
+  oracle_flags,
+)
 
-flags.DEFINE_string("victim_npz", None, "Victim as an npz file with arrays w0, b0, ..., wL, bL (any depth L >= 1; "
-                    "two-layer: w0 (d,h), b0 (h,), w1 (h,k), b1 (k,), logits = relu(x @ w0 + b0) @ w1 + b1). With "
-                    "--oracle_url: the served network, used only to evaluate the result.")
-flags.DEFINE_enum("fe_attack", "deep", ["deep", "two_layer"],
-                  "deep: not told the depth or the widths (any depth; a two-layer victim is its depth-1 case); "
-                  "two_layer: the paper's attack, which assumes one hidden layer (fewer queries when it holds).")
-flags.DEFINE_list("fe_layers", None, "Hidden widths of a random or digits victim with several hidden layers, e.g. "
-                  "10,10 (instead of --fe_hidden; not told to the attack).")
-flags.DEFINE_enum("fe_victim", None, ["npz", "random", "digits"],
-                  "Victim of functional_equivalence (default: npz if --victim_npz is given, else random; with "
-                  "--oracle_url, none: the served network).")
-flags.DEFINE_integer("fe_input_dim", 64, "Inputs d of a random victim; with --oracle_url, d if the service does not "
-                     "say (it must agree when it does).", lower_bound=1)
-flags.DEFINE_integer("fe_hidden", 32, "Hidden units h of a random or digits victim (not told to the attack).",
-                     lower_bound=1)
+flags.DEFINE_string(
+  "victim_npz",
+  None,
+  "Victim as an npz file with arrays w0, b0, ..., wL, bL (any depth L >= 1; "
+  "two-layer: w0 (d,h), b0 (h,), w1 (h,k), b1 (k,), logits = relu(x @ w0 + b0) @ w1 + b1). With "
+  "--oracle_url: the served network, used only to evaluate the result.",
+)
+flags.DEFINE_enum(
+  "fe_attack",
+  "deep",
+  ["deep", "two_layer"],
+  "deep: not told the depth or the widths (any depth; a two-layer victim is its depth-1 case); "
+  "two_layer: the paper's attack, which assumes one hidden layer (fewer queries when it holds).",
+)
+flags.DEFINE_list(
+  "fe_layers",
+  None,
+  "Hidden widths of a random or digits victim with several hidden layers, e.g. "
+  "10,10 (instead of --fe_hidden; not told to the attack).",
+)
+flags.DEFINE_enum(
+  "fe_victim",
+  None,
+  ["npz", "random", "digits"],
+  "Victim of functional_equivalence (default: npz if --victim_npz is given, else random; with "
+  "--oracle_url, none: the served network).",
+)
+flags.DEFINE_integer(
+  "fe_input_dim",
+  64,
+  "Inputs d of a random victim; with --oracle_url, d if the service does not say (it must agree when it does).",
+  lower_bound=1,
+)
+flags.DEFINE_integer(
+  "fe_hidden", 32, "Hidden units h of a random or digits victim (not told to the attack).", lower_bound=1
+)
 flags.DEFINE_integer("fe_outputs", 10, "Outputs k of a random victim.", lower_bound=1)
 flags.DEFINE_integer("fe_train_steps", 300, "Adam steps (full batch, float64) of the digits victim.", lower_bound=1)
-flags.DEFINE_enum("fe_oracle_output", "logits", ["logits", "probabilities"],
-                  "What the oracle returns; probabilities are turned into logit differences to class 0.")
-flags.DEFINE_enum("fe_oracle_precision", "float64", ["float64", "float32"],
-                  "Precision the victim computes in (float32 is refused by the attack with a clear error).")
+flags.DEFINE_enum(
+  "fe_oracle_output",
+  "logits",
+  ["logits", "probabilities"],
+  "What the oracle returns; probabilities are turned into logit differences to class 0.",
+)
+flags.DEFINE_enum(
+  "fe_oracle_precision",
+  "float64",
+  ["float64", "float32"],
+  "Precision the victim computes in (float32 is refused by the attack with a clear error).",
+)
 flags.DEFINE_float("fe_scale", 1.0, "Scale of the attack's random inputs, ~ N(0, scale^2 I).", lower_bound=1e-12)
-flags.DEFINE_float("fe_radius", None, "Domain of the claim: the ball |x| <= R (default 1000 * --fe_scale). Every "
-                   "unit whose hyperplane comes within R of 0 is searched for; the result is checked on the ball.",
-                   lower_bound=1e-12)
-flags.DEFINE_list("fe_box", None, "Domain of the claim: the box LOW <= x_j <= HIGH (e.g. 0,1 for images) instead of "
-                  "a ball.")
+flags.DEFINE_float(
+  "fe_radius",
+  None,
+  "Domain of the claim: the ball |x| <= R (default 1000 * --fe_scale). Every "
+  "unit whose hyperplane comes within R of 0 is searched for; the result is checked on the ball.",
+  lower_bound=1e-12,
+)
+flags.DEFINE_list(
+  "fe_box", None, "Domain of the claim: the box LOW <= x_j <= HIGH (e.g. 0,1 for images) instead of a ball."
+)
 flags.DEFINE_integer("fe_max_queries", None, "Query limit of the attack (none if unset).", lower_bound=1)
 flags.DEFINE_float("fe_seconds", 600.0, "Time limit of the attack in seconds.", lower_bound=0.0)
-flags.DEFINE_integer("fe_eval_inputs", 100_000, "Random inputs ~ N(0, scale^2 I) for the logit comparison.",
-                     lower_bound=1)
-flags.DEFINE_integer("fe_domain_eval_inputs", 20_000, "Points over the domain (spheres up to R, or the box's "
-                     "interior, vertices and faces) for the logit comparison.", lower_bound=1)
-flags.DEFINE_integer("fe_attack_seed", None, "Seed of the attack (default: derived from --seed, independent of the "
-                     "victim's).")
+flags.DEFINE_integer(
+  "fe_eval_inputs", 100_000, "Random inputs ~ N(0, scale^2 I) for the logit comparison.", lower_bound=1
+)
+flags.DEFINE_integer(
+  "fe_domain_eval_inputs",
+  20_000,
+  "Points over the domain (spheres up to R, or the box's interior, vertices and faces) for the logit comparison.",
+  lower_bound=1,
+)
+flags.DEFINE_integer(
+  "fe_attack_seed", None, "Seed of the attack (default: derived from --seed, independent of the victim's)."
+)
 flags.DEFINE_integer("fe_eval_seed", None, "Seed of the evaluation inputs (default: derived from --seed).")
 
 FLAGS = flags.FLAGS
-STAGES = {"precision probe": "probe", "output size": "probe", "critical-point search": "search",
-          "gradients": "gradients", "refine": "refine", "second layer": "second_layer", "final check": "check"}
+STAGES = {
+  "precision probe": "probe",
+  "output size": "probe",
+  "critical-point search": "search",
+  "gradients": "gradients",
+  "refine": "refine",
+  "second layer": "second_layer",
+  "final check": "check",
+}
 
 
 def _victim_kind(kind, npz, url=None):
@@ -112,8 +163,10 @@ def _remote_victim(values):
   """Through --oracle_url the victim is the served network: no local one to build (an npz only to evaluate)."""
   kind = _victim_kind(values["fe_victim"], values["victim_npz"], values["oracle_url"])
   if values["experiment"] == "functional_equivalence" and values["oracle_url"] and kind not in ("npz", "remote"):
-    raise flags.ValidationError(f"--oracle_url attacks the served network: --fe_victim={kind} cannot be used with it "
-                                f"(give --victim_npz=PATH of the served network to evaluate the result, or nothing)")
+    raise flags.ValidationError(
+      f"--oracle_url attacks the served network: --fe_victim={kind} cannot be used with it "
+      f"(give --victim_npz=PATH of the served network to evaluate the result, or nothing)"
+    )
   return True
 
 
@@ -128,8 +181,9 @@ def _check_domain(values):
   return True
 
 
-@flags.multi_flags_validator(["fe_oracle_output", "fe_outputs", "fe_victim", "victim_npz"],
-                             message="bad --fe_oracle_output")
+@flags.multi_flags_validator(
+  ["fe_oracle_output", "fe_outputs", "fe_victim", "victim_npz"], message="bad --fe_oracle_output"
+)
 def _check_outputs(values):
   kind = _victim_kind(values["fe_victim"], values["victim_npz"])
   if values["fe_oracle_output"] == "probabilities" and kind == "random" and values["fe_outputs"] < 2:
@@ -150,9 +204,11 @@ def stream_seeds(seed: int) -> dict:
   """Independent seeds of the victim (--seed itself, so victims do not change), the attack and the evaluation
   (numpy SeedSequence([seed, stream]) unless given by --fe_attack_seed / --fe_eval_seed)."""
   derived = [int(np.random.SeedSequence([seed, stream]).generate_state(1)[0]) for stream in (1, 2)]
-  return dict(victim_seed=seed,
-              attack_seed=derived[0] if FLAGS.fe_attack_seed is None else FLAGS.fe_attack_seed,
-              eval_seed=derived[1] if FLAGS.fe_eval_seed is None else FLAGS.fe_eval_seed)
+  return dict(
+    victim_seed=seed,
+    attack_seed=derived[0] if FLAGS.fe_attack_seed is None else FLAGS.fe_attack_seed,
+    eval_seed=derived[1] if FLAGS.fe_eval_seed is None else FLAGS.fe_eval_seed,
+  )
 
 
 def build_victim(seed: int):
@@ -180,6 +236,7 @@ def run(workdir: pathlib.Path) -> list[dict]:
   """Builds (or, remote, finds) the victim, extracts it through an Oracle, writes recovered.npz, units.json (and
   victim.npz when known), returns one row."""
   import jax
+
   with jax.enable_x64(True):  # scoped: other experiments in this process keep their precision
     return _run(pathlib.Path(workdir))
 
@@ -188,12 +245,15 @@ def _remote_input_dim(oracle) -> int:
   """d of a served network: its flat float64 input shape (checked against --fe_input_dim when that is given)."""
   shape, dtype = tuple(oracle.input_shape), oracle.info.get("input_dtype", "float64")
   if dtype != "float64" or len(shape) != 1:
-    raise common.ConfigError(f"--oracle_url={FLAGS.oracle_url} takes inputs {shape} of {dtype}; functionally-"
-                             f"equivalent extraction needs flat float64 inputs (serve the network with "
-                             f"python -m launch.serve --victim_npz=PATH)")
+    raise common.ConfigError(
+      f"--oracle_url={FLAGS.oracle_url} takes inputs {shape} of {dtype}; functionally-"
+      f"equivalent extraction needs flat float64 inputs (serve the network with "
+      f"python -m launch.serve --victim_npz=PATH)"
+    )
   if FLAGS["fe_input_dim"].present and FLAGS.fe_input_dim != shape[0]:
-    raise common.ConfigError(f"--fe_input_dim={FLAGS.fe_input_dim} but --oracle_url={FLAGS.oracle_url} takes "
-                             f"inputs of dimension {shape[0]}")
+    raise common.ConfigError(
+      f"--fe_input_dim={FLAGS.fe_input_dim} but --oracle_url={FLAGS.oracle_url} takes inputs of dimension {shape[0]}"
+    )
   return int(shape[0])
 
 
@@ -207,8 +267,9 @@ def _oracle(net):
     return oracle, d
   dtype = np.float64 if FLAGS.fe_oracle_precision == "float64" else np.float32
   if isinstance(net, network.DeepNet):
-    return oracle_flags.make_oracle(network.backend(net, dtype), FLAGS.fe_oracle_output, record_inputs=False), \
-        _input_dim(net)
+    return oracle_flags.make_oracle(
+      network.backend(net, dtype), FLAGS.fe_oracle_output, record_inputs=False
+    ), _input_dim(net)
   mesh = parallel.data_mesh(FLAGS.num_devices) if dtype == np.float64 else None
   backend = victims.sharded_backend(net, mesh) if mesh is not None else victims.backend(net, dtype)
   return oracle_flags.make_oracle(backend, FLAGS.fe_oracle_output, record_inputs=False), net.shape[0]
@@ -233,17 +294,31 @@ def _attack_row(result, d: int, seeds: dict) -> dict:
   k = result.net.w1.shape[1]
   row_errors = [e for e, kind in zip(units["row_error"], units["kind"]) if kind != "linear"]
   return dict(
-      oracle_output=FLAGS.fe_oracle_output, domain=_domain_text(result.domain), recovered_shape=f"{d}-"
-      f"{result.hidden_units_found}-{k}", queries=result.queries, queries_log2=round(math.log2(max(result.queries, 1)), 2),
-      **by_stage, hidden_units_found=result.hidden_units_found, linear_units=stats["linear_units"],
-      paired_units=stats["paired_units"], layer2_model=stats["layer2_model"],
-      negligible_units=int(sum(units["negligible"])) + units["negligible_lost_kinks"],
-      negligible_bound=max([e for e, n in zip(units["effect"], units["negligible"]) if n] +
-                           [units["negligible_lost_bound"]]), precision_floor=units["precision_floor"],
-      kinks_without_jump=len(stats["lost_kink_bounds"]),
-      max_unit_row_error=max(row_errors, default=0.0), check_error=stats["check_error"],
-      check_max_abs_error=stats["check_max_abs_error"], check_points=stats["check_points"],
-      search_radius=stats["search_radius"], seconds=round(result.seconds, 2), rounds=result.rounds, **seeds)
+    oracle_output=FLAGS.fe_oracle_output,
+    domain=_domain_text(result.domain),
+    recovered_shape=f"{d}-{result.hidden_units_found}-{k}",
+    queries=result.queries,
+    queries_log2=round(math.log2(max(result.queries, 1)), 2),
+    **by_stage,
+    hidden_units_found=result.hidden_units_found,
+    linear_units=stats["linear_units"],
+    paired_units=stats["paired_units"],
+    layer2_model=stats["layer2_model"],
+    negligible_units=int(sum(units["negligible"])) + units["negligible_lost_kinks"],
+    negligible_bound=max(
+      [e for e, n in zip(units["effect"], units["negligible"]) if n] + [units["negligible_lost_bound"]]
+    ),
+    precision_floor=units["precision_floor"],
+    kinks_without_jump=len(stats["lost_kink_bounds"]),
+    max_unit_row_error=max(row_errors, default=0.0),
+    check_error=stats["check_error"],
+    check_max_abs_error=stats["check_max_abs_error"],
+    check_points=stats["check_points"],
+    search_radius=stats["search_radius"],
+    seconds=round(result.seconds, 2),
+    rounds=result.rounds,
+    **seeds,
+  )
 
 
 def _evaluation_row(net, result, dom, test, eval_seed: int) -> dict:
@@ -257,39 +332,61 @@ def _evaluation_row(net, result, dom, test, eval_seed: int) -> dict:
   over = align.domain_agreement(net, result.net, dom, FLAGS.fe_domain_eval_inputs, int(seeds[1]), diff)
   cert = certify.certify(net, result.net, dom, diff)
   found = certify.search_max(net, result.net, dom, int(seeds[2]), differences=diff)
-  row = dict(shape=f"{d}-{h}-{k}", inert_true_units=weights["inert_true_units"],
-             merged_true_units=weights["merged_true_units"], max_weight_error=weights["max_weight_error"],
-             weight_error_bits=round(weights["weight_error_bits"], 1),
-             **{f"max_error_{a}": weights[f"max_error_{a}"] for a in ("w0", "b0", "w1", "b1")},
-             max_logit_error=rand["max_logit_error"], agreement=rand["agreement"], eval_inputs=rand["count"],
-             domain_max_logit_error=over["max_logit_error"], domain_agreement=over["agreement"],
-             domain_eval_inputs=over["count"], certified_max_logit_diff=cert["bound"],
-             found_max_logit_diff=found["found"], certificate_unmatched_groups=cert["unmatched_groups"])
+  row = dict(
+    shape=f"{d}-{h}-{k}",
+    inert_true_units=weights["inert_true_units"],
+    merged_true_units=weights["merged_true_units"],
+    max_weight_error=weights["max_weight_error"],
+    weight_error_bits=round(weights["weight_error_bits"], 1),
+    **{f"max_error_{a}": weights[f"max_error_{a}"] for a in ("w0", "b0", "w1", "b1")},
+    max_logit_error=rand["max_logit_error"],
+    agreement=rand["agreement"],
+    eval_inputs=rand["count"],
+    domain_max_logit_error=over["max_logit_error"],
+    domain_agreement=over["agreement"],
+    domain_eval_inputs=over["count"],
+    certified_max_logit_diff=cert["bound"],
+    found_max_logit_diff=found["found"],
+    certificate_unmatched_groups=cert["unmatched_groups"],
+  )
   if test is not None:
     t = align.logit_agreement(net, result.net, test[0], diff)
-    row.update(test_max_logit_error=t["max_logit_error"], test_agreement=t["agreement"],
-               victim_test_accuracy=float(np.mean(victims.logits(net, test[0]).argmax(1) == test[1])),
-               extracted_test_accuracy=float(np.mean(victims.logits(result.net, test[0]).argmax(1) == test[1])))
+    row.update(
+      test_max_logit_error=t["max_logit_error"],
+      test_agreement=t["agreement"],
+      victim_test_accuracy=float(np.mean(victims.logits(net, test[0]).argmax(1) == test[1])),
+      extracted_test_accuracy=float(np.mean(victims.logits(result.net, test[0]).argmax(1) == test[1])),
+    )
   return row
 
 
 def _deep_attack_row(result, d: int, seeds: dict) -> dict:
   """What needs no ground truth, for the deep attack: queries (total, per stage), widths found, how each layer's
   signs were found, the final check, the domain, seconds, seeds."""
-  by_stage = {}
+  by_stage: dict = {}
   for stage, n in result.queries_by_stage.items():
     key = "queries_" + STAGES.get(stage, stage.replace(" ", "_"))
     by_stage[key] = by_stage.get(key, 0) + n
   stats = result.stats
-  return dict(oracle_output=FLAGS.fe_oracle_output, domain=_domain_text(result.domain),
-              recovered_shape=result.net.shape_text, hidden_layers_found=result.net.depth,
-              widths_found=list(result.net.sizes[1:-1]), queries=result.queries,
-              queries_log2=round(math.log2(max(result.queries, 1)), 2), **by_stage,
-              sign_methods=[m if isinstance(m, str) else "+".join(m) for m in result.sign_methods],
-              exact_sign_tests=stats["exact_sign_tests"], wiggle_sign_tests=stats["wiggle_sign_tests"],
-              max_unit_row_error=max(max(t["row_error"]) for t in result.units), check_error=stats["check_error"],
-              check_max_abs_error=stats["check_max_abs_error"], check_points=stats["check_points"],
-              seconds=round(result.seconds, 2), **seeds)
+  return dict(
+    oracle_output=FLAGS.fe_oracle_output,
+    domain=_domain_text(result.domain),
+    recovered_shape=result.net.shape_text,
+    hidden_layers_found=result.net.depth,
+    widths_found=list(result.net.sizes[1:-1]),
+    queries=result.queries,
+    queries_log2=round(math.log2(max(result.queries, 1)), 2),
+    **by_stage,
+    sign_methods=[m if isinstance(m, str) else "+".join(m) for m in result.sign_methods],
+    exact_sign_tests=stats["exact_sign_tests"],
+    wiggle_sign_tests=stats["wiggle_sign_tests"],
+    max_unit_row_error=max(max(t["row_error"]) for t in result.units),
+    check_error=stats["check_error"],
+    check_max_abs_error=stats["check_max_abs_error"],
+    check_points=stats["check_points"],
+    seconds=round(result.seconds, 2),
+    **seeds,
+  )
 
 
 def _deep_evaluation_row(net, rec, dom, test, eval_seed: int) -> dict:
@@ -302,19 +399,31 @@ def _deep_evaluation_row(net, rec, dom, test, eval_seed: int) -> dict:
   rand = align.random_agreement(net, rec, FLAGS.fe_eval_inputs, FLAGS.fe_scale, int(seeds[0]), diff)
   over = align.domain_agreement(net, rec, dom, FLAGS.fe_domain_eval_inputs, int(seeds[1]), diff)
   rng = np.random.default_rng(int(seeds[2]))
-  x = np.concatenate([FLAGS.fe_scale * rng.normal(size=(20_000, net.sizes[0])),
-                      dom.check_points(rng, net.sizes[0], 20_000)])
+  x = np.concatenate(
+    [FLAGS.fe_scale * rng.normal(size=(20_000, net.sizes[0])), dom.check_points(rng, net.sizes[0], 20_000)]
+  )
   weights = deep_align.weight_error(net, rec, x, differences=diff)
-  row = dict(shape=net.shape_text, inert_true_units=weights.get("inert_true_units"),
-             max_weight_error=weights["max_weight_error"], weight_error_bits=round(weights["weight_error_bits"], 1),
-             layer_weight_errors=weights["errors"], max_logit_error=rand["max_logit_error"],
-             agreement=rand["agreement"], eval_inputs=rand["count"], domain_max_logit_error=over["max_logit_error"],
-             domain_agreement=over["agreement"], domain_eval_inputs=over["count"])
+  row = dict(
+    shape=net.shape_text,
+    inert_true_units=weights.get("inert_true_units"),
+    max_weight_error=weights["max_weight_error"],
+    weight_error_bits=round(weights["weight_error_bits"], 1),
+    layer_weight_errors=weights["errors"],
+    max_logit_error=rand["max_logit_error"],
+    agreement=rand["agreement"],
+    eval_inputs=rand["count"],
+    domain_max_logit_error=over["max_logit_error"],
+    domain_agreement=over["agreement"],
+    domain_eval_inputs=over["count"],
+  )
   if test is not None:
     t = align.logit_agreement(net, rec, test[0], diff)
-    row.update(test_max_logit_error=t["max_logit_error"], test_agreement=t["agreement"],
-               victim_test_accuracy=float(np.mean(network.logits(net, test[0]).argmax(1) == test[1])),
-               extracted_test_accuracy=float(np.mean(network.logits(rec, test[0]).argmax(1) == test[1])))
+    row.update(
+      test_max_logit_error=t["max_logit_error"],
+      test_agreement=t["agreement"],
+      victim_test_accuracy=float(np.mean(network.logits(net, test[0]).argmax(1) == test[1])),
+      extracted_test_accuracy=float(np.mean(network.logits(rec, test[0]).argmax(1) == test[1])),
+    )
   return row
 
 
@@ -328,16 +437,19 @@ def _run(workdir: pathlib.Path) -> list[dict]:
       raise ValueError("--fe_oracle_output=probabilities needs a victim with at least 2 outputs")
   oracle, d = _oracle(net)
   dom = domains.parse(FLAGS.fe_radius, FLAGS.fe_box, FLAGS.fe_scale)
-  logging.info("functional_equivalence (%s attack): d=%d, domain %s, seeds %s", FLAGS.fe_attack, d, dom.describe(),
-               seeds)
+  logging.info(
+    "functional_equivalence (%s attack): d=%d, domain %s, seeds %s", FLAGS.fe_attack, d, dom.describe(), seeds
+  )
   try:
     if FLAGS.fe_attack == "deep":
-      cfg = deep_attack.Config(scale=FLAGS.fe_scale, domain=dom, max_queries=FLAGS.fe_max_queries,
-                               max_seconds=FLAGS.fe_seconds)
+      cfg = deep_attack.Config(
+        scale=FLAGS.fe_scale, domain=dom, max_queries=FLAGS.fe_max_queries, max_seconds=FLAGS.fe_seconds
+      )
       result = deep_attack.extract(oracle, d, cfg, seed=seeds["attack_seed"])
     else:
-      cfg = attack.Config(scale=FLAGS.fe_scale, domain=dom, max_queries=FLAGS.fe_max_queries,
-                          max_seconds=FLAGS.fe_seconds)
+      cfg = attack.Config(  # type: ignore[assignment]
+        scale=FLAGS.fe_scale, domain=dom, max_queries=FLAGS.fe_max_queries, max_seconds=FLAGS.fe_seconds
+      )
       result = attack.extract(oracle, d, cfg, seed=seeds["attack_seed"])
   except ExtractionError as e:  # launch.run turns it into a one-line error and exit code 1
     logging.error("functional_equivalence stopped after %d queries: %s: %s", oracle.used, type(e).__name__, e)
@@ -353,9 +465,13 @@ def _run(workdir: pathlib.Path) -> list[dict]:
     return [row]
   row = dict(method="functional_equivalence", victim=kind, **_attack_row(result, d, seeds))
   if row["search_radius"] < dom.circumradius(d):
-    logging.warning("the search lines cross hyperplanes reliably only up to %.3g from the domain's center (the "
-                    "probabilities underflow further out), less than the domain's %.3g: units whose hyperplanes "
-                    "lie further out may be missed", row["search_radius"], dom.circumradius(d))
+    logging.warning(
+      "the search lines cross hyperplanes reliably only up to %.3g from the domain's center (the "
+      "probabilities underflow further out), less than the domain's %.3g: units whose hyperplanes "
+      "lie further out may be missed",
+      row["search_radius"],
+      dom.circumradius(d),
+    )
   if net is not None and not isinstance(net, network.DeepNet):
     row.update(_evaluation_row(net, result, dom, test, seeds["eval_seed"]))
   elif net is not None:

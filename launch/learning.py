@@ -8,6 +8,7 @@ evaluated every `--eval_every` steps; a student's figure is the median of its la
 a row reports the mean and standard deviation over repetitions. Students are checkpointed under
 <workdir>/students/ and resume; `split.npz` and each group's `tasks.npz` record which inputs were queried.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,7 +21,8 @@ from typing import Any
 import numpy as np
 from absl import flags, logging
 
-from extraction import datasets, evaluation, models, oracle as oracle_lib, parallel, students, supervised
+from extraction import datasets, evaluation, models, parallel, students, supervised
+from extraction import oracle as oracle_lib
 from extraction import victim as victim_lib
 from extraction.predict import predict_logits
 from launch import common, experiments, oracle_flags
@@ -37,46 +39,76 @@ flags.DEFINE_integer("victim_batch_size", 128, "Victim batch size.")
 flags.DEFINE_float("victim_lr", 0.002, "Victim peak learning rate (Adam, cosine schedule).")
 # Seeds and protocol.
 flags.DEFINE_integer("victim_seed", None, "Seed of the victim's initialisation and data order (default --seed).")
-flags.DEFINE_integer("student_seed", None, "Seed of the first student's initialisation, data order and "
-                     "augmentation (default --seed); repetition r uses student_seed + r.")
-flags.DEFINE_integer("query_seed", None, "Seed of the first repetition's choice of queried inputs (default "
-                     "--seed); repetition r uses query_seed + r.")
-flags.DEFINE_integer("seeds", 1, "Repetitions: students trained against the one victim, each with its own "
-                     "student and query seed; rows report mean and std over them.")
-flags.DEFINE_integer("val_size", None, "Training inputs held out of the attacker's pool as a validation split "
-                     "for tuning (never queried, never unlabeled); default 10% of the training split.")
+flags.DEFINE_integer(
+  "student_seed",
+  None,
+  "Seed of the first student's initialisation, data order and "
+  "augmentation (default --seed); repetition r uses student_seed + r.",
+)
+flags.DEFINE_integer(
+  "query_seed",
+  None,
+  "Seed of the first repetition's choice of queried inputs (default --seed); repetition r uses query_seed + r.",
+)
+flags.DEFINE_integer(
+  "seeds",
+  1,
+  "Repetitions: students trained against the one victim, each with its own "
+  "student and query seed; rows report mean and std over them.",
+)
+flags.DEFINE_integer(
+  "val_size",
+  None,
+  "Training inputs held out of the attacker's pool as a validation split "
+  "for tuning (never queried, never unlabeled); default 10% of the training split.",
+)
 flags.DEFINE_integer("eval_every", None, "Evaluate students every this many steps (default student_steps // 20).")
 flags.DEFINE_integer("median_of", 3, "A student's figure is the median of its last this many evaluations.")
 # Attack.
-flags.DEFINE_list("queries", ["250", "1000", "4000"], "Query budgets, one extraction per budget: a number of "
-                "inputs, or a share of the attacker's pool ('10%', '100%': the pool fractions of the paper's Table 2).")
+flags.DEFINE_list(
+  "queries",
+  ["250", "1000", "4000"],
+  "Query budgets, one extraction per budget: a number of "
+  "inputs, or a share of the attacker's pool ('10%', '100%': the pool fractions of the paper's Table 2).",
+)
 flags.DEFINE_list("oracle_output", ["probabilities"], f"Oracle outputs: {', '.join(oracle_lib.OUTPUT_MODES)}.")
 flags.DEFINE_integer("top_k", None, "k for --oracle_output=top_k.")
 flags.DEFINE_list("method", ["fs"], f"Extraction methods: {', '.join(METHODS)}.")
-flags.DEFINE_list("targets", ["oracle"], "What the labeled inputs of the students are trained on: 'oracle' (the "
-                  "oracle's answers, once per --oracle_output) and/or 'ground_truth' (the pool's own labels of the "
-                  "same inputs: no oracle, 0 queries; the 'ImageNet' column of the paper's Table 2).")
-flags.DEFINE_float("rotation_weight", 0.0, "Weight of the S4L rotation loss (all four rotations of each "
-                   "unlabeled input); 0: off.")
+flags.DEFINE_list(
+  "targets",
+  ["oracle"],
+  "What the labeled inputs of the students are trained on: 'oracle' (the "
+  "oracle's answers, once per --oracle_output) and/or 'ground_truth' (the pool's own labels of the "
+  "same inputs: no oracle, 0 queries; the 'ImageNet' column of the paper's Table 2).",
+)
+flags.DEFINE_float(
+  "rotation_weight", 0.0, "Weight of the S4L rotation loss (all four rotations of each unlabeled input); 0: off."
+)
 flags.DEFINE_bool("rotate_labeled", False, "The rotation loss also sees the labeled batch.")
 # Student.
 flags.DEFINE_string("student_model", "small_cnn", "Student architecture.")
 flags.DEFINE_integer("student_steps", 1000, "Student training steps (same for every method).")
 flags.DEFINE_integer("batch_size", 64, "Labeled batch size of the student.")
-flags.DEFINE_integer("unlabeled_batch_size", None, "Unlabeled batch size (MixMatch: per augmentation, default 64; "
-                     "FixMatch: default mu * batch_size).")
-flags.DEFINE_float("lr", None, "Student learning rate (default: the method's: Adam 0.002 FS/MixMatch, SGD 0.03 "
-                   "FixMatch).")
-flags.DEFINE_float("weight_decay", None, "Weight decay on kernels (default: the method's: 0.02 decoupled for Adam, "
-                   "5e-4 L2 for SGD).")
+flags.DEFINE_integer(
+  "unlabeled_batch_size",
+  None,
+  "Unlabeled batch size (MixMatch: per augmentation, default 64; FixMatch: default mu * batch_size).",
+)
+flags.DEFINE_float(
+  "lr", None, "Student learning rate (default: the method's: Adam 0.002 FS/MixMatch, SGD 0.03 FixMatch)."
+)
+flags.DEFINE_float(
+  "weight_decay", None, "Weight decay on kernels (default: the method's: 0.02 decoupled for Adam, 5e-4 L2 for SGD)."
+)
 flags.DEFINE_string("optimizer", None, "adam or sgd (default: the method's).")
 flags.DEFINE_string("lr_schedule", None, "constant, cosine or fixmatch_cosine (default: the method's).")
 flags.DEFINE_float("ema", 0.999, "EMA decay of the student weights (evaluated model).")
 flags.DEFINE_integer("steps_per_call", 1, "Training steps per jitted call (lax.scan); >1 helps small models.")
 # MixMatch (reference defaults) and FixMatch (paper defaults).
 flags.DEFINE_float("lambda_u", None, "Unlabeled loss weight (default: the method's, MixMatch 75, FixMatch 1).")
-flags.DEFINE_integer("rampup_steps", None, "Steps of MixMatch's linear lambda_u ramp-up (default: student_steps, "
-                     "the whole run).")
+flags.DEFINE_integer(
+  "rampup_steps", None, "Steps of MixMatch's linear lambda_u ramp-up (default: student_steps, the whole run)."
+)
 flags.DEFINE_float("temperature", 0.5, "MixMatch sharpening temperature.")
 flags.DEFINE_float("alpha", 0.75, "MixMatch MixUp Beta(alpha, alpha).")
 flags.DEFINE_integer("mixmatch_k", 2, "MixMatch augmentations per unlabeled input.")
@@ -85,11 +117,15 @@ flags.DEFINE_integer("mu", 7, "FixMatch unlabeled batch size as a multiple of th
 flags.DEFINE_integer("randaugment_ops", 2, "FixMatch RandAugment operations per strongly augmented input.")
 # Evaluation.
 flags.DEFINE_integer("noise_samples", 2000, "Uniform-noise images for off-distribution agreement.")
-flags.DEFINE_list("gauss_sigmas", ["8", "24", "64"], "Gaussian noise (pixel levels of 255) added to test images for "
-                  "agreement under noise.")
+flags.DEFINE_list(
+  "gauss_sigmas",
+  ["8", "24", "64"],
+  "Gaussian noise (pixel levels of 255) added to test images for agreement under noise.",
+)
 flags.DEFINE_integer("gauss_samples", None, "Test images used under Gaussian noise (default all).")
-flags.DEFINE_integer("eval_top_k", 5, "k of the top-k accuracy and fidelity reported beside top-1 (when there are "
-                     "more than k classes).")
+flags.DEFINE_integer(
+  "eval_top_k", 5, "k of the top-k accuracy and fidelity reported beside top-1 (when there are more than k classes)."
+)
 
 FLAGS = flags.FLAGS
 
@@ -101,25 +137,47 @@ def _check(cond: bool, message: str) -> bool:
 
 
 def _positive_list(name):
-  flags.register_validator(name, lambda v: _check(
+  flags.register_validator(
+    name,
+    lambda v: _check(
       bool(v) and all(q.strip().replace(".", "", 1).isdigit() and float(q) > 0 for q in v),
-      f"--{name} must be positive numbers, got {','.join(v)}"))
+      f"--{name} must be positive numbers, got {','.join(v)}",
+    ),
+  )
 
 
-flags.register_validator("dataset", lambda v: _check(v in datasets.DATASETS,
-                         f"unknown --dataset={v!r}; choose one of {', '.join(datasets.DATASETS)}"))
+flags.register_validator(
+  "dataset",
+  lambda v: _check(v in datasets.DATASETS, f"unknown --dataset={v!r}; choose one of {', '.join(datasets.DATASETS)}"),
+)
 for _name in ("victim_model", "student_model"):
-  flags.register_validator(_name, lambda v, n=_name: _check(v in models.MODELS,
-                           f"unknown --{n}={v!r}; choose one of {', '.join(models.MODELS)}"))
-flags.register_validator("oracle_output", lambda v: _check(
+  flags.register_validator(
+    _name,
+    lambda v, n=_name: _check(v in models.MODELS, f"unknown --{n}={v!r}; choose one of {', '.join(models.MODELS)}"),
+  )
+flags.register_validator(
+  "oracle_output",
+  lambda v: _check(
     v and all(o in oracle_lib.OUTPUT_MODES for o in v),
-    f"unknown --oracle_output={','.join(v)}; choose from {', '.join(oracle_lib.OUTPUT_MODES)}"))
-flags.register_validator("method", lambda v: _check(
-    v and all(m in METHODS for m in v), f"unknown --method={','.join(v)}; choose from {', '.join(METHODS)}"))
+    f"unknown --oracle_output={','.join(v)}; choose from {', '.join(oracle_lib.OUTPUT_MODES)}",
+  ),
+)
+flags.register_validator(
+  "method",
+  lambda v: _check(
+    v and all(m in METHODS for m in v), f"unknown --method={','.join(v)}; choose from {', '.join(METHODS)}"
+  ),
+)
 TARGETS = ("oracle", "ground_truth")
-flags.register_validator("targets", lambda v: _check(
+flags.register_validator(
+  "targets",
+  lambda v: _check(
     bool(v) and len(set(v)) == len(v) and all(t in TARGETS for t in v),
-    f"unknown --targets={','.join(v)}; choose from {', '.join(TARGETS)}"))
+    f"unknown --targets={','.join(v)}; choose from {', '.join(TARGETS)}",
+  ),
+)
+
+
 def _budget_ok(q: str) -> bool:
   q = q.strip()
   if q.endswith("%"):
@@ -134,21 +192,43 @@ def budgets_of(queries: list, pool_size: int) -> list[int]:
   return sorted({size(q.strip()) for q in queries})
 
 
-flags.register_validator("queries", lambda v: _check(
+flags.register_validator(
+  "queries",
+  lambda v: _check(
     bool(v) and all(_budget_ok(q) for q in v),
-    f"--queries must be positive integers or percentages of the pool in (0%, 100%], got {','.join(v)}"))
+    f"--queries must be positive integers or percentages of the pool in (0%, 100%], got {','.join(v)}",
+  ),
+)
 _positive_list("gauss_sigmas")
-for _name in ("victim_steps", "student_steps", "victim_batch_size", "batch_size", "unlabeled_batch_size",
-              "mixmatch_k", "seeds", "median_of", "mu", "steps_per_call", "eval_every", "gauss_samples",
-              "eval_top_k"):
+for _name in (
+  "victim_steps",
+  "student_steps",
+  "victim_batch_size",
+  "batch_size",
+  "unlabeled_batch_size",
+  "mixmatch_k",
+  "seeds",
+  "median_of",
+  "mu",
+  "steps_per_call",
+  "eval_every",
+  "gauss_samples",
+  "eval_top_k",
+):
   flags.register_validator(_name, lambda v, n=_name: _check(v is None or v > 0, f"--{n} must be > 0, got {v}"))
 for _name in ("rotation_weight", "noise_samples", "val_size", "randaugment_ops", "lambda_u", "rampup_steps"):
   flags.register_validator(_name, lambda v, n=_name: _check(v is None or v >= 0, f"--{n} must be >= 0, got {v}"))
 flags.register_validator("threshold", lambda v: _check(0 <= v <= 1, f"--threshold must be in [0, 1], got {v}"))
-flags.register_validator("optimizer", lambda v: _check(v in (None, "adam", "sgd"),
-                         f"unknown --optimizer={v!r}; choose adam or sgd"))
-flags.register_validator("lr_schedule", lambda v: _check(v in (None, "constant", "cosine", "fixmatch_cosine"),
-                         f"unknown --lr_schedule={v!r}; choose constant, cosine or fixmatch_cosine"))
+flags.register_validator(
+  "optimizer", lambda v: _check(v in (None, "adam", "sgd"), f"unknown --optimizer={v!r}; choose adam or sgd")
+)
+flags.register_validator(
+  "lr_schedule",
+  lambda v: _check(
+    v in (None, "constant", "cosine", "fixmatch_cosine"),
+    f"unknown --lr_schedule={v!r}; choose constant, cosine or fixmatch_cosine",
+  ),
+)
 
 
 @flags.multi_flags_validator(["oracle_output", "top_k", "dataset"])
@@ -182,15 +262,27 @@ def method_settings(method: str) -> tuple[students.StudentConfig, dict]:
   else:
     unlabeled = pick(FLAGS.unlabeled_batch_size, 64)
   cfg = students.StudentConfig(
-      model=FLAGS.student_model, steps=FLAGS.student_steps, batch_size=FLAGS.batch_size,
-      unlabeled_batch_size=unlabeled, lr=pick(FLAGS.lr, spec.lr), weight_decay=pick(FLAGS.weight_decay,
-                                                                                    spec.weight_decay),
-      ema=FLAGS.ema, optimizer=pick(FLAGS.optimizer, spec.optimizer), schedule=pick(FLAGS.lr_schedule, spec.schedule),
-      rotation_head=FLAGS.rotation_weight > 0)
-  params = {"ema": FLAGS.ema, "lambda_u": pick(FLAGS.lambda_u, spec.lambda_u),
-            "rampup_steps": pick(FLAGS.rampup_steps, FLAGS.student_steps), "temperature": FLAGS.temperature,
-            "alpha": FLAGS.alpha, "mixmatch_k": FLAGS.mixmatch_k, "threshold": FLAGS.threshold,
-            "randaugment_ops": FLAGS.randaugment_ops}
+    model=FLAGS.student_model,
+    steps=FLAGS.student_steps,
+    batch_size=FLAGS.batch_size,
+    unlabeled_batch_size=unlabeled,
+    lr=pick(FLAGS.lr, spec.lr),
+    weight_decay=pick(FLAGS.weight_decay, spec.weight_decay),
+    ema=FLAGS.ema,
+    optimizer=pick(FLAGS.optimizer, spec.optimizer),
+    schedule=pick(FLAGS.lr_schedule, spec.schedule),
+    rotation_head=FLAGS.rotation_weight > 0,
+  )
+  params = {
+    "ema": FLAGS.ema,
+    "lambda_u": pick(FLAGS.lambda_u, spec.lambda_u),
+    "rampup_steps": pick(FLAGS.rampup_steps, FLAGS.student_steps),
+    "temperature": FLAGS.temperature,
+    "alpha": FLAGS.alpha,
+    "mixmatch_k": FLAGS.mixmatch_k,
+    "threshold": FLAGS.threshold,
+    "randaugment_ops": FLAGS.randaugment_ops,
+  }
   return cfg, params
 
 
@@ -225,11 +317,19 @@ def _rows(method: str, output: str, budgets: list[int], answers: dict, histories
     for rep in range(FLAGS.seeds):
       summary = evaluation.summarize(histories[i], FLAGS.median_of)
       curve = [{k: h[k] for k in ("step", "fidelity", "val_fidelity") if k in h} for h in histories[i]]
-      runs.append({"student_seed": _seed("student_seed") + rep, "query_seed": _seed("query_seed") + rep,
-                   "oracle_used": answers[q, rep][2], **summary, "curve": curve})
+      runs.append(
+        {
+          "student_seed": _seed("student_seed") + rep,
+          "query_seed": _seed("query_seed") + rep,
+          "oracle_used": answers[q, rep][2],
+          **summary,
+          "curve": curve,
+        }
+      )
       i += 1
-    agg = evaluation.aggregate([{k: v for k, v in r.items()
-                                 if k not in ("student_seed", "query_seed", "curve", "oracle_used")} for r in runs])
+    agg = evaluation.aggregate(
+      [{k: v for k, v in r.items() if k not in ("student_seed", "query_seed", "curve", "oracle_used")} for r in runs]
+    )
     row = {"method": method, "queries": q, "oracle_output": output, "oracle_used": answers[q, 0][2], **agg}
     if "noise_hist" in row:
       row["noise_top"] = _noise_top(row["noise_hist"])
@@ -240,18 +340,23 @@ def _rows(method: str, output: str, budgets: list[int], answers: dict, histories
 def notes() -> str:
   """How the figures of results.md were obtained."""
   every = FLAGS.eval_every or max(FLAGS.student_steps // 20, 1)
-  return (f"Each student is evaluated every {every} steps (EMA weights; before its last {FLAGS.median_of} "
-          f"evaluations only on the test and validation splits); its figure is the median of its last "
-          f"{FLAGS.median_of} evaluations. A row gives the mean over `seeds` repetitions (student seed "
-          f"{_seed('student_seed')}+r, query seed {_seed('query_seed')}+r, one victim of seed "
-          f"{_seed('victim_seed')}) and `<figure>_std` their standard deviation. fidelity: top-1 agreement on the "
-          f"test split; val_fidelity: on the held-out validation split of the training inputs (for tuning); "
-          f"gauss<s>_fidelity: on test images plus Gaussian noise of s pixel levels; noise_fidelity: on uniform "
-          f"noise, beside noise_top (class:share of the most frequent predicted class on noise, the victim's in its "
-          f"row): a student that predicts one class on noise scores the victim's share of that class."
-          + (" Rows with targets=ground_truth train on the pool's own labels of the same inputs as the oracle rows "
-             "(no oracle: oracle_used 0; `queries` is then the number of labeled inputs)."
-             if "ground_truth" in FLAGS.targets else ""))
+  return (
+    f"Each student is evaluated every {every} steps (EMA weights; before its last {FLAGS.median_of} "
+    f"evaluations only on the test and validation splits); its figure is the median of its last "
+    f"{FLAGS.median_of} evaluations. A row gives the mean over `seeds` repetitions (student seed "
+    f"{_seed('student_seed')}+r, query seed {_seed('query_seed')}+r, one victim of seed "
+    f"{_seed('victim_seed')}) and `<figure>_std` their standard deviation. fidelity: top-1 agreement on the "
+    f"test split; val_fidelity: on the held-out validation split of the training inputs (for tuning); "
+    f"gauss<s>_fidelity: on test images plus Gaussian noise of s pixel levels; noise_fidelity: on uniform "
+    f"noise, beside noise_top (class:share of the most frequent predicted class on noise, the victim's in its "
+    f"row): a student that predicts one class on noise scores the victim's share of that class."
+    + (
+      " Rows with targets=ground_truth train on the pool's own labels of the same inputs as the oracle rows "
+      "(no oracle: oracle_used 0; `queries` is then the number of labeled inputs)."
+      if "ground_truth" in FLAGS.targets
+      else ""
+    )
+  )
 
 
 def prepare(workdir: pathlib.Path) -> tuple:
@@ -262,33 +367,57 @@ def prepare(workdir: pathlib.Path) -> tuple:
   if val_size >= len(ds.train):
     raise common.ConfigError(f"--val_size={val_size} leaves no attacker's pool of the {len(ds.train)} inputs")
   pool_idx, val_idx = evaluation.split_pool(len(ds.train), val_size, FLAGS.seed)
-  logging.info("dataset %s: %d train (%d attacker's pool, %d validation), %d test, %s", ds.name, len(ds.train),
-               len(pool_idx), len(val_idx), len(ds.test), ds.image_shape)
+  logging.info(
+    "dataset %s: %d train (%d attacker's pool, %d validation), %d test, %s",
+    ds.name,
+    len(ds.train),
+    len(pool_idx),
+    len(val_idx),
+    len(ds.test),
+    ds.image_shape,
+  )
   budgets = budgets_of(FLAGS.queries, len(pool_idx))
   if budgets[-1] > len(pool_idx):
-    raise common.ConfigError(f"--queries={','.join(FLAGS.queries)}: the attacker's pool has only {len(pool_idx)} "
-                             f"inputs ({len(ds.train)} minus --val_size={val_size})")
+    raise common.ConfigError(
+      f"--queries={','.join(FLAGS.queries)}: the attacker's pool has only {len(pool_idx)} "
+      f"inputs ({len(ds.train)} minus --val_size={val_size})"
+    )
   semi = [m for m in FLAGS.method if METHODS[m].needs_unlabeled] + (["rotation"] if FLAGS.rotation_weight else [])
   if semi and budgets[-1] == len(pool_idx):
-    raise common.ConfigError(f"--method={','.join(FLAGS.method)}: {semi[0]} needs unlabeled inputs, but "
-                             f"--queries={budgets[-1]} queries the whole attacker's pool; lower the budget")
+    raise common.ConfigError(
+      f"--method={','.join(FLAGS.method)}: {semi[0]} needs unlabeled inputs, but "
+      f"--queries={budgets[-1]} queries the whole attacker's pool; lower the budget"
+    )
   np.savez(workdir / "split.npz", pool=pool_idx, val=val_idx)
   return ds, pool_idx, val_idx, budgets
 
 
 def victim_config() -> victim_lib.VictimConfig:
   """The victim's recipe from the --victim_* flags."""
-  return victim_lib.VictimConfig(model=FLAGS.victim_model, steps=FLAGS.victim_steps,
-                                 batch_size=FLAGS.victim_batch_size, lr=FLAGS.victim_lr, seed=_seed("victim_seed"))
+  return victim_lib.VictimConfig(
+    model=FLAGS.victim_model,
+    steps=FLAGS.victim_steps,
+    batch_size=FLAGS.victim_batch_size,
+    lr=FLAGS.victim_lr,
+    seed=_seed("victim_seed"),
+  )
 
 
 def build_evaluator(ds, victim_predict, val_idx: np.ndarray) -> evaluation.Evaluator:
   """The evaluation sets of the flags (test, validation split, Gaussian-noised test images, uniform noise),
   labelled by the victim directly."""
   return evaluation.Evaluator.build(
-      victim_predict, ds.test.images, ds.test.labels, ds.num_classes, val_images=ds.train.images[val_idx],
-      noise_samples=FLAGS.noise_samples, gauss_sigmas=[float(s) for s in FLAGS.gauss_sigmas],
-      gauss_samples=FLAGS.gauss_samples, seed=FLAGS.seed, top_k=FLAGS.eval_top_k)
+    victim_predict,
+    ds.test.images,
+    ds.test.labels,
+    ds.num_classes,
+    val_images=ds.train.images[val_idx],
+    noise_samples=FLAGS.noise_samples,
+    gauss_sigmas=[float(s) for s in FLAGS.gauss_sigmas],
+    gauss_samples=FLAGS.gauss_samples,
+    seed=FLAGS.seed,
+    top_k=FLAGS.eval_top_k,
+  )
 
 
 def _ground_truth(labels: np.ndarray, num_classes: int, budgets: list[int]) -> dict:
@@ -303,8 +432,17 @@ def _ground_truth(labels: np.ndarray, num_classes: int, budgets: list[int]) -> d
   return answers
 
 
-def extract(ds, pool_idx: np.ndarray, victim_model, victim_variables, evaluator: evaluation.Evaluator,
-            workdir: pathlib.Path, budgets: list[int], mesh, victim_settings: dict) -> list[dict]:
+def extract(
+  ds,
+  pool_idx: np.ndarray,
+  victim_model,
+  victim_variables,
+  evaluator: evaluation.Evaluator,
+  workdir: pathlib.Path,
+  budgets: list[int],
+  mesh,
+  victim_settings: dict,
+) -> list[dict]:
   """Every (targets or oracle output, method) of the flags against one victim: the students of every budget and
   repetition trained stacked; returns their rows. `victim_settings` (how the victim was made) enters the
   students' run names, so that students of another victim never resume from these checkpoints."""
@@ -314,11 +452,14 @@ def extract(ds, pool_idx: np.ndarray, victim_model, victim_variables, evaluator:
   rot = "+rot" if FLAGS.rotation_weight > 0 else ""
   eval_every = FLAGS.eval_every or max(FLAGS.student_steps // 20, 1)
   outputs = (["ground_truth"] if "ground_truth" in FLAGS.targets else []) + (
-      list(FLAGS.oracle_output) if "oracle" in FLAGS.targets else [])
+    list(FLAGS.oracle_output) if "oracle" in FLAGS.targets else []
+  )
   for output in outputs:
     if output == "ground_truth":
-      answers, oracle_settings = _ground_truth(ds.train.labels[pool_idx], ds.num_classes, budgets), {
-          "targets": "ground_truth"}
+      answers, oracle_settings = (
+        _ground_truth(ds.train.labels[pool_idx], ds.num_classes, budgets),
+        {"targets": "ground_truth"},
+      )
     else:
       answers, oracle_settings = _query_all(backend, pool, output, budgets)
     for method in FLAGS.method:
@@ -326,41 +467,75 @@ def extract(ds, pool_idx: np.ndarray, victim_model, victim_variables, evaluator:
       cfg, params = method_settings(method)
       needs_unlabeled = METHODS[method].needs_unlabeled or FLAGS.rotation_weight > 0
       every = np.arange(len(pool))
-      tasks = [students.StudentTask(idx, targets, np.setdiff1d(every, idx) if needs_unlabeled else every[:0],
-                                    _seed("student_seed") + rep)
-               for q in budgets for rep in range(FLAGS.seeds) for idx, targets, _ in [answers[q, rep]]]
+      tasks = [
+        students.StudentTask(
+          idx, targets, np.setdiff1d(every, idx) if needs_unlabeled else every[:0], _seed("student_seed") + rep
+        )
+        for q in budgets
+        for rep in range(FLAGS.seeds)
+        for idx, targets, _ in [answers[q, rep]]
+      ]
       extra = None
       if FLAGS.rotation_weight > 0:
-        from semisup import rotation
         from extraction import augment
-        extra = rotation.make_rotation_loss(FLAGS.rotation_weight, *augment.default_augmentation(ds.name),
-                                            rotate_labeled=FLAGS.rotate_labeled)
-      settings = {"config": dataclasses.asdict(cfg), "params": params, "victim": victim_settings,
-                  "budgets": budgets, "seeds": [t.seed for t in tasks], "query_seed": _seed("query_seed"),
-                  "rotation": [FLAGS.rotation_weight, FLAGS.rotate_labeled], "top_k": FLAGS.top_k,
-                  "val": [FLAGS.seed, len(ds.train) - len(pool_idx)],
-                  "eval": [eval_every, FLAGS.noise_samples, FLAGS.gauss_sigmas], **oracle_settings}
+        from semisup import rotation
+
+        extra = rotation.make_rotation_loss(
+          FLAGS.rotation_weight, *augment.default_augmentation(ds.name), rotate_labeled=FLAGS.rotate_labeled
+        )
+      settings = {
+        "config": dataclasses.asdict(cfg),
+        "params": params,
+        "victim": victim_settings,
+        "budgets": budgets,
+        "seeds": [t.seed for t in tasks],
+        "query_seed": _seed("query_seed"),
+        "rotation": [FLAGS.rotation_weight, FLAGS.rotate_labeled],
+        "top_k": FLAGS.top_k,
+        "val": [FLAGS.seed, len(ds.train) - len(pool_idx)],
+        "eval": [eval_every, FLAGS.noise_samples, FLAGS.gauss_sigmas],
+        **oracle_settings,
+      }
       if FLAGS.eval_top_k != 5:
         settings["eval_top_k"] = FLAGS.eval_top_k
       name = run_name(f"{method}{rot}_{output}_{cfg.model}", settings)
       group_dir = workdir / "students" / name
       group_dir.mkdir(parents=True, exist_ok=True)
-      arrays: dict[str, Any] = {"pool": pool_idx, **{f"labeled_{i}": t.labeled for i, t in enumerate(tasks)},
-                                **{f"unlabeled_{i}": t.unlabeled for i, t in enumerate(tasks)}}
+      arrays: dict[str, Any] = {
+        "pool": pool_idx,
+        **{f"labeled_{i}": t.labeled for i, t in enumerate(tasks)},
+        **{f"unlabeled_{i}": t.unlabeled for i, t in enumerate(tasks)},
+      }
       np.savez(group_dir / "tasks.npz", **arrays)
       _, _, histories = students.train_students(
-          pool, tasks, ds.num_classes, cfg, make_step_factory(method, params, ds.name, extra),
-          needs_unlabeled=needs_unlabeled, evaluate=evaluator, eval_every=eval_every, full_evals=FLAGS.median_of,
-          checkpoint_dir=group_dir,
-          mesh=mesh, name=name, steps_per_call=FLAGS.steps_per_call)
+        pool,
+        tasks,
+        ds.num_classes,
+        cfg,
+        make_step_factory(method, params, ds.name, extra),
+        needs_unlabeled=needs_unlabeled,
+        evaluate=evaluator,
+        eval_every=eval_every,
+        full_evals=FLAGS.median_of,
+        checkpoint_dir=group_dir,
+        mesh=mesh,
+        name=name,
+        steps_per_call=FLAGS.steps_per_call,
+      )
       for row in _rows(method + rot, output, budgets, answers, histories, time.time() - t0):
         if FLAGS.targets != ["oracle"]:
           row = {**row, "targets": "ground_truth" if output == "ground_truth" else "oracle"}
           if output == "ground_truth":
             row["oracle_output"] = "-"
         logging.info("%s", {k: v for k, v in row.items() if k != "per_seed"})
-        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                       if k != "per_seed" and not isinstance(v, list)), flush=True)
+        print(
+          " ".join(
+            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in row.items()
+            if k != "per_seed" and not isinstance(v, list)
+          ),
+          flush=True,
+        )
         rows.append(row)
   return rows
 
@@ -381,5 +556,6 @@ def run(workdir: pathlib.Path) -> list[dict]:
   victim = victim_lib.train_victim(ds, vcfg, workdir / "victim", mesh)
   logging.info("victim test accuracy %.4f", victim.test_accuracy)
   evaluator = build_evaluator(ds, lambda x: predict_logits(victim.model, victim.variables, x), val_idx)
-  return [victim_row(evaluator)] + extract(ds, pool_idx, victim.model, victim.variables, evaluator, workdir, budgets,
-                                           mesh, dataclasses.asdict(vcfg))
+  return [victim_row(evaluator)] + extract(
+    ds, pool_idx, victim.model, victim.variables, evaluator, workdir, budgets, mesh, dataclasses.asdict(vcfg)
+  )

@@ -9,6 +9,7 @@ precision and devices, resuming from the checkpoints in SPEC.json's directory, t
 (flax serialization of the final params, EMA params and batch statistics: exact bytes) and `done.json` (the
 devices it ran on, the seconds it took). Logs go to stderr.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,9 @@ def main(spec_path: str) -> None:
   spec_path = pathlib.Path(spec_path)
   spec = json.loads(spec_path.read_text())
   run_spec = spec["run"]
-  os.environ["XLA_FLAGS"] = xla_flags(os.environ.get("XLA_FLAGS", ""), run_spec["devices"],
-                                      run_spec["deterministic_ops"])
+  os.environ["XLA_FLAGS"] = xla_flags(
+    os.environ.get("XLA_FLAGS", ""), run_spec["devices"], run_spec["deterministic_ops"]
+  )
   import jax  # only now: the flags above decide the devices
   from absl import logging
   from flax import serialization
@@ -52,15 +54,30 @@ def main(spec_path: str) -> None:
   if used != run.devices:
     raise SystemExit(f"run {run.name} asks for {run.devices} devices but {used} are in use")
   t0 = time.time()
-  _, state = victim.fit_recipe(ds, victim.VictimConfig(**spec["recipe"]), out / "checkpoints", mesh,
-                               init_seed=run.init_seed, data_seed=run.data_seed, precision=run.precision,
-                               name=run.name)
+  _, state = victim.fit_recipe(
+    ds,
+    victim.VictimConfig(**spec["recipe"]),
+    out / "checkpoints",
+    mesh,
+    init_seed=run.init_seed,
+    data_seed=run.data_seed,
+    precision=run.precision,
+    name=run.name,
+  )
   state = jax.device_get({"params": state.params, "ema_params": state.ema_params, "batch_stats": state.batch_stats})
   (out / "state.msgpack").write_bytes(serialization.msgpack_serialize(serialization.to_state_dict(state)))
-  (out / "done.json").write_text(json.dumps({
-      "spec": spec, "seconds": round(time.time() - t0, 1), "backend": jax.default_backend(),
-      "devices": [str(d) for d in (mesh.devices.flat if mesh is not None else jax.devices()[:1])],
-      "xla_flags": os.environ["XLA_FLAGS"]}, indent=2))
+  (out / "done.json").write_text(
+    json.dumps(
+      {
+        "spec": spec,
+        "seconds": round(time.time() - t0, 1),
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in (mesh.devices.flat if mesh is not None else jax.devices()[:1])],
+        "xla_flags": os.environ["XLA_FLAGS"],
+      },
+      indent=2,
+    )
+  )
 
 
 if __name__ == "__main__":

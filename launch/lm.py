@@ -12,6 +12,7 @@ measure the recovered W; the key must serve --lm_oracle_output). Runs `functiona
 and compares the recovered W with the victim's (`functional_equivalence.lm.evaluate`). Writes
 <workdir>/recovered.npz (W_rec, singular values) and returns one result row.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,49 +26,79 @@ from extraction.lm_oracle import LMOracle
 from functional_equivalence.lm import attack, evaluate, spectrum
 from launch import common, experiments, oracle_flags
 
-flags.DEFINE_string("lm_victim_dir", None, "Directory of the LM victim (built there if missing; default "
-                    "<workdir>/lm_victim).")
-flags.DEFINE_integer("lm_vocab", 4096, "Vocabulary size V of the victim (256 byte tokens + word pieces).",
-                     lower_bound=257)
+flags.DEFINE_string(
+  "lm_victim_dir", None, "Directory of the LM victim (built there if missing; default <workdir>/lm_victim)."
+)
+flags.DEFINE_integer(
+  "lm_vocab", 4096, "Vocabulary size V of the victim (256 byte tokens + word pieces).", lower_bound=257
+)
 flags.DEFINE_integer("lm_hidden", 128, "Hidden size h of the victim (not told to the attack).", lower_bound=2)
 flags.DEFINE_integer("lm_layers", 2, "Transformer blocks of the victim.", lower_bound=0)
 flags.DEFINE_integer("lm_heads", 4, "Attention heads of the victim (must divide --lm_hidden).", lower_bound=1)
 flags.DEFINE_integer("lm_max_len", 64, "Longest prompt (context) of the victim.", lower_bound=1)
 flags.DEFINE_bool("lm_tied", False, "Tie the unembedding to the token embedding.")
-flags.DEFINE_integer("lm_train_steps", 0, "Adam steps on the standard library's sources (0: random init).",
-                     lower_bound=0)
+flags.DEFINE_integer(
+  "lm_train_steps", 0, "Adam steps on the standard library's sources (0: random init).", lower_bound=0
+)
 flags.DEFINE_integer("lm_train_batch", 32, "Sequences per training step.", lower_bound=1)
 flags.DEFINE_integer("lm_seq_len", 64, "Tokens per training sequence (at most --lm_max_len).", lower_bound=1)
 flags.DEFINE_float("lm_lr", 0.003, "Peak learning rate (Adam, cosine schedule).", lower_bound=0.0)
 flags.DEFINE_enum("lm_precision", "float32", ["float32", "float64"], "Precision the served victim computes in.")
-flags.DEFINE_enum("lm_oracle_output", "logits", ["logits", "top_k", "top_k_bias", "argmax"],
-                  "What the API returns: full logits, top-k log-probabilities, top-k log-probabilities with a "
-                  "logit bias, or the argmax token (refused by the attack: it needs scores).")
+flags.DEFINE_enum(
+  "lm_oracle_output",
+  "logits",
+  ["logits", "top_k", "top_k_bias", "argmax"],
+  "What the API returns: full logits, top-k log-probabilities, top-k log-probabilities with a "
+  "logit bias, or the argmax token (refused by the attack: it needs scores).",
+)
 flags.DEFINE_integer("lm_top_k", 5, "k of top_k / top_k_bias.", lower_bound=1)
 flags.DEFINE_float("lm_max_bias", 100.0, "The API's bound on |logit bias| (OpenAI: 100).", lower_bound=1e-9)
-flags.DEFINE_integer("lm_max_biased_tokens", 300, "The API's bound on biased tokens per request (OpenAI: 300).",
-                     lower_bound=1)
+flags.DEFINE_integer(
+  "lm_max_biased_tokens", 300, "The API's bound on biased tokens per request (OpenAI: 300).", lower_bound=1
+)
 flags.DEFINE_integer("lm_budget", None, "The API's budget of requests (none if unset).", lower_bound=0)
 flags.DEFINE_integer("lm_prompt_len", 16, "Tokens per random prompt of the attack.", lower_bound=1)
 flags.DEFINE_integer("lm_step", 16, "Logit vectors asked between two looks at the singular values.", lower_bound=1)
-flags.DEFINE_float("lm_gap_threshold", spectrum.DEFAULT_THRESHOLD, "Smallest singular-value ratio s_i/s_(i+1) "
-                   "accepted as the hidden-size gap.", lower_bound=1.0)
+flags.DEFINE_float(
+  "lm_gap_threshold",
+  spectrum.DEFAULT_THRESHOLD,
+  "Smallest singular-value ratio s_i/s_(i+1) accepted as the hidden-size gap.",
+  lower_bound=1.0,
+)
 flags.DEFINE_integer("lm_gap_tail", 2, "Singular values needed below the gap.", lower_bound=1)
-flags.DEFINE_enum("lm_final_norm", "layernorm", list(spectrum.FINAL_NORMS), "Attacker's assumption on the "
-                  "victim's final norm: layernorm (h = 1 + dimension of the logits' affine hull) or rmsnorm (h = "
-                  "dimension of their span).")
-flags.DEFINE_integer("lm_max_vectors", 4096, "Give up when no gap is accepted with this many logit vectors.",
-                     lower_bound=2)
-flags.DEFINE_float("lm_oversample", 1.0, "Recover W from max(vectors at detection, oversample * h) vectors.",
-                   lower_bound=1e-9)
-flags.DEFINE_float("lm_bias", 0.0, "Fixed logit bias of the top_k_bias reconstruction (0: adaptive).",
-                   lower_bound=0.0)
+flags.DEFINE_enum(
+  "lm_final_norm",
+  "layernorm",
+  list(spectrum.FINAL_NORMS),
+  "Attacker's assumption on the "
+  "victim's final norm: layernorm (h = 1 + dimension of the logits' affine hull) or rmsnorm (h = "
+  "dimension of their span).",
+)
+flags.DEFINE_integer(
+  "lm_max_vectors", 4096, "Give up when no gap is accepted with this many logit vectors.", lower_bound=2
+)
+flags.DEFINE_float(
+  "lm_oversample", 1.0, "Recover W from max(vectors at detection, oversample * h) vectors.", lower_bound=1e-9
+)
+flags.DEFINE_float("lm_bias", 0.0, "Fixed logit bias of the top_k_bias reconstruction (0: adaptive).", lower_bound=0.0)
 
 FLAGS = flags.FLAGS
 
 
-@flags.multi_flags_validator(["lm_hidden", "lm_heads", "lm_seq_len", "lm_max_len", "lm_prompt_len", "lm_top_k",
-                              "lm_vocab", "lm_bias", "lm_max_bias"], message="bad --lm_* flags")
+@flags.multi_flags_validator(
+  [
+    "lm_hidden",
+    "lm_heads",
+    "lm_seq_len",
+    "lm_max_len",
+    "lm_prompt_len",
+    "lm_top_k",
+    "lm_vocab",
+    "lm_bias",
+    "lm_max_bias",
+  ],
+  message="bad --lm_* flags",
+)
 def _check_lm(v):
   if v["lm_hidden"] % v["lm_heads"]:
     raise flags.ValidationError(f"--lm_heads={v['lm_heads']} must divide --lm_hidden={v['lm_hidden']}")
@@ -84,16 +115,28 @@ def _check_lm(v):
 def _remote_needs_victim(values):
   """Through --oracle_url the attack needs the served LM's directory too, to measure what it recovered."""
   if values["experiment"] == "lm_last_layer" and values["oracle_url"] and not values["lm_victim_dir"]:
-    raise flags.ValidationError("--oracle_url with lm_last_layer needs --lm_victim_dir=DIR of the served LM (to "
-                                "compare the recovered W with it)")
+    raise flags.ValidationError(
+      "--oracle_url with lm_last_layer needs --lm_victim_dir=DIR of the served LM (to compare the recovered W with it)"
+    )
   return True
 
 
 def build_victim(workdir: pathlib.Path) -> lm_victim.LMVictim:
-  config = lm_victim.LMConfig(vocab_size=FLAGS.lm_vocab, hidden=FLAGS.lm_hidden, layers=FLAGS.lm_layers,
-                              heads=FLAGS.lm_heads, max_len=FLAGS.lm_max_len, tied=FLAGS.lm_tied)
-  tcfg = lm_victim.TrainConfig(steps=FLAGS.lm_train_steps, batch_size=FLAGS.lm_train_batch,
-                               seq_len=FLAGS.lm_seq_len, lr=FLAGS.lm_lr, seed=FLAGS.seed)
+  config = lm_victim.LMConfig(
+    vocab_size=FLAGS.lm_vocab,
+    hidden=FLAGS.lm_hidden,
+    layers=FLAGS.lm_layers,
+    heads=FLAGS.lm_heads,
+    max_len=FLAGS.lm_max_len,
+    tied=FLAGS.lm_tied,
+  )
+  tcfg = lm_victim.TrainConfig(
+    steps=FLAGS.lm_train_steps,
+    batch_size=FLAGS.lm_train_batch,
+    seq_len=FLAGS.lm_seq_len,
+    lr=FLAGS.lm_lr,
+    seed=FLAGS.seed,
+  )
   directory = pathlib.Path(FLAGS.lm_victim_dir or workdir / "lm_victim")
   if FLAGS.oracle_url:  # the served victim, as it is
     if (directory / "lm_victim" / "info.json").is_file():
@@ -111,27 +154,48 @@ def make_oracle(victim: lm_victim.LMVictim):
   top_k = FLAGS.lm_top_k if FLAGS.lm_oracle_output in ("top_k", "top_k_bias") else None
   if FLAGS.oracle_url:
     from extraction.lm_remote import RemoteLMOracle
-    oracle = RemoteLMOracle(FLAGS.oracle_url, FLAGS.api_key or os.environ.get(oracle_flags.API_KEY_ENV, ""),
-                            timeout=FLAGS.oracle_timeout, retries=FLAGS.oracle_retries, budget=FLAGS.lm_budget,
-                            record_inputs=False)
+
+    oracle = RemoteLMOracle(
+      FLAGS.oracle_url,
+      FLAGS.api_key or os.environ.get(oracle_flags.API_KEY_ENV, ""),
+      timeout=FLAGS.oracle_timeout,
+      retries=FLAGS.oracle_retries,
+      budget=FLAGS.lm_budget,
+      record_inputs=False,
+    )
     served = (oracle.output, oracle.top_k)
     if served != (FLAGS.lm_oracle_output, top_k) or oracle.vocab_size != victim.config.vocab_size:
       oracle.close()
       raise oracle_flags.OracleMismatch(
-          f"--oracle_url={FLAGS.oracle_url}: this key is served {served[0]} (top_k={served[1]}) over a vocabulary "
-          f"of {oracle.vocab_size}; the experiment asks for {FLAGS.lm_oracle_output} (top_k={top_k}) of the LM in "
-          f"--lm_victim_dir (V={victim.config.vocab_size})")
+        f"--oracle_url={FLAGS.oracle_url}: this key is served {served[0]} (top_k={served[1]}) over a vocabulary "
+        f"of {oracle.vocab_size}; the experiment asks for {FLAGS.lm_oracle_output} (top_k={top_k}) of the LM in "
+        f"--lm_victim_dir (V={victim.config.vocab_size})"
+      )
     return oracle
-  return LMOracle(lm_victim.backend(victim, FLAGS.lm_precision), output=FLAGS.lm_oracle_output, top_k=top_k,
-                  budget=FLAGS.lm_budget, record_inputs=False, vocab_size=victim.config.vocab_size,
-                  max_len=victim.config.max_len,
-                  max_bias=FLAGS.lm_max_bias, max_biased_tokens=FLAGS.lm_max_biased_tokens)
+  return LMOracle(
+    lm_victim.backend(victim, FLAGS.lm_precision),
+    output=FLAGS.lm_oracle_output,
+    top_k=top_k,
+    budget=FLAGS.lm_budget,
+    record_inputs=False,
+    vocab_size=victim.config.vocab_size,
+    max_len=victim.config.max_len,
+    max_bias=FLAGS.lm_max_bias,
+    max_biased_tokens=FLAGS.lm_max_biased_tokens,
+  )
 
 
 def attack_config() -> attack.Config:
-  return attack.Config(prompt_len=FLAGS.lm_prompt_len, step=FLAGS.lm_step, gap_threshold=FLAGS.lm_gap_threshold,
-                       tail=FLAGS.lm_gap_tail, final_norm=FLAGS.lm_final_norm, max_vectors=FLAGS.lm_max_vectors,
-                       oversample=FLAGS.lm_oversample, bias=FLAGS.lm_bias or None)
+  return attack.Config(
+    prompt_len=FLAGS.lm_prompt_len,
+    step=FLAGS.lm_step,
+    gap_threshold=FLAGS.lm_gap_threshold,
+    tail=FLAGS.lm_gap_tail,
+    final_norm=FLAGS.lm_final_norm,
+    max_vectors=FLAGS.lm_max_vectors,
+    oversample=FLAGS.lm_oversample,
+    bias=FLAGS.lm_bias or None,
+  )
 
 
 @experiments.register("lm_last_layer")
@@ -140,9 +204,15 @@ def run(workdir: pathlib.Path) -> list[dict]:
   workdir = pathlib.Path(workdir)
   attack.refuse_unless_scores(FLAGS.lm_oracle_output, FLAGS.lm_top_k)  # before any work: one line, exit code 1
   victim = build_victim(workdir)
-  logging.info("lm_last_layer: victim %s, V=%d h=%d (%s), API output %s in %s", victim.info["train"],
-               victim.config.vocab_size, victim.config.hidden, "tied" if victim.config.tied else "untied",
-               FLAGS.lm_oracle_output, FLAGS.lm_precision)
+  logging.info(
+    "lm_last_layer: victim %s, V=%d h=%d (%s), API output %s in %s",
+    victim.info["train"],
+    victim.config.vocab_size,
+    victim.config.hidden,
+    "tied" if victim.config.tied else "untied",
+    FLAGS.lm_oracle_output,
+    FLAGS.lm_precision,
+  )
   oracle = make_oracle(victim)
   try:
     result = attack.steal_last_layer(oracle, attack_config(), seed=FLAGS.seed)
@@ -150,8 +220,9 @@ def run(workdir: pathlib.Path) -> list[dict]:
     logging.error("lm_last_layer stopped after %d queries", oracle.used)
     raise
   np.savez(workdir / "recovered.npz", unembedding=result.unembedding, singular_values=result.singular_values)
-  row = evaluate.report(victim, result, output=oracle.output, top_k=FLAGS.lm_top_k,
-                        precision=result.answer_dtype or FLAGS.lm_precision)
+  row = evaluate.report(
+    victim, result, output=oracle.output, top_k=FLAGS.lm_top_k, precision=result.answer_dtype or FLAGS.lm_precision
+  )
   if FLAGS.oracle_url:
     row["oracle_url"] = FLAGS.oracle_url
   row["oracle_used"], row["oracle_tokens"] = oracle.used, oracle.tokens

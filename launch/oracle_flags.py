@@ -8,10 +8,10 @@ output mode and top_k, never the defenses): `make_oracle` checks that they are w
 (--oracle_output, --top_k) and ends the run with a one-line error otherwise. The key may also be given in the environment variable EXTRACTION_API_KEY (kept out of flagfiles and
 shell history); it is never written to results.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
 
 from absl import flags, logging
 
@@ -25,8 +25,11 @@ class OracleMismatch(RemoteError, ValueError):
   """The remote key serves another output mode than the experiment asks for."""
 
 
-flags.DEFINE_string("oracle_url", None, "Ask the victim through this prediction API (python -m launch.serve) "
-                    "instead of locally, e.g. http://127.0.0.1:8000.")
+flags.DEFINE_string(
+  "oracle_url",
+  None,
+  "Ask the victim through this prediction API (python -m launch.serve) instead of locally, e.g. http://127.0.0.1:8000.",
+)
 flags.DEFINE_string("api_key", None, f"API key for --oracle_url (default: ${API_KEY_ENV}).")
 flags.DEFINE_float("oracle_timeout", 60.0, "Seconds per request to --oracle_url.", lower_bound=0.1)
 flags.DEFINE_integer("oracle_retries", 3, "Retries of a request that timed out or got a 5xx.", lower_bound=0)
@@ -48,12 +51,20 @@ def _remote_settings(values):
 
 def public_flag_values() -> dict:
   """These flags for results.json, without the API key."""
-  return {"oracle_url": FLAGS.oracle_url, "oracle_timeout": FLAGS.oracle_timeout,
-          "oracle_retries": FLAGS.oracle_retries}
+  return {
+    "oracle_url": FLAGS.oracle_url,
+    "oracle_timeout": FLAGS.oracle_timeout,
+    "oracle_retries": FLAGS.oracle_retries,
+  }
 
 
-def make_oracle(local_backend: Optional[Backend], output: str, top_k: Optional[int] = None,
-                budget: Optional[int] = None, record_inputs: bool = True) -> Union[Oracle, RemoteOracle]:
+def make_oracle(
+  local_backend: Backend | None,
+  output: str,
+  top_k: int | None = None,
+  budget: int | None = None,
+  record_inputs: bool = True,
+) -> Oracle | RemoteOracle:
   """The oracle of one extraction: local over `local_backend`, or remote when --oracle_url is set.
 
   Args:
@@ -69,21 +80,32 @@ def make_oracle(local_backend: Optional[Backend], output: str, top_k: Optional[i
     if local_backend is None:
       raise ValueError("a local oracle needs the victim's backend (local_backend is None and --oracle_url unset)")
     return Oracle(local_backend, output=output, top_k=top_k, budget=budget, record_inputs=record_inputs)
-  oracle = RemoteOracle(FLAGS.oracle_url, FLAGS.api_key or os.environ.get(API_KEY_ENV, ""),
-                        timeout=FLAGS.oracle_timeout, retries=FLAGS.oracle_retries, budget=budget,
-                        record_inputs=record_inputs)
+  oracle = RemoteOracle(
+    FLAGS.oracle_url,
+    FLAGS.api_key or os.environ.get(API_KEY_ENV, ""),
+    timeout=FLAGS.oracle_timeout,
+    retries=FLAGS.oracle_retries,
+    budget=budget,
+    record_inputs=record_inputs,
+  )
   if oracle.output != output or (output == "top_k" and oracle.top_k != top_k):
     served, asked = _mode_text(oracle.output, oracle.top_k), _mode_text(output, top_k)
     oracle.close()
-    raise OracleMismatch(f"--oracle_url={FLAGS.oracle_url}: this API key is served {served} but the experiment "
-                         f"asks for {asked}; use a key served {asked} or set the experiment's output to {served}")
+    raise OracleMismatch(
+      f"--oracle_url={FLAGS.oracle_url}: this API key is served {served} but the experiment "
+      f"asks for {asked}; use a key served {asked} or set the experiment's output to {served}"
+    )
   left = oracle.key_state["remaining"]
-  logging.info("remote oracle %s: output %s, key budget left %s", FLAGS.oracle_url,
-               _mode_text(oracle.output, oracle.top_k), "no limit" if left is None else left)
+  logging.info(
+    "remote oracle %s: output %s, key budget left %s",
+    FLAGS.oracle_url,
+    _mode_text(oracle.output, oracle.top_k),
+    "no limit" if left is None else left,
+  )
   return oracle
 
 
-def oracle_settings(oracle: Union[Oracle, RemoteOracle]) -> dict:
+def oracle_settings(oracle: Oracle | RemoteOracle) -> dict:
   """What makes a remote oracle's answers differ from the local one's, for names of runs and checkpoints:
   {} for a local oracle (names stay as they were), else the URL and a digest of the key (the service does not
   disclose a key's defenses, so each key names its own runs)."""
@@ -92,5 +114,5 @@ def oracle_settings(oracle: Union[Oracle, RemoteOracle]) -> dict:
   return {}
 
 
-def _mode_text(output: str, top_k: Optional[int]) -> str:
+def _mode_text(output: str, top_k: int | None) -> str:
   return output + (f" (top_k={top_k})" if output == "top_k" else "")

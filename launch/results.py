@@ -2,6 +2,7 @@
 versions), results.md (the same rows as a Markdown table, without the bulky columns, after the experiment's
 notes), plot.png (accuracy and fidelity against queries, one line per method and oracle output, error bars of one
 standard deviation over seeds) and, where rows carry learning curves, curves.png (fidelity against steps)."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -45,8 +46,14 @@ def markdown_table(rows: list[dict]) -> str:
   with a `<name>_std` beside it shows as 'mean ± std'."""
   cols = []
   for r in rows:
-    cols += [k for k, v in r.items() if k not in cols and k not in _BULKY and not isinstance(v, (list, dict))
-             and not (k.endswith("_std") and k[:-4] in r)]
+    cols += [
+      k
+      for k, v in r.items()
+      if k not in cols
+      and k not in _BULKY
+      and not isinstance(v, (list, dict))
+      and not (k.endswith("_std") and k[:-4] in r)
+    ]
   lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   lines += ["| " + " | ".join(_cell(r, c) for c in cols) + " |" for r in rows]
   return "\n".join(lines) + "\n"
@@ -59,19 +66,25 @@ def _targets(row: dict) -> str:
 
 def plot(rows: list[dict], path: pathlib.Path) -> bool:
   """Accuracy and fidelity against queries; returns False (and writes nothing) when rows have no such data."""
-  rows = [r for r in rows if "fidelity" in r and "queries" in r and r.get("method") != "victim"
-          and "source" not in r]  # the limits study's rows: its own plot
+  rows = [
+    r for r in rows if "fidelity" in r and "queries" in r and r.get("method") != "victim" and "source" not in r
+  ]  # the limits study's rows: its own plot
   if not rows:
     return False
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
   groups = sorted({(r["method"], _targets(r)) for r in rows})
   for ax, metric in zip(axes, ("accuracy", "fidelity")):
     for method, output in groups:
-      pts = sorted((r["queries"], r[metric], r.get(f"{metric}_std", 0.0)) for r in rows
-                   if (r["method"], _targets(r)) == (method, output) and metric in r)
+      pts = sorted(
+        (r["queries"], r[metric], r.get(f"{metric}_std", 0.0))
+        for r in rows
+        if (r["method"], _targets(r)) == (method, output) and metric in r
+      )
       if not pts:
         continue
       q, v, sd = np.array(pts).T
@@ -95,8 +108,10 @@ def plot_curves(rows: list[dict], path: pathlib.Path) -> bool:
   if not rows:
     return False
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for r in rows:
     curves = [run["curve"] for run in r["per_seed"]]

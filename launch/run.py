@@ -4,6 +4,7 @@ Parses and validates every flag before any work starts (a bad flag ends with a o
 picks the experiment by `--experiment`, runs it in `--workdir` and writes results.json, results.md and plot.png
 there. A bare `--flagfile=NAME.flags` that does not exist is looked up in `configs/`.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,24 +15,35 @@ import sys
 
 from absl import app, flags, logging
 
-from launch import common  # noqa: F401  (defines --experiment, --workdir, --seed)
-from launch import experiments, results
-from launch import learning  # noqa: F401  (registers the learning-based experiments)
-from launch import fe  # noqa: F401  (registers functional_equivalence)
-from launch import direct  # noqa: F401  (registers direct_recovery)
-from launch import lm  # noqa: F401  (registers lm_last_layer)
-from launch import hybrid  # noqa: F401  (registers hybrid)
-from launch import limits  # noqa: F401  (registers limits)
-
 from extraction.datasets import DatasetUnavailable
 from extraction.oracle import BudgetExceeded
 from extraction.remote import RemoteError
 from extraction.victim import VictimMismatch
 from functional_equivalence.errors import ExtractionError, VictimFileError
+from launch import (
+  common,  # noqa: F401  (defines --experiment, --workdir, --seed)
+  direct,  # noqa: F401  (registers direct_recovery)
+  experiments,
+  fe,  # noqa: F401  (registers functional_equivalence)
+  hybrid,  # noqa: F401  (registers hybrid)
+  learning,  # noqa: F401  (registers the learning-based experiments)
+  limits,  # noqa: F401  (registers limits)
+  lm,  # noqa: F401  (registers lm_last_layer)
+  results,
+)
 
 FLAGS = flags.FLAGS
-USER_ERRORS = (common.ConfigError, DatasetUnavailable, BudgetExceeded, ExtractionError, VictimFileError,
-               FileNotFoundError, RemoteError, VictimMismatch, limits.RunFailed)
+USER_ERRORS = (
+  common.ConfigError,
+  DatasetUnavailable,
+  BudgetExceeded,
+  ExtractionError,
+  VictimFileError,
+  FileNotFoundError,
+  RemoteError,
+  VictimMismatch,
+  limits.RunFailed,
+)
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 

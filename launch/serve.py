@@ -15,6 +15,7 @@ file --db (default: keys.sqlite beside the victim) and its secret <db>.secret; a
 lists or resets keys. Endpoints, limits and the threat model: docs/service.md. Prints `serving ... on
 http://HOST:PORT` once the socket listens.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -28,23 +29,27 @@ from service import keystore, server
 from service import lm as lm_api
 from service.inputs import shape_text
 
-flags.DEFINE_string("victim_workdir", None, "Experiment workdir of launch.run (victim in <dir>/victim) or a victim "
-                    "directory.")
+flags.DEFINE_string(
+  "victim_workdir", None, "Experiment workdir of launch.run (victim in <dir>/victim) or a victim directory."
+)
 flags.DEFINE_string("victim_npz", None, "Two-layer ReLU victim (npz with w0, b0, w1, b1), served in float64.")
-flags.DEFINE_string("victim_lm", None, "Language-model victim: a workdir of --experiment=lm_last_layer or its "
-                    "lm_victim directory (prompts in, next-token scores out).")
+flags.DEFINE_string(
+  "victim_lm",
+  None,
+  "Language-model victim: a workdir of --experiment=lm_last_layer or its "
+  "lm_victim directory (prompts in, next-token scores out).",
+)
 flags.DEFINE_enum("victim_lm_precision", "float32", ["float32", "float64"], "Precision the LM victim computes in.")
 flags.DEFINE_float("max_logit_bias", 100.0, "LM: bound on |logit bias| per token (OpenAI: 100).", lower_bound=1e-9)
-flags.DEFINE_integer("max_biased_tokens", 300, "LM: bound on biased tokens per request (OpenAI: 300).",
-                     lower_bound=1)
+flags.DEFINE_integer("max_biased_tokens", 300, "LM: bound on biased tokens per request (OpenAI: 300).", lower_bound=1)
 flags.DEFINE_string("keys", None, "JSON file of API keys: {KEY: {label, budget, output, top_k, defenses}}.")
 flags.DEFINE_bool("sync_keys", False, "Revoke the keys of the database that --keys does not list.")
-flags.DEFINE_string("db", None, "SQLite file of the keys and what they spent (default: keys.sqlite beside the "
-                    "victim).")
+flags.DEFINE_string("db", None, "SQLite file of the keys and what they spent (default: keys.sqlite beside the victim).")
 flags.DEFINE_bool("init_db", False, "Create a new key database (and its secret); refused if --db exists.")
 flags.DEFINE_string("host", "127.0.0.1", "Interface to listen on.")
-flags.DEFINE_integer("port", 8000, "Port to listen on (0: any free port; the one chosen is printed).",
-                     lower_bound=0, upper_bound=65535)
+flags.DEFINE_integer(
+  "port", 8000, "Port to listen on (0: any free port; the one chosen is printed).", lower_bound=0, upper_bound=65535
+)
 flags.DEFINE_integer("max_batch", 4096, "Most inputs per request.", lower_bound=1)
 flags.DEFINE_integer("max_bytes", 32 << 20, "Largest request body in bytes.", lower_bound=1)
 flags.DEFINE_float("max_abs_input", 1e6, "Float64 victims answer inputs within +-this only.", lower_bound=1e-300)
@@ -54,10 +59,12 @@ flags.DEFINE_float("queue_wait", 10.0, "Seconds a request waits for those slots.
 flags.DEFINE_integer("body_memory", 256 << 20, "Bytes of request bodies held at once (more: 503).", lower_bound=1)
 flags.DEFINE_float("body_timeout", 30.0, "Seconds to receive a request body (408 after).", lower_bound=0.001)
 flags.DEFINE_integer("workers", 2, "Threads running the victim.", lower_bound=1)
-flags.DEFINE_integer("max_connections", 512, "Open connections at most (lowered to fit the open-file limit).",
-                     lower_bound=1)
-flags.DEFINE_integer("max_connections_per_client", 64, "Open connections from one client address at most.",
-                     lower_bound=1)
+flags.DEFINE_integer(
+  "max_connections", 512, "Open connections at most (lowered to fit the open-file limit).", lower_bound=1
+)
+flags.DEFINE_integer(
+  "max_connections_per_client", 64, "Open connections from one client address at most.", lower_bound=1
+)
 flags.DEFINE_float("header_timeout", 10.0, "Seconds for a request's headers to arrive.", lower_bound=0.001)
 flags.DEFINE_bool("docs", False, "Serve /docs, /redoc and /openapi.json.")
 flags.DEFINE_bool("warmup", True, "Compile the Flax victim for every batch size before listening.")
@@ -74,16 +81,21 @@ def _one_victim(values):
   if lm_dir is not None:
     path = pathlib.Path(lm_dir)
     if not ((path / "info.json").is_file() or (path / "lm_victim" / "info.json").is_file()):
-      raise flags.ValidationError(f"--victim_lm={lm_dir!r}: no LM victim there (no info.json in it or in its "
-                                  f"lm_victim/); build one with python -m launch.run --experiment=lm_last_layer")
+      raise flags.ValidationError(
+        f"--victim_lm={lm_dir!r}: no LM victim there (no info.json in it or in its "
+        f"lm_victim/); build one with python -m launch.run --experiment=lm_last_layer"
+      )
   elif workdir is not None:
     directory = service.resolve_victim_dir(workdir)
     if not (directory / "info.json").is_file():
-      raise flags.ValidationError(f"--victim_workdir={workdir!r}: no trained victim there (no info.json in it or "
-                                  f"in its victim/); train one with python -m launch.run first")
+      raise flags.ValidationError(
+        f"--victim_workdir={workdir!r}: no trained victim there (no info.json in it or "
+        f"in its victim/); train one with python -m launch.run first"
+      )
   else:
     from functional_equivalence import victims
     from functional_equivalence.errors import VictimFileError
+
     try:
       victims.load_npz(npz)
     except VictimFileError as e:
@@ -121,10 +133,17 @@ def default_db(workdir, npz, lm_dir=None) -> pathlib.Path:
 def limits() -> service.Limits:
   """The request limits from the flags; exits with one line when they do not fit together."""
   try:
-    return service.Limits(max_batch=FLAGS.max_batch, max_bytes=FLAGS.max_bytes, max_abs_input=FLAGS.max_abs_input,
-                          key_requests=FLAGS.key_requests, total_requests=FLAGS.total_requests,
-                          queue_wait=FLAGS.queue_wait, body_memory=FLAGS.body_memory,
-                          body_timeout=FLAGS.body_timeout, workers=FLAGS.workers)
+    return service.Limits(
+      max_batch=FLAGS.max_batch,
+      max_bytes=FLAGS.max_bytes,
+      max_abs_input=FLAGS.max_abs_input,
+      key_requests=FLAGS.key_requests,
+      total_requests=FLAGS.total_requests,
+      queue_wait=FLAGS.queue_wait,
+      body_memory=FLAGS.body_memory,
+      body_timeout=FLAGS.body_timeout,
+      workers=FLAGS.workers,
+    )
   except ValueError as e:
     sys.exit(f"bad limits: {e}")
 
@@ -132,8 +151,9 @@ def limits() -> service.Limits:
 def open_store() -> keystore.KeyStore:
   """The key store (a new one with --init_db), the keys file loaded into it; exits with one line on a problem."""
   try:
-    store = keystore.KeyStore(FLAGS.db or default_db(FLAGS.victim_workdir, FLAGS.victim_npz, FLAGS.victim_lm),
-                              create=FLAGS.init_db)
+    store = keystore.KeyStore(
+      FLAGS.db or default_db(FLAGS.victim_workdir, FLAGS.victim_npz, FLAGS.victim_lm), create=FLAGS.init_db
+    )
     if FLAGS.keys:
       for line in keys_lib.report(store.load(keystore.read_keys_file(FLAGS.keys), sync=FLAGS.sync_keys)):
         print(line, file=sys.stderr, flush=True)  # stdout's first line stays the `serving ... on URL` line
@@ -153,8 +173,9 @@ def main(argv):
   store = open_store()
   try:
     if FLAGS.victim_lm is not None:
-      model = lm_api.model_from_lm_dir(FLAGS.victim_lm, FLAGS.victim_lm_precision, FLAGS.max_logit_bias,
-                                       FLAGS.max_biased_tokens)
+      model = lm_api.model_from_lm_dir(
+        FLAGS.victim_lm, FLAGS.victim_lm_precision, FLAGS.max_logit_bias, FLAGS.max_biased_tokens
+      )
     elif FLAGS.victim_workdir is not None:
       model = service.model_from_victim_dir(FLAGS.victim_workdir)
     else:
@@ -170,12 +191,16 @@ def main(argv):
   if FLAGS.warmup and model.input_dtype == "uint8":
     service.warm_up(model, FLAGS.max_batch)
   api = service.create_app(model, store, request_limits, docs=FLAGS.docs)
-  connections = server.fit_to_open_files(server.ConnectionLimits(
-      FLAGS.max_connections, FLAGS.max_connections_per_client, FLAGS.header_timeout))
+  connections = server.fit_to_open_files(
+    server.ConnectionLimits(FLAGS.max_connections, FLAGS.max_connections_per_client, FLAGS.header_timeout)
+  )
   sock = server.listen(FLAGS.host, FLAGS.port)
-  print(f"serving {model.name}: inputs {shape_text(model.input_shape)} {model.input_dtype}, "
-        f"{model.num_classes} classes, {sum(not k.revoked for k in store.list())} keys in {store.path}, "
-        f"at most {connections.max_connections} connections, on {server.url_of(sock)}", flush=True)
+  print(
+    f"serving {model.name}: inputs {shape_text(model.input_shape)} {model.input_dtype}, "
+    f"{model.num_classes} classes, {sum(not k.revoked for k in store.list())} keys in {store.path}, "
+    f"at most {connections.max_connections} connections, on {server.url_of(sock)}",
+    flush=True,
+  )
   server.serve(api, sock, connections, FLAGS.log_level)
 
 

@@ -12,6 +12,7 @@
 its HMAC digest, so a generated key is shown once. Revoked keys stay revoked. A running server sees every change
 at its next request.
 """
+
 from __future__ import annotations
 
 import sys

@@ -9,6 +9,7 @@ prints `name==version` for each, sorted: `pip freeze` restricted to what the pro
 install, nothing unrelated that happens to be installed, e.g. torch for the PyTorch comparison benchmark).
 CI installs with it as a constraints file: pip install -c requirements/lock.txt -e ".[test]".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,10 +72,12 @@ def main() -> None:
   parser.add_argument("--extras", default="test", help="comma-separated extras of setup.py to include")
   args = parser.parse_args()
   pins = closure(setup_requirements([e for e in args.extras.split(",") if e]))
-  print(f"# The project's pinned environment (pip constraints): every package the project and its [{args.extras}] "
-        f"extra need,\n# at the versions installed when it was written. Made with: {COMMAND}\n"
-        f"# on Python {platform.python_version()}, {sys.platform} {platform.machine()}. "
-        f"Install: pip install -c requirements/lock.txt -e \".[{args.extras}]\"")
+  print(
+    f"# The project's pinned environment (pip constraints): every package the project and its [{args.extras}] "
+    f"extra need,\n# at the versions installed when it was written. Made with: {COMMAND}\n"
+    f"# on Python {platform.python_version()}, {sys.platform} {platform.machine()}. "
+    f'Install: pip install -c requirements/lock.txt -e ".[{args.extras}]"'
+  )
   for name in sorted(pins):
     print(f"{name}=={pins[name]}")
 

@@ -15,6 +15,7 @@ The reference trains with SGD (Nesterov momentum 0.9, lr 0.03, weight decay 5e-4
 lr * cos(7 pi t / 16 T): `extraction.train.make_optimizer(..., schedule='fixmatch_cosine', optimizer='sgd')`.
 Precision: float32.
 """
+
 from __future__ import annotations
 
 import jax
@@ -51,12 +52,20 @@ def views(key: jax.Array, u: jax.Array, flip: bool, shift: int, num_ops: int) ->
   """(weak, strong) views of the unlabeled float images u: row i of both is a view of u[i]; the strong view is a
   fresh weak augmentation followed by RandAugment and Cutout."""
   k_weak, k_base, k_strong = jax.random.split(key, 3)
-  return (aug.augment(k_weak, u, flip, shift),
-          rand_augment(k_strong, aug.augment(k_base, u, flip, shift), num_ops))
+  return (aug.augment(k_weak, u, flip, shift), rand_augment(k_strong, aug.augment(k_base, u, flip, shift), num_ops))
 
 
-def make_fixmatch_step(model, *, threshold: float = 0.95, lambda_u: float = 1.0, ema_decay: float = 0.999,
-                       flip: bool, shift: int, num_ops: int = 2, extra_loss=None) -> Step:
+def make_fixmatch_step(
+  model,
+  *,
+  threshold: float = 0.95,
+  lambda_u: float = 1.0,
+  ema_decay: float = 0.999,
+  flip: bool,
+  shift: int,
+  num_ops: int = 2,
+  extra_loss=None,
+) -> Step:
   """Builds the FixMatch step `step(state, batch) -> (state, metrics)` (jit it with the state donated).
 
   Args:
@@ -71,6 +80,7 @@ def make_fixmatch_step(model, *, threshold: float = 0.95, lambda_u: float = 1.0,
     The step. batch = {'images': uint8 (B,H,W,C), 'targets': float (B,C) distributions, 'unlabeled': uint8
     (mu*B,H,W,C)}; metrics: 'loss', 'loss_x', 'loss_u', 'mask' (fraction of confident pseudo-labels).
   """
+
   def step(state, batch):
     k_x, k_u, k_extra = jax.random.split(state.step_key(), 3)
     x = aug.augment(k_x, to_float(batch["images"]), flip, shift)
@@ -81,7 +91,7 @@ def make_fixmatch_step(model, *, threshold: float = 0.95, lambda_u: float = 1.0,
     def loss_fn(params):
       logits, batch_stats = forward(model, params, state.batch_stats, inputs)
       loss_x = soft_cross_entropy(logits[:n], batch["targets"].astype(jnp.float32))
-      loss_u, mask = unlabeled_loss(logits[n + m:], jax.nn.softmax(logits[n:n + m]), threshold)
+      loss_u, mask = unlabeled_loss(logits[n + m :], jax.nn.softmax(logits[n : n + m]), threshold)
       return loss_x + lambda_u * loss_u, (batch_stats, {"loss_x": loss_x, "loss_u": loss_u, "mask": mask})
 
     return gradient_step(model, state, loss_fn, ema_decay, extra_loss, batch, k_extra)

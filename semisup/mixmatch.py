@@ -13,6 +13,7 @@ batch u:
   5. optionally an extra loss (MM + Rot: `semisup.rotation.make_rotation_loss`).
 Losses and the ramp-up come from optax. Precision: float32 throughout.
 """
+
 from __future__ import annotations
 
 import jax
@@ -74,14 +75,17 @@ def mixup(inputs: jax.Array, targets: jax.Array, lam: jax.Array, perm: jax.Array
   Returns:
     (mixed inputs float32 (N, ...), mixed targets float32 (N, C)).
   """
+
   def mix(a):
     w = lam.reshape((-1,) + (1,) * (a.ndim - 1))
     return w * a + (1.0 - w) * a[perm]
+
   return mix(inputs), mix(targets)
 
 
-def mixmatch_loss(logits_x: jax.Array, targets_x: jax.Array, logits_u: jax.Array,
-                  targets_u: jax.Array) -> tuple[jax.Array, jax.Array]:
+def mixmatch_loss(
+  logits_x: jax.Array, targets_x: jax.Array, logits_u: jax.Array, targets_u: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """The two MixMatch losses (unweighted).
 
   Args:
@@ -111,9 +115,19 @@ def rampup(step: jax.Array, rampup_steps: int) -> jax.Array:
   return optax.linear_schedule(0.0, 1.0, rampup_steps)(step)
 
 
-def make_mixmatch_step(model, *, lambda_u: float, rampup_steps: int, temperature: float = 0.5,
-                       alpha: float = 0.75, k: int = 2, ema_decay: float = 0.999, flip: bool, shift: int,
-                       extra_loss=None) -> Step:
+def make_mixmatch_step(
+  model,
+  *,
+  lambda_u: float,
+  rampup_steps: int,
+  temperature: float = 0.5,
+  alpha: float = 0.75,
+  k: int = 2,
+  ema_decay: float = 0.999,
+  flip: bool,
+  shift: int,
+  extra_loss=None,
+) -> Step:
   """Builds the MixMatch step `step(state, batch) -> (state, metrics)` (jit it with the state donated).
 
   Args:
@@ -133,6 +147,7 @@ def make_mixmatch_step(model, *, lambda_u: float, rampup_steps: int, temperature
     distributions, 'unlabeled': uint8 (U,H,W,C)}; metrics = float32 scalars 'loss', 'loss_x', 'loss_u', 'w_u' (the
     current unlabeled weight) and the extra loss's.
   """
+
   def predict(params, batch_stats, images):
     return jax.nn.softmax(split_heads(training_apply(model, batch_stats)(params, images))[0])
 
@@ -141,8 +156,9 @@ def make_mixmatch_step(model, *, lambda_u: float, rampup_steps: int, temperature
     x = aug.augment(r_x, to_float(batch["images"]), flip, shift)
     u = to_float(batch["unlabeled"])
     u_aug = [aug.augment(r, u, flip, shift) for r in jax.random.split(r_u, k)]
-    guess = jax.lax.stop_gradient(guess_labels(
-        jnp.stack([predict(state.params, state.batch_stats, ui) for ui in u_aug]), temperature))
+    guess = jax.lax.stop_gradient(
+      guess_labels(jnp.stack([predict(state.params, state.batch_stats, ui) for ui in u_aug]), temperature)
+    )
     inputs = jnp.concatenate([x] + u_aug)
     targets = jnp.concatenate([batch["targets"].astype(jnp.float32)] + [guess] * k)
     mixed, mixed_targets = mixup(inputs, targets, *mixup_params(r_mix, inputs.shape[0], alpha))

@@ -7,6 +7,7 @@ definitions on [0, 1] pixels, through dm-pix where it has them (contrast, satura
 solarize, blur). Not included: Equalize (a per-image histogram equalisation, no jittable equivalent here).
 Inputs and outputs are float images (N, H, W, C) in [-1, 1] (`extraction.datasets.to_float`). Precision: float32.
 """
+
 from __future__ import annotations
 
 import dm_pix as pix
@@ -71,14 +72,16 @@ def sharpness(img, m):
 
 def shear_x(img, m):
   s, h = _signed(m, 0.3), img.shape[0]
-  return _affine(img, jnp.array([[1.0, 0.0, 0.0], [s, 1.0, 0.0], [0.0, 0.0, 1.0]]),
-                 jnp.array([0.0, -s * (h - 1) / 2.0, 0.0]))
+  return _affine(
+    img, jnp.array([[1.0, 0.0, 0.0], [s, 1.0, 0.0], [0.0, 0.0, 1.0]]), jnp.array([0.0, -s * (h - 1) / 2.0, 0.0])
+  )
 
 
 def shear_y(img, m):
   s, w = _signed(m, 0.3), img.shape[1]
-  return _affine(img, jnp.array([[1.0, s, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]),
-                 jnp.array([-s * (w - 1) / 2.0, 0.0, 0.0]))
+  return _affine(
+    img, jnp.array([[1.0, s, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), jnp.array([-s * (w - 1) / 2.0, 0.0, 0.0])
+  )
 
 
 def solarize(img, m):
@@ -93,8 +96,21 @@ def translate_y(img, m):
   return _affine(img, jnp.eye(3), jnp.array([_signed(m, 0.3) * img.shape[0], 0.0, 0.0]))
 
 
-OPS = (identity, autocontrast, brightness, color, contrast, posterize, rotate, sharpness, shear_x, shear_y,
-       solarize, translate_x, translate_y)
+OPS = (
+  identity,
+  autocontrast,
+  brightness,
+  color,
+  contrast,
+  posterize,
+  rotate,
+  sharpness,
+  shear_x,
+  shear_y,
+  solarize,
+  translate_x,
+  translate_y,
+)
 
 
 def cutout(img, key, max_fraction: float = 0.5):

@@ -3,6 +3,7 @@ the batch is shown in all four rotations (0/90/180/270 degrees) and the model's 
 which. `make_rotation_loss` builds the extra loss that the step factories take (FS + Rot, MM + Rot, FixMatch + Rot).
 Precision: float32.
 """
+
 from __future__ import annotations
 
 import dm_pix as pix
@@ -36,6 +37,7 @@ def make_rotation_loss(weight: float, flip: bool, shift: int, rotate_labeled: bo
     flip, shift: augmentation of the images before rotating them.
     rotate_labeled: also rotate the labeled batch (S4L's option), not only `batch['unlabeled']`.
   """
+
   def extra(apply, params, batch, key):
     images = to_float(batch["unlabeled"])
     if rotate_labeled:
@@ -46,4 +48,5 @@ def make_rotation_loss(weight: float, flip: bool, shift: int, rotate_labeled: bo
       raise ValueError("the rotation loss needs a model built with rotation_head=True")
     loss = rotation_loss(out[1], labels)
     return weight * loss, {"loss_rot": loss}
+
   return extra

@@ -15,13 +15,24 @@ Modules (one concept each):
 Floors: this package imports `extraction/` (and `functional_equivalence/` for its victims), never `launch/`;
 `launch/serve.py` and `launch/serve_keys.py` are the command lines over it. See docs/service.md.
 """
+
 import importlib
 
-_EXPORTS = {"ApiError": "service.inputs", "Limits": "service.app", "create_app": "service.app",
-            "KeySettings": "service.settings", "KeyStore": "service.keystore", "ServedModel": "service.model",
-            "model_from_npz": "service.model", "model_from_victim_dir": "service.model",
-            "resolve_victim_dir": "service.model", "warm_up": "service.model", "BackgroundServer": "service.server",
-            "ConnectionLimits": "service.server", "listen": "service.server"}
+_EXPORTS = {
+  "ApiError": "service.inputs",
+  "Limits": "service.app",
+  "create_app": "service.app",
+  "KeySettings": "service.settings",
+  "KeyStore": "service.keystore",
+  "ServedModel": "service.model",
+  "model_from_npz": "service.model",
+  "model_from_victim_dir": "service.model",
+  "resolve_victim_dir": "service.model",
+  "warm_up": "service.model",
+  "BackgroundServer": "service.server",
+  "ConnectionLimits": "service.server",
+  "listen": "service.server",
+}
 __all__ = sorted(_EXPORTS)
 
 

@@ -23,6 +23,7 @@ A key database that vanished while serving gives 503 (nothing answered). Errors 
 error answered before a body of more than 64 KB was read closes the connection instead of reading the body in
 vain (a client still sending it may then see the connection reset rather than the answer).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,7 +33,6 @@ import dataclasses
 import hashlib
 import io
 import json
-from typing import Optional
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -71,6 +71,7 @@ class Limits:
     chunk: inputs per victim call, the unit of round robin between keys.
     replay_per_key: answers kept per key for retries with the same X-Request-Id.
   """
+
   max_batch: int = 4096
   max_bytes: int = 32 << 20
   max_abs_input: float = 1e6
@@ -93,7 +94,7 @@ class Limits:
       raise ValueError("Limits.max_abs_input, queue_wait and body_timeout must be > 0")
 
 
-def answer_format(request: Request, fmt: Optional[str]) -> str:
+def answer_format(request: Request, fmt: str | None) -> str:
   """'npy' or 'json', from ?format= or else the Accept header (JSON by default)."""
   if fmt is not None:
     if fmt not in ("npy", "json"):
@@ -120,8 +121,13 @@ def encode_answers(answers: np.ndarray, fmt: str, state) -> Response:
     buf = io.BytesIO()
     np.save(buf, answers, allow_pickle=False)
     return Response(buf.getvalue(), media_type=NPY, headers=headers)
-  body = {"outputs": answers.tolist(), "dtype": str(answers.dtype), "output": state.settings.output,
-          "used": state.used, "remaining": state.remaining}
+  body = {
+    "outputs": answers.tolist(),
+    "dtype": str(answers.dtype),
+    "output": state.settings.output,
+    "used": state.used,
+    "remaining": state.remaining,
+  }
   return Response(json.dumps(body), media_type="application/json", headers=headers)
 
 
@@ -135,7 +141,7 @@ def _api_key(request: Request) -> str:
   return key
 
 
-def _declared_length(request: Request, max_bytes: int) -> Optional[int]:
+def _declared_length(request: Request, max_bytes: int) -> int | None:
   length = request.headers.get("content-length")
   if length is None:
     return None
@@ -168,14 +174,14 @@ def defend(logits: np.ndarray, x: np.ndarray, settings: KeySettings, noise_key: 
   """The key's answers to x: its output mode, then its defenses (noise keyed by each input, see secret.py)."""
   logits = np.asarray(logits)
   if not np.all(np.isfinite(logits)):
-    raise ApiError(422, "the victim's answers to these inputs are not finite (inputs too large?); nothing was "
-                        "charged")
+    raise ApiError(422, "the victim's answers to these inputs are not finite (inputs too large?); nothing was charged")
   answers = transform_logits(logits, settings.output, settings.top_k)
   normal = None
   if settings.defenses.noise_std > 0:
     normal = keyed_normal(noise_key, x, answers.shape[-1])
-  return apply_defenses(answers, logits, settings.defenses, None, output=settings.output, top_k=settings.top_k,
-                        normal=normal)
+  return apply_defenses(
+    answers, logits, settings.defenses, None, output=settings.output, top_k=settings.top_k, normal=normal
+  )
 
 
 def create_app(model: ServedModel, store: KeyStore, limits: Limits = Limits(), docs: bool = False) -> FastAPI:
@@ -192,8 +198,14 @@ def create_app(model: ServedModel, store: KeyStore, limits: Limits = Limits(), d
     scheduler.close()
     parsers.shutdown(wait=False)
 
-  app = FastAPI(title="prediction API", version="1", lifespan=lifespan, docs_url="/docs" if docs else None,
-                redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None)
+  app = FastAPI(
+    title="prediction API",
+    version="1",
+    lifespan=lifespan,
+    docs_url="/docs" if docs else None,
+    redoc_url="/redoc" if docs else None,
+    openapi_url="/openapi.json" if docs else None,
+  )
 
   @app.exception_handler(ApiError)
   async def _api_error(request: Request, e: ApiError):
@@ -218,8 +230,10 @@ def create_app(model: ServedModel, store: KeyStore, limits: Limits = Limits(), d
     if model.lm is not None:  # prompts, and a logit bias (service/lm.py)
       x, bias = lm_api.parse_request(body, content_type, model, input_limits)
     else:
-      x, bias = inputs.validate_inputs(inputs.parse_body(body, content_type, model, input_limits), model,
-                                       input_limits), None
+      x, bias = (
+        inputs.validate_inputs(inputs.parse_body(body, content_type, model, input_limits), model, input_limits),
+        None,
+      )
     digest = hashlib.sha256(repr((x.shape, x.dtype.str)).encode() + x.tobytes() + lm_api.fingerprint_bias(bias))
     return x, bias, digest.hexdigest()
 
@@ -239,8 +253,14 @@ def create_app(model: ServedModel, store: KeyStore, limits: Limits = Limits(), d
 
   @app.get("/health")
   async def health():
-    out = {"status": "ok", "input_shape": list(model.input_shape), "input_dtype": model.input_dtype,
-           "num_classes": model.num_classes, "max_batch": limits.max_batch, "max_bytes": limits.max_bytes}
+    out = {
+      "status": "ok",
+      "input_shape": list(model.input_shape),
+      "input_dtype": model.input_dtype,
+      "num_classes": model.num_classes,
+      "max_batch": limits.max_batch,
+      "max_bytes": limits.max_bytes,
+    }
     if model.lm is not None:
       out["lm"] = model.lm.to_dict()
     return out
@@ -249,11 +269,10 @@ def create_app(model: ServedModel, store: KeyStore, limits: Limits = Limits(), d
   async def budget(request: Request):
     state = await in_thread(store.get, _api_key(request))
     s = state.settings
-    return {"budget": s.budget, "used": state.used, "remaining": state.remaining, "output": s.output,
-            "top_k": s.top_k}
+    return {"budget": s.budget, "used": state.used, "remaining": state.remaining, "output": s.output, "top_k": s.top_k}
 
   @app.post("/v1/predict")
-  async def predict(request: Request, format: Optional[str] = None):  # noqa: A002 (the query parameter's name)
+  async def predict(request: Request, format: str | None = None):  # noqa: A002 (the query parameter's name)
     body_read: list[bool] = []
     try:
       return await predict_one(request, format, body_read)
@@ -263,7 +282,7 @@ def create_app(model: ServedModel, store: KeyStore, limits: Limits = Limits(), d
         e.headers = {**(e.headers or {}), "Connection": "close"}  # refused before a large body: not read in vain
       raise
 
-  async def predict_one(request: Request, fmt: Optional[str], body_read: list):
+  async def predict_one(request: Request, fmt: str | None, body_read: list):
     key = _api_key(request)
     state = await in_thread(store.get, key)
     if state.remaining is not None and state.remaining <= 0:  # refused before reading a byte of the body
@@ -275,8 +294,9 @@ def create_app(model: ServedModel, store: KeyStore, limits: Limits = Limits(), d
       with admission.memory(limits.max_bytes if length is None else length):
         body = await _read_body(request, limits.max_bytes, limits.body_timeout)
         body_read.append(True)
-        x, bias, fingerprint = await asyncio.wrap_future(parsers.submit(parse, body,
-                                                                        request.headers.get("content-type", "")))
+        x, bias, fingerprint = await asyncio.wrap_future(
+          parsers.submit(parse, body, request.headers.get("content-type", ""))
+        )
         del body
         if model.lm is not None:
           bias = lm_api.check_request_bias(bias, len(x), state.settings, model)

@@ -8,6 +8,7 @@ numbers of the model's input shape is then read by numpy (`read_json_array`: no 
 interpreter lock released while the numbers are parsed, so a large body does not stall the other requests);
 anything else goes through `json.loads` only up to 1 MB (`JSON_LOADS_BYTES`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +17,6 @@ import json
 import math
 import re
 import warnings
-from typing import Optional
 
 import numpy as np
 
@@ -33,7 +33,7 @@ _NUMBER_CHARS = b"0123456789+-.eE \t\r\n"
 class ApiError(Exception):
   """An error answered as JSON {"detail": message} with an HTTP status."""
 
-  def __init__(self, status: int, message: str, headers: Optional[dict] = None):
+  def __init__(self, status: int, message: str, headers: dict | None = None):
     super().__init__(message)
     self.status, self.message, self.headers = status, message, headers
 
@@ -41,6 +41,7 @@ class ApiError(Exception):
 @dataclasses.dataclass(frozen=True)
 class InputLimits:
   """Largest batch (inputs per request) and largest magnitude of float inputs the service answers."""
+
   max_batch: int = 4096
   max_abs_input: float = 1e6
 
@@ -69,7 +70,7 @@ def _skeleton(n: int, shape: tuple) -> bytes:
   return b"[" + b",".join([inner] * n) + b"]"
 
 
-def read_json_array(body: bytes, shape: tuple) -> Optional[np.ndarray]:
+def read_json_array(body: bytes, shape: tuple) -> np.ndarray | None:
   """The (N, *shape) array of a JSON body holding one array of numbers (optionally as {"inputs": [...]}), read by
   numpy with the interpreter lock released; None when the body is anything else (json.loads decides then).
 
@@ -78,10 +79,10 @@ def read_json_array(body: bytes, shape: tuple) -> Optional[np.ndarray]:
   start, end = body.find(b"["), body.rfind(b"]")
   if start < 0 or end < start:
     return None
-  head, tail = body[:start], body[end + 1:].strip()
+  head, tail = body[:start], body[end + 1 :].strip()
   if head.strip() and not (_WRAPPER.fullmatch(head) and tail == b"}") or (not head.strip() and tail):
     return None
-  array = body[start:end + 1]
+  array = body[start : end + 1]
   skeleton = array.translate(None, _NUMBER_CHARS)
   per_input = math.prod(shape)
   values = skeleton.count(b",") + 1
@@ -95,7 +96,7 @@ def read_json_array(body: bytes, shape: tuple) -> Optional[np.ndarray]:
       return None
   if len(numbers) != values:
     return None
-  if not any(c in array for c in (b".", b"e", b"E")) and np.all(np.abs(numbers) <= 2 ** 53):
+  if not any(c in array for c in (b".", b"e", b"E")) and np.all(np.abs(numbers) <= 2**53):
     numbers = numbers.astype(np.int64)
   return numbers.reshape((values // per_input,) + tuple(shape))
 
@@ -105,18 +106,21 @@ def parse_json(body: bytes, model: ServedModel, limits: InputLimits) -> np.ndarr
   most = len(model.input_shape) + 2  # the batch, each input's dimensions, an {"inputs": ...} object
   deepest = json_depth(body)
   if deepest > most:
-    raise ApiError(400, f"JSON body nested {deepest} deep; inputs {shape_text(model.input_shape)} need at most "
-                        f"{most}")
+    raise ApiError(400, f"JSON body nested {deepest} deep; inputs {shape_text(model.input_shape)} need at most {most}")
   most_values = limits.max_batch * math.prod(model.input_shape)
   if body.count(b",") + 1 > most_values + 64:
-    raise ApiError(413, f"JSON body holds more than the {most_values} values of {limits.max_batch} inputs, the "
-                        f"limit per request")
+    raise ApiError(
+      413, f"JSON body holds more than the {most_values} values of {limits.max_batch} inputs, the limit per request"
+    )
   fast = read_json_array(body, tuple(model.input_shape))
   if fast is not None:
     return fast
   if len(body) > JSON_LOADS_BYTES:
-    raise ApiError(400, f"a JSON body over {JSON_LOADS_BYTES >> 20} MB must be one array of numbers "
-                        f"{shape_text(model.input_shape)} (or {{\"inputs\": ...}}); send .npy otherwise")
+    raise ApiError(
+      400,
+      f"a JSON body over {JSON_LOADS_BYTES >> 20} MB must be one array of numbers "
+      f'{shape_text(model.input_shape)} (or {{"inputs": ...}}); send .npy otherwise',
+    )
   try:
     data = json.loads(body)
   except (ValueError, UnicodeDecodeError, RecursionError) as e:
@@ -170,6 +174,9 @@ def validate_inputs(x: np.ndarray, model: ServedModel, limits: InputLimits) -> n
     if x.min() < info.min or x.max() > info.max:
       raise ApiError(422, f"inputs hold values outside {info.min}..{info.max} ({want} pixels)")
   elif np.abs(x).max() > limits.max_abs_input:
-    raise ApiError(422, f"inputs hold values of magnitude up to {float(np.abs(x).max()):.3g}; this service answers "
-                        f"inputs within +-{limits.max_abs_input:g}")
+    raise ApiError(
+      422,
+      f"inputs hold values of magnitude up to {float(np.abs(x).max()):.3g}; this service answers "
+      f"inputs within +-{limits.max_abs_input:g}",
+    )
   return np.ascontiguousarray(x.astype(want, copy=False))

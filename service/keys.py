@@ -1,15 +1,15 @@
 """Key management: what `python -m launch.serve_keys` does to a key store, as plain functions returning the lines
 to print."""
+
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 from service import secret
 from service.keystore import KeySettings, KeyState, KeyStore, LoadReport
 
 
-def settings(output: str, top_k: Optional[int], defenses_json: str, budget: Optional[int]) -> KeySettings:
+def settings(output: str, top_k: int | None, defenses_json: str, budget: int | None) -> KeySettings:
   """KeySettings from command-line values (defenses as a JSON object); raises ValueError with a one-line message."""
   try:
     defenses = json.loads(defenses_json)
@@ -20,7 +20,7 @@ def settings(output: str, top_k: Optional[int], defenses_json: str, budget: Opti
   return KeySettings.from_dict({"budget": budget, "output": output, "top_k": top_k, "defenses": defenses})
 
 
-def add(store: KeyStore, label: str, key_settings: KeySettings, key: Optional[str] = None) -> str:
+def add(store: KeyStore, label: str, key_settings: KeySettings, key: str | None = None) -> str:
   """Adds a key named `label` (a new random one unless `key` is given), or updates the settings of a known key
   keeping what it spent. The line printed shows a generated key once: it is stored only as a digest."""
   generated = key is None
@@ -37,7 +37,7 @@ def reset(store: KeyStore, key: str) -> str:
   return "unknown key" if label is None else f"key {label!r}: spending reset to 0"
 
 
-def revoke(store: KeyStore, key: Optional[str] = None, label: Optional[str] = None) -> str:
+def revoke(store: KeyStore, key: str | None = None, label: str | None = None) -> str:
   """Revokes a key given in clear or by its label."""
   if key is not None:
     done = store.revoke(key)
@@ -52,16 +52,23 @@ def revoke(store: KeyStore, key: Optional[str] = None, label: Optional[str] = No
 
 def report(summary: LoadReport) -> list[str]:
   """The lines that say what loading a keys file changed."""
-  return [f"{what}: {', '.join(repr(l) for l in labels)}" for what, labels in (
-      ("keys added", summary.added), ("keys updated", summary.updated),
+  return [
+    f"{what}: {', '.join(repr(l) for l in labels)}"
+    for what, labels in (
+      ("keys added", summary.added),
+      ("keys updated", summary.updated),
       ("keys revoked (not in the keys file)", summary.revoked),
-      ("keys in the file but revoked earlier (they stay revoked)", summary.still_revoked)) if labels]
+      ("keys in the file but revoked earlier (they stay revoked)", summary.still_revoked),
+    )
+    if labels
+  ]
 
 
 def describe(state: KeyState) -> str:
   """One line of `--list`: label, spending, budget, output mode, defenses, and whether revoked."""
   s = state.settings
-  return (f"{state.label:16s} used {state.used:>8d} of {'unlimited' if s.budget is None else s.budget:>9}  "
-          f"output={s.output}{'' if s.top_k is None else f' top_k={s.top_k}'}  defenses={s.defenses.to_dict()}"
-          f"{'  REVOKED' if state.revoked else ''}")
-
+  return (
+    f"{state.label:16s} used {state.used:>8d} of {'unlimited' if s.budget is None else s.budget:>9}  "
+    f"output={s.output}{'' if s.top_k is None else f' top_k={s.top_k}'}  defenses={s.defenses.to_dict()}"
+    f"{'  REVOKED' if state.revoked else ''}"
+  )

@@ -13,6 +13,7 @@ command lines' --init_db), opening checks the file's format, the secret and that
 `StoreError` otherwise), and every transaction first checks that the file is still the one opened: a database
 deleted or replaced while serving raises `StoreUnavailable` (the service answers 503, nothing is charged).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,12 +24,17 @@ import os
 import pathlib
 import sqlite3
 import threading
-from typing import Iterator, Mapping, Optional
+from collections.abc import Iterator, Mapping
 
 from extraction.defenses import Defenses
 from service import secret as secret_lib
-from service.settings import KeySettings, check_key, check_label, check_label_apart
-from service.settings import read_keys_file  # noqa: F401 (re-exported)
+from service.settings import (
+  KeySettings,
+  check_key,
+  check_label,
+  check_label_apart,
+  read_keys_file,  # noqa: F401 (re-exported)
+)
 
 FORMAT = 2  # PRAGMA user_version of the databases this module writes (0: the SHA-256 format before it)
 SCHEMA = """
@@ -62,27 +68,30 @@ class BudgetExhausted(RuntimeError):
   """The query would take the key past its budget; nothing of it is answered."""
 
   def __init__(self, n: int, used: int, budget: int):
-    super().__init__(f"query of {n} inputs refused: {used} of the budget of {budget} already used "
-                     f"({budget - used} left)")
+    super().__init__(
+      f"query of {n} inputs refused: {used} of the budget of {budget} already used ({budget - used} left)"
+    )
     self.n, self.used, self.budget = n, used, budget
 
 
 @dataclasses.dataclass(frozen=True)
 class KeyState:
   """A key's label, settings and what it has spent."""
+
   label: str
   settings: KeySettings
   used: int
   revoked: bool = False
 
   @property
-  def remaining(self) -> Optional[int]:
+  def remaining(self) -> int | None:
     return None if self.settings.budget is None else self.settings.budget - self.used
 
 
 @dataclasses.dataclass(frozen=True)
 class LoadReport:
   """What loading a keys file changed: labels added, updated, revoked (sync), and revoked ones left revoked."""
+
   added: tuple = ()
   updated: tuple = ()
   revoked: tuple = ()
@@ -117,11 +126,17 @@ class KeyStore:
         self.secret = secret_lib.create_secret(secret_file)
       else:
         if not self.path.is_file():
-          raise StoreError(f"no key database at {self.path}; create one with --init_db (every key of a new database "
-                           f"starts at 0 spent)")
+          raise StoreError(
+            f"no key database at {self.path}; create one with --init_db (every key of a new database starts at 0 spent)"
+          )
         self.secret = secret_lib.read_secret(secret_file)
-      self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode={'rwc' if create else 'rw'}", uri=True,
-                                 timeout=timeout, isolation_level=None, check_same_thread=False)
+      self._db = sqlite3.connect(
+        f"{self.path.resolve().as_uri()}?mode={'rwc' if create else 'rw'}",
+        uri=True,
+        timeout=timeout,
+        isolation_level=None,
+        check_same_thread=False,
+      )
       self._db.execute("PRAGMA journal_mode=WAL")  # readers do not wait for the writer; persistent in the file
       self._db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across crashes of the process
       if create:
@@ -139,12 +154,13 @@ class KeyStore:
     """Checks the format, that the secret belongs to the database, and that it can be written."""
     version = self._db.execute("PRAGMA user_version").fetchone()[0]
     if version != FORMAT:
-      raise StoreError(f"key database {self.path} is in format {version}, not {FORMAT} (made by an older version "
-                       f"of the service?); start a new one with --init_db and load the keys file into it")
+      raise StoreError(
+        f"key database {self.path} is in format {version}, not {FORMAT} (made by an older version "
+        f"of the service?); start a new one with --init_db and load the keys file into it"
+      )
     row = self._db.execute("SELECT value FROM meta WHERE name = 'secret_check'").fetchone()
     if row is None or row[0] != secret_lib.check_value(self.secret):
-      raise StoreError(f"secret file {secret_lib.secret_path(self.path)} does not belong to key database "
-                       f"{self.path}")
+      raise StoreError(f"secret file {secret_lib.secret_path(self.path)} does not belong to key database {self.path}")
     self._db.execute("BEGIN IMMEDIATE")
     try:
       self._db.execute("INSERT OR REPLACE INTO meta VALUES ('opened_at', ?)", (_now(),))
@@ -205,10 +221,12 @@ class KeyStore:
       other = db.execute("SELECT 1 FROM keys WHERE label = ? AND digest != ?", (label, d)).fetchone()
       if other is not None:
         raise ValueError(f"label {label!r} already names another key")
-      db.execute("INSERT INTO keys (digest, label, budget, output, top_k, defenses) VALUES (?, ?, ?, ?, ?, ?) "
-                 "ON CONFLICT(digest) DO UPDATE SET label = excluded.label, budget = excluded.budget, "
-                 "output = excluded.output, top_k = excluded.top_k, defenses = excluded.defenses",
-                 (d, label, settings.budget, settings.output, settings.top_k, json.dumps(settings.defenses.to_dict())))
+      db.execute(
+        "INSERT INTO keys (digest, label, budget, output, top_k, defenses) VALUES (?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT(digest) DO UPDATE SET label = excluded.label, budget = excluded.budget, "
+        "output = excluded.output, top_k = excluded.top_k, defenses = excluded.defenses",
+        (d, label, settings.budget, settings.output, settings.top_k, json.dumps(settings.defenses.to_dict())),
+      )
       return row is None
 
   def load(self, keys: Mapping[str, tuple[str, KeySettings]], sync: bool = False) -> LoadReport:
@@ -236,15 +254,15 @@ class KeyStore:
             revoked.append(label)
     return LoadReport(tuple(added), tuple(updated), tuple(revoked), tuple(still))
 
-  def revoke(self, key: str) -> Optional[str]:
+  def revoke(self, key: str) -> str | None:
     """Revokes the key for good (it gets 401 from the next request on); its label, or None if unknown."""
     return self._revoke("digest", self.digest(key))
 
-  def revoke_label(self, label: str) -> Optional[str]:
+  def revoke_label(self, label: str) -> str | None:
     """Revokes the key the operator named `label`; the label, or None if no key has it."""
     return self._revoke("label", label)
 
-  def _revoke(self, column: str, value: str) -> Optional[str]:
+  def _revoke(self, column: str, value: str) -> str | None:
     with self._transaction() as db:
       row = db.execute(f"SELECT label FROM keys WHERE {column} = ?", (value,)).fetchone()
       if row is not None:
@@ -259,19 +277,21 @@ class KeyStore:
       raise UnknownKey("unknown or revoked API key")
     return state
 
-  def _state(self, d: str) -> Optional[KeyState]:
+  def _state(self, d: str) -> KeyState | None:
     with self._transaction(write=False) as db:
       return self._row(db, d)
 
   @staticmethod
-  def _row(db: sqlite3.Connection, d: str) -> Optional[KeyState]:
-    row = db.execute("SELECT label, budget, used, output, top_k, defenses, revoked_at FROM keys WHERE digest = ?",
-                     (d,)).fetchone()
+  def _row(db: sqlite3.Connection, d: str) -> KeyState | None:
+    row = db.execute(
+      "SELECT label, budget, used, output, top_k, defenses, revoked_at FROM keys WHERE digest = ?", (d,)
+    ).fetchone()
     if row is None:
       return None
     shown, budget, used, output, top_k, defenses, revoked_at = row
-    return KeyState(shown, KeySettings(budget, output, top_k, Defenses(**json.loads(defenses))), used,
-                    revoked_at is not None)
+    return KeyState(
+      shown, KeySettings(budget, output, top_k, Defenses(**json.loads(defenses))), used, revoked_at is not None
+    )
 
   def reserve(self, key: str, n: int) -> tuple[KeyState, int]:
     """Charges n inputs to the key before they are answered.
@@ -283,8 +303,11 @@ class KeyStore:
     """
     d = self.digest(key)
     with self._transaction() as db:
-      cur = db.execute("UPDATE keys SET used = used + ? WHERE digest = ? AND revoked_at IS NULL "
-                       "AND (budget IS NULL OR used + ? <= budget)", (n, d, n))
+      cur = db.execute(
+        "UPDATE keys SET used = used + ? WHERE digest = ? AND revoked_at IS NULL "
+        "AND (budget IS NULL OR used + ? <= budget)",
+        (n, d, n),
+      )
       state = self._row(db, d)
       if state is None or state.revoked:
         raise UnknownKey("unknown or revoked API key")
@@ -298,7 +321,7 @@ class KeyStore:
     with self._transaction() as db:
       db.execute("UPDATE keys SET used = MAX(used - ?, 0) WHERE digest = ?", (n, self.digest(key)))
 
-  def reset(self, key: str) -> Optional[str]:
+  def reset(self, key: str) -> str | None:
     """Sets what the key spent back to 0; its label, or None if the key is unknown."""
     d = self.digest(key)
     with self._transaction() as db:

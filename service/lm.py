@@ -9,6 +9,7 @@ Its keys are served one of 'logits' ((N, V) as a classifier's answers), 'argmax'
 'top_k_bias' (JSON {"ids": [[...]], "logprobs": [[...]], "dtype": ...}, best first). The bias bounds are the
 service's (as OpenAI's 100 and 300), not a key's; LM keys take no defenses. GET /health shows {"lm": {...}}.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,8 +19,15 @@ import pathlib
 import numpy as np
 from fastapi.responses import Response
 
-from extraction.lm_oracle import (LM_ONLY_OUTPUTS, LM_OUTPUT_MODES, BiasRefused, LogitBias, check_bias, lm_answers,
-                                  validate_lm_output)
+from extraction.lm_oracle import (
+  LM_ONLY_OUTPUTS,
+  LM_OUTPUT_MODES,
+  BiasRefused,
+  LogitBias,
+  check_bias,
+  lm_answers,
+  validate_lm_output,
+)
 from service.inputs import ApiError, InputLimits, parse_body
 from service.model import ServedModel
 
@@ -27,6 +35,7 @@ from service.model import ServedModel
 @dataclasses.dataclass(frozen=True)
 class LMApi:
   """What an LM API accepts beyond a classifier's: the longest prompt and the logit-bias bounds."""
+
   max_len: int
   max_bias: float = 100.0
   max_biased_tokens: int = 300
@@ -35,25 +44,34 @@ class LMApi:
     return dataclasses.asdict(self)
 
 
-def model_from_lm_dir(path, precision: str = "float32", max_bias: float = 100.0,
-                      max_biased_tokens: int = 300) -> ServedModel:
+def model_from_lm_dir(
+  path, precision: str = "float32", max_bias: float = 100.0, max_biased_tokens: int = 300
+) -> ServedModel:
   """The LM victim of `python -m launch.run --experiment=lm_last_layer` (its <workdir>/lm_victim, or that
   directory itself), answered in `precision`."""
   from extraction import lm_victim  # jax: imported only to serve a Flax LM
+
   path = pathlib.Path(path)
   directory = path / "lm_victim" if (path / "lm_victim" / "info.json").is_file() else path
   v = lm_victim.load_victim(directory)
   cfg = v.config
   name = f"{directory} (LM: V={cfg.vocab_size}, {precision})"
-  return ServedModel(lm_victim.backend(v, precision), (cfg.max_len,), "int32", cfg.vocab_size, name,
-                     lm=LMApi(cfg.max_len, max_bias, max_biased_tokens))
+  return ServedModel(
+    lm_victim.backend(v, precision),
+    (cfg.max_len,),
+    "int32",
+    cfg.vocab_size,
+    name,
+    lm=LMApi(cfg.max_len, max_bias, max_biased_tokens),
+  )
 
 
 def check_settings(settings, vocab_size: int) -> None:
   """Raises ValueError (one line) unless a key's settings are an LM output without defenses."""
   if settings.output not in LM_OUTPUT_MODES:
-    raise ValueError(f"output {settings.output!r} is not served by a language model; choose one of "
-                     f"{', '.join(LM_OUTPUT_MODES)}")
+    raise ValueError(
+      f"output {settings.output!r} is not served by a language model; choose one of {', '.join(LM_OUTPUT_MODES)}"
+    )
   validate_lm_output(settings.output, settings.top_k, vocab_size)
   if settings.defenses.active:
     raise ValueError("a language model's keys take no defenses")
@@ -65,8 +83,9 @@ def _prompts(x: np.ndarray, model: ServedModel, limits: InputLimits) -> np.ndarr
     raise ApiError(422, f"prompts must be integer token ids (N, L), got {x.dtype} {tuple(x.shape)}")
   n, length = x.shape
   if n == 0 or not 1 <= length <= model.lm.max_len:
-    raise ApiError(422, f"prompts have shape {tuple(x.shape)}; expected (N, L) with N >= 1, 1 <= L <= "
-                        f"{model.lm.max_len}")
+    raise ApiError(
+      422, f"prompts have shape {tuple(x.shape)}; expected (N, L) with N >= 1, 1 <= L <= {model.lm.max_len}"
+    )
   if n > limits.max_batch:
     raise ApiError(413, f"batch of {n} prompts is over the limit of {limits.max_batch} per request")
   if x.min() < 0 or x.max() >= model.num_classes:
@@ -126,8 +145,14 @@ def check_request_bias(bias, n: int, settings, model: ServedModel):
 
 def encode_top_k(answers, state, headers: dict) -> Response:
   """Top-k answers as JSON {"ids", "logprobs", "dtype", "output", "used", "remaining"}."""
-  body = {"ids": answers.ids.tolist(), "logprobs": answers.logprobs.tolist(), "dtype": str(answers.logprobs.dtype),
-          "output": state.settings.output, "used": state.used, "remaining": state.remaining}
+  body = {
+    "ids": answers.ids.tolist(),
+    "logprobs": answers.logprobs.tolist(),
+    "dtype": str(answers.logprobs.dtype),
+    "output": state.settings.output,
+    "used": state.used,
+    "remaining": state.remaining,
+  }
   return Response(json.dumps(body), media_type="application/json", headers=headers)
 
 

@@ -1,10 +1,11 @@
 """Answers kept for retries: a request repeated with the same X-Request-Id is answered again, not charged again."""
+
 from __future__ import annotations
 
 import asyncio
 import collections
 import dataclasses
-from typing import Awaitable, Callable, Optional
+from collections.abc import Awaitable, Callable
 
 from service.inputs import ApiError
 
@@ -13,7 +14,7 @@ from service.inputs import ApiError
 class _Replay:
   fingerprint: str
   done: asyncio.Event
-  response: Optional[object] = None
+  response: object | None = None
 
 
 class ReplayCache:

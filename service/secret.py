@@ -7,6 +7,7 @@ Everything secret the service derives comes from it with HMAC-SHA256, one label 
                   is a function of (secret, API key, input bytes) and never leaves the server;
   * `check_value` stored in the database, to refuse a secret file that does not belong to it.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -50,8 +51,9 @@ def read_secret(path) -> bytes:
   except OSError as e:
     raise SecretError(f"secret file {path}: {e.strerror}") from None
   if mode & (stat.S_IRWXG | stat.S_IRWXO):
-    raise SecretError(f"secret file {path} is open to group or others (mode {stat.S_IMODE(mode):04o}); "
-                      f"chmod 600 {path}")
+    raise SecretError(
+      f"secret file {path} is open to group or others (mode {stat.S_IMODE(mode):04o}); chmod 600 {path}"
+    )
   if len(value) != SECRET_BYTES:
     raise SecretError(f"secret file {path} holds {len(value)} bytes, not {SECRET_BYTES}")
   return value

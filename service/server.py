@@ -11,25 +11,29 @@ The connections themselves are guarded (`ConnectionLimits`, applied by a subclas
   * idle keep-alive connections close after `keep_alive` seconds.
 `serve` also raises the soft limit of open files to the hard one, and lowers `max_connections` to fit under it.
 """
+
 from __future__ import annotations
 
 import collections
 import dataclasses
 import socket
 import threading
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
   from fastapi import FastAPI
 
-_REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
-            b"connection: close\r\ncontent-length: 42\r\n\r\n"
-            b'{"detail": "too many connections; retry"}\n')
+_REFUSED = (
+  b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+  b"connection: close\r\ncontent-length: 42\r\n\r\n"
+  b'{"detail": "too many connections; retry"}\n'
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class ConnectionLimits:
   """Caps and timeouts of the connections (module docstring)."""
+
   max_connections: int = 512
   per_client: int = 64
   header_timeout: float = 10.0
@@ -43,11 +47,12 @@ class ConnectionLimits:
 def guarded_protocol(limits: ConnectionLimits):
   """A uvicorn HTTP/1.1 protocol class enforcing `limits` (one class per server: it holds the counts)."""
   from uvicorn.protocols.http.h11_impl import H11Protocol
+
   per_client: collections.Counter = collections.Counter()
   idle: dict = {}  # client address -> {connection: None}, oldest first: connections waiting for a request's headers
   open_connections = [0]
 
-  def evict_idle(peer: Optional[str]) -> bool:
+  def evict_idle(peer: str | None) -> bool:
     """Closes the connection that has waited longest for headers (from `peer`, or from anyone); False if none."""
     queues = [idle.get(peer, {})] if peer is not None else list(idle.values())
     waiting = [next(iter(q)) for q in queues if q]
@@ -59,7 +64,7 @@ def guarded_protocol(limits: ConnectionLimits):
     return True
 
   class GuardedProtocol(H11Protocol):
-    _peer: Optional[str] = None
+    _peer: str | None = None
     _header_timer = None
     _timed_cycle = None
     _armed_at = 0.0
@@ -166,13 +171,22 @@ def url_of(sock: socket.socket) -> str:
 def uvicorn_server(app: FastAPI, connections: ConnectionLimits, log_level: str = "warning"):
   """A uvicorn.Server for `app` with the guarded protocol (info logs every request)."""
   import uvicorn
-  config = uvicorn.Config(app, log_level=log_level, access_log=log_level == "info", http=guarded_protocol(connections),
-                          timeout_keep_alive=connections.keep_alive, ws="none", lifespan="on")
+
+  config = uvicorn.Config(
+    app,
+    log_level=log_level,
+    access_log=log_level == "info",
+    http=guarded_protocol(connections),
+    timeout_keep_alive=connections.keep_alive,
+    ws="none",
+    lifespan="on",
+  )
   return uvicorn.Server(config)
 
 
-def serve(app: FastAPI, sock: socket.socket, connections: ConnectionLimits = ConnectionLimits(),
-          log_level: str = "warning") -> None:
+def serve(
+  app: FastAPI, sock: socket.socket, connections: ConnectionLimits = ConnectionLimits(), log_level: str = "warning"
+) -> None:
   """Serves `app` on the listening socket until interrupted."""
   uvicorn_server(app, connections, log_level).run(sockets=[sock])
 
@@ -181,8 +195,9 @@ class BackgroundServer:
   """An app served by uvicorn in a daemon thread (tests, notebooks, benchmarks): `with BackgroundServer(app) as
   url: ...` starts it on a free port of 127.0.0.1 and stops it on exit."""
 
-  def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0,
-               connections: ConnectionLimits = ConnectionLimits()):
+  def __init__(
+    self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, connections: ConnectionLimits = ConnectionLimits()
+  ):
     self.sock = listen(host, port)
     self.url = url_of(self.sock)
     self.server = uvicorn_server(app, connections)

@@ -10,26 +10,27 @@ Keys file (JSON), one entry per key, the key itself as the name:
 Every value is checked with its type and bounds: integers where integers are meant (never booleans or 2.5),
 numbers finite and within the bounds below, so that no setting can make every answer NaN or overflow SQLite.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
 import pathlib
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 from extraction.defenses import Defenses
 from extraction.lm_oracle import LM_ONLY_OUTPUTS, validate_lm_output
 from extraction.oracle import OUTPUT_MODES, validate_output_mode
 from service.secret import MIN_KEY_LENGTH
 
-MAX_BUDGET = 10 ** 15
+MAX_BUDGET = 10**15
 MAX_LABEL = 64
 BOUNDS = {  # defense setting -> (kind, lowest, highest, lowest excluded)
-    "round_decimals": ("integer", 0, 15, False),
-    "noise_std": ("number", 0.0, 1e6, False),
-    "reverse_sigmoid_beta": ("number", 0.0, 1e3, True),
-    "reverse_sigmoid_gamma": ("number", 0.0, 1e3, True),
+  "round_decimals": ("integer", 0, 15, False),
+  "noise_std": ("number", 0.0, 1e6, False),
+  "reverse_sigmoid_beta": ("number", 0.0, 1e3, True),
+  "reverse_sigmoid_gamma": ("number", 0.0, 1e3, True),
 }
 
 
@@ -58,50 +59,56 @@ def check_key(key) -> str:
   if not isinstance(key, str) or not key.isprintable() or key != key.strip() or not key:
     raise ValueError("API keys must be printable strings without outer spaces")
   if len(key) < MIN_KEY_LENGTH:
-    raise ValueError(f"API keys need at least {MIN_KEY_LENGTH} characters (this one has {len(key)}); "
-                     f"let python -m launch.serve_keys --add generate one")
+    raise ValueError(
+      f"API keys need at least {MIN_KEY_LENGTH} characters (this one has {len(key)}); "
+      f"let python -m launch.serve_keys --add generate one"
+    )
   return key
 
 
 def check_label_apart(label: str, key: str, span: int = 8) -> None:
   """Raises ValueError when the label holds `span` or more consecutive characters of the key."""
-  if any(key[i:i + span] in label for i in range(max(1, len(key) - span + 1))):
+  if any(key[i : i + span] in label for i in range(max(1, len(key) - span + 1))):
     raise ValueError(f"label {label!r} holds a piece of its key; name keys by whom or what they are for")
 
 
 @dataclasses.dataclass(frozen=True)
 class KeySettings:
   """What one key may ask and how it is answered."""
-  budget: Optional[int] = None
+
+  budget: int | None = None
   output: str = "probabilities"
-  top_k: Optional[int] = None
+  top_k: int | None = None
   defenses: Defenses = Defenses()
 
-  def check(self, num_classes: Optional[int] = None) -> None:
+  def check(self, num_classes: int | None = None) -> None:
     """Raises ValueError (one line) for a value of the wrong type, out of its bounds, or an invalid combination."""
     if self.budget is not None:
       check_integer("budget", self.budget, 0, MAX_BUDGET)
     if self.output in LM_ONLY_OUTPUTS:  # a language model's outputs (service/lm.py checks them against the model)
       if self.top_k is not None:
-        check_integer("top_k", self.top_k, 1, (num_classes or 10 ** 6 + 1) - 1)
+        check_integer("top_k", self.top_k, 1, (num_classes or 10**6 + 1) - 1)
       validate_lm_output(self.output, self.top_k, num_classes)
       if self.defenses.active:
         raise ValueError(f"output {self.output!r} (a language model's) takes no defenses")
       return
     if self.output not in OUTPUT_MODES:
-      raise ValueError(f"unknown oracle output {self.output!r}; choose one of "
-                       f"{', '.join(OUTPUT_MODES + LM_ONLY_OUTPUTS)}")
+      raise ValueError(
+        f"unknown oracle output {self.output!r}; choose one of {', '.join(OUTPUT_MODES + LM_ONLY_OUTPUTS)}"
+      )
     if self.top_k is not None:
       if self.output != "top_k":
         raise ValueError(f"top_k is a setting of output 'top_k', not of {self.output!r}")
-      check_integer("top_k", self.top_k, 1, (num_classes or 10 ** 6 + 1) - 1)
+      check_integer("top_k", self.top_k, 1, (num_classes or 10**6 + 1) - 1)
     validate_output_mode(self.output, self.top_k, num_classes)
     d = self.defenses
     if not isinstance(d, Defenses):
       raise ValueError(f"defenses must be extraction.defenses.Defenses, got {type(d).__name__}")
     if d.noise_seed != Defenses().noise_seed:
-      raise ValueError("noise_seed is not a setting of the service: its noise is drawn from the server secret, "
-                       "the key and each input; drop it")
+      raise ValueError(
+        "noise_seed is not a setting of the service: its noise is drawn from the server secret, "
+        "the key and each input; drop it"
+      )
     for name, (kind, low, high, open_low) in BOUNDS.items():
       value = getattr(d, name)
       if value is None:
@@ -116,7 +123,7 @@ class KeySettings:
     return {"budget": self.budget, "output": self.output, "top_k": self.top_k, "defenses": self.defenses.to_dict()}
 
   @classmethod
-  def from_dict(cls, d: Mapping) -> "KeySettings":
+  def from_dict(cls, d: Mapping) -> KeySettings:
     """Settings from a JSON object (a keys file entry without its label); raises ValueError (one line)."""
     if not isinstance(d, Mapping):
       raise ValueError(f"key settings must be a JSON object, got {type(d).__name__}")
@@ -127,8 +134,12 @@ class KeySettings:
     if defenses is not None and not isinstance(defenses, Mapping):
       raise ValueError(f"defenses must be a JSON object, got {type(defenses).__name__}")
     try:
-      out = cls(budget=d.get("budget"), output=d.get("output", "probabilities"), top_k=d.get("top_k"),
-                defenses=Defenses(**dict(defenses or {})))
+      out = cls(
+        budget=d.get("budget"),
+        output=d.get("output", "probabilities"),
+        top_k=d.get("top_k"),
+        defenses=Defenses(**dict(defenses or {})),
+      )
     except TypeError:  # an unknown defense field
       names = [f.name for f in dataclasses.fields(Defenses) if f.name != "noise_seed"]
       unknown = sorted(set(defenses or {}) - {f.name for f in dataclasses.fields(Defenses)})

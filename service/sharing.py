@@ -10,6 +10,7 @@ queued under its key; the workers take chunks key after key (round robin), and a
 at once: however many large batches one key sends, another key's query waits at most for one chunk per busy key
 ahead of it, and not at all while a worker is free.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,7 +18,7 @@ import collections
 import concurrent.futures
 import contextlib
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -94,7 +95,7 @@ class FairScheduler:
       queue = self._queues.setdefault(owner, collections.deque())
       for i in range(0, len(x), self.chunk):
         futures.append(concurrent.futures.Future())
-        queue.append((x[i:i + self.chunk], futures[-1]))
+        queue.append((x[i : i + self.chunk], futures[-1]))
       if owner not in self._running and owner not in self._ready:
         self._ready.append(owner)
       self._cond.notify_all()

@@ -1,5 +1,6 @@
 """Run in a subprocess by test_limits.py with 4 forced CPU devices: one step of the victim's recipe
 (`extraction.victim.fit_recipe`) on 1, 2 and 4 devices, and twice on 1; prints the parameter differences."""
+
 import json
 import os
 
@@ -30,8 +31,9 @@ def main():
     other = state(n)
     out[f"devices_{n}"] = limits.param_difference(ref, other)
     # How many weights moved apart by more than float32 rounding of a step (1e-6 of the learning rate).
-    diffs = np.concatenate([np.abs(a - b).ravel() for a, b in zip(jax.tree.leaves(ref["params"]),
-                                                                   jax.tree.leaves(other["params"]))])
+    diffs = np.concatenate(
+      [np.abs(a - b).ravel() for a, b in zip(jax.tree.leaves(ref["params"]), jax.tree.leaves(other["params"]))]
+    )
     out[f"devices_{n}_share_apart"] = float(np.mean(diffs > 1e-6 * cfg.lr))
   print(json.dumps(out))
 

@@ -1,6 +1,7 @@
 """Run by test_parallel.py: two processes x 2 CPU devices joined by jax.distributed run the same FS steps as one
 process on one device. Usage: python -m tests.multihost_check PORT PROCESS_ID, or `single` alone for the one-process reference; each prints
 a sample of the trained params as the last JSON line."""
+
 import json
 import os
 import sys
@@ -22,8 +23,16 @@ def main():
     jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
     params = parallel_check.run("fs", None)  # a mesh over all 4 devices of both processes
   flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)])
-  print(json.dumps({"process": pid, "devices": len(jax.devices()), "local": len(jax.local_devices()),
-                    "params": flat[:: max(len(flat) // 2000, 1)].tolist()}))
+  print(
+    json.dumps(
+      {
+        "process": pid,
+        "devices": len(jax.devices()),
+        "local": len(jax.local_devices()),
+        "params": flat[:: max(len(flat) // 2000, 1)].tolist(),
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Run in a subprocess by test_parallel.py with 4 forced CPU devices: the same steps on 1, 2 and 4 devices."""
+
 import json
 import os
 import sys
@@ -47,15 +48,18 @@ def run_stacked(num_devices: int, steps: int = 1):
   """Two students stacked (extraction.students): on 2 devices one student each (student parallel), on 4 each
   student's batch split over the devices (data parallel)."""
   from extraction import students
+
   rng = np.random.default_rng(1)
   pool = rng.integers(0, 256, (256, 16, 16, 3), dtype=np.uint8)
   targets = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 64)]
   tasks = [students.StudentTask(np.arange(64), targets, np.arange(64, 256), s) for s in (0, 1)]
-  cfg = students.StudentConfig(model="small_cnn", steps=steps, batch_size=16, unlabeled_batch_size=16,
-                               optimizer="sgd", lr=0.05, weight_decay=0.0)
+  cfg = students.StudentConfig(
+    model="small_cnn", steps=steps, batch_size=16, unlabeled_batch_size=16, optimizer="sgd", lr=0.05, weight_decay=0.0
+  )
   make = lambda m: mixmatch.make_mixmatch_step(m, lambda_u=10.0, rampup_steps=2, flip=False, shift=1)
-  _, variables, _ = students.train_students(pool, tasks, 10, cfg, make, needs_unlabeled=True,
-                                            mesh=parallel.data_mesh(num_devices))
+  _, variables, _ = students.train_students(
+    pool, tasks, 10, cfg, make, needs_unlabeled=True, mesh=parallel.data_mesh(num_devices)
+  )
   return variables
 
 
@@ -65,14 +69,16 @@ def main():
     ref = run_stacked(1)
     for n in (2, 4):
       other = run_stacked(n)
-      out[f"stacked_{n}"] = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(ref),
-                                                                              jax.tree.leaves(other)))
+      out[f"stacked_{n}"] = max(
+        float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(other))
+      )
   for method in [m for m in sys.argv[1:] if m != "stacked"]:
     ref = run(method, 1)
     for n in (2, 4):
       other = run(method, n)
-      out[f"{method}_{n}"] = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(ref),
-                                                                              jax.tree.leaves(other)))
+      out[f"{method}_{n}"] = max(
+        float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(other))
+      )
   print(json.dumps(out))
 
 

@@ -1,5 +1,6 @@
 """The static checks CI runs (.ci/check: ruff lint, ruff format --check, mypy, configured in pyproject.toml) fail on
 a lint error, a format difference and a type error, each alone, and pass clean code written in the project's style."""
+
 import shutil
 import subprocess
 
@@ -9,8 +10,9 @@ from tests.conftest import REPO
 
 CHECK = REPO / ".ci" / "check"
 
-pytestmark = pytest.mark.skipif(not (shutil.which("ruff") and shutil.which("mypy")),
-                                reason="ruff and mypy come with the [test] extra")
+pytestmark = pytest.mark.skipif(
+  not (shutil.which("ruff") and shutil.which("mypy")), reason="ruff and mypy come with the [test] extra"
+)
 
 CLEAN = '''"""A module in the project's style: two-space indentation, double quotes, sorted imports, typed."""
 
@@ -23,9 +25,9 @@ def norm(x: float, y: float) -> float:
 
 # Each differs from CLEAN by one fault that exactly one of the three tools reports.
 FAULTS = {
-    "lint": (CLEAN.replace("import math\n", "import math\nimport os\n"), "F401"),
-    "format": (CLEAN.replace("x * x + y * y", "x*x + y*y"), "would be reformatted"),
-    "types": (CLEAN.replace("-> float:", "-> str:"), "Incompatible return value type"),
+  "lint": (CLEAN.replace("import math\n", "import math\nimport os\n"), "F401"),
+  "format": (CLEAN.replace("x * x + y * y", "x*x + y*y"), "would be reformatted"),
+  "types": (CLEAN.replace("-> float:", "-> str:"), "Incompatible return value type"),
 }
 TOOL_OUTPUT = {"lint": "F401", "format": "would be reformatted", "types": "error:"}
 
@@ -58,7 +60,7 @@ def test_check_fails_on_each_kind_of_fault(tmp_path, fault):
 def test_readme_test_command_runs_the_checks_before_the_tests():
   """README's test command is .ci/run's (which enforces it on every CI run), and it checks, then tests."""
   run = (REPO / ".ci" / "run").read_text()
-  cmd = next(line for line in run.splitlines() if line.startswith("cmd="))[len("cmd='"):-1]
+  cmd = next(line for line in run.splitlines() if line.startswith("cmd="))[len("cmd='") : -1]
   lines = (REPO / "README.md").read_text().splitlines()
   marker = lines.index("<!-- test-command -->")
   assert lines[marker + 2] == cmd

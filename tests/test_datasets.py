@@ -10,8 +10,11 @@ def _write(root, name, n_train=12, n_test=5, shape=(6, 6, 3)):
   rng = np.random.default_rng(0)
   (root / name).mkdir(parents=True)
   for split, n in (("train", n_train), ("test", n_test)):
-    np.savez(root / name / f"{split}.npz", image=rng.integers(0, 256, (n,) + shape, dtype=np.uint8),
-             label=rng.integers(0, 10, n))
+    np.savez(
+      root / name / f"{split}.npz",
+      image=rng.integers(0, 256, (n,) + shape, dtype=np.uint8),
+      label=rng.integers(0, 10, n),
+    )
 
 
 def test_npz_loader(tmp_path):

@@ -1,17 +1,26 @@
 """The direct-recovery attacks of Table 1 on victims the tests train (scikit-learn datasets that ship offline) and on
 random victims of other sizes and boxes: exact recovery, query counts checked by a counting backend, budgets."""
+
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
-from extraction import sklearn_victims as sv, tabular
+from extraction import sklearn_victims as sv
+from extraction import tabular
 from extraction.oracle import BudgetExceeded, Oracle
 from extraction.two_layer import TwoLayerBackend
 from functional_equivalence import align, victims
 from functional_equivalence.errors import ExtractionError
-from functional_equivalence.simple_models import (active_linear, equation_solving, evaluate, lowd_meek, milli,
-                                                  path_finding, tree_build)
+from functional_equivalence.simple_models import (
+  active_linear,
+  equation_solving,
+  evaluate,
+  lowd_meek,
+  milli,
+  path_finding,
+  tree_build,
+)
 from functional_equivalence.simple_models.common import Box, UnsupportedAnswersError
 from tests.test_direct_victims import Counting
 
@@ -94,8 +103,9 @@ def test_path_finding_with_a_majority_api_and_a_tree_and_box_not_built_for():
   y = (np.sin(3 * x[:, 0]) + x[:, 1] * x[:, 2] > 0).astype(int) + (x[:, 3] > 1)
   model = DecisionTreeClassifier(max_depth=8, random_state=0).fit(x, y)
   oracle, _ = _oracle(sv.TreeBackend(model, "majority", id_seed=2), "leaf")
-  r = path_finding.extract(oracle, Box(-2, 2, 9), path_finding.Config(strategy="exhaustive", reuse_thresholds=False),
-                           np.random.default_rng(1))
+  r = path_finding.extract(
+    oracle, Box(-2, 2, 9), path_finding.Config(strategy="exhaustive", reuse_thresholds=False), np.random.default_rng(1)
+  )
   _, reachable = evaluate.reachable_splits(model.tree_, -2, 2)
   assert len(r.ids) == reachable
   xe = Box(-2, 2, 9).sample(np.random.default_rng(8), 20000)
@@ -159,7 +169,7 @@ def test_gradient_recovery_of_a_trained_net():
 
 
 def test_gradient_recovery_beyond_identifiable_orientations_is_still_exact_as_a_function():
-  net = victims.random_net(5, 5, 40, 3)      # 40 units, jumps in a 15-dimensional space: sides not identifiable
+  net = victims.random_net(5, 5, 40, 3)  # 40 units, jumps in a 15-dimensional space: sides not identifiable
   oracle, _ = _oracle(TwoLayerBackend(*net), "gradients")
   r = milli.extract(oracle, Box(0, 1, 5), rng=np.random.default_rng(1))
   assert r.stats["units"] == 40 and r.stats["linear_units"] > 0
@@ -177,18 +187,34 @@ def _attacks():
   net = victims.random_net(0, 6, 5, 2)
   rng = lambda: np.random.default_rng(0)
   return [
-      ("lowd_meek", sv.backend(lin), "labels", lambda o: lowd_meek.extract(o, Box(-3, 5, 5), rng=rng()).queries),
-      ("active_linear", sv.backend(lin), "labels",
-       lambda o: active_linear.extract(o, Box(-3, 5, 5), active_linear.Config(epsilon=1e-4), rng()).queries),
-      ("equation_solving", sv.backend(lr3), "probabilities",
-       lambda o: equation_solving.solve_logistic(o, Box(0, 1, 4), rng()).queries),
-      ("retraining", sv.backend(lr3), "labels", lambda o: equation_solving.retrain(o, Box(0, 1, 4), 50, rng()).queries),
-      ("mlp_fit", TwoLayerBackend(*net), "probabilities",
-       lambda o: equation_solving.fit_two_layer(o, Box(0, 1, 6), 5, 40, rng(), max_iter=20)[1]),
-      ("path_finding", sv.TreeBackend(tree), "leaf",
-       lambda o: path_finding.extract(o, Box(0, 1, 4), rng=rng()).queries),
-      ("gradient_recovery", TwoLayerBackend(*net), "gradients",
-       lambda o: milli.extract(o, Box(0, 1, 6), rng=rng()).queries)]
+    ("lowd_meek", sv.backend(lin), "labels", lambda o: lowd_meek.extract(o, Box(-3, 5, 5), rng=rng()).queries),
+    (
+      "active_linear",
+      sv.backend(lin),
+      "labels",
+      lambda o: active_linear.extract(o, Box(-3, 5, 5), active_linear.Config(epsilon=1e-4), rng()).queries,
+    ),
+    (
+      "equation_solving",
+      sv.backend(lr3),
+      "probabilities",
+      lambda o: equation_solving.solve_logistic(o, Box(0, 1, 4), rng()).queries,
+    ),
+    ("retraining", sv.backend(lr3), "labels", lambda o: equation_solving.retrain(o, Box(0, 1, 4), 50, rng()).queries),
+    (
+      "mlp_fit",
+      TwoLayerBackend(*net),
+      "probabilities",
+      lambda o: equation_solving.fit_two_layer(o, Box(0, 1, 6), 5, 40, rng(), max_iter=20)[1],
+    ),
+    ("path_finding", sv.TreeBackend(tree), "leaf", lambda o: path_finding.extract(o, Box(0, 1, 4), rng=rng()).queries),
+    (
+      "gradient_recovery",
+      TwoLayerBackend(*net),
+      "gradients",
+      lambda o: milli.extract(o, Box(0, 1, 6), rng=rng()).queries,
+    ),
+  ]
 
 
 @pytest.mark.parametrize("case", _attacks(), ids=lambda c: c[0])
@@ -198,16 +224,16 @@ def test_every_attack_is_refused_the_query_that_passes_its_budget(case):
   needed = attack(oracle)
   assert needed == counting.count > 0
   oracle, counting = _oracle(backend, output, budget=needed)
-  assert attack(oracle) == needed and counting.count == needed     # exactly the budget: it finishes
+  assert attack(oracle) == needed and counting.count == needed  # exactly the budget: it finishes
   oracle, counting = _oracle(backend, output, budget=needed - 1)
   with pytest.raises(BudgetExceeded):
     attack(oracle)
-  assert counting.count <= needed - 1                              # nothing past the budget was answered
+  assert counting.count <= needed - 1  # nothing past the budget was answered
 
 
 def test_tree_build_refuses_boxes_that_do_not_tile_and_handles_a_single_leaf():
   inf = np.inf
-  lo = np.array([[-inf, -inf], [0.5, -inf], [0.2, 0.5]])      # the third box overlaps the first two
+  lo = np.array([[-inf, -inf], [0.5, -inf], [0.2, 0.5]])  # the third box overlaps the first two
   hi = np.array([[0.5, inf], [inf, inf], [0.8, inf]])
   with pytest.raises(ExtractionError, match="admit no common split"):
     tree_build.build(lo, hi, np.eye(3), tolerance=1e-9)

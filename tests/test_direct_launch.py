@@ -1,5 +1,6 @@
 """The direct_recovery experiment: every attack through the registered function (flags set in-process), the victim
 and attack checks as one-line errors, the budget, and the command line with a flagfile."""
+
 import json
 import pathlib
 import subprocess
@@ -14,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from extraction import sklearn_victims as sv
 from extraction.oracle import BudgetExceeded
 from functional_equivalence import victims
-from launch import common, direct, experiments
+from launch import common, experiments
 
 FLAGS = flags.FLAGS
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -38,8 +39,10 @@ def files(tmp_path_factory):
   rng = np.random.default_rng(0)
   x = rng.uniform(-1, 2, size=(400, 6))
   lin = LogisticRegression().fit(x, (x @ rng.normal(size=6) > 0.3).astype(int))
-  return dict(linear=str(sv.save_joblib(tmp / "linear.joblib", lin)),
-              net=str(victims.save_npz(tmp / "net.npz", victims.random_net(1, 5, 7, 3))))
+  return dict(
+    linear=str(sv.save_joblib(tmp / "linear.joblib", lin)),
+    net=str(victims.save_npz(tmp / "net.npz", victims.random_net(1, 5, 7, 3))),
+  )
 
 
 def _run(tmp_path):
@@ -91,17 +94,25 @@ def test_the_budget_ends_the_run(dr, tmp_path):
     experiments.EXPERIMENTS["direct_recovery"](tmp_path)
 
 
-@pytest.mark.parametrize("attack,victim,extra,message", [
-    ("path_finding", "iris:logistic_regression", {}, "path_finding needs a DecisionTreeClassifier or "
-                                                     "DecisionTreeRegressor; the victim is LogisticRegression"),
+@pytest.mark.parametrize(
+  "attack,victim,extra,message",
+  [
+    (
+      "path_finding",
+      "iris:logistic_regression",
+      {},
+      "path_finding needs a DecisionTreeClassifier or DecisionTreeRegressor; the victim is LogisticRegression",
+    ),
     ("gradient_recovery", "wine:tree", {}, "gradient_recovery needs a two-layer ReLU network"),
     ("lowd_meek", "iris:logistic_regression", {}, "LogisticRegression with 3 classes"),
     ("equation_solving", "wine:linear_svc", {}, "it has no probabilities"),
     ("equation_solving", "NET", {}, "give --mlp_hidden=H"),
     ("path_finding", "iris:tree", {"tree_missing": "majority"}, "needs an API that stops"),
-])
-def test_a_victim_the_attack_cannot_handle_is_refused_before_any_query(dr, tmp_path, files, attack, victim, extra,
-                                                                       message):
+  ],
+)
+def test_a_victim_the_attack_cannot_handle_is_refused_before_any_query(
+  dr, tmp_path, files, attack, victim, extra, message
+):
   dr.attack, dr.victim = attack, files["net"] if victim == "NET" else victim
   for k, v in extra.items():
     setattr(dr, k, v)
@@ -110,11 +121,19 @@ def test_a_victim_the_attack_cannot_handle_is_refused_before_any_query(dr, tmp_p
   assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("name,value,message", [
-    ("box", ["1", "0"], "finite LOW < HIGH"), ("box", ["0"], "LOW,HIGH"),
-    ("victim", "iris:forest", "DATASET:MODEL"), ("victim", "diabetes:linear_svc", "regression dataset"),
-    ("victim", "/nonexistent/v.joblib", "does not exist"), ("queries", ["10", "20"], "one hard budget"),
-    ("direct_output", "leaf", None), ("oracle_url", "http://127.0.0.1:1", "not supported")])
+@pytest.mark.parametrize(
+  "name,value,message",
+  [
+    ("box", ["1", "0"], "finite LOW < HIGH"),
+    ("box", ["0"], "LOW,HIGH"),
+    ("victim", "iris:forest", "DATASET:MODEL"),
+    ("victim", "diabetes:linear_svc", "regression dataset"),
+    ("victim", "/nonexistent/v.joblib", "does not exist"),
+    ("queries", ["10", "20"], "one hard budget"),
+    ("direct_output", "leaf", None),
+    ("oracle_url", "http://127.0.0.1:1", "not supported"),
+  ],
+)
 def test_bad_flags_are_refused_on_assignment(dr, name, value, message):
   dr.api_key = "key"  # so that --oracle_url meets this experiment's check, not the missing key's
   with pytest.raises(flags.IllegalFlagValueError, match=message):
@@ -122,19 +141,33 @@ def test_bad_flags_are_refused_on_assignment(dr, name, value, message):
 
 
 def test_command_line_runs_a_flagfile(tmp_path):
-  p = subprocess.run(CLI + ["--flagfile=table1_equation_solving.flags", f"--workdir={tmp_path}/ok",
-                            "--victim=wine:logistic_regression", "--eval_inputs=1000"],
-                     cwd=REPO, capture_output=True, text=True, timeout=300)
+  p = subprocess.run(
+    CLI
+    + [
+      "--flagfile=table1_equation_solving.flags",
+      f"--workdir={tmp_path}/ok",
+      "--victim=wine:logistic_regression",
+      "--eval_inputs=1000",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert p.returncode == 0, p.stderr[-2000:]
   [row] = json.loads((tmp_path / "ok" / "results.json").read_text())
   assert row["attack"] == "equation_solving" and row["queries"] == 14 and row["agreement"] == 1.0
-  assert row["config"]["attack"] == "equation_solving" and "| equation_solving |" in (tmp_path / "ok" /
-                                                                                      "results.md").read_text()
+  assert (
+    row["config"]["attack"] == "equation_solving"
+    and "| equation_solving |" in (tmp_path / "ok" / "results.md").read_text()
+  )
 
 
 def test_the_launcher_ends_a_mismatched_run_with_one_line(dr, tmp_path):
   from absl import logging
+
   from launch import run
+
   dr.attack, dr.victim = "path_finding", "iris:linear_svc"
   try:
     with pytest.raises(SystemExit) as e:

@@ -1,10 +1,12 @@
 """Victims of the direct-recovery attacks: scikit-learn models from joblib answer exactly as scikit-learn does,
 trees answer leaf identifiers with missing features, two-layer nets answer input gradients, and the Oracle's
 `leaf` / `gradients` modes keep the budget."""
+
 import numpy as np
 import pytest
 
-from extraction import sklearn_victims as sv, tabular
+from extraction import sklearn_victims as sv
+from extraction import tabular
 from extraction.oracle import BudgetExceeded, Oracle, softmax
 from extraction.two_layer import TwoLayerBackend
 from functional_equivalence import victims
@@ -57,7 +59,7 @@ def test_tree_missing_features_stop_or_follow_the_majority(wine):
   t = model.tree_
   x = np.full((1, 13), np.nan)
   stop = sv.TreeBackend(model, "stop", id_seed=0)
-  assert stop.nodes(x)[0] == 0                                       # the root tests a missing feature
+  assert stop.nodes(x)[0] == 0  # the root tests a missing feature
   np.testing.assert_allclose(stop.leaf(x)[0, 1:], t.value[0, 0] / t.value[0, 0].sum())
   majority = sv.TreeBackend(model, "majority").nodes(x)[0]
   node = 0
@@ -67,21 +69,25 @@ def test_tree_missing_features_stop_or_follow_the_majority(wine):
   assert majority == node
   full = np.random.default_rng(0).uniform(0, 1, size=(1, 13))
   part = full.copy()
-  part[0, t.feature[0]] = np.nan                                      # the root's feature left out: stop there
+  part[0, t.feature[0]] = np.nan  # the root's feature left out: stop there
   assert stop.nodes(part)[0] == 0 and stop.nodes(full)[0] == model.apply(full)[0]
 
 
 def test_joblib_victims_load_and_refuse_with_one_line_errors(tmp_path, wine):
   from sklearn.ensemble import RandomForestClassifier
   from sklearn.linear_model import LogisticRegression
+
   good = sv.save_joblib(tmp_path / "v.joblib", tabular.train("tree", wine))
   assert sv.kind(sv.load_joblib(good)) == "tree_classifier"
   (tmp_path / "junk.joblib").write_bytes(b"not a pickle")
   sv.save_joblib(tmp_path / "forest.joblib", RandomForestClassifier(n_estimators=2).fit(wine.x_train, wine.y_train))
   sv.save_joblib(tmp_path / "unfitted.joblib", LogisticRegression())
-  for name, match in (("missing.joblib", "does not exist"), ("junk.joblib", "not a readable joblib"),
-                      ("forest.joblib", "unsupported victim .*RandomForestClassifier"),
-                      ("unfitted.joblib", "not fitted")):
+  for name, match in (
+    ("missing.joblib", "does not exist"),
+    ("junk.joblib", "not a readable joblib"),
+    ("forest.joblib", "unsupported victim .*RandomForestClassifier"),
+    ("unfitted.joblib", "not fitted"),
+  ):
     with pytest.raises(sv.VictimError, match=match) as e:
       sv.load_joblib(tmp_path / name)
     assert "\n" not in str(e.value)
@@ -89,6 +95,7 @@ def test_joblib_victims_load_and_refuse_with_one_line_errors(tmp_path, wine):
 
 def test_two_layer_gradients_are_the_input_gradients_of_every_logit():
   import jax
+
   net = victims.random_net(1, 7, 5, 3)
   x = np.random.default_rng(0).normal(size=(20, 7))
   answers = TwoLayerBackend(*net).gradients(x)

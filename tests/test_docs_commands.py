@@ -5,6 +5,7 @@ cores; it is run here, as one bash script (`set -e`), in a copy of the repositor
 into the copy, not the checkout). Blocks of one file run in order in the same copy, as a reader would run them.
 Other blocks (`bash`, `json`, ...) are not run: long trainings, servers, placeholders.
 """
+
 import os
 import pathlib
 import re
@@ -19,8 +20,9 @@ from tests.conftest import REPO
 FENCE = re.compile(r"^(```+|~~~+)\s*(.*?)\s*$")
 RUN_INFO = "bash run"
 TIMEOUT_S = 240  # per block; a block should take ~60 s on 2 cores
-COPY_IGNORE = shutil.ignore_patterns(".git", "workdirs", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache",
-                                     ".jax_cache", "*.egg-info", "build")
+COPY_IGNORE = shutil.ignore_patterns(
+  ".git", "workdirs", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".jax_cache", "*.egg-info", "build"
+)
 
 
 def fenced_blocks(text: str) -> list[tuple[str, str, int]]:
@@ -65,16 +67,26 @@ def test_some_commands_are_marked_runnable():
 def _run_file(path: pathlib.Path, tmp_path: pathlib.Path) -> None:
   copy = tmp_path / "repo"
   shutil.copytree(REPO, copy, ignore=COPY_IGNORE)
-  env = dict(os.environ, PATH=f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-             JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+  env = dict(
+    os.environ,
+    PATH=f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
+  )
   for body, line in runnable(path):
     try:
-      p = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", body], cwd=copy, env=env, capture_output=True,
-                         text=True, timeout=TIMEOUT_S)
+      p = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", body],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+      )
     except subprocess.TimeoutExpired:
       pytest.fail(f"{path.name}:{line}: a `bash run` block took over {TIMEOUT_S} s; unmark it or make it faster")
-    assert p.returncode == 0, (f"{path.name}:{line}: exit {p.returncode}\n{body}\n--- stdout\n{p.stdout[-3000:]}\n"
-                               f"--- stderr\n{p.stderr[-3000:]}")
+    assert p.returncode == 0, (
+      f"{path.name}:{line}: exit {p.returncode}\n{body}\n--- stdout\n{p.stdout[-3000:]}\n--- stderr\n{p.stderr[-3000:]}"
+    )
 
 
 @pytest.mark.slow

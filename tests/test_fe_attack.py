@@ -1,6 +1,7 @@
 """The whole attack: exact recovery (up to permutation and scale) without being told the hidden width, to a stated
 precision, the probabilities path, h > d, dead units, a trained digits victim, clear bounded errors on bad oracles,
 and query accounting checked by a backend that counts its own rows."""
+
 import functools
 import time
 
@@ -9,8 +10,12 @@ import pytest
 
 from extraction.oracle import Oracle
 from functional_equivalence import align, attack, certify, domain, victims
-from functional_equivalence.errors import (LimitReachedError, NoCriticalPointsError, NotPiecewiseLinearError,
-                                           OraclePrecisionError)
+from functional_equivalence.errors import (
+  LimitReachedError,
+  NoCriticalPointsError,
+  NotPiecewiseLinearError,
+  OraclePrecisionError,
+)
 from tests.counting import CountingBackend
 
 
@@ -27,7 +32,7 @@ def _assert_exact(net, result, differences=False, units=None, bits=32):
   err = align.weight_error(net, result.net, differences)
   agree = align.random_agreement(net, result.net, 10_000, seed=1, differences=differences)
   assert result.hidden_units_found == (units if units is not None else net.shape[1])
-  assert err["max_weight_error"] <= 2.0 ** -bits, err
+  assert err["max_weight_error"] <= 2.0**-bits, err
   assert agree["agreement"] == 1.0 and agree["max_logit_error"] <= 1e-8, agree
   return err
 
@@ -51,6 +56,7 @@ def test_a_backend_that_counts_catches_queries_around_the_oracle(monkeypatch):
   def peeking(units, x, g, *args, **kwargs):  # an attack that asks the victim behind the oracle's back
     counter(x)
     return real(units, x, g, *args, **kwargs)
+
   monkeypatch.setattr(attack.second_layer, "solve", peeking)
   result = attack.extract(oracle, 12, seed=0)
   assert result.queries == oracle.used < counter.rows
@@ -84,9 +90,9 @@ def test_unidentifiable_signs_give_a_network_equal_on_the_domain():
 def test_dead_units_are_not_found_and_do_not_matter():
   net = victims.random_net(4, 16, 8, 10)
   w0, b0, w1 = net.w0.copy(), net.b0.copy(), net.w1.copy()
-  w0[:, 2], b0[2] = 0, -1.0   # never active
-  w0[:, 5], b0[5] = 0, 0.7    # always active and constant: folded into b1
-  w1[3] = 0                   # active but invisible
+  w0[:, 2], b0[2] = 0, -1.0  # never active
+  w0[:, 5], b0[5] = 0, 0.7  # always active and constant: folded into b1
+  w1[3] = 0  # active but invisible
   dead = victims.TwoLayerNet(w0, b0, w1, net.b1)
   err = _assert_exact(dead, _extract(dead), units=5)
   assert err["inert_true_units"] == 3 and err["matched_units"] == 5
@@ -106,17 +112,24 @@ def test_trained_digits_victim_is_extracted_exactly():
   assert test["agreement"] == 1.0 and test["max_logit_error"] < 1e-8
 
 
-@pytest.mark.parametrize("kind,error", [
-    ("noise", OraclePrecisionError), ("float32", OraclePrecisionError), ("float32_cast", OraclePrecisionError),
-    ("softplus", NotPiecewiseLinearError)])
+@pytest.mark.parametrize(
+  "kind,error",
+  [
+    ("noise", OraclePrecisionError),
+    ("float32", OraclePrecisionError),
+    ("float32_cast", OraclePrecisionError),
+    ("softplus", NotPiecewiseLinearError),
+  ],
+)
 def test_bad_oracles_end_quickly_with_a_clear_error(kind, error):
   net = victims.random_net(5, 16, 8, 10)
   rng = np.random.default_rng(0)
   backend = {
-      "noise": lambda x: victims.logits(net, x) + 1e-8 * rng.normal(size=(len(x), 10)),
-      "float32": victims.backend(net, np.float32),
-      "float32_cast": lambda x: victims.backend(net, np.float32)(x).astype(np.float64),
-      "softplus": lambda x: np.logaddexp(0, x @ net.w0 + net.b0) @ net.w1 + net.b1}[kind]
+    "noise": lambda x: victims.logits(net, x) + 1e-8 * rng.normal(size=(len(x), 10)),
+    "float32": victims.backend(net, np.float32),
+    "float32_cast": lambda x: victims.backend(net, np.float32)(x).astype(np.float64),
+    "softplus": lambda x: np.logaddexp(0, x @ net.w0 + net.b0) @ net.w1 + net.b1,
+  }[kind]
   start = time.monotonic()
   with pytest.raises(error):
     _extract(net, backend=backend)
@@ -128,7 +141,7 @@ def test_an_affine_victim_is_an_affine_network_on_the_domain():
   affine = lambda x: x @ net.w0 @ net.w1 + net.b1
   result = _extract(net, backend=affine)
   assert result.hidden_units_found == 0 and result.stats["layer2_model"] == "affine"
-  assert result.stats["linear_units"] == 8                        # the rank of w0 @ w1
+  assert result.stats["linear_units"] == 8  # the rank of w0 @ w1
   x = domain.Ball(1000.0).check_points(np.random.default_rng(0), 16, 500)
   np.testing.assert_allclose(victims.logits(result.net, x), affine(x), rtol=0, atol=1e-9)
 

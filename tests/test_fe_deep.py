@@ -3,6 +3,7 @@ nets up to permutation and scale (aligned weights to 1e-9, agreement 1.0 near th
 radius 1000), a two-layer victim as the depth-1 case, sign recovery on a contractive layer (exact) and on an
 expanding one (exact decisions only where they are sound), bounded stages with clear errors, and the launcher on a
 deep npz. Query counts are checked against a backend that counts its own rows."""
+
 import json
 import pathlib
 import subprocess
@@ -74,8 +75,10 @@ def _sign_test(sizes, seed):
   w, b = net.weights[1], net.biases[1]
   flip = np.where(rng.uniform(size=w.shape[1]) < 0.5, -1.0, 1.0)
   norms = np.linalg.norm(w, axis=0)
-  units = [layers.Unit(flip[j] * w[:, j] / norms[j], np.ones(w.shape[0], bool), flip[j] * b[j] / norms[j], 1e-14,
-                       np.zeros(1)) for j in range(w.shape[1])]
+  units = [
+    layers.Unit(flip[j] * w[:, j] / norms[j], np.ones(w.shape[0], bool), flip[j] * b[j] / norms[j], 1e-14, np.zeros(1))
+    for j in range(w.shape[1])
+  ]
   stats = dict(sign_queries=0)
   votes = signs.hidden_signs(q, net.prefix(1), units, 1.0, np.zeros(sizes[0]), rng, stats)
   assert stats["sign_queries"] == counter.rows
@@ -114,8 +117,13 @@ def _cli(*args):
 def test_launcher_on_a_deep_npz_writes_the_victims_convention(tmp_path):
   net = network.random_net(1, (10, 8, 8, 1))
   path = network.save_npz(tmp_path / "deep.npz", net)
-  p = _cli("--experiment=functional_equivalence", f"--victim_npz={path}", f"--workdir={tmp_path}/w",
-           "--fe_eval_inputs=5000", "--fe_domain_eval_inputs=5000")
+  p = _cli(
+    "--experiment=functional_equivalence",
+    f"--victim_npz={path}",
+    f"--workdir={tmp_path}/w",
+    "--fe_eval_inputs=5000",
+    "--fe_domain_eval_inputs=5000",
+  )
   assert p.returncode == 0, p.stderr[-2000:]
   [row] = json.loads((tmp_path / "w" / "results.json").read_text())
   assert row["attack"] == "deep" and row["recovered_shape"] == "10-8-8-1" and row["agreement"] == 1.0
@@ -125,10 +133,13 @@ def test_launcher_on_a_deep_npz_writes_the_victims_convention(tmp_path):
   _assert_equivalent(net, network.load_npz(tmp_path / "w" / "recovered.npz"), _eval_points(10, seed=11, count=2000))
 
 
-@pytest.mark.parametrize("args,message", [
+@pytest.mark.parametrize(
+  "args,message",
+  [
     (["--fe_layers=8,x"], "--fe_layers takes positive integers"),
     (["--victim_npz={tmp}/gap.npz"], "missing array(s) w1, b1"),
-])
+  ],
+)
 def test_launcher_bad_deep_flags_fail_with_one_line(tmp_path, args, message):
   np.savez(tmp_path / "gap.npz", w0=np.ones((3, 2)), b0=np.ones(2), w2=np.ones((2, 1)), b2=np.ones(1))
   p = _cli("--experiment=functional_equivalence", f"--workdir={tmp_path}/w", *[a.format(tmp=tmp_path) for a in args])

@@ -1,5 +1,6 @@
 """The domain of the claim (ball, box) and the worst-case certificate: exact maxima of affine functions, points on
 hyperplanes inside the domain, a bound that is never below the true max difference and is tight on equal nets."""
+
 import itertools
 
 import numpy as np
@@ -31,7 +32,7 @@ def test_check_and_hyperplane_points_lie_in_the_domain(dom):
   assert x.shape == (60, d) and np.all(dom.contains(x))
   u = rng.normal(size=(4, d))
   u /= np.linalg.norm(u, axis=1, keepdims=True)
-  beta = -(u @ dom.center(d)) + np.array([0.1, -0.2, 0.3, 1e3])   # the last one misses the domain
+  beta = -(u @ dom.center(d)) + np.array([0.1, -0.2, 0.3, 1e3])  # the last one misses the domain
   pts, which = dom.hyperplane_points(u, beta, rng, 3)
   assert len(pts) > 0 and np.all(dom.contains(pts)) and 3 not in which
   np.testing.assert_allclose(np.sum(pts * u[which], 1) + beta[which], 0, atol=1e-12)
@@ -69,7 +70,7 @@ def test_certificate_bounds_the_true_max_from_above(dom):
     x = dom.check_points(rng, 8, 20000)
     sampled = np.max(np.abs(victims.logits(net, x) - victims.logits(other, x)))
     assert sampled <= found["found"] <= cert["bound"] + 1e-12
-    assert cert["bound"] < 20 * found["found"]   # and not absurdly loose on matched networks
+    assert cert["bound"] < 20 * found["found"]  # and not absurdly loose on matched networks
 
 
 def test_certificate_of_equal_networks_is_rounding_and_a_missing_unit_shows():
@@ -81,9 +82,12 @@ def test_certificate_of_equal_networks_is_rounding_and_a_missing_unit_shows():
   # flipped unit plus a linear unit is the same function there
   w0, b0, w1 = net.w0, net.b0, net.w1
   big = 1e3 * np.linalg.norm(w0[:, 0]) + abs(b0[0])
-  other = victims.TwoLayerNet(np.concatenate([-w0[:, :1], w0[:, 1:], w0[:, :1]], 1),
-                              np.concatenate([-b0[:1], b0[1:], b0[:1] + big]), np.concatenate([w1, w1[:1]]),
-                              net.b1 - big * w1[0])
+  other = victims.TwoLayerNet(
+    np.concatenate([-w0[:, :1], w0[:, 1:], w0[:, :1]], 1),
+    np.concatenate([-b0[:1], b0[1:], b0[:1] + big]),
+    np.concatenate([w1, w1[:1]]),
+    net.b1 - big * w1[0],
+  )
   cert = certify.certify(net, other, dom)
   assert cert["bound"] < 1e-8 and cert["affine_units"] == 1
   missing = victims.TwoLayerNet(w0[:, 1:], b0[1:], w1[1:], net.b1)

@@ -1,6 +1,7 @@
 """Victims built to break the claim of equivalence on the domain: hyperplanes far from the origin, units with tiny
 output weights, two units on one hyperplane, units affine on the whole domain, a box domain, another input scale,
 and the probabilities oracle's shorter reach. Each is checked against the victim's weights over the whole domain."""
+
 import numpy as np
 import pytest
 
@@ -48,7 +49,7 @@ def test_far_hyperplanes_are_found_and_the_whole_ball_agrees(sign):
   assert cert["bound"] < 1e-4 and cert["unmatched_groups"] == 0
   err = align.weight_error(net, result.net)
   # units active at the origin with biases ~900 make |logits| ~160 there: every finite difference loses ~7 bits
-  assert err["max_weight_error"] <= (2.0 ** -30 if sign < 0 else 2.0 ** -20), err
+  assert err["max_weight_error"] <= (2.0**-30 if sign < 0 else 2.0**-20), err
 
 
 @pytest.mark.parametrize("shape,scales", [((784, 64, 10), {5: 1e-6, 9: 1e-4}), ((64, 16, 10), {3: 1e-8})])
@@ -61,9 +62,8 @@ def test_units_with_tiny_output_weights_are_recovered_with_their_precision(shape
   result = _extract(net)
   assert result.hidden_units_found == shape[1]
   actual, estimate = _row_errors(net, result.net), np.array(result.units["row_error"])
-  assert np.all(actual <= estimate), np.c_[actual, estimate][actual > estimate]    # the stated precision holds
-  tiny = np.isin(np.argmax(np.abs((result.net.w0 / np.linalg.norm(result.net.w0, axis=0)).T @ net.w0), 1),
-                 list(scales))
+  assert np.all(actual <= estimate), np.c_[actual, estimate][actual > estimate]  # the stated precision holds
+  tiny = np.isin(np.argmax(np.abs((result.net.w0 / np.linalg.norm(result.net.w0, axis=0)).T @ net.w0), 1), list(scales))
   assert np.all(estimate[~tiny] < 1e-8) and np.all(estimate[tiny] > 1e-8) and np.all(actual[~tiny] < 1e-9)
   dom = domain.Ball(1000.0)
   assert align.domain_agreement(net, result.net, dom, 4000)["agreement"] == 1.0
@@ -73,7 +73,7 @@ def test_units_with_tiny_output_weights_are_recovered_with_their_precision(shape
 def test_a_unit_below_the_search_threshold_changes_the_ball_by_less_than_its_effect():
   net = victims.random_net(2, 64, 16, 10)
   w1 = net.w1.copy()
-  w1[3] *= 1e-13                                     # a slope change of ~1e-14 relative: below what the search sees
+  w1[3] *= 1e-13  # a slope change of ~1e-14 relative: below what the search sees
   net = victims.TwoLayerNet(net.w0, net.b0, w1, net.b1)
   result = _extract(net)
   assert result.hidden_units_found == 15
@@ -85,13 +85,13 @@ def test_a_unit_below_the_search_threshold_changes_the_ball_by_less_than_its_eff
 def test_two_opposite_units_on_one_hyperplane(second):
   net = victims.random_net(3, 16, 8, 10)
   w0, b0, w1 = net.w0.copy(), net.b0.copy(), net.w1.copy()
-  w0[:, 1], b0[1] = -w0[:, 0], -b0[0]                # relu(z) and relu(-z): kinks on one hyperplane
-  w1[1] = w1[0] if second == "same" else 0.3 * net.w1[5]   # c relu(z) + c relu(-z) = c |z|
+  w0[:, 1], b0[1] = -w0[:, 0], -b0[0]  # relu(z) and relu(-z): kinks on one hyperplane
+  w1[1] = w1[0] if second == "same" else 0.3 * net.w1[5]  # c relu(z) + c relu(-z) = c |z|
   pair = victims.TwoLayerNet(w0, b0, w1, net.b1)
   result = _extract(pair)
   assert result.stats["layer2_model"] == "pairs" and result.stats["paired_units"] == 1
   assert result.hidden_units_found == 8 and result.units["kind"].count("twin") == 1
-  assert align.weight_error(pair, result.net)["max_weight_error"] <= 2.0 ** -32
+  assert align.weight_error(pair, result.net)["max_weight_error"] <= 2.0**-32
 
 
 def test_two_units_with_one_hyperplane_and_orientation_are_one_unit():
@@ -101,7 +101,7 @@ def test_two_units_with_one_hyperplane_and_orientation_are_one_unit():
   dup = victims.TwoLayerNet(w0, b0, net.w1, net.b1)
   result = _extract(dup)
   err = align.weight_error(dup, result.net)
-  assert result.hidden_units_found == 7 and err["merged_true_units"] == 1 and err["max_weight_error"] <= 2.0 ** -32
+  assert result.hidden_units_found == 7 and err["merged_true_units"] == 1 and err["max_weight_error"] <= 2.0**-32
 
 
 def test_units_affine_on_the_whole_ball_become_linear_units():
@@ -119,21 +119,21 @@ def test_units_affine_on_the_whole_ball_become_linear_units():
 
 def test_a_box_domain():
   net = victims.random_net(5, 50, 20, 6)
-  net = victims.TwoLayerNet(3 * net.w0, net.b0 - 1.5 * net.w0.sum(0), net.w1, net.b1)   # hyperplanes cross [0,1]^d
+  net = victims.TwoLayerNet(3 * net.w0, net.b0 - 1.5 * net.w0.sum(0), net.w1, net.b1)  # hyperplanes cross [0,1]^d
   box = domain.Box(0.0, 1.0)
   result = _extract(net, domain=box)
   assert result.hidden_units_found == 20 and result.domain.describe() == {"kind": "box", "low": 0.0, "high": 1.0}
   assert align.domain_agreement(net, result.net, box, 4000)["agreement"] == 1.0
   assert certify.certify(net, result.net, box)["bound"] < 1e-8
-  assert align.weight_error(net, result.net, domain=box)["max_weight_error"] <= 2.0 ** -30
+  assert align.weight_error(net, result.net, domain=box)["max_weight_error"] <= 2.0**-30
 
 
 def test_another_input_scale():
   net = victims.random_net(7, 30, 20, 4)
-  net = victims.TwoLayerNet(net.w0 / 100, net.b0, net.w1, net.b1)   # inputs of scale ~100
+  net = victims.TwoLayerNet(net.w0 / 100, net.b0, net.w1, net.b1)  # inputs of scale ~100
   result = _extract(net, scale=100.0)
   assert result.domain == domain.Ball(1e5) and result.hidden_units_found == 20
-  assert align.weight_error(net, result.net)["max_weight_error"] <= 2.0 ** -30
+  assert align.weight_error(net, result.net)["max_weight_error"] <= 2.0**-30
   assert _sphere_agreement(net, result.net, 1e5)["agreement"] == 1.0
 
 
@@ -143,19 +143,20 @@ def test_probabilities_report_their_shorter_reach():
   # the lines stop where log-probability ratios reach 600: each still crosses the near hyperplanes, not the one
   # at 900, and the result says how far the search reached
   assert result.stats["search_radius"] < 1000.0 and result.hidden_units_found >= 31
-  assert _extract(net).stats["search_radius"] >= 8 * 1000.0       # logits: 64 R / 8
+  assert _extract(net).stats["search_radius"] >= 8 * 1000.0  # logits: 64 R / 8
 
 
 def test_a_unit_the_lines_miss_is_found_from_where_the_check_fails(monkeypatch):
-  net = _far(victims.random_net(6, 16, 8, 4), [300], -1)    # active on ~10% of the sphere of radius 1000
+  net = _far(victims.random_net(6, 16, 8, 4), [300], -1)  # active on ~10% of the sphere of radius 1000
   a, b = net.w0[:, 0] / np.linalg.norm(net.w0[:, 0]), -300.0
   real = attack.search.find_kinks
 
-  def blind(query, starts, dirs, t_max, **kwargs):   # random lines (from near 0) never see unit 0's kinks
+  def blind(query, starts, dirs, t_max, **kwargs):  # random lines (from near 0) never see unit 0's kinks
     kinks = real(query, starts, dirs, t_max, **kwargs)
     x = starts[kinks.line] + kinks.t[:, None] * dirs[kinks.line]
     keep = (np.abs(x @ a + b) > 1e-6 * np.linalg.norm(x, axis=1)) | (np.linalg.norm(starts, axis=1)[kinks.line] > 100)
     return attack.search.Kinks(kinks.line[keep], kinks.t[keep], kinks.unresolved, kinks.queries)
+
   monkeypatch.setattr(attack.search, "find_kinks", blind)
   result = _extract(net, check_points=400)
   assert result.stats["repair_rounds"] >= 1 and result.hidden_units_found == 8

@@ -2,6 +2,7 @@
 recovered one (frozen: unchanged by training; init: trained from it), every query is counted against one total
 budget (a backend that counts its own rows), a budget below the first layer's queries is refused, and the
 experiment writes rows per method and their means."""
+
 import numpy as np
 import pytest
 from absl import flags
@@ -9,7 +10,7 @@ from absl.testing import flagsaver
 
 from extraction.oracle import Oracle
 from functional_equivalence.deep import hybrid, network
-from launch import experiments, hybrid as hybrid_launch  # noqa: F401  (registers hybrid)
+from launch import experiments  # noqa: F401  (registers hybrid)
 from tests.counting import CountingBackend
 
 FLAGS = flags.FLAGS
@@ -29,7 +30,7 @@ def test_first_layer_is_the_victims_up_to_scale(victim):
   true = np.vstack([net.weights[0], net.biases[0]])
   rec = np.vstack([w, b])
   cos = (true / np.linalg.norm(true, axis=0)).T @ (rec / np.linalg.norm(rec, axis=0))
-  assert np.all(np.max(cos, axis=1) > 1 - 1e-12)   # every unit, with its sign
+  assert np.all(np.max(cos, axis=1) > 1 - 1e-12)  # every unit, with its sign
 
 
 @pytest.mark.parametrize("method", hybrid.METHODS)
@@ -38,8 +39,9 @@ def test_students_spend_the_budget_and_keep_or_train_the_first_layer(victim, met
   pool = np.random.default_rng(0).uniform(size=(300, 8))
   counter = CountingBackend(network.backend(net))
   total = first[2] + 400
-  student, counts = hybrid.run(Oracle(counter, output="logits", record_inputs=False), pool, [6, 6], total, method,
-                               seed=1, steps=50, first=first)
+  student, counts = hybrid.run(
+    Oracle(counter, output="logits", record_inputs=False), pool, [6, 6], total, method, seed=1, steps=50, first=first
+  )
   assert counts["queries"] == total and counter.rows == counts["learning_queries"] == total - counts["fe_queries"]
   assert counts["fe_queries"] == (0 if method == "pure" else first[2])
   if method == "frozen":
@@ -58,8 +60,13 @@ def test_a_budget_below_the_first_layer_is_refused(victim):
 def test_experiment_rows_and_means(tmp_path):
   if not FLAGS.is_parsed():
     FLAGS.mark_as_parsed()
-  with flagsaver.flagsaver(hybrid_victim_hidden=["4", "4"], hybrid_extra_queries=["200"], hybrid_steps=20,
-                           hybrid_seeds=1, hybrid_box_inputs=100):
+  with flagsaver.flagsaver(
+    hybrid_victim_hidden=["4", "4"],
+    hybrid_extra_queries=["200"],
+    hybrid_steps=20,
+    hybrid_seeds=1,
+    hybrid_box_inputs=100,
+  ):
     rows = experiments.EXPERIMENTS["hybrid"](tmp_path)
   runs = [r for r in rows if "seed" in r]
   assert len(runs) == 3 and {r["method"] for r in runs} == set(hybrid.METHODS)

@@ -1,6 +1,7 @@
 """The functional_equivalence experiment: the registered function with flags set in-process, and the command line
 (flag validation and attack failures as one-line errors, results files), the domain flags, independent random
 streams, and the pure black-box attack on a served network."""
+
 import json
 import pathlib
 import subprocess
@@ -40,15 +41,17 @@ def test_experiment_end_to_end_tiny_random(fe_flags, tmp_path):
   _tiny(fe_flags)
   [row] = experiments.EXPERIMENTS["functional_equivalence"](tmp_path)
   assert row["hidden_units_found"] == 7 and row["shape"] == "10-7-4" and row["queries"] > 0
-  assert row["max_weight_error"] <= 2.0 ** -32 and row["agreement"] == 1.0 and row["max_logit_error"] < 1e-9
+  assert row["max_weight_error"] <= 2.0**-32 and row["agreement"] == 1.0 and row["max_logit_error"] < 1e-9
   assert row["eval_inputs"] == 3000 and row["seconds"] >= 0
   # the domain, the queries of every stage, the final check and per-array errors are in the row
   assert row["domain"] == "ball R=1000" and row["domain_agreement"] == 1.0 and row["domain_eval_inputs"] == 2000
   stages = [k for k in row if k.startswith("queries_") and k != "queries_log2"]
   assert {"queries_search", "queries_gradients", "queries_check"} <= set(stages)
   assert sum(row[k] for k in stages) == row["queries"]
-  assert row["check_error"] < 1e-9 and max(row[f"max_error_{a}"] for a in ("w0", "b0", "w1", "b1")) == row[
-      "max_weight_error"]
+  assert (
+    row["check_error"] < 1e-9
+    and max(row[f"max_error_{a}"] for a in ("w0", "b0", "w1", "b1")) == row["max_weight_error"]
+  )
   assert row["found_max_logit_diff"] <= row["certified_max_logit_diff"] < 1e-6
   assert len({row["victim_seed"], row["attack_seed"], row["eval_seed"]}) == 3
   units = json.loads((tmp_path / "units.json").read_text())
@@ -74,11 +77,11 @@ def test_victim_attack_and_evaluation_draw_independent_streams(fe_flags, tmp_pat
     fe_flags.fe_attack_seed, fe_flags.fe_eval_seed = attack_seed, eval_seed
     [runs[name]] = fe.run(tmp_path / name)
   victim = [(tmp_path / n / "victim.npz").read_bytes() for n in "abc"]
-  assert victim[0] == victim[1] == victim[2]                         # the victim depends on --seed only
+  assert victim[0] == victim[1] == victim[2]  # the victim depends on --seed only
   a, b, c = runs["a"], runs["b"], runs["c"]
-  assert a["queries"] != b["queries"] and a["queries"] == c["queries"]   # the attack on its own stream
+  assert a["queries"] != b["queries"] and a["queries"] == c["queries"]  # the attack on its own stream
   assert a["domain_max_logit_error"] == b["domain_max_logit_error"] or a["max_weight_error"] != b["max_weight_error"]
-  assert a["domain_max_logit_error"] != c["domain_max_logit_error"]   # the evaluation on its own stream
+  assert a["domain_max_logit_error"] != c["domain_max_logit_error"]  # the evaluation on its own stream
   # the attack's first inputs are not the victim's random numbers (they once were: one seed for both)
   net = victims.random_net(0, 10, 7, 4)
   first = np.random.default_rng(a["attack_seed"]).normal(size=(16, 10))
@@ -98,22 +101,23 @@ def test_black_box_attack_on_a_served_network(fe_flags, tmp_path):
   pytest.importorskip("uvicorn")
   import service
   from tests.conftest import make_key_store
+
   net = victims.random_net(4, 12, 9, 3)
   path = victims.save_npz(tmp_path / "served.npz", net)
   store = make_key_store(tmp_path / "keys.sqlite", {"fe-black-box-key-0123": {"output": "logits"}})
   with service.BackgroundServer(service.create_app(service.model_from_npz(path), store)) as url:
     fe_flags.api_key, fe_flags.oracle_url, fe_flags.fe_domain_eval_inputs = "fe-black-box-key-0123", url, 2000
-    [row] = fe.run(tmp_path / "blind")                               # no npz: d from the service
+    [row] = fe.run(tmp_path / "blind")  # no npz: d from the service
     fe_flags["fe_input_dim"].parse("11")
     with pytest.raises(common.ConfigError, match="--fe_input_dim=11 but --oracle_url=.* takes inputs of dimension 12"):
       fe.run(tmp_path / "bad")
     fe_flags["fe_input_dim"].parse("12")
     fe_flags.victim_npz = str(path)
-    [known] = fe.run(tmp_path / "known")                             # the same attack, evaluated
+    [known] = fe.run(tmp_path / "known")  # the same attack, evaluated
   assert row["victim"] == "remote" and row["recovered_shape"] == "12-9-3" and row["domain"] == "ball R=1000"
   assert row["queries"] > 0 and row["check_error"] < 1e-9 and row["seconds"] >= 0
   assert "max_weight_error" not in row and "agreement" not in row and not (tmp_path / "blind" / "victim.npz").exists()
-  assert known["victim"] == "npz" and known["queries"] == row["queries"] and known["max_weight_error"] <= 2.0 ** -32
+  assert known["victim"] == "npz" and known["queries"] == row["queries"] and known["max_weight_error"] <= 2.0**-32
   rec = victims.load_npz(tmp_path / "blind" / "recovered.npz")
   x = np.random.default_rng(0).normal(size=(100, 12)) * 300
   np.testing.assert_allclose(victims.logits(rec, x), victims.logits(net, x), rtol=0, atol=1e-7)
@@ -151,8 +155,16 @@ def _cli(*args):
 
 
 def test_command_line_run_writes_results(tmp_path):
-  p = _cli("--experiment=functional_equivalence", f"--workdir={tmp_path}", "--fe_victim=random", "--fe_attack=two_layer",
-           "--fe_input_dim=6", "--fe_hidden=9", "--fe_outputs=3", "--fe_eval_inputs=1000")
+  p = _cli(
+    "--experiment=functional_equivalence",
+    f"--workdir={tmp_path}",
+    "--fe_victim=random",
+    "--fe_attack=two_layer",
+    "--fe_input_dim=6",
+    "--fe_hidden=9",
+    "--fe_outputs=3",
+    "--fe_eval_inputs=1000",
+  )
   assert p.returncode == 0, p.stderr[-2000:]
   [row] = json.loads((tmp_path / "results.json").read_text())
   assert row["method"] == "functional_equivalence" and row["hidden_units_found"] == 9 and row["agreement"] == 1.0
@@ -160,14 +172,17 @@ def test_command_line_run_writes_results(tmp_path):
   assert (tmp_path / "recovered.npz").exists()
 
 
-@pytest.mark.parametrize("args,message", [
+@pytest.mark.parametrize(
+  "args,message",
+  [
     (["--victim_npz={tmp}/missing.npz"], "does not exist"),
     (["--victim_npz={tmp}/nan.npz"], "array 'w0' holds 1 NaN/inf values"),
     (["--victim_npz={tmp}/shape.npz"], "shape mismatch"),
     (["--fe_victim=npz"], "--fe_victim=npz needs --victim_npz=PATH"),
     (["--fe_hidden=0"], "fe_hidden"),
     (["--fe_oracle_precision=float32"], "error: OraclePrecisionError: the oracle answers in float32"),
-])
+  ],
+)
 def test_command_line_bad_flags_fail_with_one_line(tmp_path, args, message):
   w0 = np.ones((3, 2))
   w0[1, 1] = np.nan

@@ -1,4 +1,5 @@
 """Critical-point search and the precision probe: exact kink positions, bounded failure on bad oracles."""
+
 import time
 
 import numpy as np
@@ -54,13 +55,15 @@ def test_rounding_far_outside_the_domain_is_given_up_not_fatal():
   # 0, above them far out, where the search gives up instead of calling the whole oracle noisy
   net = victims.random_net(0, 8, 6, 3)
   rng = np.random.default_rng(0)
-  noisy = lambda x: victims.logits(net, x) * (1 + 1e-14 * (np.linalg.norm(x, axis=1, keepdims=True) / 2000) ** 2
-                                                * rng.normal(size=(len(x), 1)))
+  noisy = lambda x: (
+    victims.logits(net, x)
+    * (1 + 1e-14 * (np.linalg.norm(x, axis=1, keepdims=True) / 2000) ** 2 * rng.normal(size=(len(x), 1)))
+  )
   u, v = rng.normal(size=(1, 8)), rng.normal(size=(1, 8))
   with pytest.raises(OraclePrecisionError):
     search.find_kinks(_querier(noisy), u, v, 64000.0, max_intervals=256)
   kinks = search.find_kinks(_querier(noisy), u, v, 64000.0, max_intervals=256, far=2000.0)
-  [true] = _true_kinks(net, u, v, 100.0)                     # all within |x| < 2000 here
+  [true] = _true_kinks(net, u, v, 100.0)  # all within |x| < 2000 here
   assert kinks.unresolved > 0 and len(kinks.t) >= len(true)
   np.testing.assert_allclose(kinks.t[np.abs(kinks.t) < 100], true, atol=1e-6)
 
@@ -68,8 +71,7 @@ def test_rounding_far_outside_the_domain_is_given_up_not_fatal():
 def test_find_kinks_separates_close_opposite_kinks_with_one_output():
   # g(t) = relu(t - 0.300) - 0.5 relu(t - 0.301): a convex and a concave kink 1e-3 apart, one output; the
   # intersection of the outer lines lands outside both kinks, so only the checks beside t* can reject it.
-  net = victims.TwoLayerNet(np.array([[1.0, 1.0]]), np.array([-0.300, -0.301]), np.array([[1.0], [-0.5]]),
-                            np.zeros(1))
+  net = victims.TwoLayerNet(np.array([[1.0, 1.0]]), np.array([-0.300, -0.301]), np.array([[1.0], [-0.5]]), np.zeros(1))
   kinks = search.find_kinks(_querier(victims.backend(net)), np.zeros((1, 1)), np.ones((1, 1)), 1.0, pieces=2)
   np.testing.assert_allclose(kinks.t, [0.300, 0.301], atol=1e-12)
 
@@ -84,9 +86,11 @@ def test_probe_accepts_float64_relu_and_reports_precision():
 def test_probe_refuses_imprecise_oracles(kind, bits):
   net = victims.random_net(0, 16, 12, 4)
   rng = np.random.default_rng(0)
-  backend = {"float32": lambda x: victims.logits(net, x).astype(np.float32).astype(np.float64),
-             "rounded": lambda x: np.round(victims.logits(net, x), 6),
-             "noise": lambda x: victims.logits(net, x) + 1e-9 * rng.normal(size=(len(x), 4))}[kind]
+  backend = {
+    "float32": lambda x: victims.logits(net, x).astype(np.float32).astype(np.float64),
+    "rounded": lambda x: np.round(victims.logits(net, x), 6),
+    "noise": lambda x: victims.logits(net, x) + 1e-9 * rng.normal(size=(len(x), 4)),
+  }[kind]
   with pytest.raises(OraclePrecisionError, match="precision reached") as e:
     queries.probe(_querier(backend), 16, 1.0, np.random.default_rng(0))
   assert bits[0] < e.value.precision_bits < bits[1]

@@ -1,4 +1,5 @@
 """Two-layer victims: the npz convention, one-line errors for bad files, random and float32 backends."""
+
 import numpy as np
 import pytest
 
@@ -25,14 +26,17 @@ def _write(path, **arrays):
   return path
 
 
-@pytest.mark.parametrize("arrays,message", [
+@pytest.mark.parametrize(
+  "arrays,message",
+  [
     (dict(w0=np.ones((3, 2)), b0=np.ones(2), w1=np.ones((2, 4))), "missing array(s) b1"),
     (dict(w0=np.ones((3, 2)), b0=np.ones(3), w1=np.ones((2, 4)), b1=np.ones(4)), "shape mismatch"),
     (dict(w0=np.ones((3, 2)), b0=np.ones(2), w1=np.ones((3, 4)), b1=np.ones(4)), "shape mismatch"),
     (dict(w0=np.ones(3), b0=np.ones(2), w1=np.ones((2, 4)), b1=np.ones(4)), "expected w0 (d,h)"),
     (dict(w0=np.full((3, 2), np.nan), b0=np.ones(2), w1=np.ones((2, 4)), b1=np.ones(4)), "6 NaN/inf"),
     (dict(w0=np.ones((3, 2)), b0=np.ones(2), w1=np.ones((2, 4)), b1=np.array([1, 2, np.inf, 4])), "'b1' holds 1"),
-])
+  ],
+)
 def test_bad_npz_fails_with_one_line(tmp_path, arrays, message):
   with pytest.raises(VictimFileError, match=None) as e:
     victims.load_npz(_write(tmp_path / "bad.npz", **arrays))

@@ -1,11 +1,12 @@
 """FixMatch and its strong augmentation: pieces on hand-computed cases, the weak/strong pairing, a short run that
 learns; the S4L rotation batch."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from extraction import datasets, models, students, train
+from extraction import datasets, students
 from semisup import fixmatch, randaugment, rotation
 
 
@@ -27,7 +28,8 @@ def test_unlabeled_loss_hand_computed():
 
 def test_gradient_flows_only_through_the_strong_branch():
   grad_w = jax.grad(lambda w: fixmatch.unlabeled_loss(jnp.zeros((1, 2)), jax.nn.softmax(w), 0.0)[0])(
-      jnp.array([[3.0, 0.0]]))
+    jnp.array([[3.0, 0.0]])
+  )
   np.testing.assert_array_equal(grad_w, 0.0)
 
 
@@ -76,10 +78,19 @@ def test_fixmatch_run_learns_from_few_labels():
   y = np.eye(10, dtype=np.float32)[data.train.labels]
   order = np.random.default_rng(0).permutation(len(y))
   tasks = [students.StudentTask(order[:30], y[order[:30]], order[30:], s) for s in (0, 1)]
-  cfg = students.StudentConfig(model="mlp", steps=300, batch_size=32, unlabeled_batch_size=64, lr=0.03,
-                               weight_decay=5e-4, optimizer="sgd", schedule="fixmatch_cosine")
+  cfg = students.StudentConfig(
+    model="mlp",
+    steps=300,
+    batch_size=32,
+    unlabeled_batch_size=64,
+    lr=0.03,
+    weight_decay=5e-4,
+    optimizer="sgd",
+    schedule="fixmatch_cosine",
+  )
   make = lambda m: fixmatch.make_fixmatch_step(m, threshold=0.95, flip=False, shift=1)
   acc = lambda p, full=True: {"accuracy": float(np.mean(p(data.test.images).argmax(-1) == data.test.labels))}
-  _, _, hist = students.train_students(data.train.images, tasks, 10, cfg, make, needs_unlabeled=True,
-                                       evaluate=acc, eval_every=300, steps_per_call=10)
+  _, _, hist = students.train_students(
+    data.train.images, tasks, 10, cfg, make, needs_unlabeled=True, evaluate=acc, eval_every=300, steps_per_call=10
+  )
   assert all(h[-1]["accuracy"] > 0.6 for h in hist), hist  # chance 0.1

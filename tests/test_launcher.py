@@ -1,4 +1,5 @@
 """The launcher end to end: flag validation up front, and a tiny quickstart-shaped run."""
+
 import json
 import pathlib
 
@@ -7,7 +8,9 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("args,message", [
+@pytest.mark.parametrize(
+  "args,message",
+  [
     (["--dataset=mnist"], "unknown --dataset='mnist'"),
     (["--queries=0"], "--queries must be positive integers"),
     (["--queries=5000"], "the attacker's pool has only 1294 inputs (1437 minus --val_size=143)"),
@@ -17,7 +20,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
     (["--method=magic"], "unknown --method=magic"),
     (["--experiment=nope"], "unknown --experiment='nope'"),
     (["--workdir={tmp}/a_file/workdir"], "is not writable"),
-])
+  ],
+)
 def test_bad_flags_fail_with_one_line(args, message, tmp_path, launcher):
   (tmp_path / "a_file").write_text("")
   args = [f"--workdir={tmp_path}"] + [a.format(tmp=tmp_path) for a in args]
@@ -33,13 +37,27 @@ def test_missing_flagfile(launcher):
 
 
 def test_tiny_end_to_end_run_and_reuse(tmp_path, launcher):
-  args = ["--flagfile=quickstart.flags", f"--workdir={tmp_path}", "--victim_model=mlp", "--victim_steps=100", "--student_steps=30",
-          "--queries=20,100", "--oracle_output=probabilities,labels", "--noise_samples=64", "--method=fs", "--seeds=1"]
+  args = [
+    "--flagfile=quickstart.flags",
+    f"--workdir={tmp_path}",
+    "--victim_model=mlp",
+    "--victim_steps=100",
+    "--student_steps=30",
+    "--queries=20,100",
+    "--oracle_output=probabilities,labels",
+    "--noise_samples=64",
+    "--method=fs",
+    "--seeds=1",
+  ]
   p = launcher(*args)
   assert p.returncode == 0, p.stderr[-3000:]
   rows = json.loads((tmp_path / "results.json").read_text())
   assert [(r["method"], r["queries"], r["oracle_output"]) for r in rows][1:] == [
-      ("fs", 20, "probabilities"), ("fs", 100, "probabilities"), ("fs", 20, "labels"), ("fs", 100, "labels")]
+    ("fs", 20, "probabilities"),
+    ("fs", 100, "probabilities"),
+    ("fs", 20, "labels"),
+    ("fs", 100, "labels"),
+  ]
   for r in rows:
     assert 0 <= r["accuracy"] <= 1 and 0 <= r["fidelity"] <= 1 and r["seed"] == 0 and "jax" in r["versions"]
   assert rows[0]["method"] == "victim" and rows[0]["accuracy"] > 0.6  # 100 steps of an MLP on digits; chance is 0.1
@@ -73,10 +91,23 @@ def test_every_flagfile_is_valid(config, tmp_path, launcher):
 
 
 def test_mixmatch_and_rotation_through_the_launcher(tmp_path, launcher):
-  p = launcher("--flagfile=quickstart.flags", f"--workdir={tmp_path}", "--victim_steps=50", "--student_steps=10",
-               "--queries=40", "--method=fs,mixmatch", "--rotation_weight=0.5", "--noise_samples=32", "--seeds=1",
-               "--student_model=small_cnn", "--oracle_output=top_k", "--top_k=3")
+  p = launcher(
+    "--flagfile=quickstart.flags",
+    f"--workdir={tmp_path}",
+    "--victim_steps=50",
+    "--student_steps=10",
+    "--queries=40",
+    "--method=fs,mixmatch",
+    "--rotation_weight=0.5",
+    "--noise_samples=32",
+    "--seeds=1",
+    "--student_model=small_cnn",
+    "--oracle_output=top_k",
+    "--top_k=3",
+  )
   assert p.returncode == 0, p.stderr[-3000:]
   rows = json.loads((tmp_path / "results.json").read_text())
   assert [(r["method"], r["oracle_output"], r["oracle_used"]) for r in rows[1:]] == [
-      ("fs+rot", "top_k", 40), ("mixmatch+rot", "top_k", 40)]
+    ("fs+rot", "top_k", 40),
+    ("mixmatch+rot", "top_k", 40),
+  ]

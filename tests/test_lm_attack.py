@@ -1,6 +1,5 @@
 """The attack end to end on small transformer victims (random init, tied and untied, float32 and float64, a
 LayerNorm without bias, a victim with no final norm), its budget, and the lm_last_layer experiment."""
-import json
 
 import jax
 import numpy as np
@@ -23,8 +22,14 @@ def small_victim(hidden=32, vocab=512, tied=False, seed=0, layers=1):
 
 
 def steal(victim, output="logits", precision="float64", cfg=attack.Config(prompt_len=8), **oracle_kwargs):
-  o = LMOracle(lm_victim.backend(victim, precision), output=output, top_k=5 if output != "logits" else None,
-               vocab_size=victim.config.vocab_size, record_inputs=False, **oracle_kwargs)
+  o = LMOracle(
+    lm_victim.backend(victim, precision),
+    output=output,
+    top_k=5 if output != "logits" else None,
+    vocab_size=victim.config.vocab_size,
+    record_inputs=False,
+    **oracle_kwargs,
+  )
   result = attack.steal_last_layer(o, cfg, seed=1)
   return result, evaluate.align(result.unembedding, lm_victim.unembedding(victim), result.shift_invariant), o
 

@@ -1,5 +1,6 @@
 """The LM oracle's output modes, bias bounds and budget, and the logit-bias reconstruction on a toy vocabulary,
 counted by a backend that counts independently of the oracle."""
+
 import math
 
 import numpy as np
@@ -7,7 +8,8 @@ import pytest
 
 from extraction.lm_oracle import BiasRefused, LMOracle, LogitBias, log_softmax, top_k_logprobs
 from extraction.oracle import BudgetExceeded
-from functional_equivalence.lm import attack, bias as bias_lib
+from functional_equivalence.lm import attack
+from functional_equivalence.lm import bias as bias_lib
 
 V = 23
 
@@ -36,8 +38,9 @@ def test_output_modes():
   prompts = np.array([[0, 5], [1, 5], [2, 7]])
   full = LMOracle(CountingBackend(table), output="logits", vocab_size=V)(prompts)
   np.testing.assert_array_equal(full, table)
-  np.testing.assert_array_equal(LMOracle(CountingBackend(table), output="argmax", vocab_size=V)(prompts),
-                                table.argmax(1))
+  np.testing.assert_array_equal(
+    LMOracle(CountingBackend(table), output="argmax", vocab_size=V)(prompts), table.argmax(1)
+  )
   top = LMOracle(CountingBackend(table), output="top_k", top_k=4, vocab_size=V)(prompts)
   lp = log_softmax(table)
   want = np.argsort(-lp, axis=1)[:, :4]
@@ -60,14 +63,17 @@ def test_bias_changes_the_answer_as_added_logits():
   assert list(ans.ids[:, 0]) == [4, 4, 4] and list(ans.ids[:, 1]) == [9, 9, 9]
 
 
-@pytest.mark.parametrize("bias,message", [
+@pytest.mark.parametrize(
+  "bias,message",
+  [
     (LogitBias(np.array([[1, 2]]), np.array([[101.0, 0.0]])), r"\|bias\| <= 100"),
     (LogitBias(np.array([[1, 2, 3, 4]]), np.ones((1, 4))), "at most 3"),
     (LogitBias(np.array([[1, 1]]), np.ones((1, 2))), "same token twice"),
     (LogitBias(np.array([[V]]), np.ones((1, 1))), r"0\.\.22"),
     (LogitBias(np.array([[1]]), np.array([[np.nan]])), "finite"),
     (LogitBias(np.array([[1, 2]]), np.ones((2, 2))), "must both be"),
-])
+  ],
+)
 def test_bias_over_the_bounds_is_refused_and_not_counted(bias, message):
   backend = CountingBackend(toy_logits())
   o = LMOracle(backend, output="top_k_bias", top_k=5, vocab_size=V, max_bias=100, max_biased_tokens=3)
@@ -121,8 +127,11 @@ def test_adaptive_bias_retries_groups_it_could_not_lift():
   assert state.retries >= 1 and backend.prompts == o.used == state.requests
   table[1, 7] = -150.0  # beyond the API's bound of 100: a one-line error, not a wrong vector
   with pytest.raises(bias_lib.BiasTooSmall, match="largest bias 100"):
-    bias_lib.reconstruct_one(LMOracle(CountingBackend(table), output="top_k_bias", top_k=3, vocab_size=V),
-                             np.array([1]), bias_lib.Reconstruction())
+    bias_lib.reconstruct_one(
+      LMOracle(CountingBackend(table), output="top_k_bias", top_k=3, vocab_size=V),
+      np.array([1]),
+      bias_lib.Reconstruction(),
+    )
 
 
 @pytest.mark.parametrize("output,k,message", [("argmax", None, "needs scores"), ("top_k", 5, "without a logit bias")])

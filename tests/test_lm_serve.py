@@ -1,5 +1,6 @@
 """A language model served over HTTP (service/lm.py) and attacked through `RemoteLMOracle` exactly as locally:
 same answers, h found, budgets and bias bounds enforced by the server, keys that do not fit the model refused."""
+
 import json
 
 import numpy as np
@@ -20,10 +21,12 @@ from service import lm as lm_api
 from service.settings import KeySettings
 from tests.conftest import make_key_store
 
-KEYS = {"lm-logits-key-0123456789": {"output": "logits"},
-        "lm-bias-key-0123456789": {"output": "top_k_bias", "top_k": 5},
-        "lm-topk-key-0123456789": {"output": "top_k", "top_k": 3, "budget": 4},
-        "lm-argmax-key-0123456789": {"output": "argmax"}}
+KEYS = {
+  "lm-logits-key-0123456789": {"output": "logits"},
+  "lm-bias-key-0123456789": {"output": "top_k_bias", "top_k": 5},
+  "lm-topk-key-0123456789": {"output": "top_k", "top_k": 3, "budget": 4},
+  "lm-argmax-key-0123456789": {"output": "argmax"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +47,10 @@ def remote(url, key, **kwargs):
 def test_served_answers_equal_the_local_oracle(lm_server):
   url, victim, _ = lm_server
   prompts = np.random.default_rng(0).integers(0, 512, (6, 5))
-  for key, (output, k) in [("lm-logits-key-0123456789", ("logits", None)),
-                           ("lm-argmax-key-0123456789", ("argmax", None))]:
+  for key, (output, k) in [
+    ("lm-logits-key-0123456789", ("logits", None)),
+    ("lm-argmax-key-0123456789", ("argmax", None)),
+  ]:
     local = LMOracle(lm_victim.backend(victim, "float64"), output=output, top_k=k, vocab_size=512)
     with remote(url, key) as o:
       np.testing.assert_array_equal(o(prompts), local(prompts))
@@ -58,8 +63,9 @@ def test_served_answers_equal_the_local_oracle(lm_server):
   np.testing.assert_array_equal(got.logprobs, want.logprobs)
 
 
-@pytest.mark.parametrize("key,output", [("lm-logits-key-0123456789", "logits"),
-                                        ("lm-bias-key-0123456789", "top_k_bias")])
+@pytest.mark.parametrize(
+  "key,output", [("lm-logits-key-0123456789", "logits"), ("lm-bias-key-0123456789", "top_k_bias")]
+)
 def test_attack_through_http_finds_h(lm_server, key, output):
   url, _, store = lm_server
   before = store.get(key).used
@@ -72,8 +78,10 @@ def test_attack_through_http_finds_h(lm_server, key, output):
 def test_server_enforces_budget_and_bias_bounds(lm_server):
   url, _, _ = lm_server
   with remote(url, "lm-bias-key-0123456789") as o:
-    for bias, message in [(LogitBias(np.array([[1]]), np.array([[150.0]])), "<= 100"),
-                          (LogitBias(np.arange(9)[None], np.ones((1, 9))), "at most 8")]:
+    for bias, message in [
+      (LogitBias(np.array([[1]]), np.array([[150.0]])), "<= 100"),
+      (LogitBias(np.arange(9)[None], np.ones((1, 9))), "at most 8"),
+    ]:
       with pytest.raises(QueryRefused, match=message):
         o(np.zeros((1, 4), np.int64), bias)
     assert o.used == 0
@@ -93,9 +101,10 @@ def test_keys_must_fit_the_model():
   lm_model = service.ServedModel(lambda x: x, (8,), "int32", 100, lm=lm_api.LMApi(8))
   image_model = service.ServedModel(lambda x: x, (4,), "float64", 3)
   for settings, model, message in [
-      (KeySettings(output="probabilities"), lm_model, "not served by a language model"),
-      (KeySettings(output="top_k_bias", top_k=5), image_model, "language models only"),
-      (KeySettings(output="argmax"), image_model, "language models only")]:
+    (KeySettings(output="probabilities"), lm_model, "not served by a language model"),
+    (KeySettings(output="top_k_bias", top_k=5), image_model, "language models only"),
+    (KeySettings(output="argmax"), image_model, "language models only"),
+  ]:
     with pytest.raises(ValueError, match=message):
       lm_api.check_key_for_model(settings, model)
   with pytest.raises(ValueError, match="takes no defenses"):
@@ -108,6 +117,9 @@ def test_health_describes_the_lm(lm_server):
   url = lm_server[0]
   health = httpx.get(url + "/health").json()
   assert health["lm"] == {"max_len": 16, "max_bias": 100.0, "max_biased_tokens": 8} and health["num_classes"] == 512
-  r = httpx.post(url + "/v1/predict", headers={"X-API-Key": "lm-logits-key-0123456789"},
-                 content=json.dumps({"inputs": [[1, 2, 600]]}))
+  r = httpx.post(
+    url + "/v1/predict",
+    headers={"X-API-Key": "lm-logits-key-0123456789"},
+    content=json.dumps({"inputs": [[1, 2, 600]]}),
+  )
   assert r.status_code == 422 and "0..511" in r.json()["detail"]

@@ -1,4 +1,5 @@
 """Hidden-size gap rule, recovery of W up to h x h, and the evaluation, on planted low-rank logits (numpy only)."""
+
 import numpy as np
 import pytest
 
@@ -87,6 +88,6 @@ def test_alignment_errors_are_what_was_added():
   noise = 1e-6 * rng.normal(size=(V, 8))
   err = evaluate.align((w + noise) @ g, w)
   assert 0.5e-6 < err["rms_error"] < 1.1e-6 and err["max_error"] < 6e-6
-  assert err["rms_error_relative"] == pytest.approx(err["rms_error"] / np.sqrt(np.mean(w ** 2)))
+  assert err["rms_error_relative"] == pytest.approx(err["rms_error"] / np.sqrt(np.mean(w**2)))
   basis = np.linalg.qr(rng.normal(size=(8, 3)))[0]
   assert evaluate.align(w @ g, w, directions=basis)["subspace_rms_error_relative"] < 1e-12

@@ -15,6 +15,7 @@ def test_accuracy_and_fidelity():
 
 def test_evaluator_reports_top5_only_above_five_classes():
   from extraction import evaluation
+
   rng = np.random.default_rng(0)
   images = rng.integers(0, 255, (20, 4, 4, 1), dtype=np.uint8)
   for c, has_top5 in ((3, False), (10, True)):
@@ -27,5 +28,6 @@ def test_evaluator_reports_top5_only_above_five_classes():
 
 def test_noise_images_are_seeded():
   from extraction import evaluation
+
   a, b = evaluation.uniform_noise(5, (8, 8, 1), 1), evaluation.uniform_noise(5, (8, 8, 1), 1)
   assert a.dtype == np.uint8 and a.shape == (5, 8, 8, 1) and (a == b).all()

@@ -1,5 +1,6 @@
 """MixMatch: each pure piece on hand-computed cases and the jitted step (the unlabeled pool never reaching the
 oracle is tested at the launcher, tests/test_protocol.py)."""
+
 from __future__ import annotations
 
 import jax
@@ -20,8 +21,12 @@ def test_sharpen_known_distribution():
 
 
 def test_guess_labels_averages_then_sharpens():
-  probs = jnp.array([[[0.8, 0.2], [0.5, 0.5]],    # augmentation 1
-                     [[0.4, 0.6], [0.1, 0.9]]])   # augmentation 2
+  probs = jnp.array(
+    [
+      [[0.8, 0.2], [0.5, 0.5]],  # augmentation 1
+      [[0.4, 0.6], [0.1, 0.9]],
+    ]
+  )  # augmentation 2
   # means [.6, .4] and [.3, .7]; squared and renormalised
   expected = [[0.36 / 0.52, 0.16 / 0.52], [0.09 / 0.58, 0.49 / 0.58]]
   np.testing.assert_allclose(mixmatch.guess_labels(probs, 0.5), expected, rtol=1e-5)
@@ -61,9 +66,11 @@ def test_rampup():
 
 def _batch(rng, b, u, shape, classes=10):
   r = np.random.default_rng(rng)
-  return {"images": r.integers(0, 256, (b,) + shape, dtype=np.uint8),
-          "targets": r.dirichlet(np.ones(classes), b).astype(np.float32),
-          "unlabeled": r.integers(0, 256, (u,) + shape, dtype=np.uint8)}
+  return {
+    "images": r.integers(0, 256, (b,) + shape, dtype=np.uint8),
+    "targets": r.dirichlet(np.ones(classes), b).astype(np.float32),
+    "unlabeled": r.integers(0, 256, (u,) + shape, dtype=np.uint8),
+  }
 
 
 @pytest.mark.parametrize("name,rotation_weight", [("mlp", 0.0), ("small_cnn", 0.5)])
@@ -73,8 +80,10 @@ def test_step_jitted_changes_params(name, rotation_weight):
   state = train.create_state(model, tx, jax.random.key(0), (8, 8, 1))
   before = jax.tree_util.tree_map(np.array, (state.params, state.batch_stats))
   extra = rotation.make_rotation_loss(rotation_weight, True, 1) if rotation_weight else None
-  step = jax.jit(mixmatch.make_mixmatch_step(model, lambda_u=75.0, rampup_steps=4, flip=True, shift=1,
-                                             extra_loss=extra), donate_argnums=0)
+  step = jax.jit(
+    mixmatch.make_mixmatch_step(model, lambda_u=75.0, rampup_steps=4, flip=True, shift=1, extra_loss=extra),
+    donate_argnums=0,
+  )
   for i in range(3):
     state, metrics = step(state, _batch(i, 8, 8, (8, 8, 1)))
   metrics = jax.device_get(metrics)
@@ -85,6 +94,7 @@ def test_step_jitted_changes_params(name, rotation_weight):
   moved = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b), before[0], jax.device_get(state.params))
   assert all(jax.tree_util.tree_leaves(moved))
   if name == "small_cnn":
-    stats = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b), before[1],
-                                                             jax.device_get(state.batch_stats)))
+    stats = jax.tree_util.tree_leaves(
+      jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b), before[1], jax.device_get(state.batch_stats))
+    )
     assert stats and all(stats)

@@ -9,9 +9,14 @@ def _params(v):
   return sum(x.size for x in jax.tree.leaves(v["params"]))
 
 
-@pytest.mark.parametrize("name,shape,n_params", [("wrn28_2", (32, 32, 3), (1.4e6, 1.55e6)),
-                                                 ("small_cnn", (32, 32, 3), (0.28e6, 0.30e6)),
-                                                 ("mlp", (8, 8, 1), (9610, 9610))])
+@pytest.mark.parametrize(
+  "name,shape,n_params",
+  [
+    ("wrn28_2", (32, 32, 3), (1.4e6, 1.55e6)),
+    ("small_cnn", (32, 32, 3), (0.28e6, 0.30e6)),
+    ("mlp", (8, 8, 1), (9610, 9610)),
+  ],
+)
 def test_shapes_and_sizes(name, shape, n_params):
   m = models.create_model(name, 10)
   x = jnp.zeros((2,) + shape)

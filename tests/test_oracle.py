@@ -64,8 +64,10 @@ def test_record_and_batching():
   assert o2.used == 1 and len(o2.asked) == 0
 
 
-@pytest.mark.parametrize("output,k,match", [("scores", None, "unknown oracle output"), ("top_k", None, "top_k >= 1"),
-                                            ("top_k", 0, "top_k >= 1")])
+@pytest.mark.parametrize(
+  "output,k,match",
+  [("scores", None, "unknown oracle output"), ("top_k", None, "top_k >= 1"), ("top_k", 0, "top_k >= 1")],
+)
 def test_bad_modes(output, k, match):
   with pytest.raises(ValueError, match=match):
     Oracle(backend, output, top_k=k)
@@ -78,8 +80,10 @@ def test_top_k_must_be_below_classes():
 
 def test_model_backend_matches_apply(digits):
   import jax
+
   from extraction import models
   from extraction.datasets import to_float
+
   model = models.create_model("mlp", 10)
   variables = model.init(jax.random.key(0), to_float(digits.test.images[:1]))
   b = oracle_lib.model_backend(model, variables, batch_size=64)

@@ -1,5 +1,6 @@
 """Data parallelism: the same training steps on 2 and 4 (forced CPU) devices match 1 device, for one student and
 for stacked (vmapped) students."""
+
 import json
 import os
 import pathlib
@@ -11,8 +12,14 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 def test_fs_and_mixmatch_steps_match_across_device_counts():
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  p = subprocess.run([sys.executable, "-m", "tests.parallel_check", "fs", "mixmatch", "stacked"], cwd=REPO, env=env,
-                     capture_output=True, text=True, timeout=300)
+  p = subprocess.run(
+    [sys.executable, "-m", "tests.parallel_check", "fs", "mixmatch", "stacked"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert p.returncode == 0, p.stderr[-3000:]
   diffs = json.loads(p.stdout.strip().splitlines()[-1])
   assert diffs.pop("devices") == 4
@@ -27,15 +34,18 @@ def test_fs_and_mixmatch_steps_match_across_device_counts():
 
 def test_mesh_rejects_too_many_devices():
   import pytest
+
   from extraction import parallel
+
   with pytest.raises(ValueError, match="device\\(s\\) are available"):
     parallel.make_mesh(10_000)
 
 
 def test_fe_search_sharded_over_4_devices_finds_the_same_units():
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  p = subprocess.run([sys.executable, "-m", "tests.fe_parallel_check"], cwd=REPO, env=env, capture_output=True,
-                     text=True, timeout=120)
+  p = subprocess.run(
+    [sys.executable, "-m", "tests.fe_parallel_check"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+  )
   assert p.returncode == 0, p.stderr[-3000:]
   out = json.loads(p.stdout.strip().splitlines()[-1])
   assert out["devices"] == 4 and out["units"] == [8, 8]
@@ -49,12 +59,15 @@ def _last_json(text):
 def test_two_processes_with_jax_distributed_match_one_device():
   """Multi-host path (jax.distributed, gloo on CPU): 2 processes x 2 devices, each feeding its slice of the batch."""
   import socket
+
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = str(s.getsockname()[1])
   cmd = [sys.executable, "-m", "tests.multihost_check"]
-  procs = [subprocess.Popen(cmd + [port, str(i)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in (0, 1)]
+  procs = [
+    subprocess.Popen(cmd + [port, str(i)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for i in (0, 1)
+  ]
   outs = [p.communicate(timeout=240) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]

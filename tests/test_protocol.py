@@ -1,13 +1,15 @@
 """The fair protocol at the launcher: what the oracle was asked, counted by a recording backend (not by the
 oracle); seeds; the validation split; the evaluator's figures."""
+
 import json
 
 import numpy as np
 import pytest
 from absl import flags
 
-from extraction import evaluation, oracle as oracle_lib
-from launch import experiments, run as run_module
+from extraction import evaluation
+from launch import experiments
+from launch import run as run_module
 
 FLAGS = flags.FLAGS
 
@@ -16,8 +18,11 @@ def _random_dataset(root, n_train=240, n_test=40, shape=(8, 8, 3), seed=0):
   rng = np.random.default_rng(seed)
   (root / "cifar10").mkdir(parents=True)
   for split, n in (("train", n_train), ("test", n_test)):
-    np.savez(root / "cifar10" / f"{split}.npz", image=rng.integers(0, 256, (n,) + shape, dtype=np.uint8),
-             label=rng.integers(0, 10, n))
+    np.savez(
+      root / "cifar10" / f"{split}.npz",
+      image=rng.integers(0, 256, (n,) + shape, dtype=np.uint8),
+      label=rng.integers(0, 10, n),
+    )
 
 
 def _run_in_process(args):
@@ -34,6 +39,7 @@ def recorded(monkeypatch):
   """For every oracle the launcher makes, the inputs that reach the victim's backend through it, recorded as they
   arrive (bytes of each row): counted at the backend, independently of the oracle's own accounting."""
   from launch import oracle_flags
+
   records = []
   real = oracle_flags.make_oracle
 
@@ -44,6 +50,7 @@ def recorded(monkeypatch):
     def backend(x):
       asked.extend(np.asarray(x[i]).tobytes() for i in range(len(x)))
       return local_backend(x)
+
     return real(backend, *args, **kwargs)
 
   monkeypatch.setattr(oracle_flags, "make_oracle", recording_make_oracle)
@@ -80,10 +87,24 @@ def _never_asked_unlabeled(records: list, workdir, train_images, test_images):
   return sum(len(r) for r in records)
 
 
-ARGS = ["--experiment=extraction", "--dataset=cifar10", "--victim_model=mlp", "--victim_steps=5",
-        "--student_model=mlp", "--student_steps=4", "--queries=20,60", "--seeds=2", "--noise_samples=16",
-        "--gauss_sigmas=16", "--eval_every=2", "--method=fs,mixmatch,fixmatch", "--rotation_weight=0.5",
-        "--batch_size=8", "--mu=2", "--oracle_output=probabilities"]
+ARGS = [
+  "--experiment=extraction",
+  "--dataset=cifar10",
+  "--victim_model=mlp",
+  "--victim_steps=5",
+  "--student_model=mlp",
+  "--student_steps=4",
+  "--queries=20,60",
+  "--seeds=2",
+  "--noise_samples=16",
+  "--gauss_sigmas=16",
+  "--eval_every=2",
+  "--method=fs,mixmatch,fixmatch",
+  "--rotation_weight=0.5",
+  "--batch_size=8",
+  "--mu=2",
+  "--oracle_output=probabilities",
+]
 
 
 def test_launcher_never_queries_the_unlabeled_pool(tmp_path, recorded):
@@ -94,7 +115,8 @@ def test_launcher_never_queries_the_unlabeled_pool(tmp_path, recorded):
   n = _never_asked_unlabeled(recorded, tmp_path / "w", ds, test)
   assert n == 2 * (20 + 60)  # two repetitions of both budgets, asked once and shared by the three methods
   assert [(r["method"], r["queries"]) for r in rows[1:]] == [
-      (m, q) for m in ("fs+rot", "mixmatch+rot", "fixmatch+rot") for q in (20, 60)]
+    (m, q) for m in ("fs+rot", "mixmatch+rot", "fixmatch+rot") for q in (20, 60)
+  ]
   for r in rows[1:]:
     assert r["seeds"] == 2 and [p["student_seed"] for p in r["per_seed"]] == [0, 1]
     assert r["oracle_used"] == r["queries"] and r["fidelity_std"] >= 0
@@ -106,6 +128,7 @@ def test_the_check_fails_when_one_unlabeled_input_was_queried(tmp_path, recorded
   """The same run with a planted bug (one queried input also handed to the student as unlabeled): the check
   above must catch it."""
   from launch import learning
+
   real = learning.students.StudentTask
 
   def leaky(labeled, targets, unlabeled, seed):
@@ -113,8 +136,16 @@ def test_the_check_fails_when_one_unlabeled_input_was_queried(tmp_path, recorded
 
   monkeypatch.setattr(learning.students, "StudentTask", leaky)
   _random_dataset(tmp_path / "data")
-  _run_in_process(ARGS + ["--method=mixmatch", "--rotation_weight=0", "--oracle_output=labels", f"--data_dir={tmp_path / 'data'}",
-                               f"--workdir={tmp_path / 'w'}"])
+  _run_in_process(
+    ARGS
+    + [
+      "--method=mixmatch",
+      "--rotation_weight=0",
+      "--oracle_output=labels",
+      f"--data_dir={tmp_path / 'data'}",
+      f"--workdir={tmp_path / 'w'}",
+    ]
+  )
   ds = np.load(tmp_path / "data" / "cifar10" / "train.npz")["image"]
   test = np.load(tmp_path / "data" / "cifar10" / "test.npz")["image"]
   with pytest.raises(AssertionError, match="unlabeled input"):
@@ -144,8 +175,9 @@ def test_evaluator_metrics_and_noise_histograms():
   test = rng.integers(0, 256, (50, 4, 4, 1), dtype=np.uint8)
   w = rng.normal(size=(16, 10))
   victim = lambda x: x.reshape(len(x), -1).astype(np.float64) @ w
-  ev = evaluation.Evaluator.build(victim, test, victim(test).argmax(-1), 10, val_images=test[:10],
-                                  noise_samples=40, gauss_sigmas=(0.0, 64.0), seed=3)
+  ev = evaluation.Evaluator.build(
+    victim, test, victim(test).argmax(-1), 10, val_images=test[:10], noise_samples=40, gauss_sigmas=(0.0, 64.0), seed=3
+  )
   out = ev(victim)
   assert out["fidelity"] == out["accuracy"] == out["val_fidelity"] == out["noise_fidelity"] == 1.0
   assert out["gauss0_fidelity"] == 1.0 and out["gauss64_fidelity"] == 1.0  # the victim against itself
@@ -158,8 +190,9 @@ def test_evaluator_metrics_and_noise_histograms():
 
 
 def test_summarize_median_of_last_and_aggregate():
-  history = [{"step": s, "fidelity": f, "noise_hist": [f, 1 - f]} for s, f in ((10, 0.1), (20, 0.9), (30, 0.5),
-                                                                             (40, 0.7))]
+  history = [
+    {"step": s, "fidelity": f, "noise_hist": [f, 1 - f]} for s, f in ((10, 0.1), (20, 0.9), (30, 0.5), (40, 0.7))
+  ]
   s = evaluation.summarize(history[::-1], 3)  # order does not matter
   assert s["fidelity"] == 0.7 and s["noise_hist"] == pytest.approx([0.7, 0.3])
   agg = evaluation.aggregate([{"fidelity": 0.5, "h": [1.0, 0.0]}, {"fidelity": 0.7, "h": [0.0, 1.0]}])
@@ -169,8 +202,16 @@ def test_summarize_median_of_last_and_aggregate():
 
 def test_results_show_mean_and_std(tmp_path):
   from launch import results
-  rows = [{"method": "fs", "queries": 10, "fidelity": 0.5, "fidelity_std": 0.1, "per_seed": [{"curve": [
-      {"step": 1, "fidelity": 0.5}]}]}]
+
+  rows = [
+    {
+      "method": "fs",
+      "queries": 10,
+      "fidelity": 0.5,
+      "fidelity_std": 0.1,
+      "per_seed": [{"curve": [{"step": 1, "fidelity": 0.5}]}],
+    }
+  ]
   paths = results.write(tmp_path, rows, {"seed": 0}, notes="How the figures were made.")
   md = (tmp_path / "results.md").read_text()
   assert md.startswith("How the figures were made.") and "0.5000 ± 0.1000" in md and "fidelity_std" not in md

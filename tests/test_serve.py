@@ -1,6 +1,7 @@
 """The prediction service against real uvicorn servers on 127.0.0.1: extraction through HTTP equals extraction
 through the local oracle (FS and FE), malformed requests, budgets under concurrency and across restarts, and the
 per-key defenses."""
+
 import io
 import json
 import pathlib
@@ -17,13 +18,13 @@ httpx = pytest.importorskip("httpx")  # the service's packages: pip install -e .
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from extraction import defenses as D
-from extraction import metrics, supervised, victim as victim_lib
+import service
+from extraction import metrics, supervised
+from extraction import victim as victim_lib
 from extraction.oracle import BudgetExceeded, Oracle, softmax
 from extraction.predict import predict_logits
 from extraction.remote import RemoteOracle
 from functional_equivalence import align, attack, victims
-import service
 from service import keystore
 from tests.conftest import make_key_store
 
@@ -32,17 +33,17 @@ ROUND = {"round_decimals": 2}
 NOISE = {"noise_std": 0.1}
 REVERSE = {"reverse_sigmoid_beta": 0.7, "reverse_sigmoid_gamma": 0.4}
 IMAGE_KEYS = {
-    "fs-key-0123456789": {"budget": 100, "output": "probabilities"},
-    "bad-inputs-key-0123456789": {"budget": 50},
-    "small-key-0123456789": {"budget": 5, "output": "labels"},
-    "hammer-key-0123456789": {"budget": 120, "output": "labels"},
-    "replay-key-0123456789": {"budget": 50},
-    "round-key-0123456789": {"output": "probabilities", "defenses": ROUND},
-    "top2-key-0123456789": {"output": "top_k", "top_k": 2},
-    "labels-key-0123456789": {"output": "labels"},
-    "noise-key-0123456789": {"output": "logits", "defenses": NOISE},
-    "noise-key-again-0123456789": {"output": "logits", "defenses": NOISE},
-    "reverse-key-0123456789": {"output": "probabilities", "defenses": REVERSE},
+  "fs-key-0123456789": {"budget": 100, "output": "probabilities"},
+  "bad-inputs-key-0123456789": {"budget": 50},
+  "small-key-0123456789": {"budget": 5, "output": "labels"},
+  "hammer-key-0123456789": {"budget": 120, "output": "labels"},
+  "replay-key-0123456789": {"budget": 50},
+  "round-key-0123456789": {"output": "probabilities", "defenses": ROUND},
+  "top2-key-0123456789": {"output": "top_k", "top_k": 2},
+  "labels-key-0123456789": {"output": "labels"},
+  "noise-key-0123456789": {"output": "logits", "defenses": NOISE},
+  "noise-key-again-0123456789": {"output": "logits", "defenses": NOISE},
+  "reverse-key-0123456789": {"output": "probabilities", "defenses": REVERSE},
 }
 LIMITS = service.Limits(max_batch=256, max_bytes=100_000)
 
@@ -79,8 +80,15 @@ def fe_server(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("fe")
   net = victims.random_net(0, 10, 6, 3)
   model = service.model_from_npz(victims.save_npz(tmp / "victim.npz", net))
-  store, server = start(model, tmp / "keys.sqlite", {"fe-logits-0123456789": {"output": "logits"}, "fe-json-0123456789": {"output": "logits"},
-                                                     "fe-small-0123456789": {"output": "logits", "budget": 10}})
+  store, server = start(
+    model,
+    tmp / "keys.sqlite",
+    {
+      "fe-logits-0123456789": {"output": "logits"},
+      "fe-json-0123456789": {"output": "logits"},
+      "fe-small-0123456789": {"output": "logits", "budget": 10},
+    },
+  )
   with server as url:
     yield url, net, store
 
@@ -109,9 +117,16 @@ def test_fs_extraction_through_http_equals_local(image_server, image_model, digi
     rec = Recording(oracle)
     model, variables, idx = supervised.extract(rec, digits.train.images, 100, 10, cfg, "digits")
     s_test = predict_logits(model, variables, digits.test.images)
-    runs.append(dict(oracle=oracle, answers=rec.answers, variables=variables, idx=idx,
-                     accuracy=metrics.top1_accuracy(s_test, digits.test.labels),
-                     fidelity=metrics.fidelity(s_test, victim_test)))
+    runs.append(
+      dict(
+        oracle=oracle,
+        answers=rec.answers,
+        variables=variables,
+        idx=idx,
+        accuracy=metrics.top1_accuracy(s_test, digits.test.labels),
+        fidelity=metrics.fidelity(s_test, victim_test),
+      )
+    )
   local, remote = runs
   np.testing.assert_array_equal(remote["idx"], local["idx"])
   np.testing.assert_array_equal(remote["oracle"].asked, local["oracle"].asked)
@@ -148,24 +163,24 @@ def test_float64_is_exact_over_npy_and_json(fe_server):
 
 
 BAD = [  # (what, headers, body, status, message part)
-    ("no key", {}, None, 401, "missing API key"),
-    ("unknown key", {"X-API-Key": "nope"}, None, 401, "unknown or revoked API key"),
-    ("wrong shape", None, npy(np.zeros((3, 64), np.uint8)), 422, "expected (N, 8, 8, 1)"),
-    ("float pixels", None, npy(np.zeros((3, 8, 8, 1), np.float32)), 422, "expected integer pixel values"),
-    ("bool", None, npy(np.zeros((3, 8, 8, 1), bool)), 422, "dtype bool"),
-    ("complex", None, npy(np.zeros((3, 8, 8, 1), complex)), 422, "dtype complex128"),
-    ("NaN", None, npy(np.full((2, 8, 8, 1), np.nan)), 422, "NaN/inf"),
-    ("inf", None, npy(np.full((2, 8, 8, 1), np.inf)), 422, "NaN/inf"),
-    ("out of range", {"Content-Type": "application/json"}, json.dumps([[[[300]] * 8] * 8]), 422, "outside 0..255"),
-    ("ragged JSON", {"Content-Type": "application/json"}, json.dumps({"inputs": [[1, 2], [3]]}), 422, "rectangular"),
-    ("strings", {"Content-Type": "application/json"}, json.dumps([["a"]]), 422, "dtype <U1"),
-    ("empty batch", None, npy(np.zeros((0, 8, 8, 1), np.uint8)), 422, "empty batch"),
-    ("batch over limit", None, npy(np.zeros((257, 8, 8, 1), np.uint8)), 413, "limit of 256"),
-    ("body over limit", None, b"\x93NUMPY" + bytes(120_000), 413, "limit of 100000 bytes"),
-    ("not npy", None, b"\x93NUMPY garbage", 400, "not a readable .npy"),
-    ("pickled object", None, npy(np.array([{"a": 1}], dtype=object)), 400, "not a readable .npy"),
-    ("bad JSON", {"Content-Type": "application/json"}, b"[[1, 2", 400, "not valid JSON"),
-    ("text", {"Content-Type": "text/plain"}, b"1 2 3", 415, "unsupported Content-Type"),
+  ("no key", {}, None, 401, "missing API key"),
+  ("unknown key", {"X-API-Key": "nope"}, None, 401, "unknown or revoked API key"),
+  ("wrong shape", None, npy(np.zeros((3, 64), np.uint8)), 422, "expected (N, 8, 8, 1)"),
+  ("float pixels", None, npy(np.zeros((3, 8, 8, 1), np.float32)), 422, "expected integer pixel values"),
+  ("bool", None, npy(np.zeros((3, 8, 8, 1), bool)), 422, "dtype bool"),
+  ("complex", None, npy(np.zeros((3, 8, 8, 1), complex)), 422, "dtype complex128"),
+  ("NaN", None, npy(np.full((2, 8, 8, 1), np.nan)), 422, "NaN/inf"),
+  ("inf", None, npy(np.full((2, 8, 8, 1), np.inf)), 422, "NaN/inf"),
+  ("out of range", {"Content-Type": "application/json"}, json.dumps([[[[300]] * 8] * 8]), 422, "outside 0..255"),
+  ("ragged JSON", {"Content-Type": "application/json"}, json.dumps({"inputs": [[1, 2], [3]]}), 422, "rectangular"),
+  ("strings", {"Content-Type": "application/json"}, json.dumps([["a"]]), 422, "dtype <U1"),
+  ("empty batch", None, npy(np.zeros((0, 8, 8, 1), np.uint8)), 422, "empty batch"),
+  ("batch over limit", None, npy(np.zeros((257, 8, 8, 1), np.uint8)), 413, "limit of 256"),
+  ("body over limit", None, b"\x93NUMPY" + bytes(120_000), 413, "limit of 100000 bytes"),
+  ("not npy", None, b"\x93NUMPY garbage", 400, "not a readable .npy"),
+  ("pickled object", None, npy(np.array([{"a": 1}], dtype=object)), 400, "not a readable .npy"),
+  ("bad JSON", {"Content-Type": "application/json"}, b"[[1, 2", 400, "not valid JSON"),
+  ("text", {"Content-Type": "text/plain"}, b"1 2 3", 415, "unsupported Content-Type"),
 ]
 
 
@@ -242,8 +257,15 @@ def test_restart_keeps_what_keys_spent(tmp_path):
   npz = victims.save_npz(tmp_path / "victim.npz", victims.random_net(1, 5, 4, 3))
   keys = tmp_path / "keys.json"
   keys.write_text(json.dumps({"restart-key-123456": {"label": "restart", "budget": 10, "output": "logits"}}))
-  cmd = [sys.executable, "-m", "launch.serve", f"--victim_npz={npz}", f"--keys={keys}", "--port=0",
-         f"--db={tmp_path / 'keys.sqlite'}"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "launch.serve",
+    f"--victim_npz={npz}",
+    f"--keys={keys}",
+    "--port=0",
+    f"--db={tmp_path / 'keys.sqlite'}",
+  ]
   x = np.random.default_rng(0).normal(size=(10, 5))
   for expected_left, ask in ((10, 7), (3, 3)):
     first = ["--init_db"] if expected_left == 10 else []  # a new database only the first time
@@ -273,8 +295,14 @@ def test_defenses_per_key_equal_the_local_defended_oracle(image_server, image_mo
   x = digits.test.images[:200]
   logits = image_model.backend(x)
   got = {}
-  for key in ("round-key-0123456789", "top2-key-0123456789", "labels-key-0123456789", "noise-key-0123456789",
-              "noise-key-again-0123456789", "reverse-key-0123456789"):
+  for key in (
+    "round-key-0123456789",
+    "top2-key-0123456789",
+    "labels-key-0123456789",
+    "noise-key-0123456789",
+    "noise-key-again-0123456789",
+    "reverse-key-0123456789",
+  ):
     s = keystore.KeySettings.from_dict(IMAGE_KEYS[key])
     local = Oracle(image_model.backend, s.output, top_k=s.top_k, defenses=s.defenses, noise_key=store.noise_key(key))
     got[key] = RemoteOracle(url, key)(x)

@@ -1,6 +1,7 @@
 """The noise defense under the attacks that used to remove it, performed as a client would: averaging repeated
 queries, recomputing the noise from a disclosed or guessed seed and the query count, keys sharing their noise.
 Each attack must gain nothing; a local Oracle given the key's noise key still answers exactly as the served key."""
+
 import hashlib
 import io
 
@@ -20,10 +21,12 @@ from tests.conftest import make_key_store, npy_bytes  # noqa: E402
 
 STD = 0.1
 NOISY, TWIN, FRESH, PROBS = "noisy-logits-key-A1", "noisy-logits-key-B2", "noisy-logits-key-C3", "noisy-probs-key-D4"
-KEYS = {NOISY: {"output": "logits", "defenses": {"noise_std": STD}},
-        TWIN: {"output": "logits", "defenses": {"noise_std": STD}},  # TWIN and FRESH: asked only once, together
-        FRESH: {"output": "logits", "defenses": {"noise_std": STD}},
-        PROBS: {"output": "probabilities", "defenses": {"noise_std": 0.02}}}
+KEYS = {
+  NOISY: {"output": "logits", "defenses": {"noise_std": STD}},
+  TWIN: {"output": "logits", "defenses": {"noise_std": STD}},  # TWIN and FRESH: asked only once, together
+  FRESH: {"output": "logits", "defenses": {"noise_std": STD}},
+  PROBS: {"output": "probabilities", "defenses": {"noise_std": 0.02}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -80,16 +83,22 @@ def test_recomputing_the_noise_gains_nothing(served):
   url, net, _ = served
   x = np.random.default_rng(1).normal(size=(20, 10))
   truth = victims.logits(net, x)
-  r = httpx.post(url + "/v1/predict", content=npy_bytes(x),
-                 headers={"X-API-Key": NOISY, "Content-Type": "application/x-npy", "Accept": "application/x-npy"})
+  r = httpx.post(
+    url + "/v1/predict",
+    content=npy_bytes(x),
+    headers={"X-API-Key": NOISY, "Content-Type": "application/x-npy", "Accept": "application/x-npy"},
+  )
   assert r.status_code == 200
   answers = np.load(io.BytesIO(r.content))
   offset = int(r.headers["x-queries-used"]) - len(x)
   disclosed = httpx.get(url + "/v1/budget", headers={"X-API-Key": NOISY}).json().get("defenses", {})
   seeds = list(range(2048)) + [disclosed.get("noise_seed", 0)]
   base = rms(answers - truth)
-  best = min(rms(answers - np.random.default_rng([s, o]).normal(scale=STD, size=answers.shape) - truth)
-             for s in seeds for o in {offset, 0})
+  best = min(
+    rms(answers - np.random.default_rng([s, o]).normal(scale=STD, size=answers.shape) - truth)
+    for s in seeds
+    for o in {offset, 0}
+  )
   assert best > 0.8 * base and base > 0.7 * STD, (best, base)
   guessed = [D.keyed_normal(hashlib.sha256(g).digest(), x, 4) * STD for g in (b"", NOISY.encode(), b"\0" * 32)]
   assert min(rms(answers - n - truth) for n in guessed) > 0.8 * base

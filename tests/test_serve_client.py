@@ -1,5 +1,6 @@
 """RemoteOracle retries and errors (httpx MockTransport), the key store, --oracle_url/--api_key, and the command
 lines' one-line flag errors."""
+
 import io
 import subprocess
 import sys
@@ -13,16 +14,22 @@ pytest.importorskip("uvicorn")
 from absl import flags
 from absl.testing import flagsaver
 
+import service
 from extraction.oracle import BudgetExceeded, Oracle
 from extraction.remote import OracleUnavailable, RemoteOracle
-import service
 from launch import oracle_flags
 from service import keystore
 from tests.conftest import REPO
 
 FLAGS = flags.FLAGS
-HEALTH = {"status": "ok", "input_shape": [3], "input_dtype": "float64", "num_classes": 2, "max_batch": 4,
-          "max_bytes": 1000}
+HEALTH = {
+  "status": "ok",
+  "input_shape": [3],
+  "input_dtype": "float64",
+  "num_classes": 2,
+  "max_batch": 4,
+  "max_bytes": 1000,
+}
 KEY = {"budget": 100, "used": 0, "remaining": 100, "output": "logits", "top_k": None}
 
 
@@ -85,8 +92,10 @@ def test_other_5xx_are_not_retried(status):
   assert len(calls) == 1 and oracle.used == 0
 
 
-@pytest.mark.parametrize("status,error,match", [(429, BudgetExceeded, "budget"), (401, PermissionError, "nope"),
-                                                (422, ValueError, r"HTTP 422\): nope")])
+@pytest.mark.parametrize(
+  "status,error,match",
+  [(429, BudgetExceeded, "budget"), (401, PermissionError, "nope"), (422, ValueError, r"HTTP 422\): nope")],
+)
 def test_client_errors_are_not_retried(status, error, match):
   oracle, calls = mock_oracle(lambda r, a: httpx.Response(status, json={"detail": f"nope {status} budget"}))
   with pytest.raises(error, match=match):
@@ -125,12 +134,17 @@ def test_key_store_keeps_spending_when_settings_change(tmp_path):
 K = '"a-long-enough-api-key"'
 
 
-@pytest.mark.parametrize("content,match", [
-    ("{", "not valid JSON"), ("[]", "non-empty JSON object"),
+@pytest.mark.parametrize(
+  "content,match",
+  [
+    ("{", "not valid JSON"),
+    ("[]", "non-empty JSON object"),
     (K + ': {"label": "a", "output": "scores"}}', "unknown oracle output"),
     (K + ': {"label": "a", "budget": -1}}', "budget must be"),
     (K + ': {"label": "a", "top_k": 2, "output": "top_k", "x": 1}}', "unknown key"),
-    (K + ': {"label": "a", "output": "labels", "defenses": {"round_decimals": 2}}}', "do nothing")])
+    (K + ': {"label": "a", "output": "labels", "defenses": {"round_decimals": 2}}}', "do nothing"),
+  ],
+)
 def test_bad_keys_files(tmp_path, content, match):
   (tmp_path / "keys.json").write_text("{" + content if content.startswith(K) else content)
   with pytest.raises(ValueError, match=match):
@@ -166,14 +180,18 @@ def test_make_oracle_local_and_remote(parsed_flags, tmp_path):
   assert "api_key" not in oracle_flags.public_flag_values()
 
 
-@pytest.mark.parametrize("args,match", [
+@pytest.mark.parametrize(
+  "args,match",
+  [
     (["--victim_npz=/nonexistent.npz"], "does not exist"),
     ([], "exactly one of --victim_workdir"),
     (["--victim_workdir=/tmp"], "no trained victim"),
-])
+  ],
+)
 def test_serve_flags_fail_with_one_line(args, match):
-  r = subprocess.run([sys.executable, "-m", "launch.serve", *args], cwd=REPO, capture_output=True, text=True,
-                     timeout=60)
+  r = subprocess.run(
+    [sys.executable, "-m", "launch.serve", *args], cwd=REPO, capture_output=True, text=True, timeout=60
+  )
   assert r.returncode == 1 and match in r.stderr, r.stderr
   assert "Traceback" not in r.stderr
 
@@ -181,6 +199,7 @@ def test_serve_flags_fail_with_one_line(args, match):
 def test_two_stores_on_one_file_never_pass_the_budget(tmp_path):
   """Two connections (as two server processes would have), 4 threads each, charging 1-3 inputs at a time."""
   import threading
+
   stores = [keystore.KeyStore(tmp_path / "k.sqlite", create=True)]
   stores.append(keystore.KeyStore(tmp_path / "k.sqlite"))
   stores[0].put("shared-key-0123456789", keystore.KeySettings(budget=200), "shared")

@@ -1,4 +1,5 @@
 """Defenses as pure functions (extraction/defenses.py) and on a local defended Oracle."""
+
 import numpy as np
 import pytest
 
@@ -27,7 +28,7 @@ def test_no_defense_is_the_plain_oracle():
 def test_rounding_gives_n_decimals(n):
   out = ask("probabilities", D.Defenses(round_decimals=n))
   np.testing.assert_array_equal(out, np.round(softmax(LOGITS), n))
-  scaled = out * 10 ** n
+  scaled = out * 10**n
   np.testing.assert_allclose(scaled, np.round(scaled), atol=1e-6)
 
 
@@ -96,7 +97,9 @@ def test_apply_defenses_order_noise_then_rounding():
   np.testing.assert_array_equal(out, np.round(noisy, 3))
 
 
-@pytest.mark.parametrize("settings,output,match", [
+@pytest.mark.parametrize(
+  "settings,output,match",
+  [
     (dict(round_decimals=-1), None, "round_decimals"),
     (dict(noise_std=-0.1), None, "noise_std"),
     (dict(reverse_sigmoid_beta=1.0), None, "both"),
@@ -104,7 +107,8 @@ def test_apply_defenses_order_noise_then_rounding():
     (dict(shuffle=True), None, "unknown defense"),
     (dict(reverse_sigmoid_beta=1.0, reverse_sigmoid_gamma=0.1), "logits", "needs output"),
     (dict(round_decimals=2), "labels", "do nothing"),
-])
+  ],
+)
 def test_invalid_settings(settings, output, match):
   with pytest.raises(ValueError, match=match):
     D.Defenses.from_dict(settings).check(output)

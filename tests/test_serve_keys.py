@@ -1,6 +1,7 @@
 """Keys of the prediction service: revocation (by key, by label, by syncing a keys file), HMAC digests that leave
 no piece of a key in the database, generated keys, settings checked with types and bounds, and a key database
 that is never reset behind the operator's back (missing, corrupt, foreign secret, vanished while serving)."""
+
 import base64
 import hashlib
 import json
@@ -26,22 +27,28 @@ ALICE, BOB, CAROL = "Kx9_Qm7-Lp2_Wz8-Rt5_Yv3", "Gh4_Jn6-Vb1_Xc0-Ps7_Ud2", "Mr3_T
 
 
 def serve_keys(*args):
-  return subprocess.run([sys.executable, "-m", "launch.serve_keys", *args], cwd=REPO, capture_output=True,
-                        text=True, timeout=120)
+  return subprocess.run(
+    [sys.executable, "-m", "launch.serve_keys", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+  )
 
 
 @pytest.fixture
 def served(tmp_path):
   """A float64 victim served to ALICE, BOB and CAROL; yields (url, database path)."""
   path = victims.save_npz(tmp_path / "victim.npz", victims.random_net(0, 5, 4, 3))
-  store = make_key_store(tmp_path / "keys.sqlite", {k: {"output": "logits", "budget": 100} for k in (ALICE, BOB, CAROL)})
+  store = make_key_store(
+    tmp_path / "keys.sqlite", {k: {"output": "logits", "budget": 100} for k in (ALICE, BOB, CAROL)}
+  )
   with service.BackgroundServer(service.create_app(service.model_from_npz(path), store)) as url:
     yield url, tmp_path / "keys.sqlite"
 
 
 def answered(url, key) -> int:
-  return httpx.post(url + "/v1/predict", content=npy_bytes(np.ones((1, 5))),
-                    headers={"X-API-Key": key, "Content-Type": "application/x-npy"}).status_code
+  return httpx.post(
+    url + "/v1/predict",
+    content=npy_bytes(np.ones((1, 5))),
+    headers={"X-API-Key": key, "Content-Type": "application/x-npy"},
+  ).status_code
 
 
 def test_revoked_keys_are_refused_from_the_next_request(served):
@@ -84,11 +91,12 @@ def test_the_database_holds_no_piece_of_any_key(tmp_path):
   assert serve_keys(f"--db={db}", "--add", "--label=alice", f"--key={ALICE}").returncode == 0
   store = keystore.KeyStore(db)
   assert store.get(generated).settings.budget == 5 and store.get(ALICE).label == "alice"
-  values = [str(v) for table in ("keys", "meta") for row in sqlite3.connect(db).execute(f"SELECT * FROM {table}")
-            for v in row]
+  values = [
+    str(v) for table in ("keys", "meta") for row in sqlite3.connect(db).execute(f"SELECT * FROM {table}") for v in row
+  ]
   raw = b"".join(f.read_bytes() for f in tmp_path.glob("keys.sqlite*") if not f.name.endswith(".secret"))
   for key in (generated, ALICE):
-    pieces = {key[i:i + 4] for i in range(len(key) - 3)}
+    pieces = {key[i : i + 4] for i in range(len(key) - 3)}
     assert not any(p in v for p in pieces for v in values), key
     assert key.encode() not in raw and hashlib.sha256(key.encode()).hexdigest().encode() not in raw
   assert store.digest(ALICE) in values  # an HMAC under the secret: another database digests the key otherwise
@@ -108,19 +116,19 @@ def test_add_generates_keys_and_refuses_short_ones(tmp_path):
 
 
 BAD_SETTINGS = [  # (settings, part of the message)
-    ({"output": "top_k", "top_k": 2.5}, "top_k must be an integer"),
-    ({"output": "top_k", "top_k": True}, "top_k must be an integer"),
-    ({"top_k": 2}, "top_k is a setting of output 'top_k'"),
-    ({"budget": 10 ** 30}, "budget must be an integer in 0..1000000000000000"),
-    ({"budget": 1.0}, "budget must be an integer"),
-    ({"defenses": {"round_decimals": 10 ** 6}}, "round_decimals must be an integer in 0..15"),
-    ({"defenses": {"round_decimals": True}}, "round_decimals must be an integer"),
-    ({"defenses": {"noise_std": True}}, "noise_std must be a number"),
-    ({"defenses": {"noise_std": float("nan")}}, "noise_std must be a number"),
-    ({"defenses": {"noise_std": 0.1, "noise_seed": 3}}, "noise_seed is not a setting of the service"),
-    ({"defenses": {"reverse_sigmoid_beta": True, "reverse_sigmoid_gamma": 0.5}}, "reverse_sigmoid_beta must be"),
-    ({"defenses": {"reverse_sigmoid_beta": 0.5, "reverse_sigmoid_gamma": 1e9}}, "reverse_sigmoid_gamma must be"),
-    ({"defenses": []}, "defenses must be a JSON object"),
+  ({"output": "top_k", "top_k": 2.5}, "top_k must be an integer"),
+  ({"output": "top_k", "top_k": True}, "top_k must be an integer"),
+  ({"top_k": 2}, "top_k is a setting of output 'top_k'"),
+  ({"budget": 10**30}, "budget must be an integer in 0..1000000000000000"),
+  ({"budget": 1.0}, "budget must be an integer"),
+  ({"defenses": {"round_decimals": 10**6}}, "round_decimals must be an integer in 0..15"),
+  ({"defenses": {"round_decimals": True}}, "round_decimals must be an integer"),
+  ({"defenses": {"noise_std": True}}, "noise_std must be a number"),
+  ({"defenses": {"noise_std": float("nan")}}, "noise_std must be a number"),
+  ({"defenses": {"noise_std": 0.1, "noise_seed": 3}}, "noise_seed is not a setting of the service"),
+  ({"defenses": {"reverse_sigmoid_beta": True, "reverse_sigmoid_gamma": 0.5}}, "reverse_sigmoid_beta must be"),
+  ({"defenses": {"reverse_sigmoid_beta": 0.5, "reverse_sigmoid_gamma": 1e9}}, "reverse_sigmoid_gamma must be"),
+  ({"defenses": []}, "defenses must be a JSON object"),
 ]
 
 
@@ -134,8 +142,9 @@ def test_key_settings_are_checked_with_types_and_bounds():
       if message not in str(e) or "\n" in str(e):
         unclear.append((settings, str(e)))
   assert not accepted and not unclear, f"accepted: {accepted}; unclear: {unclear}"
-  keystore.KeySettings.from_dict({"budget": 10 ** 15, "output": "top_k", "top_k": 3,
-                                  "defenses": {"round_decimals": 15, "noise_std": 1}})
+  keystore.KeySettings.from_dict(
+    {"budget": 10**15, "output": "top_k", "top_k": 3, "defenses": {"round_decimals": 15, "noise_std": 1}}
+  )
 
 
 def test_a_new_database_is_made_only_on_request(tmp_path):
@@ -184,15 +193,24 @@ def test_database_problems_at_startup_are_one_line(tmp_path, problem):
     (tmp_path / "keys.sqlite.secret").write_bytes(b"s" * 32)
     os.chmod(tmp_path / "keys.sqlite.secret", 0o600)
   try:
-    r = subprocess.run([sys.executable, "-m", "launch.serve", f"--victim_npz={npz}", f"--db={db}", "--port=0"],
-                       cwd=REPO, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+      [sys.executable, "-m", "launch.serve", f"--victim_npz={npz}", f"--db={db}", "--port=0"],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=30,
+    )
   except subprocess.TimeoutExpired:
     pytest.fail(f"{problem} database: the server started instead of refusing")
   finally:
     if problem == "read-only" and os.geteuid() == 0:
       subprocess.run(["chattr", "-i", str(db)], capture_output=True)
-  want = {"missing": "create one with --init_db", "corrupt": "file is not a database",
-          "old format": "is in format 0, not 2", "read-only": "readonly database"}[problem]
+  want = {
+    "missing": "create one with --init_db",
+    "corrupt": "file is not a database",
+    "old format": "is in format 0, not 2",
+    "read-only": "readonly database",
+  }[problem]
   assert r.returncode == 1 and want in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
   assert len(r.stderr.strip().splitlines()) == 1 and db.exists() == (problem != "missing")
 
@@ -201,8 +219,11 @@ def test_a_database_that_vanishes_while_serving_fails_closed(served, tmp_path):
   url, db = served
   assert answered(url, ALICE) == 200
   db.rename(tmp_path / "gone-keys.sqlite")
-  r = httpx.post(url + "/v1/predict", content=npy_bytes(np.ones((1, 5))),
-                 headers={"X-API-Key": ALICE, "Content-Type": "application/x-npy"})
+  r = httpx.post(
+    url + "/v1/predict",
+    content=npy_bytes(np.ones((1, 5))),
+    headers={"X-API-Key": ALICE, "Content-Type": "application/x-npy"},
+  )
   assert r.status_code == 503 and "key database" in r.json()["detail"] and "outputs" not in r.text
   assert httpx.get(url + "/v1/budget", headers={"X-API-Key": ALICE}).status_code == 503
   (tmp_path / "gone-keys.sqlite").rename(db)  # the same file back: served again, spending intact

@@ -1,6 +1,7 @@
 """The prediction service under hostile clients: budget checked before the body is read, per-key request limits,
 round-robin use of the victim between keys, connection caps and timeouts, a bound on the memory of bodies in
 flight, JSON nesting, a float input range, a retry cache per key, and nothing leaked to unauthenticated clients."""
+
 import io
 import socket
 import statistics
@@ -25,8 +26,10 @@ NPY = {"Content-Type": "application/x-npy"}
 def start(tmp_path, limits=service.Limits(), model=None, connections=None, **app_kwargs):
   """A BackgroundServer of `model` (default: a float64 two-layer net on 5 inputs) to A, B and EMPTY (budget 0)."""
   model = model or service.model_from_npz(victims.save_npz(tmp_path / "v.npz", victims.random_net(0, 5, 4, 3)))
-  store = make_key_store(tmp_path / "keys.sqlite", {A: {"output": "logits"}, B: {"output": "logits"},
-                                                    EMPTY: {"output": "logits", "budget": 0}})
+  store = make_key_store(
+    tmp_path / "keys.sqlite",
+    {A: {"output": "logits"}, B: {"output": "logits"}, EMPTY: {"output": "logits", "budget": 0}},
+  )
   kwargs = {} if connections is None else {"connections": connections}
   return store, service.BackgroundServer(service.create_app(model, store, limits, **app_kwargs), **kwargs)
 
@@ -147,8 +150,11 @@ def test_bodies_in_flight_are_bounded_in_memory_and_time(tmp_path):
 def test_deeply_nested_json_is_a_400(tmp_path, depth):
   store, server = start(tmp_path)
   with server as url:
-    r = httpx.post(url + "/v1/predict", content="[" * depth + "]" * depth,
-                   headers={"X-API-Key": A, "Content-Type": "application/json"})
+    r = httpx.post(
+      url + "/v1/predict",
+      content="[" * depth + "]" * depth,
+      headers={"X-API-Key": A, "Content-Type": "application/json"},
+    )
   assert r.status_code == 400 and "nested" in r.json()["detail"], r.text
   assert store.get(A).used == 0
 
@@ -200,6 +206,7 @@ def test_a_large_json_body_is_read_without_stalling_other_requests(tmp_path):
   body = b'{"inputs": [' + b",".join([row] * 4000) + b"]}"
   gaps, done = [], threading.Event()
   with server as url:
+
     def poll():
       with httpx.Client() as client:
         while not done.is_set():
@@ -211,14 +218,19 @@ def test_a_large_json_body_is_read_without_stalling_other_requests(tmp_path):
     poller = threading.Thread(target=poll)
     poller.start()
     time.sleep(0.2)
-    r = CLIENT.post(url + "/v1/predict", content=body, headers={"X-API-Key": A, "Content-Type": "application/json",
-                                                                "Accept": "application/x-npy"})
+    r = CLIENT.post(
+      url + "/v1/predict",
+      content=body,
+      headers={"X-API-Key": A, "Content-Type": "application/json", "Accept": "application/x-npy"},
+    )
     done.set()
     poller.join(10)
     assert max(gaps) < 0.3, sorted(gaps)[-5:]
     assert r.status_code == 200, r.text
     np.testing.assert_array_equal(np.load(io.BytesIO(r.content)), np.full((4000, 3), 14.0))
     big_other = b'{"inputs": [' + b",".join([row] * 600) + b'], "note": "x"}'  # not a plain array, > 1 MB
-    r = CLIENT.post(url + "/v1/predict", content=big_other, headers={"X-API-Key": A, "Content-Type": "application/json"})
+    r = CLIENT.post(
+      url + "/v1/predict", content=big_other, headers={"X-API-Key": A, "Content-Type": "application/json"}
+    )
     assert r.status_code == 400 and "send .npy" in r.json()["detail"]
   assert store.get(A).used == 4000

@@ -1,5 +1,6 @@
 """The serving stack is its own package: service/ imports extraction/ (and functional_equivalence/ victims), never
 launch/; launch/serve.py and launch/serve_keys.py are thin command lines over it."""
+
 import ast
 import pathlib
 

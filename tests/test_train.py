@@ -15,6 +15,7 @@ def _setup(digits, steps):
   def make_batch(i):
     idx = train.batch_indices(0, i, len(digits.train), 32)
     return {"images": digits.train.images[idx], "targets": one_hot[digits.train.labels[idx]]}
+
   return state, step, make_batch
 
 
@@ -26,8 +27,16 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(digits, tmp_path,
   train.fit(step, state, make_batch, 10, checkpoint_dir=tmp_path, checkpoint_every=5, steps_per_call=steps_per_call)
   state, step, make_batch = _setup(digits, 20)
   seen = []
-  resumed = train.fit(step, state, make_batch, 20, checkpoint_dir=tmp_path, steps_per_call=steps_per_call,
-                      callback=lambda i, s: seen.append(i), callback_every=4)
+  resumed = train.fit(
+    step,
+    state,
+    make_batch,
+    20,
+    checkpoint_dir=tmp_path,
+    steps_per_call=steps_per_call,
+    callback=lambda i, s: seen.append(i),
+    callback_every=4,
+  )
   assert int(resumed.step) == 20 and seen == [12, 16, 20]  # callbacks at their exact steps, after the resume
   for a, b in zip(jax.tree.leaves(full.ema_params), jax.tree.leaves(resumed.ema_params)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -9,6 +9,7 @@ difference of each layer's weights and biases. Units that never change the funct
 never active on the evaluation points `x` (N, d) and units whose outgoing weights are all zero, with everything
 downstream of them. Precision: float64.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,8 +64,15 @@ def weight_error(true: DeepNet, rec: DeepNet, x: np.ndarray, differences: bool =
     orientation).
   """
   if true.depth != rec.depth:
-    return dict(max_weight_error=math.inf, weight_error_bits=0.0, depth_true=true.depth, depth_recovered=rec.depth,
-                errors=[], true_units=list(true.sizes[1:-1]), recovered_units=list(rec.sizes[1:-1]))
+    return dict(
+      max_weight_error=math.inf,
+      weight_error_bits=0.0,
+      depth_true=true.depth,
+      depth_recovered=rec.depth,
+      errors=[],
+      true_units=list(true.sizes[1:-1]),
+      recovered_units=list(rec.sizes[1:-1]),
+    )
   t_net, inert = prune(true, x)
   r_net, _ = prune(rec, x)
   tc, t_norms = canonical(t_net)
@@ -107,6 +115,14 @@ def weight_error(true: DeepNet, rec: DeepNet, x: np.ndarray, differences: bool =
     errors.append(float(max(np.max(np.abs(w - tw), initial=0.0), np.max(np.abs(b - tb), initial=0.0))))
   err = max(errors) if complete else math.inf
   bits = 64.0 if err <= 0 else 0.0 if not math.isfinite(err) else -math.log2(err)
-  return dict(max_weight_error=err, weight_error_bits=bits, errors=errors,
-              true_units=list(true.sizes[1:-1]), inert_true_units=inert, matched_units=matched, extra_units=extra,
-              sign_flipped_units=flipped, recovered_units=list(rec.sizes[1:-1]))
+  return dict(
+    max_weight_error=err,
+    weight_error_bits=bits,
+    errors=errors,
+    true_units=list(true.sizes[1:-1]),
+    inert_true_units=inert,
+    matched_units=matched,
+    extra_units=extra,
+    sign_flipped_units=flipped,
+    recovered_units=list(rec.sizes[1:-1]),
+  )

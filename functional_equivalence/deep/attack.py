@@ -20,11 +20,11 @@ Every query goes through the Oracle's __call__ (queries.Querier), counted per st
 (rounds per layer, `max_depth`, the Querier's query and time limits) and ends with a one-line ExtractionError.
 Float64 numpy throughout.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Optional
 
 import numpy as np
 
@@ -55,13 +55,14 @@ class Config(two_layer.Config):
     repairs: after a failed final check, at most this many searches of the last hidden layer on lines through the
       points where it failed, each followed by the output layer and the check again.
   """
+
   lines_per_round: int = 4
   verify_points: int = 6
   verify_hits: int = 3
   refit_points: int = 8
   max_depth: int = 8
   extra_searches: int = 2
-  layers: Optional[int] = None
+  layers: int | None = None
   sign_votes: int = 24
   check_points: int = 512
 
@@ -72,6 +73,7 @@ class DeepExtraction:
   bias are 0), queries (total, per stage), seconds, units per hidden layer, how each layer's signs were found,
   statistics (with the final check's), the domain, and the per-unit table (`units`: per layer, estimated
   relative error of each unit's weights and how many of its input features were seen)."""
+
   net: network.DeepNet
   queries: int
   seconds: float
@@ -84,10 +86,24 @@ class DeepExtraction:
 
 
 def _new_stats(probe_bits) -> dict:
-  return dict(probe_bits=probe_bits, search_queries=0, gradient_queries=0, verify_queries=0, refine_queries=0,
-              last_layer_queries=0, sign_queries=0, complete_queries=0, completed_features=0, kinks=0,
-              kinks_off_known=0, rejected_kinks=0, facets=0,
-              exact_sign_tests=0, wiggle_sign_tests=0, repair_rounds=0)
+  return dict(
+    probe_bits=probe_bits,
+    search_queries=0,
+    gradient_queries=0,
+    verify_queries=0,
+    refine_queries=0,
+    last_layer_queries=0,
+    sign_queries=0,
+    complete_queries=0,
+    completed_features=0,
+    kinks=0,
+    kinks_off_known=0,
+    rejected_kinks=0,
+    facets=0,
+    exact_sign_tests=0,
+    wiggle_sign_tests=0,
+    repair_rounds=0,
+  )
 
 
 def _append(prefix: network.DeepNet, units: list, s: np.ndarray) -> network.DeepNet:
@@ -113,17 +129,25 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
     raise ValueError("the oracle has one class: its probabilities carry no information")
   stats = _new_stats(probe.precision_bits)
   center = dom.center(input_dim)
-  lcfg = layers.LayerConfig(scale=cfg.scale, center=center, reach=cfg.line_reach * dom.circumradius(input_dim)
-                            / cfg.scale, far=2 * dom.circumradius(input_dim), lines_per_round=cfg.lines_per_round,
-                            max_rounds=cfg.max_rounds, patience=cfg.patience, grad_step=cfg.grad_step,
-                            verify_points=cfg.verify_points, verify_hits=cfg.verify_hits,
-                            refit_points=cfg.refit_points)
+  lcfg = layers.LayerConfig(
+    scale=cfg.scale,
+    center=center,
+    reach=cfg.line_reach * dom.circumradius(input_dim) / cfg.scale,
+    far=2 * dom.circumradius(input_dim),
+    lines_per_round=cfg.lines_per_round,
+    max_rounds=cfg.max_rounds,
+    patience=cfg.patience,
+    grad_step=cfg.grad_step,
+    verify_points=cfg.verify_points,
+    verify_hits=cfg.verify_hits,
+    refit_points=cfg.refit_points,
+  )
   prefix = network.DeepNet((), ())
   tables, methods, surfaces = [], [], []
   last = None
   for depth in range(cfg.max_depth):
     state = layers.LayerState()
-    for search in range(1 + cfg.extra_searches):
+    for _search in range(1 + cfg.extra_searches):
       units = layers.recover_layer(q, prefix, lcfg, dom, rng, stats, state)
       if not units:
         raise ExtractionError(f"layer {depth}: no unit found ({q.queries} queries)")
@@ -135,8 +159,13 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
         break
       # a residual: a deeper layer, or a unit of this one not found yet (e.g. active in a small part of the
       # domain only): search this layer again before going deeper
-    tables.append(dict(row_error=[u.err for u in units], features_seen=[int(u.known.sum()) for u in units],
-                       features=int(len(units[0].w))))
+    tables.append(
+      dict(
+        row_error=[u.err for u in units],
+        features_seen=[int(u.known.sum()) for u in units],
+        features=int(len(units[0].w)),
+      )
+    )
     if last is not None and last.residual <= cfg.check_rtol:
       methods.append("last layer least squares")
       surfaces += [(prefix, u) for u in units]
@@ -152,8 +181,10 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
     if cfg.layers is not None and depth + 1 >= cfg.layers:
       break
   else:
-    raise ExtractionError(f"no last layer found within {cfg.max_depth} hidden layers ({q.queries} queries): the "
-                          f"answers are not an affine function of the last recovered layer")
+    raise ExtractionError(
+      f"no last layer found within {cfg.max_depth} hidden layers ({q.queries} queries): the "
+      f"answers are not an affine function of the last recovered layer"
+    )
   differences = oracle.output == "probabilities"
   if last is not None:
     first_last = len(surfaces) - len(units)
@@ -164,13 +195,14 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
         break
       if repair == cfg.repairs:
         raise ExtractionError(
-            f"final check failed, precision reached: 2^{np.log2(checked['check_error']):.1f}: the recovered "
-            f"{net.shape_text} network is off by {checked['check_error']:.2g} (relative, limit "
-            f"{cfg.check_rtol:g}) at fresh points of the domain {dom.describe()} after {cfg.repairs} repairs "
-            f"(units missed, or a noisy oracle?)")
+          f"final check failed, precision reached: 2^{np.log2(checked['check_error']):.1f}: the recovered "
+          f"{net.shape_text} network is off by {checked['check_error']:.2g} (relative, limit "
+          f"{cfg.check_rtol:g}) at fresh points of the domain {dom.describe()} after {cfg.repairs} repairs "
+          f"(units missed, or a noisy oracle?)"
+        )
       # a point where the recovery is wrong is on the active side of a missed unit: lines through it
       stats["repair_rounds"] += 1
-      state.lines = check.lines_towards_center(bad[:4 * cfg.lines_per_round], dom, cfg.scale, rng)
+      state.lines = check.lines_towards_center(bad[: 4 * cfg.lines_per_round], dom, cfg.scale, rng)
       units = layers.recover_layer(q, prefix, lcfg, dom, rng, stats, state)
       last = signs.last_layer(q, prefix, units, cfg.scale, center, rng, stats, dom=dom)
       surfaces = surfaces[:first_last] + [(prefix, u) for u in units]
@@ -178,8 +210,9 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
     stats.update(layer_residual=last.residual, paired_units=int(last.pairs.sum()), **checked)
   else:
     net = prefix
-  return DeepExtraction(net, q.queries, q.seconds, [len(t["row_error"]) for t in tables], stats, dom,
-                        dict(q.by_stage), tables, methods)
+  return DeepExtraction(
+    net, q.queries, q.seconds, [len(t["row_error"]) for t in tables], stats, dom, dict(q.by_stage), tables, methods
+  )
 
 
 def _network(prefix, units, last: signs.LastLayer, differences: bool) -> network.DeepNet:
@@ -212,5 +245,6 @@ def _final_check(q, net, surfaces, dom, cfg: Config, rng, differences: bool):
   d = net.sizes[0]
   on = np.concatenate(on) if on else np.zeros((0, d))
   side = np.concatenate(side) if side else np.zeros((0, d))
-  return check.compare(q, on, side, lambda x: network.logits(net, x), dom, cfg.scale, cfg.check_points,
-                       cfg.check_rtol, rng, differences, d)
+  return check.compare(
+    q, on, side, lambda x: network.logits(net, x), dom, cfg.scale, cfg.check_points, cfg.check_rtol, rng, differences, d
+  )

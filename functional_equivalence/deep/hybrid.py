@@ -9,9 +9,8 @@ layer; `pure` learning starts from He-normal weights. The learning queries are t
 __call__. Training: minibatch Adam (optax) on the squared logit error, float64. The caller measures fidelity
 (launch/hybrid.py: top-1 agreement on the digits test split and on uniform points of the input box).
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 
@@ -23,6 +22,7 @@ METHODS = ("pure", "frozen", "init")
 def first_layer(oracle, input_dim: int, seed: int, max_seconds: float = 600.0):
   """The victim's first hidden layer with its signs, through the oracle: (w (d, n0), b (n0,), queries)."""
   from functional_equivalence.deep import attack
+
   used = oracle.used
   result = attack.extract(oracle, input_dim, attack.Config(layers=1, max_seconds=max_seconds), seed=seed)
   return result.net.weights[0], result.net.biases[0], oracle.used - used
@@ -40,7 +40,7 @@ def learning_queries(pool: np.ndarray, count: int, rng: np.random.Generator, low
   return np.concatenate(x)
 
 
-def init_student(sizes, rng: np.random.Generator, first: Optional[tuple] = None) -> network.DeepNet:
+def init_student(sizes, rng: np.random.Generator, first: tuple | None = None) -> network.DeepNet:
   """He-normal weights, zero biases; with `first` = (w, b) the first layer is that one."""
   ws = [rng.normal(size=(a, b)) * np.sqrt(2.0 / a) for a, b in zip(sizes[:-1], sizes[1:])]
   bs = [np.zeros(b) for b in sizes[1:]]
@@ -49,8 +49,16 @@ def init_student(sizes, rng: np.random.Generator, first: Optional[tuple] = None)
   return network.DeepNet(tuple(ws), tuple(bs))
 
 
-def distill(student: network.DeepNet, x: np.ndarray, y: np.ndarray, steps: int, seed: int, frozen_first: bool,
-            batch: int = 256, learning_rate: float = 1e-3) -> network.DeepNet:
+def distill(
+  student: network.DeepNet,
+  x: np.ndarray,
+  y: np.ndarray,
+  steps: int,
+  seed: int,
+  frozen_first: bool,
+  batch: int = 256,
+  learning_rate: float = 1e-3,
+) -> network.DeepNet:
   """Minibatch Adam on mean squared logit error; the first layer kept fixed when `frozen_first`. Float64 (runs in
   a scoped `jax.enable_x64(True)`)."""
   import jax
@@ -60,8 +68,10 @@ def distill(student: network.DeepNet, x: np.ndarray, y: np.ndarray, steps: int, 
   with jax.enable_x64(True):
     fixed = (jnp.asarray(student.weights[0]), jnp.asarray(student.biases[0]))
     start = 1 if frozen_first else 0
-    params = (tuple(jnp.asarray(w) for w in student.weights[start:]),
-              tuple(jnp.asarray(b) for b in student.biases[start:]))
+    params = (
+      tuple(jnp.asarray(w) for w in student.weights[start:]),
+      tuple(jnp.asarray(b) for b in student.biases[start:]),
+    )
     opt = optax.adam(learning_rate)
 
     def forward(p, inputs):
@@ -94,8 +104,9 @@ def distill(student: network.DeepNet, x: np.ndarray, y: np.ndarray, steps: int, 
   return network.DeepNet(ws, bs)
 
 
-def run(oracle, pool: np.ndarray, hidden, queries: int, method: str, seed: int, steps: int,
-        first: Optional[tuple] = None) -> tuple[network.DeepNet, dict]:
+def run(
+  oracle, pool: np.ndarray, hidden, queries: int, method: str, seed: int, steps: int, first: tuple | None = None
+) -> tuple[network.DeepNet, dict]:
   """One student by `method` (module docstring) with `queries` oracle queries in total; `first` = (w, b, fe
   queries) from `first_layer` (its queries count against the total). Returns (student, counts)."""
   if method not in METHODS:

@@ -20,11 +20,11 @@ refitted from precise points of its surface (`refit`: h(x_r) . w + b = 0 at kink
 a least-squares correction weighted against the measured signature's error), which also gives the points the
 sign step and the final check use.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Optional
 
 import numpy as np
 
@@ -41,6 +41,7 @@ class Unit:
   """A unit of the layer being recovered: w (n_in,) with |w| = 1 on its known features (0 elsewhere), bias b,
   relative error estimate err, c (m,) the output jump of its first kink (for w as stored; constant for a unit of
   the last hidden layer), the precise points of its surface found so far, how many kinks joined it."""
+
   w: np.ndarray
   known: np.ndarray
   b: float
@@ -49,7 +50,7 @@ class Unit:
   points: list = dataclasses.field(default_factory=list)
   items: int = 1
   regions: set = dataclasses.field(default_factory=set)
-  anchor: Optional[np.ndarray] = None
+  anchor: np.ndarray | None = None
   retests: int = 1
   extra_points: int = 0
 
@@ -73,8 +74,9 @@ class LayerConfig:
     refit_points: precise surface points per unit beyond the number of its known features (layer 0: in total).
     verify_spread: first layer: test points spread over this many times the anchor's distance from the center.
   """
+
   scale: float = 1.0
-  center: Optional[np.ndarray] = None
+  center: np.ndarray | None = None
   reach: float = 64.0
   far: float = 2000.0
   lines_per_round: int = 1
@@ -116,8 +118,12 @@ def _stack(units: list):
   n_in = len(units[0].w) if units else 0
   if not units:
     return np.zeros((0, n_in)), np.zeros((0, n_in), bool), np.zeros(0), np.zeros(0)
-  return (np.stack([u.w for u in units]), np.stack([u.known for u in units]), np.array([u.b for u in units]),
-          np.array([u.err for u in units]))
+  return (
+    np.stack([u.w for u in units]),
+    np.stack([u.known for u in units]),
+    np.array([u.b for u in units]),
+    np.array([u.err for u in units]),
+  )
 
 
 def on_units(units: list, feats: network.Features, x: np.ndarray, tol: np.ndarray, active) -> np.ndarray:
@@ -126,8 +132,8 @@ def on_units(units: list, feats: network.Features, x: np.ndarray, tol: np.ndarra
   if not units:
     return np.zeros(len(x), bool)
   w, known, b, err = _stack(units)
-  covered = ~np.any(active[:, None, :] & ~known[None], axis=2)          # (N, U)
-  p = feats.h @ w.T + b                                                 # (N, U)
+  covered = ~np.any(active[:, None, :] & ~known[None], axis=2)  # (N, U)
+  p = feats.h @ w.T + b  # (N, U)
   grad = np.linalg.norm(np.einsum("ndk,uk->nud", feats.jac, w), axis=2)
   slack = NF * err[None] * (np.linalg.norm(feats.h, axis=1)[:, None] + np.abs(b)[None])
   with np.errstate(divide="ignore", invalid="ignore"):
@@ -146,11 +152,13 @@ class Items:
     return len(self.b)
 
 
-def measure(q, prefix: network.DeepNet, kinks: search.Kinks, starts, dirs, ranges, new, cfg: LayerConfig, rng,
-            stats) -> Items:
+def measure(
+  q, prefix: network.DeepNet, kinks: search.Kinks, starts, dirs, ranges, new, cfg: LayerConfig, rng, stats
+) -> Items:
   """Partial signatures at the kinks `new` (indices into kinks): Jacobians along the active features on the
   segments beside each kink (shared by neighbouring kinks), jumps, rows in h-space."""
   from functional_equivalence import attack  # the segments of the two-layer rounds
+
   d = starts.shape[1]
   x = starts[kinks.line] + kinks.t[:, None] * dirs[kinks.line]
   seg_line, seg_mid, seg_half, seg_left = attack._segments(kinks, ranges)
@@ -187,7 +195,7 @@ def measure(q, prefix: network.DeepNet, kinks: search.Kinks, starts, dirs, range
       s = np.linalg.svd(pa, compute_uv=False)
       if s[-1] <= 1e-10 * s[0]:
         continue
-      delta = np.linalg.pinv(pa)                                        # (a, d): delta @ pa = I
+      delta = np.linalg.pinv(pa)  # (a, d): delta @ pa = I
       nrm = np.linalg.norm(delta, axis=1)
       dirs_h[i], norms[i] = delta / nrm[:, None], nrm
       usable[i] = True
@@ -195,10 +203,11 @@ def measure(q, prefix: network.DeepNet, kinks: search.Kinks, starts, dirs, range
     q0 = q.queries
     for a in np.unique(sizes[usable]):
       idx = np.flatnonzero(usable & (sizes == a))
-      jac, ok, used, nz = recover.gradients(q, points[idx], eps[idx] / np.array([norms[i].max() for i in idx]),
-                                            rng, dirs=np.stack([dirs_h[i] for i in idx]))
+      jac, ok, used, nz = recover.gradients(
+        q, points[idx], eps[idx] / np.array([norms[i].max() for i in idx]), rng, dirs=np.stack([dirs_h[i] for i in idx])
+      )
       for j, i in enumerate(idx):
-        jac_h[i] = jac[j] * norms[i][None, :]                           # derivatives per unit of h_r
+        jac_h[i] = jac[j] * norms[i][None, :]  # derivatives per unit of h_r
         noise[i] = nz[j] * norms[i].max()
         usable[i] = ok[j]
     stats["gradient_queries"] += q.queries - q0
@@ -206,37 +215,57 @@ def measure(q, prefix: network.DeepNet, kinks: search.Kinks, starts, dirs, range
   kx = x[new]
   kf = network.features(prefix, kx)
   rows = []
-  for j, k in enumerate(new):
+  for j, _k in enumerate(new):
     li, ri = where[left[j]], where[right[j]]
     if not (usable[li] and usable[ri]) or keys[li] != keys[ri] or keys[li] != region_key(kf, j):
       continue
     rows.append((j, li, ri))
   if not rows:
-    return Items(np.zeros((0, d)), np.zeros((0, n_in), bool), np.zeros((0, n_in)), np.zeros(0),
-                 np.zeros((0, 0)), np.zeros(0), [])
+    return Items(
+      np.zeros((0, d)), np.zeros((0, n_in), bool), np.zeros((0, n_in)), np.zeros(0), np.zeros((0, 0)), np.zeros(0), []
+    )
   out = dict(x=[], active=[], w=[], b=[], c=[], err=[], regions=[])
   for j, li, ri in rows:
     act = active[li]
-    jump = jac_h[ri] - jac_h[li]                                        # (m, a)
+    jump = jac_h[ri] - jac_h[li]  # (m, a)
     m = jump.shape[0]
     line_h = dirs[kinks.line[new[j]]] @ kf.jac[j][:, act]
-    jn = recover.jump_noise(noise[li:li + 1], noise[ri:ri + 1], m, int(act.sum()))
-    units, ok = recover.units_from_jumps(jump[None], line_h[None], kf.h[j:j + 1, act], jn)
+    jn = recover.jump_noise(noise[li : li + 1], noise[ri : ri + 1], m, int(act.sum()))
+    units, ok = recover.units_from_jumps(jump[None], line_h[None], kf.h[j : j + 1, act], jn)
     if not ok[0]:
       stats["rejected_kinks"] += 1
       continue
     w = np.zeros(n_in)
     w[act] = units.u[0]
-    out["x"].append(kx[j]); out["active"].append(act); out["w"].append(w); out["b"].append(units.beta[0])
-    out["c"].append(units.c[0]); out["err"].append(max(units.err[0], 1e-13)); out["regions"].append(keys[li])
+    out["x"].append(kx[j])
+    out["active"].append(act)
+    out["w"].append(w)
+    out["b"].append(units.beta[0])
+    out["c"].append(units.c[0])
+    out["err"].append(max(units.err[0], 1e-13))
+    out["regions"].append(keys[li])
   if not out["x"]:
-    return Items(np.zeros((0, d)), np.zeros((0, n_in), bool), np.zeros((0, n_in)), np.zeros(0),
-                 np.zeros((0, m or 0)), np.zeros(0), [])
-  return Items(np.array(out["x"]), np.array(out["active"]), np.array(out["w"]), np.array(out["b"]),
-               np.array(out["c"]), np.array(out["err"]), out["regions"])
+    return Items(
+      np.zeros((0, d)),
+      np.zeros((0, n_in), bool),
+      np.zeros((0, n_in)),
+      np.zeros(0),
+      np.zeros((0, m or 0)),
+      np.zeros(0),
+      [],
+    )
+  return Items(
+    np.array(out["x"]),
+    np.array(out["active"]),
+    np.array(out["w"]),
+    np.array(out["b"]),
+    np.array(out["c"]),
+    np.array(out["err"]),
+    out["regions"],
+  )
 
 
-def match(unit: Unit, w, active, b, err, hnorm) -> Optional[float]:
+def match(unit: Unit, w, active, b, err, hnorm) -> float | None:
   """The scale lambda with w = lambda * unit.w on their common features (and b = lambda * unit.b), or None when
   they are different units. Needs two common features (one when the item has only one)."""
   common = unit.known & active
@@ -269,8 +298,16 @@ def absorb(unit: Unit, w, active, b, err, key) -> bool:
   return True
 
 
-def surface_points(prefix: network.DeepNet, unit: Unit, anchors: np.ndarray, count: int, spread: float, rng,
-                   tries: int = 4, grid: int = 48):
+def surface_points(
+  prefix: network.DeepNet,
+  unit: Unit,
+  anchors: np.ndarray,
+  count: int,
+  spread: float,
+  rng,
+  tries: int = 4,
+  grid: int = 48,
+):
   """Points of the unit's surface {h(x) . w + b = 0} where its known features cover the active ones (so the
   surface there is predicted), found offline on random lines through anchors + spread N(0, I / d) (no query).
   Returns (points (k, d), unit normals there (k, d), room (k,): distance to the nearest prefix surface)."""
@@ -294,11 +331,11 @@ def surface_points(prefix: network.DeepNet, unit: Unit, anchors: np.ndarray, cou
     li, gi = np.nonzero(cross)
     if len(li) == 0:
       continue
-    _, first = np.unique(li, return_index=True)                        # one root a line
+    _, first = np.unique(li, return_index=True)  # one root a line
     li, gi = li[first], gi[first]
     lo, hi = t[gi], t[gi + 1]
     flo = val[li, gi]
-    for _ in range(64):                                                  # offline bisection to float64
+    for _ in range(64):  # offline bisection to float64
       mid = 0.5 * (lo + hi)
       fm = network.features(prefix, base[li] + mid[:, None] * v[li])
       vm = fm.h @ unit.w + unit.b
@@ -320,8 +357,7 @@ def surface_points(prefix: network.DeepNet, unit: Unit, anchors: np.ndarray, cou
   return x[:count], n[:count], r[:count]
 
 
-def locate(q, prefix, units: list, which: list, points, normals, room, cfg: LayerConfig, stage: str,
-           tries: int = 3):
+def locate(q, prefix, units: list, which: list, points, normals, room, cfg: LayerConfig, stage: str, tries: int = 3):
   """Window tests: is there a kink of g where unit `which[k]` predicts one (points[k], along normals[k])?
   Returns (hit (k,) bool, precise surface points (k, d)). Windows start at 64 times the predicted position's
   error and stay within a quarter of the distance to the nearest prefix surface."""
@@ -377,8 +413,11 @@ def _verify(q, prefix, cands: list, cfg: LayerConfig, rng, stats) -> list:
   spread = [(1.0 if prefix.weights else cfg.verify_spread) * b for b in base]
   q0 = q.queries
   for _ in range(cfg.verify_points):
-    live = [i for i in range(n) if hits[i] < cfg.verify_hits and misses[i] <= cfg.verify_points - cfg.verify_hits
-            and blind[i] < 2]
+    live = [
+      i
+      for i in range(n)
+      if hits[i] < cfg.verify_hits and misses[i] <= cfg.verify_points - cfg.verify_hits and blind[i] < 2
+    ]
     if not live:
       break
     xs, ns, rs, who = [], [], [], []
@@ -387,7 +426,10 @@ def _verify(q, prefix, cands: list, cfg: LayerConfig, rng, stats) -> list:
       if len(x) == 0:
         blind[i] += 1
         continue
-      xs.append(x[0]); ns.append(nrm[0]); rs.append(room[0]); who.append(i)
+      xs.append(x[0])
+      ns.append(nrm[0])
+      rs.append(room[0])
+      who.append(i)
     if not who:
       continue
     hit, exact = locate(q, prefix, cands, who, np.array(xs), np.array(ns), np.array(rs), cfg, "verify")
@@ -399,16 +441,18 @@ def _verify(q, prefix, cands: list, cfg: LayerConfig, rng, stats) -> list:
       else:
         misses[i] += 1
   stats["verify_queries"] += q.queries - q0
-  return ["unit" if h >= cfg.verify_hits else "facet" if m > cfg.verify_points - cfg.verify_hits else "pending"
-          for h, m in zip(hits, misses)]
+  return [
+    "unit" if h >= cfg.verify_hits else "facet" if m > cfg.verify_points - cfg.verify_hits else "pending"
+    for h, m in zip(hits, misses)
+  ]
 
 
-def _round(q, prefix, state: "LayerState", cfg: LayerConfig, dom, rng, stats) -> bool:
+def _round(q, prefix, state: LayerState, cfg: LayerConfig, dom, rng, stats) -> bool:
   """One round (module docstring); returns True when a unit or a feature was added."""
   units = state.units
   d = len(cfg.center)
   center = cfg.center
-  if state.lines is not None:                    # lines asked for (through points where the final check failed)
+  if state.lines is not None:  # lines asked for (through points where the final check failed)
     (starts, dirs), state.lines = state.lines, None
   else:
     if hasattr(dom, "low"):
@@ -417,6 +461,7 @@ def _round(q, prefix, state: "LayerState", cfg: LayerConfig, dom, rng, stats) ->
       starts = center + cfg.scale * rng.normal(size=(cfg.lines_per_round, d))
     dirs = rng.normal(size=(cfg.lines_per_round, d)) * cfg.scale
   from functional_equivalence import attack  # lines shortened where probabilities would underflow
+
   q0 = q.queries
   ranges = attack._line_ranges(q, starts, dirs, cfg.reach)
   kinks = search.find_kinks(q, starts, dirs, ranges, far=cfg.far, center=center)
@@ -437,7 +482,7 @@ def _round(q, prefix, state: "LayerState", cfg: LayerConfig, dom, rng, stats) ->
   touched = set()
   for k in range(len(items)):
     w, act, b, err, key = items.w[k], items.active[k], items.b[k], items.err[k], items.regions[k]
-    hn = float(np.linalg.norm(network.features(prefix, items.x[k:k + 1]).h))
+    hn = float(np.linalg.norm(network.features(prefix, items.x[k : k + 1]).h))
     placed = False
     for group in (units, state.pending, state.facets):
       for u in group:
@@ -479,10 +524,11 @@ def _round(q, prefix, state: "LayerState", cfg: LayerConfig, dom, rng, stats) ->
 class LayerState:
   """The units found (verified), the candidates not yet testable (pending) and those that failed (facets), and
   lines (starts, dirs) that the next round searches instead of random ones."""
+
   units: list = dataclasses.field(default_factory=list)
   pending: list = dataclasses.field(default_factory=list)
   facets: list = dataclasses.field(default_factory=list)
-  lines: Optional[tuple] = None
+  lines: tuple | None = None
 
 
 def _last_grad(prefix, x):
@@ -586,8 +632,9 @@ def complete(q, prefix, units: list, cfg: LayerConfig, rng, stats, tries: int = 
       if not np.linalg.norm(n2):
         continue
       trial.err = max(u.err, 1e-9)
-      hit, exact = locate(q, prefix, [trial], [0], x2[None], (n2 / np.linalg.norm(n2))[None],
-                          prefix_distance(f2), cfg, "complete")
+      hit, exact = locate(
+        q, prefix, [trial], [0], x2[None], (n2 / np.linalg.norm(n2))[None], prefix_distance(f2), cfg, "complete"
+      )
       if hit[0]:
         u.w, u.known = trial.w, trial.known
         u.points += [xs[k], exact[0]]
@@ -615,11 +662,15 @@ def refit(q, prefix, units: list, cfg: LayerConfig, rng, stats):
         continue
       anc, spread = near_anchors(u, center, cfg.scale)
       x, nrm, room = surface_points(prefix, u, anc, want, spread, rng)
-      xs.append(x); ns.append(nrm); rs.append(room); who += [j] * len(x)
+      xs.append(x)
+      ns.append(nrm)
+      rs.append(room)
+      who += [j] * len(x)
     if not who:
       break
-    hit, exact = locate(q, prefix, units, who, np.concatenate(xs), np.concatenate(ns), np.concatenate(rs), cfg,
-                        "refine")
+    hit, exact = locate(
+      q, prefix, units, who, np.concatenate(xs), np.concatenate(ns), np.concatenate(rs), cfg, "refine"
+    )
     for j, p in zip(np.array(who)[hit], exact[hit]):
       units[j].points.append(p)
   stats["refine_queries"] += q.queries - q0
@@ -634,11 +685,15 @@ def _correct(prefix, u: Unit):
   pts = np.array(u.points)
   h = network.features(prefix, pts).h[:, u.known]
   hn = np.linalg.norm(h, axis=1) + abs(u.b) + 1e-300
-  sigma = 64 * EPS * hn                                                 # position noise of a located kink, in p
+  sigma = 64 * EPS * hn  # position noise of a located kink, in p
   tau = max(u.err, 1e-15)
   k = h.shape[1]
-  rows = np.concatenate([np.concatenate([h, np.ones((len(h), 1))], 1) / sigma[:, None],
-                         np.concatenate([np.eye(k), np.zeros((k, 1))], 1) / tau])
+  rows = np.concatenate(
+    [
+      np.concatenate([h, np.ones((len(h), 1))], 1) / sigma[:, None],
+      np.concatenate([np.eye(k), np.zeros((k, 1))], 1) / tau,
+    ]
+  )
   rhs = np.concatenate([-(h @ u.w[u.known] + u.b) / sigma, np.zeros(k)])
   sol, *_ = np.linalg.lstsq(rows, rhs, rcond=None)
   u.w = u.w.copy()
@@ -674,8 +729,9 @@ def dedup(prefix, units: list, rtol: float = 1e-4) -> list:
   kept = []
   for j in order:
     u = units[j]
-    twin = next((k for k in kept if _close_units(k, u, rtol) or match(k, u.w, u.known, u.b, u.err, 1.0)
-                 is not None), None)
+    twin = next(
+      (k for k in kept if _close_units(k, u, rtol) or match(k, u.w, u.known, u.b, u.err, 1.0) is not None), None
+    )
     if twin is None:
       kept.append(u)
       continue
@@ -687,7 +743,7 @@ def dedup(prefix, units: list, rtol: float = 1e-4) -> list:
   return kept
 
 
-def recover_layer(q, prefix, cfg: LayerConfig, dom, rng, stats, state: Optional["LayerState"] = None) -> list:
+def recover_layer(q, prefix, cfg: LayerConfig, dom, rng, stats, state: LayerState | None = None) -> list:
   """The units of the layer after `prefix` (module docstring). Given the `state` of an earlier call, its search
   goes on from there (more rounds, until `patience` more quiet ones). Raises ExtractionError after max_rounds
   rounds without settling, LimitReachedError (from the Querier) at the attack's limits."""
@@ -697,14 +753,23 @@ def recover_layer(q, prefix, cfg: LayerConfig, dom, rng, stats, state: Optional[
   for r in range(cfg.max_rounds):
     changed = _round(q, prefix, state, cfg, dom, rng, stats)
     quiet = 0 if changed else quiet + 1
-    logging.info("layer %d round %d: %d units, %d pending, %d facets, %d queries", len(prefix.weights), r,
-                 len(units), len(state.pending), len(state.facets), q.queries)
+    logging.info(
+      "layer %d round %d: %d units, %d pending, %d facets, %d queries",
+      len(prefix.weights),
+      r,
+      len(units),
+      len(state.pending),
+      len(state.facets),
+      q.queries,
+    )
     if quiet >= (cfg.deep_patience if prefix.weights else cfg.patience) and units:
       break
   else:
-    raise ExtractionError(f"layer {len(prefix.weights)}: the search did not settle in {cfg.max_rounds} rounds "
-                          f"({len(units)} units, {q.queries} queries)")
-  for cand in state.pending:                     # partial candidates that belong to a unit fill in its features
+    raise ExtractionError(
+      f"layer {len(prefix.weights)}: the search did not settle in {cfg.max_rounds} rounds "
+      f"({len(units)} units, {q.queries} queries)"
+    )
+  for cand in state.pending:  # partial candidates that belong to a unit fill in its features
     for u in units:
       hn = float(np.linalg.norm(network.features(prefix, cand.anchor[None]).h))
       lam = match(u, cand.w, cand.known, cand.b, cand.err, hn)

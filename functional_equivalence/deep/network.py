@@ -9,11 +9,13 @@ Besides the forward pass, the attack needs from a (recovered) prefix of layers, 
 layer's pre-activations and the local Jacobian dh_i/dx of the features entering layer i (`features`). Everything is
 float64 numpy; the victims trained here (`train`) are trained in float64 inside a scoped `jax.enable_x64(True)`.
 """
+
 from __future__ import annotations
 
 import pathlib
 import re
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -23,6 +25,7 @@ from functional_equivalence.victims import TwoLayerNet, adam_full_batch, read_np
 
 class DeepNet(NamedTuple):
   """Weights (w0 (d, n0), ..., wL (n_{L-1}, k)) and biases (b0 (n0,), ..., bL (k,)), float64."""
+
   weights: tuple
   biases: tuple
 
@@ -40,7 +43,7 @@ class DeepNet(NamedTuple):
   def shape_text(self) -> str:
     return "-".join(map(str, self.sizes))
 
-  def prefix(self, layers: int) -> "DeepNet":
+  def prefix(self, layers: int) -> DeepNet:
     """The first `layers` layers (hidden layers 0..layers-1); its `features` are h_layers."""
     return DeepNet(tuple(self.weights[:layers]), tuple(self.biases[:layers]))
 
@@ -74,6 +77,7 @@ def backend(net: DeepNet, dtype=np.float64) -> Callable[[np.ndarray], np.ndarray
     for w, b in zip(net32.weights[:-1], net32.biases[:-1]):
       h = np.maximum(h @ w + b, 0)
     return h @ net32.weights[-1] + net32.biases[-1]
+
   return answer
 
 
@@ -91,6 +95,7 @@ class Features(NamedTuple):
   """What a recovered prefix says about points x (N, d): h (N, n) the features entering the next layer, their
   Jacobian jac = dh/dx (N, d, n) on the points' linear regions, and per prefix layer the pre-activations (N, n_i)
   and the norms of their input gradients (N, n_i)."""
+
   h: np.ndarray
   jac: np.ndarray
   pre: list
@@ -150,6 +155,7 @@ def load_any_npz(path):
   """A victim npz of any depth: a TwoLayerNet (victims.load_npz, its messages) when it holds exactly w0, b0, w1,
   b1, else a DeepNet (`load_npz`). VictimFileError (one line) for a bad file."""
   from functional_equivalence import victims
+
   names = victims.read_npz(path, lambda f, _: set(f.files))
   if any(re.fullmatch(r"[wb]([2-9]|\d\d+)", n) for n in names):
     return load_npz(path)
@@ -167,6 +173,7 @@ def load_npz(path) -> DeepNet:
   Raises:
     VictimFileError: one-line message for a missing/unreadable file, missing or stray arrays, shape mismatches, NaNs.
   """
+
   def pick(f, path):
     names = set(f.files)
     layers = sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"w(\d+)", n)))
@@ -176,8 +183,8 @@ def load_npz(path) -> DeepNet:
     missing = [n for n in expected if n not in names]
     if missing:
       raise VictimFileError(f"{path}: missing array(s) {', '.join(missing)} (has {', '.join(sorted(names))})")
-    return DeepNet(tuple(f[f"w{i}"] for i in range(max(layers) + 1)),
-                   tuple(f[f"b{i}"] for i in range(max(layers) + 1)))
+    return DeepNet(tuple(f[f"w{i}"] for i in range(max(layers) + 1)), tuple(f[f"b{i}"] for i in range(max(layers) + 1)))
+
   return check_net(read_npz(path, pick), str(path))
 
 
@@ -201,8 +208,9 @@ def random_net(seed: int, sizes: Sequence[int], bias_scale: float = 0.5) -> Deep
   return DeepNet(ws, bs)
 
 
-def cme_net(seed: int, sizes: Sequence[int], samples: int = 20, epochs: int = 100, batch: int = 4,
-            learning_rate: float = 3e-4) -> DeepNet:
+def cme_net(
+  seed: int, sizes: Sequence[int], samples: int = 20, epochs: int = 100, batch: int = 4, learning_rate: float = 3e-4
+) -> DeepNet:
   """A victim made as CME's train_models.py makes theirs (Carlini et al. 2020): w ~ N(0, 1) / sqrt(n_out), zero
   biases, then `epochs` passes of Adam (lr 3e-4, batches of 4) on a squared loss memorising `samples` random
   N(0, I) points with random 0/1 targets; float64, our own code (optax), seeded by `seed`."""
@@ -212,11 +220,14 @@ def cme_net(seed: int, sizes: Sequence[int], samples: int = 20, epochs: int = 10
 
   rng = np.random.default_rng(seed)
   sizes = [int(s) for s in sizes]
-  params = ([rng.normal(size=(a, b)) / np.sqrt(b) for a, b in zip(sizes[:-1], sizes[1:])],
-            [np.zeros(b) for b in sizes[1:]])
+  params = (
+    [rng.normal(size=(a, b)) / np.sqrt(b) for a, b in zip(sizes[:-1], sizes[1:])],
+    [np.zeros(b) for b in sizes[1:]],
+  )
   x = rng.normal(size=(samples, sizes[0]))
   y = (rng.normal(size=samples) > 0).astype(np.float64)
   with jax.enable_x64(True):
+
     def forward(p, inputs):
       h = inputs
       for i, (w, b) in enumerate(zip(*p)):
@@ -239,13 +250,20 @@ def cme_net(seed: int, sizes: Sequence[int], samples: int = 20, epochs: int = 10
 
     for _ in range(epochs):
       for j in range(0, samples, batch):
-        params, state = step(params, state, x[j:j + batch], y[j:j + batch])
+        params, state = step(params, state, x[j : j + batch], y[j : j + batch])
     ws, bs = (tuple(np.asarray(a, np.float64) for a in part) for part in params)
   return check_net(DeepNet(ws, bs), "cme victim")
 
 
-def train(x, y, hidden: Sequence[int], seed: int = 0, steps: int = 300, learning_rate: float = 1e-2,
-          num_classes: int | None = None) -> DeepNet:
+def train(
+  x,
+  y,
+  hidden: Sequence[int],
+  seed: int = 0,
+  steps: int = 300,
+  learning_rate: float = 1e-2,
+  num_classes: int | None = None,
+) -> DeepNet:
   """Trains a ReLU network d-hidden...-k with full-batch Adam (optax) on softmax cross-entropy, in float64.
 
   Args:
@@ -261,8 +279,10 @@ def train(x, y, hidden: Sequence[int], seed: int = 0, steps: int = 300, learning
   sizes = [x.shape[1], *[int(h) for h in hidden], k]
   with jax.enable_x64(True):
     keys = jax.random.split(jax.random.key(seed), len(sizes) - 1)
-    params = ([jax.random.normal(kk, (a, b), jnp.float64) * jnp.sqrt(2.0 / a)
-               for kk, a, b in zip(keys, sizes[:-1], sizes[1:])], [jnp.zeros(b, jnp.float64) for b in sizes[1:]])
+    params = (
+      [jax.random.normal(kk, (a, b), jnp.float64) * jnp.sqrt(2.0 / a) for kk, a, b in zip(keys, sizes[:-1], sizes[1:])],
+      [jnp.zeros(b, jnp.float64) for b in sizes[1:]],
+    )
     xs, ys = jnp.asarray(x, jnp.float64), jnp.asarray(y)
 
     def loss_fn(p):
@@ -280,9 +300,11 @@ def digits_data(seed: int = 0, side: int = 8):
   """scikit-learn digits scaled to [0, 1] as (x_train, y_train, x_test, y_test); side=28 upsamples the 8x8 images
   bilinearly to 28x28 (784 inputs, MNIST's size)."""
   from functional_equivalence.victims import digits_data as digits64
+
   data = list(digits64(seed))
   if side != 8:
     import scipy.ndimage
+
     for i in (0, 2):
       imgs = data[i].reshape(-1, 8, 8)
       data[i] = np.clip(scipy.ndimage.zoom(imgs, (1, side / 8, side / 8), order=1), 0, 1).reshape(len(imgs), -1)

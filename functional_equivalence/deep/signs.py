@@ -20,6 +20,7 @@ A unit is recovered up to orientation: p_hat = s p with s = +-1 unknown (relu(p)
   on unit j, and the side with the larger change of g is taken as the active one, a statistical vote.
 Float64 numpy; every query through the Querier.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,14 +48,15 @@ def layer_arrays(units: list):
   return np.stack([u.w for u in units], axis=1), np.array([u.b for u in units])
 
 
-def sample_points(prefix, units: list, count: int, scale: float, center, rng, dom=None,
-                  domain_count: int = 256) -> np.ndarray:
+def sample_points(
+  prefix, units: list, count: int, scale: float, center, rng, dom=None, domain_count: int = 256
+) -> np.ndarray:
   """Points on both sides of every unit's surface (its precise points moved along the surface normal by
   +-scale/16, alternately), `count` around the center and (given the domain) `domain_count` over the domain, for the
   least-squares fits: a unit active only in a small part of the domain leaves a residual only where it is."""
   d = len(center)
   pts = []
-  for j, u in enumerate(units):
+  for _j, u in enumerate(units):
     if not u.points:
       continue
     p = np.array(u.points)
@@ -74,6 +76,7 @@ def sample_points(prefix, units: list, count: int, scale: float, center, rng, do
 class LastLayer:
   """Signs s (n,), pair flags (n,) (a twin relu(-p_hat) with its own output weights), the output weights of the
   units (n, m) and of the twins (n_pairs, m), the output bias (m,), and the relative residual of the fit."""
+
   signs: np.ndarray
   pairs: np.ndarray
   w_out: np.ndarray
@@ -83,8 +86,9 @@ class LastLayer:
   rank_deficient: bool = False
 
 
-def last_layer(q, prefix, units: list, scale: float, center, rng, stats, rtol: float = 1e-8,
-               tol: float = 1e-6, dom=None) -> LastLayer:
+def last_layer(
+  q, prefix, units: list, scale: float, center, rng, stats, rtol: float = 1e-8, tol: float = 1e-6, dom=None
+) -> LastLayer:
   """Module docstring, first item: the fit, then the classification of each unit and a clean refit."""
   n = len(units)
   x = sample_points(prefix, units, max(16, 2 * n + 16), scale, center, rng, dom)
@@ -104,11 +108,18 @@ def last_layer(q, prefix, units: list, scale: float, center, rng, stats, rtol: f
     try:
       t = second_layer.flip_z(z, c, g, rtol)
     except SignRecoveryError as e:
-      return LastLayer(np.ones(n), np.zeros(n, bool), np.zeros((n, g.shape[1])), np.zeros((0, g.shape[1])),
-                       np.zeros(g.shape[1]), np.inf, rank_deficient=str(e) != "")
+      return LastLayer(
+        np.ones(n),
+        np.zeros(n, bool),
+        np.zeros((n, g.shape[1])),
+        np.zeros((0, g.shape[1])),
+        np.zeros(g.shape[1]),
+        np.inf,
+        rank_deficient=str(e) != "",
+      )
     signs, pairs = np.where(t, -1.0, 1.0), np.zeros(n, bool)
   else:
-    a, e = sol[:n], sol[n:2 * n]
+    a, e = sol[:n], sol[n : 2 * n]
     an = np.linalg.norm(a, axis=1) + 1e-300
     plus = np.linalg.norm(e, axis=1) <= tol * an
     minus = np.linalg.norm(e + a, axis=1) <= tol * an
@@ -122,12 +133,13 @@ def last_layer(q, prefix, units: list, scale: float, center, rng, stats, rtol: f
   if rank < phi.shape[1]:
     residual = np.inf
   k = int(pairs.sum())
-  return LastLayer(signs, pairs, sol[:n], sol[n:n + k], sol[-1], residual)
+  return LastLayer(signs, pairs, sol[:n], sol[n : n + k], sol[-1], residual)
 
 
 @dataclasses.dataclass
 class SignVotes:
   """Per unit: the sign, how it was decided ('exact' / 'vote' / 'majority'), and the votes for + and -."""
+
   signs: np.ndarray
   how: list
   plus: np.ndarray
@@ -145,8 +157,19 @@ def _test_points(prefix, u: Unit, need: int, scale: float, center, rng):
   return pts
 
 
-def hidden_signs(q, prefix, units: list, scale: float, center, rng, stats, max_votes: int = 24,
-                 margin: int = 5, passes: int = 4, ratio: float = 1e-6) -> SignVotes:
+def hidden_signs(
+  q,
+  prefix,
+  units: list,
+  scale: float,
+  center,
+  rng,
+  stats,
+  max_votes: int = 24,
+  margin: int = 5,
+  passes: int = 4,
+  ratio: float = 1e-6,
+) -> SignVotes:
   """Module docstring, second item. Raises SignRecoveryError when exact tests of a unit contradict each other."""
   n = len(units)
   w, b = layer_arrays(units)
@@ -174,13 +197,17 @@ def hidden_signs(q, prefix, units: list, scale: float, center, rng, stats, max_v
         if r is None:
           continue
         delta, s, exact = r
-        xs.append(x); deltas.append(delta); steps.append(s); exact_flags.append(exact); who.append(j)
+        xs.append(x)
+        deltas.append(delta)
+        steps.append(s)
+        exact_flags.append(exact)
+        who.append(j)
       if not who:
         continue
       xs, deltas, steps = np.array(xs), np.array(deltas), np.array(steps)
       k = len(who)
       g = q(np.concatenate([xs, xs + steps[:, None] * deltas, xs - steps[:, None] * deltas]), "signs")
-      g0, gp, gm = g[:k], g[k:2 * k], g[2 * k:]
+      g0, gp, gm = g[:k], g[k : 2 * k], g[2 * k :]
       dp, dm = np.linalg.norm(gp - g0, axis=1), np.linalg.norm(gm - g0, axis=1)
       noise = 64 * EPS * np.max(np.abs(g.reshape(3, k, -1)), axis=(0, 2))
       for i, j in enumerate(who):
@@ -191,8 +218,10 @@ def hidden_signs(q, prefix, units: list, scale: float, center, rng, stats, max_v
           elif dp[i] <= ratio * dm[i] + noise[i] and dm[i] > 1e3 * noise[i]:
             exact_m[j] += 1
           if exact_p[j] and exact_m[j]:
-            raise SignRecoveryError(f"unit {j}: exact sign tests disagree (the layer or its prefix is not "
-                                    f"recovered exactly, or units are missing)")
+            raise SignRecoveryError(
+              f"unit {j}: exact sign tests disagree (the layer or its prefix is not "
+              f"recovered exactly, or units are missing)"
+            )
           if exact_p[j] + exact_m[j] >= 2:
             signs[j], how[j] = (1.0 if exact_p[j] else -1.0), "exact"
         else:
@@ -201,8 +230,11 @@ def hidden_signs(q, prefix, units: list, scale: float, center, rng, stats, max_v
             plus[j] += 1
           elif dm[i] > dp[i]:
             minus[j] += 1
-          if how[j] != "exact" and abs(plus[j] - minus[j]) >= margin and max(plus[j], minus[j]) >= 0.75 * (
-              plus[j] + minus[j]):
+          if (
+            how[j] != "exact"
+            and abs(plus[j] - minus[j]) >= margin
+            and max(plus[j], minus[j]) >= 0.75 * (plus[j] + minus[j])
+          ):
             signs[j], how[j] = (1.0 if plus[j] > minus[j] else -1.0), "vote"
     # exact decisions count before the next pass; undecided units keep their votes
   for j in range(n):
@@ -220,17 +252,17 @@ def _direction(prefix, w, b, signs, j, x):
   that may be active at x by 0 when `exact`, else by the least possible; step keeps every prefix unit and every
   unconstrained unit of the layer on its side. None when no usable step exists."""
   f = network.features(prefix, x[None])
-  jac = f.jac[0] @ w                                                    # (d, n): grad p_hat
+  jac = f.jac[0] @ w  # (d, n): grad p_hat
   p = f.h[0] @ w + b
   n = len(b)
   others = np.arange(n) != j
   # units that may be truly active at x: undecided ones, and decided ones on their active side
   constrained = others & ((signs == 0) | (signs * p > 0))
-  a = np.concatenate([jac[:, constrained], jac[:, j:j + 1]], axis=1).T  # (c + 1, d)
+  a = np.concatenate([jac[:, constrained], jac[:, j : j + 1]], axis=1).T  # (c + 1, d)
   target = np.zeros(len(a))
   target[-1] = 1.0
   delta, *_ = np.linalg.lstsq(a, target, rcond=None)
-  moved = jac.T @ delta                                                 # change of every p_hat per unit step
+  moved = jac.T @ delta  # change of every p_hat per unit step
   if moved[j] <= 0:
     return None
   delta, moved = delta / moved[j], moved / moved[j]

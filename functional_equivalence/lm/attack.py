@@ -12,13 +12,13 @@ from ceil(oversample x h) vectors (more are asked if needed; more vectors averag
 `recover.recover_unembedding`. Outputs 'argmax' and 'top_k' (no bias) are refused before any query: they reveal
 no full score vector. Every query goes through the oracle's `__call__`; the oracle counts and bounds them.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import logging
 import math
 import time
-from typing import Optional
 
 import numpy as np
 
@@ -46,6 +46,7 @@ class Config:
     oversample: W is recovered from max(vectors at detection, ceil(oversample * h)) vectors.
     bias: fixed logit bias for 'top_k_bias' (None: adaptive, see `bias`).
   """
+
   prompt_len: int = 16
   step: int = 16
   gap_threshold: float = spectrum.DEFAULT_THRESHOLD
@@ -53,7 +54,7 @@ class Config:
   final_norm: str = "layernorm"
   max_vectors: int = 4096
   oversample: float = 1.0
-  bias: Optional[float] = None
+  bias: float | None = None
 
   def check(self) -> None:
     if self.prompt_len < 1 or self.step < 1 or self.tail < 1 or self.max_vectors < 2:
@@ -80,9 +81,10 @@ class Result:
     bias_retries: groups asked again at the largest bias.
     answer_dtype: the dtype of the API's scores (float32 answers bound the precision).
   """
+
   hidden_size: int
-  rank: Optional[int]
-  affine_rank: Optional[int]
+  rank: int | None
+  affine_rank: int | None
   gap: float
   affine_gap: float
   unembedding: np.ndarray
@@ -90,28 +92,33 @@ class Result:
   vectors_at_detection: int
   vectors: int
   queries: int
-  tokens: Optional[int]
+  tokens: int | None
   requests_per_vector: float
   bias_retries: int
   shift_invariant: bool
   seconds: float
-  answer_dtype: Optional[str] = None
+  answer_dtype: str | None = None
   notes: tuple = ()
 
 
-def refuse_unless_scores(output: str, top_k: Optional[int] = None) -> None:
+def refuse_unless_scores(output: str, top_k: int | None = None) -> None:
   """Raises ScoresNeeded (one line) for an API output this attack cannot use."""
   if output == "argmax":
-    raise ScoresNeeded("this attack needs scores: an argmax-only API returns one token per query, no logit vector "
-                       "to stack (the paper's logprob-free attacks, Sec. 6, are not implemented); use an API with "
-                       "output 'logits' or 'top_k_bias'")
+    raise ScoresNeeded(
+      "this attack needs scores: an argmax-only API returns one token per query, no logit vector "
+      "to stack (the paper's logprob-free attacks, Sec. 6, are not implemented); use an API with "
+      "output 'logits' or 'top_k_bias'"
+    )
   if output == "top_k":
-    raise ScoresNeeded(f"this attack needs full score vectors: top-{top_k} log-probabilities without a logit bias "
-                       f"reveal only {top_k} of the vocabulary's logits per prompt; use output 'top_k_bias' "
-                       f"(logit bias) or 'logits'")
+    raise ScoresNeeded(
+      f"this attack needs full score vectors: top-{top_k} log-probabilities without a logit bias "
+      f"reveal only {top_k} of the vocabulary's logits per prompt; use output 'top_k_bias' "
+      f"(logit bias) or 'logits'"
+    )
   if output not in SCORE_MODES:
-    raise ScoresNeeded(f"output {output!r} is not an LM API output this attack can use; use one of "
-                       f"{', '.join(SCORE_MODES)}")
+    raise ScoresNeeded(
+      f"output {output!r} is not an LM API output this attack can use; use one of {', '.join(SCORE_MODES)}"
+    )
 
 
 class _Collector:
@@ -122,7 +129,7 @@ class _Collector:
     self.rng = np.random.default_rng([seed, 0x5EA1])
     self.rows: list = []
     self.recon = bias_lib.Reconstruction()
-    self.dtype: Optional[str] = None  # of the API's answers: their precision bounds the attack's
+    self.dtype: str | None = None  # of the API's answers: their precision bounds the attack's
 
   @property
   def vocab(self) -> int:
@@ -133,16 +140,17 @@ class _Collector:
     prompts = self.rng.integers(0, self.vocab, (count, length), dtype=np.int32)
     if self.oracle.output == "logits":
       for i in range(0, count, 256):  # bounded memory for large vocabularies
-        raw = np.asarray(self.oracle(prompts[i:i + 256]))
+        raw = np.asarray(self.oracle(prompts[i : i + 256]))
         self.dtype = str(raw.dtype)
-        if raw.shape != (len(prompts[i:i + 256]), self.vocab):
-          raise ExtractionError(f"the API answered logits of shape {raw.shape} for {len(prompts[i:i + 256])} "
-                                f"prompts over a vocabulary of {self.vocab}")
+        if raw.shape != (len(prompts[i : i + 256]), self.vocab):
+          raise ExtractionError(
+            f"the API answered logits of shape {raw.shape} for {len(prompts[i : i + 256])} "
+            f"prompts over a vocabulary of {self.vocab}"
+          )
         self.rows.extend(raw.astype(np.float64))
       return
     for p in prompts:
-      self.rows.append(recover.center_vocabulary(bias_lib.reconstruct_one(self.oracle, p, self.recon,
-                                                                         self.cfg.bias)))
+      self.rows.append(recover.center_vocabulary(bias_lib.reconstruct_one(self.oracle, p, self.recon, self.cfg.bias)))
     self.dtype = self.recon.dtype
 
   def matrix(self) -> np.ndarray:
@@ -171,14 +179,20 @@ def steal_last_layer(oracle, cfg: Config = Config(), seed: int = 0) -> Result:
     if len(collect.rows) >= cfg.max_vectors:
       gap = found.linear if found is not None else None
       raise LimitReachedError(
-          f"no singular-value gap of at least {cfg.gap_threshold:g} with {cfg.tail} values below it among "
-          f"{len(collect.rows)} logit vectors (largest ratio {gap.ratio if gap else float('nan'):.3g} after "
-          f"{gap.dim if gap else 0} values): the hidden size may exceed --lm_max_vectors, or the answers are too "
-          f"noisy for the threshold")
+        f"no singular-value gap of at least {cfg.gap_threshold:g} with {cfg.tail} values below it among "
+        f"{len(collect.rows)} logit vectors (largest ratio {gap.ratio if gap else float('nan'):.3g} after "
+        f"{gap.dim if gap else 0} values): the hidden size may exceed --lm_max_vectors, or the answers are too "
+        f"noisy for the threshold"
+      )
     collect.ask(min(cfg.step, cfg.max_vectors - len(collect.rows)))
     found = spectrum.detect(collect.matrix(), cfg.gap_threshold, cfg.tail, cfg.final_norm)
-    logging.info("lm_last_layer: %d vectors, %d queries: largest gap %s, affine %s", len(collect.rows),
-                 oracle.used - used0, found.linear, found.affine)
+    logging.info(
+      "lm_last_layer: %d vectors, %d queries: largest gap %s, affine %s",
+      len(collect.rows),
+      oracle.used - used0,
+      found.linear,
+      found.affine,
+    )
   at_detection, h = len(collect.rows), found.hidden
   want = max(at_detection, math.ceil(cfg.oversample * h))
   if want > at_detection:
@@ -188,10 +202,21 @@ def steal_last_layer(oracle, cfg: Config = Config(), seed: int = 0) -> Result:
   lin_ok = found.linear is not None and found.linear.accepted(cfg.gap_threshold, cfg.tail)
   queries = oracle.used - used0
   return Result(
-      hidden_size=h, rank=found.linear.dim if lin_ok else None, affine_rank=found.affine.dim if found.affine else None,
-      gap=found.linear.ratio if found.linear else float("nan"),
-      affine_gap=found.affine.ratio if found.affine else float("nan"), unembedding=w_rec,
-      singular_values=found.values, vectors_at_detection=at_detection, vectors=len(vectors), queries=queries,
-      tokens=None if tokens0 is None else oracle.tokens - tokens0, requests_per_vector=queries / len(vectors),
-      bias_retries=collect.recon.retries, shift_invariant=oracle.output != "logits", seconds=time.time() - t0,
-      answer_dtype=collect.dtype, notes=found.notes)
+    hidden_size=h,
+    rank=found.linear.dim if lin_ok else None,
+    affine_rank=found.affine.dim if found.affine else None,
+    gap=found.linear.ratio if found.linear else float("nan"),
+    affine_gap=found.affine.ratio if found.affine else float("nan"),
+    unembedding=w_rec,
+    singular_values=found.values,
+    vectors_at_detection=at_detection,
+    vectors=len(vectors),
+    queries=queries,
+    tokens=None if tokens0 is None else oracle.tokens - tokens0,
+    requests_per_vector=queries / len(vectors),
+    bias_retries=collect.recon.retries,
+    shift_invariant=oracle.output != "logits",
+    seconds=time.time() - t0,
+    answer_dtype=collect.dtype,
+    notes=found.notes,
+  )

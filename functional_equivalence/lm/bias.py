@@ -16,10 +16,10 @@ range below R seen so far + 1, and any group whose answer misses a biased token 
 `max_bias` (counted; `Reconstruction.retries`). A group that fails even then means the prompt's logits span more
 than the bound allows: `BiasTooSmall`.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import numpy as np
 
@@ -34,11 +34,12 @@ class BiasTooSmall(ExtractionError):
 @dataclasses.dataclass
 class Reconstruction:
   """Logit vectors rebuilt so far: rows of z - z_R (float64), and what they cost."""
+
   vectors: list = dataclasses.field(default_factory=list)
   requests: int = 0
   retries: int = 0
   range_seen: float = 0.0  # the largest z_R - min_t z_t so far
-  dtype: Optional[str] = None  # of the API's log-probabilities
+  dtype: str | None = None  # of the API's log-probabilities
 
   @property
   def requests_per_vector(self) -> float:
@@ -60,7 +61,7 @@ def _ask(oracle, prompt: np.ndarray, groups: np.ndarray, bias: float, state: Rec
   """`prompt` once per row of `groups` (token ids, -1 padded), each token of a row biased by `bias`."""
   parts = []
   for i in range(0, len(groups), CHUNK):
-    ids = np.asarray(groups[i:i + CHUNK], np.int64)
+    ids = np.asarray(groups[i : i + CHUNK], np.int64)
     parts.append(oracle(np.repeat(prompt[None], len(ids), axis=0), LogitBias(ids, np.where(ids >= 0, bias, 0.0))))
     state.requests += len(ids)
   return TopK(np.concatenate([p.ids for p in parts]), np.concatenate([p.logprobs for p in parts]))
@@ -79,7 +80,7 @@ def _read(answer, groups: np.ndarray, ref: int, bias: float, z: np.ndarray) -> n
   return failed
 
 
-def reconstruct_one(oracle, prompt: np.ndarray, state: Reconstruction, bias: Optional[float] = None) -> np.ndarray:
+def reconstruct_one(oracle, prompt: np.ndarray, state: Reconstruction, bias: float | None = None) -> np.ndarray:
   """The logit vector z - z_R (V,) of one prompt (module docstring); appends it to `state` and returns it.
 
   Args:
@@ -108,8 +109,10 @@ def reconstruct_one(oracle, prompt: np.ndarray, state: Reconstruction, bias: Opt
     state.retries += len(again)
     failed = _read(_ask(oracle, prompt, again, bound, state), again, ref, bound, z)
   if failed.any():
-    raise BiasTooSmall(f"{int(failed.sum())} group(s) of tokens stayed out of the top-{oracle.top_k} with the API's "
-                       f"largest bias {bound}: this prompt's logits span more than the bound allows")
+    raise BiasTooSmall(
+      f"{int(failed.sum())} group(s) of tokens stayed out of the top-{oracle.top_k} with the API's "
+      f"largest bias {bound}: this prompt's logits span more than the bound allows"
+    )
   state.range_seen = max(state.range_seen, float(-np.min(z)))
   state.vectors.append(z)
   return z

@@ -8,6 +8,7 @@ the h-th singular vector, which is only noise when the offset is below the answe
 norm it is the top-h right singular vectors. Columns are scaled to the logits' scale (singular value / sqrt(n)).
 Precision: float64.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,7 +29,7 @@ def recover_unembedding(vectors: np.ndarray, hidden: int, final_norm: str = "lay
   if final_norm == "layernorm":
     mean = y.mean(axis=0)
     _, s, vt = np.linalg.svd(y - mean, full_matrices=False)
-    basis = vt[:hidden - 1].T * (s[:hidden - 1] / np.sqrt(n))
+    basis = vt[: hidden - 1].T * (s[: hidden - 1] / np.sqrt(n))
     return np.concatenate([basis, mean[:, None]], axis=1)
   _, s, vt = np.linalg.svd(y, full_matrices=False)
   return vt[:hidden].T * (s[:hidden] / np.sqrt(n))

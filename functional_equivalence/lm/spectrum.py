@@ -15,10 +15,10 @@ the origin -- after training often below float32's noise. `detect` therefore rea
 under `final_norm='layernorm'` (GPT-2, Pythia, OPT and this codebase's victim), and as the linear dimension
 under 'rmsnorm' (RMSNorm or no final norm: no centring). Both dimensions are reported. Precision: float64 SVD.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import numpy as np
 
@@ -29,6 +29,7 @@ FINAL_NORMS = ("layernorm", "rmsnorm")
 @dataclasses.dataclass(frozen=True)
 class Gap:
   """The largest multiplicative gap: `dim` singular values above it, ratio s_dim / s_(dim+1), `tail` below."""
+
   dim: int
   ratio: float
   tail: int
@@ -42,7 +43,7 @@ def singular_values(vectors: np.ndarray) -> np.ndarray:
   return np.linalg.svd(np.asarray(vectors, np.float64), compute_uv=False)
 
 
-def largest_gap(values: np.ndarray) -> Optional[Gap]:
+def largest_gap(values: np.ndarray) -> Gap | None:
   """The largest ratio of consecutive singular values (None for fewer than 2 values or an all-zero spectrum)."""
   s = np.maximum(np.asarray(values, np.float64), np.finfo(np.float64).tiny)
   if len(s) < 2 or s[0] <= np.finfo(np.float64).tiny:
@@ -62,22 +63,24 @@ class Detection:
       centring removes one dimension).
     notes: what the two dimensions say about the assumption (e.g. the offset direction below the noise).
   """
-  hidden: Optional[int]
-  linear: Optional[Gap]
-  affine: Optional[Gap]
+
+  hidden: int | None
+  linear: Gap | None
+  affine: Gap | None
   values: np.ndarray
   notes: tuple = ()
 
 
-def detect(vectors: np.ndarray, threshold: float = DEFAULT_THRESHOLD, tail: int = 2,
-           final_norm: str = "layernorm") -> Detection:
+def detect(
+  vectors: np.ndarray, threshold: float = DEFAULT_THRESHOLD, tail: int = 2, final_norm: str = "layernorm"
+) -> Detection:
   """Hidden size from n stacked logit vectors (n x V) by the gap rule (module docstring)."""
   if final_norm not in FINAL_NORMS:
     raise ValueError(f"final_norm must be one of {', '.join(FINAL_NORMS)}, got {final_norm!r}")
   vectors = np.asarray(vectors, np.float64)
   values = singular_values(vectors)
   linear = largest_gap(values)
-  affine = largest_gap(singular_values(vectors - vectors.mean(axis=0))[:len(vectors) - 1])
+  affine = largest_gap(singular_values(vectors - vectors.mean(axis=0))[: len(vectors) - 1])
   # the dimensions of the accepted gaps, None where there is none
   lin_dim = linear.dim if linear is not None and linear.accepted(threshold, tail) else None
   aff_dim = affine.dim if affine is not None and affine.accepted(threshold, tail) else None
@@ -88,10 +91,14 @@ def detect(vectors: np.ndarray, threshold: float = DEFAULT_THRESHOLD, tail: int 
     hidden = aff_dim + 1 if aff_dim is not None else None
     if aff_dim is not None and (lin_dim is None or lin_dim == aff_dim):
       seen = f"span only {lin_dim} dimensions" if lin_dim is not None else "show no accepted gap in their linear span"
-      notes.append(f"the logits {seen}: the offset of their affine hull from the origin (a final LayerNorm's "
-                   f"bias) is weak against the answers' noise, or zero; the h-th direction of W is then poorly "
-                   f"determined")
+      notes.append(
+        f"the logits {seen}: the offset of their affine hull from the origin (a final LayerNorm's "
+        f"bias) is weak against the answers' noise, or zero; the h-th direction of W is then poorly "
+        f"determined"
+      )
     elif aff_dim is not None and lin_dim is not None and lin_dim != aff_dim + 1:
-      notes.append(f"linear span {lin_dim} vs affine hull {aff_dim}: not the signature of a final LayerNorm "
-                   f"(e.g. an unembedding bias adds a dimension)")
+      notes.append(
+        f"linear span {lin_dim} vs affine hull {aff_dim}: not the signature of a final LayerNorm "
+        f"(e.g. an unembedding bias adds a dimension)"
+      )
   return Detection(hidden, linear, affine, values, tuple(notes))

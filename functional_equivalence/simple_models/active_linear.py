@@ -19,6 +19,7 @@ about 2 d (d + 1) ln(radius / epsilon) queries against Lowd-Meek's d log2(1 / ep
 benchmarks/results/table1_direct.md. A final check on `checks` random box points restarts with a 1000x larger
 radius if the victim lay outside the first ball. Precision: float64.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,6 +37,7 @@ class Config:
   """epsilon: target direction precision; radius: initial ball (slice units); reach: farthest query (normalised
   units); witness_queries: random points for the sign witnesses; checks: random points for the final check;
   max_iterations: a guard on queries per attempt; attempts: radii tried (each 1000x the previous)."""
+
   epsilon: float = 1e-6
   radius: float = 1e4
   reach: float = 1e6
@@ -51,14 +53,14 @@ _TILTS = (0.0, *np.logspace(-8, 2, 21))
 def _ellipsoid_search(label_of, theta0, basis, radius, cfg: Config):
   """Central-cut ellipsoid method over phi (see module docstring); returns (theta, iterations)."""
   n = basis.shape[1]
-  phi, p = np.zeros(n), np.eye(n) * radius ** 2
+  phi, p = np.zeros(n), np.eye(n) * radius**2
   for it in range(cfg.max_iterations):
     lam, vecs = np.linalg.eigh(p)
     theta = theta0 + basis @ phi
     if np.sqrt(max(lam[-1], 0.0)) <= cfg.epsilon * np.linalg.norm(theta):
       return theta, it
-    v, c = vecs[:, -1], basis[-1]                       # the longest axis; c: the bias direction in phi
-    for kappa in _TILTS:                                # tilt the cut towards c until the query is within reach
+    v, c = vecs[:, -1], basis[-1]  # the longest axis; c: the bias direction in phi
+    for kappa in _TILTS:  # tilt the cut towards c until the query is within reach
       a = v + np.sign(v @ c or 1.0) * kappa * c
       v_cut = a / np.linalg.norm(a)
       zt = basis @ v_cut - (phi @ v_cut) * theta0
@@ -69,7 +71,7 @@ def _ellipsoid_search(label_of, theta0, basis, radius, cfg: Config):
     v = v_cut
     z, s = zt[:-1] / zt[-1], np.sign(zt[-1])
     y = 1.0 if label_of(z) == 1 else -1.0
-    g = -y * s * v                                      # keep {phi: g . (phi - phi_c) <= 0}
+    g = -y * s * v  # keep {phi: g . (phi - phi_c) <= 0}
     pg = p @ g
     bvec = pg / np.sqrt(g @ pg)
     if n == 1:
@@ -89,7 +91,7 @@ def extract(oracle, box: Box, cfg: Config = Config(), rng: np.random.Generator |
   x_pos, x_neg, witnesses = sign_witnesses(ask, box, rng, cfg.witness_queries, "active_linear")
   u = (x_pos - x_neg) / half
   theta0 = np.concatenate([u / np.linalg.norm(u), [0.0]])
-  basis = np.linalg.svd(theta0[None])[2][1:].T                              # (d + 1, d), orthonormal, _|_ theta0
+  basis = np.linalg.svd(theta0[None])[2][1:].T  # (d + 1, d), orthonormal, _|_ theta0
   label_of = lambda z: labels(ask((center + half * z)[None]), "active_linear")[0]
   x_check = box.sample(rng, cfg.checks)
   y_check = labels(ask(x_check), "active_linear")
@@ -101,8 +103,14 @@ def extract(oracle, box: Box, cfg: Config = Config(), rng: np.random.Generator |
     w, b = theta[:d] / half, theta[d] - center @ theta[:d] / half
     if np.all((x_check @ w + b > 0) == (y_check == 1)):
       norm = np.linalg.norm(w)
-      return Halfspace(w / norm, b / norm, ask.queries,
-                    dict(witness_queries=witnesses, iterations=iterations, attempts=attempt + 1, radius=radius))
+      return Halfspace(
+        w / norm,
+        b / norm,
+        ask.queries,
+        dict(witness_queries=witnesses, iterations=iterations, attempts=attempt + 1, radius=radius),
+      )
     radius *= 1e3
-  raise ExtractionError(f"active_linear: the learned classifier disagrees with the answers at random box points "
-                        f"after {cfg.attempts} radii (last {radius / 1e3:g}); is the victim linear?")
+  raise ExtractionError(
+    f"active_linear: the learned classifier disagrees with the answers at random box points "
+    f"after {cfg.attempts} radii (last {radius / 1e3:g}); is the victim linear?"
+  )

@@ -4,6 +4,7 @@ Precision: float64 throughout. The box [low, high]^d is the attacker's input dom
 from it and fidelity is measured on it; line searches of Lowd-Meek, Milli and the active learner may leave it
 (an API takes any real vector), the tree attacks stay inside it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,6 +21,7 @@ class UnsupportedAnswersError(ExtractionError):
 @dataclasses.dataclass(frozen=True)
 class Box:
   """The input domain [low, high]^dim."""
+
   low: float
   high: float
   dim: int
@@ -46,6 +48,7 @@ class Box:
 @dataclasses.dataclass
 class Halfspace:
   """A recovered binary linear classifier sign(w . x + b), scaled to |w| = 1; queries: inputs asked; stats."""
+
   w: np.ndarray
   b: float
   queries: int
@@ -68,6 +71,8 @@ class Asker:
 def labels(answers: np.ndarray, attack: str) -> np.ndarray:
   """Binary labels (0/1) from answers with two columns (one-hot labels or probabilities)."""
   if answers.ndim != 2 or answers.shape[1] != 2:
-    raise UnsupportedAnswersError(f"{attack} recovers binary classifiers: the API answers "
-                                  f"{answers.shape[1] if answers.ndim == 2 else answers.shape} classes, not 2")
+    raise UnsupportedAnswersError(
+      f"{attack} recovers binary classifiers: the API answers "
+      f"{answers.shape[1] if answers.ndim == 2 else answers.shape} classes, not 2"
+    )
   return (answers[:, 1] > answers[:, 0]).astype(np.int64)

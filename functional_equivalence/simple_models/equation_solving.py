@@ -15,6 +15,7 @@ Security), Sec. 4.1: equation-solving attacks, and retraining when the API answe
 * `retrain`: Tramer's uniform retraining, for a labels-only API: label random points of the box and fit a
   logistic regression (scikit-learn) to them; its fidelity is a result.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,6 +29,7 @@ from functional_equivalence.simple_models.common import Asker, Box, UnsupportedA
 @dataclasses.dataclass
 class LinearResult:
   """coef (1, d) binary or (k, d), intercept (1,) or (k,): scikit-learn's convention; queries: inputs asked."""
+
   coef: np.ndarray
   intercept: np.ndarray
   queries: int
@@ -36,12 +38,15 @@ class LinearResult:
 
 def _probabilities(answers: np.ndarray, attack: str) -> np.ndarray:
   if answers.ndim != 2 or answers.shape[1] < 2:
-    raise UnsupportedAnswersError(f"{attack} needs class probabilities of at least 2 classes, got answers of "
-                                  f"shape {answers.shape}")
+    raise UnsupportedAnswersError(
+      f"{attack} needs class probabilities of at least 2 classes, got answers of shape {answers.shape}"
+    )
   if np.all(np.isin(answers, (0.0, 1.0))):
-    raise UnsupportedAnswersError(f"{attack} needs probabilities but every answer is 0 or 1 (a labels API, or "
-                                  f"probabilities saturated on all {len(answers)} points asked); use retraining "
-                                  f"(labels) or lowd_meek")
+    raise UnsupportedAnswersError(
+      f"{attack} needs probabilities but every answer is 0 or 1 (a labels API, or "
+      f"probabilities saturated on all {len(answers)} points asked); use retraining "
+      f"(labels) or lowd_meek"
+    )
   return answers
 
 
@@ -61,13 +66,15 @@ def solve_logistic(oracle, box: Box, rng: np.random.Generator | None = None, red
     x[bad] = np.clip(best + rng.uniform(-radius, radius, size=(int(bad.sum()), box.dim)), box.low, box.high)
     p[bad] = _probabilities(ask(x[bad]), "equation_solving")
   if not np.all((p > 0) & (p < 1)):
-    raise UnsupportedAnswersError(f"equation_solving: probabilities stay exactly 0 or 1 after {redraws} redraws "
-                                  f"(logits beyond float64 range on the box)")
-  z = np.log(p[:, 1:]) - np.log(p[:, :1])                                   # (n, k - 1) logit differences
+    raise UnsupportedAnswersError(
+      f"equation_solving: probabilities stay exactly 0 or 1 after {redraws} redraws "
+      f"(logits beyond float64 range on the box)"
+    )
+  z = np.log(p[:, 1:]) - np.log(p[:, :1])  # (n, k - 1) logit differences
   half = 0.5 * box.width
   a = np.concatenate([(x - box.center) / half, np.ones((n, 1))], axis=1)  # normalised coordinates + bias column
-  theta = np.linalg.solve(a, z)                                             # (d + 1, k - 1)
-  w = theta[:-1] / half                                                     # (d, k - 1)
+  theta = np.linalg.solve(a, z)  # (d + 1, k - 1)
+  w = theta[:-1] / half  # (d, k - 1)
   b = theta[-1] - box.center @ w
   if p.shape[1] == 2:
     coef, intercept = w.T, b
@@ -75,13 +82,18 @@ def solve_logistic(oracle, box: Box, rng: np.random.Generator | None = None, red
     coef = np.concatenate([np.zeros((1, box.dim)), w.T])
     intercept = np.concatenate([[0.0], b])
     coef, intercept = coef - coef.mean(axis=0), intercept - intercept.mean()
-  return LinearResult(coef, intercept, ask.queries, dict(condition_number=float(np.linalg.cond(a)),
-                                                        classes=int(p.shape[1]), redrawn=ask.queries - n))
+  return LinearResult(
+    coef,
+    intercept,
+    ask.queries,
+    dict(condition_number=float(np.linalg.cond(a)), classes=int(p.shape[1]), redrawn=ask.queries - n),
+  )
 
 
 def retrain(oracle, box: Box, queries: int, rng: np.random.Generator | None = None) -> LinearResult:
   """Uniform retraining (labels API): a logistic regression fitted to the labels of `queries` random box points."""
   from sklearn.linear_model import LogisticRegression
+
   rng = rng if rng is not None else np.random.default_rng(0)
   ask = Asker(oracle)
   x = box.sample(rng, queries)
@@ -91,15 +103,19 @@ def retrain(oracle, box: Box, queries: int, rng: np.random.Generator | None = No
   y = answers.argmax(axis=1)
   seen = np.unique(y)
   if len(seen) < 2:
-    raise UnsupportedAnswersError(f"retraining: all {queries} random points of the box got class {seen[0]}; "
-                                  f"nothing to learn a boundary from")
+    raise UnsupportedAnswersError(
+      f"retraining: all {queries} random points of the box got class {seen[0]}; nothing to learn a boundary from"
+    )
   model = LogisticRegression(C=1e3, max_iter=5000).fit(x, y)
   k = answers.shape[1]
   if k == 2:
     return LinearResult(model.coef_, model.intercept_, ask.queries, dict(classes_seen=len(seen)))
   coef, intercept = np.zeros((k, box.dim)), np.full(k, -1e3)  # classes never seen get a large negative score
-  coef[seen], intercept[seen] = (model.coef_, model.intercept_) if len(seen) > 2 else (
-      np.concatenate([-model.coef_, model.coef_]) / 2, np.concatenate([-model.intercept_, model.intercept_]) / 2)
+  coef[seen], intercept[seen] = (
+    (model.coef_, model.intercept_)
+    if len(seen) > 2
+    else (np.concatenate([-model.coef_, model.coef_]) / 2, np.concatenate([-model.intercept_, model.intercept_]) / 2)
+  )
   return LinearResult(coef, intercept, ask.queries, dict(classes_seen=len(seen)))
 
 
@@ -108,15 +124,18 @@ def mlp_unknowns(d: int, hidden: int, k: int) -> int:
   return hidden * (d + 1) + k * (hidden + 1)
 
 
-def fit_two_layer(oracle, box: Box, hidden: int, queries: int, rng: np.random.Generator | None = None,
-                  max_iter: int = 3000):
+def fit_two_layer(
+  oracle, box: Box, hidden: int, queries: int, rng: np.random.Generator | None = None, max_iter: int = 3000
+):
   """A d-hidden-k ReLU network fitted to the probabilities of `queries` random box points (L-BFGS, float64).
 
   Returns (TwoLayerNet, queries asked, stats with the final cross-entropy gap)."""
   import jax
   import jax.numpy as jnp
   from scipy.optimize import minimize
+
   from functional_equivalence.victims import TwoLayerNet
+
   rng = rng if rng is not None else np.random.default_rng(0)
   ask = Asker(oracle)
   x = box.sample(rng, queries)
@@ -133,7 +152,7 @@ def fit_two_layer(oracle, box: Box, hidden: int, queries: int, rng: np.random.Ge
     def unpack(v):
       out, i = [], 0
       for s, n in zip(shapes, sizes):
-        out.append(v[i:i + n].reshape(s))
+        out.append(v[i : i + n].reshape(s))
         i += n
       return out
 
@@ -143,10 +162,17 @@ def fit_two_layer(oracle, box: Box, hidden: int, queries: int, rng: np.random.Ge
         w0, b0, w1, b1 = unpack(v)
         logits = jax.nn.relu(xs @ w0 + b0) @ w1 + b1
         return -jnp.sum(ps * jax.nn.log_softmax(logits)) / len(p)
+
       return jax.value_and_grad(loss)(v)
 
-    v0 = np.concatenate([rng.normal(size=d * hidden) * np.sqrt(2.0 / d), np.zeros(hidden),
-                         rng.normal(size=hidden * k) / np.sqrt(hidden), np.zeros(k)])
+    v0 = np.concatenate(
+      [
+        rng.normal(size=d * hidden) * np.sqrt(2.0 / d),
+        np.zeros(hidden),
+        rng.normal(size=hidden * k) / np.sqrt(hidden),
+        np.zeros(k),
+      ]
+    )
     fun = lambda v: tuple(np.asarray(a, np.float64) for a in loss_and_grad(jnp.asarray(v)))
     opt = minimize(fun, v0, jac=True, method="L-BFGS-B", options=dict(maxiter=max_iter, maxfun=2 * max_iter))
   w0, b0, w1, b1 = (np.asarray(a) for a in unpack(opt.x))

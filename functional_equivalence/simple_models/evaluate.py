@@ -1,5 +1,6 @@
 """How a directly recovered model compares with its victim: parameter errors, tree leaves and thresholds,
 agreement on inputs. Evaluation only: it reads the victim, which no attack ever does. Float64."""
+
 from __future__ import annotations
 
 import numpy as np

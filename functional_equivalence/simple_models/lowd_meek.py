@@ -15,6 +15,7 @@ batched over features: one oracle call per level, one input per open search.
 Queries: a few witnesses + log2(width / (epsilon * width)) for the boundary + about (2 + log2(1 / epsilon)) per
 feature. Precision: float64; the direction is exact up to about epsilon relative.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,10 +40,11 @@ class Config:
     step: distance of the probe point from the boundary, in box widths.
     max_stretch: farthest line search along a feature, in box widths (weights below m / max_stretch read 0).
   """
+
   epsilon: float = 1e-9
   witness_queries: int = 1024
   step: float = 0.25
-  max_stretch: float = 2.0 ** 40
+  max_stretch: float = 2.0**40
 
 
 def sign_witnesses(ask, box: Box, rng: np.random.Generator, budget: int, attack: str = "lowd_meek"):
@@ -55,8 +57,10 @@ def sign_witnesses(ask, box: Box, rng: np.random.Generator, budget: int, attack:
     asked, size = asked + n, size * (2 if asked else 1)
     if y.min() != y.max():
       return x[np.argmax(y == 1)], x[np.argmax(y == 0)], asked
-  raise NoWitnessError(f"{attack}: all {budget} random points of the box got the same label; the classifier "
-                       f"is constant on the box (no sign witnesses)")
+  raise NoWitnessError(
+    f"{attack}: all {budget} random points of the box got the same label; the classifier "
+    f"is constant on the box (no sign witnesses)"
+  )
 
 
 def _bisect(ask_label, lo, hi, ref, done):
@@ -81,15 +85,22 @@ def extract(oracle, box: Box, cfg: Config = Config(), rng: np.random.Generator |
   # 2. boundary point between the witnesses
   span = x_pos - x_neg
   length = np.linalg.norm(span)
-  lo, hi = _bisect(lambda rows, t: label(x_neg + t[:, None] * span), [0.0], [1.0], np.zeros(1, np.int64),
-                   lambda lo, hi: (hi - lo) * length <= cfg.epsilon * box.width)
+  lo, hi = _bisect(
+    lambda rows, t: label(x_neg + t[:, None] * span),
+    [0.0],
+    [1.0],
+    np.zeros(1, np.int64),
+    lambda lo, hi: (hi - lo) * length <= cfg.epsilon * box.width,
+  )
   x_b = x_neg + 0.5 * (lo[0] + hi[0]) * span
   boundary = ask.queries - witnesses
   # 3. probe point on the positive side
   q = x_b + cfg.step * box.width * span / length
   if label(q[None])[0] != 1:
-    raise ExtractionError("lowd_meek: the probe point past the boundary is not positive: the classifier is not "
-                          "linear along the witness line")
+    raise ExtractionError(
+      "lowd_meek: the probe point past the boundary is not positive: the classifier is not "
+      "linear along the witness line"
+    )
   # 4. per-feature line searches from q: doubling on both sides, then bisection of |delta|
   d, s0 = box.dim, cfg.step * box.width
   direction, lo, hi = np.zeros(d), np.zeros(d), np.full(d, np.nan)
@@ -114,12 +125,17 @@ def extract(oracle, box: Box, cfg: Config = Config(), rng: np.random.Generator |
     pts[np.arange(len(rows)), found[rows]] += direction[found[rows]] * t
     return label(pts)
 
-  lo_f, hi_f = _bisect(ask_feature, lo[found], hi[found], np.ones(len(found), np.int64),
-                       lambda lo, hi: hi - lo <= cfg.epsilon * hi)
+  lo_f, hi_f = _bisect(
+    ask_feature, lo[found], hi[found], np.ones(len(found), np.int64), lambda lo, hi: hi - lo <= cfg.epsilon * hi
+  )
   w = np.zeros(d)
   w[found] = -1.0 / (direction[found] * 0.5 * (lo_f + hi_f))  # margin m = 1: the common positive scale
   b = -float(w @ x_b)
   norm = np.linalg.norm(w)
-  stats = dict(witness_queries=witnesses, boundary_queries=boundary, feature_queries=ask.queries - witnesses - boundary,
-               zero_weights=int(d - found.size))
+  stats = dict(
+    witness_queries=witnesses,
+    boundary_queries=boundary,
+    feature_queries=ask.queries - witnesses - boundary,
+    zero_weights=int(d - found.size),
+  )
   return Halfspace(w / norm, b / norm, ask.queries, stats)

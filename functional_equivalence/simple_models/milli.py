@@ -20,6 +20,7 @@ unit's output weights times its row) where a line crosses unit i's hyperplane w_
      box points, and another line is searched (units merged) while they disagree, up to `lines` lines.
 Precision: float64. Units whose jump is below `tolerance` relative to the gradient are not seen.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,6 +35,7 @@ from functional_equivalence.victims import TwoLayerNet
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Settings of the gradient attack (see module docstring)."""
+
   epsilon: float = 1e-10
   reach: float = 1e6
   lines: int = 4
@@ -50,8 +52,9 @@ class Result:
 
 def _split(answers: np.ndarray, d: int):
   if answers.ndim != 3 or answers.shape[2] != d + 1:
-    raise UnsupportedAnswersError(f"gradient recovery needs the oracle's 'gradients' answers (N, k, d + 1) with "
-                                  f"d = {d}, got shape {answers.shape}")
+    raise UnsupportedAnswersError(
+      f"gradient recovery needs the oracle's 'gradients' answers (N, k, d + 1) with d = {d}, got shape {answers.shape}"
+    )
   return answers[:, :, :d], answers[:, :, d]
 
 
@@ -66,19 +69,19 @@ def _kinks_on_line(ask, box: Box, p, u, cfg: Config):
   d, reach, eps = box.dim, cfg.reach * box.width, cfg.epsilon * box.width
   t = np.array([-reach, 0.0, reach])
   g, f = _split(ask(p + t[:, None] * u), d)
-  a, b, ga, gb, fa, fb = t[:2], t[1:], g[:2], g[1:], f[:2], f[1:]      # brackets, their ends' gradients, logits
+  a, b, ga, gb, fa, fb = t[:2], t[1:], g[:2], g[1:], f[:2], f[1:]  # brackets, their ends' gradients, logits
   units = []
   while len(a):
     keep = _differ(ga, gb, cfg.tolerance)
     narrow, wide = keep & (b - a <= eps), keep & (b - a > eps)
     for i in np.flatnonzero(narrow):
-      jump = gb[i] - ga[i]                                               # (k, d) = alpha n^T
+      jump = gb[i] - ga[i]  # (k, d) = alpha n^T
       _, s, vt = np.linalg.svd(jump, full_matrices=False)
       if len(s) > 1 and s[1] > 1e-6 * s[0]:
         return None
       n = vt[0] * np.sign(vt[0] @ u)
       alpha = jump @ n
-      sa, sb = ga[i] @ u, gb[i] @ u                                      # slopes of the logits along the line
+      sa, sb = ga[i] @ u, gb[i] @ u  # slopes of the logits along the line
       j = np.argmax(np.abs(sb - sa))
       tk = np.clip((fb[i, j] - fa[i, j] + sa[j] * a[i] - sb[j] * b[i]) / (sa[j] - sb[j]), a[i], b[i])
       units.append((n, -n @ (p + tk * u), alpha))
@@ -116,12 +119,12 @@ def _flips(cols: np.ndarray, target: np.ndarray, max_free: int = 12):
     return np.round(beta) == 1
   _, s, vt = np.linalg.svd(cols)
   rank = int(np.sum(s > 1e-10 * s[0]))
-  null = vt[rank:].T                                                     # (h, q)
+  null = vt[rank:].T  # (h, q)
   q = null.shape[1]
   if not 0 < q <= max_free:
     return None
   rows = _independent_rows(null)
-  for bits in range(2 ** q):
+  for bits in range(2**q):
     want = np.array([(bits >> i) & 1 for i in range(q)], np.float64)
     z = np.linalg.solve(null[rows], want - beta[rows])
     cand = beta + null @ z
@@ -147,26 +150,29 @@ def _assemble(units, d, k, x0, g0, f0, tol):
   """The network of the found units with each unit's active side chosen to fit the gradient g0 at x0, a linear
   term (pairs of units) for what they do not explain, and b1 from the logits f0 at x0."""
   if units:
-    n = np.stack([u[0] for u in units], axis=1)                          # (d, h)
+    n = np.stack([u[0] for u in units], axis=1)  # (d, h)
     off = np.array([u[1] for u in units])
-    alpha = np.stack([u[2] for u in units])                              # (h, k)
+    alpha = np.stack([u[2] for u in units])  # (h, k)
   else:
     n, off, alpha = np.zeros((d, 0)), np.zeros(0), np.zeros((0, k))
   on = (x0 @ n + off > 0).astype(np.float64)
-  residual = (alpha * on[:, None]).T @ n.T - g0                          # (k, d): sum of alpha_i n_i^T over flips
-  cols = np.stack([np.outer(alpha[i], n[:, i]).ravel() for i in range(len(off))], axis=1) if len(off) else \
-      np.zeros((k * d, 0))
+  residual = (alpha * on[:, None]).T @ n.T - g0  # (k, d): sum of alpha_i n_i^T over flips
+  cols = (
+    np.stack([np.outer(alpha[i], n[:, i]).ravel() for i in range(len(off))], axis=1)
+    if len(off)
+    else np.zeros((k * d, 0))
+  )
   flip = _flips(cols, residual.ravel()) if len(off) else np.zeros(0, bool)
   if flip is None:
-    flip = np.zeros(len(off), bool)                                      # undecidable: all into the linear term
+    flip = np.zeros(len(off), bool)  # undecidable: all into the linear term
   sign = np.where(flip, -1.0, 1.0)
   w0, b0, w1 = n * sign, off * sign, alpha
-  lin = g0 - (w1 * (x0 @ w0 + b0 > 0)[:, None]).T @ w0.T               # (k, d) not explained by the units
+  lin = g0 - (w1 * (x0 @ w0 + b0 > 0)[:, None]).T @ w0.T  # (k, d) not explained by the units
   extra = 0
   if np.abs(lin).max() > tol * max(np.abs(g0).max(), 1e-300):
     uu, s, vt = np.linalg.svd(lin, full_matrices=False)
     r = int(np.sum(s > 1e-12 * s[0]))
-    v, out = vt[:r].T, (uu[:, :r] * s[:r]).T                             # lin = out^T v^T
+    v, out = vt[:r].T, (uu[:, :r] * s[:r]).T  # lin = out^T v^T
     w0 = np.concatenate([w0, v, -v], axis=1)
     b0 = np.concatenate([b0, np.zeros(2 * r)])
     w1 = np.concatenate([w1, out, -out])
@@ -179,8 +185,10 @@ def _agrees(net: TwoLayerNet, x, g, f, tol) -> bool:
   pre = x @ net.w0 + net.b0
   g_hat = np.einsum("nhk,dh->nkd", (pre > 0)[:, :, None] * net.w1, net.w0, optimize=True)
   f_hat = np.maximum(pre, 0) @ net.w1 + net.b1
-  return bool(np.abs(g_hat - g).max() <= tol * max(np.abs(g).max(), 1e-300) * 10
-              and np.abs(f_hat - f).max() <= 1e-6 * max(np.abs(f).max(), 1.0))
+  return bool(
+    np.abs(g_hat - g).max() <= tol * max(np.abs(g).max(), 1e-300) * 10
+    and np.abs(f_hat - f).max() <= 1e-6 * max(np.abs(f).max(), 1.0)
+  )
 
 
 def extract(oracle, box: Box, cfg: Config = Config(), rng: np.random.Generator | None = None) -> Result:
@@ -206,6 +214,8 @@ def extract(oracle, box: Box, cfg: Config = Config(), rng: np.random.Generator |
     net, extra = _assemble(units, d, k, x_check[0], g_check[0], f_check[0], cfg.tolerance)
     if _agrees(net, x_check, g_check, f_check, cfg.tolerance):
       return Result(net, ask.queries, dict(lines=lines, units=len(units), linear_units=extra, failed_lines=failed))
-  raise ExtractionError(f"gradient recovery: after {lines} lines ({failed} with kinks closer than epsilon) the "
-                        f"recovered network still disagrees with the answers at random box points; raise --epsilon "
-                        f"precision or the reach, or the victim is not a two-layer ReLU network")
+  raise ExtractionError(
+    f"gradient recovery: after {lines} lines ({failed} with kinks closer than epsilon) the "
+    f"recovered network still disagrees with the answers at random box points; raise --epsilon "
+    f"precision or the reach, or the victim is not a two-layer ReLU network"
+  )

@@ -25,6 +25,7 @@ Every line search stays inside the box [low, high]; leaves only reachable outsid
 answer an input of the box). Leaf boxes are turned back into a tree by `tree_build.build`.
 Precision: thresholds within epsilon box widths (float64 bisection); leaf values exact (they are answered).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,6 +45,7 @@ class Config:
   """strategy: one of STRATEGIES; epsilon: bracket width (box widths) at which a threshold is placed;
   reuse_thresholds: try the boundaries already found on a feature before bisecting (see `line_search`);
   max_leaves: stop with an error past this many leaves (a guard against an API that is not a tree)."""
+
   strategy: str = "top_down"
   epsilon: float = 1e-9
   reuse_thresholds: bool = True
@@ -54,6 +56,7 @@ class Config:
 class Result:
   """leaves: ids (n,), lo (n, d), hi (n, d) (box edges; -inf/inf unbounded), values (n, v); tree: the rebuilt
   tree (tree_build.Tree); queries: inputs asked; stats."""
+
   ids: np.ndarray
   lo: np.ndarray
   hi: np.ndarray
@@ -70,8 +73,7 @@ class _LeafAsker:
   def __call__(self, x):
     out = self.ask(x)
     if out.ndim != 2 or out.shape[1] < 2:
-      raise UnsupportedAnswersError(f"path finding needs the oracle's 'leaf' answers (N, 1 + v), got shape "
-                                    f"{out.shape}")
+      raise UnsupportedAnswersError(f"path finding needs the oracle's 'leaf' answers (N, 1 + v), got shape {out.shape}")
     return out[:, 0], out[:, 1:]
 
 
@@ -94,7 +96,7 @@ def line_search(ask, box: Box, bases: np.ndarray, features: np.ndarray, eps: flo
   value_of = {i: v for i, v in zip(ids, vals)}
   line, a, b = np.arange(m), np.full(m, box.low), np.full(m, box.high)
   ida, idb = ids[:m], ids[m:]
-  bounds: list[list] = [[] for _ in range(m)]                                 # (a, b, id_a, id_b) per line
+  bounds: list[list] = [[] for _ in range(m)]  # (a, b, id_a, id_b) per line
   sorted_known = {f: np.array(sorted(v)) for f, v in (known or {}).items()}
   while len(line):
     diff = ida != idb
@@ -110,7 +112,7 @@ def line_search(ask, box: Box, bases: np.ndarray, features: np.ndarray, eps: flo
     line, a, b, ida, idb, mid = (v[~closed] for v in (line, a, b, ida, idb, mid))
     if not len(line):
       break
-    probes = []                                                         # per bracket: the points to ask
+    probes = []  # per bracket: the points to ask
     for j in range(len(line)):
       k = sorted_known.get(int(features[line[j]]))
       inside = k[(k[:, 0] > a[j]) & (k[:, 1] < b[j])] if k is not None else np.zeros((0, 2))
@@ -121,7 +123,7 @@ def line_search(ask, box: Box, bases: np.ndarray, features: np.ndarray, eps: flo
     pts[np.arange(len(owner)), features[line[owner]]] = t
     idt, valt = ask(pts)
     value_of.update(zip(idt, valt))
-    new = []                                                            # consecutive segments of every bracket
+    new = []  # consecutive segments of every bracket
     for j in range(len(line)):
       ts, it = t[owner == j], idt[owner == j]
       cuts, cut_ids = [a[j], *ts, b[j]], [ida[j], *it, idb[j]]
@@ -136,10 +138,13 @@ def line_search(ask, box: Box, bases: np.ndarray, features: np.ndarray, eps: flo
     pieces_ids = [ids[i]] + [br[3] for br in bl]
     for j in range(len(bl)):
       if bl[j][2] != pieces_ids[j]:
-        raise ExtractionError("path finding: the answers along a line are not those of a tree (an identifier "
-                              "occurs on two separate intervals)")
-    out.append([(pid, value_of[pid], edges[j], edges[j + 1], 0.5 * (inner[j] + inner_hi[j]))
-                for j, pid in enumerate(pieces_ids)])
+        raise ExtractionError(
+          "path finding: the answers along a line are not those of a tree (an identifier "
+          "occurs on two separate intervals)"
+        )
+    out.append(
+      [(pid, value_of[pid], edges[j], edges[j + 1], 0.5 * (inner[j] + inner_hi[j])) for j, pid in enumerate(pieces_ids)]
+    )
   return out
 
 
@@ -187,6 +192,7 @@ def _search_leaves(ask, box, cfg, rng, leaf_features):
 
 def _path_features(ask, d):
   """For 'incomplete': the features each leaf's path tests, one incomplete query per feature and leaf."""
+
   def features(ids, points):
     n = len(points)
     probe = np.repeat(points, d, axis=0)
@@ -194,6 +200,7 @@ def _path_features(ask, d):
     got, _ = ask(probe)
     changed = got.reshape(n, d) != ids[:, None]
     return [np.flatnonzero(row) for row in changed]
+
   return features
 
 
@@ -207,12 +214,12 @@ def _tested_features(ask, points, node_ids, fill):
     open_ = [i for i, c in cands.items() if len(c) > 1]
     probe = points[open_].copy()
     for r, i in enumerate(open_):
-      half = cands[i][:len(cands[i]) // 2]
+      half = cands[i][: len(cands[i]) // 2]
       probe[r, half] = fill[half]
     got, _ = ask(probe)
     for r, i in enumerate(open_):
       c = cands[i]
-      cands[i] = c[:len(c) // 2] if got[r] != node_ids[i] else c[len(c) // 2:]
+      cands[i] = c[: len(c) // 2] if got[r] != node_ids[i] else c[len(c) // 2 :]
   tested = np.full(len(points), -1, np.int64)
   for i, c in cands.items():
     tested[i] = c[0]
@@ -223,7 +230,7 @@ def _top_down(ask, box, cfg, rng):
   """'top_down' (see module docstring). A state is (partial point, id, value, feature searched last, its edges)."""
   d = box.dim
   known: dict[int, set] | None = {} if cfg.reuse_thresholds else None
-  fill = box.sample(rng, 1)[0]                      # values given to missing features when testing a node
+  fill = box.sample(rng, 1)[0]  # values given to missing features when testing a node
   ids, vals = ask(np.full((1, d), np.nan))
   states = [(np.full(d, np.nan), ids[0], vals[0], -1, -np.inf, np.inf)]
   seen = {ids[0]}
@@ -272,5 +279,12 @@ def extract(oracle, box: Box, cfg: Config = Config(), rng: np.random.Generator |
   values = np.stack([leaves[i][0] for i in ids])
   lo, hi = np.stack([leaves[i][1] for i in ids]), np.stack([leaves[i][2] for i in ids])
   tree = tree_build.build(lo, hi, values, tolerance=4 * cfg.epsilon * box.width)
-  return Result(ids, lo, hi, values, tree, ask.ask.queries,
-                dict(strategy=cfg.strategy, leaves=len(ids), internal_nodes=tree.node_count - len(ids)))
+  return Result(
+    ids,
+    lo,
+    hi,
+    values,
+    tree,
+    ask.ask.queries,
+    dict(strategy=cfg.strategy, leaves=len(ids), internal_nodes=tree.node_count - len(ids)),
+  )

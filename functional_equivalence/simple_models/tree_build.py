@@ -6,6 +6,7 @@ the same function). Box edges of the same threshold found from different leaves 
 precision, so sides are compared with a `tolerance`. Nodes are numbered depth first, left before right, as in
 scikit-learn; a split sends x[feature] <= threshold left.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -17,6 +18,7 @@ from functional_equivalence.errors import ExtractionError
 
 class Tree(NamedTuple):
   """Node arrays (scikit-learn's layout): children -1 at leaves, feature -2 at leaves, value (nodes, v)."""
+
   left: np.ndarray
   right: np.ndarray
   feature: np.ndarray
@@ -69,8 +71,10 @@ def build(lo: np.ndarray, hi: np.ndarray, values: np.ndarray, tolerance: float) 
       return node
     found = split_of(idx)
     if found is None:
-      raise ExtractionError(f"path finding: {len(idx)} leaf boxes admit no common split; the leaves found do not "
-                            f"tile the box (a leaf narrower than epsilon was missed, or the victim is not a tree)")
+      raise ExtractionError(
+        f"path finding: {len(idx)} leaf boxes admit no common split; the leaves found do not "
+        f"tile the box (a leaf narrower than epsilon was missed, or the victim is not a tree)"
+      )
     f, t, below, above = found
     feature[node], threshold[node] = f, t
     value[node] = values[idx].mean(axis=0)
@@ -79,15 +83,22 @@ def build(lo: np.ndarray, hi: np.ndarray, values: np.ndarray, tolerance: float) 
     return node
 
   grow(np.arange(len(lo)))
-  return Tree(np.array(left, np.int64), np.array(right, np.int64), np.array(feature, np.int64),
-              np.array(threshold, np.float64), np.stack(value).astype(np.float64))
+  return Tree(
+    np.array(left, np.int64),
+    np.array(right, np.int64),
+    np.array(feature, np.int64),
+    np.array(threshold, np.float64),
+    np.stack(value).astype(np.float64),
+  )
 
 
 def to_sklearn(tree: Tree, n_features: int, regression: bool):
   """The tree as a fitted DecisionTreeClassifier (classes 0..v-1, value = class distribution) or
   DecisionTreeRegressor (value (nodes, 1)), built through scikit-learn's own Tree state."""
   from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
-  from sklearn.tree._tree import NODE_DTYPE, Tree as SkTree
+  from sklearn.tree._tree import NODE_DTYPE
+  from sklearn.tree._tree import Tree as SkTree
+
   v = tree.value.shape[1]
   n_classes = np.array([1 if regression else v], np.intp)
   sk = SkTree(n_features, n_classes, 1)
@@ -100,9 +111,10 @@ def to_sklearn(tree: Tree, n_features: int, regression: bool):
     for c in (tree.left[i], tree.right[i]):
       if c >= 0:
         depth[c] = depth[i] + 1
-  sk.__setstate__(dict(max_depth=int(depth.max()), node_count=tree.node_count, nodes=nodes,
-                       values=tree.value[:, None, :].copy()))
-  est = (DecisionTreeRegressor() if regression else DecisionTreeClassifier())
+  sk.__setstate__(
+    dict(max_depth=int(depth.max()), node_count=tree.node_count, nodes=nodes, values=tree.value[:, None, :].copy())
+  )
+  est = DecisionTreeRegressor() if regression else DecisionTreeClassifier()
   est.tree_, est.n_features_in_, est.n_outputs_, est.max_features_ = sk, n_features, 1, n_features
   if not regression:
     est.classes_, est.n_classes_ = np.arange(v), v
