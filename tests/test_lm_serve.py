@@ -21,6 +21,8 @@ from service import lm as lm_api
 from service.settings import KeySettings
 from tests.conftest import make_key_store
 
+pytestmark = pytest.mark.serve  # the prediction service (HTTP, keys); `-m 'not serve'` skips it
+
 KEYS = {
   "lm-logits-key-0123456789": {"output": "logits"},
   "lm-bias-key-0123456789": {"output": "top_k_bias", "top_k": 5},

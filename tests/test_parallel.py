@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -33,8 +35,6 @@ def test_fs_and_mixmatch_steps_match_across_device_counts():
 
 
 def test_mesh_rejects_too_many_devices():
-  import pytest
-
   from extraction import parallel
 
   with pytest.raises(ValueError, match="device\\(s\\) are available"):
@@ -56,6 +56,7 @@ def _last_json(text):
   return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
 
 
+@pytest.mark.multihost
 def test_two_processes_with_jax_distributed_match_one_device():
   """Multi-host path (jax.distributed, gloo on CPU): 2 processes x 2 devices, each feeding its slice of the batch."""
   import socket

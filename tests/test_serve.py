@@ -28,6 +28,8 @@ from functional_equivalence import align, attack, victims
 from service import keystore
 from tests.conftest import make_key_store
 
+pytestmark = pytest.mark.serve  # the prediction service (HTTP, keys); `-m 'not serve'` skips it
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ROUND = {"round_decimals": 2}
 NOISE = {"noise_std": 0.1}

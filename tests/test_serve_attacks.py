@@ -19,6 +19,8 @@ from extraction.remote import RemoteOracle  # noqa: E402
 from functional_equivalence import victims  # noqa: E402
 from tests.conftest import make_key_store, npy_bytes  # noqa: E402
 
+pytestmark = pytest.mark.serve  # the prediction service (HTTP, keys); `-m 'not serve'` skips it
+
 STD = 0.1
 NOISY, TWIN, FRESH, PROBS = "noisy-logits-key-A1", "noisy-logits-key-B2", "noisy-logits-key-C3", "noisy-probs-key-D4"
 KEYS = {

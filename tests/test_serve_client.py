@@ -21,6 +21,8 @@ from launch import oracle_flags
 from service import keystore
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.serve  # the prediction service (HTTP, keys); `-m 'not serve'` skips it
+
 FLAGS = flags.FLAGS
 HEALTH = {
   "status": "ok",

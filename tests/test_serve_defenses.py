@@ -6,6 +6,8 @@ import pytest
 from extraction import defenses as D
 from extraction.oracle import Oracle, softmax, transform_logits
 
+pytestmark = pytest.mark.serve  # the prediction service (HTTP, keys); `-m 'not serve'` skips it
+
 RNG = np.random.default_rng(0)
 LOGITS = RNG.normal(scale=3.0, size=(500, 10))
 

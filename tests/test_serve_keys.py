@@ -23,6 +23,8 @@ from functional_equivalence import victims  # noqa: E402
 from service import keystore  # noqa: E402
 from tests.conftest import REPO, make_key_store, npy_bytes  # noqa: E402
 
+pytestmark = pytest.mark.serve  # the prediction service (HTTP, keys); `-m 'not serve'` skips it
+
 ALICE, BOB, CAROL = "Kx9_Qm7-Lp2_Wz8-Rt5_Yv3", "Gh4_Jn6-Vb1_Xc0-Ps7_Ud2", "Mr3_Tk8-Wq5_Ze1-Ny6_Hs4"
 
 

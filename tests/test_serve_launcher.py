@@ -11,6 +11,8 @@ import service  # noqa: E402
 from functional_equivalence import victims  # noqa: E402
 from tests.conftest import make_key_store  # noqa: E402
 
+pytestmark = pytest.mark.serve  # the prediction service (HTTP, keys); `-m 'not serve'` skips it
+
 
 def _serve(model, db, keys):
   return service.BackgroundServer(service.create_app(model, make_key_store(db, keys)))

@@ -19,6 +19,8 @@ import service  # noqa: E402
 from functional_equivalence import victims  # noqa: E402
 from tests.conftest import make_key_store, npy_bytes, open_request, response_status  # noqa: E402
 
+pytestmark = pytest.mark.serve  # the prediction service (HTTP, keys); `-m 'not serve'` skips it
+
 A, B, EMPTY = "first-key-0123456789", "second-key-0123456789", "spent-key-0123456789"
 NPY = {"Content-Type": "application/x-npy"}
 

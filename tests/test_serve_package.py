@@ -4,7 +4,11 @@ launch/; launch/serve.py and launch/serve_keys.py are thin command lines over it
 import ast
 import pathlib
 
+import pytest
+
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.serve  # the prediction service (HTTP, keys); `-m 'not serve'` skips it
 
 
 def imported_modules(path: pathlib.Path) -> set:
