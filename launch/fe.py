@@ -339,24 +339,13 @@ def _evaluation_row(net, result, dom, test, eval_seed: int) -> dict:
     max_weight_error=weights["max_weight_error"],
     weight_error_bits=round(weights["weight_error_bits"], 1),
     **{f"max_error_{a}": weights[f"max_error_{a}"] for a in ("w0", "b0", "w1", "b1")},
-    max_logit_error=rand["max_logit_error"],
-    agreement=rand["agreement"],
-    eval_inputs=rand["count"],
-    domain_max_logit_error=over["max_logit_error"],
-    domain_agreement=over["agreement"],
-    domain_eval_inputs=over["count"],
+    **_agreement_fields(rand, over),
     certified_max_logit_diff=cert["bound"],
     found_max_logit_diff=found["found"],
     certificate_unmatched_groups=cert["unmatched_groups"],
   )
   if test is not None:
-    t = align.logit_agreement(net, result.net, test[0], diff)
-    row.update(
-      test_max_logit_error=t["max_logit_error"],
-      test_agreement=t["agreement"],
-      victim_test_accuracy=float(np.mean(victims.logits(net, test[0]).argmax(1) == test[1])),
-      extracted_test_accuracy=float(np.mean(victims.logits(result.net, test[0]).argmax(1) == test[1])),
-    )
+    row.update(_test_fields(net, result.net, test, diff, victims.logits))
   return row
 
 
@@ -409,6 +398,16 @@ def _deep_evaluation_row(net, rec, dom, test, eval_seed: int) -> dict:
     max_weight_error=weights["max_weight_error"],
     weight_error_bits=round(weights["weight_error_bits"], 1),
     layer_weight_errors=weights["errors"],
+    **_agreement_fields(rand, over),
+  )
+  if test is not None:
+    row.update(_test_fields(net, rec, test, diff, network.logits))
+  return row
+
+
+def _agreement_fields(rand: dict, over: dict) -> dict:
+  """Agreement and logit error of the recovered network on random inputs (`rand`) and over the domain (`over`)."""
+  return dict(
     max_logit_error=rand["max_logit_error"],
     agreement=rand["agreement"],
     eval_inputs=rand["count"],
@@ -416,15 +415,17 @@ def _deep_evaluation_row(net, rec, dom, test, eval_seed: int) -> dict:
     domain_agreement=over["agreement"],
     domain_eval_inputs=over["count"],
   )
-  if test is not None:
-    t = align.logit_agreement(net, rec, test[0], diff)
-    row.update(
-      test_max_logit_error=t["max_logit_error"],
-      test_agreement=t["agreement"],
-      victim_test_accuracy=float(np.mean(network.logits(net, test[0]).argmax(1) == test[1])),
-      extracted_test_accuracy=float(np.mean(network.logits(rec, test[0]).argmax(1) == test[1])),
-    )
-  return row
+
+
+def _test_fields(net, rec, test: tuple, diff, logits) -> dict:
+  """Agreement with the victim and both networks' accuracy on the test split `(inputs, labels)`."""
+  t = align.logit_agreement(net, rec, test[0], diff)
+  return dict(
+    test_max_logit_error=t["max_logit_error"],
+    test_agreement=t["agreement"],
+    victim_test_accuracy=float(np.mean(logits(net, test[0]).argmax(1) == test[1])),
+    extracted_test_accuracy=float(np.mean(logits(rec, test[0]).argmax(1) == test[1])),
+  )
 
 
 def _run(workdir: pathlib.Path) -> list[dict]:

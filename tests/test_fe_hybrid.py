@@ -10,7 +10,8 @@ from absl.testing import flagsaver
 
 from extraction.oracle import Oracle
 from functional_equivalence.deep import hybrid, network
-from launch import experiments  # noqa: F401  (registers hybrid)
+from launch import experiments
+from launch import hybrid as hybrid_launch  # noqa: F401  (defines the --hybrid_* flags, registers the experiment)
 from tests.counting import CountingBackend
 
 FLAGS = flags.FLAGS
