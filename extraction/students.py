@@ -77,7 +77,7 @@ def train_students(pool: np.ndarray, tasks: list[StudentTask], num_classes: int,
                    make_step: Callable, *, needs_unlabeled: bool = False,
                    evaluate: Optional[Callable[..., dict]] = None, eval_every: int = 0, full_evals: int = 0,
                    checkpoint_dir: Optional[pathlib.Path] = None, mesh=None, name: str = "students",
-                   steps_per_call: int = 1, stack: str = "auto") -> tuple:
+                   steps_per_call: int = 1, stack: str = "auto", stop: Optional[int] = None) -> tuple:
   """Trains one student per task, stacked; returns (model, [EMA variables per task], [history per task]).
 
   Args:
@@ -93,6 +93,8 @@ def train_students(pool: np.ndarray, tasks: list[StudentTask], num_classes: int,
     checkpoint_dir: orbax checkpoints and history.json of the group; a finished group is restored, not retrained.
     stack: 'vmap' or 'unroll' (`extraction.parallel.stack_step`); 'auto' unrolls on a CPU backend for models
       with convolutions and vmaps otherwise.
+    stop: train only up to this step of the `cfg.steps`-step run (rounds of chosen queries fine-tune the same
+      students between rounds: the next call, with more data, resumes from this step's checkpoint).
   Returns:
     (model, variables, histories): histories[i] is a list of {'step': s, **metrics} sorted by step.
   """
@@ -117,10 +119,11 @@ def train_students(pool: np.ndarray, tasks: list[StudentTask], num_classes: int,
     if history_path:
       history_path.write_text(json.dumps(histories))
 
-  state = train.fit(step, state, make_batches(pool, tasks, cfg, needs_unlabeled), cfg.steps,
+  end = cfg.steps if stop is None else min(stop, cfg.steps)
+  state = train.fit(step, state, make_batches(pool, tasks, cfg, needs_unlabeled), end,
                     checkpoint_dir=checkpoint_dir, name=name, mesh=mesh, batch_axis=1, stacked=True,
                     steps_per_call=steps_per_call, callback=callback, callback_every=eval_every)
-  if evaluate is not None and any(cfg.steps not in h for h in histories):
+  if evaluate is not None and end == cfg.steps and any(cfg.steps not in h for h in histories):
     callback(cfg.steps, state)  # restored a finished group whose history was not kept
   variables = train.unstack(state.variables(ema=True), len(tasks))
   return model, variables, [[{"step": s, **h[s]} for s in sorted(h)] for h in histories]

@@ -11,18 +11,22 @@ a row reports the mean and standard deviation over repetitions. Students are che
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import pathlib
+import shutil
 import time
 
 import numpy as np
 from absl import flags, logging
 
-from extraction import datasets, evaluation, models, oracle as oracle_lib, parallel, students, supervised
+from extraction import datasets, evaluation, models, oracle as oracle_lib, parallel, rounds as rounds_lib, seeds
+from extraction import students, transfer
 from extraction import victim as victim_lib
+from extraction.strategies import Asked, Student
 from extraction.predict import predict_logits
-from launch import common, experiments, oracle_flags
+from launch import common, experiments, oracle_flags, strategy_flags
 from launch.methods import METHODS, make_step_factory
 
 # Data.
@@ -85,6 +89,7 @@ flags.DEFINE_list("gauss_sigmas", ["8", "24", "64"], "Gaussian noise (pixel leve
 flags.DEFINE_integer("gauss_samples", None, "Test images used under Gaussian noise (default all).")
 
 FLAGS = flags.FLAGS
+TRANSFER_STREAM = 0x7a5f  # the query stream's sub-stream that draws the transfer set
 
 
 def _check(cond: bool, message: str) -> bool:
@@ -173,26 +178,33 @@ def run_name(prefix: str, settings: dict) -> str:
   return f"{prefix}_{hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]}"
 
 
-def _query_all(backend, pool: np.ndarray, output: str, budgets: list[int]) -> tuple[dict, dict]:
-  """({(queries, repetition): (pool indices, training targets, inputs the oracle answered)}, the oracle's
-  settings that change its answers, for run names)."""
-  answers, settings = {}, {}
-  for rep in range(FLAGS.seeds):
-    for q in budgets:
+def _extractions(backend, output: str, budgets: list[int], shape: tuple, num_classes: int) -> tuple[list, dict]:
+  """One extraction per (budget, repetition), budget-major as the students, each with its own oracle of that
+  budget; and the oracle's settings that change its answers, for run names."""
+  out, settings = [], {}
+  for q in budgets:
+    for rep in range(FLAGS.seeds):
       oracle = oracle_flags.make_oracle(backend, output, FLAGS.top_k, q, record_inputs=False)
-      idx = supervised.choose_queries(_seed("query_seed") + rep, len(pool), q)
-      answers[q, rep] = (idx, supervised.oracle_targets(oracle(pool[idx]), output), oracle.used)
+      out.append(rounds_lib.Extraction(oracle, q, _seed("query_seed") + rep, Asked.empty(shape, num_classes)))
       settings = oracle_flags.oracle_settings(oracle)
-      if hasattr(oracle, "close"):
-        oracle.close()
-  return answers, settings
+  return out, settings
+
+
+def _close(extractions: list, count: bool = True) -> None:
+  """Closes the extractions' oracles (remote ones hold a connection), first reading their counts when `count`."""
+  for e in extractions:
+    if count:
+      e.used = e.oracle.used
+    if hasattr(e.oracle, "close"):
+      e.oracle.close()
 
 
 def _noise_top(hist: list) -> str:
   return f"{int(np.argmax(hist))}:{max(hist):.2f}"
 
 
-def _rows(method: str, output: str, budgets: list[int], answers: dict, histories: list, seconds: float) -> list:
+def _rows(method: str, strategy: str, output: str, budgets: list[int], extractions: list, histories: list,
+          seconds: float) -> list:
   rows, i = [], 0
   for q in budgets:
     runs = []
@@ -200,11 +212,12 @@ def _rows(method: str, output: str, budgets: list[int], answers: dict, histories
       summary = evaluation.summarize(histories[i], FLAGS.median_of)
       curve = [{k: h[k] for k in ("step", "fidelity", "val_fidelity") if k in h} for h in histories[i]]
       runs.append({"student_seed": _seed("student_seed") + rep, "query_seed": _seed("query_seed") + rep,
-                   "oracle_used": answers[q, rep][2], **summary, "curve": curve})
+                   "oracle_used": extractions[i].used, **summary, "curve": curve})
       i += 1
     agg = evaluation.aggregate([{k: v for k, v in r.items()
                                  if k not in ("student_seed", "query_seed", "curve", "oracle_used")} for r in runs])
-    row = {"method": method, "queries": q, "oracle_output": output, "oracle_used": answers[q, 0][2], **agg}
+    row = {"method": method, "strategy": strategy, "queries": q, "oracle_output": output,
+           "oracle_used": runs[0]["oracle_used"], **agg}
     if "noise_hist" in row:
       row["noise_top"] = _noise_top(row["noise_hist"])
     rows.append({**row, "steps": FLAGS.student_steps, "seconds": round(seconds, 1), "per_seed": runs})
@@ -260,40 +273,122 @@ def run(workdir: pathlib.Path) -> list[dict]:
   pool = ds.train.images[pool_idx]  # the attacker's pool: its labels are never read
   rot = "+rot" if FLAGS.rotation_weight > 0 else ""
   eval_every = FLAGS.eval_every or max(FLAGS.student_steps // 20, 1)
+  transfer_sets = {}
   for output in FLAGS.oracle_output:
-    answers, oracle_settings = _query_all(backend, pool, output, budgets)
-    for method in FLAGS.method:
-      t0 = time.time()
-      cfg, params = method_settings(method)
-      needs_unlabeled = METHODS[method].needs_unlabeled or FLAGS.rotation_weight > 0
-      every = np.arange(len(pool))
-      tasks = [students.StudentTask(idx, targets, np.setdiff1d(every, idx) if needs_unlabeled else every[:0],
-                                    _seed("student_seed") + rep)
-               for q in budgets for rep in range(FLAGS.seeds) for idx, targets, _ in [answers[q, rep]]]
-      extra = None
-      if FLAGS.rotation_weight > 0:
-        from semisup import rotation
-        from extraction import augment
-        extra = rotation.make_rotation_loss(FLAGS.rotation_weight, *augment.default_augmentation(ds.name),
-                                            rotate_labeled=FLAGS.rotate_labeled)
-      settings = {"config": dataclasses.asdict(cfg), "params": params, "victim": dataclasses.asdict(vcfg),
-                  "budgets": budgets, "seeds": [t.seed for t in tasks], "query_seed": _seed("query_seed"),
-                  "rotation": [FLAGS.rotation_weight, FLAGS.rotate_labeled], "top_k": FLAGS.top_k,
-                  "val": [FLAGS.seed, val_size], "eval": [eval_every, FLAGS.noise_samples, FLAGS.gauss_sigmas],
-                  **oracle_settings}
-      name = run_name(f"{method}{rot}_{output}_{cfg.model}", settings)
-      group_dir = workdir / "students" / name
-      group_dir.mkdir(parents=True, exist_ok=True)
-      np.savez(group_dir / "tasks.npz", pool=pool_idx, **{f"labeled_{i}": t.labeled for i, t in enumerate(tasks)},
-               **{f"unlabeled_{i}": t.unlabeled for i, t in enumerate(tasks)})
-      _, _, histories = students.train_students(
-          pool, tasks, ds.num_classes, cfg, make_step_factory(method, params, ds.name, extra),
-          needs_unlabeled=needs_unlabeled, evaluate=evaluator, eval_every=eval_every, full_evals=FLAGS.median_of,
-          checkpoint_dir=group_dir,
-          mesh=mesh, name=name, steps_per_call=FLAGS.steps_per_call)
-      for row in _rows(method + rot, output, budgets, answers, histories, time.time() - t0):
-        logging.info("%s", {k: v for k, v in row.items() if k != "per_seed"})
-        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                       if k != "per_seed" and not isinstance(v, list)), flush=True)
-        rows.append(row)
+    for sname in FLAGS.strategy:
+      strategy = strategy_flags.make(sname)
+      natural, kinds = _natural_inputs(strategy, pool, ds, budgets, transfer_sets)
+      shared = None
+      if not strategy.adaptive:  # one query pass, shared by every method
+        shared = _extractions(backend, output, budgets, ds.image_shape, ds.num_classes)
+        for e in shared[0]:
+          rounds_lib.ask_round(strategy, e, 0, 1, natural, kinds, None, ds.num_classes, output)
+        _close(shared[0])
+      for method in FLAGS.method:
+        t0 = time.time()
+        cfg, params = method_settings(method)
+        needs_unlabeled = METHODS[method].needs_unlabeled or FLAGS.rotation_weight > 0
+        if needs_unlabeled and strategy.source == "none":
+          raise common.ConfigError(f"--strategy={sname} synthesises every query: --method={method} has no "
+                                   f"natural inputs to use unlabeled")
+        extra = None
+        if FLAGS.rotation_weight > 0:
+          from semisup import rotation
+          from extraction import augment
+          extra = rotation.make_rotation_loss(FLAGS.rotation_weight, *augment.default_augmentation(ds.name),
+                                              rotate_labeled=FLAGS.rotate_labeled)
+        extractions, oracle_settings = shared or _extractions(backend, output, budgets, ds.image_shape,
+                                                              ds.num_classes)
+        seeds_ = [_seed("student_seed") + rep for _ in budgets for rep in range(FLAGS.seeds)]
+        settings = {"config": dataclasses.asdict(cfg), "params": params, "victim": dataclasses.asdict(vcfg),
+                    "budgets": budgets, "seeds": seeds_, "query_seed": _seed("query_seed"),
+                    "rotation": [FLAGS.rotation_weight, FLAGS.rotate_labeled], "top_k": FLAGS.top_k,
+                    "val": [FLAGS.seed, val_size], "eval": [eval_every, FLAGS.noise_samples, FLAGS.gauss_sigmas],
+                    **oracle_settings, **strategy_flags.settings(sname, strategy)}
+        tag = "" if sname == "random" else f"_{sname}"
+        name = run_name(f"{method}{rot}{tag}_{output}_{cfg.model}", settings)
+        group_dir = workdir / "students" / name
+        group_dir.mkdir(parents=True, exist_ok=True)
+        train = functools.partial(
+            students.train_students, num_classes=ds.num_classes, cfg=cfg,
+            make_step=make_step_factory(method, params, ds.name, extra), needs_unlabeled=needs_unlabeled, mesh=mesh,
+            steps_per_call=FLAGS.steps_per_call)
+
+        def student_tasks(asked):
+          data, specs = rounds_lib.training_data(natural, asked, output, strategy.labels_only, needs_unlabeled)
+          return data, [students.StudentTask(lab, tgt, free, seed) for (lab, tgt, free), seed in zip(specs, seeds_)]
+
+        if shared is None:
+          _ask_in_rounds(strategy, extractions, natural, kinds, output, ds.num_classes, group_dir, student_tasks,
+                         functools.partial(train, evaluate=evaluator, eval_every=eval_every,
+                                           full_evals=FLAGS.median_of, name=name))
+        data, tasks = student_tasks([e.asked for e in extractions])
+        np.savez(group_dir / "tasks.npz", pool=pool_idx, **{f"labeled_{i}": t.labeled for i, t in enumerate(tasks)},
+                 **{f"unlabeled_{i}": t.unlabeled for i, t in enumerate(tasks)})
+        _, _, histories = train(data, tasks, evaluate=evaluator, eval_every=eval_every, full_evals=FLAGS.median_of,
+                                checkpoint_dir=group_dir, name=name)
+        for row in _rows(method + rot, sname, output, budgets, extractions, histories, time.time() - t0):
+          logging.info("%s", {k: v for k, v in row.items() if k != "per_seed"})
+          print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                         if k != "per_seed" and not isinstance(v, list)), flush=True)
+          rows.append(row)
   return rows
+
+
+def _natural_inputs(strategy, pool: np.ndarray, ds, budgets: list[int], cache: dict) -> tuple:
+  """(the natural inputs the strategy asks from, their kinds or None): the attacker's pool, the transfer set
+  (drawn once per run from the query stream) or nothing (data-free)."""
+  if strategy.source == "pool":
+    return pool, None
+  if strategy.source == "none":
+    return np.zeros((0,) + ds.image_shape, np.uint8), None
+  same = [t for t in FLAGS.transfer_set if transfer.DOMAIN.get(t) == ds.name]
+  if same:
+    raise common.ConfigError(f"--transfer_set={same[0]} is the victim's own domain ({ds.name}); choose another "
+                             f"(or --strategy=random to ask the attacker's pool)")
+  if "set" not in cache:
+    rng = seeds.rng(_seed("query_seed"), "query", TRANSFER_STREAM)
+    cache["set"] = transfer.load(FLAGS.transfer_set, ds.image_shape, FLAGS.transfer_size, rng, FLAGS.data_dir)
+    logging.info("transfer set %s: %d images", ",".join(FLAGS.transfer_set), len(cache["set"].images))
+  ts = cache["set"]
+  if budgets[-1] > len(ts.images):
+    raise common.ConfigError(f"--queries={budgets[-1]} is more than the transfer set's {len(ts.images)} images; "
+                             f"raise --transfer_size")
+  return ts.images, ts.kinds
+
+
+def _ask_in_rounds(strategy, extractions: list, natural: np.ndarray, kinds, output: str, num_classes: int,
+                   group_dir: pathlib.Path, student_tasks, train) -> None:
+  """Every round of an adaptive strategy for every extraction, the students trained between rounds (fine-tuned
+  in `group_dir`, or retrained in `group_dir/round<r>`); what was asked is saved in `group_dir/asked.npz`. A
+  finished group reuses it (the oracle is not asked again); an interrupted one starts over."""
+  path = group_dir / "asked.npz"
+  saved = rounds_lib.load_asked(path, len(extractions))
+  if saved is not None:
+    for e, (asked, used) in zip(extractions, saved):
+      e.asked, e.used = asked, used
+    _close(extractions, count=False)
+    logging.info("%s: reusing the queries of a finished run", group_dir.name)
+    return
+  if any(group_dir.iterdir()):
+    logging.warning("%s: an interrupted run of rounds; starting it over", group_dir.name)
+    shutil.rmtree(group_dir)
+    group_dir.mkdir(parents=True)
+  n = rounds_lib.num_rounds(strategy, FLAGS.rounds)
+  current = [None] * len(extractions)
+  for r in range(n):
+    for e, student in zip(extractions, current):
+      rounds_lib.ask_round(strategy, e, r, FLAGS.rounds, natural, kinds, student, num_classes, output)
+    logging.info("%s: round %d of %d asked", group_dir.name, r + 1, n)
+    if r == n - 1:
+      break
+    data, tasks = student_tasks([e.asked for e in extractions])
+    if FLAGS.round_training == "finetune":
+      stop = max(FLAGS.student_steps * (r + 1) // n, 1)
+      model, variables, _ = train(data, tasks, checkpoint_dir=group_dir, stop=stop)
+    else:
+      cfg = dataclasses.replace(train.keywords["cfg"], steps=FLAGS.round_steps or FLAGS.student_steps)
+      model, variables, _ = train(data, tasks, cfg=cfg, checkpoint_dir=group_dir / f"round{r}", evaluate=None)
+    current = [Student(model, v) for v in variables]
+  _close(extractions)
+  rounds_lib.save_asked(path, extractions)
