@@ -5,7 +5,8 @@ setup(
     name="model-extraction",
     version="0.1.0",
     description="High-accuracy and high-fidelity extraction of neural networks (Jagielski et al. 2020) in JAX/Flax",
-    packages=find_packages(include=["extraction*", "semisup*", "functional_equivalence*", "launch*", "benchmarks*"]),
+    packages=find_packages(include=["extraction*", "semisup*", "functional_equivalence*", "service*", "launch*",
+                                    "benchmarks*"]),
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.4.30",
@@ -16,6 +17,7 @@ setup(
         "absl-py>=2.0",
         "scikit-learn>=1.3",
         "matplotlib>=3.7",
+        "dm-pix>=0.4",  # jittable image ops: augmentation, RandAugment, rotations
         "httpx>=0.27",  # the RemoteOracle client (light); the server's packages are in [serve]
     ],
     extras_require={

@@ -5,6 +5,8 @@ import importlib.metadata
 import os
 import pathlib
 import platform
+import subprocess
+import threading
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -26,3 +28,17 @@ def machine(*packages: str) -> dict:
     except importlib.metadata.PackageNotFoundError:
       out[p] = None
   return out
+
+
+def start_serve(cmd: list, timeout: float = 300, **popen_kwargs) -> tuple[subprocess.Popen, str]:
+  """Starts a `python -m launch.serve ...` command line; returns (process, URL) once it prints `serving ... on URL`
+  (killed after `timeout` seconds without it, then RuntimeError)."""
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, **popen_kwargs)
+  timer = threading.Timer(timeout, proc.kill)
+  timer.start()
+  line = proc.stdout.readline()
+  timer.cancel()
+  if " on http://" not in line:
+    proc.kill()
+    raise RuntimeError(f"server did not start ({' '.join(map(str, cmd[:4]))} ...): {line!r}")
+  return proc, line.rsplit(" on ", 1)[1].strip()

@@ -1,7 +1,9 @@
 """Throughput of the MixMatch train step on this CPU: JAX (semisup.mixmatch) against the same step in PyTorch.
 
-Run: `python -m benchmarks.mixmatch_throughput` (about 3-5 minutes on a 2-core CPU; needs `pip install torch`,
-which setup.py deliberately does not list). Writes benchmarks/results/mixmatch_throughput.{json,md}.
+Run: `python -m benchmarks.mixmatch_throughput` (about 15 minutes on a quiet 2-core CPU; needs `pip install torch`,
+which setup.py deliberately does not list). Writes benchmarks/results/mixmatch_throughput.{json,md}. Besides the
+plain jitted step it times the variants in VARIANTS (several CPU devices, XLA flags, the step inside lax.scan, the
+model alone), each in its own process.
 
 Both frameworks run the same work per step, in float32: batch B=64 labeled + U=64 unlabeled 32x32x3 uint8
 images, flip + 4-pixel shift, K=2 augmentations of the unlabeled batch, label guess (K forward passes in
@@ -18,6 +20,7 @@ import os
 import pathlib
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -34,6 +37,9 @@ flags.DEFINE_integer("batch", 64, "Labeled batch B; the unlabeled batch is B too
 flags.DEFINE_integer("rounds", 4, "Alternating JAX / PyTorch timing rounds per model.")
 flags.DEFINE_string("steps_per_round", "small_cnn=5,wrn28_2=1", "Timed steps per round, per model (default 2).")
 flags.DEFINE_string("out_dir", "benchmarks/results", "Where mixmatch_throughput.{json,md} go.")
+flags.DEFINE_list("variants", ["jit", "2 CPU devices", "4 CPU devices", "onednn", "lax.scan", "model fwd+bwd"],
+                  "JAX variants timed for the first model (the others: jit only).")
+flags.DEFINE_string("child", None, "Internal: time MODEL:VARIANT in this process and print its row.")
 
 K, CLASSES, SHAPE = 2, 10, (32, 32, 3)
 LR, WD, EMA, LAMBDA_U, T, ALPHA, SHIFT = 0.002, 0.02, 0.999, 75.0, 0.5, 0.75, 4
@@ -49,17 +55,34 @@ def make_batches(n: int, b: int, seed: int = 0) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------------- JAX
 class JaxRunner:
-  """The jitted semisup.mixmatch step with donated state; `run(n)` does n steps and waits for them."""
+  """The jitted semisup.mixmatch step with donated state; `run(n)` does n steps and waits for them.
 
-  def __init__(self, name: str, batches: list[dict]):
+  variant: 'jit' (one device), 'devices' (the batch split over every XLA device: data parallel), 'scan' (the step
+  inside `lax.scan`, as `--steps_per_call` runs it), 'model' (only forward and backward of the model on the
+  3B images of a step: the convolutions' share).
+  """
+
+  def __init__(self, name: str, batches: list[dict], variant: str = "jit"):
+    from extraction import parallel
     model = models.create_model(name, CLASSES)
     tx = train.make_optimizer(LR, WD, 10_000)
     self.state = train.create_state(model, tx, jax.random.key(0), SHAPE)
     self.params = sum(x.size for x in jax.tree_util.tree_leaves(self.state.params))
     step = mixmatch.make_mixmatch_step(model, lambda_u=LAMBDA_U, rampup_steps=1000, temperature=T, alpha=ALPHA,
                                        k=K, ema_decay=EMA, flip=True, shift=SHIFT)
-    self.step = jax.jit(step, donate_argnums=0)
-    self.batches = [jax.device_put(b) for b in batches]
+    if variant == "model":
+      def step(state, batch):
+        x = jax.numpy.concatenate([batch["images"], batch["unlabeled"], batch["unlabeled"]]).astype("float32")
+        loss = lambda p: train.forward(model, p, state.batch_stats, x / 127.5 - 1.0)[0].sum()
+        return state.replace(params=jax.tree.map(lambda p, g: p - 1e-9 * g, state.params,
+                                                 jax.grad(loss)(state.params))), {"loss": loss(state.params)}
+    if variant == "scan":
+      one = step
+      step = lambda state, batch: jax.tree.map(lambda m: m[-1], jax.lax.scan(
+          one, state, jax.tree.map(lambda a: a[None], batch)))
+    mesh = parallel.data_mesh() if variant == "devices" else None
+    self.state, put, self.step = parallel.place(step, self.state, mesh)
+    self.batches = [put(b) for b in batches]
     self.i = 0
 
   def run(self, n: int) -> float:
@@ -129,9 +152,11 @@ def torch_modules():
 
 
 class TorchRunner:
-  """The same MixMatch step in PyTorch (eager, float32, NCHW), on the same host batches."""
+  """The same MixMatch step in PyTorch (eager, float32, NCHW), on the same host batches (`model_only`: forward and
+  backward of the model on the step's 3B images, as JaxRunner's 'model' variant)."""
 
-  def __init__(self, name: str, batches: list[dict]):
+  def __init__(self, name: str, batches: list[dict], model_only: bool = False):
+    self.model_only = model_only
     import torch
     self.torch = torch
     torch.manual_seed(0)
@@ -164,6 +189,12 @@ class TorchRunner:
   def step(self, batch):
     torch = self.torch
     to_float = lambda u8: u8.float() / 127.5 - 1.0
+    if self.model_only:
+      x = to_float(torch.cat([batch["images"], batch["unlabeled"], batch["unlabeled"]])).permute(0, 3, 1, 2)
+      loss = self.model(x.contiguous()).sum()
+      self.opt.zero_grad(set_to_none=True)
+      loss.backward()
+      return loss.detach()
     x = self.augment(to_float(batch["images"]))
     u = to_float(batch["unlabeled"])
     u_aug = [self.augment(u) for _ in range(K)]
@@ -203,10 +234,10 @@ class TorchRunner:
 
 
 # ---------------------------------------------------------------------------------------------------- main
-def time_model(name: str, b: int, rounds: int, steps: int) -> dict:
+def time_model(name: str, b: int, rounds: int, steps: int, variant: str = "jit") -> dict:
   """Warms up both runners (compile excluded), then times `rounds` alternating rounds of `steps` steps."""
   batches = make_batches(2, b)
-  runners = {"jax": JaxRunner(name, batches), "torch": TorchRunner(name, batches)}
+  runners = {"jax": JaxRunner(name, batches, variant), "torch": TorchRunner(name, batches, variant == "model")}
   times = {k: [] for k in runners}
   for k, r in runners.items():
     t0 = time.perf_counter()
@@ -219,7 +250,8 @@ def time_model(name: str, b: int, rounds: int, steps: int) -> dict:
       times[k].append((time.perf_counter() - t0) / steps)
       print(f"{name} {k}: round {i + 1}/{rounds}  {times[k][-1]:.3f} s/step", flush=True)
   images = b + K * b
-  row = {"model": name, "batch": f"{b}+{K}x{b}", "images_per_step": images, "timed_steps": rounds * steps}
+  row = {"model": name, "variant": variant, "jax_devices": len(jax.devices()), "xla_flags": os.environ.get(
+      "XLA_FLAGS", ""), "batch": f"{b}+{K}x{b}", "images_per_step": images, "timed_steps": rounds * steps}
   for k, r in runners.items():
     med = statistics.median(times[k])
     row.update({f"{k}_params": r.params, f"{k}_s_per_step": med, f"{k}_images_per_s": images / med,
@@ -235,6 +267,16 @@ def machine() -> dict:
           "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
+VARIANTS = {  # name -> (XLA_FLAGS of the child process, JaxRunner variant)
+    "jit": ("", "jit"),
+    "2 CPU devices": ("--xla_force_host_platform_device_count=2", "devices"),
+    "4 CPU devices": ("--xla_force_host_platform_device_count=4", "devices"),
+    "onednn": ("--xla_cpu_use_onednn=true", "jit"),
+    "lax.scan": ("", "scan"),
+    "model fwd+bwd": ("", "model"),
+}
+
+
 def to_markdown(result: dict) -> str:
   m = result["machine"]
   lines = [
@@ -243,17 +285,21 @@ def to_markdown(result: dict) -> str:
       f"Machine: {m['cores']}-core CPU ({m['cpu']}, {m['platform']}), Python {m['python']}, jax {m['jax']} "
       f"({m['jax_backend']}), torch {m['torch']} ({m['torch_threads']} threads)  ",
       f"Load average before / after: {result['loadavg_before']} / {result['loadavg_after']} "
-      "(the machine is shared; JAX and PyTorch rounds alternate so both see the same load)", "",
+      "(JAX and PyTorch rounds alternate in one process so both see the same load)", "",
       "Step: B labeled + K=2 x B unlabeled 32x32x3 images (all counted), float32, median over rounds, "
-      "warm-up/compile excluded.", "",
-      "| model | batch | params (JAX / torch) | timed steps | JAX s/step | JAX images/s | torch s/step "
+      "warm-up/compile excluded. Each JAX variant runs in its own process (its XLA_FLAGS) against the same PyTorch "
+      "step: `jit` one XLA device; `N CPU devices` the batch split over N XLA CPU devices (data parallel, as the "
+      "launcher's default --cpu_devices does); `onednn` XLA's oneDNN flag; `lax.scan` the step inside a scan (as "
+      "--steps_per_call runs it); `model fwd+bwd` only the forward and backward pass of the model on the 3B "
+      "images, in both frameworks (the convolutions' share of the step).", "",
+      "| model | variant | params (JAX / torch) | timed steps | JAX s/step | JAX images/s | torch s/step "
       "| torch images/s | JAX / torch |",
       "|---|---|---|---|---|---|---|---|---|"]
   for r in result["rows"]:
-    lines.append(f"| {r['model']} | {r['batch']} | {r['jax_params']:,} / {r['torch_params']:,} | {r['timed_steps']} "
+    lines.append(f"| {r['model']} | {r['variant']} | {r['jax_params']:,} / {r['torch_params']:,} | {r['timed_steps']} "
                  f"| {r['jax_s_per_step']:.3f} | {r['jax_images_per_s']:.1f} | {r['torch_s_per_step']:.3f} "
                  f"| {r['torch_images_per_s']:.1f} | {r['ratio_jax_over_torch']:.2f} |")
-  return "\n".join(lines) + "\n"
+  return "\n".join(lines) + "\n" + result.get("notes", "")
 
 
 def main(argv):
@@ -261,11 +307,28 @@ def main(argv):
   import torch
   torch.set_num_threads(os.cpu_count())
   per_model = dict(kv.split("=") for kv in FLAGS.steps_per_round.split(",") if kv)
+  if FLAGS.child:  # one (model, variant) in this process: print its row
+    name, variant = FLAGS.child.split(":", 1)
+    steps = int(per_model.get(name, 2))
+    if VARIANTS[variant][1] == "scan":
+      steps = 1  # a scan of convolutions is far slower on XLA:CPU: one step a round is plenty
+    print("ROW " + json.dumps(time_model(name, FLAGS.batch, FLAGS.rounds, steps, VARIANTS[variant][1])))
+    return
   result = {"command": " ".join(["python", "-m", "benchmarks.mixmatch_throughput"] + sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
             "loadavg_before": [round(x, 2) for x in os.getloadavg()], "rows": []}
   for name in FLAGS.models:
-    result["rows"].append(time_model(name, FLAGS.batch, FLAGS.rounds, int(per_model.get(name, 2))))
+    for variant in (FLAGS.variants if name == FLAGS.models[0] else ["jit"]):
+      xla_flags, _ = VARIANTS[variant]
+      env = {**os.environ, "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu"}
+      args = [sys.executable, "-m", "benchmarks.mixmatch_throughput", f"--child={name}:{variant}",
+              f"--batch={FLAGS.batch}", f"--rounds={FLAGS.rounds}", f"--steps_per_round={FLAGS.steps_per_round}"]
+      p = subprocess.run(args, env=env, capture_output=True, text=True)
+      if p.returncode:
+        raise RuntimeError(f"{name} {variant}: {p.stderr[-2000:]}")
+      result["rows"].append(json.loads(next(l for l in p.stdout.splitlines() if l.startswith("ROW "))[4:]))
+      print(result["rows"][-1]["model"], variant, f"JAX/torch {result['rows'][-1]['ratio_jax_over_torch']:.2f}",
+            flush=True)
   result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
   out = pathlib.Path(FLAGS.out_dir)
   out.mkdir(parents=True, exist_ok=True)

@@ -17,16 +17,14 @@ import json
 import os
 import pathlib
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
 from absl import app, flags
 
-from benchmarks.common import machine
+from benchmarks.common import machine, start_serve
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("victim_workdir", None, "A trained victim (launch.run workdir); default: train a tiny one.")
@@ -50,18 +48,10 @@ def victim_dir(tmp: pathlib.Path) -> pathlib.Path:
 
 def start_server(workdir: pathlib.Path, tmp: pathlib.Path):
   """`python -m launch.serve` on a free port; returns (process, url)."""
-  (tmp / "keys.json").write_text(json.dumps({KEY: {"output": "probabilities"}}))
+  (tmp / "keys.json").write_text(json.dumps({KEY: {"label": "throughput", "output": "probabilities"}}))
   cmd = [sys.executable, "-m", "launch.serve", f"--victim_workdir={workdir}", f"--keys={tmp / 'keys.json'}",
-         f"--db={tmp / 'keys.sqlite'}", "--port=0"]
-  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-  timer = threading.Timer(300, proc.kill)
-  timer.start()
-  line = proc.stdout.readline()
-  timer.cancel()
-  if " on http://" not in line:
-    proc.kill()
-    raise RuntimeError(f"server did not start: {line!r}")
-  return proc, line.rsplit(" on ", 1)[1].strip()
+         f"--db={tmp / 'keys.sqlite'}", "--init_db", "--port=0"]
+  return start_serve(cmd)
 
 
 def time_round(ask, x: np.ndarray, seconds: float) -> tuple[float, float]:
@@ -78,7 +68,7 @@ def main(argv):
   del argv
   from extraction import oracle as oracle_lib, victim as victim_lib
   from extraction.remote import RemoteOracle
-  from launch import service
+  import service
   info = machine("fastapi", "uvicorn", "httpx")
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)

@@ -15,11 +15,16 @@ applies it in one place, after the output mode has turned the logits into answer
 
 The output modes 'top_k' (top-k only) and 'labels' (labels only) are the other defenses; they are chosen by the
 output mode itself (`extraction.oracle.transform_logits`). Noise is reproducible: `noise_rng(settings, offset)`
-seeds it from (noise_seed, number of inputs the key or oracle had answered before this query).
+seeds it from (noise_seed, number of inputs the key or oracle had answered before this query). The prediction
+service (service/) draws it instead with `keyed_normal` from a secret noise key and the bytes of each input: the
+same input always gets the same noise (repeating a query gains nothing), different inputs independent noise, and
+without the key nothing about it can be recomputed; a local `Oracle(..., noise_key=...)` does the same.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -124,9 +129,14 @@ def reverse_sigmoid(probs: np.ndarray, beta: float, gamma: float) -> np.ndarray:
   return np.where(total > 0, p / np.where(total > 0, total, 1.0), uniform).astype(probs.dtype)
 
 
-def gaussian_noise(answers: np.ndarray, std: float, rng: np.random.Generator, output: str) -> np.ndarray:
-  """Adds N(0, std^2) to every revealed entry; keeps probabilities in [0, 1] (see module docstring)."""
-  noisy = answers + rng.normal(scale=std, size=answers.shape).astype(answers.dtype)
+def gaussian_noise(answers: np.ndarray, std: float, rng: Optional[np.random.Generator], output: str,
+                   normal: Optional[np.ndarray] = None) -> np.ndarray:
+  """Adds N(0, std^2) to every revealed entry; keeps probabilities in [0, 1] (see module docstring).
+
+  The draws come from `rng`, or are `std * normal` when standard normal draws (N, C) are given (`keyed_normal`).
+  """
+  draws = rng.normal(scale=std, size=answers.shape) if normal is None else std * np.asarray(normal, np.float64)
+  noisy = answers + draws.astype(answers.dtype)
   if output == "logits":
     return noisy
   if output == "top_k":
@@ -141,16 +151,39 @@ def noise_rng(settings: Defenses, offset: int) -> np.random.Generator:
   return np.random.default_rng([settings.noise_seed, offset])
 
 
+def keyed_normal(noise_key: bytes, inputs: np.ndarray, num_classes: int) -> np.ndarray:
+  """Standard normal draws (N, num_classes) where row i depends only on the key and the bytes of inputs[i].
+
+  HMAC-SHA256(noise_key, dtype + shape + bytes of the input) seeds SHAKE-256, whose output gives uniforms in
+  [0, 1) with 53 bits each, turned into normals by Box-Muller (float64). Without the key the draws cannot be
+  recomputed; with it they are reproduced exactly, whatever was asked before (no dependence on query order).
+  The bytes are those of the input as given: the service hashes inputs in its model's dtype (uint8 images,
+  float64 vectors), so a local oracle matches it when asked in that dtype.
+  """
+  x = np.ascontiguousarray(inputs)
+  n, pairs = len(x), (num_classes + 1) // 2
+  if n == 0:
+    return np.zeros((0, num_classes))
+  tag = f"{x.dtype.str}{tuple(x.shape[1:])}".encode()
+  raw = b"".join(hashlib.shake_256(hmac.digest(noise_key, tag + row.tobytes(), "sha256")).digest(16 * pairs)
+                 for row in x.reshape(n, -1))
+  u = (np.frombuffer(raw, "<u8").reshape(n, pairs, 2) >> np.uint64(11)) * 2.0 ** -53
+  radius, angle = np.sqrt(-2.0 * np.log1p(-u[..., 0])), 2.0 * np.pi * u[..., 1]
+  return np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=-1).reshape(n, 2 * pairs)[:, :num_classes]
+
+
 def apply_defenses(answers: np.ndarray, logits: np.ndarray, settings: Optional[Defenses],
-                   rng: Optional[np.random.Generator], *, output: str, top_k: Optional[int] = None) -> np.ndarray:
+                   rng: Optional[np.random.Generator], *, output: str, top_k: Optional[int] = None,
+                   normal: Optional[np.ndarray] = None) -> np.ndarray:
   """Applies `settings` to the answers of one query.
 
   Args:
     answers: (N, C) answers of the output mode (`extraction.oracle.transform_logits(logits, output, top_k)`).
     logits: (N, C) the victim's logits for the same inputs (the reverse sigmoid starts from their softmax).
     settings: the defenses; None or inactive returns `answers` unchanged.
-    rng: generator of the noise (`noise_rng`); needed only when noise_std > 0.
+    rng: generator of the noise (`noise_rng`); needed only when noise_std > 0 and `normal` is None.
     output, top_k: the output mode the answers are in.
+    normal: standard normal draws (N, C) for the noise instead of `rng` (`keyed_normal`).
   Returns:
     (N, C) defended answers, in the answers' dtype.
   """
@@ -160,7 +193,7 @@ def apply_defenses(answers: np.ndarray, logits: np.ndarray, settings: Optional[D
     probs = reverse_sigmoid(softmax(np.asarray(logits)), settings.reverse_sigmoid_beta, settings.reverse_sigmoid_gamma)
     answers = probs if output == "probabilities" else top_k_only(probs, top_k)
   if settings.noise_std > 0:
-    answers = gaussian_noise(answers, settings.noise_std, rng, output)
+    answers = gaussian_noise(answers, settings.noise_std, rng, output, normal)
   if settings.round_decimals is not None:
     answers = round_answers(answers, settings.round_decimals)
   return answers

@@ -21,6 +21,8 @@ They share the budget, batching and record of `logits`; defenses do not apply to
 
 Optional `defenses` (`extraction.defenses.Defenses`: rounding, Gaussian noise, reverse sigmoid) are applied to the
 answers of `__call__`, as the prediction service (`launch.serve`) applies them per API key; `logits` stays raw.
+With `noise_key` the noise is keyed by each input's bytes (`extraction.defenses.keyed_normal`), as the service
+draws it: a local oracle given a served key's noise key (`service.secret.noise_key`) answers as that key.
 """
 from __future__ import annotations
 
@@ -91,6 +93,8 @@ class Oracle:
     batch_size: inputs per backend call (large queries are split; answers are concatenated).
     record_inputs: keep a copy of every asked input (`asked`); switch off for millions of queries.
     defenses: applied to the answers of `__call__` (None: none); see extraction/defenses.py.
+    noise_key: draw the defenses' noise from this secret and each input's bytes (`defenses.keyed_normal`) instead
+      of from (noise_seed, inputs answered before): the same input always gets the same noise.
   """
   backend: Backend
   output: str = "probabilities"
@@ -99,6 +103,7 @@ class Oracle:
   batch_size: int = 1024
   record_inputs: bool = True
   defenses: Optional["Defenses"] = None
+  noise_key: Optional[bytes] = dataclasses.field(default=None, repr=False)
   used: int = dataclasses.field(default=0, init=False)
   _asked: list = dataclasses.field(default_factory=list, init=False, repr=False)
 
@@ -156,7 +161,11 @@ class Oracle:
       return answers
     from extraction import defenses as defenses_lib  # imports this module
     rng = defenses_lib.noise_rng(self.defenses, offset)
-    return defenses_lib.apply_defenses(answers, logits, self.defenses, rng, output=self.output, top_k=self.top_k)
+    normal = None
+    if self.noise_key is not None and self.defenses.noise_std > 0:
+      normal = defenses_lib.keyed_normal(self.noise_key, np.asarray(x), answers.shape[-1])
+    return defenses_lib.apply_defenses(answers, logits, self.defenses, rng, output=self.output, top_k=self.top_k,
+                                       normal=normal)
 
 
 def model_backend(model, variables: Any, batch_size: int = 1024) -> Backend:

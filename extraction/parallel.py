@@ -72,7 +72,7 @@ def stack_step(step_fn: Callable, mode: str, mesh: Optional[Mesh], n_students: i
   if not student_parallel(mesh, n_students):
     return many
   spec = P(DATA_AXIS)
-  return jax.shard_map(many, mesh=mesh, in_specs=(spec, spec), out_specs=(spec, spec))
+  return jax.shard_map(many, mesh=mesh, in_specs=(spec, spec), out_specs=(spec, spec), check_vma=False)
 
 
 def place(step_fn: Callable, state, mesh: Optional[Mesh], batch_axis: int = 0, stacked: bool = False):

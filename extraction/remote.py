@@ -2,19 +2,23 @@
 
   oracle = RemoteOracle("http://127.0.0.1:8000", api_key="...")
   y = oracle(x)                       # (N, C) in the key's output mode, after the key's defenses
-  oracle.output, oracle.top_k, oracle.defenses    # the key's settings, as the server reports them
+  oracle.output, oracle.top_k                     # the key's output mode, as the server reports it
   oracle.used, oracle.remaining, oracle.asked     # inputs answered through this client; the key's remaining
 
 Inputs travel as `.npy` bodies by default (float64 exactly, as functionally-equivalent extraction needs; JSON with
 transport='json' is exact too). Large queries are split into requests of `batch_size` inputs. A request that
-times out, cannot connect or gets a 5xx is retried `retries` times with exponential backoff, under the same
-X-Request-Id, so that the server answers a retry without charging it twice. A 429 (the key's budget) raises
+times out or cannot connect, or that the server asks to retry later (503, or 429 with Retry-After: the service or
+the key is busy), is retried `retries` times, waiting the Retry-After or an exponential backoff, under the same
+X-Request-Id, so that the server answers a retry without charging it twice; any other 5xx is not retried (the
+same request would fail again) and raises `OracleUnavailable`. A 429 without Retry-After (the key's budget) raises
 `extraction.oracle.BudgetExceeded`, a 401 `KeyRefused`, another 4xx `QueryRefused` (with the server's message).
+The service does not disclose a key's defenses: `defenses` is None unless the server reports them.
 A query that needs several requests is refused whole, before any request, when the key has fewer inputs left
 than it asks (another client of the same key can still take them meanwhile).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -34,7 +38,7 @@ class RemoteError(RuntimeError):
 
 
 class OracleUnavailable(RemoteError):
-  """The server did not answer (connection errors, timeouts or 5xx) after every retry."""
+  """The server did not answer (connection errors, timeouts, busy) after every retry, or failed (other 5xx)."""
 
 
 class KeyRefused(RemoteError, PermissionError):
@@ -52,6 +56,14 @@ def _detail(response: httpx.Response) -> str:
     return response.text[:200] or response.reason_phrase
 
 
+def _retry_after(response: httpx.Response) -> Optional[float]:
+  """Seconds of a Retry-After header given in seconds (None: absent or a date)."""
+  try:
+    return max(0.0, float(response.headers["retry-after"]))
+  except (KeyError, ValueError):
+    return None
+
+
 class RemoteOracle:
   """An oracle whose backend is a prediction API (see module docstring).
 
@@ -60,8 +72,9 @@ class RemoteOracle:
     api_key: the key; its output mode, top_k, budget and defenses are set on the server.
     batch_size: inputs per request (capped at the server's max_batch).
     timeout: seconds per request.
-    retries: extra attempts after a timeout, a connection error or a 5xx.
-    backoff: seconds before the first retry, doubled for each next one.
+    retries: extra attempts after a timeout, a connection error, a 503 or a 429 with Retry-After.
+    backoff: seconds before the first retry, doubled for each next one (a Retry-After, capped at max_wait, wins).
+    max_wait: longest wait before a retry, in seconds.
     budget: optional client-side cap on the inputs this client asks (like `Oracle.budget`); None: only the key's.
     record_inputs: keep every answered input (`asked`).
     transport: 'npy' (default) or 'json'.
@@ -70,7 +83,7 @@ class RemoteOracle:
 
   def __init__(self, url: str, api_key: str, batch_size: int = 1024, timeout: float = 30.0, retries: int = 3,
                backoff: float = 0.2, budget: Optional[int] = None, record_inputs: bool = True,
-               transport: str = "npy", client: Optional[httpx.Client] = None):
+               transport: str = "npy", client: Optional[httpx.Client] = None, max_wait: float = 30.0):
     if transport not in ("npy", "json"):
       raise ValueError(f"transport must be 'npy' or 'json', got {transport!r}")
     if not api_key:
@@ -78,13 +91,15 @@ class RemoteOracle:
     if budget is not None and budget < 0:
       raise ValueError(f"budget must be >= 0 or None, got {budget}")
     self.url, self.retries, self.backoff, self.transport = url.rstrip("/"), retries, backoff, transport
+    self.max_wait = max_wait
     self.budget, self.record_inputs, self.used = budget, record_inputs, 0
     self._asked: list = []
     self._client = client or httpx.Client(timeout=timeout)
     self._client.headers["X-API-Key"] = api_key
+    self.key_id = hashlib.sha256(b"remote-oracle-key\x00" + api_key.encode()).hexdigest()[:16]  # names runs
     self.info = self._get("/health")
     key = self._get("/v1/budget")
-    self.output, self.top_k, self.defenses = key["output"], key["top_k"], key["defenses"]
+    self.output, self.top_k, self.defenses = key["output"], key["top_k"], key.get("defenses")
     self.num_classes = int(self.info["num_classes"])
     self.input_shape = tuple(self.info["input_shape"])
     self.batch_size = max(1, min(batch_size, int(self.info["max_batch"])))
@@ -95,18 +110,22 @@ class RemoteOracle:
     headers = dict(kwargs.pop("headers", {}))
     if request_id is not None:
       headers["X-Request-Id"] = request_id
-    problem = ""
+    problem, wait = "", None
     for attempt in range(self.retries + 1):
       if attempt:
-        time.sleep(self.backoff * 2 ** (attempt - 1))
+        time.sleep(min(self.max_wait, self.backoff * 2 ** (attempt - 1) if wait is None else wait))
       try:
         response = self._client.request(method, self.url + path, headers=headers, **kwargs)
       except httpx.TransportError as e:  # timeouts, refused or dropped connections
-        problem = f"{type(e).__name__}: {e}"
+        problem, wait = f"{type(e).__name__}: {e}", None
         continue
-      if response.status_code < 500:
-        return response
-      problem = f"HTTP {response.status_code}: {_detail(response)}"
+      status, wait = response.status_code, _retry_after(response)
+      if status == 503 or (status == 429 and wait is not None):  # busy: asked to come back
+        problem = f"HTTP {status}: {_detail(response)}"
+        continue
+      if status >= 500:
+        raise OracleUnavailable(f"{self.url}{path}: HTTP {status} (not retried): {_detail(response)}")
+      return response
     raise OracleUnavailable(f"{self.url}{path}: no answer after {self.retries + 1} attempts ({problem})")
 
   def _check(self, response: httpx.Response) -> httpx.Response:
@@ -144,7 +163,7 @@ class RemoteOracle:
   # ---------------------------------------------------------------------------------------- Oracle interface
   @property
   def key_state(self) -> dict:
-    """The key's state on the server: budget, used, remaining, output, top_k, defenses."""
+    """The key's state on the server: budget, used, remaining, output, top_k."""
     return self._get("/v1/budget")
 
   @property

@@ -11,6 +11,7 @@ the oracle computes in float64. `probe` checks exactly that before the search st
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import time
@@ -32,7 +33,8 @@ class Limits:
 class Querier:
   """Turns an `Oracle` into g (see module docstring), counting queries and enforcing `Limits`.
 
-  Every query of the attack goes through `__call__`, which asks the oracle once per batch.
+  Every query of the attack goes through `__call__`, which asks the oracle once per batch and counts the answered
+  inputs per stage (`by_stage`: the `stage` names of the calls).
   """
 
   def __init__(self, oracle: Oracle, limits: Limits = Limits()):
@@ -41,6 +43,7 @@ class Querier:
                        f"got {oracle.output!r}")
     self.oracle, self.limits = oracle, limits
     self.start_used, self.start_time = oracle.used, time.monotonic()
+    self.by_stage: collections.Counter = collections.Counter()
 
   @property
   def queries(self) -> int:
@@ -60,14 +63,16 @@ class Querier:
     if lim.max_seconds is not None and self.seconds > lim.max_seconds:
       raise LimitReachedError(f"{stage}: time limit {lim.max_seconds:g} s reached ({self.queries} queries used)")
 
-  def __call__(self, x: np.ndarray, stage: str = "query") -> np.ndarray:
-    """g(x) as float64 (N, m). Raises OraclePrecisionError if the oracle answers in less than float64."""
+  def __call__(self, x: np.ndarray, stage: str = "query", underflow_ok: bool = False) -> np.ndarray:
+    """g(x) as float64 (N, m). Raises OraclePrecisionError if the oracle answers in less than float64, or (with
+    probabilities, unless `underflow_ok`: then those rows are NaN) when a probability underflows to 0."""
     x = np.asarray(x, np.float64)
     self.check(stage, upcoming=len(x))
     try:
       y = self.oracle(x)
     except BudgetExceeded as e:
       raise LimitReachedError(f"{stage}: oracle budget exhausted: {e}") from e
+    self.by_stage[stage] += len(x)
     y = np.asarray(y)
     if y.dtype != np.float64:
       bits = np.finfo(y.dtype).nmant if np.issubdtype(y.dtype, np.floating) else 0
@@ -75,12 +80,16 @@ class Querier:
                                  f"equivalent extraction needs float64 answers", precision_bits=bits + 1)
     if self.oracle.output == "logits":
       return y
-    if np.any(y <= 0):
+    zero = np.any(y < np.finfo(np.float64).tiny, axis=1)  # 0 or subnormal: no longer float64-precise
+    if np.any(zero) and not underflow_ok:
       raise OraclePrecisionError(
-          f"{stage}: a probability underflowed to 0 (logit differences above ~745); use a smaller "
-          f"input scale or the logits output", precision_bits=0.0)
-    logp = np.log(y)
-    return logp[:, 1:] - logp[:, :1]
+          f"{stage}: a probability underflowed (logit differences above ~708); use a smaller "
+          f"input scale or domain, or the logits output", precision_bits=0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+      logp = np.log(y)
+      out = logp[:, 1:] - logp[:, :1]
+    out[zero] = np.nan
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +107,8 @@ def probe(query: Querier, input_dim: int, scale: float, rng: np.random.Generator
 
   At random points x ~ N(0, scale^2 I) and random unit directions v, measures the slopes (g(x + s v) - g(x)) / s
   for steps s = scale * (1e-3, 1e-5, 1e-7). For a float64 piecewise-linear g they agree at almost every point
-  up to rounding; noise or rounding of size e shows as slope differences ~ e / s, a smooth g as differences ~ s.
+  up to rounding; noise or rounding of size e shows as slope differences ~ e / s, a smooth g as differences ~ s
+  (beyond the rounding).
 
   Raises:
     OraclePrecisionError: answers reproducible only to 2^-b relative with b < required_bits (float32: b ~ 23).
@@ -117,7 +127,10 @@ def probe(query: Querier, input_dim: int, scale: float, rng: np.random.Generator
   noise = float(np.median(noise))
   bits = 52.0 if noise <= 2.0 ** -52 else -math.log2(noise)
   slope_mag = np.max(np.abs(slopes[0]), axis=-1) + 1e-300
-  change = float(np.median(np.max(np.abs(slopes[1] - slopes[0]), axis=-1) / slope_mag))
+  # the slope change beyond what rounding explains (large logits, e.g. a unit active everywhere with a big bias,
+  # make the slopes at the small step noisy without making g smooth)
+  rounding = 8 * max(noise, 2.0 ** -52) * mag / steps[1]
+  change = float(np.median(np.maximum(np.max(np.abs(slopes[1] - slopes[0]), axis=-1) - rounding, 0) / slope_mag))
   if bits < required_bits:
     raise OraclePrecisionError(
         f"precision reached: the oracle's answers are reproducible only to about 2^-{bits:.0f} relative "

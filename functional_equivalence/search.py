@@ -6,7 +6,8 @@ zero. Every interval [ta, tb] of every line is processed at once per level (one 
   * if g(mid) and g(tb) lie on the line through ta, the interval holds no kink (a cancellation of two kinks
     would need two k-vectors of slope jumps to cancel exactly: a null event);
   * otherwise the lines from both ends intersect at t*; if g just left of t* lies on the left line, g just right
-    of t* on the right line (t* +- eta) and g(mid) on its side's line, the interval holds exactly one kink, at t*
+    of t* on the right line (t* +- delta, delta ~ 1e-8 (tb - ta) or 100 tolerances / slope jump: a cluster of
+    kinks within +-delta would pass for one) and g(mid) on its side's line, the interval holds exactly one kink, at t*
     (to the accuracy of the float64 values, not of any grid; the checks beside t* matter for one output, where
     g(t*) itself would always match);
   * otherwise it is split in two at the midpoint.
@@ -42,38 +43,65 @@ def _close(a, b, tol):
   return np.all(np.abs(a - b) <= tol[..., None], axis=-1)
 
 
-def find_kinks(query: Querier, starts: np.ndarray, dirs: np.ndarray, t_max: float, *, pieces: int = 8,
-               rtol: float = 1e-10, max_depth: int = 44, max_intervals: int = 4096) -> Kinks:
+def find_kinks(query: Querier, starts: np.ndarray, dirs: np.ndarray, t_max, *, pieces: int = 8,
+               rtol: float = 1e-10, max_depth: int | None = None, max_intervals: int = 4096,
+               far: float | None = None, center=None) -> Kinks:
   """Finds the kinks of g along the lines starts[l] + t dirs[l], t in [-t_max, t_max].
+
+  Long lines cost little more than short ones: an interval without a kink is dropped at the first level that
+  sees it whole, so far out the search stays coarse and only intervals where g bends are refined (each level
+  that halves the range around a cluster of kinks costs ~5 queries).
 
   Args:
     query: the attack's Querier (float64 g).
     starts, dirs: (L, d) float64 points and directions of the lines.
-    t_max: half-length of the searched range of t.
+    t_max: half-length of the searched range of t (float), or per-line ranges (L, 2) of [t_low, t_high].
     pieces: initial equal pieces per line (each is one interval of the first level).
     rtol: relative tolerance of the collinearity tests (float64 rounding is ~1e-13 relative here).
-    max_depth: most bisection levels (widths down to 2 t_max / pieces / 2^max_depth).
+    max_depth: most bisection levels (default: down to widths of ~2^-43 in t, as 44 levels from |t| <= 8).
     max_intervals: most live intervals per line at one level (a line crosses each hidden unit's hyperplane at most
       once, so more means more than ~max_intervals units or a g that is not exactly piecewise linear).
+    far, center: when the live intervals pass max_intervals, those lying wholly further than `far` from `center`
+      (default 0) are given up first (counted in `unresolved`): far outside the domain g's rounding grows like
+      eps |x| |J|, which the tolerances (relative to |g| and to the slope along the line) cannot always see, e.g.
+      on a line nearly parallel to a far hyperplane.
   Returns:
     Kinks. Raises OraclePrecisionError when the live intervals explode (noise) and LimitReachedError (from the
     Querier) when the attack's limits are reached.
   """
   used0 = query.queries
   n_lines = len(starts)
-  grid = np.linspace(-t_max, t_max, pieces + 1)
+  ranges = np.broadcast_to(np.array([-t_max, t_max], float) if np.ndim(t_max) == 0 else np.asarray(t_max, float),
+                           (n_lines, 2))
+  if max_depth is None:
+    max_depth = 44 + max(0, int(np.ceil(np.log2(np.max(ranges[:, 1] - ranges[:, 0]) / pieces / 2))))
+  grid = ranges[:, :1] + (ranges[:, 1:] - ranges[:, :1]) * np.linspace(0, 1, pieces + 1)[None]   # (L, pieces+1)
   line0 = np.repeat(np.arange(n_lines), pieces + 1)
-  g0 = query(_points(starts, dirs, line0, np.tile(grid, n_lines)), "critical-point search")
+  g0 = query(_points(starts, dirs, line0, grid.reshape(-1)), "critical-point search")
   g0 = g0.reshape(n_lines, pieces + 1, -1)
+  # g's rounding is relative to the terms it sums, ~ eps |x| |J|, not to |g| where units cancel: |J| per line is
+  # estimated from the first grid (max |g| / |x| over it)
+  x0 = np.linalg.norm(_points(starts, dirs, line0, grid.reshape(-1)), axis=-1).reshape(n_lines, pieces + 1)
+  jac_est = np.max(np.max(np.abs(g0), axis=-1) / (x0 + 1e-300), axis=1)
   line = np.repeat(np.arange(n_lines), pieces)
-  ta, tb = np.tile(grid[:-1], n_lines), np.tile(grid[1:], n_lines)
+  ta, tb = grid[:, :-1].reshape(-1), grid[:, 1:].reshape(-1)
   ga, gb = g0[:, :-1].reshape(len(line), -1), g0[:, 1:].reshape(len(line), -1)
   found_line, found_t = [], []
+  given_up = 0
   for _ in range(max_depth):
     if len(line) == 0:
       break
+    if len(line) > max_intervals * n_lines and far is not None:
+      c = np.zeros(starts.shape[1]) if center is None else center
+      near = np.minimum(np.linalg.norm(_points(starts, dirs, line, ta) - c, axis=-1),
+                        np.linalg.norm(_points(starts, dirs, line, tb) - c, axis=-1)) <= far
+      near |= (ta < 0) & (tb > 0)                                          # an interval around the line's base
+      given_up += int(np.sum(~near))
+      line, ta, tb, ga, gb = line[near], ta[near], tb[near], ga[near], gb[near]
+      if len(line) == 0:
+        break
     if len(line) > max_intervals * n_lines:
-      width = float(np.min(tb - ta)) / (2 * t_max)
+      width = float(np.min((tb - ta) / (ranges[line, 1] - ranges[line, 0])))
       raise OraclePrecisionError(
           f"precision reached: 2^{np.log2(width):.0f} (relative interval width) in the critical-point search: "
           f"{len(line)} intervals on {n_lines} line(s) still hold inconsistent slopes, so g is not exactly "
@@ -86,16 +114,22 @@ def find_kinks(query: Querier, starts: np.ndarray, dirs: np.ndarray, t_max: floa
     sa, sb, gm = (g3[0] - ga) / eta[:, None], (gb - g3[1]) / eta[:, None], g3[2]
     mag = np.max(np.maximum(np.maximum(np.abs(ga), np.abs(gb)), np.abs(gm)), axis=-1)
     mag = np.maximum(mag, w * np.max(np.maximum(np.abs(sa), np.abs(sb)), axis=-1))
+    mag = np.maximum(mag, 0.1 * jac_est[line] * np.linalg.norm(_points(starts, dirs, line, mid), axis=-1))
     tol = rtol * mag
     flat = _close(gm, ga + sa * (mid - ta)[:, None], tol) & _close(gb, ga + sa * w[:, None], tol)
     ds = sa - sb
     with np.errstate(divide="ignore", invalid="ignore"):
       tstar = ta + np.sum(ds * (gb - sb * w[:, None] - ga), -1) / np.sum(ds * ds, -1)
-    cand = ~flat & np.isfinite(tstar) & (tstar > ta + eta) & (tstar < tb - eta)
+    # t* right at the end of a slope window is what a kink inside that window gives: split those instead
+    cand = ~flat & np.isfinite(tstar) & (tstar > ta + 2 * eta) & (tstar < tb - 2 * eta)
+    # the checks beside t* accept any cluster of kinks within +-delta of t* as one kink, so delta must be far
+    # below the interval (eta is not, on long lines), yet |ds| delta must stand well above the tolerance
+    with np.errstate(divide="ignore", invalid="ignore"):
+      delta = np.minimum(eta, np.maximum(1e-8 * w, 100 * tol / np.sqrt(np.sum(ds * ds, -1))))
     single = np.zeros_like(cand)
     if np.any(cand):
       i = np.flatnonzero(cand)
-      near = np.stack([tstar[i] - eta[i], tstar[i] + eta[i]])          # just left and right of t*
+      near = np.stack([tstar[i] - delta[i], tstar[i] + delta[i]])      # just left and right of t*
       gn = query(_points(starts, dirs, np.broadcast_to(line[i], near.shape), near).reshape(-1, starts.shape[1]),
                  "critical-point search").reshape(2, len(i), -1)
       at_mid_a = mid[i] <= tstar[i]
@@ -112,4 +146,4 @@ def find_kinks(query: Querier, starts: np.ndarray, dirs: np.ndarray, t_max: floa
   line_all = np.concatenate(found_line) if found_line else np.zeros(0, int)
   t_all = np.concatenate(found_t) if found_t else np.zeros(0)
   order = np.lexsort((t_all, line_all))
-  return Kinks(line_all[order], t_all[order], int(len(line)), query.queries - used0)
+  return Kinks(line_all[order], t_all[order], int(len(line)) + given_up, query.queries - used0)

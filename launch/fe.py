@@ -1,17 +1,26 @@
 """Flags and the `functional_equivalence` experiment: exact extraction of a two-layer ReLU victim from its logits.
 
   python -m launch.run --flagfile=configs/fe_digits.flags
+  python -m launch.run --experiment=functional_equivalence --oracle_url=URL --api_key=KEY --workdir=DIR
 
 The victim is read from --victim_npz (arrays w0 (d,h), b0 (h,), w1 (h,k), b1 (k,); logits = relu(x @ w0 + b0) @ w1
-+ b1), drawn at random (--fe_victim=random, --fe_input_dim, --fe_hidden, --fe_outputs) or trained on scikit-learn
-digits (--fe_victim=digits, --fe_hidden). The attack sees it only through `extraction.oracle.Oracle`. Writes
-<workdir>/victim.npz and <workdir>/recovered.npz (same convention; in probabilities mode class 0's column of w1
-and b1[0] are 0) and returns one result row. An attack that cannot succeed (float32/noisy oracle, non-ReLU victim,
-limits) raises an `ExtractionError`, which launch.run reports in one line with exit code 1. Float64 throughout
-(the run is wrapped in a scoped `jax.enable_x64(True)`).
++ b1), drawn at random (--fe_victim=random, --fe_input_dim, --fe_hidden, --fe_outputs), trained on scikit-learn
+digits (--fe_victim=digits, --fe_hidden), or, with --oracle_url and no --victim_npz, unknown: a pure black-box
+attack on a served network, d from the service (or --fe_input_dim). The attack sees the victim only through an
+Oracle. The domain of the claim is the ball of radius --fe_radius (default 1000 * --fe_scale) or the box --fe_box.
+Writes <workdir>/recovered.npz (same convention; in probabilities mode class 0's column of w1 and b1[0] are 0),
+<workdir>/units.json (per hidden unit: kind, estimated row error, effect on the domain, negligible) and, with a
+known victim, <workdir>/victim.npz; returns one result row: what needs no ground truth (queries per stage, units,
+the final check's error, the domain, seconds) and, with a known victim, the aligned weight errors per array,
+agreement on random inputs and over the domain, and the worst-case certificate (certify.py). Victim, attack and
+evaluation draw independent random streams (--seed for the victim; the attack's and evaluation's seeds are derived
+from it unless --fe_attack_seed / --fe_eval_seed are given). An attack that cannot succeed (float32/noisy oracle,
+non-ReLU victim, limits) raises an `ExtractionError`, which launch.run reports in one line with exit code 1.
+Float64 throughout (the run is wrapped in a scoped `jax.enable_x64(True)`).
 """
 from __future__ import annotations
 
+import json
 import math
 import pathlib
 
@@ -19,16 +28,20 @@ from absl import flags, logging
 import numpy as np
 
 from extraction import parallel
-from functional_equivalence import align, attack, victims
+from functional_equivalence import align, attack, certify, victims
+from functional_equivalence import domain as domains
 from functional_equivalence.errors import ExtractionError, VictimFileError
 from launch import common  # noqa: F401  (defines --seed, --workdir)
 from launch import experiments, oracle_flags
 
 flags.DEFINE_string("victim_npz", None, "Two-layer victim as an npz file with arrays w0 (d,h), b0 (h,), w1 (h,k), b1 "
-                    "(k,); logits = relu(x @ w0 + b0) @ w1 + b1.")
+                    "(k,); logits = relu(x @ w0 + b0) @ w1 + b1. With --oracle_url: the served network, used only to "
+                    "evaluate the result.")
 flags.DEFINE_enum("fe_victim", None, ["npz", "random", "digits"],
-                  "Victim of functional_equivalence (default: npz if --victim_npz is given, else random).")
-flags.DEFINE_integer("fe_input_dim", 64, "Inputs d of a random victim.", lower_bound=1)
+                  "Victim of functional_equivalence (default: npz if --victim_npz is given, else random; with "
+                  "--oracle_url, none: the served network).")
+flags.DEFINE_integer("fe_input_dim", 64, "Inputs d of a random victim; with --oracle_url, d if the service does not "
+                     "say (it must agree when it does).", lower_bound=1)
 flags.DEFINE_integer("fe_hidden", 32, "Hidden units h of a random or digits victim (not told to the attack).",
                      lower_bound=1)
 flags.DEFINE_integer("fe_outputs", 10, "Outputs k of a random victim.", lower_bound=1)
@@ -38,15 +51,29 @@ flags.DEFINE_enum("fe_oracle_output", "logits", ["logits", "probabilities"],
 flags.DEFINE_enum("fe_oracle_precision", "float64", ["float64", "float32"],
                   "Precision the victim computes in (float32 is refused by the attack with a clear error).")
 flags.DEFINE_float("fe_scale", 1.0, "Scale of the attack's random inputs, ~ N(0, scale^2 I).", lower_bound=1e-12)
+flags.DEFINE_float("fe_radius", None, "Domain of the claim: the ball |x| <= R (default 1000 * --fe_scale). Every "
+                   "unit whose hyperplane comes within R of 0 is searched for; the result is checked on the ball.",
+                   lower_bound=1e-12)
+flags.DEFINE_list("fe_box", None, "Domain of the claim: the box LOW <= x_j <= HIGH (e.g. 0,1 for images) instead of "
+                  "a ball.")
 flags.DEFINE_integer("fe_max_queries", None, "Query limit of the attack (none if unset).", lower_bound=1)
 flags.DEFINE_float("fe_seconds", 600.0, "Time limit of the attack in seconds.", lower_bound=0.0)
 flags.DEFINE_integer("fe_eval_inputs", 100_000, "Random inputs ~ N(0, scale^2 I) for the logit comparison.",
                      lower_bound=1)
+flags.DEFINE_integer("fe_domain_eval_inputs", 20_000, "Points over the domain (spheres up to R, or the box's "
+                     "interior, vertices and faces) for the logit comparison.", lower_bound=1)
+flags.DEFINE_integer("fe_attack_seed", None, "Seed of the attack (default: derived from --seed, independent of the "
+                     "victim's).")
+flags.DEFINE_integer("fe_eval_seed", None, "Seed of the evaluation inputs (default: derived from --seed).")
 
 FLAGS = flags.FLAGS
+STAGES = {"precision probe": "probe", "output size": "probe", "critical-point search": "search",
+          "gradients": "gradients", "refine": "refine", "second layer": "second_layer", "final check": "check"}
 
 
-def _victim_kind(kind, npz):
+def _victim_kind(kind, npz, url=None):
+  if url and not npz and kind is None:
+    return "remote"
   return kind or ("npz" if npz else "random")
 
 
@@ -66,11 +93,23 @@ def _check_victim(values):
 
 
 @flags.multi_flags_validator(["experiment", "oracle_url", "fe_victim", "victim_npz"])
-def _remote_needs_npz(values):
-  """Through --oracle_url the attack needs the served network's npz too, to measure what it recovered."""
-  if values["experiment"] == "functional_equivalence" and values["oracle_url"] and _victim_kind(values["fe_victim"], values["victim_npz"]) != "npz":
-    raise flags.ValidationError("--oracle_url with functional_equivalence needs --victim_npz=PATH of the served "
-                                "network (to compare the recovered weights with it)")
+def _remote_victim(values):
+  """Through --oracle_url the victim is the served network: no local one to build (an npz only to evaluate)."""
+  kind = _victim_kind(values["fe_victim"], values["victim_npz"], values["oracle_url"])
+  if values["experiment"] == "functional_equivalence" and values["oracle_url"] and kind not in ("npz", "remote"):
+    raise flags.ValidationError(f"--oracle_url attacks the served network: --fe_victim={kind} cannot be used with it "
+                                f"(give --victim_npz=PATH of the served network to evaluate the result, or nothing)")
+  return True
+
+
+@flags.multi_flags_validator(["fe_box", "fe_radius"], message="bad domain")
+def _check_domain(values):
+  if values["fe_box"] and values["fe_radius"] is not None:
+    raise flags.ValidationError("--fe_box and --fe_radius both give the domain; use one")
+  try:
+    domains.parse(values["fe_radius"], values["fe_box"], 1.0)
+  except ValueError as e:
+    raise flags.ValidationError(str(e).replace("the domain's box", "--fe_box")) from None
   return True
 
 
@@ -83,9 +122,21 @@ def _check_outputs(values):
   return True
 
 
+def stream_seeds(seed: int) -> dict:
+  """Independent seeds of the victim (--seed itself, so victims do not change), the attack and the evaluation
+  (numpy SeedSequence([seed, stream]) unless given by --fe_attack_seed / --fe_eval_seed)."""
+  derived = [int(np.random.SeedSequence([seed, stream]).generate_state(1)[0]) for stream in (1, 2)]
+  return dict(victim_seed=seed,
+              attack_seed=derived[0] if FLAGS.fe_attack_seed is None else FLAGS.fe_attack_seed,
+              eval_seed=derived[1] if FLAGS.fe_eval_seed is None else FLAGS.fe_eval_seed)
+
+
 def build_victim(seed: int):
-  """The victim chosen by the flags, and a test set (x, y) for digits (else None)."""
-  kind = _victim_kind(FLAGS.fe_victim, FLAGS.victim_npz)
+  """The victim chosen by the flags, and a test set (x, y) for digits (else None); (None, None) for a pure
+  black-box attack."""
+  kind = _victim_kind(FLAGS.fe_victim, FLAGS.victim_npz, FLAGS.oracle_url)
+  if kind == "remote":
+    return None, None
   if kind == "npz":
     return victims.load_npz(FLAGS.victim_npz), None
   if kind == "random":
@@ -96,44 +147,122 @@ def build_victim(seed: int):
 
 @experiments.register("functional_equivalence")
 def run(workdir: pathlib.Path) -> list[dict]:
-  """Builds the victim, extracts it through an Oracle, writes victim.npz and recovered.npz, returns one row."""
+  """Builds (or, remote, finds) the victim, extracts it through an Oracle, writes recovered.npz, units.json (and
+  victim.npz when known), returns one row."""
   import jax
   with jax.enable_x64(True):  # scoped: other experiments in this process keep their precision
     return _run(pathlib.Path(workdir))
 
 
-def _run(workdir: pathlib.Path) -> list[dict]:
-  workdir.mkdir(parents=True, exist_ok=True)
-  net, test = build_victim(FLAGS.seed)
-  victims.save_npz(workdir / "victim.npz", net)
-  d, h, k = net.shape
-  if FLAGS.fe_oracle_output == "probabilities" and k < 2:
-    raise ValueError("--fe_oracle_output=probabilities needs a victim with at least 2 outputs")
+def _remote_input_dim(oracle) -> int:
+  """d of a served network: its flat float64 input shape (checked against --fe_input_dim when that is given)."""
+  shape, dtype = tuple(oracle.input_shape), oracle.info.get("input_dtype", "float64")
+  if dtype != "float64" or len(shape) != 1:
+    raise common.ConfigError(f"--oracle_url={FLAGS.oracle_url} takes inputs {shape} of {dtype}; functionally-"
+                             f"equivalent extraction needs flat float64 inputs (serve the network with "
+                             f"python -m launch.serve --victim_npz=PATH)")
+  if FLAGS["fe_input_dim"].present and FLAGS.fe_input_dim != shape[0]:
+    raise common.ConfigError(f"--fe_input_dim={FLAGS.fe_input_dim} but --oracle_url={FLAGS.oracle_url} takes "
+                             f"inputs of dimension {shape[0]}")
+  return int(shape[0])
+
+
+def _oracle(net):
+  """The oracle of the attack and d: local over `net`, or the service of --oracle_url."""
+  if FLAGS.oracle_url:
+    oracle = oracle_flags.make_oracle(None, FLAGS.fe_oracle_output, record_inputs=False)
+    d = _remote_input_dim(oracle)
+    if net is not None and net.shape[0] != d:
+      raise common.ConfigError(f"--victim_npz has d={net.shape[0]} but --oracle_url takes d={d}")
+    return oracle, d
   dtype = np.float64 if FLAGS.fe_oracle_precision == "float64" else np.float32
   mesh = parallel.data_mesh(FLAGS.num_devices) if dtype == np.float64 else None
   backend = victims.sharded_backend(net, mesh) if mesh is not None else victims.backend(net, dtype)
-  oracle = oracle_flags.make_oracle(backend, FLAGS.fe_oracle_output, record_inputs=False)
-  cfg = attack.Config(scale=FLAGS.fe_scale, max_queries=FLAGS.fe_max_queries, max_seconds=FLAGS.fe_seconds)
-  try:
-    result = attack.extract(oracle, d, cfg, seed=FLAGS.seed)
-  except ExtractionError as e:  # launch.run turns it into a one-line error and exit code 1
-    logging.error("functional_equivalence stopped after %d queries: %s: %s", oracle.used, type(e).__name__, e)
-    raise
-  victims.save_npz(workdir / "recovered.npz", result.net)
+  return oracle_flags.make_oracle(backend, FLAGS.fe_oracle_output, record_inputs=False), net.shape[0]
+
+
+def _domain_text(dom) -> str:
+  info = dom.describe()
+  return f"ball R={info['radius']:g}" if info["kind"] == "ball" else f"box [{info['low']:g}, {info['high']:g}]"
+
+
+def _attack_row(result, d: int, seeds: dict) -> dict:
+  """What needs no ground truth: queries (total, per stage), units, final check, domain, seconds, seeds."""
+  stats, units = result.stats, result.units
+  by_stage = {}
+  for stage, n in result.queries_by_stage.items():
+    key = "queries_" + STAGES.get(stage, stage.replace(" ", "_"))
+    by_stage[key] = by_stage.get(key, 0) + n
+  k = result.net.w1.shape[1]
+  row_errors = [e for e, kind in zip(units["row_error"], units["kind"]) if kind != "linear"]
+  return dict(
+      oracle_output=FLAGS.fe_oracle_output, domain=_domain_text(result.domain), recovered_shape=f"{d}-"
+      f"{result.hidden_units_found}-{k}", queries=result.queries, queries_log2=round(math.log2(max(result.queries, 1)), 2),
+      **by_stage, hidden_units_found=result.hidden_units_found, linear_units=stats["linear_units"],
+      paired_units=stats["paired_units"], layer2_model=stats["layer2_model"],
+      negligible_units=int(sum(units["negligible"])) + units["negligible_lost_kinks"],
+      negligible_bound=max([e for e, n in zip(units["effect"], units["negligible"]) if n] +
+                           [units["negligible_lost_bound"]]), precision_floor=units["precision_floor"],
+      kinks_without_jump=len(stats["lost_kink_bounds"]),
+      max_unit_row_error=max(row_errors, default=0.0), check_error=stats["check_error"],
+      check_max_abs_error=stats["check_max_abs_error"], check_points=stats["check_points"],
+      search_radius=stats["search_radius"], seconds=round(result.seconds, 2), rounds=result.rounds, **seeds)
+
+
+def _evaluation_row(net, result, dom, test, eval_seed: int) -> dict:
+  """The comparison with the true weights: aligned errors per array, agreement on N(0, scale^2 I) and over the
+  domain, and the worst-case certificate."""
   diff = FLAGS.fe_oracle_output == "probabilities"
-  weights = align.weight_error(net, result.net, differences=diff)
-  rand = align.random_agreement(net, result.net, FLAGS.fe_eval_inputs, FLAGS.fe_scale, FLAGS.seed + 1, diff)
-  row = dict(method="functional_equivalence", victim=_victim_kind(FLAGS.fe_victim, FLAGS.victim_npz),
-             shape=f"{d}-{h}-{k}", oracle_output=FLAGS.fe_oracle_output, queries=result.queries,
-             queries_log2=round(math.log2(max(result.queries, 1)), 2), hidden_units_found=result.hidden_units_found,
-             inert_true_units=weights["inert_true_units"], max_weight_error=weights["max_weight_error"],
-             weight_error_bits=round(weights["weight_error_bits"], 1), max_logit_error=rand["max_logit_error"],
-             agreement=rand["agreement"], eval_inputs=rand["count"], seconds=round(result.seconds, 2))
+  d, h, k = net.shape
+  weights = align.weight_error(net, result.net, differences=diff, domain=dom)
+  seeds = np.random.SeedSequence(eval_seed).generate_state(3)
+  rand = align.random_agreement(net, result.net, FLAGS.fe_eval_inputs, FLAGS.fe_scale, int(seeds[0]), diff)
+  over = align.domain_agreement(net, result.net, dom, FLAGS.fe_domain_eval_inputs, int(seeds[1]), diff)
+  cert = certify.certify(net, result.net, dom, diff)
+  found = certify.search_max(net, result.net, dom, int(seeds[2]), differences=diff)
+  row = dict(shape=f"{d}-{h}-{k}", inert_true_units=weights["inert_true_units"],
+             merged_true_units=weights["merged_true_units"], max_weight_error=weights["max_weight_error"],
+             weight_error_bits=round(weights["weight_error_bits"], 1),
+             **{f"max_error_{a}": weights[f"max_error_{a}"] for a in ("w0", "b0", "w1", "b1")},
+             max_logit_error=rand["max_logit_error"], agreement=rand["agreement"], eval_inputs=rand["count"],
+             domain_max_logit_error=over["max_logit_error"], domain_agreement=over["agreement"],
+             domain_eval_inputs=over["count"], certified_max_logit_diff=cert["bound"],
+             found_max_logit_diff=found["found"], certificate_unmatched_groups=cert["unmatched_groups"])
   if test is not None:
     t = align.logit_agreement(net, result.net, test[0], diff)
     row.update(test_max_logit_error=t["max_logit_error"], test_agreement=t["agreement"],
                victim_test_accuracy=float(np.mean(victims.logits(net, test[0]).argmax(1) == test[1])),
                extracted_test_accuracy=float(np.mean(victims.logits(result.net, test[0]).argmax(1) == test[1])))
-  row["rounds"] = result.rounds
+  return row
+
+
+def _run(workdir: pathlib.Path) -> list[dict]:
+  workdir.mkdir(parents=True, exist_ok=True)
+  seeds = stream_seeds(FLAGS.seed)
+  net, test = build_victim(seeds["victim_seed"])
+  if net is not None:
+    victims.save_npz(workdir / "victim.npz", net)
+    if FLAGS.fe_oracle_output == "probabilities" and net.shape[2] < 2:
+      raise ValueError("--fe_oracle_output=probabilities needs a victim with at least 2 outputs")
+  oracle, d = _oracle(net)
+  dom = domains.parse(FLAGS.fe_radius, FLAGS.fe_box, FLAGS.fe_scale)
+  cfg = attack.Config(scale=FLAGS.fe_scale, domain=dom, max_queries=FLAGS.fe_max_queries,
+                      max_seconds=FLAGS.fe_seconds)
+  logging.info("functional_equivalence: d=%d, domain %s, seeds %s", d, dom.describe(), seeds)
+  try:
+    result = attack.extract(oracle, d, cfg, seed=seeds["attack_seed"])
+  except ExtractionError as e:  # launch.run turns it into a one-line error and exit code 1
+    logging.error("functional_equivalence stopped after %d queries: %s: %s", oracle.used, type(e).__name__, e)
+    raise
+  victims.save_npz(workdir / "recovered.npz", result.net)
+  (workdir / "units.json").write_text(json.dumps(result.units, indent=1))
+  row = dict(method="functional_equivalence", victim=_victim_kind(FLAGS.fe_victim, FLAGS.victim_npz, FLAGS.oracle_url),
+             **_attack_row(result, d, seeds))
+  if row["search_radius"] < dom.circumradius(d):
+    logging.warning("the search lines cross hyperplanes reliably only up to %.3g from the domain's center (the "
+                    "probabilities underflow further out), less than the domain's %.3g: units whose hyperplanes "
+                    "lie further out may be missed", row["search_radius"], dom.circumradius(d))
+  if net is not None:
+    row.update(_evaluation_row(net, result, dom, test, seeds["eval_seed"]))
   logging.info("functional_equivalence: %s", row)
   return [row]

@@ -3,9 +3,9 @@ victim, or with --oracle_url a `RemoteOracle` asking a prediction service (`pyth
 
   python -m launch.run --flagfile=configs/quickstart.flags --oracle_url=http://127.0.0.1:8000 --api_key=KEY
 
-With --oracle_url the output mode, top_k and defenses are the key's, set on the server: `make_oracle` checks that
-they are what the experiment asks for (--oracle_output, --top_k) and ends the run with a one-line error
-otherwise. The key may also be given in the environment variable EXTRACTION_API_KEY (kept out of flagfiles and
+With --oracle_url the output mode, top_k and defenses are the key's, set on the server (which discloses the
+output mode and top_k, never the defenses): `make_oracle` checks that they are what the experiment asks for
+(--oracle_output, --top_k) and ends the run with a one-line error otherwise. The key may also be given in the environment variable EXTRACTION_API_KEY (kept out of flagfiles and
 shell history); it is never written to results.
 """
 from __future__ import annotations
@@ -76,16 +76,17 @@ def make_oracle(local_backend: Optional[Backend], output: str, top_k: Optional[i
     raise OracleMismatch(f"--oracle_url={FLAGS.oracle_url}: this API key is served {served} but the experiment "
                          f"asks for {asked}; use a key served {asked} or set the experiment's output to {served}")
   left = oracle.key_state["remaining"]
-  logging.info("remote oracle %s: output %s, defenses %s, key budget left %s", FLAGS.oracle_url,
-               _mode_text(oracle.output, oracle.top_k), oracle.defenses or "none", "no limit" if left is None else left)
+  logging.info("remote oracle %s: output %s, key budget left %s", FLAGS.oracle_url,
+               _mode_text(oracle.output, oracle.top_k), "no limit" if left is None else left)
   return oracle
 
 
 def oracle_settings(oracle: Union[Oracle, RemoteOracle]) -> dict:
   """What makes a remote oracle's answers differ from the local one's, for names of runs and checkpoints:
-  {} for a local oracle (names stay as they were), else the URL and the key's defenses."""
+  {} for a local oracle (names stay as they were), else the URL and a digest of the key (the service does not
+  disclose a key's defenses, so each key names its own runs)."""
   if isinstance(oracle, RemoteOracle):
-    return {"oracle_url": oracle.url, "defenses": oracle.defenses}
+    return {"oracle_url": oracle.url, "key_id": oracle.key_id}
   return {}
 
 

@@ -74,7 +74,8 @@ def plot(rows: list[dict], path: pathlib.Path) -> bool:
     ax.set_xlabel("queries")
     ax.set_ylabel(f"{metric} (%)")
     ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=8)
+  if axes[0].get_legend_handles_labels()[0]:
+    axes[0].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

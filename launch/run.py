@@ -18,6 +18,7 @@ from launch import experiments, results
 from launch import learning  # noqa: F401  (registers the learning-based experiments)
 from launch import fe  # noqa: F401  (registers functional_equivalence)
 from launch import direct  # noqa: F401  (registers direct_recovery)
+from launch import lm  # noqa: F401  (registers lm_last_layer)
 
 from extraction.datasets import DatasetUnavailable
 from extraction.oracle import BudgetExceeded

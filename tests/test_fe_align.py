@@ -59,3 +59,16 @@ def test_a_wrong_orientation_is_not_matched_but_reported():
   err = align.weight_error(net, victims.TwoLayerNet(w0, b0, net.w1, net.b1))
   assert err["max_weight_error"] == math.inf and err["sign_flipped_units"] == 1 and err["matched_units"] == 4
   assert align.bits(math.inf) == -math.inf and align.bits(0.0) == 64.0 and align.bits(2.0 ** -30) == 30.0
+
+
+def test_units_dead_on_the_domain_are_set_aside_on_both_sides():
+  from functional_equivalence import domain
+  net = victims.random_net(4, 6, 5, 3)
+  far = np.zeros((6, 1))
+  far[0, 0] = 1.0
+  # a unit active only where x_0 > 50: outside the ball of radius 10, in the recovered network only
+  rec = victims.TwoLayerNet(np.concatenate([net.w0, far], 1), np.concatenate([net.b0, [-50.0]]),
+                            np.concatenate([net.w1, np.ones((1, 3))]), net.b1)
+  assert align.weight_error(net, rec)["max_weight_error"] == math.inf
+  err = align.weight_error(net, rec, domain=domain.Ball(10.0))
+  assert err["max_weight_error"] < 1e-12 and err["extra_units"] == 0

@@ -32,6 +32,39 @@ def test_find_kinks_matches_analytic_positions():
   assert kinks.queries < 20 * len(kinks.t)  # a bisection with line intersections, not a grid
 
 
+@pytest.mark.parametrize("d,h", [(64, 16), (64, 256)])
+def test_long_lines_find_every_kink_cheaply(d, h):
+  # |t| <= 64000: the first pieces are 16000 wide while the kinks near 0 are ~0.01 apart; an interval holding a
+  # cluster must never pass for one kink (the checks beside t* once used steps of 1e-3 of the interval)
+  net = victims.random_net(2, d, h, 10)
+  rng = np.random.default_rng(0)
+  u, v = rng.normal(size=(3, d)), rng.normal(size=(3, d))
+  q = _querier(victims.backend(net))
+  kinks = search.find_kinks(q, u, v, 64000.0)
+  for line, true in enumerate(_true_kinks(net, u, v, 64000.0)):
+    found = kinks.t[kinks.line == line]
+    assert len(found) == len(true)
+    np.testing.assert_allclose(found, true, rtol=1e-8, atol=1e-9)
+  # ~16 queries a kink, plus ~150 a line for the coarse levels far out
+  assert kinks.queries < 16 * len(kinks.t) + 200 * len(u)
+
+
+def test_rounding_far_outside_the_domain_is_given_up_not_fatal():
+  # rounding that grows like eps |x| |J| (a line nearly parallel to a far hyperplane): below the tolerances near
+  # 0, above them far out, where the search gives up instead of calling the whole oracle noisy
+  net = victims.random_net(0, 8, 6, 3)
+  rng = np.random.default_rng(0)
+  noisy = lambda x: victims.logits(net, x) * (1 + 1e-14 * (np.linalg.norm(x, axis=1, keepdims=True) / 2000) ** 2
+                                                * rng.normal(size=(len(x), 1)))
+  u, v = rng.normal(size=(1, 8)), rng.normal(size=(1, 8))
+  with pytest.raises(OraclePrecisionError):
+    search.find_kinks(_querier(noisy), u, v, 64000.0, max_intervals=256)
+  kinks = search.find_kinks(_querier(noisy), u, v, 64000.0, max_intervals=256, far=2000.0)
+  [true] = _true_kinks(net, u, v, 100.0)                     # all within |x| < 2000 here
+  assert kinks.unresolved > 0 and len(kinks.t) >= len(true)
+  np.testing.assert_allclose(kinks.t[np.abs(kinks.t) < 100], true, atol=1e-6)
+
+
 def test_find_kinks_separates_close_opposite_kinks_with_one_output():
   # g(t) = relu(t - 0.300) - 0.5 relu(t - 0.301): a convex and a concave kink 1e-3 apart, one output; the
   # intersection of the outer lines lands outside both kinks, so only the checks beside t* can reject it.
