@@ -87,10 +87,9 @@ def run_art(workdir: pathlib.Path, names: list[str]) -> list[dict]:
   import logging as py_logging
   from art.attacks.extraction import CopycatCNN, KnockoffNets
   from art.estimators.classification import BlackBoxClassifier
-  from extraction import datasets, evaluation, oracle as oracle_lib, seeds, transfer
+  from extraction import datasets, evaluation, oracle as oracle_lib, transfer
   from extraction import victim as victim_lib
   from extraction.predict import predict_logits
-  from launch.learning import TRANSFER_STREAM
   py_logging.getLogger("art").setLevel(py_logging.WARNING)
   cfg = _launcher_flags(workdir)
   ds = datasets.load(cfg["dataset"], cfg["data_dir"])
@@ -101,7 +100,7 @@ def run_art(workdir: pathlib.Path, names: list[str]) -> list[dict]:
   query_seed = cfg["seed"] if cfg["query_seed"] is None else cfg["query_seed"]
   student_seed = cfg["seed"] if cfg["student_seed"] is None else cfg["student_seed"]
   ts = transfer.load(cfg["transfer_set"], ds.image_shape, cfg["transfer_size"],
-                     seeds.rng(query_seed, "query", TRANSFER_STREAM), cfg["data_dir"])
+                     transfer.draw_rng(query_seed), cfg["data_dir"])
   actions = np.unique(ts.kinds[:, 0] * 100_000 + ts.kinds[:, 1], return_inverse=True)[1]
   backend = oracle_lib.model_backend(victim.model, victim.variables)
   output = cfg["oracle_output"][0]

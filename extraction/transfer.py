@@ -25,6 +25,7 @@ SKIMAGE_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "m
                   "motorcycle_right.png", "hubble_deep_field.jpg", "coins.png", "camera.png", "moon.png", "brick.png",
                   "grass.png", "gravel.png", "retina.jpg")
 DOMAIN = {"digits": "digits", "cifar10": "cifar10"}  # transfer set -> the dataset it would duplicate
+STREAM = 0x7a5f  # the query stream's sub-stream that draws the transfer set
 
 
 class TransferSetUnavailable(RuntimeError):
@@ -97,6 +98,12 @@ def cifar10(n: int, shape: tuple, rng: np.random.Generator, data_dir: Optional[s
     images, labels = f["image"], np.asarray(f["label"]).reshape(-1)
   pick = rng.permutation(len(images))[:n]
   return np.stack([_fit(_crop(images[i], rng, 5 / 8, 1.0), shape) for i in pick]), labels[pick]
+
+
+def draw_rng(query_seed: int) -> np.random.Generator:
+  """The generator that draws an attacker's transfer set: a sub-stream of its query stream."""
+  from extraction import seeds
+  return seeds.rng(query_seed, "query", STREAM)
 
 
 def load(names: list[str], shape: tuple, size: int, rng: np.random.Generator,

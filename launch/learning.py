@@ -21,7 +21,7 @@ import time
 import numpy as np
 from absl import flags, logging
 
-from extraction import datasets, evaluation, models, oracle as oracle_lib, parallel, rounds as rounds_lib, seeds
+from extraction import datasets, evaluation, models, oracle as oracle_lib, parallel, rounds as rounds_lib
 from extraction import students, transfer
 from extraction import victim as victim_lib
 from extraction.strategies import Asked, Student
@@ -89,7 +89,6 @@ flags.DEFINE_list("gauss_sigmas", ["8", "24", "64"], "Gaussian noise (pixel leve
 flags.DEFINE_integer("gauss_samples", None, "Test images used under Gaussian noise (default all).")
 
 FLAGS = flags.FLAGS
-TRANSFER_STREAM = 0x7a5f  # the query stream's sub-stream that draws the transfer set
 
 
 def _check(cond: bool, message: str) -> bool:
@@ -347,7 +346,7 @@ def _natural_inputs(strategy, pool: np.ndarray, ds, budgets: list[int], cache: d
     raise common.ConfigError(f"--transfer_set={same[0]} is the victim's own domain ({ds.name}); choose another "
                              f"(or --strategy=random to ask the attacker's pool)")
   if "set" not in cache:
-    rng = seeds.rng(_seed("query_seed"), "query", TRANSFER_STREAM)
+    rng = transfer.draw_rng(_seed("query_seed"))
     cache["set"] = transfer.load(FLAGS.transfer_set, ds.image_shape, FLAGS.transfer_size, rng, FLAGS.data_dir)
     logging.info("transfer set %s: %d images", ",".join(FLAGS.transfer_set), len(cache["set"].images))
   ts = cache["set"]
