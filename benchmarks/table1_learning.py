@@ -35,6 +35,7 @@ flags.DEFINE_list("extra", [], "Extra launcher flags (e.g. --student_steps=100).
 flags.DEFINE_list("art", ["copycat", "knockoff_random", "knockoff_adaptive"], "ART attacks to run beside ours "
                   "(empty: none).")
 flags.DEFINE_bool("launcher", True, "Run the launcher (false: reuse its results.json in the workdir).")
+flags.DEFINE_bool("markdown_only", False, "Only rewrite the Markdown from benchmarks/results/<name>.json.")
 FLAGS = flags.FLAGS
 
 
@@ -136,12 +137,53 @@ def run_art(workdir: pathlib.Path, names: list[str]) -> list[dict]:
   return rows
 
 
+def side_by_side(rows: list[dict]) -> str:
+  """One line per strategy (ours, then ART's), for each budget its fidelity and accuracy as mean ± std over the
+  seeds, and the victim's accuracy above."""
+  from launch.results import _cell
+  victim = next((r for r in rows if r["method"] == "victim"), None)
+  rows = [r for r in rows if r["method"] != "victim"]
+  budgets = sorted({r["queries"] for r in rows})
+  names = list(dict.fromkeys(r["strategy"] for r in rows))
+  names = [n for n in names if not n.startswith("ART")] + [n for n in names if n.startswith("ART")]
+  head = ["strategy"] + [f"{m} @ {q}" for q in budgets for m in ("fidelity", "accuracy")]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for n in names:
+    by_q = {r["queries"]: r for r in rows if r["strategy"] == n}
+    lines.append("| " + " | ".join([n] + [_cell(by_q.get(q, {}), m) for q in budgets
+                                          for m in ("fidelity", "accuracy")]) + " |")
+  top = f"Victim test accuracy {victim['accuracy']:.4f}.\n\n" if victim else ""
+  return top + "\n".join(lines) + "\n"
+
+
+def write_markdown(name: str, out: dict) -> str:
+  """benchmarks/results/<name>.md from the benchmark's JSON `out`."""
+  from launch import results
+  table = results.markdown_table(sorted(out["rows"], key=lambda r: (r["queries"], r.get("strategy", ""))))
+  m = out["machine"]
+  md = [f"# Table 1, learning with chosen queries ({out['scale']})\n", f"Command: `{out['command']}`\n",
+        f"Launcher: `{out['launcher_command']}` ({out['launcher_seconds']} s); ART rows {out['art_seconds']} s; "
+        f"{m['cpu']}, {m['cpu_count']} cores, load average at the end {m['load_average']}, ART "
+        f"{m['adversarial-robustness-toolbox']}.\n", out["notes"] + "\n",
+        "ART rows: ART's attack code choosing the queries, our student trained by ART's loop (`fit` with "
+        "nb_epochs x batches = the launcher's steps, batches drawn with replacement), evaluated once at the end "
+        "(EMA weights) rather than as the median of the last evaluations. ART's adaptive Knockoff also fits the "
+        "student on each query as it is answered (its online update), hence more steps.\n",
+        "## Side by side (mean ± std over the seeds)\n", side_by_side(out["rows"]), "## Every figure\n", table]
+  text = "\n".join(md)
+  (RESULTS / f"{name}.md").write_text(text)
+  return text
+
+
 def main(_):
   name = f"table1_learning_{FLAGS.scale}"
+  if FLAGS.markdown_only:
+    print(write_markdown(name, json.loads((RESULTS / f"{name}.json").read_text())))
+    return
   workdir = pathlib.Path(FLAGS.workdir or f"workdirs/{name}")
   launcher = [sys.executable, "-m", "launch.run", f"--flagfile={name}.flags", f"--workdir={workdir}",
               f"--data_dir={FLAGS.data_dir}", *FLAGS.extra]
-  out = {"command": "python -m benchmarks.table1_learning " + " ".join(sys.argv[1:]),
+  out = {"scale": FLAGS.scale, "command": "python -m benchmarks.table1_learning " + " ".join(sys.argv[1:]),
          "launcher_command": " ".join(launcher[1:])}
   t = time.time()
   if FLAGS.launcher:
@@ -154,18 +196,7 @@ def main(_):
   out.update(art_seconds=round(time.time() - t), machine=machine("adversarial-robustness-toolbox"), rows=ours + art_rows,
              notes=(REPO / workdir / "results.md").read_text().split("\n\n")[0])
   (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2))
-  from launch import results
-  table = results.markdown_table(sorted(out["rows"], key=lambda r: (r["queries"], r.get("strategy", ""))))
-  m = out["machine"]
-  md = [f"# Table 1, learning with chosen queries ({FLAGS.scale})\n", f"Command: `{out['command']}`\n",
-        f"Launcher: `{out['launcher_command']}` ({out['launcher_seconds']} s); ART rows {out['art_seconds']} s; "
-        f"{m['cpu']}, {m['cpu_count']} cores, load average at the end {m['load_average']}, ART "
-        f"{m['adversarial-robustness-toolbox']}.\n", out["notes"] + "\n",
-        "ART rows: ART's attack code choosing the queries, our student trained by ART's loop (`fit` with "
-        "nb_epochs x batches = the launcher's steps, batches drawn with replacement), evaluated once at the end "
-        "(EMA weights) rather than as the median of the last evaluations.\n", table]
-  (RESULTS / f"{name}.md").write_text("\n".join(md))
-  print("\n".join(md))
+  print(write_markdown(name, out))
 
 
 if __name__ == "__main__":
