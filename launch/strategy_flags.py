@@ -42,22 +42,17 @@ PARAMS = ("candidates", "jbda_lambda", "jbda_tau", "knockoff_reward", "knockoff_
           "dfal_max_iter", "dfme_batch", "dfme_directions", "dfme_epsilon", "dfme_lr")
 
 
-@flags.validator("strategy")
-def _known(names):
-  unknown = [n for n in names if n not in strategies.STRATEGIES]
-  if unknown or not names:
-    raise flags.ValidationError(f"unknown --strategy={','.join(names)}; choose from "
-                                f"{', '.join(strategies.STRATEGIES)}")
-  return True
+def _names_in(flag: str, registry) -> callable:
+  """A validator of a list flag whose every name is a key of `registry`."""
+  def check(names):
+    if not names or any(n not in registry for n in names):
+      raise flags.ValidationError(f"unknown --{flag}={','.join(names)}; choose from {', '.join(registry)}")
+    return True
+  return check
 
 
-@flags.validator("transfer_set")
-def _known_transfer(names):
-  unknown = [n for n in names if n not in transfer.TRANSFER_SETS]
-  if unknown or not names:
-    raise flags.ValidationError(f"unknown --transfer_set={','.join(names)}; choose from "
-                                f"{', '.join(transfer.TRANSFER_SETS)}")
-  return True
+flags.register_validator("strategy", _names_in("strategy", strategies.STRATEGIES))
+flags.register_validator("transfer_set", _names_in("transfer_set", transfer.TRANSFER_SETS))
 
 
 @flags.validator("rounds")

@@ -143,3 +143,40 @@ def sample_unasked(rnd: Round, n: int) -> np.ndarray:
 def top_n(scores: np.ndarray, n: int) -> np.ndarray:
   """Positions of the n largest scores, largest first (ties: lower position first)."""
   return np.argsort(-np.asarray(scores), kind="stable")[:n]
+
+
+@dataclasses.dataclass(frozen=True)
+class FromSeedSet:
+  """Base of the adaptive strategies that start from a random seed set of the attacker's pool (while there is no
+  student) and choose every later round with the student: JBDA and ActiveThief's. Subclasses define
+  `grow(rnd, n)`, which asks n inputs."""
+  source: str = "pool"
+  labels_only: bool = False
+  adaptive: bool = True
+
+  def init(self, rnd: Round):
+    return None
+
+  def select(self, state, rnd: Round, n: int):
+    if rnd.student is None or not len(rnd.asked):
+      rnd.ask(indices=sample_unasked(rnd, n))
+    else:
+      self.grow(rnd, n)
+    return state
+
+  def grow(self, rnd: Round, n: int) -> None:
+    raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class RankCandidates(FromSeedSet):
+  """ActiveThief's strategies: every later round asks the n best unasked pool inputs (among `candidates` random
+  ones when > 0) by the subclass's `rank(rnd, indices, n) -> positions in indices`."""
+  candidates: int = 0
+
+  def grow(self, rnd: Round, n: int) -> None:
+    idx = rnd.candidates(self.candidates)
+    rnd.ask(indices=idx[self.rank(rnd, idx, n)])
+
+  def rank(self, rnd: Round, indices: np.ndarray, n: int) -> np.ndarray:
+    raise NotImplementedError

@@ -18,7 +18,7 @@ import numpy as np
 
 from extraction.datasets import to_float
 from extraction.strategies import gradients
-from extraction.strategies.base import Round, sample_unasked
+from extraction.strategies.base import RankCandidates, Round
 
 
 def deepfool_norms(model, variables, x: np.ndarray, max_iter: int = 10, overshoot: float = 0.02) -> np.ndarray:
@@ -52,26 +52,14 @@ def deepfool_norms(model, variables, x: np.ndarray, max_iter: int = 10, overshoo
 
 
 @dataclasses.dataclass(frozen=True)
-class DFAL:
-  candidates: int = 0
+class DFAL(RankCandidates):
   max_iter: int = 10
   overshoot: float = 0.02
-  source: str = "pool"
-  labels_only: bool = False
-  adaptive: bool = True
 
-  def init(self, rnd: Round):
-    return None
-
-  def select(self, state, rnd: Round, n: int):
-    if rnd.student is None:
-      rnd.ask(indices=sample_unasked(rnd, n))
-      return state
-    idx = rnd.candidates(self.candidates)
-    norms = deepfool_norms(rnd.student.model, rnd.student.variables, to_float(rnd.natural[idx]), self.max_iter,
+  def rank(self, rnd: Round, indices: np.ndarray, n: int) -> np.ndarray:
+    norms = deepfool_norms(rnd.student.model, rnd.student.variables, to_float(rnd.natural[indices]), self.max_iter,
                            self.overshoot)
-    rnd.ask(indices=idx[np.argsort(norms, kind="stable")[:n]])
-    return state
+    return np.argsort(norms, kind="stable")[:n]
 
 
 def make(candidates: int = 0, dfal_max_iter: int = 10, **_) -> DFAL:

@@ -20,7 +20,7 @@ import numpy as np
 
 from extraction.datasets import to_float
 from extraction.strategies import gradients
-from extraction.strategies.base import Round, Student, sample_unasked
+from extraction.strategies.base import FromSeedSet, Round, Student
 
 
 def step_size(lam: float, tau: int, round_index: int) -> float:
@@ -36,20 +36,11 @@ def jacobian_augment(student: Student, x: np.ndarray, labels: np.ndarray, lam: f
 
 
 @dataclasses.dataclass(frozen=True)
-class JBDA:
+class JBDA(FromSeedSet):
   lam: float = 0.1
   tau: int = 3
-  source: str = "pool"
-  labels_only: bool = False
-  adaptive: bool = True
 
-  def init(self, rnd: Round):
-    return None
-
-  def select(self, state, rnd: Round, n: int):
-    if rnd.student is None or not len(rnd.asked):
-      rnd.ask(indices=sample_unasked(rnd, n))  # the seed set
-      return state
+  def grow(self, rnd: Round, n: int) -> None:
     m = len(rnd.asked)
     parents = rnd.rng.permutation(m)[:n]
     if n > m:  # more than everything asked so far: some inputs are moved twice
@@ -57,7 +48,6 @@ class JBDA:
     labels = np.argmax(rnd.asked.answers[parents], axis=-1)
     lam = step_size(self.lam, self.tau, rnd.index)
     rnd.ask(inputs=jacobian_augment(rnd.student, rnd.asked.inputs[parents], labels, lam))
-    return state
 
 
 def make(jbda_lambda: float = 0.1, jbda_tau: int = 3, **_) -> JBDA:

@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from extraction.strategies.base import Round, sample_unasked
+from extraction.strategies.base import RankCandidates, Round
 
 _BLOCK = 2048
 
@@ -43,24 +43,11 @@ def kcenter_greedy(points: np.ndarray, centers: np.ndarray, n: int) -> np.ndarra
 
 
 @dataclasses.dataclass(frozen=True)
-class KCenter:
-  candidates: int = 0
-  source: str = "pool"
-  labels_only: bool = False
-  adaptive: bool = True
+class KCenter(RankCandidates):
 
-  def init(self, rnd: Round):
-    return None
-
-  def select(self, state, rnd: Round, n: int):
-    if rnd.student is None:
-      rnd.ask(indices=sample_unasked(rnd, n))
-      return state
-    idx = rnd.candidates(self.candidates)
-    points = rnd.student.probabilities(rnd.natural[idx])
-    centers = rnd.student.probabilities(rnd.asked.inputs)
-    rnd.ask(indices=idx[kcenter_greedy(points, centers, n)])
-    return state
+  def rank(self, rnd: Round, indices: np.ndarray, n: int) -> np.ndarray:
+    points = rnd.student.probabilities(rnd.natural[indices])
+    return kcenter_greedy(points, rnd.student.probabilities(rnd.asked.inputs), n)
 
 
 def make(candidates: int = 0, **_) -> KCenter:

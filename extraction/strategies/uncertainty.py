@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from extraction.strategies.base import Round, sample_unasked, top_n
+from extraction.strategies.base import RankCandidates, Round, top_n
 
 
 def entropy(probs: np.ndarray) -> np.ndarray:
@@ -26,22 +26,10 @@ def most_uncertain(probs: np.ndarray, n: int) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class Uncertainty:
-  candidates: int = 0
-  source: str = "pool"
-  labels_only: bool = False
-  adaptive: bool = True
+class Uncertainty(RankCandidates):
 
-  def init(self, rnd: Round):
-    return None
-
-  def select(self, state, rnd: Round, n: int):
-    if rnd.student is None:
-      rnd.ask(indices=sample_unasked(rnd, n))
-      return state
-    idx = rnd.candidates(self.candidates)
-    rnd.ask(indices=idx[most_uncertain(rnd.student.probabilities(rnd.natural[idx]), n)])
-    return state
+  def rank(self, rnd: Round, indices: np.ndarray, n: int) -> np.ndarray:
+    return most_uncertain(rnd.student.probabilities(rnd.natural[indices]), n)
 
 
 def make(candidates: int = 0, **_) -> Uncertainty:
