@@ -35,6 +35,8 @@ flags.DEFINE_list("extra", [], "Extra launcher flags (e.g. --student_steps=100).
 flags.DEFINE_list("art", ["copycat", "knockoff_random", "knockoff_adaptive"], "ART attacks to run beside ours "
                   "(empty: none).")
 flags.DEFINE_bool("launcher", True, "Run the launcher (false: reuse its results.json in the workdir).")
+flags.DEFINE_string("results_dir", None, "Where the JSON and Markdown go (default benchmarks/results; a smoke run "
+                    "with tiny step counts writes elsewhere).")
 flags.DEFINE_bool("markdown_only", False, "Only rewrite the Markdown from benchmarks/results/<name>.json.")
 FLAGS = flags.FLAGS
 
@@ -156,8 +158,14 @@ def side_by_side(rows: list[dict]) -> str:
   return top + "\n".join(lines) + "\n"
 
 
+def _results() -> pathlib.Path:
+  out = pathlib.Path(FLAGS.results_dir) if FLAGS.results_dir else RESULTS
+  out.mkdir(parents=True, exist_ok=True)
+  return out
+
+
 def write_markdown(name: str, out: dict) -> str:
-  """benchmarks/results/<name>.md from the benchmark's JSON `out`."""
+  """<results>/<name>.md from the benchmark's JSON `out`."""
   from launch import results
   table = results.markdown_table(sorted(out["rows"], key=lambda r: (r["queries"], r.get("strategy", ""))))
   m = out["machine"]
@@ -171,14 +179,14 @@ def write_markdown(name: str, out: dict) -> str:
         "student on each query as it is answered (its online update), hence more steps.\n",
         "## Side by side (mean ± std over the seeds)\n", side_by_side(out["rows"]), "## Every figure\n", table]
   text = "\n".join(md)
-  (RESULTS / f"{name}.md").write_text(text)
+  (_results() / f"{name}.md").write_text(text)
   return text
 
 
 def main(_):
   name = f"table1_learning_{FLAGS.scale}"
   if FLAGS.markdown_only:
-    print(write_markdown(name, json.loads((RESULTS / f"{name}.json").read_text())))
+    print(write_markdown(name, json.loads((_results() / f"{name}.json").read_text())))
     return
   workdir = pathlib.Path(FLAGS.workdir or f"workdirs/{name}")
   launcher = [sys.executable, "-m", "launch.run", f"--flagfile={name}.flags", f"--workdir={workdir}",
@@ -195,7 +203,7 @@ def main(_):
   art_rows = run_art(REPO / workdir, FLAGS.art) if FLAGS.art else []
   out.update(art_seconds=round(time.time() - t), machine=machine("adversarial-robustness-toolbox"), rows=ours + art_rows,
              notes=(REPO / workdir / "results.md").read_text().split("\n\n")[0])
-  (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2))
+  (_results() / f"{name}.json").write_text(json.dumps(out, indent=2))
   print(write_markdown(name, out))
 
 
