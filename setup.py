@@ -34,6 +34,7 @@ setup(
       "mypy>=2.4",
     ],
     "serve": ["fastapi>=0.110", "uvicorn>=0.30"],
+    "transfer": ["scikit-image>=0.21"],  # --transfer_set=photos: the photographs scikit-image ships
     # tfds 4.9.10 needs importlib_resources but does not declare it; preparing svhn_cropped/cifar10 needs TF.
     "tfds": ["tensorflow-datasets>=4.9", "importlib_resources", "tensorflow-cpu"],
   },

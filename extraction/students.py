@@ -95,6 +95,7 @@ def train_students(
   name: str = "students",
   steps_per_call: int = 1,
   stack: str = "auto",
+  stop: int | None = None,
 ) -> tuple:
   """Trains one student per task, stacked; returns (model, [EMA variables per task], [history per task]).
 
@@ -111,6 +112,8 @@ def train_students(
     checkpoint_dir: orbax checkpoints and history.json of the group; a finished group is restored, not retrained.
     stack: 'vmap' or 'unroll' (`extraction.parallel.stack_step`); 'auto' unrolls on a CPU backend for models
       with convolutions and vmaps otherwise.
+    stop: train only up to this step of the `cfg.steps`-step run (rounds of chosen queries fine-tune the same
+      students between rounds: the next call, with more data, resumes from this step's checkpoint).
   Returns:
     (model, variables, histories): histories[i] is a list of {'step': s, **metrics} sorted by step.
   """
@@ -135,11 +138,12 @@ def train_students(
     if history_path:
       history_path.write_text(json.dumps(histories))
 
+  end = cfg.steps if stop is None else min(stop, cfg.steps)
   state = train.fit(
     step,
     state,
     make_batches(pool, tasks, cfg, needs_unlabeled),
-    cfg.steps,
+    end,
     checkpoint_dir=checkpoint_dir,
     name=name,
     mesh=mesh,
@@ -149,7 +153,7 @@ def train_students(
     callback=callback,
     callback_every=eval_every,
   )
-  if evaluate is not None and any(cfg.steps not in h for h in histories):
+  if evaluate is not None and end == cfg.steps and any(cfg.steps not in h for h in histories):
     callback(cfg.steps, state)  # restored a finished group whose history was not kept
   variables = train.unstack(state.variables(ema=True), len(tasks))
   return model, variables, [[{"step": s, **h[s]} for s in sorted(h)] for h in histories]

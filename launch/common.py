@@ -92,7 +92,15 @@ def flag_values() -> dict:
   out = {}
   from launch import oracle_flags  # its --api_key must not land in results: public values only
 
-  for module in ("launch.common", "launch.learning", "launch.fe", "launch.direct", "launch.lm", "launch.limits"):
+  for module in (
+    "launch.common",
+    "launch.learning",
+    "launch.strategy_flags",
+    "launch.fe",
+    "launch.direct",
+    "launch.lm",
+    "launch.limits",
+  ):
     for f in FLAGS.get_flags_for_module(module):
       out[f.name] = f.value
   out.update(oracle_flags.public_flag_values())

@@ -12,20 +12,24 @@ a row reports the mean and standard deviation over repetitions. Students are che
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import pathlib
+import shutil
 import time
 from typing import Any
 
 import numpy as np
 from absl import flags, logging
 
-from extraction import datasets, evaluation, models, parallel, students, supervised
+from extraction import datasets, evaluation, models, parallel, students, transfer
 from extraction import oracle as oracle_lib
+from extraction import rounds as rounds_lib
 from extraction import victim as victim_lib
 from extraction.predict import predict_logits
-from launch import common, experiments, oracle_flags
+from extraction.strategies import Asked, Student
+from launch import common, experiments, oracle_flags, strategy_flags
 from launch.methods import METHODS, make_step_factory
 
 # Data.
@@ -79,7 +83,7 @@ flags.DEFINE_list(
   ["oracle"],
   "What the labeled inputs of the students are trained on: 'oracle' (the "
   "oracle's answers, once per --oracle_output) and/or 'ground_truth' (the pool's own labels of the "
-  "same inputs: no oracle, 0 queries; the 'ImageNet' column of the paper's Table 2).",
+  "same inputs as --strategy=random: no oracle, 0 queries; the 'ImageNet' column of the paper's Table 2).",
 )
 flags.DEFINE_float(
   "rotation_weight", 0.0, "Weight of the S4L rotation loss (all four rotations of each unlabeled input); 0: off."
@@ -291,26 +295,34 @@ def run_name(prefix: str, settings: dict) -> str:
   return f"{prefix}_{hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]}"
 
 
-def _query_all(backend, pool: np.ndarray, output: str, budgets: list[int]) -> tuple[dict, dict]:
-  """({(queries, repetition): (pool indices, training targets, inputs the oracle answered)}, the oracle's
-  settings that change its answers, for run names)."""
-  answers, settings = {}, {}
-  for rep in range(FLAGS.seeds):
-    for q in budgets:
+def _extractions(backend, output: str, budgets: list[int], shape: tuple, num_classes: int) -> tuple[list, dict]:
+  """One extraction per (budget, repetition), budget-major as the students, each with its own oracle of that
+  budget; and the oracle's settings that change its answers, for run names."""
+  out, settings = [], {}
+  for q in budgets:
+    for rep in range(FLAGS.seeds):
       oracle = oracle_flags.make_oracle(backend, output, FLAGS.top_k, q, record_inputs=False)
-      idx = supervised.choose_queries(_seed("query_seed") + rep, len(pool), q)
-      answers[q, rep] = (idx, supervised.oracle_targets(oracle(pool[idx]), output), oracle.used)
+      out.append(rounds_lib.Extraction(oracle, q, _seed("query_seed") + rep, Asked.empty(shape, num_classes)))
       settings = oracle_flags.oracle_settings(oracle)
-      if hasattr(oracle, "close"):
-        oracle.close()
-  return answers, settings
+  return out, settings
+
+
+def _close(extractions: list, count: bool = True) -> None:
+  """Closes the extractions' oracles (remote ones hold a connection), first reading their counts when `count`."""
+  for e in extractions:
+    if count:
+      e.used = e.oracle.used
+    if hasattr(e.oracle, "close"):
+      e.oracle.close()
 
 
 def _noise_top(hist: list) -> str:
   return f"{int(np.argmax(hist))}:{max(hist):.2f}"
 
 
-def _rows(method: str, output: str, budgets: list[int], answers: dict, histories: list, seconds: float) -> list:
+def _rows(
+  method: str, strategy: str, output: str, budgets: list[int], extractions: list, histories: list, seconds: float
+) -> list:
   rows, i = [], 0
   for q in budgets:
     runs = []
@@ -321,7 +333,7 @@ def _rows(method: str, output: str, budgets: list[int], answers: dict, histories
         {
           "student_seed": _seed("student_seed") + rep,
           "query_seed": _seed("query_seed") + rep,
-          "oracle_used": answers[q, rep][2],
+          "oracle_used": extractions[i].used,
           **summary,
           "curve": curve,
         }
@@ -330,7 +342,14 @@ def _rows(method: str, output: str, budgets: list[int], answers: dict, histories
     agg = evaluation.aggregate(
       [{k: v for k, v in r.items() if k not in ("student_seed", "query_seed", "curve", "oracle_used")} for r in runs]
     )
-    row = {"method": method, "queries": q, "oracle_output": output, "oracle_used": answers[q, 0][2], **agg}
+    row = {
+      "method": method,
+      "strategy": strategy,
+      "queries": q,
+      "oracle_output": output,
+      "oracle_used": runs[0]["oracle_used"],
+      **agg,
+    }
     if "noise_hist" in row:
       row["noise_top"] = _noise_top(row["noise_hist"])
     rows.append({**row, "steps": FLAGS.student_steps, "seconds": round(seconds, 1), "per_seed": runs})
@@ -351,7 +370,8 @@ def notes() -> str:
     f"noise, beside noise_top (class:share of the most frequent predicted class on noise, the victim's in its "
     f"row): a student that predicts one class on noise scores the victim's share of that class."
     + (
-      " Rows with targets=ground_truth train on the pool's own labels of the same inputs as the oracle rows "
+      " Rows with targets=ground_truth train on the pool's own labels of the inputs the random strategy's oracle "
+      "rows ask (strategy random whatever --strategy says) "
       "(no oracle: oracle_used 0; `queries` is then the number of labeled inputs)."
       if "ground_truth" in FLAGS.targets
       else ""
@@ -420,16 +440,19 @@ def build_evaluator(ds, victim_predict, val_idx: np.ndarray) -> evaluation.Evalu
   )
 
 
-def _ground_truth(labels: np.ndarray, num_classes: int, budgets: list[int]) -> dict:
-  """--targets=ground_truth: the pool's own labels (one-hot) of the inputs the oracle rows would query (same
-  query seeds, same inputs), and no oracle at all: 0 inputs answered."""
-  one_hot = np.eye(num_classes, dtype=np.float32)
-  answers = {}
-  for rep in range(FLAGS.seeds):
-    for q in budgets:
-      idx = supervised.choose_queries(_seed("query_seed") + rep, len(labels), q)
-      answers[q, rep] = (idx, one_hot[labels[idx]], 0)
-  return answers
+def _ground_truth_extractions(pool: np.ndarray, labels: np.ndarray, budgets: list[int], num_classes: int) -> list:
+  """--targets=ground_truth: the random strategy's inputs (same query seeds, so the same inputs as the oracle
+  rows) answered with the pool's own labels, one-hot; no oracle is asked: 0 inputs answered."""
+  strategy, one_hot = strategy_flags.make("random"), np.eye(num_classes)
+  unanswered = lambda x: np.zeros((len(x), num_classes))  # stands where the oracle would be; never the victim
+  out = []
+  for q in budgets:
+    for rep in range(FLAGS.seeds):
+      e = rounds_lib.Extraction(unanswered, q, _seed("query_seed") + rep, Asked.empty(pool.shape[1:], num_classes))
+      rounds_lib.ask_round(strategy, e, 0, 1, pool, None, None, num_classes, "probabilities")
+      e.asked.answers = one_hot[labels[e.asked.natural]]
+      out.append(e)
+  return out
 
 
 def extract(
@@ -451,30 +474,31 @@ def extract(
   pool = ds.train.images[pool_idx]  # the attacker's pool: its labels are read only by --targets=ground_truth
   rot = "+rot" if FLAGS.rotation_weight > 0 else ""
   eval_every = FLAGS.eval_every or max(FLAGS.student_steps // 20, 1)
-  outputs = (["ground_truth"] if "ground_truth" in FLAGS.targets else []) + (
-    list(FLAGS.oracle_output) if "oracle" in FLAGS.targets else []
-  )
-  for output in outputs:
+  transfer_sets: dict = {}
+  runs = [("ground_truth", "random")] if "ground_truth" in FLAGS.targets else []
+  if "oracle" in FLAGS.targets:
+    runs += [(output, sname) for output in FLAGS.oracle_output for sname in FLAGS.strategy]
+  for output, sname in runs:
+    strategy = strategy_flags.make(sname)
+    natural, kinds = _natural_inputs(strategy, pool, ds, budgets, transfer_sets)
+    shared = None
     if output == "ground_truth":
-      answers, oracle_settings = (
-        _ground_truth(ds.train.labels[pool_idx], ds.num_classes, budgets),
-        {"targets": "ground_truth"},
-      )
-    else:
-      answers, oracle_settings = _query_all(backend, pool, output, budgets)
+      labels = ds.train.labels[pool_idx]
+      shared = _ground_truth_extractions(pool, labels, budgets, ds.num_classes), {"targets": "ground_truth"}
+    elif not strategy.adaptive:  # one query pass, shared by every method
+      shared = _extractions(backend, output, budgets, ds.image_shape, ds.num_classes)
+      for e in shared[0]:
+        rounds_lib.ask_round(strategy, e, 0, 1, natural, kinds, None, ds.num_classes, output)
+      _close(shared[0])
+    answers_as = "probabilities" if output == "ground_truth" else output  # one-hot labels read as probabilities
     for method in FLAGS.method:
       t0 = time.time()
       cfg, params = method_settings(method)
       needs_unlabeled = METHODS[method].needs_unlabeled or FLAGS.rotation_weight > 0
-      every = np.arange(len(pool))
-      tasks = [
-        students.StudentTask(
-          idx, targets, np.setdiff1d(every, idx) if needs_unlabeled else every[:0], _seed("student_seed") + rep
+      if needs_unlabeled and strategy.source == "none":
+        raise common.ConfigError(
+          f"--strategy={sname} synthesises every query: --method={method} has no natural inputs to use unlabeled"
         )
-        for q in budgets
-        for rep in range(FLAGS.seeds)
-        for idx, targets, _ in [answers[q, rep]]
-      ]
       extra = None
       if FLAGS.rotation_weight > 0:
         from extraction import augment
@@ -483,46 +507,75 @@ def extract(
         extra = rotation.make_rotation_loss(
           FLAGS.rotation_weight, *augment.default_augmentation(ds.name), rotate_labeled=FLAGS.rotate_labeled
         )
+      extractions, oracle_settings = shared or _extractions(backend, output, budgets, ds.image_shape, ds.num_classes)
+      seeds_ = [_seed("student_seed") + rep for _ in budgets for rep in range(FLAGS.seeds)]
       settings = {
         "config": dataclasses.asdict(cfg),
         "params": params,
         "victim": victim_settings,
         "budgets": budgets,
-        "seeds": [t.seed for t in tasks],
+        "seeds": seeds_,
         "query_seed": _seed("query_seed"),
         "rotation": [FLAGS.rotation_weight, FLAGS.rotate_labeled],
         "top_k": FLAGS.top_k,
         "val": [FLAGS.seed, len(ds.train) - len(pool_idx)],
         "eval": [eval_every, FLAGS.noise_samples, FLAGS.gauss_sigmas],
         **oracle_settings,
+        **strategy_flags.settings(sname, strategy),
       }
       if FLAGS.eval_top_k != 5:
         settings["eval_top_k"] = FLAGS.eval_top_k
-      name = run_name(f"{method}{rot}_{output}_{cfg.model}", settings)
+      tag = "" if sname == "random" else f"_{sname}"
+      name = run_name(f"{method}{rot}{tag}_{output}_{cfg.model}", settings)
       group_dir = workdir / "students" / name
       group_dir.mkdir(parents=True, exist_ok=True)
+      train = functools.partial(
+        students.train_students,
+        num_classes=ds.num_classes,
+        cfg=cfg,
+        make_step=make_step_factory(method, params, ds.name, extra),
+        needs_unlabeled=needs_unlabeled,
+        mesh=mesh,
+        steps_per_call=FLAGS.steps_per_call,
+      )
+
+      student_tasks = functools.partial(
+        _student_tasks,
+        natural=natural,
+        output=answers_as,
+        labels_only=strategy.labels_only,
+        needs_unlabeled=needs_unlabeled,
+        seeds_=seeds_,
+      )
+      if shared is None:
+        _ask_in_rounds(
+          strategy,
+          extractions,
+          natural,
+          kinds,
+          output,
+          ds.num_classes,
+          group_dir,
+          student_tasks,
+          functools.partial(train, evaluate=evaluator, eval_every=eval_every, full_evals=FLAGS.median_of, name=name),
+        )
+      data, tasks = student_tasks([e.asked for e in extractions])
       arrays: dict[str, Any] = {
         "pool": pool_idx,
         **{f"labeled_{i}": t.labeled for i, t in enumerate(tasks)},
         **{f"unlabeled_{i}": t.unlabeled for i, t in enumerate(tasks)},
       }
       np.savez(group_dir / "tasks.npz", **arrays)
-      _, _, histories = students.train_students(
-        pool,
+      _, _, histories = train(
+        data,
         tasks,
-        ds.num_classes,
-        cfg,
-        make_step_factory(method, params, ds.name, extra),
-        needs_unlabeled=needs_unlabeled,
         evaluate=evaluator,
         eval_every=eval_every,
         full_evals=FLAGS.median_of,
         checkpoint_dir=group_dir,
-        mesh=mesh,
         name=name,
-        steps_per_call=FLAGS.steps_per_call,
       )
-      for row in _rows(method + rot, output, budgets, answers, histories, time.time() - t0):
+      for row in _rows(method + rot, sname, output, budgets, extractions, histories, time.time() - t0):
         if FLAGS.targets != ["oracle"]:
           row = {**row, "targets": "ground_truth" if output == "ground_truth" else "oracle"}
           if output == "ground_truth":
@@ -559,3 +612,82 @@ def run(workdir: pathlib.Path) -> list[dict]:
   return [victim_row(evaluator)] + extract(
     ds, pool_idx, victim.model, victim.variables, evaluator, workdir, budgets, mesh, dataclasses.asdict(vcfg)
   )
+
+
+def _student_tasks(
+  asked: list, *, natural: np.ndarray, output: str, labels_only: bool, needs_unlabeled: bool, seeds_: list[int]
+) -> tuple[np.ndarray, list[students.StudentTask]]:
+  """(training data, one StudentTask per extraction) from what each extraction asked."""
+  data, specs = rounds_lib.training_data(natural, asked, output, labels_only, needs_unlabeled)
+  return data, [students.StudentTask(lab, tgt, free, seed) for (lab, tgt, free), seed in zip(specs, seeds_)]
+
+
+def _natural_inputs(strategy, pool: np.ndarray, ds, budgets: list[int], cache: dict) -> tuple:
+  """(the natural inputs the strategy asks from, their kinds or None): the attacker's pool, the transfer set
+  (drawn once per run from the query stream) or nothing (data-free)."""
+  if strategy.source == "pool":
+    return pool, None
+  if strategy.source == "none":
+    return np.zeros((0,) + ds.image_shape, np.uint8), None
+  same = [t for t in FLAGS.transfer_set if transfer.DOMAIN.get(t) == ds.name]
+  if same:
+    raise common.ConfigError(
+      f"--transfer_set={same[0]} is the victim's own domain ({ds.name}); choose another "
+      f"(or --strategy=random to ask the attacker's pool)"
+    )
+  if "set" not in cache:
+    rng = transfer.draw_rng(_seed("query_seed"))
+    cache["set"] = transfer.load(FLAGS.transfer_set, ds.image_shape, FLAGS.transfer_size, rng, FLAGS.data_dir)
+    logging.info("transfer set %s: %d images", ",".join(FLAGS.transfer_set), len(cache["set"].images))
+  ts = cache["set"]
+  if budgets[-1] > len(ts.images):
+    raise common.ConfigError(
+      f"--queries={budgets[-1]} is more than the transfer set's {len(ts.images)} images; raise --transfer_size"
+    )
+  return ts.images, ts.kinds
+
+
+def _ask_in_rounds(
+  strategy,
+  extractions: list,
+  natural: np.ndarray,
+  kinds,
+  output: str,
+  num_classes: int,
+  group_dir: pathlib.Path,
+  student_tasks,
+  train,
+) -> None:
+  """Every round of an adaptive strategy for every extraction, the students trained between rounds (fine-tuned
+  in `group_dir`, or retrained in `group_dir/round<r>`); what was asked is saved in `group_dir/asked.npz`. A
+  finished group reuses it (the oracle is not asked again); an interrupted one starts over."""
+  path = group_dir / "asked.npz"
+  saved = rounds_lib.load_asked(path, len(extractions))
+  if saved is not None:
+    for e, (asked, used) in zip(extractions, saved):
+      e.asked, e.used = asked, used
+    _close(extractions, count=False)
+    logging.info("%s: reusing the queries of a finished run", group_dir.name)
+    return
+  if any(group_dir.iterdir()):
+    logging.warning("%s: an interrupted run of rounds; starting it over", group_dir.name)
+    shutil.rmtree(group_dir)
+    group_dir.mkdir(parents=True)
+  n = rounds_lib.num_rounds(strategy, FLAGS.rounds)
+  current: list[Student | None] = [None] * len(extractions)
+  for r in range(n):
+    for e, student in zip(extractions, current):
+      rounds_lib.ask_round(strategy, e, r, FLAGS.rounds, natural, kinds, student, num_classes, output)
+    logging.info("%s: round %d of %d asked", group_dir.name, r + 1, n)
+    if r == n - 1:
+      break
+    data, tasks = student_tasks([e.asked for e in extractions])
+    if FLAGS.round_training == "finetune":
+      stop = max(FLAGS.student_steps * (r + 1) // n, 1)
+      model, variables, _ = train(data, tasks, checkpoint_dir=group_dir, stop=stop)
+    else:
+      cfg = dataclasses.replace(train.keywords["cfg"], steps=FLAGS.round_steps or FLAGS.student_steps)
+      model, variables, _ = train(data, tasks, cfg=cfg, checkpoint_dir=group_dir / f"round{r}", evaluate=None)
+    current = [Student(model, v) for v in variables]
+  _close(extractions)
+  rounds_lib.save_asked(path, extractions)

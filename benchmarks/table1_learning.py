@@ -1,0 +1,284 @@
+"""Table 1, learning with chosen queries: every query strategy at two budgets against one victim, beside ART's
+CopycatCNN and KnockoffNets (random and adaptive) against the same victim, budget, oracle and student.
+
+  python -m benchmarks.table1_learning --scale=digits                           # quickstart scale
+  python -m benchmarks.table1_learning --scale=cifar10 --data_dir=../shared/data  # CIFAR-10, small CNN, CPU
+
+One launcher run (`configs/table1_learning_<scale>.flags`, every `--strategy` of the flagfile, victim trained once
+or reused from the workdir) gives our rows: each the mean and std over the seeds of the median of the last
+evaluations. Then, in this process, ART's attacks (`pip install adversarial-robustness-toolbox`; it is not a
+dependency) run against the same victim through the same `Oracle` (the API's output mode, a hard budget), from the
+same transfer set, each repetition with its own numpy seed. ART's thieved classifier is our student (same model,
+optimizer, augmentation, EMA and number of steps: ART's `nb_epochs` is set so that epochs x batches = the
+launcher's `--student_steps`), wrapped as an ART classifier, so that the comparison is of the attacks' choices of
+queries, not of training code. ART's rows are evaluated once at the end of training (EMA weights) on the same
+test and validation inputs. Writes benchmarks/results/table1_learning_<scale>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+from benchmarks.common import REPO, RESULTS, machine
+
+flags.DEFINE_enum("scale", "digits", ["digits", "cifar10"], "Which flagfile: table1_learning_<scale>.flags.")
+flags.DEFINE_string("data_dir", "../shared/data", "Directory holding cifar10/{train,test}.npz.")
+flags.DEFINE_string("workdir", None, "Launcher workdir (default workdirs/table1_learning_<scale>).")
+flags.DEFINE_list("extra", [], "Extra launcher flags (e.g. --student_steps=100).")
+flags.DEFINE_list(
+  "art", ["copycat", "knockoff_random", "knockoff_adaptive"], "ART attacks to run beside ours (empty: none)."
+)
+flags.DEFINE_bool("launcher", True, "Run the launcher (false: reuse its results.json in the workdir).")
+flags.DEFINE_string(
+  "results_dir",
+  None,
+  "Where the JSON and Markdown go (default benchmarks/results; a smoke run with tiny step counts writes elsewhere).",
+)
+flags.DEFINE_bool("markdown_only", False, "Only rewrite the Markdown from benchmarks/results/<name>.json.")
+FLAGS = flags.FLAGS
+
+
+def _launcher_flags(workdir: pathlib.Path) -> dict:
+  """The flags the launcher ran with (from its results.json)."""
+  return json.loads((workdir / "results.json").read_text())[0]["config"]
+
+
+class _Thief:
+  """Our student as ART's thieved classifier (`fit` and `predict` on float inputs holding uint8 values)."""
+
+  def __init__(self, cfg, dataset, num_classes, shape, seed):
+    import jax
+    from art.estimators.classification import BlackBoxClassifier
+
+    from extraction import augment, models, seeds, train
+
+    self.model = models.create_model(cfg["student_model"], num_classes)
+    tx = train.make_optimizer(
+      cfg["lr"] or 0.002, 0.02 if cfg["weight_decay"] is None else cfg["weight_decay"], cfg["student_steps"]
+    )
+    self.state = train.create_state(self.model, tx, seeds.key(seed, "student"), shape)
+    flip, shift = augment.default_augmentation(dataset)
+    self.step = jax.jit(train.make_supervised_step(self.model, ema_decay=cfg["ema"], flip=flip, shift=shift))
+    self.rng = np.random.default_rng(seed)
+    self.steps = 0
+    thief = self
+
+    class Classifier(BlackBoxClassifier):
+      def fit(self, x, y, batch_size=64, nb_epochs=1, **_):
+        thief.fit(x, y, batch_size, nb_epochs)
+
+      def predict(self, x, batch_size=128, **_):
+        return thief.logits(x)
+
+    self.art = Classifier(self.logits, tuple(shape), num_classes, clip_values=(0, 255))
+
+  def fit(self, x, y, batch_size, nb_epochs):
+    x = np.asarray(np.round(x), np.uint8)
+    y = np.asarray(y, np.float32)
+    for _ in range(nb_epochs * math.ceil(len(x) / batch_size)):
+      idx = self.rng.integers(0, len(x), min(batch_size, len(x)))
+      self.state, _ = self.step(self.state, {"images": x[idx], "targets": y[idx]})
+      self.steps += 1
+
+  def logits(self, x):
+    from extraction.predict import predict_logits
+
+    return predict_logits(self.model, self.state.variables(ema=True), np.asarray(np.round(x), np.uint8))
+
+
+def run_art(workdir: pathlib.Path, names: list[str]) -> list[dict]:
+  """ART's attacks against the launcher's victim at its budgets, output mode and seeds (module docstring)."""
+  import logging as py_logging
+
+  from art.attacks.extraction import CopycatCNN, KnockoffNets
+  from art.estimators.classification import BlackBoxClassifier
+
+  from extraction import datasets, evaluation, transfer
+  from extraction import oracle as oracle_lib
+  from extraction import victim as victim_lib
+  from extraction.predict import predict_logits
+
+  py_logging.getLogger("art").setLevel(py_logging.WARNING)
+  cfg = _launcher_flags(workdir)
+  ds = datasets.load(cfg["dataset"], cfg["data_dir"])
+  victim = victim_lib.load_victim(workdir / "victim")
+  split = np.load(workdir / "split.npz")
+  evaluator = evaluation.Evaluator.build(
+    lambda x: predict_logits(victim.model, victim.variables, x),
+    ds.test.images,
+    ds.test.labels,
+    ds.num_classes,
+    val_images=ds.train.images[split["val"]],
+  )
+  query_seed = cfg["seed"] if cfg["query_seed"] is None else cfg["query_seed"]
+  student_seed = cfg["seed"] if cfg["student_seed"] is None else cfg["student_seed"]
+  ts = transfer.load(
+    cfg["transfer_set"], ds.image_shape, cfg["transfer_size"], transfer.draw_rng(query_seed), cfg["data_dir"]
+  )
+  actions = np.unique(ts.kinds[:, 0] * 100_000 + ts.kinds[:, 1], return_inverse=True)[1]
+  backend = oracle_lib.model_backend(victim.model, victim.variables)
+  output = cfg["oracle_output"][0]
+  rows = []
+  for name in names:
+    for q in sorted(int(b) for b in cfg["queries"]):
+      runs = []
+      for rep in range(cfg["seeds"]):
+        t0 = time.time()
+        oracle = oracle_lib.Oracle(backend, output=output, top_k=cfg["top_k"], budget=q, record_inputs=False)
+        api = BlackBoxClassifier(
+          lambda x, oracle=oracle: oracle(np.asarray(np.round(x), np.uint8)),
+          ds.image_shape,
+          ds.num_classes,
+          clip_values=(0, 255),
+        )
+        thief = _Thief(cfg, ds.name, ds.num_classes, ds.image_shape, student_seed + rep)
+        epochs = max(1, round(cfg["student_steps"] / math.ceil(q / cfg["batch_size"])))
+        common = dict(batch_size_fit=cfg["batch_size"], batch_size_query=256, nb_epochs=epochs, nb_stolen=q)
+        np.random.seed(query_seed + rep)  # ART draws from numpy's global generator
+        if name == "copycat":
+          CopycatCNN(api, **common).extract(ts.images.astype(np.float32), thieved_classifier=thief.art)
+        else:
+          attack = KnockoffNets(
+            api,
+            sampling_strategy=name.split("_")[1],
+            reward="all",
+            verbose=False,
+            use_probability=output != "labels",
+            **common,
+          )
+          attack.extract(
+            ts.images.astype(np.float32), actions if name == "knockoff_adaptive" else None, thieved_classifier=thief.art
+          )
+        metrics = evaluator(thief.logits, full=True)
+        runs.append(
+          {
+            "accuracy": metrics["accuracy"],
+            "fidelity": metrics["fidelity"],
+            "val_fidelity": metrics["val_fidelity"],
+            "oracle_used": oracle.used,
+            "steps": thief.steps,
+            "seconds": round(time.time() - t0, 1),
+          }
+        )
+        print(f"ART {name} q={q} rep={rep}: {runs[-1]}", flush=True)
+      agg = evaluation.aggregate([{k: r[k] for k in ("accuracy", "fidelity", "val_fidelity")} for r in runs])
+      rows.append(
+        {
+          "method": "fs (ART's training loop: see notes)",
+          "strategy": f"ART {name}",
+          "queries": q,
+          "oracle_output": output,
+          "oracle_used": runs[0]["oracle_used"],
+          **agg,
+          "steps": runs[0]["steps"],
+          "seconds": sum(r["seconds"] for r in runs),
+          "per_seed": runs,
+        }
+      )
+  return rows
+
+
+def side_by_side(rows: list[dict]) -> str:
+  """One line per strategy (ours, then ART's), for each budget its fidelity and accuracy as mean ± std over the
+  seeds, and the victim's accuracy above."""
+  from launch.results import _cell
+
+  victim = next((r for r in rows if r["method"] == "victim"), None)
+  rows = [r for r in rows if r["method"] != "victim"]
+  budgets = sorted({r["queries"] for r in rows})
+  names = list(dict.fromkeys(r["strategy"] for r in rows))
+  names = [n for n in names if not n.startswith("ART")] + [n for n in names if n.startswith("ART")]
+  head = ["strategy"] + [f"{m} @ {q}" for q in budgets for m in ("fidelity", "accuracy")]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for n in names:
+    by_q = {r["queries"]: r for r in rows if r["strategy"] == n}
+    lines.append(
+      "| " + " | ".join([n] + [_cell(by_q.get(q, {}), m) for q in budgets for m in ("fidelity", "accuracy")]) + " |"
+    )
+  top = f"Victim test accuracy {victim['accuracy']:.4f}.\n\n" if victim else ""
+  return top + "\n".join(lines) + "\n"
+
+
+def _results() -> pathlib.Path:
+  out = pathlib.Path(FLAGS.results_dir) if FLAGS.results_dir else RESULTS
+  out.mkdir(parents=True, exist_ok=True)
+  return out
+
+
+def write_markdown(name: str, out: dict) -> str:
+  """<results>/<name>.md from the benchmark's JSON `out`."""
+  from launch import results
+
+  table = results.markdown_table(sorted(out["rows"], key=lambda r: (r["queries"], r.get("strategy", ""))))
+  m = out["machine"]
+  md = [
+    f"# Table 1, learning with chosen queries ({out['scale']})\n",
+    f"Command: `{out['command']}`\n",
+    f"Launcher: `{out['launcher_command']}` ({out['launcher_seconds']} s); ART rows {out['art_seconds']} s; "
+    f"{m['cpu']}, {m['cpu_count']} cores, load average at the end {m['load_average']}, ART "
+    f"{m['adversarial-robustness-toolbox']}.\n",
+    out["notes"] + "\n",
+    "ART rows: ART's attack code choosing the queries, our student trained by ART's loop (`fit` with "
+    "nb_epochs x batches = the launcher's steps, batches drawn with replacement), evaluated once at the end "
+    "(EMA weights) rather than as the median of the last evaluations. ART's adaptive Knockoff also fits the "
+    "student on each query as it is answered (its online update), hence more steps.\n",
+    "## Side by side (mean ± std over the seeds)\n",
+    side_by_side(out["rows"]),
+    "## Every figure\n",
+    table,
+  ]
+  text = "\n".join(md)
+  (_results() / f"{name}.md").write_text(text)
+  return text
+
+
+def main(_):
+  name = f"table1_learning_{FLAGS.scale}"
+  if FLAGS.markdown_only:
+    print(write_markdown(name, json.loads((_results() / f"{name}.json").read_text())))
+    return
+  workdir = pathlib.Path(FLAGS.workdir or f"workdirs/{name}")
+  launcher = [
+    sys.executable,
+    "-m",
+    "launch.run",
+    f"--flagfile={name}.flags",
+    f"--workdir={workdir}",
+    f"--data_dir={FLAGS.data_dir}",
+    *FLAGS.extra,
+  ]
+  out = {
+    "scale": FLAGS.scale,
+    "command": "python -m benchmarks.table1_learning " + " ".join(sys.argv[1:]),
+    "launcher_command": " ".join(launcher[1:]),
+  }
+  t = time.time()
+  if FLAGS.launcher:
+    subprocess.run(launcher, cwd=REPO, check=True)
+  out["launcher_seconds"] = round(time.time() - t)
+  ours = [
+    {k: v for k, v in r.items() if k not in ("config", "versions")}
+    for r in json.loads((REPO / workdir / "results.json").read_text())
+  ]
+  t = time.time()
+  art_rows = run_art(REPO / workdir, FLAGS.art) if FLAGS.art else []
+  out.update(
+    art_seconds=round(time.time() - t),
+    machine=machine("adversarial-robustness-toolbox"),
+    rows=ours + art_rows,
+    notes=(REPO / workdir / "results.md").read_text().split("\n\n")[0],
+  )
+  (_results() / f"{name}.json").write_text(json.dumps(out, indent=2))
+  print(write_markdown(name, out))
+
+
+if __name__ == "__main__":
+  app.run(main)
