@@ -32,6 +32,7 @@ setup(
       "uvicorn>=0.30",
       "ruff>=0.17",
       "mypy>=2.4",
+      "scikit-image>=0.21",  # the photographs of --transfer_set=photos, tested in tests/test_transfer.py
     ],
     "serve": ["fastapi>=0.110", "uvicorn>=0.30"],
     "transfer": ["scikit-image>=0.21"],  # --transfer_set=photos: the photographs scikit-image ships
