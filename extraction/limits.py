@@ -108,7 +108,8 @@ def param_difference(a: Any, b: Any) -> tuple[float, bool]:
   """(largest |a - b| over every leaf, whether every leaf is bit-identical) of two pytrees of the same
   structure (e.g. two final training states)."""
   leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-  if jax.tree.structure(a) != jax.tree.structure(b):
+  structure_a: Any = jax.tree.structure(a)  # Any: jaxlib ships no type stub for PyTreeDef (it lives in _jax.so)
+  if structure_a != jax.tree.structure(b):
     raise ValueError("the two states have different structures")
   worst, same = 0.0, True
   for x, y in zip(leaves_a, leaves_b):

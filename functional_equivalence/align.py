@@ -14,11 +14,15 @@ Precision: float64; random-input comparisons are chunked (16384 inputs per chunk
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from functional_equivalence.victims import TwoLayerNet
+
+if TYPE_CHECKING:  # annotations only: at run time _logits imports deep.network where it needs it
+  from functional_equivalence.deep.network import DeepNet
 
 MERGE_TOL = 1e-12
 
@@ -136,7 +140,9 @@ def labels(logits: np.ndarray) -> np.ndarray:
   return logits[:, 0] > 0 if logits.shape[1] == 1 else logits.argmax(1)
 
 
-def logit_agreement(true: TwoLayerNet, rec: TwoLayerNet, x: np.ndarray, differences: bool = False) -> dict:
+def logit_agreement(
+  true: TwoLayerNet | DeepNet, rec: TwoLayerNet | DeepNet, x: np.ndarray, differences: bool = False
+) -> dict:
   """Max |logit difference| and top-1 agreement (`labels`) on inputs x (N, d), for two-layer or deep networks.
   With differences=True, logits are compared as differences to class 0 (the arg-max is unaffected by the common
   shift)."""
@@ -149,8 +155,8 @@ def logit_agreement(true: TwoLayerNet, rec: TwoLayerNet, x: np.ndarray, differen
 
 
 def random_agreement(
-  true: TwoLayerNet,
-  rec: TwoLayerNet,
+  true: TwoLayerNet | DeepNet,
+  rec: TwoLayerNet | DeepNet,
   count: int,
   scale: float = 1.0,
   seed: int = 0,
@@ -168,7 +174,7 @@ def random_agreement(
 
 
 def domain_agreement(
-  true: TwoLayerNet, rec: TwoLayerNet, dom, count: int, seed: int = 0, differences: bool = False
+  true: TwoLayerNet | DeepNet, rec: TwoLayerNet | DeepNet, dom, count: int, seed: int = 0, differences: bool = False
 ) -> dict:
   """`logit_agreement` over `count` points covering the domain (`dom.check_points`: spheres of radii up to R for a
   ball, interior, vertices and faces for a box)."""

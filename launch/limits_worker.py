@@ -32,8 +32,8 @@ def xla_flags(current: str, devices: int, deterministic_ops: bool) -> str:
 
 
 def main(spec_path: str) -> None:
-  spec_path = pathlib.Path(spec_path)
-  spec = json.loads(spec_path.read_text())
+  spec_file = pathlib.Path(spec_path)
+  spec = json.loads(spec_file.read_text())
   run_spec = spec["run"]
   os.environ["XLA_FLAGS"] = xla_flags(
     os.environ.get("XLA_FLAGS", ""), run_spec["devices"], run_spec["deterministic_ops"]
@@ -47,7 +47,7 @@ def main(spec_path: str) -> None:
   logging.set_verbosity(logging.INFO)
   logging.use_absl_handler()
   run = limits.Run(**run_spec)
-  out = spec_path.parent
+  out = spec_file.parent
   ds = datasets.load(spec["dataset"], spec.get("data_dir"), spec.get("tfds_data_dir"))
   mesh = parallel.data_mesh(run.devices)
   used = mesh.size if mesh is not None else 1

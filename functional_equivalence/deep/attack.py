@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +80,7 @@ class DeepExtraction:
   seconds: float
   widths: list
   stats: dict
-  domain: domains.Domain = None
+  domain: domains.Domain | None = None
   queries_by_stage: dict = dataclasses.field(default_factory=dict)
   units: list = dataclasses.field(default_factory=list)
   sign_methods: list = dataclasses.field(default_factory=list)
@@ -143,7 +144,9 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
     refit_points=cfg.refit_points,
   )
   prefix = network.DeepNet((), ())
-  tables, methods, surfaces = [], [], []
+  tables: list[dict[str, Any]] = []  # per hidden layer: its units' row errors and features seen
+  methods: list[str | list[str]] = []  # per hidden layer: how its signs were found
+  surfaces: list[tuple[network.DeepNet, layers.Unit]] = []  # every unit, with the prefix it sits on
   last = None
   for depth in range(cfg.max_depth):
     state = layers.LayerState()
@@ -230,7 +233,8 @@ def _network(prefix, units, last: signs.LastLayer, differences: bool) -> network
 
 def _final_check(q, net, surfaces, dom, cfg: Config, rng, differences: bool):
   """check.compare on points covering the domain and on and beside two precise points of every unit's surface."""
-  on, side = [], []
+  on_parts: list[np.ndarray] = []
+  side_parts: list[np.ndarray] = []
   for prefix, u in surfaces:
     if not u.points:
       continue
@@ -240,11 +244,11 @@ def _final_check(q, net, surfaces, dom, cfg: Config, rng, differences: bool):
       continue
     nrm = np.einsum("ndk,k->nd", network.features(prefix, p).jac, u.w)
     nrm /= np.linalg.norm(nrm, axis=1, keepdims=True) + 1e-300
-    on.append(p)
-    side.append(1e-3 * cfg.scale * nrm)
+    on_parts.append(p)
+    side_parts.append(1e-3 * cfg.scale * nrm)
   d = net.sizes[0]
-  on = np.concatenate(on) if on else np.zeros((0, d))
-  side = np.concatenate(side) if side else np.zeros((0, d))
+  on = np.concatenate(on_parts) if on_parts else np.zeros((0, d))
+  side = np.concatenate(side_parts) if side_parts else np.zeros((0, d))
   return check.compare(
     q, on, side, lambda x: network.logits(net, x), dom, cfg.scale, cfg.check_points, cfg.check_rtol, rng, differences, d
   )

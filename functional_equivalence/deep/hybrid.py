@@ -104,6 +104,13 @@ def distill(
   return network.DeepNet(ws, bs)
 
 
+def _needs_first(first: tuple | None, method: str) -> tuple:
+  """`first` for a method that starts from the recovered first layer, or ValueError when it was not given."""
+  if first is None:
+    raise ValueError(f"hybrid method {method!r} needs `first` = (w, b, fe queries) from first_layer")
+  return first
+
+
 def run(
   oracle, pool: np.ndarray, hidden, queries: int, method: str, seed: int, steps: int, first: tuple | None = None
 ) -> tuple[network.DeepNet, dict]:
@@ -112,15 +119,16 @@ def run(
   if method not in METHODS:
     raise ValueError(f"unknown hybrid method {method!r} (one of {', '.join(METHODS)})")
   rng = np.random.default_rng(seed)
-  fe_queries = 0 if method == "pure" else first[2]
+  recovered_first = None if method == "pure" else _needs_first(first, method)
+  fe_queries = 0 if recovered_first is None else recovered_first[2]
   if fe_queries >= queries:
     raise ValueError(f"the first layer took {fe_queries} queries, the whole budget is {queries}")
   x = learning_queries(pool, queries - fe_queries, rng)
   y = oracle(x)
   k = y.shape[1]
-  if method == "pure":
+  if recovered_first is None:
     student = init_student([pool.shape[1], *hidden, k], rng)
   else:
-    student = init_student([pool.shape[1], first[0].shape[1], *hidden[1:], k], rng, first[:2])
+    student = init_student([pool.shape[1], recovered_first[0].shape[1], *hidden[1:], k], rng, recovered_first[:2])
   student = distill(student, x, y, steps, seed, frozen_first=method == "frozen")
   return student, dict(fe_queries=fe_queries, learning_queries=len(x), queries=fe_queries + len(x))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 
 import numpy as np
 
@@ -88,6 +89,13 @@ class LayerConfig:
   verify_hits: int = 3
   refit_points: int = 8
   verify_spread: float = 8.0
+
+
+def _required_center(cfg: LayerConfig) -> np.ndarray:
+  """cfg.center, or ValueError when it is unset (deep/attack.Config sets it from the domain)."""
+  if cfg.center is None:
+    raise ValueError("LayerConfig.center is unset: a layer's search needs the domain's center")
+  return cfg.center
 
 
 def region_key(feats: network.Features, i: int) -> bytes:
@@ -187,7 +195,9 @@ def measure(
       jac_h[i], noise[i], usable[i] = jac[i], nz[i], ok[i]
   else:
     # directions moving one active feature at a time: rows of pinv(P_A), normalised (grouped by |A|)
-    dirs_h, norms = [None] * len(need), [None] * len(need)
+    # the directions and their norms by point, where usable
+    dirs_h: dict[int, np.ndarray] = {}
+    norms: dict[int, np.ndarray] = {}
     for i in range(len(need)):
       pa = feats.jac[i][:, active[i]]
       if pa.shape[1] == 0 or pa.shape[1] > d:
@@ -203,10 +213,15 @@ def measure(
     q0 = q.queries
     for a in np.unique(sizes[usable]):
       idx = np.flatnonzero(usable & (sizes == a))
+      picked: list[int] = idx.tolist()
       jac, ok, used, nz = recover.gradients(
-        q, points[idx], eps[idx] / np.array([norms[i].max() for i in idx]), rng, dirs=np.stack([dirs_h[i] for i in idx])
+        q,
+        points[idx],
+        eps[idx] / np.array([norms[i].max() for i in picked]),
+        rng,
+        dirs=np.stack([dirs_h[i] for i in picked]),
       )
-      for j, i in enumerate(idx):
+      for j, i in enumerate(picked):
         jac_h[i] = jac[j] * norms[i][None, :]  # derivatives per unit of h_r
         noise[i] = nz[j] * norms[i].max()
         usable[i] = ok[j]
@@ -224,7 +239,7 @@ def measure(
     return Items(
       np.zeros((0, d)), np.zeros((0, n_in), bool), np.zeros((0, n_in)), np.zeros(0), np.zeros((0, 0)), np.zeros(0), []
     )
-  out = dict(x=[], active=[], w=[], b=[], c=[], err=[], regions=[])
+  out: dict[str, list[Any]] = dict(x=[], active=[], w=[], b=[], c=[], err=[], regions=[])
   for j, li, ri in rows:
     act = active[li]
     jump = jac_h[ri] - jac_h[li]  # (m, a)
@@ -312,7 +327,9 @@ def surface_points(
   surface there is predicted), found offline on random lines through anchors + spread N(0, I / d) (no query).
   Returns (points (k, d), unit normals there (k, d), room (k,): distance to the nearest prefix surface)."""
   d = anchors.shape[1]
-  found_x, found_n, found_room = [], [], []
+  found_x: list[np.ndarray] = []
+  found_n: list[np.ndarray] = []
+  found_room: list[np.ndarray] = []
   for _ in range(tries):
     need = count - sum(len(f) for f in found_x)
     if need <= 0:
@@ -450,8 +467,8 @@ def _verify(q, prefix, cands: list, cfg: LayerConfig, rng, stats) -> list:
 def _round(q, prefix, state: LayerState, cfg: LayerConfig, dom, rng, stats) -> bool:
   """One round (module docstring); returns True when a unit or a feature was added."""
   units = state.units
-  d = len(cfg.center)
-  center = cfg.center
+  center = _required_center(cfg)
+  d = len(center)
   if state.lines is not None:  # lines asked for (through points where the final check failed)
     (starts, dirs), state.lines = state.lines, None
   else:
@@ -649,7 +666,7 @@ def refit(q, prefix, units: list, cfg: LayerConfig, rng, stats):
   of (w, b) from h(x_r) . w + b = 0, weighted against the current error (module docstring)."""
   if not units:
     return
-  d = prefix.weights[0].shape[0] if prefix.weights else len(cfg.center)
+  d = prefix.weights[0].shape[0] if prefix.weights else len(_required_center(cfg))
   center = cfg.center if cfg.center is not None else np.zeros(d)
   q0 = q.queries
   for _ in range(3):
@@ -712,7 +729,7 @@ def _close_units(a: Unit, b: Unit, rtol: float) -> bool:
   va = np.append(a.w[common], a.b)
   vb = np.append(b.w[common], b.b)
   va, vb = va / np.linalg.norm(va), vb / np.linalg.norm(vb)
-  return min(np.linalg.norm(va - vb), np.linalg.norm(va + vb)) <= rtol
+  return bool(min(np.linalg.norm(va - vb), np.linalg.norm(va + vb)) <= rtol)
 
 
 def _surface_misfit(prefix, u: Unit, points: np.ndarray) -> float:
@@ -726,7 +743,7 @@ def dedup(prefix, units: list, rtol: float = 1e-4) -> list:
   the one whose surface fits both units' precise points best is kept, with the other's points, and refitted (a
   duplicate measured from a poorer kink may carry an error estimate that is too small)."""
   order = sorted(range(len(units)), key=lambda j: units[j].err)
-  kept = []
+  kept: list[Unit] = []
   for j in order:
     u = units[j]
     twin = next(

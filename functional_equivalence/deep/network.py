@@ -15,7 +15,7 @@ from __future__ import annotations
 import pathlib
 import re
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -129,7 +129,8 @@ def along(prefix: DeepNet, x, v) -> list:
 
 def check_net(net: DeepNet, source: str = "victim") -> DeepNet:
   """`net` as float64 arrays, or VictimFileError (one line) for wrong ranks, shapes or non-finite values."""
-  ws, bs = [], []
+  ws: list[np.ndarray] = []
+  bs: list[np.ndarray] = []
   for i, (w, b) in enumerate(zip(net.weights, net.biases)):
     for name, a in ((f"w{i}", w), (f"b{i}", b)):
       a = np.asarray(a)
@@ -191,7 +192,7 @@ def load_npz(path) -> DeepNet:
 def save_npz(path, net: DeepNet) -> pathlib.Path:
   """Writes `net` as an npz file with arrays w0, b0, ..., wL, bL (float64); returns the path."""
   path = pathlib.Path(path)
-  arrays = {}
+  arrays: dict[str, Any] = {}
   for i, (w, b) in enumerate(zip(net.weights, net.biases)):
     arrays[f"w{i}"], arrays[f"b{i}"] = np.asarray(w, np.float64), np.asarray(b, np.float64)
   np.savez(path, **arrays)

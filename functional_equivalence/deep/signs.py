@@ -107,7 +107,7 @@ def last_layer(
     c = np.stack([u.c for u in units])
     try:
       t = second_layer.flip_z(z, c, g, rtol)
-    except SignRecoveryError as e:
+    except SignRecoveryError as err:
       return LastLayer(
         np.ones(n),
         np.zeros(n, bool),
@@ -115,7 +115,7 @@ def last_layer(
         np.zeros((0, g.shape[1])),
         np.zeros(g.shape[1]),
         np.inf,
-        rank_deficient=str(e) != "",
+        rank_deficient=str(err) != "",
       )
     signs, pairs = np.where(t, -1.0, 1.0), np.zeros(n, bool)
   else:
@@ -204,9 +204,9 @@ def hidden_signs(
         who.append(j)
       if not who:
         continue
-      xs, deltas, steps = np.array(xs), np.array(deltas), np.array(steps)
+      points, directions, step_sizes = np.array(xs), np.array(deltas), np.array(steps)[:, None]
       k = len(who)
-      g = q(np.concatenate([xs, xs + steps[:, None] * deltas, xs - steps[:, None] * deltas]), "signs")
+      g = q(np.concatenate([points, points + step_sizes * directions, points - step_sizes * directions]), "signs")
       g0, gp, gm = g[:k], g[k : 2 * k], g[2 * k :]
       dp, dm = np.linalg.norm(gp - g0, axis=1), np.linalg.norm(gm - g0, axis=1)
       noise = 64 * EPS * np.max(np.abs(g.reshape(3, k, -1)), axis=(0, 2))
