@@ -21,7 +21,7 @@ import time
 
 from absl import app, flags
 
-from benchmarks.common import REPO, RESULTS, lock_file, lock_text, machine
+from benchmarks.common import REPO, RESULTS, environment_line, machine
 
 RUNS = {
   "fs": "cifar10_cpu.flags",
@@ -96,8 +96,11 @@ def main(_):
   md = [
     "# CIFAR-10 extraction at CPU scale (fair protocol)\n",
     f"Last command: `{out['command']}`\n",
-    f"Environment: {lock_text(lock_file())}\n",
   ]
+  envs: dict[str, list[str]] = {}  # each run's environment, as recorded when it ran
+  for run, r in out["runs"].items():
+    envs.setdefault(environment_line(r["machine"]), []).append(run)
+  md += [line + (f" (runs {', '.join(runs)})" if len(envs) > 1 else "") + "\n" for line, runs in envs.items()]
   for run, r in out["runs"].items():
     md.append(
       f"- {run}: `{r['launcher_command']}`, {r['wall_seconds']} s on {r['machine']['cpu_count']} cores "

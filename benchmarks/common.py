@@ -53,6 +53,17 @@ def lock_text(lock: dict) -> str:
   return f"{lock['path']} (sha256 {lock['sha256'][:16]}), {state}"
 
 
+NOT_RECORDED = "not recorded (made before requirements/lock.txt)"
+
+
+def environment_line(machine_dict: dict | None) -> str:
+  """The `Environment: ...` line of a results header, from the lock recorded in a benchmark's machine dict when
+  it ran (`machine()["lock"]`), so that re-rendering an old JSON does not claim today's environment; a dict from
+  before the lock file (no `lock`) gives `Environment: not recorded (...)`."""
+  lock = (machine_dict or {}).get("lock")
+  return f"Environment: {lock_text(lock) if lock else NOT_RECORDED}"
+
+
 def machine(*packages: str) -> dict:
   """CPU model, cores, platform, Python, jax backend and devices, the versions of `packages`, the load average
   at the time of the call (above the core count, the machine was shared and timings are pessimistic) and the

@@ -91,7 +91,7 @@ def main(argv):
     p = subprocess.run(args, env=env, capture_output=True, text=True, check=True)
     rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
     print(rows[-1], flush=True)
-  from benchmarks.common import RESULTS, machine
+  from benchmarks.common import RESULTS, environment_line, machine
   from launch.results import markdown_table
 
   prefix = FLAGS.out or str(RESULTS / "data_parallel")
@@ -108,6 +108,7 @@ def main(argv):
   with open(prefix + ".md", "w") as f:
     f.write(
       f"# Data-parallel steps/s\n\nCommand: `{result['command']}`\n\nMachine: {result['machine']}\n\n"
+      f"{environment_line(result['machine'])}\n\n"
       f"Model {FLAGS.model}, global batch {FLAGS.batch} (+2x{FLAGS.batch} unlabeled for MixMatch).\n\n"
       + markdown_table(rows)
     )

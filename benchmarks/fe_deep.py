@@ -25,7 +25,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from benchmarks.common import RESULTS, machine
+from benchmarks.common import RESULTS, environment_line, machine
 
 flags.DEFINE_list(
   "random_sizes", ["10-8-8-1", "20-10-10-1", "12-8-6-3", "10-8-8-8-1"], "Sizes d-n0-...-k of the random victims."
@@ -202,6 +202,8 @@ def markdown(rows, command, info, seconds) -> str:
     f"Command: `{command}`",
     "",
     f"Machine: {info['cpu']}, {info['cpu_count']} cores, load average {info['load_average']}; total {seconds:.0f} s.",
+    "",
+    environment_line(info),
     "",
     "| " + " | ".join(cols) + " |",
     "|" + "---|" * len(cols),

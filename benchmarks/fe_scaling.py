@@ -40,7 +40,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from benchmarks.common import RESULTS, machine
+from benchmarks.common import RESULTS, environment_line, machine
 
 flags.DEFINE_list("dims", ["64", "784"], "Input dimensions d of the random victims.")
 flags.DEFINE_list("hidden", ["8", "16", "32", "64", "128", "256"], "Hidden widths h of the random victims.")
@@ -463,6 +463,7 @@ def markdown(rows: list[dict], meta: dict, before: dict) -> str:
     "",
     f"Command: `{meta['command']}`  ",
     f"Machine: {meta['machine']}  ",
+    f"{environment_line(meta['machine'])}  ",
     f"Total wall time: {meta['seconds']:.0f} s (wall clock, on a machine shared with other jobs).",
     "",
     f"## Our attack (float64 logits oracle, h not given, domain: the ball of radius {FLAGS.radius:g})",

@@ -17,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from benchmarks.common import RESULTS, define_launcher_flags, run_launcher
+from benchmarks.common import RESULTS, define_launcher_flags, environment_line, run_launcher
 
 FLAGS = flags.FLAGS
 
@@ -143,6 +143,7 @@ def main(_):
     f"Launcher: `{record['launcher_command']}`, {'fresh workdir, ' if FLAGS.fresh else ''}whole run "
     f"{record['wall_seconds']} s\n",
     f"Machine: {record['machine']}\n",
+    environment_line(record["machine"]) + "\n",
     f"Victim (the base run {victim['varied'].split()[-1]}): test accuracy {victim['accuracy']:.4f}; every run: "
     + ", ".join(f"{k} {v:.4f}" for k, v in victim["run_accuracy"].items())
     + "\n",

@@ -22,7 +22,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from benchmarks.common import REPO, RESULTS, machine
+from benchmarks.common import REPO, RESULTS, environment_line, machine
 
 flags.DEFINE_list("hidden", ["64", "128", "256"], "Hidden sizes of the random victims.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the random victims (and of the attacks' prompts).")
@@ -98,6 +98,7 @@ def markdown(rows, command, info, seconds) -> str:
     "",
     f"Command: `{command}`  ",
     f"Machine: {info}  ",
+    f"{environment_line(info)}  ",
     f"Total wall time: {seconds:.0f} s (attacks and victim training; shared machine).",
     "",
     "W_rec is aligned to the true W by least squares; `rel. RMS` is the RMS of the aligned error over W's "

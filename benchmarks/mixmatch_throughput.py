@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from benchmarks.common import lock_file, lock_text
+from benchmarks.common import environment_line, lock_file
 from extraction import models, train
 from semisup import mixmatch
 
@@ -333,7 +333,7 @@ def to_markdown(result: dict) -> str:
     f"Date: {result['date']}  ",
     f"Machine: {m['cores']}-core CPU ({m['cpu']}, {m['platform']}), Python {m['python']}, jax {m['jax']} "
     f"({m['jax_backend']}), torch {m['torch']} ({m['torch_threads']} threads)  ",
-    f"Environment: {lock_text(m['lock']) if 'lock' in m else 'not recorded'}  ",
+    f"{environment_line(m)}  ",
     f"Load average before / after: {result['loadavg_before']} / {result['loadavg_after']} "
     "(JAX and PyTorch rounds alternate in one process so both see the same load)",
     "",

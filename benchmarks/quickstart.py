@@ -19,7 +19,7 @@ import time
 
 from absl import app, flags
 
-from benchmarks.common import REPO, RESULTS, lock_text, machine
+from benchmarks.common import REPO, RESULTS, environment_line, machine
 
 flags.DEFINE_string("flagfile_name", "quickstart.flags", "Flagfile in configs/.")
 flags.DEFINE_string("workdir", "/tmp/bench_quickstart", "Fresh workdir (deleted first).")
@@ -110,7 +110,7 @@ def main(_):
     f"Command: `{out['command']}`\n",
     f"Launcher: `{out['launcher_command']}`, whole run (victim included) {wall} s\n",
     f"Machine: {out['machine']}\n",
-    f"Environment: {lock_text(out['machine']['lock'])}\n",
+    environment_line(out["machine"]) + "\n",
     notes + "\n",
     markdown_table(rows),
     "Headline in miniature (paper: MM@250 beats FS@4000)"

@@ -40,7 +40,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from benchmarks.common import lock_text, start_serve
+from benchmarks.common import environment_line, start_serve
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("baseline_repo", None, "A checkout of the code before the fixes: measured side by side.")
@@ -424,7 +424,7 @@ def write(rows: list[dict], info: dict) -> None:
     f"{info['jax']}, fastapi {info['fastapi']}, uvicorn {info['uvicorn']}, httpx {info['httpx']}; load "
     f"average {info['load_average'][0]:.1f} at start, {info['load_average_at_end'][0]:.1f} at end (2 cores "
     f"shared with other jobs: timings are pessimistic).  ",
-    f"Environment: {lock_text(info['lock'])}  ",
+    f"{environment_line(info)}  ",
     f"Setup: one server process per scenario (one uvicorn worker, open-file limit {FLAGS.open_files}), "
     f"victim {settings['victim']}; the measured client sends 1 input per request over a new connection, "
     f"for {FLAGS.seconds:g} s while the attack runs; a request fails without a 200 within "

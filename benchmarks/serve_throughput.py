@@ -25,7 +25,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from benchmarks.common import lock_text, machine, start_serve
+from benchmarks.common import environment_line, machine, start_serve
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("victim_workdir", None, "A trained victim (launch.run workdir); default: train a tiny one.")
@@ -146,7 +146,7 @@ def write(rows: list[dict], info: dict) -> None:
     f"{info['python']}, jax {info['jax']}, fastapi {info['fastapi']}, uvicorn {info['uvicorn']}, httpx "
     f"{info['httpx']}; load average {info['load_average'][0]:.1f} at start, "
     f"{info['load_average_at_end'][0]:.1f} at end (shared machine).  ",
-    f"Environment: {lock_text(info['lock'])}  ",
+    f"{environment_line(info)}  ",
     f"Victim: {settings['victim']}; one client thread, one server process on 127.0.0.1; median of "
     f"{FLAGS.rounds} alternating rounds of {FLAGS.seconds:g} s.",
     "",

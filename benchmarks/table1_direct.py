@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 from absl.testing import flagsaver
 
-from benchmarks.common import RESULTS, machine
+from benchmarks.common import RESULTS, environment_line, machine
 from launch import direct  # noqa: F401  (defines the experiment's flags)
 
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every run.")
@@ -156,6 +156,7 @@ def markdown(table: list[dict], meta: dict) -> str:
     "",
     f"Command: `{meta['command']}`  ",
     f"Machine: {meta['machine']}  ",
+    f"{environment_line(meta['machine'])}  ",
     f"Seeds: {meta['seeds']}; agreement on {meta['eval_inputs']} random points of the box per run; "
     f"total wall time {meta['seconds']:.0f} s (shared 2-core machine: seconds are pessimistic).",
     "",

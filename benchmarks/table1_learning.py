@@ -27,7 +27,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from benchmarks.common import REPO, RESULTS, lock_text, machine
+from benchmarks.common import REPO, RESULTS, environment_line, machine
 
 flags.DEFINE_enum("scale", "digits", ["digits", "cifar10"], "Which flagfile: table1_learning_<scale>.flags.")
 flags.DEFINE_string("data_dir", "../shared/data", "Directory holding cifar10/{train,test}.npz.")
@@ -225,7 +225,7 @@ def write_markdown(name: str, out: dict) -> str:
     f"Launcher: `{out['launcher_command']}` ({out['launcher_seconds']} s); ART rows {out['art_seconds']} s; "
     f"{m['cpu']}, {m['cpu_count']} cores, load average at the end {m['load_average']}, ART "
     f"{m['adversarial-robustness-toolbox']}.\n",
-    f"Environment: {lock_text(m['lock'])}\n",
+    environment_line(m) + "\n",
     out["notes"] + "\n",
     "ART rows: ART's attack code choosing the queries, our student trained by ART's loop (`fit` with "
     "nb_epochs x batches = the launcher's steps, batches drawn with replacement), evaluated once at the end "

@@ -23,7 +23,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from benchmarks.common import RESULTS, define_launcher_flags, run_launcher
+from benchmarks.common import RESULTS, define_launcher_flags, environment_line, run_launcher
 
 FLAGS = flags.FLAGS
 
@@ -163,6 +163,7 @@ def main(_):
     "Runs:\n",
     "\n".join(f"- `{r['launcher_command']}`: {r['wall_seconds']} s" for r in runs) + "\n",
     f"Machine: {runs[-1]['machine']}\n",
+    environment_line(runs[-1]["machine"]) + "\n",
     f"Victim test accuracy {victim['accuracy']:.4f}"
     + (f", top-{k} accuracy {victim[f'top{k}_accuracy']:.4f}" if f"top{k}_accuracy" in victim else "")
     + "\n",

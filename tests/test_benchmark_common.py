@@ -1,0 +1,64 @@
+"""benchmarks/common.py: the `Environment: ...` line of every results header comes from the lock recorded when the
+benchmark ran (environment_line), never from today's environment."""
+
+import hashlib
+import importlib.metadata
+import re
+
+from benchmarks.common import REPO, environment_line, lock_file
+
+# A results Markdown file written by a benchmark: `(... / "x.md").write_text(`, `open(... ".md", "w")` or a
+# `.with_suffix(".md")` path.
+WRITES_MARKDOWN = re.compile(r'\.md"\)\.write_text\(|\.md",\s*"w"|with_suffix\("\.md"\)')
+
+
+def _lock(tmp_path, text: str) -> dict:
+  path = tmp_path / "lock.txt"
+  path.write_text(text)
+  return lock_file(path)
+
+
+def test_environment_line_names_the_recorded_lock(tmp_path):
+  text = f"# pinned\nabsl-py=={importlib.metadata.version('absl-py')}\n"
+  machine = {"cpu": "x", "lock": _lock(tmp_path, text)}
+  sha = hashlib.sha256(text.encode()).hexdigest()
+  assert (
+    environment_line(machine) == f"Environment: {tmp_path / 'lock.txt'} (sha256 {sha[:16]}), installed versions match"
+  )
+
+
+def test_environment_line_reports_mismatches_of_the_recorded_lock(tmp_path):
+  machine = {"lock": _lock(tmp_path, "absl-py==0.0.0-not-installed\n")}
+  line = environment_line(machine)
+  assert line.startswith(f"Environment: {tmp_path / 'lock.txt'} (sha256 ")
+  assert "installed versions differ: absl-py " in line and "(0.0.0-not-installed)" in line
+
+
+def test_environment_line_without_a_recorded_lock():
+  sentence = "Environment: not recorded (made before requirements/lock.txt)"
+  assert environment_line({"cpu": "x", "cpu_count": 2}) == sentence
+  assert environment_line({"lock": None}) == sentence
+  assert environment_line(None) == sentence
+
+
+def test_an_old_results_json_does_not_claim_todays_environment(tmp_path):
+  """Re-rendering a header from a machine dict made before the lock file says so, and names no lock; with a
+  recorded lock, the header names that lock (not the repository's)."""
+  from benchmarks import lm_last_layer
+
+  today = lock_file()["sha256"]
+  old = lm_last_layer.markdown([], "cmd", {"cpu": "x", "cpu_count": 2}, 1.0)
+  assert "\nEnvironment: not recorded (made before requirements/lock.txt)" in old
+  assert today is None or today[:16] not in old
+  recorded = _lock(tmp_path, "absl-py==0.0.0-then\n")
+  then = lm_last_layer.markdown([], "cmd", {"lock": recorded}, 1.0)
+  assert f"\nEnvironment: {tmp_path / 'lock.txt'} (sha256 {recorded['sha256'][:16]})" in then
+
+
+def test_every_benchmark_that_writes_markdown_uses_environment_line():
+  sources = {p.stem: p.read_text() for p in (REPO / "benchmarks").glob("*.py") if p.stem != "common"}
+  writers = {name for name, text in sources.items() if WRITES_MARKDOWN.search(text)}
+  assert {"data_parallel", "table1_direct", "mixmatch_throughput", "table2"} <= writers  # the pattern finds both styles
+  assert sorted(name for name in writers if "environment_line(" not in sources[name]) == []
+  # one way to write the line: no benchmark formats the lock itself
+  assert sorted(name for name, text in sources.items() if "lock_text(" in text) == []
