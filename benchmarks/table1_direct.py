@@ -2,7 +2,7 @@
 offline (breast cancer, wine, iris, digits; diabetes for a regression tree) and on two-layer networks, over
 several seeds (victim split and fit, attack randomness and evaluation points all change with the seed).
 
-  python -m benchmarks.table1_direct [--seeds=0,1,2] [--eval_inputs=100000] [--only=path_finding,...]
+  python -m benchmarks.table1_direct [--run_seeds=0,1,2] [--eval_inputs=100000] [--only=path_finding,...]
 
 Each run is the `direct_recovery` experiment (launch/direct.py) with its flags set here. Per row: queries (mean and
 range over seeds), agreement on --eval_inputs random points of the box [0, 1]^d and on the victim's test split
@@ -27,7 +27,7 @@ from absl.testing import flagsaver
 from benchmarks.common import RESULTS, environment_line, machine
 from launch import direct  # noqa: F401  (defines the experiment's flags)
 
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every run.")
+flags.DEFINE_list("run_seeds", ["0", "1", "2"], "Seeds of every run (victim, queries, evaluation).")
 flags.DEFINE_list("only", [], "Attacks to run (default: all).")
 flags.DEFINE_string(
   "render",
@@ -274,7 +274,7 @@ def main(argv):
     (RESULTS / "table1_direct.md").write_text(markdown(table, saved["meta"]))
     return
   start = time.monotonic()
-  seeds = [int(s) for s in FLAGS.seeds]
+  seeds = [int(s) for s in FLAGS.run_seeds]
   table = []
   with tempfile.TemporaryDirectory() as tmp:
     for attack, victim, extra, paper in cases():
