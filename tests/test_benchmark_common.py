@@ -3,7 +3,10 @@ benchmark ran (environment_line), never from today's environment."""
 
 import hashlib
 import importlib.metadata
+import json
 import re
+import subprocess
+import sys
 
 from benchmarks.common import REPO, environment_line, lock_file
 
@@ -43,15 +46,24 @@ def test_environment_line_without_a_recorded_lock():
 
 def test_an_old_results_json_does_not_claim_todays_environment(tmp_path):
   """Re-rendering a header from a machine dict made before the lock file says so, and names no lock; with a
-  recorded lock, the header names that lock (not the repository's)."""
-  from benchmarks import lm_last_layer
-
+  recorded lock, the header names that lock (not the repository's). In a subprocess: importing a benchmark
+  defines its flags, which may clash with the launcher's already imported by other tests."""
+  recorded = _lock(tmp_path, "absl-py==0.0.0-then\n")
+  script = (
+    "import json, sys\n"
+    "from benchmarks import lm_last_layer\n"
+    "old = lm_last_layer.markdown([], 'cmd', {'cpu': 'x', 'cpu_count': 2}, 1.0)\n"
+    "then = lm_last_layer.markdown([], 'cmd', {'lock': json.loads(sys.argv[1])}, 1.0)\n"
+    "print(json.dumps([old, then]))\n"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", script, json.dumps(recorded)], cwd=REPO, capture_output=True, text=True, timeout=120
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  old, then = json.loads(out.stdout.strip().splitlines()[-1])
   today = lock_file()["sha256"]
-  old = lm_last_layer.markdown([], "cmd", {"cpu": "x", "cpu_count": 2}, 1.0)
   assert "\nEnvironment: not recorded (made before requirements/lock.txt)" in old
   assert today is None or today[:16] not in old
-  recorded = _lock(tmp_path, "absl-py==0.0.0-then\n")
-  then = lm_last_layer.markdown([], "cmd", {"lock": recorded}, 1.0)
   assert f"\nEnvironment: {tmp_path / 'lock.txt'} (sha256 {recorded['sha256'][:16]})" in then
 
 
