@@ -74,3 +74,11 @@ def test_every_benchmark_that_writes_markdown_uses_environment_line():
   assert sorted(name for name in writers if "environment_line(" not in sources[name]) == []
   # one way to write the line: no benchmark formats the lock itself
   assert sorted(name for name, text in sources.items() if "lock_text(" in text) == []
+
+
+def test_every_results_file_names_its_environment():
+  """Each committed results Markdown says which pinned environment made its figures (or that none was recorded)."""
+  missing = [
+    p.name for p in sorted((REPO / "benchmarks" / "results").glob("*.md")) if "\nEnvironment: " not in p.read_text()
+  ]
+  assert missing == []
