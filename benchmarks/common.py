@@ -106,28 +106,30 @@ def start_serve(cmd: list, timeout: float = 300, **popen_kwargs) -> tuple[subpro
   return proc, line.rsplit(" on ", 1)[1].strip()
 
 
-def run_launcher(flagfile: str, workdir, extra=()) -> dict:
-  """Runs `python -m launch.run --flagfile=<flagfile> --workdir=<workdir> <extra>` (raising on failure) and returns
-  its record: launcher_command, wall_seconds, rows (without the bulky config and versions), the experiment's
-  notes (the first paragraph of results.md) and the machine at the end of the run."""
+def run_launcher(flagfile: str, workdir, extra=(), run: bool = True) -> dict:
+  """Runs `python -m launch.run --flagfile=<flagfile> --workdir=<workdir> <extra>` (raising on failure; with
+  run=False only reads what an earlier run left in the workdir) and returns its record: launcher_command,
+  wall_seconds, rows (without the bulky config and versions), the experiment's notes (the first paragraph of
+  results.md) and the machine at the end of the run."""
   import json
   import sys
   import time
 
-  workdir = pathlib.Path(workdir)
+  out_dir = REPO / workdir  # a relative workdir is the launcher's, which runs in REPO
   launcher = [sys.executable, "-m", "launch.run", f"--flagfile={flagfile}", f"--workdir={workdir}", *extra]
   t = time.time()
-  subprocess.run(launcher, cwd=REPO, check=True)
+  if run:
+    subprocess.run(launcher, cwd=REPO, check=True)
   wall = round(time.time() - t, 1)
   rows = [
     {k: v for k, v in r.items() if k not in ("config", "versions")}
-    for r in json.loads((workdir / "results.json").read_text())
+    for r in json.loads((out_dir / "results.json").read_text())
   ]
   return {
     "launcher_command": "python " + " ".join(launcher[1:]),
     "wall_seconds": wall,
     "rows": rows,
-    "notes": (workdir / "results.md").read_text().split("\n\n")[0],
+    "notes": (out_dir / "results.md").read_text().split("\n\n")[0],
     "machine": machine(),
   }
 

@@ -13,13 +13,11 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
-import subprocess
 import sys
-import time
 
 from absl import app, flags
 
-from benchmarks.common import REPO, RESULTS, environment_line, machine
+from benchmarks.common import RESULTS, environment_line, run_launcher
 
 flags.DEFINE_string("flagfile_name", "quickstart.flags", "Flagfile in configs/.")
 flags.DEFINE_string("workdir", "/tmp/bench_quickstart", "Fresh workdir (deleted first).")
@@ -62,21 +60,8 @@ def headline(rows: list[dict]) -> list[str]:
 def main(_):
   workdir = pathlib.Path(FLAGS.workdir)
   shutil.rmtree(workdir, ignore_errors=True)
-  launcher = [
-    sys.executable,
-    "-m",
-    "launch.run",
-    f"--flagfile={FLAGS.flagfile_name}",
-    f"--workdir={workdir}",
-    *FLAGS.extra,
-  ]
-  t = time.time()
-  subprocess.run(launcher, cwd=REPO, check=True)
-  wall = round(time.time() - t, 1)
-  rows = [
-    {k: v for k, v in r.items() if k not in ("config", "versions")}
-    for r in json.loads((workdir / "results.json").read_text())
-  ]
+  record = run_launcher(FLAGS.flagfile_name, workdir, FLAGS.extra)
+  rows, wall = record["rows"], record["wall_seconds"]
   others = []
   victim = next((r for r in rows if r["method"] == "victim"), None)
   for name in FLAGS.compare:
@@ -91,9 +76,9 @@ def main(_):
     ]
   out = {
     "command": "python -m benchmarks.quickstart " + " ".join(sys.argv[1:]),
-    "launcher_command": " ".join(launcher[1:]),
+    "launcher_command": record["launcher_command"],
     "wall_seconds": wall,
-    "machine": machine(),
+    "machine": record["machine"],
     "rows": rows,
     "compared_with": FLAGS.compare,
     "headline": headline(rows + others),
@@ -104,7 +89,7 @@ def main(_):
     shutil.copy(workdir / "curves.png", RESULTS / f"{FLAGS.name}_curves.png")
   from launch.results import markdown_table
 
-  notes = (workdir / "results.md").read_text().split("\n\n")[0]
+  notes = record["notes"]
   md = [
     f"# Quickstart under the fair protocol ({FLAGS.flagfile_name})\n",
     f"Command: `{out['command']}`\n",

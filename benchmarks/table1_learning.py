@@ -20,14 +20,13 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-import subprocess
 import sys
 import time
 
 import numpy as np
 from absl import app, flags
 
-from benchmarks.common import REPO, RESULTS, environment_line, machine
+from benchmarks.common import REPO, RESULTS, environment_line, machine, run_launcher
 
 flags.DEFINE_enum("scale", "digits", ["digits", "cifar10"], "Which flagfile: table1_learning_<scale>.flags.")
 flags.DEFINE_string("data_dir", "../shared/data", "Directory holding cifar10/{train,test}.npz.")
@@ -247,35 +246,21 @@ def main(_):
     print(write_markdown(name, json.loads((_results() / f"{name}.json").read_text())))
     return
   workdir = pathlib.Path(FLAGS.workdir or f"workdirs/{name}")
-  launcher = [
-    sys.executable,
-    "-m",
-    "launch.run",
-    f"--flagfile={name}.flags",
-    f"--workdir={workdir}",
-    f"--data_dir={FLAGS.data_dir}",
-    *FLAGS.extra,
-  ]
+  record = run_launcher(f"{name}.flags", workdir, [f"--data_dir={FLAGS.data_dir}", *FLAGS.extra], FLAGS.launcher)
   out = {
     "scale": FLAGS.scale,
     "command": "python -m benchmarks.table1_learning " + " ".join(sys.argv[1:]),
-    "launcher_command": " ".join(launcher[1:]),
+    "launcher_command": record["launcher_command"],
+    "launcher_seconds": round(record["wall_seconds"]),
   }
-  t = time.time()
-  if FLAGS.launcher:
-    subprocess.run(launcher, cwd=REPO, check=True)
-  out["launcher_seconds"] = round(time.time() - t)
-  ours = [
-    {k: v for k, v in r.items() if k not in ("config", "versions")}
-    for r in json.loads((REPO / workdir / "results.json").read_text())
-  ]
+  ours = record["rows"]
   t = time.time()
   art_rows = run_art(REPO / workdir, FLAGS.art) if FLAGS.art else []
   out.update(
     art_seconds=round(time.time() - t),
     machine=machine("adversarial-robustness-toolbox"),
     rows=ours + art_rows,
-    notes=(REPO / workdir / "results.md").read_text().split("\n\n")[0],
+    notes=record["notes"],
   )
   (_results() / f"{name}.json").write_text(json.dumps(out, indent=2))
   print(write_markdown(name, out))
