@@ -537,6 +537,10 @@ def extract(
         needs_unlabeled=needs_unlabeled,
         mesh=mesh,
         steps_per_call=FLAGS.steps_per_call,
+        evaluate=evaluator,
+        eval_every=eval_every,
+        full_evals=FLAGS.median_of,
+        name=name,
       )
 
       student_tasks = functools.partial(
@@ -557,7 +561,7 @@ def extract(
           ds.num_classes,
           group_dir,
           student_tasks,
-          functools.partial(train, evaluate=evaluator, eval_every=eval_every, full_evals=FLAGS.median_of, name=name),
+          train,
         )
       data, tasks = student_tasks([e.asked for e in extractions])
       arrays: dict[str, Any] = {
@@ -566,15 +570,7 @@ def extract(
         **{f"unlabeled_{i}": t.unlabeled for i, t in enumerate(tasks)},
       }
       np.savez(group_dir / "tasks.npz", **arrays)
-      _, _, histories = train(
-        data,
-        tasks,
-        evaluate=evaluator,
-        eval_every=eval_every,
-        full_evals=FLAGS.median_of,
-        checkpoint_dir=group_dir,
-        name=name,
-      )
+      _, _, histories = train(data, tasks, checkpoint_dir=group_dir)
       for row in _rows(method + rot, sname, output, budgets, extractions, histories, time.time() - t0):
         if FLAGS.targets != ["oracle"]:
           row = {**row, "targets": "ground_truth" if output == "ground_truth" else "oracle"}
