@@ -58,6 +58,9 @@ flags.DEFINE_enum("knockoff_reward", "all", list(strategies.knockoff.REWARDS), "
 flags.DEFINE_float("knockoff_lr", 0.1, "Knockoff adaptive: step size of the gradient bandit.", lower_bound=0.0)
 flags.DEFINE_integer("knockoff_batch", 8, "Knockoff adaptive: queries per bandit update.", lower_bound=1)
 flags.DEFINE_integer("dfal_max_iter", 10, "DFAL: DeepFool iterations at most.", lower_bound=1)
+flags.DEFINE_integer(
+  "dfal_classes", 0, "DFAL: DeepFool linearises the top this many classes of each input (0: all).", lower_bound=0
+)
 flags.DEFINE_integer("dfme_batch", 64, "DFME: generated images per generator step.", lower_bound=1)
 flags.DEFINE_integer("dfme_directions", 1, "DFME: random directions of the forward-difference gradient.", lower_bound=1)
 flags.DEFINE_float("dfme_epsilon", 2.0, "DFME: forward-difference step, in pixel levels.", lower_bound=1.0)
@@ -72,6 +75,7 @@ PARAMS = (
   "knockoff_lr",
   "knockoff_batch",
   "dfal_max_iter",
+  "dfal_classes",
   "dfme_batch",
   "dfme_directions",
   "dfme_epsilon",
@@ -107,10 +111,11 @@ def make(name: str):
 
 
 def settings(name: str, strategy) -> dict:
-  """What changes a strategy's queries, for run names (empty for `random`: its runs keep today's names)."""
+  """What changes a strategy's queries, for run names: its own parameters only (another strategy's flag leaves its
+  runs' names alone); empty for `random`, whose runs keep the names they had before strategies existed."""
   if name == "random":
     return {}
-  out = {"strategy": name, "params": {p: getattr(FLAGS, p) for p in PARAMS}}
+  out = {"strategy": name, "params": {p: getattr(FLAGS, p) for p in strategies.params_of(name)}}
   if strategy.adaptive:
     out.update(rounds=FLAGS.rounds, round_training=FLAGS.round_training, round_steps=FLAGS.round_steps)
   if strategy.source == "transfer":

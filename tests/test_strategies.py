@@ -99,6 +99,25 @@ def test_deepfool_norm_is_the_distance_to_the_nearest_boundary_of_a_linear_stude
     assert norms[i] == pytest.approx(dist, rel=1e-3, abs=1e-3)
 
 
+def test_deepfool_on_the_top_classes_measures_the_distance_to_their_boundaries_only():
+  """With `classes`=2 DeepFool linearises only each input's label and runner-up: on a linear student with 4 classes
+  the norm is the distance to the boundary between those two (which may be farther than the nearest boundary), for
+  inputs far from the origin as well, and a batch of 300 (a full chunk plus a padded bucket) gives what its parts
+  give."""
+  student = _linear_student(num_classes=4, seed=4)
+  w, b = _weights(student)
+  x = np.random.default_rng(5).uniform(-1, 1, (300,) + SHAPE).astype(np.float32) * np.float32(30.0)
+  norms = dfal.deepfool_norms(student.model, student.variables, x, overshoot=0.0, classes=2)
+  f = x.reshape(len(x), -1).astype(np.float64) @ w + b
+  top = np.argsort(-f, axis=1)[:, :2]
+  rows = np.arange(len(x))
+  gap = f[rows, top[:, 0]] - f[rows, top[:, 1]]
+  dist = gap / np.linalg.norm(w[:, top[:, 0]] - w[:, top[:, 1]], axis=0)
+  np.testing.assert_allclose(norms, dist, rtol=1e-3, atol=1e-3)
+  parts = dfal.deepfool_norms(student.model, student.variables, x[:13], overshoot=0.0, classes=2)
+  np.testing.assert_allclose(parts, norms[:13], rtol=1e-5)
+
+
 def test_gradient_bandit_moves_towards_the_rewarded_arm():
   h = np.zeros(3)
   probs = knockoff.softmax_available(h, np.ones(3, bool))

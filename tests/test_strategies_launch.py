@@ -46,6 +46,11 @@ def test_pool_strategies_ask_their_budget_and_never_the_evaluation_data(tmp_path
   assert sum(len(r) for r in recorded) == 0
   assert [r["fidelity"] for r in again[1:]] == [r["fidelity"] for r in rows[1:]]
   assert [r["oracle_used"] for r in again[1:]] == [20, 60] * 2
+  recorded.clear()
+  _run_in_process(args + ["--dfme_lr=0.01", "--jbda_tau=5"])  # other strategies' flags: same runs, nothing asked
+  assert sum(len(r) for r in recorded) == 0
+  _run_in_process(args + ["--dfal_classes=2"])  # DFAL's own flag: a new DFAL run; k-center's is reused
+  assert [len(r) for r in recorded if len(r)] == [20, 60]
 
 
 def test_synthesising_and_transfer_strategies_never_ask_the_evaluation_data(tmp_path, recorded):  # noqa: F811 (the fixture imported above)

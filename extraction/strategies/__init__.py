@@ -7,6 +7,7 @@ knows). Attack code here only ever calls `oracle(x)`, through `Round.ask`.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -44,3 +45,9 @@ def make(name: str, **params):
   if name not in STRATEGIES:
     raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
   return STRATEGIES[name](**params)
+
+
+def params_of(name: str) -> tuple[str, ...]:
+  """The parameters strategy `name` takes (those of its `make`): the ones that can change its queries."""
+  signature = inspect.signature(STRATEGIES[name])
+  return tuple(p.name for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD)
