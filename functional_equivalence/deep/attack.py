@@ -9,9 +9,14 @@ Layer by layer ("peeling", Carlini, Jagielski, Mironov 2020), each layer with th
      from the isolation tests of signs.hidden_signs (exact where the layer is contractive, neuron-wiggle votes
      where it is not) and the next layer is recovered on top. A layer whose fit leaves a residual is searched
      again (`extra_searches`) before a deeper layer is assumed: a unit active on a small part of the domain only.
+     Each layer is searched with the lenient acceptance first (a last hidden layer has no deeper unit to be
+     mistaken for one); once a deeper layer is known to follow (the search does not settle, or the residual
+     stays), the first layer is cross-checked (crosscheck.py) and a later one searched again with strict
+     acceptance and the cross check (layer.LayerConfig.strict).
 Then the whole network is checked against the oracle over the domain (check.compare), with `repairs` searches of
-the last hidden layer through the points where the check failed. What works (two hidden layers, a first layer no
-wider than the input) and what does not yet (3+ hidden layers, expanding layers' signs): docs/fe_deep.md.
+the last hidden layer through the points where the check failed. What works (two hidden layers with a first layer
+no wider than the input, some three-hidden-layer nets) and what does not yet (three hidden layers reliably,
+expanding layers' signs): docs/fe_deep.md.
 The depth and every width are found, not given; a two-layer victim is the depth-1 case (its layer 0 is the last
 hidden layer; with its units affine in x the signs come from second_layer.flip_z, the two-layer attack's scalar
 flips). The tuned two-layer attack (attack.py) spends fewer queries on a victim known to have one hidden layer.
