@@ -31,6 +31,10 @@ class NoCriticalPointsError(ExtractionError):
   """A search found no critical point at all (the function looks affine along every line searched)."""
 
 
+class LayerNotSettledError(ExtractionError):
+  """A layer's search of the deep attack kept finding new units or features until its round limit."""
+
+
 class LimitReachedError(ExtractionError):
   """A query or time limit of the attack, or the oracle's own budget, ran out before the attack finished."""
 

@@ -1,5 +1,5 @@
-"""The deep functionally-equivalent attack (functional_equivalence/deep/): exact recovery of two-hidden-layer random
-nets up to permutation and scale (aligned weights to 1e-9, agreement 1.0 near the origin and out to the domain's
+"""The deep functionally-equivalent attack (functional_equivalence/deep/): exact recovery of two- and three-hidden-layer
+random nets up to permutation and scale (aligned weights to 1e-9, agreement 1.0 near the origin and out to the domain's
 radius 1000), a two-layer victim as the depth-1 case, sign recovery on a contractive layer (exact) and on an
 expanding one (exact decisions only where they are sound), bounded stages with clear errors, and the launcher on a
 deep npz. Query counts are checked against a backend that counts its own rows."""
@@ -55,6 +55,22 @@ def test_two_hidden_layers_recovered_exactly(sizes, seed):
   assert result.sign_methods == [["exact"], "last layer least squares"]
   _assert_equivalent(net, result.net, x)
   assert result.stats["check_error"] < 1e-8
+
+
+@pytest.mark.slow
+def test_three_hidden_layers_recovered_exactly():
+  # layer 1 is not the last: its lenient search does not settle (deeper units' pieces), the strict one does; the
+  # signs of layers 1 and 2 are exact (layer 1's from points where every first-layer feature is live)
+  sizes = (10, 8, 8, 8, 1)
+  net = network.random_net(2, sizes)
+  result = _extract(net)
+  assert result.net.sizes == sizes and result.widths == list(sizes[1:-1])
+  x = _eval_points(sizes[0])
+  err = align.weight_error(net, result.net, x)
+  assert err["max_weight_error"] <= 1e-9 and err["inert_true_units"] == [0, 0, 0], err
+  assert result.sign_methods == [["exact"], ["exact"], "last layer least squares"]
+  assert result.stats["strict_layers"] == 1
+  _assert_equivalent(net, result.net, x)
 
 
 def test_a_two_layer_victim_is_the_depth_one_case():

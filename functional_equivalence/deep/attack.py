@@ -9,9 +9,14 @@ Layer by layer ("peeling", Carlini, Jagielski, Mironov 2020), each layer with th
      from the isolation tests of signs.hidden_signs (exact where the layer is contractive, neuron-wiggle votes
      where it is not) and the next layer is recovered on top. A layer whose fit leaves a residual is searched
      again (`extra_searches`) before a deeper layer is assumed: a unit active on a small part of the domain only.
+     Each layer is searched with the lenient acceptance first (a last hidden layer has no deeper unit to be
+     mistaken for one); once a deeper layer is known to follow (the search does not settle, or the residual
+     stays), the first layer is cross-checked (crosscheck.py) and a later one searched again with strict
+     acceptance and the cross check (layer.LayerConfig.strict).
 Then the whole network is checked against the oracle over the domain (check.compare), with `repairs` searches of
-the last hidden layer through the points where the check failed. What works (two hidden layers, a first layer no
-wider than the input) and what does not yet (3+ hidden layers, expanding layers' signs): docs/fe_deep.md.
+the last hidden layer through the points where the check failed. What works (two hidden layers with a first layer
+no wider than the input, some three-hidden-layer nets) and what does not yet (three hidden layers reliably,
+expanding layers' signs): docs/fe_deep.md.
 The depth and every width are found, not given; a two-layer victim is the depth-1 case (its layer 0 is the last
 hidden layer; with its units affine in x the signs come from second_layer.flip_z, the two-layer attack's scalar
 flips). The tuned two-layer attack (attack.py) spends fewer queries on a victim known to have one hidden layer.
@@ -33,9 +38,9 @@ from extraction.oracle import Oracle
 from functional_equivalence import attack as two_layer
 from functional_equivalence import check, queries
 from functional_equivalence import domain as domains
+from functional_equivalence.deep import crosscheck, network, signs
 from functional_equivalence.deep import layer as layers
-from functional_equivalence.deep import network, signs
-from functional_equivalence.errors import ExtractionError
+from functional_equivalence.errors import ExtractionError, LayerNotSettledError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +109,7 @@ def _new_stats(probe_bits) -> dict:
     exact_sign_tests=0,
     wiggle_sign_tests=0,
     repair_rounds=0,
+    strict_layers=0,
   )
 
 
@@ -124,6 +130,7 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
   q = queries.Querier(oracle, limits)
   dom = cfg.the_domain()
   rng = np.random.default_rng(seed)
+  side = np.random.default_rng([seed, 1])  # the first layer's cross check: the search's stream stays as it was
   probe = queries.probe(q, input_dim, cfg.scale, rng)
   m = q(np.zeros((1, input_dim)), "output size").shape[1]
   if m == 0:
@@ -148,20 +155,30 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
   methods: list[str | list[str]] = []  # per hidden layer: how its signs were found
   surfaces: list[tuple[network.DeepNet, layers.Unit]] = []  # every unit, with the prefix it sits on
   last = None
+  strict_before = False  # a layer before needed strict acceptance
   for depth in range(cfg.max_depth):
-    state = layers.LayerState()
-    for _search in range(1 + cfg.extra_searches):
-      units = layers.recover_layer(q, prefix, lcfg, dom, rng, stats, state)
-      if not units:
-        raise ExtractionError(f"layer {depth}: no unit found ({q.queries} queries)")
-      logging.info("layer %d: %d units (%d queries)", depth, len(units), q.queries)
-      if cfg.layers is not None and depth + 1 >= cfg.layers:
-        break
-      last = signs.last_layer(q, prefix, units, cfg.scale, center, rng, stats, dom=dom)
-      if last.residual <= cfg.check_rtol:
-        break
-      # a residual: a deeper layer, or a unit of this one not found yet (e.g. active in a small part of the
-      # domain only): search this layer again before going deeper
+    # lenient acceptance first: right for a last hidden layer, which has no deeper unit to be mistaken for one
+    layer_cfg = dataclasses.replace(lcfg, thorough=strict_before)
+    try:
+      units, state, last = _search_layer(q, prefix, layer_cfg, cfg, dom, rng, stats, depth)
+      deeper = last is not None and last.residual > cfg.check_rtol
+    except LayerNotSettledError:
+      if not prefix.weights:
+        raise
+      deeper = True
+    if deeper and not prefix.weights:
+      # the first layer's units are whole hyperplanes; a deeper unit's piece accepted there bends at them
+      units, refuted = crosscheck.cross_check(q, prefix, units, layer_cfg, side, stats)
+      state.units[:] = units
+      state.facets += refuted
+    elif deeper:
+      # not the last hidden layer: its kinks include pieces of deeper units, which only strict acceptance and
+      # the cross check keep out; the layer is searched again from scratch
+      logging.info("layer %d: a deeper layer follows; searched again with strict acceptance", depth)
+      stats["strict_layers"] += 1
+      strict_before = True
+      layer_cfg = dataclasses.replace(lcfg, strict=True)
+      units, state, last = _search_layer(q, prefix, layer_cfg, cfg, dom, rng, stats, depth)
     tables.append(
       dict(
         row_error=[u.err for u in units],
@@ -206,7 +223,7 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
       # a point where the recovery is wrong is on the active side of a missed unit: lines through it
       stats["repair_rounds"] += 1
       state.lines = check.lines_towards_center(bad[: 4 * cfg.lines_per_round], dom, cfg.scale, rng)
-      units = layers.recover_layer(q, prefix, lcfg, dom, rng, stats, state)
+      units = layers.recover_layer(q, prefix, layer_cfg, dom, rng, stats, state)
       last = signs.last_layer(q, prefix, units, cfg.scale, center, rng, stats, dom=dom)
       surfaces = surfaces[:first_last] + [(prefix, u) for u in units]
       tables[-1].update(row_error=[u.err for u in units], features_seen=[int(u.known.sum()) for u in units])
@@ -216,6 +233,29 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
   return DeepExtraction(
     net, q.queries, q.seconds, [len(t["row_error"]) for t in tables], stats, dom, dict(q.by_stage), tables, methods
   )
+
+
+def _search_layer(q, prefix, lcfg: layers.LayerConfig, cfg: Config, dom, rng, stats, depth: int):
+  """The units of the layer after `prefix`, searched again (up to extra_searches times) while the last layer's fit
+  leaves a residual: a deeper layer, or a unit of this one not found yet (e.g. active in a small part of the
+  domain only); after the first layer, as many more searches start on lines through the points where the fit is
+  off (on the active side of a missed unit if the layer is the last). Returns (units, the search's state, the
+  fit; None when cfg.layers stops at this layer)."""
+  state = layers.LayerState()
+  last = None
+  for search in range(1 + cfg.extra_searches * (2 if prefix.weights else 1)):
+    if search > cfg.extra_searches and last is not None and last.misfit_points is not None:
+      state.lines = check.lines_towards_center(last.misfit_points[: 4 * cfg.lines_per_round], dom, cfg.scale, rng)
+    units = layers.recover_layer(q, prefix, lcfg, dom, rng, stats, state)
+    if not units:
+      raise ExtractionError(f"layer {depth}: no unit found ({q.queries} queries)")
+    logging.info("layer %d: %d units (%d queries)", depth, len(units), q.queries)
+    if cfg.layers is not None and depth + 1 >= cfg.layers:
+      return units, state, None
+    last = signs.last_layer(q, prefix, units, cfg.scale, lcfg.center, rng, stats, dom=dom)
+    if last.residual <= cfg.check_rtol:
+      break
+  return units, state, last
 
 
 def _network(prefix, units, last: signs.LastLayer, differences: bool) -> network.DeepNet:

@@ -31,7 +31,7 @@ import numpy as np
 
 from functional_equivalence import recover, search
 from functional_equivalence.deep import network
-from functional_equivalence.errors import ExtractionError
+from functional_equivalence.errors import LayerNotSettledError
 
 EPS = np.finfo(np.float64).eps
 NF = recover.NOISE_FACTOR
@@ -74,6 +74,14 @@ class LayerConfig:
       with verify_hits hits (a kink within the window where predicted).
     refit_points: precise surface points per unit beyond the number of its known features (layer 0: in total).
     verify_spread: first layer: test points spread over this many times the anchor's distance from the center.
+    strict: a deeper layer follows (the attack decides it from the last layer's fit): a candidate of a layer after
+      the first is tested at points spread over deep_verify_spread times its reach, only once it knows min_known
+      features, and accepted with deep_verify_hits hits and at most deep_verify_misses misses (a deeper unit's
+      piece misses as soon as a test point leaves its region); the layer's units are then cross-checked
+      (`cross_check`, cross_points a side, spread cross_spread). A last hidden layer keeps the lenient test:
+      it has no deeper unit to be mistaken for one, and its rarely active units miss often.
+    thorough: refit before `complete` (which walks from precise points) and 8 tries per missing feature, not 3
+      (strict layers and every layer after one: their units see few of their features active at their kinks).
   """
 
   scale: float = 1.0
@@ -89,9 +97,17 @@ class LayerConfig:
   verify_hits: int = 3
   refit_points: int = 8
   verify_spread: float = 8.0
+  strict: bool = False
+  thorough: bool = False
+  deep_verify_spread: float = 4.0
+  min_known: int = 3
+  deep_verify_hits: int = 8
+  deep_verify_misses: int = 0
+  cross_points: int = 3
+  cross_spread: float = 4.0
 
 
-def _required_center(cfg: LayerConfig) -> np.ndarray:
+def required_center(cfg: LayerConfig) -> np.ndarray:
   """cfg.center, or ValueError when it is unset (deep/attack.Config sets it from the domain)."""
   if cfg.center is None:
     raise ValueError("LayerConfig.center is unset: a layer's search needs the domain's center")
@@ -420,21 +436,24 @@ def _verify(q, prefix, cands: list, cfg: LayerConfig, rng, stats) -> list:
   points of its surface are predicted by the features it has seen: tested again once it has seen more). Hits
   are kept as the unit's precise points."""
   n = len(cands)
+  strict = cfg.strict and bool(prefix.weights)
   hits, misses, blind = np.zeros(n, int), np.zeros(n, int), np.zeros(n, int)
+  if strict:
+    blind[[i for i, c in enumerate(cands) if c.known.sum() < min(cfg.min_known, len(c.w))]] = 2
   d = cands[0].anchor.shape[-1]
   center = cfg.center if cfg.center is not None else np.zeros(d)
   # first layer: spread far beyond the anchor. A deeper unit's surface is flat over a whole linear region of the
   # first layer, and far from the center such regions are wide cones; points spread over several times the
   # anchor's distance fall in other regions. Only hits within the base spread are kept as precise points.
   base = [2 * cfg.scale * np.sqrt(d) + np.linalg.norm(c.anchor - center) for c in cands]
-  spread = [(1.0 if prefix.weights else cfg.verify_spread) * b for b in base]
+  spread = [(cfg.deep_verify_spread if strict else 1.0 if prefix.weights else cfg.verify_spread) * b for b in base]
+  if strict:
+    need, allowed = cfg.deep_verify_hits, cfg.deep_verify_misses
+  else:
+    need, allowed = cfg.verify_hits, cfg.verify_points - cfg.verify_hits
   q0 = q.queries
-  for _ in range(cfg.verify_points):
-    live = [
-      i
-      for i in range(n)
-      if hits[i] < cfg.verify_hits and misses[i] <= cfg.verify_points - cfg.verify_hits and blind[i] < 2
-    ]
+  for _ in range(need + allowed):
+    live = [i for i in range(n) if hits[i] < need and misses[i] <= allowed and blind[i] < 2]
     if not live:
       break
     xs, ns, rs, who = [], [], [], []
@@ -458,16 +477,13 @@ def _verify(q, prefix, cands: list, cfg: LayerConfig, rng, stats) -> list:
       else:
         misses[i] += 1
   stats["verify_queries"] += q.queries - q0
-  return [
-    "unit" if h >= cfg.verify_hits else "facet" if m > cfg.verify_points - cfg.verify_hits else "pending"
-    for h, m in zip(hits, misses)
-  ]
+  return ["unit" if h >= need else "facet" if m > allowed else "pending" for h, m in zip(hits, misses)]
 
 
 def _round(q, prefix, state: LayerState, cfg: LayerConfig, dom, rng, stats) -> bool:
   """One round (module docstring); returns True when a unit or a feature was added."""
   units = state.units
-  center = _required_center(cfg)
+  center = required_center(cfg)
   d = len(center)
   if state.lines is not None:  # lines asked for (through points where the final check failed)
     (starts, dirs), state.lines = state.lines, None
@@ -666,7 +682,7 @@ def refit(q, prefix, units: list, cfg: LayerConfig, rng, stats):
   of (w, b) from h(x_r) . w + b = 0, weighted against the current error (module docstring)."""
   if not units:
     return
-  d = prefix.weights[0].shape[0] if prefix.weights else len(_required_center(cfg))
+  d = prefix.weights[0].shape[0] if prefix.weights else len(required_center(cfg))
   center = cfg.center if cfg.center is not None else np.zeros(d)
   q0 = q.queries
   for _ in range(3):
@@ -738,10 +754,28 @@ def _surface_misfit(prefix, u: Unit, points: np.ndarray) -> float:
   return float(np.max(np.abs(h @ u.w + u.b) / (np.linalg.norm(h, axis=1) + abs(u.b))))
 
 
+def _covered(prefix, u: Unit, points) -> np.ndarray:
+  """The points (k, d) where the unit's known features cover the active ones (its surface is predicted there)."""
+  if not len(points):
+    return np.zeros((0, 0))
+  pts = np.asarray(points)
+  f = network.features(prefix, pts)
+  return pts[~np.any(active_features(prefix, f) & ~u.known, axis=1)]
+
+
+def _on_surface(prefix, a: Unit, b: Unit, rtol: float = 1e-7) -> bool:
+  """b's precise points lie on a's surface (at least two of them where a's features cover them, within rtol or
+  a's error): the two are one unit, though b's row may be off (a weight it never saw active at its points)."""
+  pts = _covered(prefix, a, b.points)
+  return len(pts) >= 2 and _surface_misfit(prefix, a, pts) <= max(rtol, NF * a.err)
+
+
 def dedup(prefix, units: list, rtol: float = 1e-4) -> list:
   """Merges units that are the same hyperplane up to orientation (rows within rtol, or within their errors):
   the one whose surface fits both units' precise points best is kept, with the other's points, and refitted (a
-  duplicate measured from a poorer kink may carry an error estimate that is too small)."""
+  duplicate measured from a poorer kink may carry an error estimate that is too small). Units whose rows
+  differ but whose precise points lie on the other's surface are one unit too: the one that fits the other's
+  points is kept (the more features, the better), with those of the other's points it covers."""
   order = sorted(range(len(units)), key=lambda j: units[j].err)
   kept: list[Unit] = []
   for j in order:
@@ -750,11 +784,22 @@ def dedup(prefix, units: list, rtol: float = 1e-4) -> list:
       (k for k in kept if _close_units(k, u, rtol) or match(k, u.w, u.known, u.b, u.err, 1.0) is not None), None
     )
     if twin is None:
-      kept.append(u)
+      fits = [k for k in kept if _on_surface(prefix, k, u) or _on_surface(prefix, u, k)]
+      if not fits:
+        kept.append(u)
+        continue
+      twin = fits[0]
+      if _on_surface(prefix, u, twin) and (not _on_surface(prefix, twin, u) or u.known.sum() > twin.known.sum()):
+        kept[kept.index(twin)], u, twin = u, twin, u
+      twin.points = twin.points + list(_covered(prefix, twin, u.points))
+      _correct(prefix, twin)
       continue
     pts = np.array(twin.points + u.points)
     if len(pts) and _surface_misfit(prefix, u, pts) < _surface_misfit(prefix, twin, pts):
       kept[kept.index(twin)], u, twin = u, twin, u
+    common = twin.known & u.known
+    lam = float(u.w[common] @ twin.w[common] / (twin.w[common] @ twin.w[common]))
+    absorb(twin, u.w / lam, u.known, u.b / lam, u.err, b"")  # features only the other one saw
     twin.points = twin.points + u.points
     _correct(prefix, twin)
   return kept
@@ -782,7 +827,7 @@ def recover_layer(q, prefix, cfg: LayerConfig, dom, rng, stats, state: LayerStat
     if quiet >= (cfg.deep_patience if prefix.weights else cfg.patience) and units:
       break
   else:
-    raise ExtractionError(
+    raise LayerNotSettledError(
       f"layer {len(prefix.weights)}: the search did not settle in {cfg.max_rounds} rounds "
       f"({len(units)} units, {q.queries} queries)"
     )
@@ -793,7 +838,16 @@ def recover_layer(q, prefix, cfg: LayerConfig, dom, rng, stats, state: LayerStat
       if lam is not None:
         absorb(u, cand.w / lam, cand.known, cand.b / lam, cand.err, b"")
         break
-  complete(q, prefix, units, cfg, rng, stats)
+  thorough = cfg.strict or cfg.thorough
+  if thorough and any(not u.known.all() for u in units):
+    refit(q, prefix, units, cfg, rng, stats)  # surface points to walk from
+  complete(q, prefix, units, cfg, rng, stats, tries=8 if thorough else 3)
   refit(q, prefix, units, cfg, rng, stats)
-  state.units[:] = dedup(prefix, units)
+  kept = dedup(prefix, units)
+  if cfg.strict and prefix.weights:
+    from functional_equivalence.deep import crosscheck  # it tests surfaces with this module's tools
+
+    kept, refuted = crosscheck.cross_check(q, prefix, kept, cfg, rng, stats)
+    state.facets += refuted
+  state.units[:] = kept
   return list(state.units)

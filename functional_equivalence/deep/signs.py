@@ -29,7 +29,7 @@ import numpy as np
 import scipy.linalg
 
 from functional_equivalence import second_layer
-from functional_equivalence.deep import network
+from functional_equivalence.deep import network, regions
 from functional_equivalence.deep.layer import Unit, near_anchors, surface_points
 from functional_equivalence.errors import SignRecoveryError
 
@@ -75,7 +75,9 @@ def sample_points(
 @dataclasses.dataclass
 class LastLayer:
   """Signs s (n,), pair flags (n,) (a twin relu(-p_hat) with its own output weights), the output weights of the
-  units (n, m) and of the twins (n_pairs, m), the output bias (m,), and the relative residual of the fit."""
+  units (n, m) and of the twins (n_pairs, m), the output bias (m,), the relative residual of the fit and the
+  points where the fit is off by more than rtol, worst first (on the active side of a missed unit, if the layer
+  is the last hidden one)."""
 
   signs: np.ndarray
   pairs: np.ndarray
@@ -84,6 +86,7 @@ class LastLayer:
   b_out: np.ndarray
   residual: float
   rank_deficient: bool = False
+  misfit_points: np.ndarray | None = None
 
 
 def last_layer(
@@ -129,11 +132,13 @@ def last_layer(
   feats = [np.maximum(zs, 0), np.maximum(-zs[:, pairs], 0), np.ones((len(z), 1))]
   phi = np.concatenate(feats, axis=1)
   sol, rank = _lstsq(phi, g)
-  residual = float(np.max(np.abs(phi @ sol - g)) / gmax)
+  off = np.max(np.abs(phi @ sol - g), axis=1) / gmax
+  residual = float(np.max(off))
   if rank < phi.shape[1]:
     residual = np.inf
   k = int(pairs.sum())
-  return LastLayer(signs, pairs, sol[:n], sol[n : n + k], sol[-1], residual)
+  worst = np.argsort(-off)
+  return LastLayer(signs, pairs, sol[:n], sol[n : n + k], sol[-1], residual, misfit_points=x[worst[off[worst] > rtol]])
 
 
 @dataclasses.dataclass
@@ -204,19 +209,13 @@ def hidden_signs(
         who.append(j)
       if not who:
         continue
-      points, directions, step_sizes = np.array(xs), np.array(deltas), np.array(steps)[:, None]
-      k = len(who)
-      g = q(np.concatenate([points, points + step_sizes * directions, points - step_sizes * directions]), "signs")
-      g0, gp, gm = g[:k], g[k : 2 * k], g[2 * k :]
-      dp, dm = np.linalg.norm(gp - g0, axis=1), np.linalg.norm(gm - g0, axis=1)
-      noise = 64 * EPS * np.max(np.abs(g.reshape(3, k, -1)), axis=(0, 2))
+      dp, dm, noise = _query_tests(q, xs, deltas, steps)
       for i, j in enumerate(who):
         if exact_flags[i]:
           out.exact_tests += 1
-          if dm[i] <= ratio * dp[i] + noise[i] and dp[i] > 1e3 * noise[i]:
-            exact_p[j] += 1
-          elif dp[i] <= ratio * dm[i] + noise[i] and dm[i] > 1e3 * noise[i]:
-            exact_m[j] += 1
+          side = _exact_side(dp[i], dm[i], noise[i], ratio)
+          exact_p[j] += side > 0
+          exact_m[j] += side < 0
           if exact_p[j] and exact_m[j]:
             raise SignRecoveryError(
               f"unit {j}: exact sign tests disagree (the layer or its prefix is not "
@@ -237,6 +236,8 @@ def hidden_signs(
           ):
             signs[j], how[j] = (1.0 if plus[j] > minus[j] else -1.0), "vote"
     # exact decisions count before the next pass; undecided units keep their votes
+  if prefix.weights and any(h != "exact" for h in how):
+    _exact_in_live_regions(q, prefix, units, w, b, signs, how, scale, center, rng, out, ratio, passes)
   for j in range(n):
     if signs[j] == 0:
       if exact_p[j] or exact_m[j]:
@@ -245,6 +246,64 @@ def hidden_signs(
         signs[j], how[j] = (1.0 if plus[j] >= minus[j] else -1.0), "majority"
   stats["sign_queries"] += q.queries - q0
   return out
+
+
+def _query_tests(q, xs, deltas, steps):
+  """Answers at x, x + step delta and x - step delta: (|g(x + s delta) - g(x)|, |g(x - s delta) - g(x)|, the
+  rounding noise of the answers) per test."""
+  points, directions, step_sizes = np.array(xs), np.array(deltas), np.array(steps)[:, None]
+  k = len(xs)
+  g = q(np.concatenate([points, points + step_sizes * directions, points - step_sizes * directions]), "signs")
+  g0, gp, gm = g[:k], g[k : 2 * k], g[2 * k :]
+  noise = 64 * EPS * np.max(np.abs(g.reshape(3, k, -1)), axis=(0, 2))
+  return np.linalg.norm(gp - g0, axis=1), np.linalg.norm(gm - g0, axis=1), noise
+
+
+def _exact_side(dp: float, dm: float, noise: float, ratio: float) -> int:
+  """An exact test's verdict: +1 (g moves on the + side only), -1, or 0 (neither side is still)."""
+  if dm <= ratio * dp + noise and dp > 1e3 * noise:
+    return 1
+  if dp <= ratio * dm + noise and dm > 1e3 * noise:
+    return -1
+  return 0
+
+
+def _exact_in_live_regions(q, prefix, units, w, b, signs, how, scale, center, rng, out, ratio, passes):
+  """Exact tests for the units the passes left to votes, at points of their surfaces where every feature is
+  live (regions.all_active_points from each of the unit's precise points in turn, up to 8): there the layer's
+  rank is the largest. Units decided by votes count as undecided here (a wrong vote must not drop a
+  constraint); two agreeing exact tests decide a unit, as in the passes, and free constraints for the others."""
+  d = len(center)
+  radius = 64 * scale * np.sqrt(d)
+  tried: dict[int, int] = {}
+  for _ in range(passes):
+    todo = [j for j in range(len(units)) if how[j] != "exact"]
+    known = np.where([h == "exact" for h in how], signs, 0.0)
+    xs, deltas, steps, who = [], [], [], []
+    for j in todo:
+      while tried.get(j, 0) < min(8, len(units[j].points)):
+        x0 = units[j].points[tried.get(j, 0)]
+        tried[j] = tried.get(j, 0) + 1
+        pts = regions.all_active_points(prefix, w[:, j], b[j], x0, center, radius, rng)
+        found = [(x, _direction(prefix, w, b, known, j, x)) for x in pts]
+        tests = [(x, r) for x, r in found if r is not None and r[2]]
+        if len(tests) >= 2:
+          xs += [x for x, _ in tests]
+          tests = [r for _, r in tests]
+          deltas += [r[0] for r in tests]
+          steps += [r[1] for r in tests]
+          who += [j] * len(tests)
+          break
+    if not who:
+      break
+    dp, dm, noise = _query_tests(q, xs, deltas, steps)
+    sides: dict[int, list] = {}
+    for i, j in enumerate(who):
+      out.exact_tests += 1
+      sides.setdefault(j, []).append(_exact_side(dp[i], dm[i], noise[i], ratio))
+    for j, v in sides.items():
+      if all(s > 0 for s in v) or all(s < 0 for s in v):
+        signs[j], how[j] = float(v[0]), "exact"
 
 
 def _direction(prefix, w, b, signs, j, x):

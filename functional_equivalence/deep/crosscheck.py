@@ -1,0 +1,68 @@
+"""The cross check of a layer's units: is each a whole hyperplane in feature space, or a deeper unit's piece?
+
+A unit of the layer after the prefix is a hyperplane in its feature space: g has a kink everywhere on it (where
+some later path is alive). A deeper unit's kink is only locally a hyperplane: its surface bends at every unit of
+this layer it depends on, so on the far side of such a unit the hyperplane it predicts carries no kink. Used on the
+first layer when a deeper layer follows, and on every strict layer (layer.LayerConfig.strict). Float64 numpy;
+every query through the Querier (window tests of layer.locate).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from functional_equivalence.deep import network
+from functional_equivalence.deep.layer import (
+  LayerConfig,
+  Unit,
+  active_features,
+  locate,
+  near_anchors,
+  required_center,
+  surface_points,
+)
+
+
+def _class_points(prefix, c: Unit, others: list, x: np.ndarray, per_class: int) -> list:
+  """Indices into x (points of c's surface) grouped by class (u, side): up to per_class points on each side of
+  every other unit u's surface, among the points where u's known features cover the active ones."""
+  f = network.features(prefix, x)
+  act = active_features(prefix, f)
+  groups = []
+  for u in others:
+    ok = ~np.any(act & ~u.known, axis=1)
+    side = f.h @ u.w + u.b
+    for sign in (1.0, -1.0):
+      idx = np.flatnonzero(ok & (sign * side > 0))[:per_class]
+      if len(idx):
+        groups.append(idx)
+  return groups
+
+
+def cross_check(q, prefix, units: list, cfg: LayerConfig, rng, stats) -> tuple[list, list]:
+  """Splits units into (kept, refuted) (module docstring). Every unit is tested at points of its predicted surface on both sides of every other
+  unit (up to cross_points a side, spread over cross_spread times its points' distance); a unit whose points on
+  one side of another unit all miss (at least two) is refuted. A true unit misses only where every path after it
+  is dead, which a whole side of another unit rarely is."""
+  if len(units) < 2:
+    return list(units), []
+  center = required_center(cfg)
+  q0 = q.queries
+  kept: list[Unit] = []
+  refuted: list[Unit] = []
+  for i, c in enumerate(units):
+    others = [u for u in units if u is not c]
+    anc, spread = near_anchors(c, center, cfg.scale)
+    x, nrm, room = surface_points(prefix, c, anc, 16 * len(others), cfg.cross_spread * spread, rng)
+    groups = [g for g in _class_points(prefix, c, others, x, cfg.cross_points) if len(g) >= 2]
+    if not groups:
+      kept.append(c)
+      continue
+    idx = np.unique(np.concatenate(groups))
+    hit, _ = locate(q, prefix, units, [i] * len(idx), x[idx], nrm[idx], room[idx], cfg, "cross check")
+    hits = dict(zip(idx.tolist(), hit.tolist()))
+    dead = any(not any(hits[k] for k in g.tolist()) for g in groups)
+    (refuted if dead else kept).append(c)
+  stats["cross_check_queries"] = stats.get("cross_check_queries", 0) + q.queries - q0
+  stats["cross_refuted"] = stats.get("cross_refuted", 0) + len(refuted)
+  return kept, refuted
