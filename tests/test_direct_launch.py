@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from extraction import sklearn_victims as sv
 from extraction.oracle import BudgetExceeded
 from functional_equivalence import victims
-from launch import common, experiments
+from launch import common, direct, experiments  # noqa: F401 (direct defines the flags set in-process here)
 
 FLAGS = flags.FLAGS
 REPO = pathlib.Path(__file__).resolve().parent.parent

@@ -1,10 +1,10 @@
-"""benchmarks/table1_learning.py: ART's thief is evaluated by the launcher's rule (every eval_every steps of its
+"""benchmarks/art_extraction.py: ART's thief is evaluated by the launcher's rule (every eval_every steps of its
 final training and at the end), and the side-by-side table shows the final evaluation beside the median."""
 
 import numpy as np
 import pytest
 
-from benchmarks import table1_learning
+from benchmarks import art_extraction
 
 
 def test_side_by_side_shows_the_final_evaluation_beside_the_reported_median():
@@ -28,7 +28,7 @@ def test_side_by_side_shows_the_final_evaluation_beside_the_reported_median():
     "per_seed": [{"last_fidelity": 0.35}],
   }
   bare = {"method": "fs", "strategy": "dfme", "queries": 100, "fidelity": 0.1}
-  text = table1_learning.side_by_side([{"method": "victim", "accuracy": 0.9}, ours, art, bare])
+  text = art_extraction.side_by_side([{"method": "victim", "accuracy": 0.9}, ours, art, bare])
   lines = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
   assert lines["random"][2] == "0.7000"  # mean of the curves' last points, not of the medians
   assert lines["ART copycat"][2] == "0.3500"
@@ -46,7 +46,7 @@ def test_art_thief_is_evaluated_like_the_launchers_students():
     calls.append(full)
     return {"fidelity": float(len(calls)), "accuracy": 0.0, "val_fidelity": 0.0}
 
-  thief = table1_learning._Thief(cfg, "digits", 10, (8, 8, 1), 0, evaluator)
+  thief = art_extraction._Thief(cfg, "digits", 10, (8, 8, 1), 0, evaluator)
   x = np.random.default_rng(0).integers(0, 256, (40, 8, 8, 1)).astype(np.float32)
   y = np.eye(10, dtype=np.float32)[np.arange(40) % 10]
   thief.fit(x, y, batch_size=8, nb_epochs=2)  # 2 epochs x 5 batches: evaluated at steps 4, 8 and 10
