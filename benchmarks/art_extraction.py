@@ -65,9 +65,13 @@ class _Thief:
       self.history = history
 
   def logits(self, x):
+    """float64 logits less their maximum (the same softmax): ART's adaptive Knockoff takes a naive softmax of
+    them (`np.exp`), which overflows on a confident float32 student's logits (its bandit's probabilities NaN)."""
     from extraction.predict import predict_logits
 
-    return predict_logits(self.model, self.state.variables(ema=True), np.asarray(np.round(x), np.uint8))
+    z = np.asarray(predict_logits(self.model, self.state.variables(ema=True), np.asarray(np.round(x), np.uint8)))
+    z = z.astype(np.float64)
+    return z - z.max(-1, keepdims=True)
 
 
 def run_art(workdir: pathlib.Path, names: list[str]) -> list[dict]:

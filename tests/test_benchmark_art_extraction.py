@@ -53,3 +53,5 @@ def test_art_thief_is_evaluated_like_the_launchers_students():
   assert [h["step"] for h in thief.history] == [4, 8, 10] and calls == [False] * 3
   thief.fit(x[:1], y[:1], batch_size=8, nb_epochs=1)  # an online one-step update: not evaluated
   assert [h["step"] for h in thief.history] == [4, 8, 10] and thief.steps == 11
+  z = thief.logits(x)  # what ART softmaxes with np.exp: float64, at most 0
+  assert z.dtype == np.float64 and np.allclose(z.max(-1), 0.0)
