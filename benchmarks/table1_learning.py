@@ -57,10 +57,15 @@ def write_markdown(name: str, out: dict) -> str:
 
   table = results.markdown_table(sorted(out["rows"], key=lambda r: (r["queries"], r.get("strategy", ""))))
   m = out["machine"]
+  launcher_time = (
+    f"{out['launcher_seconds']} s"
+    if out["launcher_seconds"]
+    else "not re-run by this command: its results.json in the workdir reused; a row's `seconds` is its group's time in the run that made it, or of a reuse"
+  )
   md = [
     f"# Table 1, learning with chosen queries ({out['scale']})\n",
     f"Command: `{out['command']}`\n",
-    f"Launcher: `{out['launcher_command']}` ({out['launcher_seconds']} s); ART rows {out['art_seconds']} s; "
+    f"Launcher: `{out['launcher_command']}` ({launcher_time}); ART rows {out['art_seconds']} s; "
     f"{m['cpu']}, {m['cpu_count']} cores, load average at the end {m['load_average']}, ART "
     f"{m['adversarial-robustness-toolbox']}.\n",
     environment_line(m) + "\n",
