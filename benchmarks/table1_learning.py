@@ -13,7 +13,8 @@ optimizer, augmentation, EMA and number of steps: ART's `nb_epochs` is set so th
 launcher's `--student_steps`), wrapped as an ART classifier, so that the comparison is of the attacks' choices of
 queries, not of training code. ART's rows are evaluated as the launcher's are: every `--eval_every` steps of the
 final training and at its end (EMA weights, test and validation inputs), the figure the median of the last
-`--median_of` evaluations; `last_fidelity` (per seed) is the final evaluation's, beside it. Writes benchmarks/results/table1_learning_<scale>.{json,md}.
+`--median_of` evaluations; `last_fidelity` (per seed) is the final evaluation's, beside it. Writes
+benchmarks/results/table1_learning_<scale>.{json,md}.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def write_markdown(name: str, out: dict) -> str:
   launcher_time = (
     f"{out['launcher_seconds']} s"
     if out["launcher_seconds"]
-    else "not re-run by this command: its results.json in the workdir reused; a row's `seconds` is its group's time in the run that made it, or of a reuse"
+    else "not re-run by this command: its results.json in the workdir reused; a row's `seconds` is its "
+    "group's time in the run that made it, or of a reuse"
   )
   md = [
     f"# Table 1, learning with chosen queries ({out['scale']})\n",

@@ -67,20 +67,6 @@ flags.DEFINE_float("dfme_epsilon", 2.0, "DFME: forward-difference step, in pixel
 flags.DEFINE_float("dfme_lr", 5e-4, "DFME: generator learning rate (Adam).", lower_bound=0.0)
 
 FLAGS = flags.FLAGS
-PARAMS = (
-  "candidates",
-  "jbda_lambda",
-  "jbda_tau",
-  "knockoff_reward",
-  "knockoff_lr",
-  "knockoff_batch",
-  "dfal_max_iter",
-  "dfal_classes",
-  "dfme_batch",
-  "dfme_directions",
-  "dfme_epsilon",
-  "dfme_lr",
-)
 
 
 def _names_in(flag: str, registry) -> Callable:
@@ -107,7 +93,7 @@ def _positive_rounds(v):
 
 def make(name: str):
   """The strategy `name` with its flags."""
-  return strategies.make(name, **{p: getattr(FLAGS, p) for p in PARAMS})
+  return strategies.make(name, **{p: getattr(FLAGS, p) for p in strategies.params_of(name)})
 
 
 def settings(name: str, strategy) -> dict:

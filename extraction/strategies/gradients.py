@@ -1,8 +1,8 @@
-"""Input gradients of a student, batched and jitted (float32): the Jacobian row of one class per input (JBDA) and
-the Jacobian rows of chosen classes per input (DeepFool). Inputs are float images in [-1, 1] (`extraction.datasets.to_float`);
-evaluation mode, so the examples of a batch are independent and one backward pass of a summed output gives every
-example's own gradient. The classes are vmapped over the cotangent, never over the weights (no grouped
-convolutions on XLA:CPU), and nothing runs inside a loop primitive."""
+"""Input gradients of a student, batched and jitted (float32): the Jacobian row of one class per input (JBDA) and the
+Jacobian rows of chosen classes per input (DeepFool). Inputs are float images in [-1, 1]
+(`extraction.datasets.to_float`); evaluation mode, so the examples of a batch are independent and one backward pass of
+a summed output gives every example's own gradient. The classes are vmapped over the cotangent, never over the weights
+(no grouped convolutions on XLA:CPU), and nothing runs inside a loop primitive."""
 
 from __future__ import annotations
 

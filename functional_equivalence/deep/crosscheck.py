@@ -40,10 +40,10 @@ def _class_points(prefix, c: Unit, others: list, x: np.ndarray, per_class: int) 
 
 
 def cross_check(q, prefix, units: list, cfg: LayerConfig, rng, stats) -> tuple[list, list]:
-  """Splits units into (kept, refuted) (module docstring). Every unit is tested at points of its predicted surface on both sides of every other
-  unit (up to cross_points a side, spread over cross_spread times its points' distance); a unit whose points on
-  one side of another unit all miss (at least two) is refuted. A true unit misses only where every path after it
-  is dead, which a whole side of another unit rarely is."""
+  """Splits units into (kept, refuted) (module docstring). Every unit is tested at points of its predicted surface on
+  both sides of every other unit (up to cross_points a side, spread over cross_spread times its points' distance);
+  a unit whose points on one side of another unit all miss (at least two) is refuted. A true unit misses only where
+  every path after it is dead, which a whole side of another unit rarely is."""
   if len(units) < 2:
     return list(units), []
   center = required_center(cfg)
