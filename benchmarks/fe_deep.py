@@ -68,11 +68,25 @@ def _agreement(net, rec, x):
   return same / len(x), worst
 
 
+def run_seeds(seed: int) -> tuple:
+  """(attack seed, evaluation seed) of the runs on the victim of `seed`, independent of the victim's stream."""
+  return tuple(int(s) for s in np.random.SeedSequence([seed, 14]).generate_state(2))
+
+
+def victim_fields(name: str, net, seed: int) -> dict:
+  """The columns of a row that say which victim it is."""
+  return dict(
+    victim=name,
+    shape=net.shape_text,
+    parameters=int(sum(w.size + b.size for w, b in zip(net.weights, net.biases))),
+    seed=seed,
+  )
+
+
 def run_one(name: str, net, seed: int, layers=None) -> dict:
   """One attack and its evaluation (module docstring); with layers=1 the first hidden layer only (its units
   matched to the victim's by direction, its largest aligned error)."""
   from extraction.oracle import Oracle
-  from functional_equivalence import domain
   from functional_equivalence.deep import align, attack, network
 
   class Counting:
@@ -85,13 +99,8 @@ def run_one(name: str, net, seed: int, layers=None) -> dict:
 
   counter = Counting(network.backend(net))
   oracle = Oracle(counter, output="logits", record_inputs=False)
-  attack_seed, eval_seed = (int(s) for s in np.random.SeedSequence([seed, 14]).generate_state(2))
-  row = dict(
-    victim=name,
-    shape=net.shape_text,
-    parameters=int(sum(w.size + b.size for w, b in zip(net.weights, net.biases))),
-    seed=seed,
-  )
+  attack_seed, eval_seed = run_seeds(seed)
+  row = victim_fields(name, net, seed)
   start = time.time()
   try:
     result = attack.extract(
@@ -126,19 +135,33 @@ def run_one(name: str, net, seed: int, layers=None) -> dict:
       seconds=round(seconds, 1),
     )
     return row
-  rng = np.random.default_rng(eval_seed)
-  d = net.sizes[0]
-  x = rng.normal(size=(FLAGS.eval_inputs, d))
-  over = domain.Ball(1000.0).check_points(rng, d, FLAGS.domain_inputs)
-  err = align.weight_error(net, result.net, np.concatenate([x[:50_000], over[:50_000]]))
-  agree, worst = _agreement(net, result.net, x)
-  d_agree, d_worst = _agreement(net, result.net, over)
   row.update(
     status="ok",
     queries=result.queries,
     queries_log2=round(math.log2(result.queries), 2),
     widths_found="-".join(map(str, result.widths)),
     signs=", ".join(m if isinstance(m, str) else "+".join(m) for m in result.sign_methods),
+    **evaluate(net, result.net, eval_seed),
+    seconds=round(seconds, 1),
+  )
+  return row
+
+
+def evaluate(net, rec, eval_seed: int) -> dict:
+  """A recovered network `rec` against the victim `net` (module docstring): aligned weight errors on 50,000 N(0, I)
+  inputs and 50,000 points over the ball, agreement and max |logit difference| on --eval_inputs and
+  --domain_inputs points, drawn from `eval_seed`."""
+  from functional_equivalence import domain
+  from functional_equivalence.deep import align
+
+  rng = np.random.default_rng(eval_seed)
+  d = net.sizes[0]
+  x = rng.normal(size=(FLAGS.eval_inputs, d))
+  over = domain.Ball(1000.0).check_points(rng, d, FLAGS.domain_inputs)
+  err = align.weight_error(net, rec, np.concatenate([x[:50_000], over[:50_000]]))
+  agree, worst = _agreement(net, rec, x)
+  d_agree, d_worst = _agreement(net, rec, over)
+  return dict(
     layer_errors=[float(f"{e:.3g}") for e in err["errors"]],
     max_weight_error=err["max_weight_error"],
     error_bits=round(err["weight_error_bits"], 1),
@@ -147,9 +170,7 @@ def run_one(name: str, net, seed: int, layers=None) -> dict:
     max_logit_error=worst,
     domain_agreement=d_agree,
     domain_max_logit_error=d_worst,
-    seconds=round(seconds, 1),
   )
-  return row
 
 
 def victims():
