@@ -117,6 +117,7 @@ COLUMNS = [
   "seed",
   "tool",
   "status",
+  "verdict",
   "queries_log2",
   "final_solve",
   "their_max_logit_loss",
@@ -160,12 +161,21 @@ def reading(rows) -> list:
   out = []
   cme = [r for r in rows if r["tool"] == "CME"]
   ok = [r for r in cme if r["status"] == "ok"]
-  exact = [r for r in ok if math.isfinite(r.get("max_weight_error", math.inf))]
+  exact = [r for r in ok if r.get("verdict", "").startswith("exact")]
   out.append(
-    f"CME's code finished on {len(ok)} of {len(cme)} victims; every unit matched (finite aligned error) on "
-    f"{len(exact)}; the others: "
-    + ("; ".join(f"{r['shape']} seed {r['seed']}: {r['status']}" for r in cme if r not in exact) or "none")
+    f"CME's code finished on {len(ok)} of {len(cme)} victims; exact (every unit matched, error <= 2^-30, "
+    f"agreement 1.0) on {len(exact)}; the others: "
+    + (
+      "; ".join(f"{r['shape']} seed {r['seed']}: {r.get('verdict') or r['status']}" for r in cme if r not in exact)
+      or "none"
+    )
     + "."
+  )
+  theirs_exact = {(r["shape"], r["seed"]) for r in exact}
+  ours_exact = [r for r in rows if r["tool"] == "ours" and r.get("verdict", "").startswith("exact")]
+  out.append(
+    f"Ours exact on {len(ours_exact)} of {sum(r['tool'] == 'ours' for r in rows)}; exact by both: "
+    f"{sum((r['shape'], r['seed']) in theirs_exact for r in ours_exact)}."
   )
   for r in cme:
     ours = next((o for o in rows if o["tool"] == "ours" and (o["shape"], o["seed"]) == (r["shape"], r["seed"])), None)
