@@ -172,23 +172,7 @@ def evaluate(net, rec, eval_seed: int) -> dict:
     domain_agreement=d_agree,
     domain_max_logit_error=d_worst,
   )
-  return dict(fields, verdict=verdict(net, rec, fields))
-
-
-def verdict(net, rec, fields: dict) -> str:
-  """What a finished attack achieved: "exact" (every unit matched, aligned error <= 2^-30, the issue's target, and
-  agreement 1.0 on both sets), "close" (matched, error <= 1e-6), else "wrong" with the reason; a width found that is
-  not the victim's is named (an inert victim unit, never active, cannot be seen and is allowed for)."""
-  error = fields["max_weight_error"]
-  widths = "-".join(map(str, rec.sizes[1:-1]))
-  shape = "" if rec.sizes == net.sizes else f"; widths {widths}, victim's {'-'.join(map(str, net.sizes[1:-1]))}"
-  if not math.isfinite(error):
-    return "wrong: units unmatched" + shape
-  if min(fields["agreement"], fields["domain_agreement"]) < 1.0:
-    return f"wrong: agreement {min(fields['agreement'], fields['domain_agreement'])}" + shape
-  if error <= 2.0**-30:
-    return "exact" + shape
-  return ("close" if error <= 1e-6 else f"wrong: error {error:.3g}") + shape
+  return dict(fields, verdict=align.verdict(net, rec, fields))
 
 
 def victims():

@@ -115,15 +115,16 @@ def test_missing_checkout_is_one_line_with_how_to_get_it(tmp_path):
 
 
 def test_verdict_names_exact_close_and_wrong():
-  """benchmarks/fe_deep.verdict: the issue's 2^-30 target, agreement and a width found that is not the victim's."""
-  from benchmarks import fe_deep
+  """deep.align.verdict (the benchmarks' verdict column): the issue's 2^-30 target, agreement, and a width found
+  that is not the victim's."""
+  from functional_equivalence.deep import align
 
   net = network.random_net(0, [6, 4, 3, 1])
   fields = dict(max_weight_error=2.0**-31, agreement=1.0, domain_agreement=1.0)
-  assert fe_deep.verdict(net, net, fields) == "exact"
-  assert fe_deep.verdict(net, net, dict(fields, max_weight_error=1e-8)) == "close"
-  assert fe_deep.verdict(net, net, dict(fields, max_weight_error=1.2)) == "wrong: error 1.2"
-  assert fe_deep.verdict(net, net, dict(fields, domain_agreement=0.99995)).startswith("wrong: agreement 0.99995")
-  assert fe_deep.verdict(net, net, dict(fields, max_weight_error=float("inf"))) == "wrong: units unmatched"
+  assert align.verdict(net, net, fields) == "exact"
+  assert align.verdict(net, net, dict(fields, max_weight_error=1e-8)) == "close"
+  assert align.verdict(net, net, dict(fields, max_weight_error=1.2)) == "wrong: error 1.2"
+  assert align.verdict(net, net, dict(fields, domain_agreement=0.99995)).startswith("wrong: agreement 0.99995")
+  assert align.verdict(net, net, dict(fields, max_weight_error=float("inf"))) == "wrong: units unmatched"
   smaller = network.random_net(0, [6, 4, 2, 1])
-  assert fe_deep.verdict(net, smaller, fields) == "exact; widths 4-2, victim's 4-3"
+  assert align.verdict(net, smaller, fields) == "exact; widths 4-2, victim's 4-3"

@@ -126,3 +126,20 @@ def weight_error(true: DeepNet, rec: DeepNet, x: np.ndarray, differences: bool =
     sign_flipped_units=flipped,
     recovered_units=list(rec.sizes[1:-1]),
   )
+
+
+def verdict(net: network.DeepNet, rec: network.DeepNet, fields: dict) -> str:
+  """What a finished attack achieved: "exact" (every unit matched, aligned error <= 2^-30, the issue's target, and
+  agreement 1.0 on both sets), "close" (matched, error <= 1e-6), else "wrong" with the reason; a width found that is
+  not the victim's is named (an inert victim unit, never active, cannot be seen and is allowed for). `fields`:
+  max_weight_error (from `weight_error`), agreement and domain_agreement (top-1 agreement on two sets of inputs)."""
+  error = fields["max_weight_error"]
+  widths = "-".join(map(str, rec.sizes[1:-1]))
+  shape = "" if rec.sizes == net.sizes else f"; widths {widths}, victim's {'-'.join(map(str, net.sizes[1:-1]))}"
+  if not math.isfinite(error):
+    return "wrong: units unmatched" + shape
+  if min(fields["agreement"], fields["domain_agreement"]) < 1.0:
+    return f"wrong: agreement {min(fields['agreement'], fields['domain_agreement'])}" + shape
+  if error <= 2.0**-30:
+    return "exact" + shape
+  return ("close" if error <= 1e-6 else f"wrong: error {error:.3g}") + shape
