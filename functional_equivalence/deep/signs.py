@@ -244,7 +244,7 @@ def hidden_signs(
     _exact_in_live_regions(q, prefix, units, w, b, signs, how, scale, center, rng, out, ratio, passes)
   if not prefix.weights and any(h != "exact" for h in how):
     found = support.support_signs(q, w, b, np.array([h != "exact" for h in how]), scale, center, rng, stats)
-    for j in np.flatnonzero(found):
+    for j in np.flatnonzero(found).tolist():
       signs[j], how[j] = found[j], "exact"
   if any(h != "exact" for h in how):
     _exact_by_guesses(q, prefix, units, w, b, signs, how, scale, center, rng, out, ratio)
