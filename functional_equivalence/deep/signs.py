@@ -18,6 +18,10 @@ A unit is recovered up to orientation: p_hat = s p with s = +-1 unknown (relu(p)
   are inactive at x need no constraint, so decided units make more points exact (bootstrap). Where no exact
   delta exists the test falls back to the neuron wiggle (ibid.): the least-squares delta concentrates the change
   on unit j, and the side with the larger change of g is taken as the active one, a statistical vote.
+* Units left to votes (an expanding layer, wider than the rank its prefix leaves): on the first layer, the sparse
+  live sets of g's gradient (support.py) decide the units they contain; then, on any layer, exact tests whose
+  direction keeps still only the units *guessed* active (`_exact_by_guesses`): a verdict is sound whatever the
+  guesses (a wrong one makes both sides move: no verdict), and decided units sharpen the next guesses.
 Float64 numpy; every query through the Querier.
 """
 
@@ -29,7 +33,7 @@ import numpy as np
 import scipy.linalg
 
 from functional_equivalence import second_layer
-from functional_equivalence.deep import network, regions
+from functional_equivalence.deep import network, regions, support
 from functional_equivalence.deep.layer import Unit, near_anchors, surface_points
 from functional_equivalence.errors import SignRecoveryError
 
@@ -238,6 +242,12 @@ def hidden_signs(
     # exact decisions count before the next pass; undecided units keep their votes
   if prefix.weights and any(h != "exact" for h in how):
     _exact_in_live_regions(q, prefix, units, w, b, signs, how, scale, center, rng, out, ratio, passes)
+  if not prefix.weights and any(h != "exact" for h in how):
+    found = support.support_signs(q, w, b, np.array([h != "exact" for h in how]), scale, center, rng, stats)
+    for j in np.flatnonzero(found).tolist():
+      signs[j], how[j] = found[j], "exact"
+  if any(h != "exact" for h in how):
+    _exact_by_guesses(q, prefix, units, w, b, signs, how, scale, center, rng, out, ratio)
   for j in range(n):
     if signs[j] == 0:
       if exact_p[j] or exact_m[j]:
@@ -306,7 +316,62 @@ def _exact_in_live_regions(q, prefix, units, w, b, signs, how, scale, center, rn
         signs[j], how[j] = float(v[0]), "exact"
 
 
-def _direction(prefix, w, b, signs, j, x):
+def _exact_by_guesses(q, prefix, units, w, b, signs, how, scale, center, rng, out, ratio, rounds=8, candidates=64):
+  """Exact tests for the units still left to votes, with the other units' *guessed* states deciding which ones
+  the direction must leave unchanged: at a point of unit j's surface, delta moves p_hat_j and keeps still the
+  units most likely active there (as many as the layer's rank there allows: exact signs are certain, votes
+  give odds), and may move the others. Whatever the guesses, the verdict is sound: a side where g stays exactly
+  still while the other moves is unit j's inactive side (g's kink along delta is there, so j's path is live; on
+  j's active side the moved units would have to cancel j's change exactly). A wrong guess (a moved unit truly
+  active) only makes both sides move: no verdict. So this decides units of an expanding layer, where no
+  direction keeps every possibly active unit still. Of `candidates` points of each unit's surface, the 3 where
+  the moved units are most likely all inactive are tested a round; two agreeing verdicts decide, and decided
+  units sharpen the odds of the next round."""
+  n = len(units)
+  yes, no = np.zeros(n, int), np.zeros(n, int)
+  for _ in range(rounds):
+    todo = [j for j in range(n) if how[j] != "exact"]
+    if not todo:
+      break
+    exact = np.array([h == "exact" for h in how])
+    plus_odds = np.where(exact, signs > 0, (out.plus + 1.0) / (out.plus + out.minus + 2.0))
+    xs, deltas, steps, who = [], [], [], []
+    for j in todo:
+      anc, spread = near_anchors(units[j], center, scale)
+      pts, _, _ = surface_points(prefix, units[j], anc, candidates, 2 * spread, rng)
+      if not len(pts):
+        continue
+      f = network.features(prefix, pts)
+      p = f.h @ w + b
+      active = np.where(p > 0, plus_odds, 1.0 - plus_odds)  # (k, n) odds that each unit is active there
+      active[:, j] = 2.0  # never among the moved ones
+      rank = np.linalg.matrix_rank(np.einsum("kdi,in->knd", f.jac, w))
+      order = np.argsort(-active, axis=1, kind="stable")
+      keep = np.arange(n)[None] < rank[:, None]  # j and the rank - 1 likeliest others stay constrained
+      still = np.zeros((len(pts), n), bool)
+      np.put_along_axis(still, order, keep, axis=1)
+      score = np.prod(np.where(still, 1.0, 1.0 - np.minimum(active, 1.0)), axis=1)
+      for i in np.argsort(-score, kind="stable")[:3]:
+        r = _direction(prefix, w, b, signs, j, pts[i], constrained=still[i] & (np.arange(n) != j))
+        if r is not None and r[2]:
+          xs.append(pts[i])
+          deltas.append(r[0])
+          steps.append(r[1])
+          who.append(j)
+    if not who:
+      break
+    dp, dm, noise = _query_tests(q, xs, deltas, steps)
+    for i, j in enumerate(who):
+      out.exact_tests += 1
+      side = _exact_side(dp[i], dm[i], noise[i], ratio)
+      yes[j] += side > 0
+      no[j] += side < 0
+    for j in set(who):
+      if yes[j] + no[j] >= 2 and not (yes[j] and no[j]):
+        signs[j], how[j] = (1.0 if yes[j] else -1.0), "exact"
+
+
+def _direction(prefix, w, b, signs, j, x, constrained=None):
   """(delta, step, exact) at x for unit j (module docstring): delta changes p_hat_j by 1 and every other unit
   that may be active at x by 0 when `exact`, else by the least possible; step keeps every prefix unit and every
   unconstrained unit of the layer on its side. None when no usable step exists."""
@@ -316,7 +381,8 @@ def _direction(prefix, w, b, signs, j, x):
   n = len(b)
   others = np.arange(n) != j
   # units that may be truly active at x: undecided ones, and decided ones on their active side
-  constrained = others & ((signs == 0) | (signs * p > 0))
+  if constrained is None:
+    constrained = others & ((signs == 0) | (signs * p > 0))
   a = np.concatenate([jac[:, constrained], jac[:, j : j + 1]], axis=1).T  # (c + 1, d)
   target = np.zeros(len(a))
   target[-1] = 1.0
