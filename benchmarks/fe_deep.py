@@ -132,6 +132,7 @@ def run_one(name: str, net, seed: int, layers=None) -> dict:
       signs="+".join(result.sign_methods[0]),
       layer_errors=[float(f"{np.max(errs):.3g}")],
       units_matched=int(np.sum(errs < 1e-6)),
+      verdict=first_layer_verdict(float(np.max(errs)), int(np.sum(errs < 1e-6)), true.shape[1], rec.shape[1]),
       error_bits=round(-math.log2(max(float(np.max(errs)), 1e-300)), 1),
       seconds=round(seconds, 1),
     )
@@ -146,6 +147,13 @@ def run_one(name: str, net, seed: int, layers=None) -> dict:
     seconds=round(seconds, 1),
   )
   return row
+
+
+def first_layer_verdict(error: float, matched: int, true_width: int, found_width: int) -> str:
+  """deep.align.verdict for a first layer recovered alone: every unit matched (none extra) to <= 2^-30."""
+  if matched < true_width or found_width != true_width:
+    return f"wrong: {matched} of {true_width} units matched, {found_width} found"
+  return "exact (first layer)" if error <= 2.0**-30 else "close" if error <= 1e-6 else f"wrong: error {error:.3g}"
 
 
 def evaluate(net, rec, eval_seed: int) -> dict:
