@@ -64,6 +64,22 @@ def environment_line(machine_dict: dict | None) -> str:
   return f"Environment: {lock_text(lock) if lock else NOT_RECORDED}"
 
 
+def report_head(title: str, command_line: str, info: dict, seconds: float, columns) -> list[str]:
+  """The first lines of a results file: title, command, machine and load, environment, a table's header."""
+  return [
+    f"# {title}",
+    "",
+    command_line,
+    "",
+    f"Machine: {info['cpu']}, {info['cpu_count']} cores, load average {info['load_average']}; total {seconds:.0f} s.",
+    "",
+    environment_line(info),
+    "",
+    "| " + " | ".join(columns) + " |",
+    "|" + "---|" * len(columns),
+  ]
+
+
 def machine(*packages: str) -> dict:
   """CPU model, cores, platform, Python, jax backend and devices, the versions of `packages`, the load average
   at the time of the call (above the core count, the machine was shared and timings are pessimistic) and the

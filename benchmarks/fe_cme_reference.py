@@ -38,7 +38,7 @@ import time
 from absl import app, flags
 
 from benchmarks import cme_format, fe_deep
-from benchmarks.common import RESULTS, environment_line, machine
+from benchmarks.common import RESULTS, machine, report_head
 
 flags.DEFINE_string("cme_dir", None, "Checkout of google-research/cryptanalytic-model-extraction.")
 flags.DEFINE_bool("ours", True, "Also run our deep attack on each victim (fe_deep.run_one), side by side.")
@@ -138,18 +138,13 @@ def _cell(v) -> str:
 
 
 def markdown(rows, command, info, seconds, reading, commit="") -> str:
-  lines = [
-    "# CME's own code beside our deep attack (issue 14)",
-    "",
+  lines = report_head(
+    "CME's own code beside our deep attack (issue 14)",
     f"Command: `{command}` (CME's code at commit {commit or 'unknown'}, run through benchmarks/cme_compat.py)",
-    "",
-    f"Machine: {info['cpu']}, {info['cpu_count']} cores, load average {info['load_average']}; total {seconds:.0f} s.",
-    "",
-    environment_line(info),
-    "",
-    "| " + " | ".join(COLUMNS) + " |",
-    "|" + "---|" * len(COLUMNS),
-  ]
+    info,
+    seconds,
+    COLUMNS,
+  )
   lines += ["| " + " | ".join(_cell(r.get(c)) for c in COLUMNS) + " |" for r in rows]
   lines += ["", "Reading:", ""] + [f"- {line}" for line in reading]
   lines += ["", "Published figures (quoted, not re-run):", ""] + [f"- {q}" for q in QUOTED]

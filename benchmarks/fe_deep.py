@@ -26,7 +26,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from benchmarks.common import RESULTS, environment_line, machine
+from benchmarks.common import RESULTS, machine, report_head
 
 flags.DEFINE_list(
   "random_sizes", ["10-8-8-1", "20-10-10-1", "12-8-6-3", "10-8-8-8-1"], "Sizes d-n0-...-k of the random victims."
@@ -228,18 +228,9 @@ def markdown(rows, command, info, seconds) -> str:
     "domain_max_logit_error",
     "seconds",
   ]
-  lines = [
-    "# Deep functionally-equivalent extraction (issue 14)",
-    "",
-    f"Command: `{command}`",
-    "",
-    f"Machine: {info['cpu']}, {info['cpu_count']} cores, load average {info['load_average']}; total {seconds:.0f} s.",
-    "",
-    environment_line(info),
-    "",
-    "| " + " | ".join(cols) + " |",
-    "|" + "---|" * len(cols),
-  ]
+  lines = report_head(
+    "Deep functionally-equivalent extraction (issue 14)", f"Command: `{command}`", info, seconds, cols
+  )
   for r in rows:
     lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
   lines += ["", "Exact (every unit matched, error <= 2^-30, agreement 1.0) by kind of victim:", ""]
