@@ -356,9 +356,10 @@ def surface_points(
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     t = np.linspace(-2 * spread, 2 * spread, grid)
     pts = base[:, None] + t[None, :, None] * v[:, None]
-    f = network.features(prefix, pts.reshape(-1, d))
-    val = (f.h @ unit.w + unit.b).reshape(lines, grid)
-    ok = (~np.any(active_features(prefix, f) & ~unit.known, axis=1)).reshape(lines, grid)
+    h = network.feature_values(prefix, pts.reshape(-1, d))  # no Jacobian: lines x grid points
+    val = (h @ unit.w + unit.b).reshape(lines, grid)
+    live = h > 0 if prefix.weights else np.ones(h.shape, bool)  # active_features, from h alone
+    ok = (~np.any(live & ~unit.known, axis=1)).reshape(lines, grid)
     sign = np.sign(val)
     cross = (sign[:, :-1] * sign[:, 1:] < 0) & ok[:, :-1] & ok[:, 1:]
     li, gi = np.nonzero(cross)
@@ -370,8 +371,7 @@ def surface_points(
     flo = val[li, gi]
     for _ in range(64):  # offline bisection to float64
       mid = 0.5 * (lo + hi)
-      fm = network.features(prefix, base[li] + mid[:, None] * v[li])
-      vm = fm.h @ unit.w + unit.b
+      vm = network.feature_values(prefix, base[li] + mid[:, None] * v[li]) @ unit.w + unit.b
       left = np.sign(vm) == np.sign(flo)
       lo, hi = np.where(left, mid, lo), np.where(left, hi, mid)
     root = base[li] + (0.5 * (lo + hi))[:, None] * v[li]

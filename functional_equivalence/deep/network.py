@@ -107,14 +107,23 @@ def features(prefix: DeepNet, x) -> Features:
   x = np.asarray(x, np.float64)
   n, d = x.shape
   h, jac, pre, grad = x, np.broadcast_to(np.eye(d), (n, d, d)), [], []
-  for w, b in zip(prefix.weights, prefix.biases):
+  for i, (w, b) in enumerate(zip(prefix.weights, prefix.biases)):
     p = h @ w + b
-    jp = np.einsum("ndk,kj->ndj", jac, w)
+    # I @ w is w itself: broadcast, not an (N, d, d) product (the cost of high-dimensional inputs)
+    jp = np.broadcast_to(w, (n,) + w.shape) if i == 0 else np.einsum("ndk,kj->ndj", jac, w)
     pre.append(p)
     grad.append(np.linalg.norm(jp, axis=1))
     h = np.maximum(p, 0.0)
     jac = jp * (p > 0)[:, None, :]
   return Features(h, np.asarray(jac), pre, grad)
+
+
+def feature_values(prefix: DeepNet, x) -> np.ndarray:
+  """`Features.h` alone (N, n): the features entering the next layer, without the Jacobian (offline searches)."""
+  h = np.asarray(x, np.float64)
+  for w, b in zip(prefix.weights, prefix.biases):
+    h = np.maximum(h @ w + b, 0.0)
+  return h
 
 
 def along(prefix: DeepNet, x, v) -> list:
