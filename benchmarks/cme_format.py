@@ -8,6 +8,7 @@ but the last layer), the last bias of shape (k,). Both are our DeepNet conventio
 
 from __future__ import annotations
 
+import json
 import pathlib
 import pickle
 import re
@@ -77,8 +78,6 @@ def parse_output(text: str) -> dict:
   out["our_queries"] = out["our_queries_at_save"] = None
   for line in text.splitlines():
     if line.startswith("CME_REFERENCE "):
-      import json
-
       counted = json.loads(line[len("CME_REFERENCE ") :])
       out["our_queries"], out["our_queries_at_save"] = counted["queries"], counted["at_save"]
   return out

@@ -50,7 +50,7 @@ SHIM = pathlib.Path(__file__).resolve().parent / "cme_compat.py"
 QUOTED = fe_deep.QUOTED
 
 
-def run_cme(net, seed: int, attack_seed: int, workdir: pathlib.Path) -> dict:
+def run_cme(net, attack_seed: int, workdir: pathlib.Path) -> tuple:
   """Their extract.py on `net` (cme_compat.py in a subprocess): status, counts, their figures, the recovered net."""
   workdir.mkdir(parents=True, exist_ok=True)
   cme_format.export_victim(workdir, net, attack_seed)
@@ -100,7 +100,7 @@ def run_victim(name: str, net, seed: int) -> list:
   attack_seed, eval_seed = fe_deep.run_seeds(seed)
   base = fe_deep.victim_fields(name, net, seed)
   workdir = pathlib.Path(FLAGS.cme_workdir) / f"{name.replace(' ', '_')}_{net.shape_text}_{seed}"
-  row, rec = run_cme(net, seed, attack_seed, workdir)
+  row, rec = run_cme(net, attack_seed, workdir)
   if rec is not None:
     if rec.sizes != net.sizes:
       row.update(widths_found=rec.shape_text)

@@ -118,22 +118,23 @@ def run_one(name: str, net, seed: int, layers=None) -> dict:
   seconds = time.time() - start
   assert result.queries == counter.rows
   if layers == 1:
-    true, rec = align.canonical(net)[0].weights[0], result.net.weights[0]
+    canonical = align.canonical(net)[0]
+    true, true_b, rec = canonical.weights[0], canonical.biases[0], result.net.weights[0]
     rec_b = result.net.biases[0] / np.linalg.norm(rec, axis=0)
     rec = rec / np.linalg.norm(rec, axis=0)
-    true_b = align.canonical(net)[0].biases[0]
     best = np.argmax(true.T @ rec, axis=1)
     errs = np.maximum(np.max(np.abs(true - rec[:, best]), axis=0), np.abs(true_b - rec_b[best]))
+    worst, matched = float(np.max(errs)), int(np.sum(errs < 1e-6))
     row.update(
       status="ok",
       queries=result.queries,
       queries_log2=round(math.log2(result.queries), 2),
       widths_found=f"{rec.shape[1]} (first layer only)",
       signs="+".join(result.sign_methods[0]),
-      layer_errors=[float(f"{np.max(errs):.3g}")],
-      units_matched=int(np.sum(errs < 1e-6)),
-      verdict=first_layer_verdict(float(np.max(errs)), int(np.sum(errs < 1e-6)), true.shape[1], rec.shape[1]),
-      error_bits=round(-math.log2(max(float(np.max(errs)), 1e-300)), 1),
+      layer_errors=[float(f"{worst:.3g}")],
+      units_matched=matched,
+      verdict=first_layer_verdict(worst, matched, true.shape[1], rec.shape[1]),
+      error_bits=round(-math.log2(max(worst, 1e-300)), 1),
       seconds=round(seconds, 1),
     )
     return row
@@ -150,10 +151,13 @@ def run_one(name: str, net, seed: int, layers=None) -> dict:
 
 
 def first_layer_verdict(error: float, matched: int, true_width: int, found_width: int) -> str:
-  """deep.align.verdict for a first layer recovered alone: every unit matched (none extra) to <= 2^-30."""
+  """deep.align.verdict for a first layer recovered alone: every unit matched (none extra), graded by align.grade."""
+  from functional_equivalence.deep import align
+
   if matched < true_width or found_width != true_width:
     return f"wrong: {matched} of {true_width} units matched, {found_width} found"
-  return "exact (first layer)" if error <= 2.0**-30 else "close" if error <= 1e-6 else f"wrong: error {error:.3g}"
+  grade = align.grade(error)
+  return "exact (first layer)" if grade == "exact" else grade
 
 
 def evaluate(net, rec, eval_seed: int) -> dict:

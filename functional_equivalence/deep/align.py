@@ -140,6 +140,9 @@ def verdict(net: network.DeepNet, rec: network.DeepNet, fields: dict) -> str:
     return "wrong: units unmatched" + shape
   if min(fields["agreement"], fields["domain_agreement"]) < 1.0:
     return f"wrong: agreement {min(fields['agreement'], fields['domain_agreement'])}" + shape
-  if error <= 2.0**-30:
-    return "exact" + shape
-  return ("close" if error <= 1e-6 else f"wrong: error {error:.3g}") + shape
+  return grade(error) + shape
+
+
+def grade(error: float) -> str:
+  """A matched network's (or layer's) largest aligned error: "exact" (<= 2^-30), "close" (<= 1e-6) or "wrong"."""
+  return "exact" if error <= 2.0**-30 else "close" if error <= 1e-6 else f"wrong: error {error:.3g}"

@@ -133,9 +133,12 @@ def prefix_distance(feats: network.Features) -> np.ndarray:
 
 def active_features(prefix: network.DeepNet, feats: network.Features) -> np.ndarray:
   """(N, n_in) bool: the features that vary on each point's region (all inputs for the first layer)."""
-  if not prefix.weights:
-    return np.ones(feats.h.shape, bool)
-  return feats.h > 0
+  return live_features(prefix, feats.h)
+
+
+def live_features(prefix: network.DeepNet, h: np.ndarray) -> np.ndarray:
+  """`active_features` from the feature values h (N, n_in) alone."""
+  return h > 0 if prefix.weights else np.ones(h.shape, bool)
 
 
 def _stack(units: list):
@@ -358,8 +361,7 @@ def surface_points(
     pts = base[:, None] + t[None, :, None] * v[:, None]
     h = network.feature_values(prefix, pts.reshape(-1, d))  # no Jacobian: lines x grid points
     val = (h @ unit.w + unit.b).reshape(lines, grid)
-    live = h > 0 if prefix.weights else np.ones(h.shape, bool)  # active_features, from h alone
-    ok = (~np.any(live & ~unit.known, axis=1)).reshape(lines, grid)
+    ok = (~np.any(live_features(prefix, h) & ~unit.known, axis=1)).reshape(lines, grid)
     sign = np.sign(val)
     cross = (sign[:, :-1] * sign[:, 1:] < 0) & ok[:, :-1] & ok[:, 1:]
     li, gi = np.nonzero(cross)
