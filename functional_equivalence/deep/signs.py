@@ -291,6 +291,7 @@ def _exact_in_live_regions(q, prefix, units, w, b, signs, how, scale, center, rn
     known = np.where([h == "exact" for h in how], signs, 0.0)
     xs, deltas, steps, who = [], [], [], []
     for j in todo:
+      q.check("signs")  # the region search and directions are offline: the time limit is checked per unit
       while tried.get(j, 0) < min(8, len(units[j].points)):
         x0 = units[j].points[tried.get(j, 0)]
         tried[j] = tried.get(j, 0) + 1
@@ -337,6 +338,7 @@ def _exact_by_guesses(q, prefix, units, w, b, signs, how, scale, center, rng, ou
     plus_odds = np.where(exact, signs > 0, (out.plus + 1.0) / (out.plus + out.minus + 2.0))
     xs, deltas, steps, who = [], [], [], []
     for j in todo:
+      q.check("signs")
       anc, spread = near_anchors(units[j], center, scale)
       pts, _, _ = surface_points(prefix, units[j], anc, candidates, 2 * spread, rng)
       if not len(pts):

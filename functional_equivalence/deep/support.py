@@ -114,6 +114,7 @@ def support_signs(q, w, b, undecided, scale, center, rng, stats, batch: int = 16
       continue
     jac, ok, _, _ = recover.gradients(q, x[keep], eps[keep], rng)
     for xi, g, good in zip(x[keep], jac, ok):
+      q.check("signs")  # the subset search is offline (bounded by max_subsets, but many points)
       if not good:
         continue
       grad = rng.normal(size=len(g)) @ g  # a random mix of the outputs: the union of their live sets
