@@ -102,6 +102,7 @@ def _new_stats(probe_bits) -> dict:
     sign_queries=0,
     complete_queries=0,
     completed_features=0,
+    complete_precision_skips=0,
     kinks=0,
     kinks_off_known=0,
     rejected_kinks=0,
