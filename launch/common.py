@@ -65,7 +65,8 @@ def configure_cpu_devices() -> None:
 
   Several devices can use idle cores on the small convolutions of these models (benchmarks/results/
   data_parallel.md), but on a loaded 2-core machine their collectives can wait long (XLA aborts after 40 s by
-  default; launch/xla_cpu.py raises that to an hour), so the default is one device. Results do not depend on the count (tests/test_parallel.py).
+  default; launch/xla_cpu.py raises that to an hour), so the default is one device. Results do not depend on the
+  count (tests/test_parallel.py).
   """
   count = FLAGS.cpu_devices
   xla_flags = os.environ.get("XLA_FLAGS", "")
