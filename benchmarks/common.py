@@ -150,6 +150,18 @@ def run_launcher(flagfile: str, workdir, extra=(), run: bool = True) -> dict:
   }
 
 
+def set_aside(workdir: pathlib.Path) -> None:
+  """--fresh: the workdir moved to <workdir>.previous (replacing an older one), not deleted: a restart with the
+  documented command after an interruption once deleted 70 minutes of finished trainings (add --nofresh to reuse
+  them; the previous workdir can be moved back)."""
+  import shutil
+
+  if workdir.exists():
+    previous = workdir.with_name(workdir.name + ".previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    workdir.rename(previous)
+
+
 def define_launcher_flags(flagfile: str, workdir: str, name: str) -> None:
   """The flags of a driver around `run_launcher`: --flagfile_name, --workdir, --fresh, --name, --extra (defined
   when the driver runs, not on import: tests import drivers beside the launcher's flags)."""
@@ -160,7 +172,8 @@ def define_launcher_flags(flagfile: str, workdir: str, name: str) -> None:
   flags.DEFINE_bool(
     "fresh",
     True,
-    "Delete the workdir first (otherwise what it holds is reused and the wall time counts only what was left to do).",
+    "Start from an empty workdir, the old one moved to <workdir>.previous (otherwise what it holds is reused and "
+    "the wall time counts only what was left to do).",
   )
   flags.DEFINE_string("name", name, "Results file name in benchmarks/results/.")
   flags.DEFINE_list("extra", [], "Extra launcher flags (for every run).")

@@ -4,8 +4,9 @@ nondeterminism costs most fidelity; where the learning attack and the functional
 
   python -m benchmarks.limits [--flagfile_name=limits_digits.flags] [--name=limits_digits] [--extra=...]
 
-The workdir is emptied first (--fresh) so that the wall time covers every training run of the study. Writes
-benchmarks/results/<name>.{json,md} and <name>.png (the launcher's bar plot).
+The workdir is set aside first (--fresh: moved to <workdir>.previous) so that the wall time covers every training
+run of the study; after an interruption, --nofresh reuses the finished runs. Writes benchmarks/results/<name>.{json,md}
+and <name>.png (the launcher's bar plot).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 
 from absl import app, flags
 
-from benchmarks.common import RESULTS, define_launcher_flags, environment_line, run_launcher
+from benchmarks.common import RESULTS, define_launcher_flags, environment_line, run_launcher, set_aside
 
 FLAGS = flags.FLAGS
 
@@ -118,7 +119,7 @@ def reading(rows: list[dict]) -> list[str]:
 def main(_):
   workdir = pathlib.Path(FLAGS.workdir)
   if FLAGS.fresh:
-    shutil.rmtree(workdir, ignore_errors=True)
+    set_aside(workdir)
   record = run_launcher(FLAGS.flagfile_name, workdir, FLAGS.extra)
   out = {
     "command": "python -m benchmarks.limits " + " ".join(sys.argv[1:]),

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 import sys
 
 import numpy as np
 from absl import app, flags
 
-from benchmarks.common import RESULTS, define_launcher_flags, environment_line, run_launcher
+from benchmarks.common import RESULTS, define_launcher_flags, environment_line, run_launcher, set_aside
 
 FLAGS = flags.FLAGS
 
@@ -128,7 +127,7 @@ def define_flags():
 def main(_):
   workdir = pathlib.Path(FLAGS.workdir)
   if FLAGS.fresh:
-    shutil.rmtree(workdir, ignore_errors=True)
+    set_aside(workdir)
   runs, rows = [], []
   for model in FLAGS.student_models:
     for extra in ([], [f"--queries={FLAGS.rotation_queries}", f"--rotation_weight={FLAGS.rotation_weight}"]):

@@ -84,3 +84,17 @@ def test_every_results_file_names_its_environment():
     p.name for p in sorted((REPO / "benchmarks" / "results").glob("*.md")) if "\nEnvironment: " not in p.read_text()
   ]
   assert missing == []
+
+
+def test_fresh_sets_the_old_workdir_aside_not_deleted(tmp_path):
+  from benchmarks.common import set_aside
+
+  work = tmp_path / "limits"
+  (work / "runs" / "done").mkdir(parents=True)
+  (work / "runs" / "done" / "state.msgpack").write_bytes(b"70 minutes of training")
+  (tmp_path / "limits.previous").mkdir()  # an older one is replaced
+  set_aside(work)
+  assert not work.exists()
+  assert (tmp_path / "limits.previous" / "runs" / "done" / "state.msgpack").read_bytes() == b"70 minutes of training"
+  set_aside(work)  # nothing there: nothing to do
+  assert (tmp_path / "limits.previous").exists()
