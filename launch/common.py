@@ -8,7 +8,7 @@ import tempfile
 
 from absl import flags
 
-from launch import experiments, xla_cpu
+from launch import experiments
 
 flags.DEFINE_string("experiment", "extraction", "Which registered experiment to run (see launch/experiments.py).")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results (created if missing).")
@@ -64,14 +64,13 @@ def configure_cpu_devices() -> None:
   """Splits the CPU into --cpu_devices XLA devices; must run before jax's first computation.
 
   Several devices can use idle cores on the small convolutions of these models (benchmarks/results/
-  data_parallel.md), but on a loaded 2-core machine their collectives can wait long (XLA aborts after 40 s by
-  default; launch/xla_cpu.py raises that to an hour), so the default is one device. Results do not depend on the
-  count (tests/test_parallel.py).
+  data_parallel.md), but their collectives abort the process when one device thread is starved for 40 s (seen on
+  a loaded 2-core machine), so the default is one device. Results do not depend on the count (tests/test_parallel.py).
   """
   count = FLAGS.cpu_devices
   xla_flags = os.environ.get("XLA_FLAGS", "")
-  if count > 1 and xla_cpu.DEVICE_FLAG not in xla_flags:
-    os.environ["XLA_FLAGS"] = xla_cpu.with_devices(xla_flags, count)
+  if count > 1 and "xla_force_host_platform_device_count" not in xla_flags:
+    os.environ["XLA_FLAGS"] = f"{xla_flags} --xla_force_host_platform_device_count={count}".strip()
 
 
 def initialize_distributed() -> None:

@@ -18,17 +18,17 @@ import pathlib
 import sys
 import time
 
-from launch import xla_cpu
-
+DEVICE_FLAG = "--xla_force_host_platform_device_count"
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops"
 
 
 def xla_flags(current: str, devices: int, deterministic_ops: bool) -> str:
-  """`current` XLA_FLAGS with the device count (and GPU deterministic ops) of the run, replacing earlier ones;
-  with several devices, collective timeouts a loaded CPU survives (launch/xla_cpu.py)."""
-  kept = [f for f in current.split() if not f.startswith(DETERMINISTIC_FLAG)]
-  flags = xla_cpu.with_devices(" ".join(kept), devices)
-  return f"{flags} {DETERMINISTIC_FLAG}=true" if deterministic_ops else flags
+  """`current` XLA_FLAGS with the device count (and GPU deterministic ops) of the run, replacing earlier ones."""
+  kept = [f for f in current.split() if not f.startswith((DEVICE_FLAG, DETERMINISTIC_FLAG))]
+  kept.append(f"{DEVICE_FLAG}={devices}")
+  if deterministic_ops:
+    kept.append(f"{DETERMINISTIC_FLAG}=true")
+  return " ".join(kept)
 
 
 def main(spec_path: str) -> None:

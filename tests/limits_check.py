@@ -1,14 +1,10 @@
 """Run in a subprocess by test_limits.py with 4 forced CPU devices: one step of the victim's recipe
-(`extraction.victim.fit_recipe`) on 1, 2 and 4 devices, and twice on 1; prints the parameter differences. The
-flags are the limits worker's (launch/xla_cpu.py: collective timeouts included, so a flag XLA no longer knows
-fails here)."""
+(`extraction.victim.fit_recipe`) on 1, 2 and 4 devices, and twice on 1; prints the parameter differences."""
 
 import json
 import os
 
-from launch import xla_cpu
-
-os.environ["XLA_FLAGS"] = xla_cpu.with_devices("", 4)
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402
