@@ -7,6 +7,7 @@ import importlib.metadata
 import os
 import pathlib
 import platform
+import shutil
 import subprocess
 import threading
 
@@ -154,8 +155,6 @@ def set_aside(workdir: pathlib.Path) -> None:
   """--fresh: the workdir moved to <workdir>.previous (replacing an older one), not deleted: a restart with the
   documented command after an interruption once deleted 70 minutes of finished trainings (add --nofresh to reuse
   them; the previous workdir can be moved back)."""
-  import shutil
-
   if workdir.exists():
     previous = workdir.with_name(workdir.name + ".previous")
     shutil.rmtree(previous, ignore_errors=True)

@@ -47,6 +47,9 @@ flags.DEFINE_integer("eval_inputs", 1_000_000, "Inputs ~ N(0, I) for agreement."
 flags.DEFINE_integer("domain_inputs", 100_000, "Points over the ball (spheres of radii 1 .. 1000) for agreement.")
 flags.DEFINE_float("max_seconds", 1200.0, "Time limit of one attack.")
 flags.DEFINE_string("out", "fe_deep", "Result file stem in benchmarks/results/.")
+flags.DEFINE_list(
+  "attack_seeds", [], "Run each victim once per attack seed listed (default: one, from the victim's seed stream)."
+)
 FLAGS = flags.FLAGS
 
 QUOTED = [
@@ -84,7 +87,7 @@ def victim_fields(name: str, net, seed: int) -> dict:
   )
 
 
-def run_one(name: str, net, seed: int, layers=None) -> dict:
+def run_one(name: str, net, seed: int, layers=None, attack_seed: int | None = None) -> dict:
   """One attack and its evaluation (module docstring); with layers=1 the first hidden layer only (its units
   matched to the victim's by direction, its largest aligned error)."""
   from extraction.oracle import Oracle
@@ -100,8 +103,9 @@ def run_one(name: str, net, seed: int, layers=None) -> dict:
 
   counter = Counting(network.backend(net))
   oracle = Oracle(counter, output="logits", record_inputs=False)
-  attack_seed, eval_seed = run_seeds(seed)
-  row = victim_fields(name, net, seed)
+  default_seed, eval_seed = run_seeds(seed)
+  attack_seed = default_seed if attack_seed is None else attack_seed
+  row = victim_fields(name, net, seed) | dict(attack_seed=attack_seed)
   start = time.time()
   try:
     result = attack.extract(
@@ -218,6 +222,7 @@ def markdown(rows, command, info, seconds) -> str:
     "shape",
     "parameters",
     "seed",
+    "attack_seed",
     "status",
     "verdict",
     "queries_log2",
@@ -257,8 +262,9 @@ def main(argv):
   rows = []
   with jax.enable_x64(True):
     for name, net, seed in victims():
-      rows.append(run_one(name, net, seed))
-      print(json.dumps(rows[-1]), flush=True)
+      for attack_seed in [int(a) for a in FLAGS.attack_seeds] or [None]:
+        rows.append(run_one(name, net, seed, attack_seed=attack_seed))
+        print(json.dumps(rows[-1]), flush=True)
     for name, net, seed in first_layer_victims():
       rows.append(run_one(name, net, seed, layers=1))
       print(json.dumps(rows[-1]), flush=True)

@@ -205,7 +205,8 @@ def test_complete_fills_a_weight_and_skips_lines_rounding_hides(monkeypatch):
   net, prefix, unit, feat, full = _unit_missing_a_feature()
   q = queries.Querier(Oracle(network.backend(net), output="logits"))
   cfg = layers.LayerConfig(center=np.zeros(10), far=2000.0)
-  layers.complete(q, prefix, [unit], cfg, np.random.default_rng(1), {"complete_queries": 0, "completed_features": 0})
+  fresh = {"complete_queries": 0, "completed_features": 0, "complete_precision_skips": 0}
+  layers.complete(q, prefix, [unit], cfg, np.random.default_rng(1), dict(fresh))
   assert unit.known.all() and abs(unit.w[feat] - full.w[feat]) < 1e-6 * np.abs(full.w).max()
 
   # a short line whose answers rounding blurs (a trained deep net's cancellations; 40-20-10-10-1 once stopped the
@@ -215,7 +216,7 @@ def test_complete_fills_a_weight_and_skips_lines_rounding_hides(monkeypatch):
 
   monkeypatch.setattr(search, "find_kinks", blurred)
   _, _, unit, _, _ = _unit_missing_a_feature()
-  stats = {"complete_queries": 0, "completed_features": 0}
+  stats = dict(fresh)
   layers.complete(q, prefix, [unit], cfg, np.random.default_rng(1), stats)
   assert not unit.known[feat] and stats["complete_precision_skips"] > 0
 

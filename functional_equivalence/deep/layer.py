@@ -653,7 +653,7 @@ def complete(q, prefix, units: list, cfg: LayerConfig, rng, stats, tries: int = 
         # the probe found the oracle exact: this short line's answers are sums of terms far larger than they
         # are (trained deep nets cancel), so rounding hides the kink at this resolution; no verdict, walk again
         # (the line crosses a few surfaces: 16 live intervals already mean rounding, and cap what it costs)
-        stats["complete_precision_skips"] = stats.get("complete_precision_skips", 0) + 1
+        stats["complete_precision_skips"] += 1
         continue
       if len(kinks.t) == 0:
         continue
