@@ -196,17 +196,24 @@ def plot(rows: list[dict], path: pathlib.Path) -> None:
       x,
       [100 * r.get(key, np.nan) for r in rows],
       width,
-      yerr=[100 * r.get(f"{key}_std", 0) for r in rows],
+      yerr=_clipped_errors([r.get(key, np.nan) for r in rows], [r.get(f"{key}_std", 0) for r in rows]),
       capsize=2,
       label=key.replace("_fidelity", "") if key != "fidelity" else "test",
     )
   ax.set_xticks(np.arange(len(rows)), [label(r) for r in rows], rotation=30, ha="right", fontsize=8)
   ax.set_ylabel("top-1 agreement (%)")
-  ax.legend(fontsize=8)
+  ax.set_ylim(0, 100)
+  ax.legend(fontsize=8, ncol=len(sets), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
   ax.grid(axis="y", alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def _clipped_errors(means: list, stds: list) -> np.ndarray:
+  """Error bars of mean +- std in percent, clipped to the [0, 100] an agreement can take."""
+  m, s = 100 * np.asarray(means, float), 100 * np.asarray(stds, float)
+  return np.stack([np.minimum(s, m), np.minimum(s, 100 - m)])
 
 
 def notes() -> str:

@@ -25,6 +25,7 @@ def test_fs_and_mixmatch_steps_match_across_device_counts():
   assert p.returncode == 0, p.stderr[-3000:]
   diffs = json.loads(p.stdout.strip().splitlines()[-1])
   assert diffs.pop("devices") == 4
+  assert diffs.pop("serialised") == [False, False, True]
   assert set(diffs) == {"fs_2", "fs_4", "mixmatch_2", "mixmatch_4", "stacked_2", "stacked_4"}
   assert diffs.pop("stacked_2") <= 1e-6  # one whole student per device: the same computation as on one device
   # Data parallel: other reduction orders. MixMatch's gradients with respect to the kernels under batch norm are
