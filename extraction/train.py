@@ -222,21 +222,6 @@ def _prefetch(make_batch: Callable[[int], Batch], chunks: list, put: Callable, s
     yield queue.popleft()
 
 
-def _serialise_steps(mesh: jax.sharding.Mesh | None) -> bool:
-  """Whether to wait for each step before dispatching the next: on XLA:CPU with several devices.
-
-  With forced host devices, XLA:CPU launches each device's share of a step on a thread pool and can let one
-  device's launch wait on its in-flight semaphore while the other devices sit in the step's all-reduce; the
-  process then aborts after 40 s ("Expected 4 threads to join the rendezvous, but only 3 arrived"). Seen with the
-  CIFAR-10 small CNN on 4 devices of a 2-core machine, at a random step after 100-300 steps, with and without
-  `jax_cpu_enable_async_dispatch` (which covers single-device programs only) and with single-threaded Eigen.
-  One step in flight at a time removes the hang (what is computed is unchanged: a 2-device CIFAR-10 training
-  rerun with it gave a bit-identical final state); it cost at most ~10% there
-  (2.6-2.9 steps/s against 2.9-3.2 before the hang, one run each).
-  """
-  return mesh is not None and mesh.size > 1 and mesh.devices.flat[0].platform == "cpu"
-
-
 def _chunks(start: int, stop: int, steps_per_call: int, boundaries: tuple) -> list:
   """Runs of at most `steps_per_call` steps from start to stop that end at every multiple of each boundary."""
   out, i = [], start
@@ -332,7 +317,7 @@ def fit(
   )  # unused: every chunk is one step
   put = lambda batch, steps: put_many(batch) if steps > 1 else put_one(batch)
   t0, last_t, last_i = time.time(), time.time(), start
-  one_in_flight = _serialise_steps(mesh)
+  one_in_flight = parallel.serialise_steps(mesh)
   for (begin, done), batch in zip(chunks, _prefetch(make_batch, chunks, put)):
     state, metrics = (jitted_many if done - begin > 1 else jitted_one)(state, batch)
     if one_in_flight:

@@ -64,8 +64,9 @@ def configure_cpu_devices() -> None:
   """Splits the CPU into --cpu_devices XLA devices; must run before jax's first computation.
 
   Several devices can use idle cores on the small convolutions of these models (benchmarks/results/
-  data_parallel.md), but their collectives abort the process when one device thread is starved for 40 s (seen on
-  a loaded 2-core machine), so the default is one device. Results do not depend on the count (tests/test_parallel.py).
+  data_parallel.md); the default is one device. `extraction.train.fit` runs one step at a time on several CPU
+  devices (`parallel.serialise_steps`: XLA:CPU's launches otherwise deadlocked an all-reduce). Results do not
+  depend on the count (tests/test_parallel.py).
   """
   count = FLAGS.cpu_devices
   xla_flags = os.environ.get("XLA_FLAGS", "")

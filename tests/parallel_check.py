@@ -66,7 +66,7 @@ def run_stacked(num_devices: int, steps: int = 1):
 def main():
   out = {"devices": len(jax.devices())}
   # fit waits for each step on XLA:CPU with several devices (a launch race deadlocked the all-reduce otherwise)
-  out["serialised"] = [train._serialise_steps(m) for m in (None, parallel.make_mesh(1), parallel.data_mesh(4))]
+  out["serialised"] = [parallel.serialise_steps(m) for m in (None, parallel.make_mesh(1), parallel.data_mesh(4))]
   if "stacked" in sys.argv[1:]:
     ref = run_stacked(1)
     for n in (2, 4):
