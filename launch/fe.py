@@ -112,6 +112,12 @@ flags.DEFINE_list(
 flags.DEFINE_integer("fe_max_queries", None, "Query limit of the attack (none if unset).", lower_bound=1)
 flags.DEFINE_float("fe_seconds", 600.0, "Time limit of the attack in seconds.", lower_bound=0.0)
 flags.DEFINE_integer(
+  "fe_polish_steps",
+  3,
+  "Deep attack: at most this many Gauss-Newton steps on every weight at once after the final check (0: none).",
+  lower_bound=0,
+)
+flags.DEFINE_integer(
   "fe_eval_inputs", 100_000, "Random inputs ~ N(0, scale^2 I) for the logit comparison.", lower_bound=1
 )
 flags.DEFINE_integer(
@@ -373,6 +379,7 @@ def _deep_attack_row(result, d: int, seeds: dict) -> dict:
     check_error=stats["check_error"],
     check_max_abs_error=stats["check_max_abs_error"],
     check_points=stats["check_points"],
+    **{k: stats[k] for k in ("polish_steps", "polish_error_before", "polish_error_after") if k in stats},
     seconds=round(result.seconds, 2),
     **seeds,
   )
@@ -444,7 +451,11 @@ def _run(workdir: pathlib.Path) -> list[dict]:
   try:
     if FLAGS.fe_attack == "deep":
       cfg = deep_attack.Config(
-        scale=FLAGS.fe_scale, domain=dom, max_queries=FLAGS.fe_max_queries, max_seconds=FLAGS.fe_seconds
+        scale=FLAGS.fe_scale,
+        domain=dom,
+        max_queries=FLAGS.fe_max_queries,
+        max_seconds=FLAGS.fe_seconds,
+        polish_steps=FLAGS.fe_polish_steps,
       )
       result = deep_attack.extract(oracle, d, cfg, seed=seeds["attack_seed"])
     else:

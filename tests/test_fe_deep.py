@@ -51,10 +51,11 @@ def test_two_hidden_layers_recovered_exactly(sizes, seed):
   assert result.net.sizes == sizes and result.widths == list(sizes[1:-1])
   x = _eval_points(sizes[0])
   err = align.weight_error(net, result.net, x)
-  assert err["max_weight_error"] <= 1e-9 and err["inert_true_units"] == [0, 0], err
+  # ~1e-11 from the peeling, ~1e-14 after the polish step (every weight at once, test_fe_polish.py)
+  assert err["max_weight_error"] <= 1e-12 and err["inert_true_units"] == [0, 0], err
   assert result.sign_methods == [["exact"], "last layer least squares"]
   _assert_equivalent(net, result.net, x)
-  assert result.stats["check_error"] < 1e-8
+  assert result.stats["check_error"] < 1e-12 and result.stats["polish_steps"] >= 1
 
 
 @pytest.mark.slow
@@ -83,7 +84,7 @@ def test_an_expanding_first_layer_recovered_exactly():
   assert result.net.sizes == sizes
   x = _eval_points(sizes[0])
   err = align.weight_error(net, result.net, x)
-  assert err["max_weight_error"] <= 1e-9 and err["inert_true_units"] == [0, 0], err
+  assert err["max_weight_error"] <= 1e-12 and err["inert_true_units"] == [0, 0], err
   assert result.sign_methods == [["exact"], "last layer least squares"]
   _assert_equivalent(net, result.net, x)
 
@@ -226,7 +227,8 @@ def _cli(*args):
   return subprocess.run(cli + list(args), cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
-def test_launcher_on_a_deep_npz_writes_the_victims_convention(tmp_path):
+@pytest.mark.parametrize("polish_steps", [3, 0])
+def test_launcher_on_a_deep_npz_writes_the_victims_convention(tmp_path, polish_steps):
   net = network.random_net(1, (10, 8, 8, 1))
   path = network.save_npz(tmp_path / "deep.npz", net)
   p = _cli(
@@ -235,11 +237,16 @@ def test_launcher_on_a_deep_npz_writes_the_victims_convention(tmp_path):
     f"--workdir={tmp_path}/w",
     "--fe_eval_inputs=5000",
     "--fe_domain_eval_inputs=5000",
+    f"--fe_polish_steps={polish_steps}",
   )
   assert p.returncode == 0, p.stderr[-2000:]
   [row] = json.loads((tmp_path / "w" / "results.json").read_text())
   assert row["attack"] == "deep" and row["recovered_shape"] == "10-8-8-1" and row["agreement"] == 1.0
-  assert row["max_weight_error"] <= 1e-9 and row["domain_agreement"] == 1.0
+  assert row["domain_agreement"] == 1.0
+  if polish_steps:  # the polish step's queries counted in their own stage, its error near float64's
+    assert row["polish_steps"] >= 1 and row["queries_polish"] > 0 and row["max_weight_error"] <= 1e-11
+  else:
+    assert "polish_steps" not in row and "queries_polish" not in row and row["max_weight_error"] <= 1e-9
   with np.load(tmp_path / "w" / "recovered.npz") as f:
     assert sorted(f.files) == ["b0", "b1", "b2", "w0", "w1", "w2"]
   _assert_equivalent(net, network.load_npz(tmp_path / "w" / "recovered.npz"), _eval_points(10, seed=11, count=2000))

@@ -38,7 +38,7 @@ from extraction.oracle import Oracle
 from functional_equivalence import attack as two_layer
 from functional_equivalence import check, queries
 from functional_equivalence import domain as domains
-from functional_equivalence.deep import crosscheck, network, signs
+from functional_equivalence.deep import crosscheck, network, polish, signs
 from functional_equivalence.deep import layer as layers
 from functional_equivalence.errors import ExtractionError, LayerNotSettledError
 
@@ -60,6 +60,8 @@ class Config(two_layer.Config):
       be active on a small part of the domain only).
     repairs: after a failed final check, at most this many searches of the last hidden layer on lines through the
       points where it failed, each followed by the output layer and the check again.
+    polish_steps: after the final check, at most this many Gauss-Newton steps on every weight at once (polish.py;
+      0: none); the refined network is kept only if its held-out error drops and it passes the check again.
   """
 
   lines_per_round: int = 4
@@ -71,6 +73,7 @@ class Config(two_layer.Config):
   layers: int | None = None
   sign_votes: int = 24
   check_points: int = 512
+  polish_steps: int = 3
 
 
 @dataclasses.dataclass
@@ -78,7 +81,8 @@ class DeepExtraction:
   """Result: the recovered network (victim convention; with probabilities the output layer's class-0 column and
   bias are 0), queries (total, per stage), seconds, units per hidden layer, how each layer's signs were found,
   statistics (with the final check's), the domain, and the per-unit table (`units`: per layer, estimated
-  relative error of each unit's weights and how many of its input features were seen)."""
+  relative error of each unit's weights and how many of its input features were seen); `peeled`: the network as
+  the layer-by-layer recovery left it, before the polish step (polish.py)."""
 
   net: network.DeepNet
   queries: int
@@ -89,6 +93,7 @@ class DeepExtraction:
   queries_by_stage: dict = dataclasses.field(default_factory=dict)
   units: list = dataclasses.field(default_factory=list)
   sign_methods: list = dataclasses.field(default_factory=list)
+  peeled: network.DeepNet | None = None
 
 
 def _new_stats(probe_bits) -> dict:
@@ -229,11 +234,13 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
       surfaces = surfaces[:first_last] + [(prefix, u) for u in units]
       tables[-1].update(row_error=[u.err for u in units], features_seen=[int(u.known.sum()) for u in units])
     stats.update(layer_residual=last.residual, paired_units=int(last.pairs.sum()), **checked)
+    peeled = net
+    if cfg.polish_steps:
+      net = _polish(q, net, surfaces, dom, cfg, rng, differences, stats)
   else:
-    net = prefix
-  return DeepExtraction(
-    net, q.queries, q.seconds, [len(t["row_error"]) for t in tables], stats, dom, dict(q.by_stage), tables, methods
-  )
+    net = peeled = prefix
+  widths = [len(t["row_error"]) for t in tables]
+  return DeepExtraction(net, q.queries, q.seconds, widths, stats, dom, dict(q.by_stage), tables, methods, peeled)
 
 
 def _search_layer(q, prefix, lcfg: layers.LayerConfig, cfg: Config, dom, rng, stats, depth: int):
@@ -272,8 +279,29 @@ def _network(prefix, units, last: signs.LastLayer, differences: bool) -> network
   return network.DeepNet(prefix.weights + (w, w_out), prefix.biases + (b, b_out))
 
 
-def _final_check(q, net, surfaces, dom, cfg: Config, rng, differences: bool):
-  """check.compare on points covering the domain and on and beside two precise points of every unit's surface."""
+def _polish(q, net, surfaces, dom, cfg: Config, rng, differences: bool, stats: dict) -> network.DeepNet:
+  """polish.polish on points over the domain and beside every unit's surface; the refined network replaces `net`
+  only if it passes the final check again (its figures then replace the check's in `stats`)."""
+  on, side = _surface_points(net, surfaces, dom, cfg)
+  precise = [np.array(u.points[:8]) for _, u in surfaces if u.points]
+  near = polish.around(np.concatenate(precise), dom.center(net.sizes[0]), cfg.scale, 8, rng) if precise else on
+  extra = np.concatenate([on + side, on - side, near[dom.contains(near)]])
+  pcfg = dataclasses.replace(polish.PolishConfig(), steps=cfg.polish_steps)
+  refined, found = polish.polish(q, net, dom, cfg.scale, rng, differences, extra, pcfg)
+  if found["polish_steps"]:
+    checked, bad = _final_check(q, refined, surfaces, dom, cfg, rng, differences)
+    if len(bad):
+      found["polish_steps"] = 0
+    else:
+      net = refined
+      stats.update(checked)
+  stats.update(found)
+  return net
+
+
+def _surface_points(net, surfaces, dom, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+  """Two precise points of every unit's surface inside the domain, and a step of 1e-3 scale along the surface's
+  normal there."""
   on_parts: list[np.ndarray] = []
   side_parts: list[np.ndarray] = []
   for prefix, u in surfaces:
@@ -290,6 +318,13 @@ def _final_check(q, net, surfaces, dom, cfg: Config, rng, differences: bool):
   d = net.sizes[0]
   on = np.concatenate(on_parts) if on_parts else np.zeros((0, d))
   side = np.concatenate(side_parts) if side_parts else np.zeros((0, d))
+  return on, side
+
+
+def _final_check(q, net, surfaces, dom, cfg: Config, rng, differences: bool):
+  """check.compare on points covering the domain and on and beside two precise points of every unit's surface."""
+  on, side = _surface_points(net, surfaces, dom, cfg)
+  d = net.sizes[0]
   return check.compare(
     q, on, side, lambda x: network.logits(net, x), dom, cfg.scale, cfg.check_points, cfg.check_rtol, rng, differences, d
   )
