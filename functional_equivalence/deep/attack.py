@@ -14,7 +14,8 @@ Layer by layer ("peeling", Carlini, Jagielski, Mironov 2020), each layer with th
      stays), the first layer is cross-checked (crosscheck.py) and a later one searched again with strict
      acceptance and the cross check (layer.LayerConfig.strict).
 Then the whole network is checked against the oracle over the domain (check.compare), with `repairs` searches of
-the last hidden layer through the points where the check failed. What works (two hidden layers, expanding first
+the last hidden layer through the points where the check failed, and, once it passes, every weight is refined at
+once from fresh answers (polish.py: from ~1e-8-1e-11 to ~1e-14). What works (two hidden layers, expanding first
 layers included, some three-hidden-layer nets) and what does not yet (three hidden layers reliably, units active
 on a small part of the domain): docs/fe_deep.md.
 The depth and every width are found, not given; a two-layer victim is the depth-1 case (its layer 0 is the last
