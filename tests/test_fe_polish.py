@@ -81,3 +81,15 @@ def test_a_step_that_does_not_help_is_refused():
   start = _perturbed(net, 1e-10)
   out, stats = _polish(net, start, oracle_backend=noisy)
   assert out is start and stats["polish_steps"] == 0
+
+
+def test_on_a_small_box_the_step_is_kept_and_helps():
+  # random 10-7-4 on [0, 1]^10: units on at a few points only; the step was refused while LSQR stopped at 1e-8
+  # and acceptance asked the held-out max to halve (a point of a unit the prior holds sets the max)
+  net = network.random_net(0, (10, 7, 4))
+  cfg = attack.Config(domain=domain.Box(0.0, 1.0), scale=0.1)
+  result = attack.extract(Oracle(network.backend(net), output="logits", record_inputs=False), 10, cfg, seed=3)
+  x = np.random.default_rng(1).uniform(size=(5000, 10))
+  after = align.weight_error(net, result.net, x)["max_weight_error"]
+  before = align.weight_error(net, result.peeled, x)["max_weight_error"]
+  assert result.stats["polish_steps"] >= 1 and after < 0.8 * before, (before, after)
