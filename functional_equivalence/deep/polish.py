@@ -256,6 +256,8 @@ def polish(q, net: network.DeepNet, dom, scale: float, rng, differences: bool, e
     if not (new[1] * cfg.gain <= err[1] and new[0] <= err[0]):
       break
     best, err, kept = trial, new, kept + 1
+    if err[1] <= 8 * np.finfo(float).eps:  # at float64's rounding: another step would only cost time
+      break
   return best, dict(
     polish_steps=kept,
     polish_error_before=before[0],
