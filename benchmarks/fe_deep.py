@@ -284,8 +284,9 @@ def main(argv):
   start = time.time()
   rows = []
   with jax.enable_x64(True):
+    attack_seeds: list[int | None] = [int(a) for a in FLAGS.attack_seeds] or [None]
     for name, net, seed in victims():
-      for attack_seed in [int(a) for a in FLAGS.attack_seeds] or [None]:
+      for attack_seed in attack_seeds:
         rows.append(run_one(name, net, seed, attack_seed=attack_seed))
         print(json.dumps(rows[-1]), flush=True)
     for name, net, seed in first_layer_victims():
