@@ -150,18 +150,14 @@ def run_one(name: str, net, seed: int, layers=None, attack_seed: int | None = No
     queries_log2=round(math.log2(result.queries), 2),
     widths_found="-".join(map(str, result.widths)),
     signs=", ".join(m if isinstance(m, str) else "+".join(m) for m in result.sign_methods),
-    **evaluate(net, result.net, eval_seed),
+    **evaluate(net, result.net, eval_seed, peeled=result.peeled),
     seconds=round(seconds, 1),
   )
-  if result.peeled is not None:  # the same run before its polish step: its queries and weight errors
-    peeled = evaluate(net, result.peeled, eval_seed, agreement=False)
+  if result.peeled is not None:  # the same run before its polish step: its queries
     polish_queries = result.queries_by_stage.get("polish", 0)
     row.update(
       polish_steps=result.stats.get("polish_steps", 0),
       peeled_queries_log2=round(math.log2(result.queries - polish_queries), 2),
-      peeled_layer_errors=peeled["layer_errors"],
-      peeled_error_bits=peeled["error_bits"],
-      peeled_verdict=peeled["verdict"],
     )
   return row
 
@@ -176,11 +172,11 @@ def first_layer_verdict(error: float, matched: int, true_width: int, found_width
   return "exact (first layer)" if grade == "exact" else grade
 
 
-def evaluate(net, rec, eval_seed: int, agreement: bool = True) -> dict:
+def evaluate(net, rec, eval_seed: int, peeled=None) -> dict:
   """A recovered network `rec` against the victim `net` (module docstring): aligned weight errors on 50,000 N(0, I)
   inputs and 50,000 points over the ball, agreement and max |logit difference| on --eval_inputs and
-  --domain_inputs points, drawn from `eval_seed`. Without `agreement`, the weights only (the verdict then takes
-  agreement 1.0 as given)."""
+  --domain_inputs points, drawn from `eval_seed`. With `peeled` (the same run's network before its polish step),
+  also its weight errors on the same points (`peeled_*`; its verdict takes agreement 1.0 as given)."""
   from functional_equivalence import domain
   from functional_equivalence.deep import align
 
@@ -188,19 +184,29 @@ def evaluate(net, rec, eval_seed: int, agreement: bool = True) -> dict:
   d = net.sizes[0]
   x = rng.normal(size=(FLAGS.eval_inputs, d))
   over = domain.Ball(1000.0).check_points(rng, d, FLAGS.domain_inputs)
-  err = align.weight_error(net, rec, np.concatenate([x[:50_000], over[:50_000]]))
-  fields = dict(
-    layer_errors=[float(f"{e:.3g}") for e in err["errors"]],
-    max_weight_error=err["max_weight_error"],
-    error_bits=round(err["weight_error_bits"], 1),
-    inert_units=err.get("inert_true_units"),
-    agreement=1.0,
-    domain_agreement=1.0,
-  )
-  if agreement:
-    fields["agreement"], fields["max_logit_error"] = _agreement(net, rec, x)
-    fields["domain_agreement"], fields["domain_max_logit_error"] = _agreement(net, rec, over)
-  return dict(fields, verdict=align.verdict(net, rec, fields))
+  weight_points = np.concatenate([x[:50_000], over[:50_000]])
+
+  def weights(candidate) -> dict:
+    err = align.weight_error(net, candidate, weight_points)
+    return dict(
+      layer_errors=[float(f"{e:.3g}") for e in err["errors"]],
+      max_weight_error=err["max_weight_error"],
+      error_bits=round(err["weight_error_bits"], 1),
+      inert_units=err.get("inert_true_units"),
+    )
+
+  fields = weights(rec)
+  fields["agreement"], fields["max_logit_error"] = _agreement(net, rec, x)
+  fields["domain_agreement"], fields["domain_max_logit_error"] = _agreement(net, rec, over)
+  out = dict(fields, verdict=align.verdict(net, rec, fields))
+  if peeled is not None:
+    before = dict(weights(peeled), agreement=1.0, domain_agreement=1.0)
+    out.update(
+      peeled_layer_errors=before["layer_errors"],
+      peeled_error_bits=before["error_bits"],
+      peeled_verdict=align.verdict(net, peeled, before),
+    )
+  return out
 
 
 def victims():

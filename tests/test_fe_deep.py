@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from extraction.oracle import Oracle
-from functional_equivalence import domain, queries
+from functional_equivalence import queries
 from functional_equivalence.deep import align, attack, network, signs, support
 from functional_equivalence.deep import layer as layers
 from functional_equivalence.errors import ExtractionError, LimitReachedError
 from tests.counting import CountingBackend
+from tests.deep_points import eval_points
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -28,12 +29,6 @@ def _extract(net, seed=7, **cfg):
   result = attack.extract(oracle, net.sizes[0], attack.Config(**cfg), seed=seed)
   assert result.queries == counter.rows == sum(result.queries_by_stage.values())
   return result
-
-
-def _eval_points(d, seed=5, count=10_000):
-  """N(0, I) points and points on spheres of radii 1 .. 1000 (the default domain's radius)."""
-  rng = np.random.default_rng(seed)
-  return np.concatenate([rng.normal(size=(count, d)), domain.Ball(1000.0).check_points(rng, d, count)])
 
 
 def _assert_equivalent(net, rec, x):
@@ -49,7 +44,7 @@ def test_two_hidden_layers_recovered_exactly(sizes, seed):
   net = network.random_net(seed, sizes)
   result = _extract(net)
   assert result.net.sizes == sizes and result.widths == list(sizes[1:-1])
-  x = _eval_points(sizes[0])
+  x = eval_points(sizes[0])
   err = align.weight_error(net, result.net, x)
   # ~1e-11 from the peeling, ~1e-14 after the polish step (every weight at once, test_fe_polish.py)
   assert err["max_weight_error"] <= 1e-12 and err["inert_true_units"] == [0, 0], err
@@ -66,7 +61,7 @@ def test_three_hidden_layers_recovered_exactly():
   net = network.random_net(2, sizes)
   result = _extract(net)
   assert result.net.sizes == sizes and result.widths == list(sizes[1:-1])
-  x = _eval_points(sizes[0])
+  x = eval_points(sizes[0])
   err = align.weight_error(net, result.net, x)
   assert err["max_weight_error"] <= 1e-9 and err["inert_true_units"] == [0, 0, 0], err
   assert result.sign_methods == [["exact"], ["exact"], "last layer least squares"]
@@ -82,7 +77,7 @@ def test_an_expanding_first_layer_recovered_exactly():
   net = network.random_net(0, sizes)
   result = _extract(net, seed=1)
   assert result.net.sizes == sizes
-  x = _eval_points(sizes[0])
+  x = eval_points(sizes[0])
   err = align.weight_error(net, result.net, x)
   assert err["max_weight_error"] <= 1e-12 and err["inert_true_units"] == [0, 0], err
   assert result.sign_methods == [["exact"], "last layer least squares"]
@@ -117,7 +112,7 @@ def test_a_two_layer_victim_is_the_depth_one_case():
   net = network.random_net(3, (10, 7, 4))
   result = _extract(net)
   assert result.net.depth == 1 and result.widths == [7]
-  x = _eval_points(10)
+  x = eval_points(10)
   assert align.weight_error(net, result.net, x)["max_weight_error"] <= 1e-9
   _assert_equivalent(net, result.net, x)
 
@@ -249,7 +244,7 @@ def test_launcher_on_a_deep_npz_writes_the_victims_convention(tmp_path, polish_s
     assert "polish_steps" not in row and "queries_polish" not in row and row["max_weight_error"] <= 1e-9
   with np.load(tmp_path / "w" / "recovered.npz") as f:
     assert sorted(f.files) == ["b0", "b1", "b2", "w0", "w1", "w2"]
-  _assert_equivalent(net, network.load_npz(tmp_path / "w" / "recovered.npz"), _eval_points(10, seed=11, count=2000))
+  _assert_equivalent(net, network.load_npz(tmp_path / "w" / "recovered.npz"), eval_points(10, seed=11, count=2000))
 
 
 @pytest.mark.parametrize(

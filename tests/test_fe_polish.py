@@ -9,6 +9,7 @@ from extraction.oracle import Oracle
 from functional_equivalence import domain, queries
 from functional_equivalence.deep import align, attack, network, polish
 from tests.counting import CountingBackend
+from tests.deep_points import eval_points
 
 
 def _perturbed(net, rel, seed=3):
@@ -17,11 +18,6 @@ def _perturbed(net, rel, seed=3):
     tuple(w * (1 + rel * rng.normal(size=w.shape)) for w in net.weights),
     tuple(b * (1 + rel * rng.normal(size=b.shape)) for b in net.biases),
   )
-
-
-def _points(d, seed=5):
-  rng = np.random.default_rng(seed)
-  return np.concatenate([rng.normal(size=(10_000, d)), domain.Ball(1000.0).check_points(rng, d, 10_000)])
 
 
 def _polish(net, start, output="logits", oracle_backend=None, **cfg):
@@ -38,7 +34,7 @@ def test_polish_takes_every_weight_to_float64_precision():
   # a 12-8-6-3 net off by 1e-8 relative in every weight, over a domain of radius 1000: back to ~1e-14
   net = network.random_net(4, (12, 8, 6, 3))
   start = _perturbed(net, 1e-8)
-  x = _points(12)
+  x = eval_points(12)
   before = align.weight_error(net, start, x)["max_weight_error"]
   out, stats = _polish(net, start)
   after = align.weight_error(net, out, x)["max_weight_error"]
@@ -68,7 +64,7 @@ def test_a_rarely_active_unit_keeps_its_peeled_weights():
   net = network.random_net(0, (20, 10, 10, 1))
   counter = CountingBackend(network.backend(net))
   result = attack.extract(Oracle(counter, output="logits", record_inputs=False), 20, attack.Config(), seed=1)
-  err = align.weight_error(net, result.net, _points(20))
+  err = align.weight_error(net, result.net, eval_points(20))
   assert result.stats["polish_steps"] >= 1 and err["errors"][0] < 1e-13
   assert err["max_weight_error"] < 2e-9, err
 

@@ -287,7 +287,7 @@ def _polish(q, net, surfaces, dom, cfg: Config, rng, differences: bool, stats: d
   precise = [np.array(u.points[:8]) for _, u in surfaces if u.points]
   near = polish.around(np.concatenate(precise), dom.center(net.sizes[0]), cfg.scale, 8, rng) if precise else on
   extra = np.concatenate([on + side, on - side, near[dom.contains(near)]])
-  pcfg = dataclasses.replace(polish.PolishConfig(), steps=cfg.polish_steps)
+  pcfg = polish.PolishConfig(steps=cfg.polish_steps)
   refined, found = polish.polish(q, net, dom, cfg.scale, rng, differences, extra, pcfg)
   if found["polish_steps"]:
     checked, bad = _final_check(q, refined, surfaces, dom, cfg, rng, differences)

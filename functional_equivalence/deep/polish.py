@@ -98,20 +98,22 @@ def _backprop(net: network.DeepNet, x: np.ndarray, differences: bool):
   return hs, grads, y
 
 
-def jacobian_operator(net: network.DeepNet, hs, grads, rows: np.ndarray, cols: np.ndarray) -> LinearOperator:
+def jacobian_operator(net: network.DeepNet, hs, grads, rows: np.ndarray, cols: np.ndarray) -> tuple:
   """The damped, preconditioned system of one step as a matrix-free operator: [A; I] D, with A = diag(1 / rows) J
   diag(cols) (J the Jacobian of the outputs, rows point-major and output-minor, with respect to `flat(net)`; rows
   (n, m) the answers' noise, cols the parameters' prior scales) and D the inverse norms of [A; I]'s columns, with
   which LSQR converges in hundreds to a few thousand iterations (without it, one step on 784-32-32-10 ran for over
-  5 minutes unfinished). Returns the operator and D."""
+  5 minutes unfinished). Returns the operator, D and the mask of the parameters the answers depend on at these
+  points (a nonzero column of J)."""
   n, m = grads[0].shape[:2]
   shapes = [w.shape for w in net.weights]
   cuts = np.cumsum([s for shape in shapes for s in (shape[0] * shape[1], shape[1])])[:-1]
-  norms = []
+  parts = []
   for h, g in zip(hs, grads):
     g2 = np.einsum("nkj,nk->nj", g**2, 1 / rows**2)
-    norms += [np.einsum("ni,nj->ij", h**2, g2).ravel(), np.sum(g2, axis=0)]
-  precondition = 1 / np.sqrt(np.concatenate(norms) * cols**2 + 1)
+    parts += [np.einsum("ni,nj->ij", h**2, g2).ravel(), np.sum(g2, axis=0)]
+  norms = np.concatenate(parts)  # squared column norms of diag(1 / rows) J
+  precondition = 1 / np.sqrt(norms * cols**2 + 1)
 
   def matvec(v):
     z = np.ravel(v) * precondition
@@ -131,7 +133,8 @@ def jacobian_operator(net: network.DeepNet, hs, grads, rows: np.ndarray, cols: n
       out += [(h.T @ rg).ravel(), rg.sum(axis=0)]
     return (np.concatenate(out) * cols + r[n * m :]) * precondition
 
-  return LinearOperator((n * m + len(cols), len(cols)), matvec=matvec, rmatvec=rmatvec, dtype=np.float64), precondition
+  op = LinearOperator((n * m + len(cols), len(cols)), matvec=matvec, rmatvec=rmatvec, dtype=np.float64)
+  return op, precondition, norms > 0
 
 
 def prior_scale(net: network.DeepNet, tau: float) -> np.ndarray:
@@ -155,15 +158,6 @@ def answer_noise(net: network.DeepNet, hs, differences: bool) -> np.ndarray:
   return 4 * np.finfo(float).eps * (terms + 1.0)
 
 
-def _seen(net: network.DeepNet, hs, grads) -> np.ndarray:
-  """Mask over `flat(net)` of the parameters the answers depend on at these points (a nonzero Jacobian column)."""
-  out = []
-  for h, g in zip(hs, grads):
-    g2 = np.einsum("nkj->nj", g**2)
-    out += [(np.einsum("ni,nj->ij", h**2, g2) > 0).ravel(), np.sum(g2, axis=0) > 0]
-  return np.concatenate(out)
-
-
 def keep_scales(net: network.DeepNet, step: np.ndarray, seen: np.ndarray) -> np.ndarray:
   """The step moved along the network's scale symmetries so that no hidden unit's incoming weights change norm
   (to first order). The answers fix the product of a unit's incoming and outgoing scales, not each; the least
@@ -171,7 +165,6 @@ def keep_scales(net: network.DeepNet, step: np.ndarray, seen: np.ndarray) -> np.
   keep the old scale while its neighbours take the new one, an inconsistency of the size of that drift. Along a
   symmetry the answers do not change, so this is a solution as good as `step`, one whose scales are the old
   ones. Only `seen` parameters take the outgoing compensation (the others are not part of the solved system)."""
-  step = step.copy()
   parts = unflat(net, step)
   seen_parts = unflat(net, seen.astype(float))
   ws, bs = [np.array(w) for w in parts.weights], [np.array(b) for b in parts.biases]
@@ -241,12 +234,12 @@ def polish(q, net: network.DeepNet, dom, scale: float, rng, differences: bool, e
     mask = use & clear_of_surfaces(best, fit, cfg.margin)
     hs, grads, y = _backprop(best, fit[mask], differences)
     rows, cols = answer_noise(best, hs, differences), prior_scale(best, cfg.prior)
-    op, precondition = jacobian_operator(best, hs, grads, rows, cols)
+    op, precondition, seen = jacobian_operator(best, hs, grads, rows, cols)
     r = np.concatenate([((g_fit[mask] - y) / rows).ravel(), np.zeros(len(cols))])
     solved = lsqr(op, r, atol=cfg.tolerance, btol=cfg.tolerance, iter_lim=cfg.max_iterations)
     iterations += solved[2]
     step = cols * precondition * solved[0]
-    trial = unflat(best, flat(best) + keep_scales(best, step, _seen(best, hs, grads)))
+    trial = unflat(best, flat(best) + keep_scales(best, step, seen))
     if differences:  # class 0's column and bias back to 0 (the shift shared by all logits is not determined)
       w, b = trial.weights[-1], trial.biases[-1]
       trial = network.DeepNet(trial.weights[:-1] + (w - w[:, :1],), trial.biases[:-1] + (b - b[:1],))
