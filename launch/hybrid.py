@@ -6,10 +6,12 @@ learning the whole network with the same number of queries (functional_equivalen
 The victim is a ReLU network d-(--hybrid_victim_hidden)-10 trained in float64 on scikit-learn digits (--seed); the
 attacker's pool of inputs is the digits training split. For each --hybrid_seeds seed: the first layer is recovered
 once through a float64 logits Oracle (its queries counted), then for each total budget (the first layer's queries
-plus each of --hybrid_extra_queries) the students `pure`, `frozen` and `init` are trained (--hybrid_steps Adam
-steps, no tuning of any setting) and compared by top-1 agreement with the victim on the digits test split and on
---hybrid_box_inputs uniform points of [0, 1]^64 (off the data). Rows per run, then per (method, budget) the mean and
-the standard deviation over seeds. Victim, attack and learning draw independent seeds.
+plus each of --hybrid_extra_queries) the students `pure`, `frozen` and `init` are trained for each of
+--hybrid_steps Adam step budgets (every budget reported, none selected; no other setting tuned) and compared by top-1
+agreement with the victim on the digits test split, on NOISE_COPIES copies of each test image under Gaussian noise
+of each --hybrid_noise standard deviation (clipped to [0, 1]; between the data and the box), and on
+--hybrid_box_inputs uniform points of [0, 1]^64 (off the data). Rows per run, then per (steps, method, budget) the
+mean and the standard deviation over seeds. Victim, attack, learning and evaluation draw independent seeds.
 """
 
 from __future__ import annotations
@@ -35,17 +37,41 @@ flags.DEFINE_list(
   "attacker who guessed them; the hybrid students keep the recovered first layer's width).",
 )
 flags.DEFINE_list("hybrid_extra_queries", ["1000", "10000"], "Learning queries beyond the first layer's.")
-flags.DEFINE_integer("hybrid_steps", 3000, "Adam steps of each student.", lower_bound=1)
+flags.DEFINE_list("hybrid_steps", ["3000"], "Adam step budgets; every student is trained once for each.")
+flags.DEFINE_list(
+  "hybrid_noise", ["0.05", "0.1", "0.2"], "Gaussian noise standard deviations of the noisy-test agreement."
+)
 flags.DEFINE_integer("hybrid_seeds", 3, "Seeds of the first-layer attack and the learning.", lower_bound=1)
 flags.DEFINE_integer(
   "hybrid_box_inputs", 10_000, "Uniform points of [0, 1]^d for the off-data agreement.", lower_bound=1
 )
 FLAGS = flags.FLAGS
+NOISE_COPIES = 10  # noisy copies of each test image per --hybrid_noise strength
 
 
 @flags.validator("hybrid_extra_queries", message="--hybrid_extra_queries takes positive integers")
 def _check_extra(values):
   return all(v.strip().isdigit() and int(v) > 0 for v in values)
+
+
+@flags.validator("hybrid_steps", message="--hybrid_steps takes positive integers, e.g. 3000,10000")
+def _check_steps(values):
+  return len(values) > 0 and all(v.strip().isdigit() and int(v) > 0 for v in values)
+
+
+@flags.validator("hybrid_noise", message="--hybrid_noise takes non-negative numbers, e.g. 0.05,0.1")
+def _check_noise(values):
+  try:
+    return all(float(v) >= 0 for v in values)
+  except ValueError:
+    return False
+
+
+def noisy_copies(x: np.ndarray, stds, seed: int) -> dict[float, np.ndarray]:
+  """Per standard deviation, NOISE_COPIES copies of each row of x plus Gaussian noise, clipped to [0, 1]."""
+  rng = np.random.default_rng(seed)
+  copies = np.repeat(x, NOISE_COPIES, axis=0)
+  return {std: np.clip(copies + std * rng.normal(size=copies.shape), 0.0, 1.0) for std in stds}
 
 
 @flags.validator("hybrid_victim_hidden", message="--hybrid_victim_hidden takes positive integers, e.g. 128,128")
@@ -62,6 +88,9 @@ def run(workdir: pathlib.Path) -> list[dict]:
   net, (x_train, _, x_test, _) = network.digits_net(FLAGS.seed, hidden)
   network.save_npz(workdir / "victim.npz", net)
   box = np.random.default_rng([FLAGS.seed, 3]).uniform(size=(FLAGS.hybrid_box_inputs, net.sizes[0]))
+  noisy = noisy_copies(x_test, [float(v) for v in FLAGS.hybrid_noise], seed=[FLAGS.seed, 4])
+  step_budgets = [int(v) for v in FLAGS.hybrid_steps]
+  extras = [int(e) for e in FLAGS.hybrid_extra_queries]
   rows = []
   for s in range(FLAGS.hybrid_seeds):
     attack_seed, learn_seed = (int(v) for v in np.random.SeedSequence([FLAGS.seed, 14, s]).generate_state(2))
@@ -69,39 +98,81 @@ def run(workdir: pathlib.Path) -> list[dict]:
       Oracle(network.backend(net), output="logits", record_inputs=False), net.sizes[0], attack_seed
     )
     logging.info("hybrid seed %d: first layer of %d units in %d queries", s, first[0].shape[1], first[2])
-    for extra in (int(e) for e in FLAGS.hybrid_extra_queries):
-      for method in hybrid.METHODS:
-        oracle = Oracle(network.backend(net), output="logits", record_inputs=False)
-        student, counts = hybrid.run(
-          oracle, x_train, student_hidden, first[2] + extra, method, learn_seed, FLAGS.hybrid_steps, first
-        )
-        assert counts["learning_queries"] == oracle.used
-        rows.append(
-          dict(
-            method=method,
-            seed=s,
-            extra_queries=extra,
-            **counts,
-            first_layer_units=int(first[0].shape[1]),
-            fidelity=align.logit_agreement(net, student, x_test)["agreement"],
-            box_fidelity=align.logit_agreement(net, student, box)["agreement"],
+    for steps in step_budgets:
+      for extra in extras:
+        for method in hybrid.METHODS:
+          oracle = Oracle(network.backend(net), output="logits", record_inputs=False)
+          student, counts = hybrid.run(
+            oracle, x_train, student_hidden, first[2] + extra, method, learn_seed, steps, first
           )
-        )
-        logging.info("hybrid: %s", rows[-1])
+          assert counts["learning_queries"] == oracle.used
+          rows.append(
+            dict(
+              method=method,
+              seed=s,
+              steps=steps,
+              extra_queries=extra,
+              **counts,
+              first_layer_units=int(first[0].shape[1]),
+              fidelity=align.logit_agreement(net, student, x_test)["agreement"],
+              **{
+                f"noise_{std:g}_fidelity": align.logit_agreement(net, student, x)["agreement"]
+                for std, x in noisy.items()
+              },
+              box_fidelity=align.logit_agreement(net, student, box)["agreement"],
+            )
+          )
+          logging.info("hybrid: %s", rows[-1])
+  means = _means(rows, step_budgets, extras)
+  plot_by_distance(means, workdir / "fidelity_by_distance.png")
+  return rows + means
+
+
+def _means(rows: list[dict], step_budgets, extras) -> list[dict]:
+  """Per (steps, extra queries, method): the mean and standard deviation over seeds of every fidelity column."""
+  metrics = [k for k in rows[0] if k.endswith("fidelity")]
   summary = []
-  for extra in (int(e) for e in FLAGS.hybrid_extra_queries):
-    for method in hybrid.METHODS:
-      runs = [r for r in rows if r["method"] == method and r["extra_queries"] == extra]
-      fid, boxf = np.array([r["fidelity"] for r in runs]), np.array([r["box_fidelity"] for r in runs])
-      summary.append(
-        dict(
+  for steps in step_budgets:
+    for extra in extras:
+      for method in hybrid.METHODS:
+        runs = [r for r in rows if (r["method"], r["steps"], r["extra_queries"]) == (method, steps, extra)]
+        row = dict(
           method=f"{method} (mean of {len(runs)})",
+          steps=steps,
           extra_queries=extra,
           queries=float(np.mean([r["queries"] for r in runs])),
-          fidelity=float(fid.mean()),
-          fidelity_std=float(fid.std()),
-          box_fidelity=float(boxf.mean()),
-          box_fidelity_std=float(boxf.std()),
         )
-      )
-  return rows + summary
+        for k in metrics:
+          values = np.array([r[k] for r in runs])
+          row[k], row[f"{k}_std"] = float(values.mean()), float(values.std())
+        summary.append(row)
+  return summary
+
+
+def plot_by_distance(means: list[dict], path: pathlib.Path) -> None:
+  """Mean fidelity (one std) on the test split, each noise strength and the box: one panel per extra-queries
+  budget, one bar per (method, steps)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  sets = [k for k in means[0] if k.endswith("fidelity")]
+  extras = sorted({r["extra_queries"] for r in means})
+  fig, axes = plt.subplots(1, len(extras), figsize=(6 * len(extras), 4), sharey=True, squeeze=False)
+  for ax, extra in zip(axes[0], extras):
+    runs = [r for r in means if r["extra_queries"] == extra]
+    width = 0.8 / len(runs)
+    for j, r in enumerate(runs):
+      x = np.arange(len(sets)) + (j - (len(runs) - 1) / 2) * width
+      label = f"{r['method'].split(' ')[0]}, {r['steps']} steps"
+      ax.bar(x, [100 * r[k] for k in sets], width, yerr=[100 * r[f"{k}_std"] for k in sets], capsize=2, label=label)
+    ax.set_xticks(np.arange(len(sets)), [k.removesuffix("_fidelity") or "test" for k in sets], fontsize=8)
+    ax.set_title(f"first layer + {extra} learning queries (same total for pure)", fontsize=9)
+    ax.set_ylim(50, 100)
+    ax.grid(alpha=0.3, axis="y")
+  axes[0][0].set_ylabel("fidelity (%)")
+  axes[0][0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

@@ -11,7 +11,7 @@ from absl.testing import flagsaver
 from extraction.oracle import Oracle
 from functional_equivalence.deep import hybrid, network
 from launch import experiments
-from launch import hybrid as hybrid_launch  # noqa: F401  (defines the --hybrid_* flags, registers the experiment)
+from launch import hybrid as hybrid_launch  # defines the --hybrid_* flags, registers the experiment
 from tests.counting import CountingBackend
 
 FLAGS = flags.FLAGS
@@ -64,14 +64,36 @@ def test_experiment_rows_and_means(tmp_path):
   with flagsaver.flagsaver(
     hybrid_victim_hidden=["4", "4"],
     hybrid_extra_queries=["200"],
-    hybrid_steps=20,
+    hybrid_steps=["20", "30"],
+    hybrid_noise=["0", "0.1"],
     hybrid_seeds=1,
     hybrid_box_inputs=100,
   ):
     rows = experiments.EXPERIMENTS["hybrid"](tmp_path)
   runs = [r for r in rows if "seed" in r]
-  assert len(runs) == 3 and {r["method"] for r in runs} == set(hybrid.METHODS)
+  assert len(runs) == 6 and {(r["method"], r["steps"]) for r in runs} == {
+    (m, s) for m in hybrid.METHODS for s in (20, 30)
+  }
   assert all(r["queries"] == r["fe_queries"] + r["learning_queries"] for r in runs)
+  # noise of std 0 leaves the test images as they were: the same agreement as on the test split
+  assert all(r["noise_0_fidelity"] == r["fidelity"] for r in runs)
   means = [r for r in rows if "mean of 1" in r["method"]]
-  assert len(means) == 3 and all(0.0 <= r["fidelity"] <= 1.0 for r in means)
-  assert (tmp_path / "victim.npz").exists()
+  assert len(means) == 6 and all(0.0 <= r["noise_0.1_fidelity"] <= 1.0 for r in means)
+  assert (tmp_path / "victim.npz").exists() and (tmp_path / "fidelity_by_distance.png").exists()
+
+
+def test_noisy_copies_are_clipped_copies_of_each_row():
+  x = np.array([[0.0, 1.0], [0.5, 0.5]])
+  noisy = hybrid_launch.noisy_copies(x, [0.0, 0.3], seed=0)
+  assert noisy[0.0].shape == (2 * hybrid_launch.NOISE_COPIES, 2)
+  np.testing.assert_array_equal(noisy[0.0], np.repeat(x, hybrid_launch.NOISE_COPIES, axis=0))
+  assert noisy[0.3].min() >= 0.0 and noisy[0.3].max() <= 1.0 and not np.array_equal(noisy[0.3], noisy[0.0])
+
+
+@pytest.mark.parametrize(
+  "name, value, message",
+  [("hybrid_steps", ["100", "-5"], "positive integers"), ("hybrid_noise", ["0.1", "x"], "non-negative numbers")],
+)
+def test_bad_flags_are_refused_on_assignment(name, value, message):
+  with flagsaver.flagsaver(), pytest.raises(flags.IllegalFlagValueError, match=message):
+    setattr(FLAGS, name, value)
