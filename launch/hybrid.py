@@ -167,12 +167,13 @@ def plot_by_distance(means: list[dict], path: pathlib.Path) -> None:
       x = np.arange(len(sets)) + (j - (len(runs) - 1) / 2) * width
       label = f"{r['method'].split(' ')[0]}, {r['steps']} steps"
       ax.bar(x, [100 * r[k] for k in sets], width, yerr=[100 * r[f"{k}_std"] for k in sets], capsize=2, label=label)
-    ax.set_xticks(np.arange(len(sets)), [k.removesuffix("_fidelity") or "test" for k in sets], fontsize=8)
+    ax.set_xticks(np.arange(len(sets)), [k.removesuffix("fidelity").strip("_") or "test" for k in sets], fontsize=8)
     ax.set_title(f"first layer + {extra} learning queries (same total for pure)", fontsize=9)
     ax.set_ylim(50, 100)
     ax.grid(alpha=0.3, axis="y")
   axes[0][0].set_ylabel("fidelity (%)")
-  axes[0][0].legend(fontsize=7)
-  fig.tight_layout()
+  handles, labels = axes[0][0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7)
+  fig.tight_layout(rect=(0, 0.07, 1, 1))
   fig.savefig(path, dpi=120)
   plt.close(fig)

@@ -133,7 +133,7 @@ def write(workdir: pathlib.Path, rows: list[dict], config: dict, notes: str = ""
   curves.png into workdir; returns their paths."""
   workdir = pathlib.Path(workdir)
   meta = {"seed": config.get("seed"), "config": config, "versions": versions()}
-  full = [{**r, **meta} for r in rows]
+  full = [{**meta, **r} for r in rows]  # a row's own seed (e.g. one of several) is kept
   paths = [workdir / "results.json", workdir / "results.md"]
   paths[0].write_text(json.dumps(full, indent=2, default=str))
   paths[1].write_text((notes.strip() + "\n\n" if notes else "") + markdown_table(rows))

@@ -217,3 +217,12 @@ def test_results_show_mean_and_std(tmp_path):
   assert md.startswith("How the figures were made.") and "0.5000 ± 0.1000" in md and "fidelity_std" not in md
   assert json.loads((tmp_path / "results.json").read_text())[0]["per_seed"]
   assert {p.name for p in paths} >= {"plot.png", "curves.png"}
+
+
+def test_results_json_keeps_each_rows_own_seed(tmp_path):
+  from launch import results
+
+  rows = [{"method": "pure", "seed": s, "fidelity": 0.9} for s in range(3)] + [{"method": "pure (mean of 3)"}]
+  results.write(tmp_path, rows, {"seed": 7})
+  written = json.loads((tmp_path / "results.json").read_text())
+  assert [r["seed"] for r in written] == [0, 1, 2, 7] and all(r["config"] == {"seed": 7} for r in written)
