@@ -7,7 +7,7 @@ or the widths, equivalence claimed on the ball of radius 1000:
 1. random Gaussian networks (deep.network.random_net) of --random_sizes, --seeds seeds each: the success rate;
 2. the network sizes of Carlini, Jagielski, Mironov (CRYPTO 2020), trained as their train_models.py trains theirs
    (deep.network.cme_net: memorising 20 random points, our own optax code);
-3. networks trained on scikit-learn digits (64 inputs; with --big also 784 inputs, the 8x8 images upsampled);
+3. networks trained on scikit-learn digits (64 inputs; with --big also 784 inputs, the 8x8 images upsampled, --big_hidden);
 4. the first hidden layer only of digits networks (--first_layer_hidden): units matched, their largest error.
 Per run: status (ok: the attack finished, or the error's type and message), verdict (`verdict`: exact, close or
 wrong, and why), queries (log2), widths found, how each layer's signs were
@@ -44,7 +44,8 @@ flags.DEFINE_list(
   "Digits victims whose first hidden layer only is recovered "
   "(Config.layers=1, the first stage a hybrid FE + learning would use).",
 )
-flags.DEFINE_bool("big", False, "Also the 784-32-32-10 digits victim (upsampled images).")
+flags.DEFINE_bool("big", False, "Also the 784-input digits victims of --big_hidden (upsampled images).")
+flags.DEFINE_list("big_hidden", ["32-32"], "Hidden widths of the --big victims (784 inputs).")
 flags.DEFINE_integer("eval_inputs", 1_000_000, "Inputs ~ N(0, I) for agreement.")
 flags.DEFINE_integer("domain_inputs", 100_000, "Points over the ball (spheres of radii 1 .. 1000) for agreement.")
 flags.DEFINE_float("max_seconds", 1200.0, "Time limit of one attack.")
@@ -222,8 +223,9 @@ def victims():
     net, _ = network.digits_net(0, [int(h) for h in hidden.split("-")])
     yield "digits", net, 0
   if FLAGS.big:
-    net, _ = network.digits_net(0, [32, 32], side=28)
-    yield "digits 28x28", net, 0
+    for hidden in FLAGS.big_hidden:
+      net, _ = network.digits_net(0, [int(h) for h in hidden.split("-")], side=28)
+      yield "digits 28x28", net, 0
 
 
 def first_layer_victims():

@@ -67,16 +67,16 @@ def _check_noise(values):
     return False
 
 
-def noisy_copies(x: np.ndarray, stds, seed: int) -> dict[float, np.ndarray]:
+@flags.validator("hybrid_victim_hidden", message="--hybrid_victim_hidden takes positive integers, e.g. 128,128")
+def _check_hidden(values):
+  return len(values) > 0 and all(v.strip().isdigit() and int(v) > 0 for v in values)
+
+
+def noisy_copies(x: np.ndarray, stds, seed: int | list[int]) -> dict[float, np.ndarray]:
   """Per standard deviation, NOISE_COPIES copies of each row of x plus Gaussian noise, clipped to [0, 1]."""
   rng = np.random.default_rng(seed)
   copies = np.repeat(x, NOISE_COPIES, axis=0)
   return {std: np.clip(copies + std * rng.normal(size=copies.shape), 0.0, 1.0) for std in stds}
-
-
-@flags.validator("hybrid_victim_hidden", message="--hybrid_victim_hidden takes positive integers, e.g. 128,128")
-def _check_hidden(values):
-  return len(values) > 0 and all(v.strip().isdigit() and int(v) > 0 for v in values)
 
 
 @experiments.register("hybrid")

@@ -89,3 +89,20 @@ def test_on_a_small_box_the_step_is_kept_and_helps():
   after = align.weight_error(net, result.net, x)["max_weight_error"]
   before = align.weight_error(net, result.peeled, x)["max_weight_error"]
   assert result.stats["polish_steps"] >= 1 and after < 0.8 * before, (before, after)
+
+
+def test_a_limit_reached_in_the_polish_step_keeps_the_checked_network():
+  # the same attack run twice; the second may spend half of what the first spent polishing: the network that
+  # passed the final check comes back unpolished instead of an error
+  net = network.random_net(1, (10, 8, 8, 1))
+  full = attack.extract(Oracle(network.backend(net), output="logits", record_inputs=False), 10, seed=7)
+  polish_queries = full.queries_by_stage["polish"]
+  assert full.stats["polish_steps"] >= 1 and polish_queries > 0
+  counter = CountingBackend(network.backend(net))
+  cut = attack.Config(max_queries=full.queries - polish_queries // 2)
+  result = attack.extract(Oracle(counter, output="logits", record_inputs=False), 10, cut, seed=7)
+  assert result.stats["polish_steps"] == 0 and "limit" in result.stats["polish_stopped"]
+  assert result.net is result.peeled and counter.rows <= cut.max_queries
+  x = eval_points(10)
+  assert align.weight_error(net, result.net, x)["max_weight_error"] <= 1e-9
+  assert align.weight_error(net, full.net, x)["max_weight_error"] <= 1e-12
