@@ -117,7 +117,6 @@ def _new_stats(probe_bits) -> dict:
     wiggle_sign_tests=0,
     repair_rounds=0,
     strict_layers=0,
-    promoted_units=0,
   )
 
 
@@ -265,36 +264,7 @@ def _search_layer(q, prefix, lcfg: layers.LayerConfig, cfg: Config, dom, rng, st
     last = signs.last_layer(q, prefix, units, cfg.scale, lcfg.center, rng, stats, dom=dom)
     if last.residual <= cfg.check_rtol:
       break
-  if last is not None and last.residual > cfg.check_rtol and prefix.weights and state.pending:
-    units, last = _promote(q, prefix, lcfg, cfg, state, units, last, rng, stats, dom)
   return units, state, last
-
-
-def _promote(q, prefix, lcfg: layers.LayerConfig, cfg: Config, state, units: list, last, rng, stats, dom):
-  """A pending candidate made a unit when the last layer's fit with it is exact. A unit active on a small part of
-  the domain only (digits 64-64-64-10: 0.03% of the ball) is seen at a kink on a line through a misfit point, but
-  its surface elsewhere is not predicted by the features it has seen, so `_verify` cannot test it. Its missing
-  features are filled in by walking along its surface from that kink (layer.complete); it is kept if every one
-  is filled in and the fit with it leaves no residual (a deeper unit's piece, or a wrong row, leaves one).
-  Returns (units, fit)."""
-  for cand in list(state.pending):
-    cand.points = cand.points or [cand.anchor]
-    layers.complete(q, prefix, [cand], lcfg, rng, stats, tries=8)
-    if not cand.known.all():
-      # a weight it never saw stays 0; where that feature is active the unit is wrong, and the final check's
-      # points need not go there (digits 64-64-64-10: 62 of 64 filled, exact fit, check passed, logits off by 4)
-      logging.info("layer %d: pending candidate left with %d unseen features", len(prefix.weights), (~cand.known).sum())
-      continue
-    fit = signs.last_layer(q, prefix, units + [cand], cfg.scale, lcfg.center, rng, stats, dom=dom)
-    logging.info(
-      "layer %d: pending candidate tried, fit residual %.3g -> %.3g", len(prefix.weights), last.residual, fit.residual
-    )
-    if fit.residual <= cfg.check_rtol:
-      state.pending.remove(cand)
-      state.units.append(cand)
-      stats["promoted_units"] += 1
-      return list(state.units), fit
-  return units, last
 
 
 def _network(prefix, units, last: signs.LastLayer, differences: bool) -> network.DeepNet:
