@@ -169,7 +169,7 @@ def plot_by_distance(means: list[dict], path: pathlib.Path) -> None:
       ax.bar(x, [100 * r[k] for k in sets], width, yerr=[100 * r[f"{k}_std"] for k in sets], capsize=2, label=label)
     ax.set_xticks(np.arange(len(sets)), [k.removesuffix("fidelity").strip("_") or "test" for k in sets], fontsize=8)
     ax.set_title(f"first layer + {extra} learning queries (same total for pure)", fontsize=9)
-    ax.set_ylim(50, 100)
+    ax.set_ylim(min(50.0, 100 * min(r[k] for r in means for k in sets) - 5), 100)
     ax.grid(alpha=0.3, axis="y")
   axes[0][0].set_ylabel("fidelity (%)")
   handles, labels = axes[0][0].get_legend_handles_labels()
