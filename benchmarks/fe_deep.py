@@ -7,7 +7,8 @@ or the widths, equivalence claimed on the ball of radius 1000:
 1. random Gaussian networks (deep.network.random_net) of --random_sizes, --seeds seeds each: the success rate;
 2. the network sizes of Carlini, Jagielski, Mironov (CRYPTO 2020), trained as their train_models.py trains theirs
    (deep.network.cme_net: memorising 20 random points, our own optax code);
-3. networks trained on scikit-learn digits (64 inputs; with --big also 784 inputs, the 8x8 images upsampled, --big_hidden);
+3. networks trained on scikit-learn digits (64 inputs; with --big also 784 inputs of --big_hidden widths, the 8x8
+   images upsampled);
 4. the first hidden layer only of digits networks (--first_layer_hidden): units matched, their largest error.
 Per run: status (ok: the attack finished, or the error's type and message), verdict (`verdict`: exact, close or
 wrong, and why), queries (log2), widths found, how each layer's signs were

@@ -5,9 +5,10 @@ all clearly away from 0 has the same activation pattern in the victim and in the
 are a polynomial of the weights (linear in each layer's) with a Jacobian known from the recovered network, so
 Gauss-Newton on the answers at fresh points converges in one to three steps to near the precision of float64: on
 the CME-trained 40-20-10-10-1 whose peeling left 3.1e-8 in its third layer (weights read from Jacobian jumps at the
-few points where a rarely active feature was on) to 2.9e-15, on random nets from ~1e-11 to ~1e-15, for ~5 P / m
-queries (P parameters, m outputs; benchmarks/results/fe_deep.md, docs/fe_deep.md). Where the layer-by-layer recovery reads each unit from its own critical points,
-this step uses every answer for every weight (CME 2020 refine each unit's critical points instead).
+few points where a rarely active feature was on) to 2.8e-15 (attack seed 2, benchmarks/results/fe_deep_40_seeds.md),
+on random nets from ~1e-11 to ~1e-15 (fe_deep.md), for ~5 P / m queries (P parameters, m outputs). Where the
+layer-by-layer recovery reads each unit from its own critical points, this step uses every answer for every weight
+(CME 2020 refine each unit's critical points instead).
 
 Each step is a maximum a posteriori estimate: answers with their expected rounding as noise (`answer_noise`), and a
 Gaussian prior on each parameter's change of `PolishConfig.prior` times its unit's weight norm. Weights the
