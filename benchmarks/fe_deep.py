@@ -195,6 +195,7 @@ def evaluate(net, rec, eval_seed: int, peeled=None) -> dict:
       max_weight_error=err["max_weight_error"],
       error_bits=round(err["weight_error_bits"], 1),
       inert_units=err.get("inert_true_units"),
+      undetermined_weights=err.get("undetermined_weights"),
     )
 
   fields = weights(rec)
@@ -251,6 +252,7 @@ def markdown(rows, command, info, seconds) -> str:
     "signs",
     "layer_errors",
     "error_bits",
+    "undetermined_weights",
     "polish_steps",
     "peeled_queries_log2",
     "peeled_layer_errors",

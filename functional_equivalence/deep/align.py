@@ -7,7 +7,11 @@ layer in turn (Hungarian matching on incoming weights, already permuted by the p
 biases), then scales the recovered network back to the victim's norms and reports the largest absolute
 difference of each layer's weights and biases. Units that never change the function are set aside first: units
 never active on the evaluation points `x` (N, d) and units whose outgoing weights are all zero, with everything
-downstream of them. Precision: float64.
+downstream of them. So are weights the function does not determine on `x` (`undetermined`): the weight from unit j
+of one hidden layer to unit k of the next, where no point of x has both j and k active (k's value never depends
+on it there; e.g. a unit active on a small part of the domain only, where some units of the layer before are
+always off). Each network's are found from its own activations (equivalent networks have the same ones) and set
+to 0 before the comparison; their count is reported. Precision: float64.
 """
 
 from __future__ import annotations
@@ -38,6 +42,24 @@ def prune(net: DeepNet, x: np.ndarray) -> tuple[DeepNet, list]:
   return DeepNet(tuple(ws), tuple(bs)), [int(np.sum(~k)) for k in keep]
 
 
+def undetermined(net: DeepNet, x: np.ndarray) -> list:
+  """Per hidden layer after the first, a bool mask (units of the layer before, units of the layer) of the weights
+  that no point of x has both ends of active (module docstring)."""
+  pre = network.preactivations(net.prefix(net.depth), x)
+  active = [(p > 0).astype(np.float64) for p in pre]
+  return [(active[i - 1].T @ active[i]) == 0 for i in range(1, net.depth)]
+
+
+def _without_undetermined(net: DeepNet, x: np.ndarray) -> tuple[DeepNet, list]:
+  """The network with its `undetermined` weights set to 0; returns (net, their count per hidden layer after the
+  first)."""
+  masks = undetermined(net, x)
+  ws = list(net.weights)
+  for i, m in enumerate(masks, start=1):
+    ws[i] = np.where(m, 0.0, ws[i])
+  return DeepNet(tuple(ws), net.biases), [int(m.sum()) for m in masks]
+
+
 def canonical(net: DeepNet) -> tuple[DeepNet, list]:
   """The same function with every hidden unit's incoming weights of norm 1; returns (net, norms per layer)."""
   ws, bs, norms = list(net.weights), list(net.biases), []
@@ -61,7 +83,8 @@ def weight_error(true: DeepNet, rec: DeepNet, x: np.ndarray, differences: bool =
     dict with max_weight_error (inf unless every live unit of every layer is matched and nothing is extra),
     weight_error_bits, per layer (lists): errors (max over the layer's weights and biases), true_units,
     inert_true_units, matched_units, extra_units; and sign_flipped_units (units matched only with the opposite
-    orientation).
+    orientation), undetermined_weights (per hidden layer after the first: the victim's weights that x does not
+    determine, set aside).
   """
   if true.depth != rec.depth:
     return dict(
@@ -75,6 +98,8 @@ def weight_error(true: DeepNet, rec: DeepNet, x: np.ndarray, differences: bool =
     )
   t_net, inert = prune(true, x)
   r_net, _ = prune(rec, x)
+  t_net, loose = _without_undetermined(t_net, x)
+  r_net, _ = _without_undetermined(r_net, x)
   tc, t_norms = canonical(t_net)
   rc, _ = canonical(r_net)
   perm_prev = np.arange(true.sizes[0])
@@ -125,6 +150,7 @@ def weight_error(true: DeepNet, rec: DeepNet, x: np.ndarray, differences: bool =
     extra_units=extra,
     sign_flipped_units=flipped,
     recovered_units=list(rec.sizes[1:-1]),
+    undetermined_weights=loose,
   )
 
 
@@ -132,15 +158,18 @@ def verdict(net: network.DeepNet, rec: network.DeepNet, fields: dict) -> str:
   """What a finished attack achieved: "exact" (every unit matched, aligned error <= 2^-30, the issue's target, and
   agreement 1.0 on both sets), "close" (matched, error <= 1e-6), else "wrong" with the reason; a width found that is
   not the victim's is named (an inert victim unit, never active, cannot be seen and is allowed for). `fields`:
-  max_weight_error (from `weight_error`), agreement and domain_agreement (top-1 agreement on two sets of inputs)."""
+  max_weight_error (from `weight_error`), agreement and domain_agreement (top-1 agreement on two sets of inputs),
+  optionally undetermined_weights (named when there are any: weights the evaluation points do not determine)."""
   error = fields["max_weight_error"]
+  loose = sum(fields.get("undetermined_weights") or [])
+  shape_note = f"; {loose} weights undetermined on the points" if loose else ""
   widths = "-".join(map(str, rec.sizes[1:-1]))
   shape = "" if rec.sizes == net.sizes else f"; widths {widths}, victim's {'-'.join(map(str, net.sizes[1:-1]))}"
   if not math.isfinite(error):
     return "wrong: units unmatched" + shape
   if min(fields["agreement"], fields["domain_agreement"]) < 1.0:
     return f"wrong: agreement {min(fields['agreement'], fields['domain_agreement'])}" + shape
-  return grade(error) + shape
+  return grade(error) + shape + shape_note
 
 
 def grade(error: float) -> str:
