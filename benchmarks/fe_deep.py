@@ -12,11 +12,15 @@ or the widths, equivalence claimed on the ball of radius 1000:
 4. the first hidden layer only of digits networks (--first_layer_hidden): units matched, their largest error.
 Per run: status (ok: the attack finished, or the error's type and message), verdict (`verdict`: exact, close or
 wrong, and why), queries (log2), widths found, how each layer's signs were
-found, max aligned weight error per layer and overall (bits), the same for the run's network before its polish
+found, max aligned weight error per layer and overall (bits; weights the evaluation points do not determine set
+aside and counted, `undetermined_weights`), the final check's repairs and the units promoted from pending
+candidates (`promoted_units`), the same for the run's network before its polish
 step (`peeled_*`: what the layer-by-layer recovery alone gives, and its queries; verdict with agreement taken as
 1.0), top-1 (one output: sign) agreement and max |logit
 difference| on --eval_inputs inputs ~ N(0, I) and on --domain_inputs points over the ball, seconds (attack only).
-Victim, attack and evaluation draw independent seeds. Writes benchmarks/results/fe_deep.{json,md}.
+Victim, attack and evaluation draw independent seeds. Writes benchmarks/results/fe_deep.{json,md}, with a count of
+the outcomes per kind of victim: exact, close, wrong (a network returned that is not the victim's: silent) and
+stopped (the attack's one-line error).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ flags.DEFINE_integer("seeds", 5, "Seeds per random size.")
 flags.DEFINE_list(
   "cme_sizes", ["10-10-10-1", "10-20-20-1", "40-20-10-10-1", "80-40-20-1"], "Sizes of the CME-style trained victims."
 )
-flags.DEFINE_list("digits_hidden", ["16-16", "32-32"], "Hidden widths of the digits victims (64 inputs).")
+flags.DEFINE_list("digits_hidden", ["16-16", "32-32", "64-64"], "Hidden widths of the digits victims (64 inputs).")
 flags.DEFINE_list(
   "first_layer_hidden",
   ["128-128"],
@@ -152,6 +156,8 @@ def run_one(name: str, net, seed: int, layers=None, attack_seed: int | None = No
     queries_log2=round(math.log2(result.queries), 2),
     widths_found="-".join(map(str, result.widths)),
     signs=", ".join(m if isinstance(m, str) else "+".join(m) for m in result.sign_methods),
+    repairs=result.stats.get("repair_rounds", 0),
+    promoted_units=result.stats.get("promoted_units", 0),
     **evaluate(net, result.net, eval_seed, peeled=result.peeled),
     seconds=round(seconds, 1),
   )
@@ -238,6 +244,14 @@ def first_layer_victims():
     yield "digits, first layer", net, 0
 
 
+def outcome(row: dict) -> str:
+  """ "exact", "close", "wrong" (a network returned that is not the victim's) or "stopped" (an ExtractionError)."""
+  if row["status"] != "ok":
+    return "stopped"
+  verdict = row.get("verdict", "")
+  return next((o for o in ("exact", "close") if verdict.startswith(o)), "wrong")
+
+
 def markdown(rows, command, info, seconds) -> str:
   cols = [
     "victim",
@@ -253,6 +267,8 @@ def markdown(rows, command, info, seconds) -> str:
     "layer_errors",
     "error_bits",
     "undetermined_weights",
+    "repairs",
+    "promoted_units",
     "polish_steps",
     "peeled_queries_log2",
     "peeled_layer_errors",
@@ -273,14 +289,18 @@ def markdown(rows, command, info, seconds) -> str:
   lines += [
     "",
     "Exact (every unit matched, error <= 2^-30, agreement 1.0) by kind of victim (in brackets: the same runs' "
-    "networks before the polish step, `peeled_verdict`):",
+    "networks before the polish step, `peeled_verdict`), then every outcome: close (matched, <= 1e-6), wrong (the "
+    "attack returned a network that is not the victim's: a silent failure) and stopped (the attack raised its "
+    "one-line error):",
     "",
   ]
   for r_kind in sorted({(r["victim"], r["shape"]) for r in rows}):
     runs = [r for r in rows if (r["victim"], r["shape"]) == r_kind]
     good = sum(r.get("verdict", "").startswith("exact") for r in runs)
     peeled = sum(r.get("peeled_verdict", r.get("verdict", "")).startswith("exact") for r in runs)
-    lines.append(f"- {r_kind[0]} {r_kind[1]}: {good} of {len(runs)} ({peeled} of {len(runs)})")
+    counts = {o: sum(outcome(r) == o for r in runs) for o in ("exact", "close", "wrong", "stopped")}
+    spread = ", ".join(f"{k} {v}" for k, v in counts.items())
+    lines.append(f"- {r_kind[0]} {r_kind[1]}: {good} of {len(runs)} ({peeled} of {len(runs)}); {spread}")
   lines += ["", "Published figures (quoted, not re-run):", ""] + [f"- {q}" for q in QUOTED]
   return "\n".join(lines) + "\n"
 

@@ -379,6 +379,8 @@ def _deep_attack_row(result, d: int, seeds: dict) -> dict:
     check_error=stats["check_error"],
     check_max_abs_error=stats["check_max_abs_error"],
     check_points=stats["check_points"],
+    repair_rounds=stats["repair_rounds"],
+    promoted_units=stats.get("promoted_units", 0),
     **{k: stats[k] for k in ("polish_steps", "polish_error_before", "polish_error_after") if k in stats},
     seconds=round(result.seconds, 2),
     **seeds,
@@ -402,6 +404,7 @@ def _deep_evaluation_row(net, rec, dom, test, eval_seed: int) -> dict:
   row = dict(
     shape=net.shape_text,
     inert_true_units=weights.get("inert_true_units"),
+    undetermined_weights=weights.get("undetermined_weights"),
     max_weight_error=weights["max_weight_error"],
     weight_error_bits=round(weights["weight_error_bits"], 1),
     layer_weight_errors=weights["errors"],

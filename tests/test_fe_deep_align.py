@@ -1,0 +1,77 @@
+"""The deep weight comparison (functional_equivalence/deep/align.py): a weight the evaluation points do not determine
+(no point has both of its ends active) is set aside and counted; one they determine is still compared."""
+
+import math
+
+import numpy as np
+
+from functional_equivalence.deep import align, network
+from functional_equivalence.deep.network import DeepNet
+
+
+def _net(w_off_to_rare: float, w_on_to_rare: float = -0.3) -> DeepNet:
+  """2-3-2-1: first-layer units relu(x1), relu(-x1), relu(x2); second-layer unit 0 = relu(w relu(x1) + relu(-x1)
+  + a relu(x2) - 1) with a < 0 is active only where x1 < -1, where relu(x1) is 0: its weight w from relu(x1) never
+  matters while it is on (nor makes it turn on when w <= 0: where x1 > 0 its preactivation is <= -1)."""
+  w0 = np.array([[1.0, -1.0, 0.0], [0.0, 0.0, 1.0]])
+  w1 = np.array([[w_off_to_rare, 0.5], [1.0, 0.3], [w_on_to_rare, -0.7]])
+  w2 = np.array([[2.0], [-1.5]])
+  return DeepNet((w0, w1, w2), (np.zeros(3), np.array([-1.0, 0.2]), np.array([0.1])))
+
+
+def _points():
+  rng = np.random.default_rng(0)
+  return np.concatenate([rng.normal(size=(5000, 2)), 100 * rng.normal(size=(5000, 2))])
+
+
+def test_a_weight_never_seen_with_both_ends_active_is_set_aside():
+  x = _points()
+  true, rec = _net(0.0), _net(-0.5)
+  assert np.array_equal(network.logits(true, x), network.logits(rec, x))  # the same function everywhere
+  masks = align.undetermined(true, x)
+  assert masks[0][0, 0] and masks[0].sum() == 1, masks  # relu(x1) -> the rare unit, nothing else
+  err = align.weight_error(true, rec, x)
+  assert err["undetermined_weights"] == [1]
+  assert err["max_weight_error"] <= 1e-15, err
+  fields = dict(err, agreement=1.0, domain_agreement=1.0)
+  assert align.verdict(true, rec, fields) == "exact; 1 weights undetermined on the points"
+
+
+def test_a_determined_weight_is_still_compared():
+  x = _points()
+  true = _net(0.0)
+  assert align.weight_error(true, _net(0.0, -0.3 - 1e-9), x)["max_weight_error"] > 5e-10
+  off = align.weight_error(true, _net(0.0, -0.5), x)
+  assert math.isinf(off["max_weight_error"]) and off["matched_units"][1] == 1, off
+
+
+def test_a_permuted_rescaled_copy_stays_exact_with_its_own_masks():
+  rng = np.random.default_rng(1)
+  net = network.random_net(3, (6, 5, 4, 2))
+  x = rng.normal(size=(20_000, 6))
+  perm = rng.permutation(5)
+  scale = rng.uniform(0.5, 2.0, size=5)
+  w0, w1, w2 = net.weights
+  b0, b1, b2 = net.biases
+  copy = DeepNet((w0[:, perm] * scale, w1[perm] / scale[:, None], w2), (b0[perm] * scale, b1, b2))
+  err = align.weight_error(net, copy, x)
+  assert err["max_weight_error"] < 1e-14
+  assert [int(m.sum()) for m in align.undetermined(copy, x)] == err["undetermined_weights"]
+
+
+def test_the_polish_points_cover_every_feature_of_a_unit():
+  # deep.attack._covering_points: a feature on at none of a unit's first 8 surface points (a rarely active unit)
+  # adds one point where it is on, so the polish step fits answers that depend on that weight
+  from functional_equivalence.deep import attack
+  from functional_equivalence.deep.layer import Unit
+
+  prefix = DeepNet((np.eye(3),), (np.zeros(3),))  # features relu(x)
+  rng = np.random.default_rng(0)
+  off = np.abs(rng.normal(size=(10, 3))) * np.array([1.0, 1.0, -1.0])  # feature 2 off
+  on = np.array([[0.5, -0.2, 0.7]])  # feature 2 on
+  points = list(np.concatenate([off, on, off[:3]]))
+  unit = Unit(np.ones(3) / np.sqrt(3), np.ones(3, bool), 0.0, 1e-12, np.ones(1), points=points)
+  chosen = attack._covering_points(prefix, unit)
+  assert len(chosen) == 9 and np.array_equal(chosen[:8], off[:8]) and np.array_equal(chosen[8], on[0])
+  first_layer = attack._covering_points(DeepNet((), ()), unit)  # inputs are always live: the first 8
+  assert np.array_equal(first_layer, np.array(points[:8]))
