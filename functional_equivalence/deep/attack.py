@@ -12,7 +12,9 @@ Layer by layer ("peeling", Carlini, Jagielski, Mironov 2020), each layer with th
      Each layer is searched with the lenient acceptance first (a last hidden layer has no deeper unit to be
      mistaken for one); once a deeper layer is known to follow (the search does not settle, or the residual
      stays), the first layer is cross-checked (crosscheck.py) and a later one searched again with strict
-     acceptance and the cross check (layer.LayerConfig.strict).
+     acceptance and the cross check (layer.LayerConfig.strict). If that deeper layer then finds no unit, the
+     layer before is taken as the last hidden one if one of its pending candidates makes the fit exact
+     (`_promote`: a unit seen at one kink only; kept only if the polished network fits to promoted_rtol).
 Then the whole network is checked against the oracle over the domain (check.compare), with `repairs` searches of
 the last hidden layer through the points where the check failed, and, once it passes, every weight is refined at
 once from fresh answers (polish.py: from ~1e-8-1e-11 to ~1e-14). What works (two hidden layers, expanding first
@@ -172,6 +174,7 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
   surfaces: list[tuple[network.DeepNet, layers.Unit]] = []  # every unit, with the prefix it sits on
   last = None
   strict_before = False  # a layer before needed strict acceptance
+  before: dict | None = None  # the layer before, whose pending candidates `_promote` tries if this one has no unit
   for depth in range(cfg.max_depth):
     # lenient acceptance first: right for a last hidden layer, which has no deeper unit to be mistaken for one
     layer_cfg = dataclasses.replace(lcfg, thorough=strict_before)
@@ -194,14 +197,22 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
       stats["strict_layers"] += 1
       strict_before = True
       layer_cfg = dataclasses.replace(lcfg, strict=True)
-      units, state, last = _search_layer(q, prefix, layer_cfg, cfg, dom, rng, stats, depth)
-    tables.append(
-      dict(
-        row_error=[u.err for u in units],
-        features_seen=[int(u.known.sum()) for u in units],
-        features=int(len(units[0].w)),
-      )
-    )
+      try:
+        units, state, last = _search_layer(q, prefix, layer_cfg, cfg, dom, rng, stats, depth)
+      except LayerNotSettledError:
+        if before is None or not before["prefix"].weights or not before["state"].pending or not cfg.polish_steps:
+          raise
+        # no unit here: the layer before may be the last hidden one, with a unit seen only as a pending candidate
+        units, last = _promote(q, before["prefix"], before["cfg"], cfg, before["state"], before["units"],
+                               before["last"], rng, stats, dom)  # fmt: skip
+        if last.residual > cfg.check_rtol:
+          raise
+        prefix, state, layer_cfg = before["prefix"], before["state"], before["cfg"]
+        tables[-1] = dict(_table(units), promoted=True)
+        methods[-1] = "last layer least squares"
+        surfaces = surfaces[: before["surfaces"]] + [(prefix, u) for u in units]
+        break
+    tables.append(_table(units))
     if last is not None and last.residual <= cfg.check_rtol:
       methods.append("last layer least squares")
       surfaces += [(prefix, u) for u in units]
@@ -211,6 +222,8 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
     stats["wiggle_sign_tests"] += votes.wiggle_tests
     methods.append(sorted(set(votes.how)))
     tables[-1]["sign_method"] = votes.how
+    if last is not None:
+      before = dict(prefix=prefix, state=state, units=units, last=last, cfg=layer_cfg, surfaces=len(surfaces))
     surfaces += [(prefix, u) for u in units]
     prefix = _append(prefix, units, votes.signs)
     last = None
@@ -259,6 +272,15 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
   return DeepExtraction(net, q.queries, q.seconds, widths, stats, dom, dict(q.by_stage), tables, methods, peeled)
 
 
+def _table(units: list) -> dict:
+  """A hidden layer's row of DeepExtraction.units: its units' estimated row errors and features seen."""
+  return dict(
+    row_error=[u.err for u in units],
+    features_seen=[int(u.known.sum()) for u in units],
+    features=int(len(units[0].w)),
+  )
+
+
 def _search_layer(q, prefix, lcfg: layers.LayerConfig, cfg: Config, dom, rng, stats, depth: int):
   """The units of the layer after `prefix`, searched again (up to extra_searches times) while the last layer's fit
   leaves a residual: a deeper layer, or a unit of this one not found yet (e.g. active in a small part of the
@@ -279,16 +301,16 @@ def _search_layer(q, prefix, lcfg: layers.LayerConfig, cfg: Config, dom, rng, st
     last = signs.last_layer(q, prefix, units, cfg.scale, lcfg.center, rng, stats, dom=dom)
     if last.residual <= cfg.check_rtol:
       break
-  if last is not None and last.residual > cfg.check_rtol and prefix.weights and state.pending and cfg.polish_steps:
-    units, last = _promote(q, prefix, lcfg, cfg, state, units, last, rng, stats, dom)
   return units, state, last
 
 
 def _promote(q, prefix, lcfg: layers.LayerConfig, cfg: Config, state, units: list, last, rng, stats, dom):
-  """A pending candidate made a unit when the last layer's fit with it is exact. A unit active on a small part of
-  the domain only (digits 64-64-64-10: 0.03% of the ball) is seen at a kink on a line through a point where the
-  fit is off, but its surface elsewhere is not predicted by the features it has seen, so `_verify` cannot test
-  it. Its missing features are filled in by walking along its surface from that kink (layer.complete); it is kept
+  """A pending candidate made a unit when the last layer's fit with it is exact; tried only when the layer after
+  this one (not the first) finds no unit, so this one may be the last hidden layer after all (trying it on every
+  layer that leaves a residual cost CME's 40-20-10-10-1 7 million queries: a deeper layer follows there). A unit
+  active on a small part of the domain only (digits 64-64-64-10: 0.03% of the ball) is seen at a kink on a line
+  through a point where the fit is off, but its surface elsewhere is not predicted by the features it has seen,
+  so `_verify` cannot test it. Its missing features are filled in by walking along its surface from that kink (layer.complete); it is kept
   if the fit with it leaves no residual (a deeper unit's piece, or a wrong row, leaves one). A weight the walk did
   not reach stays 0 and can be wrong where its feature is on: the final check's 8,192 points and its repairs are
   what catch that (with 1,338 points such a network passed, logits off by 4.3 over the ball), and a network with
