@@ -87,17 +87,18 @@ def test_a_unit_active_on_a_small_part_of_the_space_is_not_missed_silently():
 
 
 @pytest.mark.slow
-def test_a_promoted_unit_is_kept_only_once_the_polished_network_fits():
-  # random 10-8-8-8-1, the benchmark's attack seeds: a third-layer unit seen at one kink only is promoted from a
-  # pending candidate. Seed 0: it is the missed unit, the polished network fits, the result is the victim's.
-  # Seed 3: it stands in for an always-active unit (a linear term, no kink), the fit is exact but the network is
-  # not the victim's (weights unmatched, logits off ~1e-6 over the ball); no polish step fits it: an error.
+def test_three_layers_missed_units_repaired_and_an_unconfirmed_promotion_refused():
+  # random 10-8-8-8-1, the benchmark's attack seeds. Seed 0: two third-layer units active on <0.3% of the space
+  # are missed by the searches; the final check finds points where the network is off and its repairs find them
+  # (with 512 check points the network passed without them, logits off by 1.6 over the ball). Seed 3: the fourth
+  # layer finds no unit, so a pending candidate of the third is promoted; it stands in for an always-active unit
+  # (a linear term, no kink), and the polished network does not fit fresh answers: an error, not a wrong network.
   sizes = (10, 8, 8, 8, 1)
   net = network.random_net(0, sizes)
   result = _extract(net, seed=121999420)
-  assert result.stats["promoted_units"] == 1 and result.stats["check_error"] <= 1e-12
+  assert result.stats["repair_rounds"] >= 1 and result.stats["promoted_units"] == 0
   x = eval_points(sizes[0])
-  assert align.weight_error(net, result.net, x)["max_weight_error"] <= 1e-6
+  assert align.weight_error(net, result.net, x)["max_weight_error"] <= 1e-9
   _assert_equivalent(net, result.net, x)
   with pytest.raises(ExtractionError, match="promoted from pending candidates not confirmed"):
     _extract(network.random_net(3, sizes), seed=408810553)

@@ -178,9 +178,11 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
   for depth in range(cfg.max_depth):
     # lenient acceptance first: right for a last hidden layer, which has no deeper unit to be mistaken for one
     layer_cfg = dataclasses.replace(lcfg, thorough=strict_before)
+    lenient = None  # the lenient search's outcome, whose pending candidates `_promote` may also try
     try:
       units, state, last = _search_layer(q, prefix, layer_cfg, cfg, dom, rng, stats, depth)
       deeper = last is not None and last.residual > cfg.check_rtol
+      lenient = (units, state, last, layer_cfg)
     except LayerNotSettledError:
       if not prefix.weights:
         raise
@@ -200,14 +202,12 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
       try:
         units, state, last = _search_layer(q, prefix, layer_cfg, cfg, dom, rng, stats, depth)
       except LayerNotSettledError:
-        if before is None or not before["prefix"].weights or not before["state"].pending or not cfg.polish_steps:
-          raise
         # no unit here: the layer before may be the last hidden one, with a unit seen only as a pending candidate
-        units, last = _promote(q, before["prefix"], before["cfg"], cfg, before["state"], before["units"],
-                               before["last"], rng, stats, dom)  # fmt: skip
-        if last.residual > cfg.check_rtol:
+        found = _fall_back(q, before, cfg, rng, stats, dom)
+        if found is None or before is None:
           raise
-        prefix, state, layer_cfg = before["prefix"], before["state"], before["cfg"]
+        units, state, last, layer_cfg = found
+        prefix = before["prefix"]
         tables[-1] = dict(_table(units), promoted=True)
         methods[-1] = "last layer least squares"
         surfaces = surfaces[: before["surfaces"]] + [(prefix, u) for u in units]
@@ -223,7 +223,8 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
     methods.append(sorted(set(votes.how)))
     tables[-1]["sign_method"] = votes.how
     if last is not None:
-      before = dict(prefix=prefix, state=state, units=units, last=last, cfg=layer_cfg, surfaces=len(surfaces))
+      tries = [(units, state, last, layer_cfg)] + ([lenient] if lenient is not None and lenient[1] is not state else [])
+      before = dict(prefix=prefix, tries=tries, surfaces=len(surfaces))
     surfaces += [(prefix, u) for u in units]
     prefix = _append(prefix, units, votes.signs)
     last = None
@@ -302,6 +303,20 @@ def _search_layer(q, prefix, lcfg: layers.LayerConfig, cfg: Config, dom, rng, st
     if last.residual <= cfg.check_rtol:
       break
   return units, state, last
+
+
+def _fall_back(q, before: dict | None, cfg: Config, rng, stats, dom):
+  """`_promote` on the layer before (not the first; its strict search's outcome, then its lenient one's, which can
+  hold a candidate the strict one never met): (units, state, fit, its LayerConfig) of the first whose fit becomes
+  exact, or None."""
+  if before is None or not before["prefix"].weights or not cfg.polish_steps:
+    return None
+  for units, state, last, layer_cfg in before["tries"]:
+    if state.pending:
+      units, last = _promote(q, before["prefix"], layer_cfg, cfg, state, units, last, rng, stats, dom)
+      if last.residual <= cfg.check_rtol:
+        return units, state, last, layer_cfg
+  return None
 
 
 def _promote(q, prefix, lcfg: layers.LayerConfig, cfg: Config, state, units: list, last, rng, stats, dom):
