@@ -14,7 +14,7 @@ Layer by layer ("peeling", Carlini, Jagielski, Mironov 2020), each layer with th
      stays), the first layer is cross-checked (crosscheck.py) and a later one searched again with strict
      acceptance and the cross check (layer.LayerConfig.strict). If that deeper layer then finds no unit, the
      layer before is taken as the last hidden one if one of its pending candidates makes the fit exact
-     (`_promote`: a unit seen at one kink only; kept only if the polished network fits to promoted_rtol).
+     (`_fall_back`: a unit seen at one kink only; kept only if the polished network fits to promoted_rtol).
 Then the whole network is checked against the oracle over the domain (check.compare), with `repairs` searches of
 the last hidden layer through the points where the check failed, and, once it passes, every weight is refined at
 once from fresh answers (polish.py: from ~1e-8-1e-11 to ~1e-14). What works (two hidden layers, expanding first
@@ -66,7 +66,7 @@ class Config(two_layer.Config):
       points where it failed, each followed by the output layer and the check again (10-8-8-8-1 seed 0 needs 5).
     polish_steps: after the final check, at most this many Gauss-Newton steps on every weight at once (polish.py;
       0: none); the refined network is kept only if its held-out error drops and it passes the check again.
-    promoted_rtol: a network with a unit promoted from a pending candidate (`_promote`; only with the polish step
+    promoted_rtol: a network with a unit promoted from a pending candidate (`_fall_back`; only with the polish step
       on) is returned only if the polish step brings the final check's error to at most this, else the attack
       ends in an ExtractionError: a network of the victim's shape fits fresh answers to float64's rounding once
       polished (observed 5e-16 to 3e-15), one with a wrong unit does not (random 10-8-8-8-1 seed 3: a promoted
@@ -174,11 +174,11 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
   surfaces: list[tuple[network.DeepNet, layers.Unit]] = []  # every unit, with the prefix it sits on
   last = None
   strict_before = False  # a layer before needed strict acceptance
-  before: dict | None = None  # the layer before, whose pending candidates `_promote` tries if this one has no unit
+  before: dict | None = None  # the layer before, whose pending candidates `_fall_back` tries if this one has no unit
   for depth in range(cfg.max_depth):
     # lenient acceptance first: right for a last hidden layer, which has no deeper unit to be mistaken for one
     layer_cfg = dataclasses.replace(lcfg, thorough=strict_before)
-    lenient = None  # the lenient search's outcome, whose pending candidates `_promote` may also try
+    lenient = None  # the lenient search's outcome, whose pending candidates `_fall_back` may also try
     try:
       units, state, last = _search_layer(q, prefix, layer_cfg, cfg, dom, rng, stats, depth)
       deeper = last is not None and last.residual > cfg.check_rtol
@@ -306,44 +306,39 @@ def _search_layer(q, prefix, lcfg: layers.LayerConfig, cfg: Config, dom, rng, st
 
 
 def _fall_back(q, before: dict | None, cfg: Config, rng, stats, dom):
-  """`_promote` on the layer before (not the first; its strict search's outcome, then its lenient one's, which can
-  hold a candidate the strict one never met): (units, state, fit, its LayerConfig) of the first whose fit becomes
-  exact, or None."""
+  """A pending candidate of the layer before made a unit when the last layer's fit with it is exact. Tried only when
+  the layer after that one (not the first) finds no unit, so that it may be the last hidden layer after all
+  (trying it on every layer that leaves a residual cost CME's 40-20-10-10-1 7 million queries: a deeper layer
+  follows there). A unit active on a small part of the domain only (digits 64-64-64-10: 0.03% of the ball) is
+  seen at a kink on a line through a point where the fit is off, but its surface elsewhere is not predicted by the
+  features it has seen, so `_verify` cannot test it. The pending candidates of the layer's strict and lenient
+  searches (the lenient one can hold a candidate the strict one never met) have their missing features filled in
+  by walking along their surface (layer.complete), then each is tried with each search's units. A weight the walk
+  did not reach stays 0 and can be wrong where its feature is on: the final check's 8,192 points and its repairs
+  are what catch that (with 1,338 points such a network passed, logits off by 4.3 over the ball), and a network
+  with a promoted unit is returned only once the polish step fits it to float64's rounding (Config.promoted_rtol);
+  hence no promotion without the polish step. Returns (units, the search's state, fit, its LayerConfig) or None."""
   if before is None or not before["prefix"].weights or not cfg.polish_steps:
     return None
-  for units, state, last, layer_cfg in before["tries"]:
-    if state.pending:
-      units, last = _promote(q, before["prefix"], layer_cfg, cfg, state, units, last, rng, stats, dom)
-      if last.residual <= cfg.check_rtol:
-        return units, state, last, layer_cfg
-  return None
-
-
-def _promote(q, prefix, lcfg: layers.LayerConfig, cfg: Config, state, units: list, last, rng, stats, dom):
-  """A pending candidate made a unit when the last layer's fit with it is exact; tried only when the layer after
-  this one (not the first) finds no unit, so this one may be the last hidden layer after all (trying it on every
-  layer that leaves a residual cost CME's 40-20-10-10-1 7 million queries: a deeper layer follows there). A unit
-  active on a small part of the domain only (digits 64-64-64-10: 0.03% of the ball) is seen at a kink on a line
-  through a point where the fit is off, but its surface elsewhere is not predicted by the features it has seen,
-  so `_verify` cannot test it. Its missing features are filled in by walking along its surface from that kink (layer.complete); it is kept
-  if the fit with it leaves no residual (a deeper unit's piece, or a wrong row, leaves one). A weight the walk did
-  not reach stays 0 and can be wrong where its feature is on: the final check's 8,192 points and its repairs are
-  what catch that (with 1,338 points such a network passed, logits off by 4.3 over the ball), and a network with
-  a promoted unit is returned only once the polish step fits it to float64's rounding (Config.promoted_rtol);
-  hence no promotion without the polish step. Returns (units, fit)."""
-  for cand in list(state.pending):
+  prefix = before["prefix"]
+  pending = [c for _, state, _, _ in before["tries"] for c in state.pending]
+  for cand in pending:
     cand.points = cand.points or [cand.anchor]
-    layers.complete(q, prefix, [cand], lcfg, rng, stats, tries=8)
-    fit = signs.last_layer(q, prefix, units + [cand], cfg.scale, lcfg.center, rng, stats, dom=dom)
-    logging.info(
-      "layer %d: pending candidate tried, fit residual %.3g -> %.3g", len(prefix.weights), last.residual, fit.residual
-    )
-    if fit.residual <= cfg.check_rtol:
-      state.pending.remove(cand)
-      state.units.append(cand)
-      stats["promoted_units"] += 1
-      return list(state.units), fit
-  return units, last
+    layers.complete(q, prefix, [cand], before["tries"][0][3], rng, stats, tries=8)
+  for units, state, last, layer_cfg in before["tries"]:
+    for cand in pending:
+      fit = signs.last_layer(q, prefix, units + [cand], cfg.scale, layer_cfg.center, rng, stats, dom=dom)
+      logging.info(
+        "layer %d: pending candidate (%d of %d features) tried, fit residual %.3g -> %.3g",
+        len(prefix.weights), cand.known.sum(), len(cand.known), last.residual, fit.residual,
+      )  # fmt: skip
+      if fit.residual <= cfg.check_rtol:
+        stats["promoted_units"] += 1
+        state.units[:] = list(units) + [cand]
+        if cand in state.pending:
+          state.pending.remove(cand)
+        return list(state.units), state, fit, layer_cfg
+  return None
 
 
 def _network(prefix, units, last: signs.LastLayer, differences: bool) -> network.DeepNet:
@@ -431,5 +426,15 @@ def _final_check(q, net, surfaces, dom, cfg: Config, rng, differences: bool):
   on, side = _surface_points(net, surfaces, dom, cfg)
   d = net.sizes[0]
   return check.compare(
-    q, on, side, lambda x: network.logits(net, x), dom, cfg.scale, cfg.check_points, cfg.check_rtol, rng, differences, d
+    q,
+    on,
+    side,
+    lambda x: network.logits(net, x),
+    dom,
+    cfg.scale,
+    cfg.check_points,
+    cfg.check_rtol,
+    rng,
+    differences,
+    d,
   )
