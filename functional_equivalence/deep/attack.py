@@ -426,15 +426,5 @@ def _final_check(q, net, surfaces, dom, cfg: Config, rng, differences: bool):
   on, side = _surface_points(net, surfaces, dom, cfg)
   d = net.sizes[0]
   return check.compare(
-    q,
-    on,
-    side,
-    lambda x: network.logits(net, x),
-    dom,
-    cfg.scale,
-    cfg.check_points,
-    cfg.check_rtol,
-    rng,
-    differences,
-    d,
+    q, on, side, lambda x: network.logits(net, x), dom, cfg.scale, cfg.check_points, cfg.check_rtol, rng, differences, d
   )
