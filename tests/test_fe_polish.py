@@ -92,8 +92,9 @@ def test_on_a_small_box_the_step_is_kept_and_helps():
 
 
 def test_a_limit_reached_in_the_polish_step_keeps_the_checked_network():
-  # the same attack run twice; the second may spend half of what the first spent polishing: the network that
-  # passed the final check comes back unpolished instead of an error
+  # the same attack run twice; the second's budget falls short of the first's by half its polish queries, so its
+  # limit is reached inside the polish step (with the 8,192-point check: in the step's re-check of the polished
+  # network): the network that passed the final check comes back unpolished instead of an error
   net = network.random_net(1, (10, 8, 8, 1))
   full = attack.extract(Oracle(network.backend(net), output="logits", record_inputs=False), 10, seed=7)
   polish_queries = full.queries_by_stage["polish"]

@@ -256,7 +256,7 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
       units = layers.recover_layer(q, prefix, layer_cfg, dom, rng, stats, state)
       last = signs.last_layer(q, prefix, units, cfg.scale, center, rng, stats, dom=dom)
       surfaces = surfaces[:first_last] + [(prefix, u) for u in units]
-      tables[-1].update(row_error=[u.err for u in units], features_seen=[int(u.known.sum()) for u in units])
+      tables[-1].update(_table(units))
     stats.update(layer_residual=last.residual, paired_units=int(last.pairs.sum()), **checked)
     peeled = net
     if cfg.polish_steps:
