@@ -107,3 +107,52 @@ def test_a_limit_reached_in_the_polish_step_keeps_the_checked_network():
   x = eval_points(10)
   assert align.weight_error(net, result.net, x)["max_weight_error"] <= 1e-9
   assert align.weight_error(net, full.net, x)["max_weight_error"] <= 1e-12
+
+
+def test_each_units_block_of_the_preconditioned_system_is_the_identity():
+  # block-Jacobi: for every unit of a layer with at most `block` incoming weights, the preconditioned normal matrix's
+  # block of that unit's weights and bias is the identity, so LSQR sees no collinearity among a unit's features (the
+  # cause of a rarely active unit's slow convergence); the map from LSQR's solution to the step is the same P
+  net = network.random_net(5, (6, 5, 4, 2))
+  x = np.random.default_rng(1).normal(size=(40, 6))
+  hs, grads, _ = polish._backprop(net, x, False)
+  rows = np.full((40, 2), 1e-3)
+  cols = polish.prior_scale(net, 1e-2)
+  op, unprecondition, _ = polish.jacobian_operator(net, hs, grads, rows, cols)
+  dense = op.matmat(np.eye(op.shape[1]))
+  normal = dense.T @ dense
+  v = np.random.default_rng(2).normal(size=op.shape[1])
+  assert np.allclose(op.matvec(v)[-op.shape[1] :], unprecondition(v), rtol=1e-12, atol=1e-12)
+  assert np.allclose(op.rmatvec(dense @ v), normal @ v, rtol=1e-9, atol=1e-9)  # rmatvec is matvec's transpose
+  offset = 0
+  for w in net.weights:
+    n_in, n_out = w.shape
+    for j in range(n_out):
+      idx = np.concatenate([offset + np.arange(n_in) * n_out + j, [offset + n_in * n_out + j]])
+      assert np.allclose(normal[np.ix_(idx, idx)], np.eye(n_in + 1), atol=1e-9)
+    offset += (n_in + 1) * n_out
+  diagonal_only, *_ = polish.jacobian_operator(net, hs, grads, rows, cols, block=1)  # columns scaled to norm 1
+  assert np.allclose(np.linalg.norm(diagonal_only.matmat(np.eye(op.shape[1])), axis=0), 1.0)
+
+
+def test_reach_points_go_where_a_feature_no_surface_point_saw_is_on():
+  # layer.reach_points: a unit whose surface points all have feature 2 off gets a point of its surface with feature 2
+  # on (walked to offline) and one each side of it; with every feature seen, or on the first layer, none
+  from functional_equivalence.deep import layer as layers
+  from functional_equivalence.deep.network import DeepNet
+
+  prefix = DeepNet((np.eye(3),), (np.zeros(3),))  # features relu(x)
+  w, b = np.array([1.0, 2.0, 0.5]), -1.0  # surface relu(x0) + 2 relu(x1) + 0.5 relu(x2) = 1
+  points = [np.array([1.0, -0.5, -1.0]), np.array([0.2, 0.4, -3.0]), np.array([-1.0, 0.5, -0.5])]
+  unit = layers.Unit(w / np.linalg.norm(w), np.ones(3, bool), b / np.linalg.norm(w), 1e-12, np.ones(1), points=points)
+  far, center = 100.0, np.zeros(3)
+  got = layers.reach_points(prefix, unit, far, center, np.random.default_rng(0))
+  assert got.shape == (3, 3)
+  on, plus, minus = got
+  assert on[2] > 0 and abs(np.maximum(on, 0) @ unit.w + unit.b) < 1e-12
+  value = lambda x: np.maximum(x, 0) @ unit.w + unit.b
+  assert value(plus) * value(minus) < 0 and plus[2] > 0 and minus[2] > 0  # both sides, feature 2 still on
+  seen_all = layers.Unit(unit.w, unit.known, unit.b, 1e-12, np.ones(1), points=points + [on])
+  assert layers.reach_points(prefix, seen_all, far, center, np.random.default_rng(0)).shape == (0, 3)
+  first = layers.reach_points(DeepNet((), ()), unit, far, center, np.random.default_rng(0))
+  assert first.shape == (0, 3)

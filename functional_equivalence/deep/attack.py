@@ -360,9 +360,14 @@ def _polish(q, net, surfaces, dom, cfg: Config, rng, differences: bool, stats: d
   final check already: when the attack's query or time limit is reached during the step, it is returned as it is
   (stats: polish_steps 0, polish_stopped the limit's message)."""
   on, side = _surface_points(net, surfaces, dom, cfg)
+  d = net.sizes[0]
+  center, far = dom.center(d), 2 * dom.circumradius(d)
   precise = [_covering_points(prefix, u) for prefix, u in surfaces if u.points]
-  near = polish.around(np.concatenate(precise), dom.center(net.sizes[0]), cfg.scale, 8, rng) if precise else on
-  extra = np.concatenate([on + side, on - side, near[dom.contains(near)]])
+  reached = [layers.reach_points(prefix, u, far, center, rng) for prefix, u in surfaces if u.points]
+  reached = np.concatenate(reached) if reached else np.zeros((0, d))
+  near = polish.around(np.concatenate(precise + [reached[::3]]), center, cfg.scale, 8, rng) if precise else on
+  extra = np.concatenate([on + side, on - side, near[dom.contains(near)], reached[dom.contains(reached)]])
+  stats["polish_reached_points"] = len(reached) // 3
   pcfg = polish.PolishConfig(steps=cfg.polish_steps)
   try:
     refined, found = polish.polish(q, net, dom, cfg.scale, rng, differences, extra, pcfg)

@@ -618,6 +618,43 @@ def _walk(prefix, u: Unit, x, target: int, far: float, center, steps: int = 64):
   return None
 
 
+def reach_points(prefix, u: Unit, far: float, center, rng, tries: int = 4) -> np.ndarray:
+  """Offline, for the polish step: for each input feature active at none of the unit's precise surface points, a
+  point of its predicted surface where that feature is on (walked to along the surface, `_walk`, into the region
+  it enters until the feature is a tenth of the others' norm, or halfway across) and one each side of it along the
+  normal, a quarter of the way to the nearest prefix surface. Without them the answers do not determine such a
+  unit's weights (digits 64-64-64-10: a second-layer unit active on 0.03% of the domain, on 60 of its 64 features
+  at the polish step's points, rank 59 of its 65 parameters; with 4 features reached, full rank). Returns (k, d), k
+  a multiple of 3 (none for the first layer)."""
+  pts = np.array(u.points)
+  d = len(center)
+  if not prefix.weights or not len(pts):
+    return np.zeros((0, d))
+  covered = active_features(prefix, network.features(prefix, pts)).any(axis=0)
+  probe = Unit(u.w, covered.copy(), u.b, u.err, u.c)  # `_walk` stops where a feature not yet covered turns on
+  out = []
+  for j in np.flatnonzero(~covered):
+    for _ in range(tries):
+      if probe.known[j]:
+        break
+      walked = _walk(prefix, probe, pts[rng.integers(len(pts))], int(j), far, center)
+      if walked is None:
+        continue
+      xb, feat, tau, room = walked
+      gl = _last_grad(prefix, xb)[:, feat] @ tau
+      hn = np.linalg.norm(network.features(prefix, xb[None]).h[0]) + abs(u.b)
+      x = _onto_surface(prefix, u, xb + min(0.5 * room, 0.1 * hn / gl) * tau)  # the feature at ~0.1 of the others
+      f = network.features(prefix, x[None])
+      nrm = f.jac[0] @ u.w
+      dist = prefix_distance(f)[0]
+      if not f.h[0, feat] > 0 or not np.linalg.norm(nrm) or not 0 < dist < np.inf:
+        continue
+      step = 0.25 * dist * nrm / np.linalg.norm(nrm)
+      out += [x, x + step, x - step]
+      probe.known[feat] = True
+  return np.array(out).reshape(-1, d)
+
+
 def complete(q, prefix, units: list, cfg: LayerConfig, rng, stats, tries: int = 3):
   """Fills in the weights of features a unit never saw active at its kinks (hyperplane following): from a point
   of its surface, walk along it until such a feature l turns on; just past that boundary (h_l = eta small) the
