@@ -57,16 +57,18 @@ def test_polish_through_probabilities_keeps_class_zero_at_zero():
   assert align.weight_error(net, out, x)["max_weight_error"] < 1e-12 and stats["polish_steps"] >= 1
 
 
-def test_a_rarely_active_unit_keeps_its_peeled_weights():
+def test_a_rarely_active_unit_is_fitted_where_its_rare_features_are_on():
   # random 20-10-10-1 seed 0: a second-layer unit active on 0.15% of the domain, two of whose input features are on
   # at one of its points each. Without the prior the step moved its weights by their rounding divided by those
-  # features (1.4e-9 -> 4.5e-8); with it they stay as peeled while every other unit goes to ~1e-14
+  # features (1.4e-9 -> 4.5e-8); with it alone they stayed as peeled (~1.4e-9). With points walked to where such a
+  # feature is on (layer.reach_points, features on at fewer than 3 of its surface points) and each unit's block
+  # preconditioned, the answers determine them: ~6e-11, every other unit ~1e-13 or better
   net = network.random_net(0, (20, 10, 10, 1))
   counter = CountingBackend(network.backend(net))
   result = attack.extract(Oracle(counter, output="logits", record_inputs=False), 20, attack.Config(), seed=1)
   err = align.weight_error(net, result.net, eval_points(20))
-  assert result.stats["polish_steps"] >= 1 and err["errors"][0] < 1e-13
-  assert err["max_weight_error"] < 2e-9, err
+  assert result.stats["polish_steps"] >= 1 and result.stats["polish_reached_points"] >= 1 and err["errors"][0] < 1e-13
+  assert err["max_weight_error"] < 2e-10, err
 
 
 def test_a_step_that_does_not_help_is_refused():

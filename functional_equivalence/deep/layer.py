@@ -618,7 +618,7 @@ def _walk(prefix, u: Unit, x, target: int, far: float, center, steps: int = 64):
   return None
 
 
-def reach_points(prefix, u: Unit, far: float, center, rng, tries: int = 4) -> np.ndarray:
+def reach_points(prefix, u: Unit, far: float, center, rng, tries: int = 4, seen: int = 1) -> np.ndarray:
   """Offline, for the polish step: for each input feature active at none of the unit's precise surface points, a
   point of its predicted surface where that feature is on (walked to along the surface, `_walk`, into the region
   it enters until the feature is a tenth of the others' norm, or halfway across) and one each side of it along the
@@ -630,7 +630,7 @@ def reach_points(prefix, u: Unit, far: float, center, rng, tries: int = 4) -> np
   d = len(center)
   if not prefix.weights or not len(pts):
     return np.zeros((0, d))
-  covered = active_features(prefix, network.features(prefix, pts)).any(axis=0)
+  covered = active_features(prefix, network.features(prefix, pts)).sum(axis=0) >= seen
   probe = Unit(u.w, covered.copy(), u.b, u.err, u.c)  # `_walk` stops where a feature not yet covered turns on
   out = []
   for j in np.flatnonzero(~covered):

@@ -15,7 +15,8 @@ Gaussian prior on each parameter's change of `PolishConfig.prior` times its unit
 answers determine well move to the answers' precision; weights they barely see (a unit active on 0.15% of the
 domain, a feature on at one of its points) stay where the peeling put them instead of absorbing the rounding
 divided by a tiny feature (without the prior: 1.4e-9 -> 4.5e-8 on random 20-10-10-1 seed 0). The system is solved
-matrix-free (scipy's LSQR, Jacobi-preconditioned), so networks with tens of thousands of weights fit in memory.
+matrix-free (scipy's LSQR, block-Jacobi-preconditioned: one block per unit), so networks with tens of thousands of
+weights fit in memory.
 Each hidden unit's positive scale, which the answers do not fix, is held (`keep_scales`). A step is kept only if it
 divides the root-mean-square relative error on held-out points, drawn apart from the fit's, by `gain` without
 raising their largest; otherwise the network comes back as it was. Float64 numpy.
