@@ -115,7 +115,8 @@ def jacobian_operator(net: network.DeepNet, hs, grads, rows: np.ndarray, cols: n
   shapes = [w.shape for w in net.weights]
   cuts = np.cumsum([s for shape in shapes for s in (shape[0] * shape[1], shape[1])])[:-1]
   col_parts = np.split(cols, cuts)
-  norms, factors = [], []  # squared column norms of diag(1 / rows) J; per layer P's blocks (n_out, k, k) or None
+  norms: list[np.ndarray] = []  # squared column norms of diag(1 / rows) J
+  factors: list[np.ndarray | None] = []  # per layer P's blocks (n_out, k, k), or None: the diagonal
   for layer, (h, g) in enumerate(zip(hs, grads)):
     g2 = np.einsum("nkj,nk->nj", g**2, 1 / rows**2)
     norms += [np.einsum("ni,nj->ij", h**2, g2).ravel(), np.sum(g2, axis=0)]
