@@ -4,6 +4,7 @@ weight at once, from the oracle's answers."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from extraction.oracle import Oracle
 from functional_equivalence import domain, queries
@@ -158,3 +159,21 @@ def test_reach_points_go_where_a_feature_no_surface_point_saw_is_on():
   assert layers.reach_points(prefix, seen_all, far, center, np.random.default_rng(0)).shape == (0, 3)
   first = layers.reach_points(DeepNet((), ()), unit, far, center, np.random.default_rng(0))
   assert first.shape == (0, 3)
+
+
+def test_a_network_off_where_the_polished_ones_recheck_failed_is_refused():
+  # attack._recheck: where the polished network failed its re-check, the network that passed the final check is
+  # queried too; off there as well (the check's sample missed where it is wrong), the attack ends in an error
+  # rather than return it; right there (the polish step's own fault), nothing is raised
+  from functional_equivalence.errors import ExtractionError
+
+  net = network.random_net(3, (6, 5, 4, 2))
+  wrong = network.DeepNet(net.weights[:-1] + (net.weights[-1] * 1.001,), net.biases)
+  x = np.random.default_rng(0).normal(size=(5, 6))
+  size = float(np.max(np.abs(network.logits(net, x))))
+  counter = CountingBackend(network.backend(net))
+  q = queries.Querier(Oracle(counter, output="logits", record_inputs=False))
+  attack._recheck(q, net, x, attack.Config(), False, size)
+  assert counter.rows == 5
+  with pytest.raises(ExtractionError, match=r"re-check.* at 5 fresh point\(s\)"):
+    attack._recheck(q, wrong, x, attack.Config(), False, size)

@@ -619,13 +619,13 @@ def _walk(prefix, u: Unit, x, target: int, far: float, center, steps: int = 64):
 
 
 def reach_points(prefix, u: Unit, far: float, center, rng, tries: int = 4, seen: int = 1) -> np.ndarray:
-  """Offline, for the polish step: for each input feature active at none of the unit's precise surface points, a
-  point of its predicted surface where that feature is on (walked to along the surface, `_walk`, into the region
-  it enters until the feature is a tenth of the others' norm, or halfway across) and one each side of it along the
-  normal, a quarter of the way to the nearest prefix surface. Without them the answers do not determine such a
-  unit's weights (digits 64-64-64-10: a second-layer unit active on 0.03% of the domain, on 60 of its 64 features
-  at the polish step's points, rank 59 of its 65 parameters; with 4 features reached, full rank). Returns (k, d), k
-  a multiple of 3 (none for the first layer)."""
+  """Offline, for the final check and the polish step: for each input feature on at fewer than `seen` of the unit's
+  precise surface points (by default at none), a point of its predicted surface where that feature is on (walked
+  to along the surface, `_walk`, into the region it enters until the feature is a tenth of the others' norm, or
+  halfway across) and one each side of it along the normal, a quarter of the way to the nearest prefix surface.
+  Without them the answers do not determine such a unit's weights (digits 64-64-64-10: a second-layer unit active
+  on 0.03% of the domain, on 60 of its 64 features at the polish step's points, rank 59 of its 65 parameters;
+  with 4 features reached, full rank). Returns (k, d), k a multiple of 3 (none for the first layer)."""
   pts = np.array(u.points)
   d = len(center)
   if not prefix.weights or not len(pts):
