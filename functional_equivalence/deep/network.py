@@ -66,6 +66,13 @@ def logits(net: DeepNet, x) -> np.ndarray:
   return h @ net.weights[-1] + net.biases[-1]
 
 
+def answers(net: DeepNet, x, differences: bool = False) -> np.ndarray:
+  """The outputs as the oracle answers them: logits, or with `differences` (a probabilities oracle) the logits minus
+  class 0's (N, k - 1)."""
+  y = logits(net, x)
+  return y[:, 1:] - y[:, :1] if differences else y
+
+
 def backend(net: DeepNet, dtype=np.float64) -> Callable[[np.ndarray], np.ndarray]:
   """A batched oracle backend x (N, d) -> logits (N, k); `dtype=np.float32` simulates a float32 deployment."""
   if dtype == np.float64:

@@ -206,10 +206,7 @@ def keep_scales(net: network.DeepNet, step: np.ndarray, seen: np.ndarray) -> np.
 
 def relative_error(net: network.DeepNet, x: np.ndarray, g: np.ndarray, differences: bool) -> tuple[float, float]:
   """(max, root mean square) over the points of |outputs of net - g| / max |g|."""
-  y = network.logits(net, x)
-  if differences:
-    y = y[:, 1:] - y[:, :1]
-  rel = np.abs(y - g) / (np.max(np.abs(g)) + 1e-300)
+  rel = np.abs(network.answers(net, x, differences) - g) / (np.max(np.abs(g)) + 1e-300)
   return float(np.max(rel)), float(np.sqrt(np.mean(rel**2)))
 
 
