@@ -202,6 +202,7 @@ def evaluate(net, rec, eval_seed: int, peeled=None) -> dict:
       error_bits=round(err["weight_error_bits"], 1),
       inert_units=err.get("inert_true_units"),
       undetermined_weights=err.get("undetermined_weights"),
+      folded_units=err.get("folded_units"),
     )
 
   fields = weights(rec)

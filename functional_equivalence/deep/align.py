@@ -21,7 +21,7 @@ import math
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from functional_equivalence.deep import network
+from functional_equivalence.deep import network, remainder
 from functional_equivalence.deep.network import DeepNet
 
 
@@ -98,22 +98,36 @@ def weight_error(true: DeepNet, rec: DeepNet, x: np.ndarray, differences: bool =
     )
   t_net, inert = prune(true, x)
   r_net, _ = prune(rec, x)
+  t_net, t_rem, t_folded = remainder.fold(t_net, x)  # before the undetermined weights: a pair stays one
+  r_net, r_rem, r_folded = remainder.fold(r_net, x)
   t_net, loose = _without_undetermined(t_net, x)
   r_net, _ = _without_undetermined(r_net, x)
   tc, t_norms = canonical(t_net)
-  rc, _ = canonical(r_net)
+  rc, r_norms = canonical(r_net)
+  last = true.depth - 1
+  r_rem = r_rem * r_norms[last - 1][:, None] if last else r_rem  # the inputs of the last hidden layer, canonical
+  r_out, r_out_b = rc.weights[-1].copy(), rc.biases[-1].copy()
   perm_prev = np.arange(true.sizes[0])
-  aligned_w, aligned_b, matched, extra, complete, flipped = [], [], [], [], True, 0
+  aligned_w, aligned_b, matched, extra, complete, flipped, turned = [], [], [], [], True, 0, 0
   for i in range(true.depth):
     tw, tb = tc.weights[i], tc.biases[i]
-    rw, rb = rc.weights[i][perm_prev], rc.biases[i]
+    rw, rb = rc.weights[i][perm_prev], rc.biases[i].copy()
     cost = np.maximum(2 - 2 * tw.T @ rw, 0) + (tb[:, None] - rb[None, :]) ** 2
+    flip_cost = np.maximum(2 + 2 * tw.T @ rw, 0) + (tb[:, None] + rb[None, :]) ** 2
+    if i == last:  # orientation traded for the remainder (remainder.py): either one matches
+      r_rem = r_rem[perm_prev]
+      turn = flip_cost < cost
+      cost = np.minimum(cost, flip_cost)
     close = cost < 1e-6
     ti, rj = linear_sum_assignment(np.where(close, cost, 1.0)) if cost.size else (np.zeros(0, int),) * 2
     ok = close[ti, rj]
-    flip_cost = np.maximum(2 + 2 * tw.T @ rw, 0) + (tb[:, None] + rb[None, :]) ** 2
-    flipped += int(np.sum(np.min(flip_cost, axis=1, initial=1.0) < 1e-6))
+    flipped += int(np.sum(np.min(flip_cost, axis=1, initial=1.0) < 1e-6)) if i < last else 0
     ti, rj = ti[ok], rj[ok]
+    if i == last:
+      for t, r in zip(ti, rj):
+        if turn[t, r]:
+          remainder.flip(rw, rb, r_out, r_rem, r_out_b, r)
+          turned += 1
     matched.append(int(len(ti)))
     extra.append(int(rw.shape[1] - len(ti)))
     complete &= len(ti) == tw.shape[1] == rw.shape[1]
@@ -124,7 +138,7 @@ def weight_error(true: DeepNet, rec: DeepNet, x: np.ndarray, differences: bool =
     aligned_w.append(rw[:, perm])
     aligned_b.append(rb[perm])
     perm_prev = perm
-  out_w, out_b = rc.weights[-1][perm_prev], rc.biases[-1]
+  out_w, out_b = r_out[perm_prev], r_out_b
   errors = []
   for i in range(true.depth + 1):
     # back to the victim's scale: incoming times the victim's norm, outgoing divided by the previous one's
@@ -138,6 +152,9 @@ def weight_error(true: DeepNet, rec: DeepNet, x: np.ndarray, differences: bool =
     if i == true.depth:
       (w, b), (tw, tb) = _second_layer(w, b, differences), _second_layer(tw, tb, differences)
     errors.append(float(max(np.max(np.abs(w - tw), initial=0.0), np.max(np.abs(b - tb), initial=0.0))))
+  rem = r_rem / t_norms[last - 1][:, None] if last else r_rem  # at the victim's scale
+  (rem, _), (t_rem, _) = _second_layer(rem, out_b, differences), _second_layer(t_rem, out_b, differences)
+  errors[-1] = max(errors[-1], float(np.max(np.abs(rem - t_rem), initial=0.0)))
   err = max(errors) if complete else math.inf
   bits = 64.0 if err <= 0 else 0.0 if not math.isfinite(err) else -math.log2(err)
   return dict(
@@ -151,6 +168,8 @@ def weight_error(true: DeepNet, rec: DeepNet, x: np.ndarray, differences: bool =
     sign_flipped_units=flipped,
     recovered_units=list(rec.sizes[1:-1]),
     undetermined_weights=loose,
+    folded_units=[t_folded, r_folded],
+    turned_units=turned,
   )
 
 
@@ -163,6 +182,8 @@ def verdict(net: network.DeepNet, rec: network.DeepNet, fields: dict) -> str:
   error = fields["max_weight_error"]
   loose = sum(fields.get("undetermined_weights") or [])
   shape_note = f"; {loose} weights undetermined on the points" if loose else ""
+  folded = (fields.get("folded_units") or [0, 0])[0]
+  shape_note += f"; {folded} always-active victim unit(s) compared as a linear remainder" if folded else ""
   widths = "-".join(map(str, rec.sizes[1:-1]))
   shape = "" if rec.sizes == net.sizes else f"; widths {widths}, victim's {'-'.join(map(str, net.sizes[1:-1]))}"
   if not math.isfinite(error):

@@ -349,6 +349,11 @@ def _network(prefix, units, last: signs.LastLayer, differences: bool) -> network
   if last.pairs.any():
     w, b = np.concatenate([w, -w[:, last.pairs]], axis=1), np.concatenate([b, -b[last.pairs]])
   w_out, b_out = np.concatenate([last.w_out, last.w_twin]), last.b_out
+  if last.remainder_w is not None and last.remainder_w.shape[1]:
+    r_w, r_out = last.remainder_w, last.remainder_out  # relu(u) - relu(-u) = u: the remainder h . L
+    w = np.concatenate([w, r_w, -r_w], axis=1)
+    b = np.concatenate([b, np.zeros(2 * r_w.shape[1])])
+    w_out = np.concatenate([w_out, r_out, -r_out])
   if differences:
     w_out = np.concatenate([np.zeros((len(w_out), 1)), w_out], axis=1)
     b_out = np.concatenate([[0.0], b_out])

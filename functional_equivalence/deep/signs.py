@@ -91,6 +91,8 @@ class LastLayer:
   residual: float
   rank_deficient: bool = False
   misfit_points: np.ndarray | None = None
+  remainder_w: np.ndarray | None = None
+  remainder_out: np.ndarray | None = None
 
 
 def last_layer(
@@ -142,7 +144,40 @@ def last_layer(
     residual = np.inf
   k = int(pairs.sum())
   worst = np.argsort(-off)
-  return LastLayer(signs, pairs, sol[:n], sol[n : n + k], sol[-1], residual, misfit_points=x[worst[off[worst] > rtol]])
+  fit = LastLayer(signs, pairs, sol[:n], sol[n : n + k], sol[-1], residual, misfit_points=x[worst[off[worst] > rtol]])
+  if residual > rtol and prefix.weights:
+    fit = _with_remainder(fit, network.features(prefix, x).h, z, g, gmax, rtol) or fit
+  return fit
+
+
+def _with_remainder(fit: LastLayer, h, z, g, gmax: float, rtol: float) -> LastLayer | None:
+  """The fit g = relu(z) A + h L + c, where h are the prefix's features: a unit of the victim's last hidden layer
+  that is active over the whole domain (relu(p) = p there, never a kink) adds h . w to g, which no unit found
+  can give. Exact (residual <= rtol) or None. The units keep their orientation (relu(-z) = relu(z) - z: with
+  such a remainder the orientation of a last-layer unit is not determined by answers on the domain); L is
+  returned as the rank-revealing pairs of `LastLayer.remainder`."""
+  n = z.shape[1]
+  phi = np.concatenate([np.maximum(z, 0), h, np.ones((len(z), 1))], axis=1)
+  if len(phi) < 2 * phi.shape[1]:
+    return None
+  sol, *_ = np.linalg.lstsq(phi, g, rcond=None)  # features never on at the samples get weight 0
+  off = np.max(np.abs(phi @ sol - g), axis=1) / gmax
+  if np.linalg.matrix_rank(np.delete(phi, np.s_[n : n + h.shape[1]], axis=1)) < n + 1 or np.max(off) > rtol:
+    return None
+  u, sv, vt = np.linalg.svd(sol[n:-1], full_matrices=False)
+  r = int(np.sum(sv > 1e-9 * max(float(sv[0]), 1e-300))) if len(sv) else 0
+  return dataclasses.replace(
+    fit,
+    signs=np.ones(n),
+    pairs=np.zeros(n, bool),
+    w_out=sol[:n],
+    w_twin=np.zeros((0, g.shape[1])),
+    b_out=sol[-1],
+    residual=float(np.max(off)),
+    misfit_points=fit.misfit_points[:0],
+    remainder_w=u[:, :r],
+    remainder_out=sv[:r, None] * vt[:r],
+  )
 
 
 @dataclasses.dataclass

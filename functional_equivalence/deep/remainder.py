@@ -1,0 +1,63 @@
+"""The last hidden layer up to what answers can tell: units plus a linear remainder of the layer's inputs.
+
+For the last hidden layer, relu(-z) = relu(z) - z: a unit's orientation can be traded for a linear term of the
+features h entering the layer, g = sum_j v_j relu(z_j) + h L + c. A unit that is active at every point of a set
+(relu(z) = z there: it never kinks) is such a linear term, and so is a pair relu(z), relu(-z) on one hyperplane.
+Answers on that set determine the units that kink there (up to orientation and scale), their output weights and
+the remainder (L, c), not how the remainder splits into always-active units: their biases trade against the
+output bias, and with one output even their directions trade against the other units' orientations. `fold`
+brings a network to that form (the evaluation compares victim and recovery there: align.weight_error); `flip`
+turns one unit over, moving its linear part into the remainder. Float64 numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from functional_equivalence.deep import network
+from functional_equivalence.deep.network import DeepNet
+
+
+def flip(w: np.ndarray, b: np.ndarray, v: np.ndarray, rem: np.ndarray, c: np.ndarray, j: int):
+  """Unit j of a last hidden layer (incoming w (n_in, n), biases b (n,), outgoing v (n, m)) turned over, in place:
+  relu(z) = relu(-z) + z, so (w_j, b_j) -> -(w_j, b_j) and the remainder (rem (n_in, m), c (m,)) gains z_j v_j."""
+  rem += np.outer(w[:, j], v[j])
+  c += b[j] * v[j]
+  w[:, j], b[j] = -w[:, j], -b[j]
+
+
+def fold(net: DeepNet, x: np.ndarray, rtol: float = 1e-6) -> tuple[DeepNet, np.ndarray, int]:
+  """`net` with the units of its last hidden layer that are active at every point of x (z >= 0, to 1e-9 of its
+  largest |z|: a unit of bias 0 is 0 where every feature is off) folded into a linear
+  remainder of that layer's inputs, and every unit on the hyperplane of another (either orientation, within rtol)
+  merged into it (both dropped when the merged output weights cancel, to rtol: a linear term only). Returns (net
+  without those units, with the remainder's constant in its output bias; the remainder L (n_in, m); how many
+  units were folded, merged or dropped)."""
+  last = net.depth - 1
+  w, b = net.weights[last].copy(), net.biases[last].copy()
+  v, c = net.weights[-1].copy(), net.biases[-1].copy()
+  rem = np.zeros((w.shape[0], v.shape[1]))
+  keep = np.ones(w.shape[1], bool)
+  z = network.preactivations(net.prefix(net.depth), x)[last]
+  on = np.min(z, axis=0) >= -rtol * 1e-3 * np.max(np.abs(z), axis=0)  # relu(z) = z at x, to rounding
+  for j in np.flatnonzero(on):
+    rem += np.outer(w[:, j], v[j])
+    c += b[j] * v[j]
+    keep[j] = False
+  rows = np.concatenate([w, b[None]]).T
+  size = np.linalg.norm(rows, axis=1) + 1e-300
+  unit = rows / size[:, None]
+  for k in range(w.shape[1]):
+    for j in range(k):
+      if not (keep[j] and keep[k]):
+        continue
+      if np.linalg.norm(unit[j] + unit[k]) <= rtol:
+        flip(w, b, v, rem, c, k)
+      elif np.linalg.norm(unit[j] - unit[k]) > rtol:
+        continue
+      before = max(float(np.linalg.norm(v[j])), size[k] / size[j] * float(np.linalg.norm(v[k])))
+      v[j] += size[k] / size[j] * v[k]  # z_k = (|k| / |j|) z_j
+      keep[k] = False
+      keep[j] = np.linalg.norm(v[j]) > rtol * before  # a pair whose outputs cancel: a linear term only
+  weights = net.weights[:last] + (w[:, keep], v[keep])
+  return DeepNet(weights, net.biases[:last] + (b[keep], c)), rem, int(np.sum(~keep))

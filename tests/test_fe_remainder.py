@@ -1,0 +1,72 @@
+"""A last hidden layer up to what answers tell (functional_equivalence/deep/remainder.py): folding always-active
+units and pairs into a linear remainder keeps the function, the evaluation compares victim and recovery in that form
+(a unit turned over with its linear part elsewhere is the same network; without it, it is not), and the attack
+recovers a victim whose last hidden layer has a unit active over the whole domain (no kink: before, the layer's
+search never settled)."""
+
+import numpy as np
+
+from extraction.oracle import Oracle
+from functional_equivalence.deep import align, attack, network, remainder
+from tests.deep_points import eval_points
+
+
+def _net_with_always_active_unit(seed, sizes=(12, 8, 6, 3)):
+  """A random net whose last hidden unit 0 has nonnegative weights and bias 0.5: z >= 0.5 wherever (h >= 0)."""
+  net = network.random_net(seed, sizes)
+  ws, bs = [w.copy() for w in net.weights], [b.copy() for b in net.biases]
+  ws[-2][:, 0], bs[-2][0] = np.abs(ws[-2][:, 0]), 0.5
+  return network.DeepNet(tuple(ws), tuple(bs))
+
+
+def _inputs_of_last_layer(net, x):
+  return np.maximum(network.preactivations(net.prefix(net.depth - 1), x)[-1], 0)
+
+
+def test_fold_keeps_the_function():
+  net = _net_with_always_active_unit(0)
+  w, b, v = net.weights[1], net.biases[1], net.weights[2]
+  # unit 1's twin on the same hyperplane (relu(-2 z_1)), with its own output weights
+  twin = network.DeepNet(
+    (net.weights[0], np.concatenate([w, -2 * w[:, 1:2]], 1), np.concatenate([v, [[0.3, -0.2, 0.7]]])),
+    (net.biases[0], np.append(b, -2 * b[1]), net.biases[2]),
+  )
+  x = eval_points(12)
+  folded, rem, count = remainder.fold(twin, x)
+  assert count == 2 and folded.sizes == (12, 8, 5, 3)
+  want = network.logits(twin, x)
+  got = network.logits(folded, x) + _inputs_of_last_layer(twin, x) @ rem
+  assert np.max(np.abs(got - want)) <= 1e-12 * np.max(np.abs(want))
+
+
+def test_orientation_is_traded_for_the_remainder_and_nothing_else():
+  net = network.random_net(0, (12, 8, 6, 3))
+  x = eval_points(12)
+  w, b, v, c = (a.copy() for a in (net.weights[1], net.biases[1], net.weights[2], net.biases[2]))
+  rem = np.zeros((8, 3))
+  remainder.flip(w, b, v, rem, c, 2)  # relu(z) = relu(-z) + z
+  bare = network.DeepNet((net.weights[0], w, v), (net.biases[0], b, c))  # the linear part dropped
+  u, s, vt = np.linalg.svd(rem, full_matrices=False)
+  r = int(np.sum(s > 1e-12 * s[0]))
+  pairs = network.DeepNet(  # ... or kept, as relu(u) - relu(-u) = u (signs.py's remainder pairs)
+    (net.weights[0], np.concatenate([w, u[:, :r], -u[:, :r]], 1)),
+    (net.biases[0], np.concatenate([b, np.zeros(2 * r)])),
+  )
+  pairs = network.DeepNet(
+    pairs.weights + (np.concatenate([v, s[:r, None] * vt[:r], -s[:r, None] * vt[:r]]),), pairs.biases + (c,)
+  )
+  assert np.max(np.abs(network.logits(pairs, x) - network.logits(net, x))) <= 1e-9
+  err = align.weight_error(net, pairs, x)
+  assert err["max_weight_error"] <= 1e-12 and err["turned_units"] == 1, err
+  assert align.weight_error(net, bare, x)["max_weight_error"] > 1e-3
+
+
+def test_an_always_active_last_layer_unit_is_recovered_as_a_remainder():
+  net = _net_with_always_active_unit(1)
+  oracle = Oracle(network.backend(net), output="logits", record_inputs=False)
+  result = attack.extract(oracle, 12, attack.Config(), seed=7)
+  x = eval_points(12)
+  err = align.weight_error(net, result.net, x)
+  assert err["max_weight_error"] <= 1e-9 and err["folded_units"][0] == 1, err
+  a, b = network.logits(net, x), network.logits(result.net, x)
+  assert np.max(np.abs(a - b) / (np.abs(a).max(axis=1, keepdims=True) + 1)) < 1e-10
