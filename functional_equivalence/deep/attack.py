@@ -190,7 +190,7 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
       deeper = True
     if deeper and not prefix.weights:
       # the first layer's units are whole hyperplanes; a deeper unit's piece accepted there bends at them
-      units, refuted = crosscheck.cross_check(q, prefix, units, layer_cfg, side, stats)
+      units, refuted = crosscheck.cross_check(q, prefix, units, layer_cfg, side, stats, retest=1)
       state.units[:] = units
       state.facets += refuted
     elif deeper:
