@@ -40,7 +40,7 @@ def fold(net: DeepNet, x: np.ndarray, rtol: float = 1e-6) -> tuple[DeepNet, np.n
   keep = np.ones(w.shape[1], bool)
   z = network.preactivations(net.prefix(net.depth), x)[last]
   on = np.min(z, axis=0) >= -rtol * 1e-3 * np.max(np.abs(z), axis=0)  # relu(z) = z at x, to rounding
-  for j in np.flatnonzero(on):
+  for j in np.flatnonzero(on).tolist():
     rem += np.outer(w[:, j], v[j])
     c += b[j] * v[j]
     keep[j] = False

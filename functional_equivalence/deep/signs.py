@@ -174,7 +174,7 @@ def _with_remainder(fit: LastLayer, h, z, g, gmax: float, rtol: float) -> LastLa
     w_twin=np.zeros((0, g.shape[1])),
     b_out=sol[-1],
     residual=float(np.max(off)),
-    misfit_points=fit.misfit_points[:0],
+    misfit_points=None if fit.misfit_points is None else fit.misfit_points[:0],
     remainder_w=u[:, :r],
     remainder_out=sv[:r, None] * vt[:r],
   )
