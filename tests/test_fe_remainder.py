@@ -5,6 +5,7 @@ recovers a victim whose last hidden layer has a unit active over the whole domai
 search never settled)."""
 
 import numpy as np
+import pytest
 
 from extraction.oracle import Oracle
 from functional_equivalence.deep import align, attack, network, remainder
@@ -68,5 +69,21 @@ def test_an_always_active_last_layer_unit_is_recovered_as_a_remainder():
   x = eval_points(12)
   err = align.weight_error(net, result.net, x)
   assert err["max_weight_error"] <= 1e-9 and err["folded_units"][0] == 1, err
+  a, b = network.logits(net, x), network.logits(result.net, x)
+  assert np.max(np.abs(a - b) / (np.abs(a).max(axis=1, keepdims=True) + 1)) < 1e-10
+
+
+@pytest.mark.slow
+def test_a_last_layer_wider_than_its_live_features_is_fitted_with_the_remainder():
+  # random 10-8-8-8-1 seed 13, the benchmark's attack seed: a second-layer unit is never active, so the third layer
+  # has 8 units on 7 features and [relu(z), z, 1] is rank deficient (before: a fourth layer was searched and
+  # nothing found); [relu(z), h, 1] is not, and the network comes back exact
+  sizes = (10, 8, 8, 8, 1)
+  net = network.random_net(13, sizes)
+  oracle = Oracle(network.backend(net), output="logits", record_inputs=False)
+  result = attack.extract(oracle, 10, attack.Config(), seed=2507779469)
+  x = eval_points(10)
+  err = align.weight_error(net, result.net, x)
+  assert err["max_weight_error"] <= 1e-9 and err["inert_true_units"] == [0, 1, 0], err
   a, b = network.logits(net, x), network.logits(result.net, x)
   assert np.max(np.abs(a - b) / (np.abs(a).max(axis=1, keepdims=True) + 1)) < 1e-10

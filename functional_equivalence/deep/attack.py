@@ -5,7 +5,9 @@ Layer by layer ("peeling", Carlini, Jagielski, Mironov 2020), each layer with th
      surface, grouped across regions, verified where their hyperplane predicts a kink, refitted from precise
      surface points;
   2. its signs: if the answers are an affine function of [relu(p_hat), p_hat] the layer is the last hidden one
-     and the same least squares gives the signs and the output layer (signs.last_layer); otherwise the signs come
+     and the same least squares gives the signs and the output layer (signs.last_layer; after the first layer,
+     [relu(p_hat), h, 1] with h the layer's input features too: a unit active over the whole domain has no kink
+     and adds a linear term of h, kept as pairs relu(u) - relu(-u), deep/remainder.py); otherwise the signs come
      from the isolation tests of signs.hidden_signs (exact where the layer is contractive, neuron-wiggle votes
      where it is not) and the next layer is recovered on top. A layer whose fit leaves a residual is searched
      again (`extra_searches`) before a deeper layer is assumed: a unit active on a small part of the domain only.
@@ -18,7 +20,8 @@ Layer by layer ("peeling", Carlini, Jagielski, Mironov 2020), each layer with th
 Then the whole network is checked against the oracle over the domain (check.compare) and where each unit's weights
 from features it never saw on would matter (`_reached_points`), with `repairs` searches of the last hidden layer
 through the points where the check failed, and, once it passes, every weight is refined at once from fresh answers
-(polish.py: from ~1e-8-1e-11 to ~1e-14). What works (two hidden layers, expanding first
+(polish.py: from ~1e-8-1e-11 to ~1e-14); a network still failing after the last repair is polished once and kept
+if it then passes a fresh check (`_rescue`: units all there, weights short of the check's precision). What works (two hidden layers, expanding first
 layers included, some three-hidden-layer nets) and what does not yet (three hidden layers reliably, units active
 on a small part of the domain): docs/fe_deep.md.
 The depth and every width are found, not given; a two-layer victim is the depth-1 case (its layer 0 is the last

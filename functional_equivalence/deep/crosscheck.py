@@ -3,7 +3,8 @@
 A unit of the layer after the prefix is a hyperplane in its feature space: g has a kink everywhere on it (where
 some later path is alive). A deeper unit's kink is only locally a hyperplane: its surface bends at every unit of
 this layer it depends on, so on the far side of such a unit the hyperplane it predicts carries no kink. Used on the
-first layer when a deeper layer follows, and on every strict layer (layer.LayerConfig.strict). Float64 numpy;
+first layer when a deeper layer follows (there with a retest before a unit is refuted), and on every strict layer
+(layer.LayerConfig.strict). Float64 numpy;
 every query through the Querier (window tests of layer.locate).
 """
 

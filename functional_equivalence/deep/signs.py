@@ -117,7 +117,7 @@ def last_layer(
     try:
       t = second_layer.flip_z(z, c, g, rtol)
     except SignRecoveryError as err:
-      return LastLayer(
+      fit = LastLayer(
         np.ones(n),
         np.zeros(n, bool),
         np.zeros((n, g.shape[1])),
@@ -126,6 +126,9 @@ def last_layer(
         np.inf,
         rank_deficient=str(err) != "",
       )
+      if prefix.weights:  # more units than features (a dead or missed feature): z is rank deficient, h is not
+        fit = _with_remainder(fit, network.features(prefix, x).h, z, g, gmax, rtol) or fit
+      return fit
     signs, pairs = np.where(t, -1.0, 1.0), np.zeros(n, bool)
   else:
     a, e = sol[:n], sol[n : 2 * n]
