@@ -4,11 +4,13 @@ units and pairs into a linear remainder keeps the function, the evaluation compa
 recovers a victim whose last hidden layer has a unit active over the whole domain (no kink: before, the layer's
 search never settled)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from extraction.oracle import Oracle
-from functional_equivalence.deep import align, attack, network, remainder
+from functional_equivalence.deep import align, attack, network, remainder, signs
 from tests.deep_points import eval_points
 
 
@@ -87,3 +89,14 @@ def test_a_last_layer_wider_than_its_live_features_is_fitted_with_the_remainder(
   assert err["max_weight_error"] <= 1e-9 and err["inert_true_units"] == [0, 1, 0], err
   a, b = network.logits(net, x), network.logits(result.net, x)
   assert np.max(np.abs(a - b) / (np.abs(a).max(axis=1, keepdims=True) + 1)) < 1e-10
+
+
+def test_units_an_exact_fit_gives_no_weight_are_dropped_and_only_those():
+  units = ["a", "b", "c", "d"]
+  w_out = np.array([[0.5, -0.2], [1e-11, 2e-11], [3e-7, 0.0], [0.0, 0.9]])
+  last = signs.LastLayer(np.ones(4), np.zeros(4, bool), w_out, np.zeros((0, 2)), np.zeros(2), residual=1e-12)
+  kept, fit = signs.drop_idle(units, last)
+  assert kept == ["a", "c", "d"] and np.array_equal(fit.w_out, w_out[[0, 2, 3]])
+  # within a noisier fit's precision (100 x its residual), 3e-7 of the largest is no weight either
+  kept, _ = signs.drop_idle(units, dataclasses.replace(last, residual=1e-8))
+  assert kept == ["a", "d"]

@@ -264,7 +264,7 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
       stats["repair_rounds"] += 1
       state.lines = check.lines_towards_center(bad[: 4 * cfg.lines_per_round], dom, cfg.scale, rng)
       units = layers.recover_layer(q, prefix, layer_cfg, dom, rng, stats, state)
-      last = signs.last_layer(q, prefix, units, cfg.scale, center, rng, stats, dom=dom)
+      units, last = _fit_last(q, prefix, units, state, cfg, center, rng, stats, dom)
       surfaces = surfaces[:first_last] + [(prefix, u) for u in units]
       tables[-1].update(_table(units))
     stats.update(layer_residual=last.residual, paired_units=int(last.pairs.sum()), **checked)
@@ -309,10 +309,20 @@ def _search_layer(q, prefix, lcfg: layers.LayerConfig, cfg: Config, dom, rng, st
     logging.info("layer %d: %d units (%d queries)", depth, len(units), q.queries)
     if cfg.layers is not None and depth + 1 >= cfg.layers:
       return units, state, None
-    last = signs.last_layer(q, prefix, units, cfg.scale, lcfg.center, rng, stats, dom=dom)
+    units, last = _fit_last(q, prefix, units, state, cfg, lcfg.center, rng, stats, dom)
     if last.residual <= cfg.check_rtol:
       break
   return units, state, last
+
+
+def _fit_last(q, prefix, units: list, state: layers.LayerState, cfg: Config, center, rng, stats, dom):
+  """signs.last_layer; when the fit is exact, units it gives no output weight are dropped (from the search's
+  state too). Returns (units, fit)."""
+  last = signs.last_layer(q, prefix, units, cfg.scale, center, rng, stats, dom=dom)
+  if last.residual <= cfg.check_rtol:
+    units, last = signs.drop_idle(units, last)
+    state.units[:] = units
+  return units, last
 
 
 def _fall_back(q, before: dict | None, cfg: Config, rng, stats, dom):

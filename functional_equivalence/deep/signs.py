@@ -153,6 +153,23 @@ def last_layer(
   return fit
 
 
+def drop_idle(units: list, last: LastLayer, rel: float = 1e-9) -> tuple[list, LastLayer]:
+  """The units of an exact fit without those whose output weights are all below max(rel, 100 x the fit's
+  relative residual) times the largest unit's (and without a twin): a unit the answers do not use (random
+  10-8-8-8-1 seeds 6 and 16: a ninth "unit" near another's hyperplane, fitted weights 1e-11 and 1.4e-9 of the
+  largest at fit residuals 2e-12 and 3e-10, which the remainder's fit admits where [relu(z), z, 1] was rank
+  deficient; the final check then tests the network without it)."""
+  size = np.linalg.norm(last.w_out, axis=1)
+  limit = max(rel, 100 * last.residual) * max(float(np.max(size, initial=0.0)), 1e-300)  # within the fit's noise
+  idle = (size <= limit) & ~last.pairs
+  if not idle.any():
+    return units, last
+  keep = ~idle
+  return [u for u, k in zip(units, keep) if k], dataclasses.replace(
+    last, signs=last.signs[keep], pairs=last.pairs[keep], w_out=last.w_out[keep]
+  )
+
+
 def _with_remainder(fit: LastLayer, h, z, g, gmax: float, rtol: float) -> LastLayer | None:
   """The fit g = relu(z) A + h L + c, where h are the prefix's features: a unit of the victim's last hidden layer
   that is active over the whole domain (relu(p) = p there, never a kink) adds h . w to g, which no unit found
