@@ -301,7 +301,7 @@ def _search_layer(q, prefix, lcfg: layers.LayerConfig, cfg: Config, dom, rng, st
   state = layers.LayerState()
   last = None
   for search in range(1 + cfg.extra_searches * (2 if prefix.weights else 1)):
-    if search > cfg.extra_searches and last is not None and last.misfit_points is not None:
+    if search > cfg.extra_searches and last is not None and last.misfit_points is not None and len(last.misfit_points):
       state.lines = check.lines_towards_center(last.misfit_points[: 4 * cfg.lines_per_round], dom, cfg.scale, rng)
     units = layers.recover_layer(q, prefix, lcfg, dom, rng, stats, state)
     if not units:
@@ -318,7 +318,7 @@ def _search_layer(q, prefix, lcfg: layers.LayerConfig, cfg: Config, dom, rng, st
 def _fit_last(q, prefix, units: list, state: layers.LayerState, cfg: Config, center, rng, stats, dom):
   """signs.last_layer; when the fit is exact, units it gives no output weight are dropped (from the search's
   state too). Returns (units, fit)."""
-  last = signs.last_layer(q, prefix, units, cfg.scale, center, rng, stats, dom=dom)
+  last = signs.last_layer(q, prefix, units, cfg.scale, center, rng, stats, rtol=cfg.check_rtol, dom=dom)
   if last.residual <= cfg.check_rtol:
     units, last = signs.drop_idle(units, last)
     state.units[:] = units
@@ -347,7 +347,9 @@ def _fall_back(q, before: dict | None, cfg: Config, rng, stats, dom):
     layers.complete(q, prefix, [cand], before["tries"][0][3], rng, stats, tries=8)
   for units, state, last, layer_cfg in before["tries"]:
     for cand in pending:
-      fit = signs.last_layer(q, prefix, units + [cand], cfg.scale, layer_cfg.center, rng, stats, dom=dom)
+      fit = signs.last_layer(
+        q, prefix, units + [cand], cfg.scale, layer_cfg.center, rng, stats, rtol=cfg.check_rtol, dom=dom
+      )
       logging.info(
         "layer %d: pending candidate (%d of %d features) tried, fit residual %.3g -> %.3g",
         len(prefix.weights), cand.known.sum(), len(cand.known), last.residual, fit.residual,
