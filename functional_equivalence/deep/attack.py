@@ -422,8 +422,9 @@ def _refine(q, net, surfaces, dom, cfg: Config, rng, differences: bool, stats: d
 
 def _rescue(q, net, surfaces, dom, cfg: Config, rng, differences: bool, stats: dict):
   """After the last repair, the network that fails the final check refined by the polish step: (refined, its
-  check figures) if it passes a fresh final check, else None (random 10-8-8-8-1 seed 5: every unit found, the
-  check off by 2^-24.2 after 8 repairs)."""
+  check figures) if it passes a fresh final check, else None (random 10-8-8-8-1 seed 5 at one stage of the seventh
+  session: every unit found, the check off by 2^-24.2 after 8 repairs; 12-8-6-3 seed 0 with check_rtol 1e-11 and
+  no repair, tests/test_fe_deep.py)."""
   try:
     refined, found, checked, bad = _refine(q, net, surfaces, dom, cfg, rng, differences, stats)
   except LimitReachedError:

@@ -81,7 +81,9 @@ class LastLayer:
   """Signs s (n,), pair flags (n,) (a twin relu(-p_hat) with its own output weights), the output weights of the
   units (n, m) and of the twins (n_pairs, m), the output bias (m,), the relative residual of the fit and the
   points where the fit is off by more than rtol, worst first (on the active side of a missed unit, if the layer
-  is the last hidden one)."""
+  is the last hidden one); remainder_w (n_in, r) and remainder_out (r, m) where the fit has a linear remainder of
+  the layer's input features h (`_with_remainder`): h L = (h remainder_w) remainder_out, built as pairs
+  relu(u) - relu(-u)."""
 
   signs: np.ndarray
   pairs: np.ndarray
