@@ -10,6 +10,8 @@ every query through the Querier (window tests of layer.locate).
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 from functional_equivalence.deep import network
@@ -40,14 +42,18 @@ def _class_points(prefix, c: Unit, others: list, x: np.ndarray, per_class: int) 
   return groups
 
 
-def cross_check(q, prefix, units: list, cfg: LayerConfig, rng, stats, retest: int = 0) -> tuple[list, list]:
+def cross_check(
+  q, prefix, units: list, cfg: LayerConfig, rng, stats, retest: int = 0, own_stream: bool = False
+) -> tuple[list, list]:
   """Splits units into (kept, refuted) (module docstring). Every unit is tested at points of its predicted surface on
   both sides of every other unit (up to cross_points a side, spread over cross_spread times its points' distance);
   a unit whose points on one side of another unit all miss (at least two) is refuted. A true unit misses only where
   every path after it is dead, which a whole side of another unit rarely is; with `retest`, a unit about to be
   refuted is tested that many more times on fresh points, 4 times as many a side, and kept if none of those tests
   has a side where all miss (a first-layer unit whose later paths are alive on a small part of a side:
-  random 12-8-6-3 seed 7 lost a true unit to 3 points a side)."""
+  random 12-8-6-3 seed 7 lost a true unit to 3 points a side). With `own_stream`, a retest draws its points from a
+  generator seeded by the unit's weights (crc32), not from `rng`: a false unit retested and refuted again leaves
+  the search's stream where it was (strict layers: random 10-8-8-8-1 seed 15's second layer lost two true units)."""
   if len(units) < 2:
     return list(units), []
   q0 = q.queries
@@ -57,7 +63,8 @@ def cross_check(q, prefix, units: list, cfg: LayerConfig, rng, stats, retest: in
     dead = _dead_side(q, prefix, units, i, cfg, rng, cfg.cross_points)
     for _ in range(retest if dead else 0):
       stats["cross_retests"] = stats.get("cross_retests", 0) + 1
-      dead = _dead_side(q, prefix, units, i, cfg, rng, 4 * cfg.cross_points)
+      stream = np.random.default_rng(zlib.crc32(c.w.tobytes())) if own_stream else rng
+      dead = _dead_side(q, prefix, units, i, cfg, stream, 4 * cfg.cross_points)
       if not dead:
         break
     (refuted if dead else kept).append(c)

@@ -899,7 +899,7 @@ def recover_layer(q, prefix, cfg: LayerConfig, dom, rng, stats, state: LayerStat
   if cfg.strict and prefix.weights:
     from functional_equivalence.deep import crosscheck  # it tests surfaces with this module's tools
 
-    kept, refuted = crosscheck.cross_check(q, prefix, kept, cfg, rng, stats)
+    kept, refuted = crosscheck.cross_check(q, prefix, kept, cfg, rng, stats, retest=1, own_stream=True)
     state.facets += refuted
   state.units[:] = kept
   return list(state.units)
