@@ -247,13 +247,12 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
       checked, bad = _final_check(q, net, surfaces, dom, cfg, rng, differences)
       if not len(bad):
         break
-      if repair == cfg.repairs and cfg.polish_steps:
+      if repair == cfg.repairs:
         # the structure may be right and the weights short of the check's precision: the polish step, once
-        rescued = _rescue(q, net, surfaces, dom, cfg, rng, differences, stats)
+        rescued = _rescue(q, net, surfaces, dom, cfg, rng, differences, stats) if cfg.polish_steps else None
         if rescued is not None:
           net, checked = rescued
           break
-      if repair == cfg.repairs:
         raise ExtractionError(
           f"final check failed, precision reached: 2^{np.log2(checked['check_error']):.1f}: the recovered "
           f"{net.shape_text} network is off by {checked['check_error']:.2g} (relative, limit "

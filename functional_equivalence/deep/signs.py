@@ -109,7 +109,8 @@ def last_layer(
   seen = np.all(np.isfinite(g), axis=1)
   x, g = x[seen], g[seen]
   w, b = layer_arrays(units)
-  z = network.features(prefix, x).h @ w + b
+  h = network.features(prefix, x).h
+  z = h @ w + b
   phi = np.concatenate([np.maximum(z, 0), z, np.ones((len(z), 1))], axis=1)
   sol, rank = _lstsq(phi, g)
   gmax = float(np.max(np.abs(g))) + 1e-300
@@ -129,7 +130,7 @@ def last_layer(
         rank_deficient=str(err) != "",
       )
       if prefix.weights:  # more units than features (a dead or missed feature): z is rank deficient, h is not
-        fit = _with_remainder(fit, network.features(prefix, x).h, z, g, gmax, rtol) or fit
+        fit = _with_remainder(fit, h, z, g, gmax, rtol) or fit
       return fit
     signs, pairs = np.where(t, -1.0, 1.0), np.zeros(n, bool)
   else:
@@ -151,7 +152,7 @@ def last_layer(
   worst = np.argsort(-off)
   fit = LastLayer(signs, pairs, sol[:n], sol[n : n + k], sol[-1], residual, misfit_points=x[worst[off[worst] > rtol]])
   if residual > rtol and prefix.weights:
-    fit = _with_remainder(fit, network.features(prefix, x).h, z, g, gmax, rtol) or fit
+    fit = _with_remainder(fit, h, z, g, gmax, rtol) or fit
   return fit
 
 
@@ -177,7 +178,7 @@ def _with_remainder(fit: LastLayer, h, z, g, gmax: float, rtol: float) -> LastLa
   that is active over the whole domain (relu(p) = p there, never a kink) adds h . w to g, which no unit found
   can give. Exact (residual <= rtol) or None. The units keep their orientation (relu(-z) = relu(z) - z: with
   such a remainder the orientation of a last-layer unit is not determined by answers on the domain); L is
-  returned as the rank-revealing pairs of `LastLayer.remainder`."""
+  returned as its rank-revealing factors (`LastLayer.remainder_w`, `remainder_out`)."""
   n = z.shape[1]
   phi = np.concatenate([np.maximum(z, 0), h, np.ones((len(z), 1))], axis=1)
   if len(phi) < 2 * phi.shape[1]:
