@@ -18,12 +18,13 @@ Layer by layer ("peeling", Carlini, Jagielski, Mironov 2020), each layer with th
      layer before is taken as the last hidden one if one of its pending candidates makes the fit exact
      (`_fall_back`: a unit seen at one kink only; kept only if the polished network fits to promoted_rtol).
 Then the whole network is checked against the oracle over the domain (check.compare) and where each unit's weights
-from features it never saw on would matter (`_reached_points`), with `repairs` searches of the last hidden layer
+from features it never saw on would matter (`_reached_points`; `unseen.wedge_points`), with `repairs` searches of the last hidden layer
 through the points where the check failed, and, once it passes, every weight is refined at once from fresh answers
 (polish.py: from ~1e-8-1e-11 to ~1e-14); a network still failing after the last repair is polished once and kept
 if it then passes a fresh check (`_rescue`: units all there, weights short of the check's precision). What works (two hidden layers, expanding first
 layers included, some three-hidden-layer nets) and what does not yet (three hidden layers reliably, units active
-on a small part of the domain): docs/fe_deep.md.
+on a small part of the domain): docs/fe_deep.md. A last layer whose fit pairs units with twins (relu(-z) beside
+relu(z), which no victim needs) is refused: its units are off and the network can be wrong where they are active.
 The depth and every width are found, not given; a two-layer victim is the depth-1 case (its layer 0 is the last
 hidden layer; with its units affine in x the signs come from second_layer.flip_z, the two-layer attack's scalar
 flips). The tuned two-layer attack (attack.py) spends fewer queries on a victim known to have one hidden layer.
@@ -45,7 +46,7 @@ from extraction.oracle import Oracle
 from functional_equivalence import attack as two_layer
 from functional_equivalence import check, queries
 from functional_equivalence import domain as domains
-from functional_equivalence.deep import crosscheck, network, polish, signs
+from functional_equivalence.deep import crosscheck, network, polish, signs, unseen
 from functional_equivalence.deep import layer as layers
 from functional_equivalence.errors import ExtractionError, LayerNotSettledError, LimitReachedError
 
@@ -266,6 +267,14 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
       units, last = _fit_last(q, prefix, units, state, cfg, center, rng, stats, dom)
       surfaces = surfaces[:first_last] + [(prefix, u) for u in units]
       tables[-1].update(_table(units))
+    if prefix.weights and last.pairs.any():
+      # a victim's output layer needs no twin (a unit active over the whole domain is a remainder, not a pair): the
+      # fit pairs units whose pre-activations are off, and the pairs absorb that as linear terms almost everywhere
+      raise ExtractionError(
+        f"the last hidden layer's fit pairs {int(last.pairs.sum())} of its {len(units)} units with twins "
+        f"(relu(-z) beside relu(z)): their weights are off (from features never on at their surface points?) and "
+        f"the network, which passed the final check, can be wrong where they are active ({q.queries} queries)"
+      )
     stats.update(layer_residual=last.residual, paired_units=int(last.pairs.sum()), **checked)
     peeled = net
     if cfg.polish_steps:
@@ -504,11 +513,24 @@ def _final_check(q, net, surfaces, dom, cfg: Config, rng, differences: bool):
   and beside a point of a unit's surface where an input feature it never saw on at its surface points is on
   (`_reached_points`): where such a feature's weight, read by walking or left at 0, would be wrong if anywhere
   (random 10-8-8-8-1 seed 0 passed 8,192 points with third-layer weights off by 1.6 that matter on ~1 in 10^5 of
-  the ball's points: logits off by 0.12 there)."""
+  the ball's points: logits off by 0.12 there), and near such a unit's predicted surface where such a feature is on
+  (`unseen.wedge_points`: where a wrong one moves the surface)."""
   on, side = _surface_points(net, surfaces, dom, cfg)
   reached, step = _reached_points(surfaces, dom, net.sizes[0], rng, seen=1)
   on, side = np.concatenate([on, reached]), np.concatenate([side, step])
   d = net.sizes[0]
+  wedges = unseen.wedge_points(surfaces, dom, d)
   return check.compare(
-    q, on, side, lambda x: network.logits(net, x), dom, cfg.scale, cfg.check_points, cfg.check_rtol, rng, differences, d
+    q,
+    on,
+    side,
+    lambda x: network.logits(net, x),
+    dom,
+    cfg.scale,
+    cfg.check_points,
+    cfg.check_rtol,
+    rng,
+    differences,
+    d,
+    wedges,
   )
