@@ -1,16 +1,18 @@
 """Weights from features a unit never saw on at its surface (functional_equivalence/deep/unseen.py and the attack's
-refusal of a twinned last layer): the final check's wedge points find a network wrong on a 1e-5 part of the domain
-that its 8,192 points miss; a twinned last layer ends in a one-line error instead of a network wrong at rare
-points."""
+refusal of a twinned last layer, the promotion of a pending candidate in a repair): the final check's wedge points
+find a network wrong on a 1e-5 part of the domain that its 8,192 points miss; a twinned last layer ends in a one-line
+error instead of a network wrong at rare points; a unit taken for a linear remainder is recovered exactly."""
 
 import numpy as np
 import pytest
 
 from extraction.oracle import Oracle
 from functional_equivalence import domain
-from functional_equivalence.deep import attack, network, unseen
+from functional_equivalence.deep import align, attack, network, unseen
 from functional_equivalence.deep import layer as layers
 from functional_equivalence.errors import ExtractionError
+from tests.counting import CountingBackend
+from tests.deep_points import eval_points
 
 
 def _off(net, other, x):
@@ -57,3 +59,20 @@ def test_a_twinned_last_layer_is_refused():
   oracle = Oracle(network.backend(net), output="logits", record_inputs=False)
   with pytest.raises(ExtractionError, match=r"^the last hidden layer's fit pairs \d+ of its \d+ units with twins"):
     attack.extract(oracle, 10, attack.Config(), seed=4184397123)
+
+
+def test_a_nearly_always_active_unit_taken_for_a_remainder_is_promoted_in_a_repair():
+  # random 10-10-10-1 seed 6: second-layer unit 2 is crossed by 5 of 2,000 random lines and on at ~100% of the ball,
+  # so the last layer is first fitted with a linear remainder in its place; where it is off the final check fails,
+  # and the repairs' lines meet its kinks, which stay pending (before: 8 repairs, "final check failed", attack seed 1).
+  # The candidate that makes the fit exact without the remainder and fits the failing points is promoted
+  net = network.random_net(6, (10, 10, 10, 1))
+  counter = CountingBackend(network.backend(net))
+  result = attack.extract(Oracle(counter, output="logits", record_inputs=False), 10, attack.Config(), seed=1)
+  assert result.queries == counter.rows
+  assert result.net.sizes == net.sizes and result.stats["repair_promotions"] == 1
+  x = eval_points(10)
+  err = align.weight_error(net, result.net, x)
+  assert err["max_weight_error"] <= 1e-9, err
+  a, b = network.logits(net, x), network.logits(result.net, x)
+  assert np.max(np.abs(a - b)) / np.max(np.abs(a)) < 1e-10
