@@ -19,7 +19,8 @@ Layer by layer ("peeling", Carlini, Jagielski, Mironov 2020), each layer with th
      (`_fall_back`: a unit seen at one kink only; kept only if the polished network fits to promoted_rtol).
 Then the whole network is checked against the oracle over the domain (check.compare) and where each unit's weights
 from features it never saw on would matter (`_reached_points`; `unseen.wedge_points`), with `repairs` searches of the last hidden layer
-through the points where the check failed, and, once it passes, every weight is refined at once from fresh answers
+through the points where the check failed (a pending candidate that takes a linear remainder's place is promoted
+there, `_promote_in_repair`), and, once it passes, every weight is refined at once from fresh answers
 (polish.py: from ~1e-8-1e-11 to ~1e-14); a network still failing after the last repair is polished once and kept
 if it then passes a fresh check (`_rescue`: units all there, weights short of the check's precision). What works (two hidden layers, expanding first
 layers included, some three-hidden-layer nets) and what does not yet (three hidden layers reliably, units active
