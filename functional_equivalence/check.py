@@ -75,10 +75,10 @@ def compare(
   q, on, side, predict, dom, scale: float, count: int, rtol: float, rng, differences: bool, d: int, extra=None
 ):
   """The recovered logits `predict(x)` against the oracle at 64 points near the center, `count` over the domain,
-  at the surface points `on` (k, d) and beside them (on +- side), and at the points `extra` if given. Per point the error is relative to the
-  largest |g| among the checked points at about the same distance from the center (the same power of 2 of
-  |x - center| + scale: where g happens to be ~0 far out, the recovery's error still scales with |x|). Returns
-  (stats, the points above rtol, worst first)."""
+  at the surface points `on` (k, d) and beside them (on +- side), and at the points `extra` if given. Per point the
+  error is relative to the largest |g| among the checked points at about the same distance from the center (the
+  same power of 2 of |x - center| + scale: where g happens to be ~0 far out, the recovery's error still scales with
+  |x|). Returns (stats, the points above rtol, worst first)."""
   center = dom.center(d)
   x = np.concatenate(
     [center + scale * rng.normal(size=(64, d)), dom.check_points(rng, d, count), on, on + side, on - side]

@@ -18,9 +18,9 @@ Layer by layer ("peeling", Carlini, Jagielski, Mironov 2020), each layer with th
      layer before is taken as the last hidden one if one of its pending candidates makes the fit exact
      (`_fall_back`: a unit seen at one kink only; kept only if the polished network fits to promoted_rtol).
 Then the whole network is checked against the oracle over the domain (check.compare) and where each unit's weights
-from features it never saw on would matter (`_reached_points`; `unseen.wedge_points`), with `repairs` searches of the last hidden layer
-through the points where the check failed (a pending candidate that takes a linear remainder's place is promoted
-there, `_promote_in_repair`), and, once it passes, every weight is refined at once from fresh answers
+from features it never saw on would matter (`_reached_points`; `unseen.wedge_points`), with `repairs` searches of
+the last hidden layer through the points where the check failed (a pending candidate that takes a linear
+remainder's place is promoted there, `_promote_in_repair`), and, once it passes, every weight is refined at once from fresh answers
 (polish.py: from ~1e-8-1e-11 to ~1e-14); a network still failing after the last repair is polished once and kept
 if it then passes a fresh check (`_rescue`: units all there, weights short of the check's precision). What works (two hidden layers, expanding first
 layers included, some three-hidden-layer nets) and what does not yet (three hidden layers reliably, units active
@@ -393,16 +393,17 @@ def _promote_in_repair(
   second-layer unit crossed by 5 of 2,000 lines, 8 repairs with 2-3 such kinks each, never accepted). A candidate is
   completed by walking (layer.complete) and kept, where the last layer's fit has such a remainder, if the fit with it
   is exact without one (no twin either) and the network with it fits the answers at the points where the final
-  check failed; the final check then judges it as any unit, its
-  weights from features it never saw on included (`unseen.wedge_points`), not the polish step's confirmation of a
-  `_fall_back` promotion (Config.promoted_rtol: random 10-8-8-8-1 seed 19 stopped at 3.9e-12 against its 1e-12).
+  check failed; the final check then judges it as any unit, its weights from features it never saw on included
+  (`unseen.wedge_points`), not the polish step's confirmation of a `_fall_back` promotion (Config.promoted_rtol: random 10-8-8-8-1 seed 19 stopped at 3.9e-12 against its 1e-12).
   Each try draws from a stream seeded by the candidate's weights (the attack's stream stays as it was when none is
   kept); stats["repair_promotions"] counts them. Returns (units, fit) or None."""
   if not prefix.weights or not state.pending or not len(bad) or not _has_remainder(last):
     return None
   g = q(bad, "final check", underflow_ok=True)
   seen = np.all(np.isfinite(g), axis=1)
-  size = float(np.max(np.abs(g[seen]), initial=0.0)) + 1e-300
+  if not seen.any():
+    return None
+  size = float(np.max(np.abs(g[seen]))) + 1e-300
   for cand in list(state.pending):
     stream = np.random.default_rng(zlib.crc32(cand.w.tobytes()))
     trial = dataclasses.replace(
