@@ -379,10 +379,6 @@ def _fall_back(q, before: dict | None, cfg: Config, rng, stats, dom):
   return None
 
 
-def _has_remainder(last: signs.LastLayer) -> bool:
-  return last.remainder_w is not None and last.remainder_w.shape[1] > 0
-
-
 def _promote_in_repair(
   q, prefix, units, last, state, layer_cfg, cfg: Config, center, stats, dom, bad, differences: bool
 ):
@@ -397,7 +393,7 @@ def _promote_in_repair(
   (`unseen.wedge_points`), not the polish step's confirmation of a `_fall_back` promotion (Config.promoted_rtol: random 10-8-8-8-1 seed 19 stopped at 3.9e-12 against its 1e-12).
   Each try draws from a stream seeded by the candidate's weights (the attack's stream stays as it was when none is
   kept); stats["repair_promotions"] counts them. Returns (units, fit) or None."""
-  if not prefix.weights or not state.pending or not len(bad) or not _has_remainder(last):
+  if not prefix.weights or not state.pending or not len(bad) or not last.has_remainder:
     return None
   g = q(bad, "final check", underflow_ok=True)
   seen = np.all(np.isfinite(g), axis=1)
@@ -414,7 +410,7 @@ def _promote_in_repair(
     if fit.residual > cfg.check_rtol:
       continue
     kept, fit = signs.drop_idle(units + [trial], fit)
-    if not any(u is trial for u in kept) or fit.pairs.any() or _has_remainder(fit):
+    if not any(u is trial for u in kept) or fit.pairs.any() or fit.has_remainder:
       continue  # the candidate is to take the remainder's place, not to join it
     off = np.abs(network.answers(_network(prefix, kept, fit, differences), bad[seen], differences) - g[seen]) / size
     logging.info(
@@ -437,8 +433,8 @@ def _network(prefix, units, last: signs.LastLayer, differences: bool) -> network
   if last.pairs.any():
     w, b = np.concatenate([w, -w[:, last.pairs]], axis=1), np.concatenate([b, -b[last.pairs]])
   w_out, b_out = np.concatenate([last.w_out, last.w_twin]), last.b_out
-  if last.remainder_w is not None and last.remainder_w.shape[1]:
-    r_w, r_out = last.remainder_w, np.asarray(last.remainder_out)  # relu(u) - relu(-u) = u: the remainder h . L
+  if last.has_remainder:
+    r_w, r_out = np.asarray(last.remainder_w), np.asarray(last.remainder_out)  # relu(u) - relu(-u) = u: h . L
     w = np.concatenate([w, r_w, -r_w], axis=1)
     b = np.concatenate([b, np.zeros(2 * r_w.shape[1])])
     w_out = np.concatenate([w_out, r_out, -r_out])

@@ -96,6 +96,10 @@ class LastLayer:
   remainder_w: np.ndarray | None = None
   remainder_out: np.ndarray | None = None
 
+  @property
+  def has_remainder(self) -> bool:
+    return self.remainder_w is not None and self.remainder_w.shape[1] > 0
+
 
 def last_layer(
   q, prefix, units: list, scale: float, center, rng, stats, rtol: float = 1e-8, tol: float = 1e-6, dom=None
