@@ -35,17 +35,6 @@ RUNS = (  # most telling first: a run cut short by the device's time limit loses
   ("mixmatch1000_4000", ["--method=mixmatch", "--queries=1000,4000"]),
 )
 
-flags.DEFINE_string("out", None, "Path of the JSON result.", required=True)
-flags.DEFINE_string("data_dir", None, "Directory holding cifar10/{train,test}.npz.")
-flags.DEFINE_string("workdir", "/tmp/gpu_table3", "Launcher workdir.")
-flags.DEFINE_float("scale", 1.0, "Multiplies every step budget.")
-flags.DEFINE_bool("smoke", False, "CPU smoke test: digits, small models, a few steps.")
-flags.DEFINE_float("max_seconds", 480.0, "No launcher run starts after this many seconds.")
-flags.DEFINE_list("runs", [name for name, _ in RUNS], "Runs to make, in this order.")
-flags.DEFINE_list(
-  "render", None, "Make no run: merge these result JSONs (device calls of this script) into --out and its .md."
-)
-flags.DEFINE_string("note", "", "--render: a line on where and how the runs were made, put under the title.")
 FLAGS = flags.FLAGS
 
 
@@ -94,6 +83,21 @@ def render(paths: list[str], note: str) -> tuple[dict, str]:
       cells += [row.get("noise_top", "-"), row["seconds"], PAPER.get((row["method"], row["queries"]), "-")]
       lines.append("| " + " | ".join(str(c) for c in cells) + " |")
   return merged, "\n".join(lines) + "\n"
+
+
+def define_flags() -> None:
+  """The script's flags, defined only when run as a script (names like --out and --workdir clash on import)."""
+  flags.DEFINE_string("out", None, "Path of the JSON result.", required=True)
+  flags.DEFINE_string("data_dir", None, "Directory holding cifar10/{train,test}.npz.")
+  flags.DEFINE_string("workdir", "/tmp/gpu_table3", "Launcher workdir.")
+  flags.DEFINE_float("scale", 1.0, "Multiplies every step budget.")
+  flags.DEFINE_bool("smoke", False, "CPU smoke test: digits, small models, a few steps.")
+  flags.DEFINE_float("max_seconds", 480.0, "No launcher run starts after this many seconds.")
+  flags.DEFINE_list("runs", [name for name, _ in RUNS], "Runs to make, in this order.")
+  flags.DEFINE_list(
+    "render", None, "Make no run: merge these result JSONs (device calls of this script) into --out and its .md."
+  )
+  flags.DEFINE_string("note", "", "--render: a line on where and how the runs were made, put under the title.")
 
 
 def main(_):
@@ -189,4 +193,5 @@ def main(_):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
