@@ -6,7 +6,8 @@
 WRN-28-2 victim and students (configs/cifar10.flags), FS and MixMatch at 250 / 1000 / 4000 queries and FixMatch at
 250, 2 student seeds each, all against one victim, at --scale times the step budgets below (victim 6,000 steps,
 students 3,000). The launcher runs one after the other, most telling first (FS at every budget, which also trains
-the victim; MixMatch at 250; FixMatch at 250; MixMatch at 1000 and 4000), all in one workdir so that they share the
+the victim; MixMatch at 250; FixMatch at 250; MixMatch at 1000 and 4000; FixMatch at 250 with the recipe chosen
+on the quickstart's validation split: Adam, threshold 0.8, lambda_u 2), all in one workdir so that they share the
 victim; none starts after --max_seconds. Every run writes its rows to the JSON as soon as it ends and streams its
 log to `<out>.log`, so a run cut short keeps what it measured. The device tool carries at most 64 MiB: give
 --data_dir a CIFAR-10 subset that fits (benchmarks/pack_images.py packs 30,000 training and 5,000 test images of
@@ -28,11 +29,14 @@ from absl import app, flags
 
 from benchmarks.common import REPO, environment_line, lock_file
 
+QUICKSTART_FIXMATCH = ["--optimizer=adam", "--lr=0.002", "--lr_schedule=constant", "--threshold=0.8", "--lambda_u=2"]
 RUNS = (  # most telling first: a run cut short by the device's time limit loses the least
   ("fs", ["--method=fs", "--queries=250,1000,4000"]),
   ("mixmatch250", ["--method=mixmatch", "--queries=250"]),
   ("fixmatch250", ["--method=fixmatch", "--queries=250"]),
   ("mixmatch1000_4000", ["--method=mixmatch", "--queries=1000,4000"]),
+  # FixMatch with the recipe chosen on the quickstart's validation split (configs/quickstart_fixmatch.flags)
+  ("fixmatch250_adam", ["--method=fixmatch", "--queries=250", *QUICKSTART_FIXMATCH]),
 )
 
 FLAGS = flags.FLAGS
@@ -67,19 +71,19 @@ def render(paths: list[str], note: str) -> tuple[dict, str]:
   lines += ["", *dict.fromkeys(environment_line({"lock": c["lock"]}) for c in merged["calls"])]
   lines += ["", "| run | launcher seconds | launcher command |", "|---|---|---|"]
   lines += [f"| {n} | {r['seconds']} | `{r['launcher_command']}` |" for n, r in merged["runs"].items()]
-  header = ["method", "queries", "seeds", "steps", *COLUMNS, "noise_top", "train seconds", "paper acc / fid (%)"]
+  header = ["run", "method", "queries", "seeds", "steps", *COLUMNS, "noise_top", "train seconds", "paper acc / fid (%)"]
   lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   victim_done = False
-  for r in merged["runs"].values():
+  for name, r in merged["runs"].items():
     for row in r["rows"]:
       if row["method"] == "victim":
         if not victim_done:
           lines.append(
-            f"| victim | 0 | - | - | {row['accuracy']:.4f} | 1 | - | - | - | {row.get('noise_top', '-')} | - | - |"
+            f"| - | victim | 0 | - | - | {row['accuracy']:.4f} | 1 | - | - | - | {row.get('noise_top', '-')} | - | - |"
           )
         victim_done = True
         continue
-      cells = [row["method"], row["queries"], row["seeds"], row["steps"], *(_cell(row, k) for k in COLUMNS)]
+      cells = [name, row["method"], row["queries"], row["seeds"], row["steps"], *(_cell(row, k) for k in COLUMNS)]
       cells += [row.get("noise_top", "-"), row["seconds"], PAPER.get((row["method"], row["queries"]), "-")]
       lines.append("| " + " | ".join(str(c) for c in cells) + " |")
   return merged, "\n".join(lines) + "\n"

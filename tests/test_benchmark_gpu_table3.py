@@ -84,8 +84,8 @@ def test_render_merges_calls_and_keeps_only_finished_runs(tmp_path):
   merged, table = gpu_table3.render([str(p) for p in paths], "note")
   assert list(merged["runs"]) == ["fs", "mixmatch1000_4000"] and len(merged["calls"]) == 2
   lines = table.splitlines()
-  assert sum(line.startswith("| victim |") for line in lines) == 1  # one victim row for the shared victim
+  assert sum(line.startswith("| - | victim |") for line in lines) == 1  # one victim row for the shared victim
   assert any(
-    line.startswith("| fs | 250 |") and "0.4900 ± 0.0200" in line and "53.35 / 53.61" in line for line in lines
+    line.startswith("| fs | fs | 250 |") and "0.4900 ± 0.0200" in line and "53.35 / 53.61" in line for line in lines
   )
-  assert any(line.startswith("| mixmatch | 1000 |") and "0.6400 ± 0.0200" in line for line in lines)
+  assert any(line.startswith("| mixmatch1000_4000 | mixmatch | 1000 |") and "0.6400 ± 0.0200" in line for line in lines)
