@@ -59,11 +59,12 @@ def _cell(row: dict, key: str) -> str:
 
 
 def render(paths: list[str], note: str) -> tuple[dict, str]:
-  """Merges result JSONs of device calls into one result and its Markdown table (rows of every finished run)."""
+  """Merges result JSONs of device calls (or earlier merges, such as benchmarks/results/gpu_table3.json) into one
+  result and its Markdown table: the rows of every finished run, a later file's run replacing an earlier's."""
   merged = {"calls": [], "runs": {}}
   for path in paths:
-    result = json.loads(pathlib.Path(path).read_text())
-    merged["calls"].append({"command": result["command"], "lock": result["lock"]})
+    result = json.loads(pathlib.Path(path).read_text())  # a device call's JSON, or an earlier merge of them
+    merged["calls"] += result.get("calls") or [{"command": result["command"], "lock": result["lock"]}]
     merged["runs"].update({n: r for n, r in result["runs"].items() if "rows" in r})
   made_by = " ".join(["python -m benchmarks.gpu_table3", f"--render={','.join(paths)}", "--note=..."])
   lines = ["# Table 3 (CIFAR-10) at reduced steps on one GPU, fair protocol", "", note, "", f"Table: `{made_by}`", ""]

@@ -89,3 +89,18 @@ def test_render_merges_calls_and_keeps_only_finished_runs(tmp_path):
     line.startswith("| fs | fs | 250 |") and "0.4900 ± 0.0200" in line and "53.35 / 53.61" in line for line in lines
   )
   assert any(line.startswith("| mixmatch1000_4000 | mixmatch | 1000 |") and "0.6400 ± 0.0200" in line for line in lines)
+
+
+def test_render_reads_its_own_merge_back(tmp_path):
+  call = {
+    "command": "python -m benchmarks.gpu_table3 A",
+    "lock": {},
+    "runs": {
+      "fs": {"launcher_command": "-m launch.run fs", "seconds": 5.0, "rows": [_row("fs", 250, 0.49)]},
+    },
+  }
+  (tmp_path / "call.json").write_text(json.dumps(call))
+  merged, table = gpu_table3.render([str(tmp_path / "call.json")], "note")
+  (tmp_path / "merged.json").write_text(json.dumps(merged))
+  again, table_again = gpu_table3.render([str(tmp_path / "merged.json")], "note")
+  assert again == merged and table_again.split("Table: ")[1].count("| fs | fs | 250 |") == 1
