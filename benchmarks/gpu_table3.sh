@@ -14,6 +14,8 @@
 # The image there has JAX with CUDA, flax and optax but no dm-pix: the wheel is installed to /tmp/site; the other
 # carried wheels (this project's locked versions) are installed only if the image's flax stack fails to import.
 # The second call reuses the victim in /tmp/gpu_table3 when it lands on the same (warm) machine.
+# (Those two calls ran these steps from an uncommitted copy of this file that differed only in quoting, messages
+# and the dm-pix install's --upgrade.)
 set -o pipefail
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv 2>&1 | tee "$OUT/env.txt"

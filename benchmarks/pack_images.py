@@ -1,6 +1,6 @@
 """Pack an image dataset's npz splits into a smaller lossless file for the device tool, and unpack it there.
 
-The device tool carries at most 64 MiB of working tree; CIFAR-10's npz files hold 164 MiB. Each image is stored
+The device tool carries at most 64 MiB of working tree; CIFAR-10's npz files hold 163 MiB. Each image is stored
 as lossless WebP (about 1.6 kB for a 32x32x3 CIFAR-10 image against 3 kB raw), so the unpacked pixels are
 bit-identical to the chosen subset of the source; unpacking checks a sha256 over the pixels and labels.
 
@@ -19,7 +19,7 @@ import pathlib
 
 import numpy as np
 from absl import app, flags
-from PIL import Image
+from PIL import Image  # Pillow: installed with matplotlib
 
 FLAGS = flags.FLAGS
 
