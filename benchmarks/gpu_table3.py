@@ -171,11 +171,10 @@ def main(_):
       f.write(f"==== {name}: {' '.join(launcher[1:])}\n")
       f.flush()
       p = subprocess.run(launcher, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, text=True)
-    rows = []
-    curves = pathlib.Path(FLAGS.workdir) / "curves.png"
-    if p.returncode == 0 and curves.exists():
-      shutil.copy(curves, out.parent / f"{out.stem}_{name}_curves.png")
+    rows, curves = [], pathlib.Path(FLAGS.workdir) / "curves.png"
     if p.returncode == 0:
+      if curves.exists():
+        shutil.copy(curves, out.parent / f"{out.stem}_{name}_curves.png")
       rows = [
         {k: v for k, v in r.items() if k not in ("config", "per_seed")}
         for r in json.loads((pathlib.Path(FLAGS.workdir) / "results.json").read_text())

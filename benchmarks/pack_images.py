@@ -63,8 +63,8 @@ def pack(data_dir: pathlib.Path, dataset: str, sizes: dict, seed: int, out: path
     image, label = image[keep], label[keep].astype(np.int64)
     arrays[f"{split}_data"], arrays[f"{split}_offsets"] = encode(image)
     arrays[f"{split}_label"] = label
-    arrays[f"{split}_hash"] = np.array(content_hash(image, label))
     summary[split] = (n, content_hash(image, label))
+    arrays[f"{split}_hash"] = np.array(summary[split][1])
   out.parent.mkdir(parents=True, exist_ok=True)
   np.savez(out, **arrays)
   return summary

@@ -20,12 +20,13 @@ Layer by layer ("peeling", Carlini, Jagielski, Mironov 2020), each layer with th
 Then the whole network is checked against the oracle over the domain (check.compare) and where each unit's weights
 from features it never saw on would matter (`_reached_points`; `unseen.wedge_points`), with `repairs` searches of
 the last hidden layer through the points where the check failed (a pending candidate that takes a linear
-remainder's place is promoted there, `_promote_in_repair`), and, once it passes, every weight is refined at once from fresh answers
-(polish.py: from ~1e-8-1e-11 to ~1e-14); a network still failing after the last repair is polished once and kept
-if it then passes a fresh check (`_rescue`: units all there, weights short of the check's precision). What works (two hidden layers, expanding first
-layers included, some three-hidden-layer nets) and what does not yet (three hidden layers reliably, units active
-on a small part of the domain): docs/fe_deep.md. A last layer whose fit pairs units with twins (relu(-z) beside
-relu(z), which no victim needs) is refused: its units are off and the network can be wrong where they are active.
+remainder's place is promoted there, `_promote_in_repair`), and, once it passes, every weight is refined at once
+from fresh answers (polish.py: from ~1e-8-1e-11 to ~1e-14); a network still failing after the last repair is
+polished once and kept if it then passes a fresh check (`_rescue`: units all there, weights short of the check's
+precision). What works (two hidden layers, expanding first layers included, some three-hidden-layer nets) and
+what does not yet (three hidden layers reliably, units active on a small part of the domain): docs/fe_deep.md.
+A last layer whose fit pairs units with twins (relu(-z) beside relu(z), which no victim needs) is refused: its
+units are off and the network can be wrong where they are active.
 The depth and every width are found, not given; a two-layer victim is the depth-1 case (its layer 0 is the last
 hidden layer; with its units affine in x the signs come from second_layer.flip_z, the two-layer attack's scalar
 flips). The tuned two-layer attack (attack.py) spends fewer queries on a victim known to have one hidden layer.
@@ -390,7 +391,8 @@ def _promote_in_repair(
   completed by walking (layer.complete) and kept, where the last layer's fit has such a remainder, if the fit with it
   is exact without one (no twin either) and the network with it fits the answers at the points where the final
   check failed; the final check then judges it as any unit, its weights from features it never saw on included
-  (`unseen.wedge_points`), not the polish step's confirmation of a `_fall_back` promotion (Config.promoted_rtol: random 10-8-8-8-1 seed 19 stopped at 3.9e-12 against its 1e-12).
+  (`unseen.wedge_points`), not the polish step's confirmation of a `_fall_back` promotion (Config.promoted_rtol:
+  random 10-8-8-8-1 seed 19 stopped at 3.9e-12 against its 1e-12).
   Each try draws from a stream seeded by the candidate's weights (the attack's stream stays as it was when none is
   kept); stats["repair_promotions"] counts them. Returns (units, fit) or None."""
   if not prefix.weights or not state.pending or not len(bad) or not last.has_remainder:
