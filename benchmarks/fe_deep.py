@@ -5,6 +5,8 @@
 Victims, each attacked through a float64 logits Oracle by functional_equivalence.deep.attack, not told the depth
 or the widths, equivalence claimed on the ball of radius 1000:
 1. random Gaussian networks (deep.network.random_net) of --random_sizes, --seeds seeds each: the success rate;
+   with --rare_sizes also random networks whose last hidden layer has a unit on at --rare_fraction of the ball
+   (deep.network.with_rare_unit), as trained networks have;
 2. the network sizes of Carlini, Jagielski, Mironov (CRYPTO 2020), trained as their train_models.py trains theirs
    (deep.network.cme_net: memorising 20 random points, our own optax code);
 3. networks trained on scikit-learn digits (64 inputs; with --big also 784 inputs of --big_hidden widths, the 8x8
@@ -39,6 +41,12 @@ flags.DEFINE_list(
   "random_sizes", ["10-8-8-1", "20-10-10-1", "12-8-6-3", "10-8-8-8-1"], "Sizes d-n0-...-k of the random victims."
 )
 flags.DEFINE_integer("seeds", 5, "Seeds per random size.")
+flags.DEFINE_list(
+  "rare_sizes",
+  [],
+  "Sizes of random victims whose last hidden layer has a rarely active unit (network.with_rare_unit), --seeds each.",
+)
+flags.DEFINE_float("rare_fraction", 3e-4, "Share of the ball's points where the rare unit is on.", lower_bound=0.0)
 flags.DEFINE_list(
   "cme_sizes", ["10-10-10-1", "10-20-20-1", "40-20-10-10-1", "80-40-20-1"], "Sizes of the CME-style trained victims."
 )
@@ -226,6 +234,15 @@ def victims():
   for sizes in FLAGS.random_sizes:
     for seed in range(FLAGS.seeds):
       yield "random", network.random_net(seed, [int(s) for s in sizes.split("-")]), seed
+  if FLAGS.rare_sizes:
+    from functional_equivalence import domain
+
+    for sizes in FLAGS.rare_sizes:
+      shape = [int(s) for s in sizes.split("-")]
+      points = domain.Ball(1000.0).check_points(np.random.default_rng([99, len(shape)]), shape[0], 200_000)
+      for seed in range(FLAGS.seeds):
+        net = network.with_rare_unit(network.random_net(seed, shape), FLAGS.rare_fraction, points)
+        yield f"random, a unit on at {FLAGS.rare_fraction:g} of the ball", net, seed
   for sizes in FLAGS.cme_sizes:
     yield "cme-trained", network.cme_net(0, [int(s) for s in sizes.split("-")]), 0
   for hidden in FLAGS.digits_hidden:

@@ -162,11 +162,9 @@ def test_the_attack_survives_a_rarely_active_unit_whose_polish_block_is_indefini
   # network is returned, equivalent on the ball; the unit's weights are close, not exact (its weights from features
   # rarely on with it are barely determined by answers on the domain: 2.8e-8, before the polish step 9.4e-11)
   dom = domain.Ball(1000.0)
-  net = network.random_net(3, (10, 8, 6, 1))
-  z = network.preactivations(net.prefix(2), dom.check_points(np.random.default_rng(99), 10, 200_000))[1][:, 0]
-  biases = list(net.biases)
-  biases[1] = biases[1] - np.eye(6)[0] * np.quantile(z, 1 - 3e-4)
-  net = network.DeepNet(net.weights, tuple(biases))
+  points = dom.check_points(np.random.default_rng(99), 10, 200_000)
+  net = network.with_rare_unit(network.random_net(3, (10, 8, 6, 1)), 3e-4, points)
+  assert np.mean(network.preactivations(net.prefix(2), points)[1][:, 0] > 0) == pytest.approx(3e-4, abs=1e-5)
   counter = CountingBackend(network.backend(net))
   result = attack.extract(Oracle(counter, output="logits", record_inputs=False), 10, attack.Config(), seed=1)
   assert result.queries == counter.rows and result.stats["polish_steps"] >= 1

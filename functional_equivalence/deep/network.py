@@ -225,6 +225,16 @@ def random_net(seed: int, sizes: Sequence[int], bias_scale: float = 0.5) -> Deep
   return DeepNet(ws, bs)
 
 
+def with_rare_unit(net: DeepNet, fraction: float, points: np.ndarray) -> DeepNet:
+  """`net` with unit 0 of its last hidden layer made rarely active: its bias lowered so that it is on at `fraction`
+  of `points` (N, d), e.g. 3e-4 of a ball's check points; every other weight as it was. Trained networks have such
+  units (digits 64-64-64-10: one on at 0.03% of the ball); the attack meets them at few kinks, far out."""
+  z = preactivations(net.prefix(net.depth), points)[-1][:, 0]
+  biases = list(net.biases)
+  biases[net.depth - 1] = biases[net.depth - 1] - np.eye(len(biases[net.depth - 1]))[0] * np.quantile(z, 1 - fraction)
+  return DeepNet(net.weights, tuple(biases))
+
+
 def cme_net(
   seed: int, sizes: Sequence[int], samples: int = 20, epochs: int = 100, batch: int = 4, learning_rate: float = 3e-4
 ) -> DeepNet:
