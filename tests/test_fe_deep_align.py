@@ -5,7 +5,9 @@ import math
 
 import numpy as np
 
-from functional_equivalence.deep import align, network
+from extraction.oracle import Oracle
+from functional_equivalence import domain
+from functional_equivalence.deep import align, attack, network
 from functional_equivalence.deep.network import DeepNet
 
 
@@ -75,3 +77,50 @@ def test_the_polish_points_cover_every_feature_of_a_unit():
   assert len(chosen) == 9 and np.array_equal(chosen[:8], off[:8]) and np.array_equal(chosen[8], on[0])
   first_layer = attack._covering_points(DeepNet((), ()), unit)  # inputs are always live: the first 8
   assert np.array_equal(first_layer, np.array(points[:8]))
+
+
+def _eval_points(d, seed=5):
+  rng = np.random.default_rng(seed)
+  return np.concatenate([rng.normal(size=(50_000, d)), domain.Ball(1000.0).check_points(rng, d, 10_000)])
+
+
+def test_a_weight_traded_with_the_linear_remainder_is_compared_inside_it():
+  # last-hidden unit k on wherever feature j is (on these points): w_jk h_j v_k is a linear term; a network with
+  # w_jk + delta and a unit relu(h_j) (always >= 0: folded into the remainder) of output -delta v_k is the same
+  # function there. Before: unit k unmatched (its weights differ), error inf (random 10-8-8-8-1 seed 8's run)
+  true = network.random_net(8, (10, 8, 8, 8, 1))
+  x = _eval_points(10)
+  pre = network.preactivations(true, x)
+  feat, on = pre[1] > 0, pre[2] > 0
+  pairs = np.argwhere(((feat.T.astype(float) @ on) > 0) & ((feat.T.astype(float) @ ~on) == 0))
+  assert len(pairs)
+  j, k = pairs[0]
+  delta = 0.3
+  w2 = true.weights[2].copy()
+  w2[j, k] += delta
+  extra = np.eye(8)[:, j : j + 1]
+  rec = DeepNet(
+    true.weights[:2]
+    + (np.concatenate([w2, extra], axis=1), np.concatenate([true.weights[3], -delta * true.weights[3][k : k + 1]])),
+    true.biases[:2] + (np.append(true.biases[2], 0.0), true.biases[3]),
+  )
+  a, b = network.logits(true, x), network.logits(rec, x)
+  assert np.max(np.abs(a - b)) <= 1e-12 * np.max(np.abs(a))
+  err = align.weight_error(true, rec, x)
+  assert err["max_weight_error"] <= 1e-12 and err["remainder_weights"] >= 1, err
+  assert align.weight_error(true, network.random_net(9, (10, 8, 8, 8, 1)), x)["max_weight_error"] == math.inf
+
+
+def test_a_rare_unit_recovered_turned_over_is_matched_in_the_victims_orientation():
+  # random 12-8-6-3 seed 3 with a second-layer unit on at 0.03% of the ball: the attack returns it as relu(-z) (on at
+  # 99.96%) plus a linear term; its weights from features never on with the victim's unit were kept on its side
+  # only, so it matched nothing (before: "wrong: units unmatched"); turned to the victim's orientation first, exact
+  dom = domain.Ball(1000.0)
+  points = dom.check_points(np.random.default_rng([99, 4]), 12, 200_000)
+  true = network.with_rare_unit(network.random_net(3, (12, 8, 6, 3)), 3e-4, points)
+  result = attack.extract(
+    Oracle(network.backend(true), output="logits", record_inputs=False), 12, attack.Config(), seed=408810553
+  )
+  x = _eval_points(12)
+  err = align.weight_error(true, result.net, x)
+  assert result.net.sizes != true.sizes and err["max_weight_error"] <= 2.0**-30, err
