@@ -521,9 +521,9 @@ def _rare_unit_points(net, surfaces, dom, cfg: Config) -> np.ndarray:
   """The polish step's points for units on over a small part of the domain only (active.py): around the covering
   points of every unit whose precise points all lie outside the domain (kept there: the answers hold everywhere),
   and points of the domain where a rarely active unit is on. Random 2-hidden-layer victims with a last-hidden unit
-  on at 0.03% of the ball (fe_deep_rare.md): 2 of 24 exact before (the rare unit at one polish point or none, its
-  output weight at the peeling's 1e-8-1e-7, its incoming weights moved by the step), 21 of 24 with both, 20 with the
-  first alone (one unit's incoming weights at 1.4e-6). Drawn from a stream
+  on at 0.03% of the ball (fe_deep_rare_before.md, fe_deep_rare.md): 2 of 24 exact before (the rare unit at one
+  polish point or none, its output weight at the least-squares fit's 1e-8-1e-7, its incoming weights moved by the
+  step), 23 of 24 after (with align's changes of the same session; docs/fe_deep.md). Drawn from a stream
   seeded by the network's weights (the attack's stream stays as it was); none for a network without such units."""
   stream = np.random.default_rng(zlib.crc32(polish.flat(net).tobytes()))
   far = [_covering_points(p, u) for p, u in surfaces if u.points and not dom.contains(np.array(u.points)).any()]
