@@ -51,6 +51,12 @@ flags.DEFINE_list(
   "cme_sizes", ["10-10-10-1", "10-20-20-1", "40-20-10-10-1", "80-40-20-1"], "Sizes of the CME-style trained victims."
 )
 flags.DEFINE_list("digits_hidden", ["16-16", "32-32", "64-64"], "Hidden widths of the digits victims (64 inputs).")
+flags.DEFINE_integer(
+  "digits_seeds",
+  1,
+  "Digits victims per width, trained from seeds 0, 1, ... (data split and initialisation).",
+  lower_bound=1,
+)
 flags.DEFINE_list(
   "first_layer_hidden",
   ["128-128"],
@@ -246,8 +252,9 @@ def victims():
   for sizes in FLAGS.cme_sizes:
     yield "cme-trained", network.cme_net(0, [int(s) for s in sizes.split("-")]), 0
   for hidden in FLAGS.digits_hidden:
-    net, _ = network.digits_net(0, [int(h) for h in hidden.split("-")])
-    yield "digits", net, 0
+    for seed in range(FLAGS.digits_seeds):
+      net, _ = network.digits_net(seed, [int(h) for h in hidden.split("-")])
+      yield "digits", net, seed
   if FLAGS.big:
     for hidden in FLAGS.big_hidden:
       net, _ = network.digits_net(0, [int(h) for h in hidden.split("-")], side=28)
