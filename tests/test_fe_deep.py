@@ -346,3 +346,17 @@ def test_true_units_of_a_strict_layer_survive_its_cross_check():
   result = _extract(net, seed=1878400661)
   assert result.stats["cross_retests"] >= 1
   _assert_recovered(net, result.net, 1e-9)
+
+
+@pytest.mark.slow
+def test_a_units_pending_candidate_is_promoted_when_no_deeper_layer_is_found():
+  # digits 64-24-24-10 of training seed 0 (fe_deep_digits_attack_seeds.md, attack seed 2): a second-layer unit on at
+  # 0.03% of the ball is seen at kinks where few of its features are on and stays a pending candidate; the layer is
+  # taken for a hidden one, the next finds no unit, and `_fall_back` completes the candidate by walking and keeps it
+  # because the last layer's fit with it is exact; the polish step confirms it (check to promoted_rtol): exact
+  net, _ = network.digits_net(0, [24, 24])
+  result = _extract(net, seed=2)
+  assert result.stats["promoted_units"] == 1 and result.stats["repair_promotions"] == 0
+  assert result.net.sizes == net.sizes
+  assert result.stats["check_error"] <= attack.Config().promoted_rtol
+  _assert_recovered(net, result.net, 2.0**-30)

@@ -95,13 +95,14 @@ def _linear_into_remainder(net: DeepNet, rem: np.ndarray, x: np.ndarray):
   million points, counted unmatched); a unit left with no incoming weight is a constant, folded into the output
   bias. Returns (net, rem, how many weights moved)."""
   last = net.depth - 1
+  if not last:  # one hidden layer: its inputs are the network's, not ReLU features
+    return net, rem, 0
   pre = network.preactivations(net.prefix(net.depth), x)
-  feat = pre[last - 1] > 0 if last else np.ones((len(x), net.sizes[0]), bool)
-  on = pre[last] > 0
+  feat, on = pre[last - 1] > 0, pre[last] > 0
   with_on = feat.T.astype(float) @ on  # (n_in, n): points where feature j and unit k are both on
   with_off = feat.T.astype(float) @ ~on
   move = (with_on > 0) & (with_off == 0)
-  if not last or not move.any():
+  if not move.any():
     return net, rem, 0
   w, v, rem = net.weights[last].copy(), net.weights[-1], rem.copy()
   for j, k in zip(*np.nonzero(move)):

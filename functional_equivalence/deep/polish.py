@@ -115,15 +115,15 @@ def _inverse_factors(normal: np.ndarray) -> np.ndarray:
 
 def jacobian_operator(net: network.DeepNet, hs, grads, rows: np.ndarray, cols: np.ndarray, block: int = 257):
   """The damped, preconditioned system of one step as a matrix-free operator: [A; I] P, with A = diag(1 / rows) J
-  diag(cols) (J the Jacobian of the outputs, rows point-major and output-minor, with respect to `flat(net)`; rows
-  (n, m) the answers' noise, cols the parameters' prior scales) and P block-Jacobi: for each unit (its incoming
-  weights and bias) of a layer with at most `block` of them, the inverse transposed Cholesky factor of that block of
-  [A; I]'s normal matrix (`_inverse_factors`); for a wider layer (784 inputs) the inverse norms of its columns. A unit active at few
+  diag(cols) (J the Jacobian of the outputs, rows point-major and output-minor, with respect to `flat(net)`; rows (n, m)
+  the answers' noise, cols the parameters' prior scales) and P block-Jacobi: for each unit (its incoming weights and
+  bias) of a layer with at most `block` of them, the inverse transposed Cholesky factor of that block of [A; I]'s normal
+  matrix (`_inverse_factors`); for a wider layer (784 inputs) the inverse norms of its columns. A unit active at few
   points sees features that are nearly collinear there, which column scaling leaves ill-conditioned: on digits
-  64-64-64-10 one step of 4,000 (even 20,000) LSQR iterations left a second-layer unit active on 0.03% of the
-  domain at 2e-9 where its own block was full rank. Without any preconditioning one step on 784-32-32-10 ran over
-  5 minutes unfinished. Returns the operator, the map from LSQR's solution to the step (times cols) and the mask of
-  the parameters the answers depend on at these points (a nonzero column of J)."""
+  64-64-64-10 one step of 4,000 (even 20,000) LSQR iterations left a second-layer unit active on 0.03% of the domain at
+  2e-9 where its own block was full rank. Without any preconditioning one step on 784-32-32-10 ran over 5 minutes
+  unfinished. Returns the operator, the map from LSQR's solution to the step (times cols) and the mask of the parameters
+  the answers depend on at these points (a nonzero column of J)."""
   n, m = grads[0].shape[:2]
   shapes = [w.shape for w in net.weights]
   cuts = np.cumsum([s for shape in shapes for s in (shape[0] * shape[1], shape[1])])[:-1]
