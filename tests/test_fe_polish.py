@@ -157,11 +157,11 @@ def test_a_block_rounding_left_indefinite_is_factored_without_amplifying():
 
 
 def test_a_rarely_active_unit_beyond_the_domain_is_polished_exactly():
-  # random 10-8-6-1 seed 3 with second-layer unit 0 on at 0.03% of the ball: its 25 surface points lie at radii
-  # 27,000-64,000, so the polish step's points inside the ball met it at one point; its output weight kept the
-  # peeling's 7.5e-8 error and the step moved its incoming weights to 2.5e-8 (first, with attack seed 1, the block
-  # of `_inverse_factors` above raised LinAlgError). With points around its far surface points and points of the
-  # ball where it is on (active.py), every weight is exact
+  # random 10-8-6-1 seed 3 with second-layer unit 0 on at 0.03% of the ball: its surface points lie far outside the
+  # ball (radii 6,500-66,000 in fe_deep_rare's version of it), so the polish step's points inside the ball met it at
+  # one point or none; with attack seed 1 the step first raised LinAlgError (the block of `_inverse_factors` above),
+  # then, that fixed, moved the unit's weights from 9.4e-11 to 2.8e-8. With points around its far surface points and
+  # points of the ball where it is on (active.py), every weight is exact
   dom = domain.Ball(1000.0)
   points = dom.check_points(np.random.default_rng(99), 10, 200_000)
   net = network.with_rare_unit(network.random_net(3, (10, 8, 6, 1)), 3e-4, points)

@@ -2,7 +2,7 @@
 
 A unit on over a small part of the domain only (a cap at its edge) can have every precise point of its surface far
 outside the domain, where the search's lines met its kinks: random 10-8-6-1 seed 3 with a second-layer unit on at 0.03%
-of the ball of radius 1000 (`network.with_rare_unit`) had its 25 points at radii 27,000-64,000. The polish step's points
+of the ball of radius 1000 (`network.with_rare_unit`) had its 25 points at radii 6,500-66,000. The polish step's points
 inside the domain then met the unit at one point: its output weight kept the error of the last layer's least-squares fit
 (7.5e-8, every other weight at 1e-16 after the step). `rare_points` finds, for each hidden unit on at fewer than `want`
 of `count` points over the domain, points of the domain where it is on: projected gradient ascent of its pre-activation
