@@ -3,9 +3,17 @@
 import numpy as np
 
 from functional_equivalence import domain
+from functional_equivalence.deep import network
 
 
 def eval_points(d, seed=5, count=10_000):
   """N(0, I) points and points on spheres of radii 1 .. 1000 (the default domain's radius)."""
   rng = np.random.default_rng(seed)
   return np.concatenate([rng.normal(size=(count, d)), domain.Ball(1000.0).check_points(rng, d, count)])
+
+
+def rare_net(seed, sizes, point_seed=99, fraction=3e-4):
+  """`network.random_net(seed, sizes)` with its last hidden layer's unit 0 on at `fraction` of 200,000 check points
+  of the ball of radius 1000 drawn from `point_seed` (fe_deep --rare_sizes draws them from [99, len(sizes)])."""
+  points = domain.Ball(1000.0).check_points(np.random.default_rng(point_seed), sizes[0], 200_000)
+  return network.with_rare_unit(network.random_net(seed, sizes), fraction, points)

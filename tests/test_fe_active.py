@@ -5,17 +5,13 @@ import numpy as np
 
 from functional_equivalence import domain
 from functional_equivalence.deep import active, network
+from tests.deep_points import rare_net
 
 DOM = domain.Ball(1000.0)
 
 
-def _rare_net(seed=3, sizes=(10, 8, 6, 1), fraction=3e-4):
-  points = DOM.check_points(np.random.default_rng(99), sizes[0], 200_000)
-  return network.with_rare_unit(network.random_net(seed, sizes), fraction, points)
-
-
 def test_points_are_found_inside_the_domain_where_a_rare_unit_is_on():
-  net = _rare_net()
+  net = rare_net(3, (10, 8, 6, 1))
   rng = np.random.default_rng(0)
   z = network.preactivations(net.prefix(2), DOM.check_points(rng, 10, 4096))[1][:, 0]
   assert np.sum(z > 0) < 16  # rare among the candidates: the ascent has to find its region
@@ -25,7 +21,7 @@ def test_points_are_found_inside_the_domain_where_a_rare_unit_is_on():
 
 
 def test_deeper_rare_unit_and_none_for_a_network_without_one():
-  net = _rare_net(seed=0, sizes=(10, 8, 8, 8, 1))
+  net = rare_net(0, (10, 8, 8, 8, 1))
   x = active.rare_points(net, DOM, np.random.default_rng(1))
   on = network.preactivations(net.prefix(3), x)[2][:, 0] > 0
   assert on.sum() >= 8 and DOM.contains(x).all()

@@ -6,9 +6,9 @@ import math
 import numpy as np
 
 from extraction.oracle import Oracle
-from functional_equivalence import domain
 from functional_equivalence.deep import align, attack, network
 from functional_equivalence.deep.network import DeepNet
+from tests.deep_points import eval_points, rare_net
 
 
 def _net(w_off_to_rare: float, w_on_to_rare: float = -0.3) -> DeepNet:
@@ -79,17 +79,12 @@ def test_the_polish_points_cover_every_feature_of_a_unit():
   assert np.array_equal(first_layer, np.array(points[:8]))
 
 
-def _eval_points(d, seed=5):
-  rng = np.random.default_rng(seed)
-  return np.concatenate([rng.normal(size=(50_000, d)), domain.Ball(1000.0).check_points(rng, d, 10_000)])
-
-
 def test_a_weight_traded_with_the_linear_remainder_is_compared_inside_it():
   # last-hidden unit k on wherever feature j is (on these points): w_jk h_j v_k is a linear term; a network with
   # w_jk + delta and a unit relu(h_j) (always >= 0: folded into the remainder) of output -delta v_k is the same
   # function there. Before: unit k unmatched (its weights differ), error inf (random 10-8-8-8-1 seed 8's run)
   true = network.random_net(8, (10, 8, 8, 8, 1))
-  x = _eval_points(10)
+  x = eval_points(10, count=50_000)
   pre = network.preactivations(true, x)
   feat, on = pre[1] > 0, pre[2] > 0
   pairs = np.argwhere(((feat.T.astype(float) @ on) > 0) & ((feat.T.astype(float) @ ~on) == 0))
@@ -115,12 +110,10 @@ def test_a_rare_unit_recovered_turned_over_is_matched_in_the_victims_orientation
   # random 12-8-6-3 seed 3 with a second-layer unit on at 0.03% of the ball: the attack returns it as relu(-z) (on at
   # 99.96%) plus a linear term; its weights from features never on with the victim's unit were kept on its side
   # only, so it matched nothing (before: "wrong: units unmatched"); turned to the victim's orientation first, exact
-  dom = domain.Ball(1000.0)
-  points = dom.check_points(np.random.default_rng([99, 4]), 12, 200_000)
-  true = network.with_rare_unit(network.random_net(3, (12, 8, 6, 3)), 3e-4, points)
+  true = rare_net(3, (12, 8, 6, 3), point_seed=[99, 4])
   result = attack.extract(
     Oracle(network.backend(true), output="logits", record_inputs=False), 12, attack.Config(), seed=408810553
   )
-  x = _eval_points(12)
+  x = eval_points(12, count=50_000)
   err = align.weight_error(true, result.net, x)
   assert result.net.sizes != true.sizes and err["max_weight_error"] <= 2.0**-30, err

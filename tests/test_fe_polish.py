@@ -10,7 +10,7 @@ from extraction.oracle import Oracle
 from functional_equivalence import domain, queries
 from functional_equivalence.deep import align, attack, network, polish
 from tests.counting import CountingBackend
-from tests.deep_points import eval_points
+from tests.deep_points import eval_points, rare_net
 
 
 def _perturbed(net, rel, seed=3):
@@ -163,8 +163,8 @@ def test_a_rarely_active_unit_beyond_the_domain_is_polished_exactly():
   # then, that fixed, moved the unit's weights from 9.4e-11 to 2.8e-8. With points around its far surface points and
   # points of the ball where it is on (active.py), every weight is exact
   dom = domain.Ball(1000.0)
+  net = rare_net(3, (10, 8, 6, 1))
   points = dom.check_points(np.random.default_rng(99), 10, 200_000)
-  net = network.with_rare_unit(network.random_net(3, (10, 8, 6, 1)), 3e-4, points)
   assert np.mean(network.preactivations(net.prefix(2), points)[1][:, 0] > 0) == pytest.approx(3e-4, abs=1e-5)
   counter = CountingBackend(network.backend(net))
   result = attack.extract(Oracle(counter, output="logits", record_inputs=False), 10, attack.Config(), seed=1)

@@ -231,7 +231,8 @@ def with_rare_unit(net: DeepNet, fraction: float, points: np.ndarray) -> DeepNet
   units (digits 64-64-64-10: one on at 0.03% of the ball); the attack meets them at few kinks, far out."""
   z = preactivations(net.prefix(net.depth), points)[-1][:, 0]
   biases = list(net.biases)
-  biases[net.depth - 1] = biases[net.depth - 1] - np.eye(len(biases[net.depth - 1]))[0] * np.quantile(z, 1 - fraction)
+  biases[-2] = biases[-2].copy()
+  biases[-2][0] -= np.quantile(z, 1 - fraction)
   return DeepNet(net.weights, tuple(biases))
 
 
