@@ -18,7 +18,7 @@ from functional_equivalence.deep import align, attack, network, signs, support
 from functional_equivalence.deep import layer as layers
 from functional_equivalence.errors import ExtractionError, LimitReachedError
 from tests.counting import CountingBackend
-from tests.deep_points import eval_points
+from tests.deep_points import eval_points, rare_net
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -335,6 +335,18 @@ def test_a_check_limit_below_the_fits_precision_ends_in_a_one_line_error():
   # empty and the search crashed on zero lines (ValueError); now the layer's search runs out of rounds
   with pytest.raises(ExtractionError, match="did not settle"):
     _extract(network.random_net(1, (12, 8, 6, 3)), check_rtol=1e-12, repairs=0)
+
+
+def test_a_first_layer_unit_whose_kink_shows_only_where_a_deeper_unit_is_on_is_tested_again_and_kept():
+  # fe_deep_rare.md's 10-8-6-1 seed 4 (its victim and attack seed): 4 of the 6 points that first tested the candidate
+  # for first-layer unit 5 fell where every second-layer unit is off (the network is constant there: no kink shows),
+  # so it became a facet (40 of 40 other streams accept it) which, the first layer having one region, was never
+  # tested again however many kinks joined it (10): 7 of 8 units, then "layer 2: the search did not settle". Now a
+  # first-layer facet is tested again as its kinks fall in regions told apart by the units found so far.
+  net = rare_net(4, (10, 8, 6, 1), point_seed=[99, 4])
+  result = _extract(net, seed=852798553)
+  assert result.stats["facet_retests"] >= 1
+  _assert_recovered(net, result.net, 1e-12)
 
 
 @pytest.mark.slow

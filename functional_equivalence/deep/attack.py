@@ -131,6 +131,7 @@ def _new_stats(probe_bits) -> dict:
     kinks_off_known=0,
     rejected_kinks=0,
     facets=0,
+    facet_retests=0,
     exact_sign_tests=0,
     wiggle_sign_tests=0,
     repair_rounds=0,
@@ -523,7 +524,8 @@ def _rare_unit_points(net, surfaces, dom, cfg: Config) -> np.ndarray:
   and points of the domain where a rarely active unit is on. Random 2-hidden-layer victims with a last-hidden unit
   on at 0.03% of the ball (fe_deep_rare_before.md, fe_deep_rare.md): 2 of 24 exact before (the rare unit at one
   polish point or none, its output weight at the least-squares fit's 1e-8-1e-7, its incoming weights moved by the
-  step), 23 of 24 after (with align's changes of the same session; docs/fe_deep.md). Drawn from a stream
+  step), 23 of 24 after (with align's changes of the same session; docs/fe_deep.md; the 24th, whose first layer
+  missed a unit, since layer._first_layer_regions). Drawn from a stream
   seeded by the network's weights (the attack's stream stays as it was); none for a network without such units."""
   stream = np.random.default_rng(zlib.crc32(polish.flat(net).tobytes()))
   far = [_covering_points(p, u) for p, u in surfaces if u.points and not dom.contains(np.array(u.points)).any()]

@@ -15,7 +15,9 @@ that agree with a unit on their common features (within both errors, with the bi
 features it had not seen; the others are candidates. A candidate is accepted as a unit of layer i only if g has a
 kink where its hyperplane predicts one at points spread over its surface (`_verify`, window tests of
 recover.locate_kinks); a deeper unit's kink is only locally flat (its surface bends at this layer's hyperplanes)
-and fails there. Rounds go on until `patience` rounds bring no new unit and no new feature. Then each unit is
+and fails there; a candidate that failed (a facet) is tested again once its kinks come from 3, 6, 12, ... regions
+(after the first layer, in a round whose kinks show it a new feature; on the first layer, which has no prefix, in
+regions told apart by the units found so far, on points from a stream of its own). Rounds go on until `patience` rounds bring no new unit and no new feature. Then each unit is
 refitted from precise points of its surface (`refit`: h(x_r) . w + b = 0 at kinks located to float64 precision,
 a least-squares correction weighted against the measured signature's error), which also gives the points the
 sign step and the final check use.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import zlib
 from typing import Any
 
 import numpy as np
@@ -513,6 +516,8 @@ def _round(q, prefix, state: LayerState, cfg: LayerConfig, dom, rng, stats) -> b
   if len(new) == 0:
     return False
   items = measure(q, prefix, kinks, starts, dirs, ranges, new, cfg, rng, stats)
+  if not prefix.weights and units:
+    items.regions = _first_layer_regions(units, items.x)
   changed = False
   touched = set()
   for k in range(len(items)):
@@ -523,9 +528,10 @@ def _round(q, prefix, state: LayerState, cfg: LayerConfig, dom, rng, stats) -> b
       for u in group:
         lam = match(u, w, act, b, err, hn)
         if lam is not None:
+          elsewhere = key not in u.regions
           grew = absorb(u, w / lam, act, b / lam, err, key)
           changed |= grew and group is units
-          if group is not units and (grew or group is state.pending):
+          if group is not units and (grew or group is state.pending or (elsewhere and not prefix.weights)):
             touched.add(id(u))
           placed = True
           break
@@ -536,23 +542,41 @@ def _round(q, prefix, state: LayerState, cfg: LayerConfig, dom, rng, stats) -> b
       cand.anchor = items.x[k]
       state.pending.append(cand)
       touched.add(id(cand))
-  # facets that keep collecting kinks from new regions are tested again (at 3, 6, 12, ... regions)
+  # facets that keep collecting kinks from new regions are tested again (at 3, 6, 12, ... regions); on the first
+  # layer, whose facets never learn a feature, every kink in a region new to it counts
   for f in state.facets:
     if len(f.regions) >= 3 * f.retests and id(f) in touched:
       f.retests *= 2
+      stats["facet_retests"] += 1
     elif id(f) in touched:
       touched.discard(id(f))
   test = [c for c in state.pending + state.facets if id(c) in touched]
-  if test:
-    verdicts = _verify(q, prefix, test, cfg, rng, stats)
-    for cand, verdict in zip(test, verdicts):
-      for group in (state.pending, state.facets):
-        if cand in group:
-          group.remove(cand)
-      {"unit": units, "facet": state.facets, "pending": state.pending}[verdict].append(cand)
-      changed |= verdict == "unit"
+  # a first-layer facet tested again draws its points from a stream of its own (seeded by its weights and its count
+  # of tests): one that fails again (a deeper unit's piece) leaves the search's stream where it was
+  again = [c for c in test if any(c is f for f in state.facets)] if not prefix.weights else []
+  test = [c for c in test if not any(c is a for a in again)]
+  verdicts = _verify(q, prefix, test, cfg, rng, stats) if test else []
+  for c in again:
+    own = np.random.default_rng([zlib.crc32(c.w.tobytes()), c.retests])
+    verdicts += _verify(q, prefix, [c], cfg, own, stats)
+  for cand, verdict in zip(test + again, verdicts):
+    for group in (state.pending, state.facets):
+      if cand in group:
+        group.remove(cand)
+    {"unit": units, "facet": state.facets, "pending": state.pending}[verdict].append(cand)
+    changed |= verdict == "unit"
   stats["facets"] = len(state.facets)
   return changed
+
+
+def _first_layer_regions(units: list, x: np.ndarray) -> list:
+  """Keys of the first-layer regions of the points x (k, d) as far as the units found so far tell them apart (their
+  activation pattern). The first layer has no prefix, so `measure` gives every kink one region; a deeper unit's
+  piece is flat only within one region of the first layer, while a first-layer unit's kink may show only where some
+  deeper unit is on (and be a facet after its first test): kinks of one candidate in several such regions are what
+  sends it to be tested again."""
+  w, _, b, _ = _stack(units)
+  return [np.packbits(row).tobytes() for row in (x @ w.T + b > 0)]
 
 
 @dataclasses.dataclass
