@@ -17,10 +17,10 @@ kink where its hyperplane predicts one at points spread over its surface (`_veri
 recover.locate_kinks); a deeper unit's kink is only locally flat (its surface bends at this layer's hyperplanes)
 and fails there; a candidate that failed (a facet) is tested again once its kinks come from 3, 6, 12, ... regions
 (after the first layer, in a round whose kinks show it a new feature; on the first layer, which has no prefix, in
-regions told apart by the units found so far, on points from a stream of its own). Rounds go on until `patience` rounds bring no new unit and no new feature. Then each unit is
-refitted from precise points of its surface (`refit`: h(x_r) . w + b = 0 at kinks located to float64 precision,
-a least-squares correction weighted against the measured signature's error), which also gives the points the
-sign step and the final check use.
+regions told apart by the units found so far, on points from a stream of its own). Rounds go on until `patience`
+rounds bring no new unit and no new feature. Then each unit is refitted from precise points of its surface (`refit`:
+h(x_r) . w + b = 0 at kinks located to float64 precision, a least-squares correction weighted against the measured
+signature's error), which also gives the points the sign step and the final check use.
 """
 
 from __future__ import annotations
