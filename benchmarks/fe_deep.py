@@ -6,7 +6,8 @@ Victims, each attacked through a float64 logits Oracle by functional_equivalence
 or the widths, equivalence claimed on the ball of radius 1000:
 1. random Gaussian networks (deep.network.random_net) of --random_sizes, --seeds seeds each: the success rate;
    with --rare_sizes also random networks whose last hidden layer has a unit on at --rare_fraction of the ball
-   (deep.network.with_rare_unit), as trained networks have;
+   (deep.network.with_rare_unit), as trained networks have; with --pruned_sizes random networks whose weights
+   from the first hidden layer to the second are magnitude-pruned (--pruned_fraction of them 0, deep.network.pruned);
 2. the network sizes of Carlini, Jagielski, Mironov (CRYPTO 2020), trained as their train_models.py trains theirs
    (deep.network.cme_net: memorising 20 random points, our own optax code);
 3. networks trained on scikit-learn digits (64 inputs; with --big also 784 inputs of --big_hidden widths, the 8x8
@@ -47,6 +48,12 @@ flags.DEFINE_list(
   "Sizes of random victims whose last hidden layer has a rarely active unit (network.with_rare_unit), --seeds each.",
 )
 flags.DEFINE_float("rare_fraction", 3e-4, "Share of the ball's points where the rare unit is on.", lower_bound=0.0)
+flags.DEFINE_list(
+  "pruned_sizes", [], "Sizes of random victims whose second weight matrix is magnitude-pruned, --seeds each."
+)
+flags.DEFINE_float(
+  "pruned_fraction", 0.75, "Share of that matrix's weights set to 0 (smallest first).", lower_bound=0.0, upper_bound=1.0
+)
 flags.DEFINE_list(
   "cme_sizes", ["10-10-10-1", "10-20-20-1", "40-20-10-10-1", "80-40-20-1"], "Sizes of the CME-style trained victims."
 )
@@ -249,6 +256,10 @@ def victims():
       for seed in range(FLAGS.seeds):
         net = network.with_rare_unit(network.random_net(seed, shape), FLAGS.rare_fraction, points)
         yield f"random, a unit on at {FLAGS.rare_fraction:g} of the ball", net, seed
+  for sizes in FLAGS.pruned_sizes:
+    for seed in range(FLAGS.seeds):
+      net = network.pruned(network.random_net(seed, [int(s) for s in sizes.split("-")]), 1, FLAGS.pruned_fraction)
+      yield f"random, {FLAGS.pruned_fraction:g} of the second weights pruned", net, seed
   for sizes in FLAGS.cme_sizes:
     yield "cme-trained", network.cme_net(0, [int(s) for s in sizes.split("-")]), 0
   for hidden in FLAGS.digits_hidden:

@@ -349,6 +349,25 @@ def test_a_first_layer_unit_whose_kink_shows_only_where_a_deeper_unit_is_on_is_t
   _assert_recovered(net, result.net, 1e-12)
 
 
+def test_a_kink_with_no_signature_and_a_unit_with_nan_weights_match_nothing():
+  # a pruned victim (12-10-8-1 with 1-2 outgoing weights per first-layer unit) gave a kink whose partial signature
+  # is 0 on its features: it matched a unit with scale 0, absorbing it made that unit's weights 0 / 0 = NaN, a NaN
+  # unit then matched every kink, and the attack ended in numpy's "array must not contain infs or NaNs"
+  unit = layers.Unit(np.array([1.0, 0.5, 0.0]), np.ones(3, bool), 0.5, 1e-12, np.ones(1))
+  assert layers.match(unit, np.zeros(3), np.ones(3, bool), 0.0, 1e-12, 1.0) is None
+  broken = layers.Unit(np.full(3, np.nan), np.ones(3, bool), np.nan, 1e-12, np.ones(1))
+  assert layers.match(broken, np.array([1.0, 0.5, 0.0]), np.ones(3, bool), 0.5, 1e-12, 1.0) is None
+
+
+def test_magnitude_pruning_zeroes_the_smallest_weights_of_one_layer():
+  net = network.random_net(0, (10, 8, 6, 1))
+  cut = network.pruned(net, 1, 0.75)
+  w, v = np.abs(net.weights[1]), cut.weights[1]
+  assert (v == 0).sum() == 36 and np.abs(v[v != 0]).min() >= w[v == 0].max()
+  assert np.array_equal(v[v != 0], net.weights[1][v != 0])
+  assert all(np.array_equal(a, b) for i, (a, b) in enumerate(zip(net.weights, cut.weights)) if i != 1)
+
+
 @pytest.mark.slow
 def test_true_units_of_a_strict_layer_survive_its_cross_check():
   # random 10-8-8-8-1 seed 15, the benchmark's attack seed: the strict second layer's cross check refuted two true

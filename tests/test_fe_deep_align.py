@@ -117,3 +117,18 @@ def test_a_rare_unit_recovered_turned_over_is_matched_in_the_victims_orientation
   x = eval_points(12, count=50_000)
   err = align.weight_error(true, result.net, x)
   assert result.net.sizes != true.sizes and err["max_weight_error"] <= 2.0**-30, err
+
+
+def test_a_unit_feeding_only_dead_units_is_set_aside_as_inert():
+  # a pruned network: first-layer unit 0's one remaining weight goes to second-layer unit 1, which is never on (bias
+  # -1e6), so unit 0 has no path to the output; before, only units never on or with no weight out were set aside
+  rng = np.random.default_rng(0)
+  w0, b0 = rng.normal(size=(4, 3)), rng.normal(size=3)
+  w1 = rng.normal(size=(3, 2))
+  w1[0] = [0.0, 1.0]
+  net = DeepNet((w0, w1, rng.normal(size=(2, 1))), (b0, np.array([0.5, -1e6]), np.zeros(1)))
+  x = eval_points(4)
+  live = align.live_units(net, x)
+  assert live[0].tolist() == [False, True, True] and live[1].tolist() == [True, False]
+  assert align.prune(net, x)[1] == [1, 1]
+  assert np.allclose(network.logits(align.prune(net, x)[0], x), network.logits(net, x))

@@ -29,9 +29,15 @@ from functional_equivalence.deep.network import DeepNet
 
 
 def live_units(net: DeepNet, x: np.ndarray) -> list:
-  """Per hidden layer, a bool mask of units active at some point of x and with a nonzero outgoing weight."""
+  """Per hidden layer, a bool mask of units active at some point of x and with a nonzero outgoing weight to a live
+  unit of the next layer (from the last hidden layer down: a unit that feeds only units never active, or only units
+  cut off themselves, has no path to the output, as in a pruned network)."""
   pre = network.preactivations(net.prefix(net.depth), x)
-  return [np.any(p > 0, axis=0) & np.any(net.weights[i + 1] != 0, axis=1) for i, p in enumerate(pre)]
+  live = [np.any(p > 0, axis=0) for p in pre]
+  live[-1] &= np.any(net.weights[-1] != 0, axis=1)
+  for i in range(len(live) - 2, -1, -1):
+    live[i] &= np.any(net.weights[i + 1][:, live[i + 1]] != 0, axis=1)
+  return live
 
 
 def prune(net: DeepNet, x: np.ndarray) -> tuple[DeepNet, list]:

@@ -309,7 +309,10 @@ def match(unit: Unit, w, active, b, err, hnorm) -> float | None:
   if common.sum() < min(2, active.sum()) or common.sum() == 0:
     return None
   a, c = unit.w[common], w[common]
-  lam = float(c @ a / (a @ a))
+  aa = float(a @ a)
+  lam = float(c @ a) / aa if aa > 0 else np.nan  # a unit 0 or NaN on the common features: no scale
+  if not (np.isfinite(lam) and lam != 0.0):
+    return None
   tol = NF * (unit.err + err) + 1e-9
   if np.linalg.norm(c - lam * a) > tol * np.linalg.norm(w):
     return None
@@ -522,6 +525,9 @@ def _round(q, prefix, state: LayerState, cfg: LayerConfig, dom, rng, stats) -> b
   touched = set()
   for k in range(len(items)):
     w, act, b, err, key = items.w[k], items.active[k], items.b[k], items.err[k], items.regions[k]
+    if not (np.all(np.isfinite(w)) and np.any(w[act])):
+      stats["rejected_kinks"] += 1  # no signature (a sparse victim's unit with no weight on the features here)
+      continue
     hn = float(np.linalg.norm(network.features(prefix, items.x[k : k + 1]).h))
     placed = False
     for group in (units, state.pending, state.facets):
@@ -706,6 +712,8 @@ def complete(q, prefix, units: list, cfg: LayerConfig, rng, stats, tries: int = 
       x1 = xb + eta / gl * tau
       nrm = f.jac[0] @ u.w
       nn = np.linalg.norm(nrm)
+      if gl == 0 or not nn > 0:
+        continue  # no way across here: the feature does not change along the walk, or the unit is flat in x
       nrm /= nn
       width = 10 * eta * np.max(np.abs(u.w)) / nn + 1e-9 * (cfg.scale + np.linalg.norm(x1 - center))
       try:

@@ -236,6 +236,21 @@ def with_rare_unit(net: DeepNet, fraction: float, points: np.ndarray) -> DeepNet
   return DeepNet(net.weights, tuple(biases))
 
 
+def pruned(net: DeepNet, layer: int, fraction: float) -> DeepNet:
+  """`net` with the `fraction` of weights[layer] smallest in magnitude set to 0 (magnitude pruning, as deployed
+  networks are pruned); every other weight as it was. A unit left with one input is a shifted ReLU of that input
+  (its surface one hyperplane of the layer before, parallel to that unit's), and units left with no live input or
+  no output are inert."""
+  w = np.array(net.weights[layer], dtype=np.float64)
+  cut = int(round(fraction * w.size))
+  if cut:
+    order = np.argsort(np.abs(w), axis=None, kind="stable")
+    w.flat[order[:cut]] = 0.0
+  weights = list(net.weights)
+  weights[layer] = w
+  return DeepNet(tuple(weights), net.biases)
+
+
 def cme_net(
   seed: int, sizes: Sequence[int], samples: int = 20, epochs: int = 100, batch: int = 4, learning_rate: float = 3e-4
 ) -> DeepNet:
