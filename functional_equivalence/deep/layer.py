@@ -526,7 +526,7 @@ def _round(q, prefix, state: LayerState, cfg: LayerConfig, dom, rng, stats) -> b
   for k in range(len(items)):
     w, act, b, err, key = items.w[k], items.active[k], items.b[k], items.err[k], items.regions[k]
     if not (np.all(np.isfinite(w)) and np.any(w[act])):
-      stats["rejected_kinks"] += 1  # no signature (a sparse victim's unit with no weight on the features here)
+      stats["rejected_kinks"] += 1  # a signature of 0 (seen on pruned victims) or not finite: no unit to match
       continue
     hn = float(np.linalg.norm(network.features(prefix, items.x[k : k + 1]).h))
     placed = False

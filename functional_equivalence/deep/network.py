@@ -238,9 +238,9 @@ def with_rare_unit(net: DeepNet, fraction: float, points: np.ndarray) -> DeepNet
 
 def pruned(net: DeepNet, layer: int, fraction: float) -> DeepNet:
   """`net` with the `fraction` of weights[layer] smallest in magnitude set to 0 (magnitude pruning, as deployed
-  networks are pruned); every other weight as it was. A unit left with one input is a shifted ReLU of that input
-  (its surface one hyperplane of the layer before, parallel to that unit's), and units left with no live input or
-  no output are inert."""
+  networks are pruned); every other weight as it was. A unit left with one input has for surface (if it has one) a
+  whole hyperplane parallel to that input unit's, as a unit of the layer before would; units left with no live input
+  or no output are inert."""
   w = np.array(net.weights[layer], dtype=np.float64)
   cut = int(round(fraction * w.size))
   if cut:
