@@ -559,8 +559,9 @@ def _round(q, prefix, state: LayerState, cfg: LayerConfig, dom, rng, stats) -> b
   test = [c for c in state.pending + state.facets if id(c) in touched]
   # a first-layer facet tested again draws its points from a stream of its own (seeded by its weights and its count
   # of tests): one that fails again (a deeper unit's piece) leaves the search's stream where it was
-  again = [c for c in test if any(c is f for f in state.facets)] if not prefix.weights else []
-  test = [c for c in test if not any(c is a for a in again)]
+  retested = {id(f) for f in state.facets} if not prefix.weights else set()
+  again = [c for c in test if id(c) in retested]
+  test = [c for c in test if id(c) not in retested]
   verdicts = _verify(q, prefix, test, cfg, rng, stats) if test else []
   for c in again:
     own = np.random.default_rng([zlib.crc32(c.w.tobytes()), c.retests])
