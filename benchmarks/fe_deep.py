@@ -2,8 +2,9 @@
 
   flock /tmp/heavy.lock python -m benchmarks.fe_deep [--seeds=5] [--eval_inputs=1000000] [--big]
 
-Victims, each attacked through a float64 logits Oracle by functional_equivalence.deep.attack, not told the depth
-or the widths, equivalence claimed on the ball of radius 1000:
+Victims, each attacked through a float64 logits Oracle (--oracle_output=probabilities: a probabilities one) by
+functional_equivalence.deep.attack, not told the depth or the widths, equivalence claimed on the ball of radius 1000
+(with probabilities, on the part of it where none underflows):
 1. random Gaussian networks (deep.network.random_net) of --random_sizes, --seeds seeds each: the success rate;
    with --rare_sizes also random networks whose last hidden layer has a unit on at --rare_fraction of the ball
    (deep.network.with_rare_unit), as trained networks have; with --pruned_sizes random networks whose weights
@@ -76,6 +77,14 @@ flags.DEFINE_integer("eval_inputs", 1_000_000, "Inputs ~ N(0, I) for agreement."
 flags.DEFINE_integer("domain_inputs", 100_000, "Points over the ball (spheres of radii 1 .. 1000) for agreement.")
 flags.DEFINE_float("max_seconds", 1200.0, "Time limit of one attack.")
 flags.DEFINE_string("out", "fe_deep", "Result file stem in benchmarks/results/.")
+flags.DEFINE_enum(
+  "oracle_output",
+  "logits",
+  ["logits", "probabilities"],
+  "What the oracle returns; with probabilities the victims need 2 or more outputs, the attack works on the ball "
+  "where no probability underflows (`probability_radius`), and weights and logits are compared as differences to "
+  "class 0.",
+)
 flags.DEFINE_list(
   "attack_seeds", [], "Run each victim once per attack seed listed (default: one, from the victim's seed stream)."
 )
@@ -91,12 +100,17 @@ QUOTED = [
 ]
 
 
+def _differences() -> bool:
+  """Weights and logits compared as differences to class 0 (what a probabilities oracle determines)."""
+  return FLAGS.oracle_output == "probabilities"
+
+
 def _agreement(net, rec, x):
   from functional_equivalence import align
 
   worst, same = 0.0, 0.0
   for lo in range(0, len(x), 100_000):
-    r = align.logit_agreement(net, rec, x[lo : lo + 100_000])
+    r = align.logit_agreement(net, rec, x[lo : lo + 100_000], differences=_differences())
     worst, same = max(worst, r["max_logit_error"]), same + r["agreement"] * len(x[lo : lo + 100_000])
   return same / len(x), worst
 
@@ -131,7 +145,7 @@ def run_one(name: str, net, seed: int, layers=None, attack_seed: int | None = No
       return self.backend(x)
 
   counter = Counting(network.backend(net))
-  oracle = Oracle(counter, output="logits", record_inputs=False)
+  oracle = Oracle(counter, output=FLAGS.oracle_output, record_inputs=False)
   default_seed, eval_seed = run_seeds(seed)
   attack_seed = default_seed if attack_seed is None else attack_seed
   row = victim_fields(name, net, seed) | dict(attack_seed=attack_seed)
@@ -179,6 +193,7 @@ def run_one(name: str, net, seed: int, layers=None, attack_seed: int | None = No
     signs=", ".join(m if isinstance(m, str) else "+".join(m) for m in result.sign_methods),
     repairs=result.stats.get("repair_rounds", 0),
     promoted_units=result.stats.get("promoted_units", 0),
+    **{k: result.stats[k] for k in ("probability_radius",) if k in result.stats},
     **evaluate(net, result.net, eval_seed, peeled=result.peeled),
     seconds=round(seconds, 1),
   )
@@ -216,7 +231,7 @@ def evaluate(net, rec, eval_seed: int, peeled=None) -> dict:
   weight_points = np.concatenate([x[:50_000], over[:50_000]])
 
   def weights(candidate) -> dict:
-    err = align.weight_error(net, candidate, weight_points)
+    err = align.weight_error(net, candidate, weight_points, differences=_differences())
     return dict(
       layer_errors=[float(f"{e:.3g}") for e in err["errors"]],
       max_weight_error=err["max_weight_error"],

@@ -126,7 +126,7 @@ def _line_starts(dom: domains.Domain, d: int, count: int, scale: float, rng) -> 
   return dom.center(d) + scale * rng.normal(size=(count, d))
 
 
-def _line_ranges(q: queries.Querier, starts, dirs, t_max: float) -> np.ndarray:
+def _line_ranges(q: queries.Querier, starts, dirs, t_max: float, stage: str = "critical-point search") -> np.ndarray:
   """[t_low, t_high] per line: [-t_max, t_max], shortened with probabilities to where |g| <= PROBABILITY_REACH
   (the probabilities underflow further out), by geometric steps t_max * 2^-j (2 (j_max + 1) queries a line)."""
   n, d = starts.shape
@@ -134,9 +134,9 @@ def _line_ranges(q: queries.Querier, starts, dirs, t_max: float) -> np.ndarray:
     return np.tile([-t_max, t_max], (n, 1))
   t = t_max * 2.0 ** -np.arange(max(1, int(np.ceil(np.log2(max(t_max, 2.0)))) + 1))  # decreasing to ~1
   ts = np.concatenate([-t, t])
-  g = q(
-    (starts[:, None] + ts[None, :, None] * dirs[:, None]).reshape(-1, d), "critical-point search", underflow_ok=True
-  ).reshape(n, len(ts), -1)
+  g = q((starts[:, None] + ts[None, :, None] * dirs[:, None]).reshape(-1, d), stage, underflow_ok=True).reshape(
+    n, len(ts), -1
+  )
   good = np.all(np.isfinite(g), -1) & (np.max(np.abs(g), -1) <= PROBABILITY_REACH)
   out = np.zeros((n, 2))
   for side, sl in ((0, slice(0, len(t))), (1, slice(len(t), None))):

@@ -146,8 +146,10 @@ def locate_kinks(
   slope: np.ndarray,
   rtol: float = 1e-10,
   stage: str = "refine",
+  underflow_ok: bool = False,
 ):
   """The kink of g near each x0 (n, d) along unit directions dirs (n, d), within +-w (n,) (6 queries a point).
+  With `underflow_ok`, a window where a probability underflows (NaN answers, queries.Querier) is not good.
 
   The lines through g on [-w, -w/2] and [w/2, w] intersect at s*; the kink is confirmed when |s*| < w/4 and g at
   s* -+ w/1024 lies on those lines (so no second kink within the window shows). `slope` (n,): the size of g's
@@ -157,7 +159,7 @@ def locate_kinks(
   """
   n, d = x0.shape
   s = np.stack([-w, -w / 2, w / 2, w])
-  g = query((x0[None] + s[..., None] * dirs[None]).reshape(-1, d), stage).reshape(4, n, -1)
+  g = query((x0[None] + s[..., None] * dirs[None]).reshape(-1, d), stage, underflow_ok).reshape(4, n, -1)
   sl, sr = (g[1] - g[0]) / (w / 2)[:, None], (g[3] - g[2]) / (w / 2)[:, None]
   ds = sr - sl
   with np.errstate(divide="ignore", invalid="ignore"):
@@ -165,7 +167,7 @@ def locate_kinks(
   good = np.isfinite(st) & (np.abs(st) < w / 4)
   st = np.where(good, st, 0.0)
   near = np.stack([st - w / 1024, st + w / 1024])  # just left and right of s*
-  gs = query((x0[None] + near[..., None] * dirs[None]).reshape(-1, d), stage).reshape(2, n, -1)
+  gs = query((x0[None] + near[..., None] * dirs[None]).reshape(-1, d), stage, underflow_ok).reshape(2, n, -1)
   mag = np.max(np.abs(g), axis=(0, 2)) + w * np.max(np.abs(ds), -1)
   mag = np.maximum(mag, np.linalg.norm(x0, axis=1) * slope)  # terms ~ |x| |J|
   tol = rtol * mag[:, None]

@@ -382,6 +382,7 @@ def _deep_attack_row(result, d: int, seeds: dict) -> dict:
     repair_rounds=stats["repair_rounds"],
     promoted_units=stats.get("promoted_units", 0),
     **{k: stats[k] for k in ("polish_steps", "polish_error_before", "polish_error_after") if k in stats},
+    **{k: stats[k] for k in ("probability_radius",) if k in stats},
     seconds=round(result.seconds, 2),
     **seeds,
   )
@@ -439,13 +440,18 @@ def _test_fields(net, rec, test: tuple, diff, logits) -> dict:
 
 
 def _run(workdir: pathlib.Path) -> list[dict]:
+  if "oracle_output" in FLAGS and FLAGS["oracle_output"].present:
+    raise common.ConfigError(
+      "--oracle_output is the learning experiments' flag; functionally-equivalent extraction asks through "
+      "--fe_oracle_output (logits or probabilities)"
+    )
   workdir.mkdir(parents=True, exist_ok=True)
   seeds = stream_seeds(FLAGS.seed)
   net, test = build_victim(seeds["victim_seed"])
   if net is not None:
     network.save_npz(workdir / "victim.npz", network.as_deep(net))
     if FLAGS.fe_oracle_output == "probabilities" and network.as_deep(net).sizes[-1] < 2:
-      raise ValueError("--fe_oracle_output=probabilities needs a victim with at least 2 outputs")
+      raise common.ConfigError("--fe_oracle_output=probabilities needs a victim with at least 2 outputs")
   oracle, d = _oracle(net)
   dom = domains.parse(FLAGS.fe_radius, FLAGS.fe_box, FLAGS.fe_scale)
   logging.info(

@@ -70,6 +70,9 @@ class Config(two_layer.Config):
     check_points: points of the final check over the domain (far more than the two-layer attack's: a deep unit can
       be active on a small part of the domain only; with 512, random 10-8-8-8-1 seeds 0 and 1 and 20-10-10-1 seed
       0 passed the check with units missed or wrong, off by up to 1.6 over the ball; 8,192 is ~2^13 queries).
+    check_near: where the last layer's fit has a linear remainder, the final check's points ~ N(center, scale^2 I)
+      beyond its 64 (`_check_config`): a unit taken as on everywhere can be off in a pocket near the center,
+      between the domain points' spheres (radii R/1000, R/100, ...).
     repairs: after a failed final check, at most this many searches of the last hidden layer on lines through the
       points where it failed, each followed by the output layer and the check again (10-8-8-8-1 seed 0 needs 5).
     polish_steps: after the final check, at most this many Gauss-Newton steps on every weight at once (polish.py;
@@ -90,6 +93,7 @@ class Config(two_layer.Config):
   layers: int | None = None
   sign_votes: int = 24
   check_points: int = 8192
+  check_near: int = 8192
   repairs: int = 8
   polish_steps: int = 3
   promoted_rtol: float = 1e-12
@@ -165,11 +169,15 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
     raise ValueError("the oracle has one class: its probabilities carry no information")
   stats = _new_stats(probe.precision_bits)
   center = dom.center(input_dim)
+  radius = np.inf
+  if oracle.output == "probabilities":
+    dom, radius = _trusted_domain(q, dom, input_dim, np.random.default_rng([seed, 2]), stats, cfg.scale)
   lcfg = layers.LayerConfig(
     scale=cfg.scale,
     center=center,
     reach=cfg.line_reach * dom.circumradius(input_dim) / cfg.scale,
-    far=2 * dom.circumradius(input_dim),
+    far=min(2 * dom.circumradius(input_dim), radius),
+    radius=radius,
     lines_per_round=cfg.lines_per_round,
     max_rounds=cfg.max_rounds,
     patience=cfg.patience,
@@ -249,13 +257,13 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
   if last is not None:
     first_last = len(surfaces) - len(units)
     for repair in range(cfg.repairs + 1):
-      net = _network(prefix, units, last, differences)
-      checked, bad = _final_check(q, net, surfaces, dom, cfg, rng, differences)
+      net, ccfg = _network(prefix, units, last, differences), _check_config(cfg, last)
+      checked, bad = _final_check(q, net, surfaces, dom, ccfg, rng, differences)
       if not len(bad):
         break
       if repair == cfg.repairs:
         # the structure may be right and the weights short of the check's precision: the polish step, once
-        rescued = _rescue(q, net, surfaces, dom, cfg, rng, differences, stats) if cfg.polish_steps else None
+        rescued = _rescue(q, net, surfaces, dom, ccfg, rng, differences, stats) if cfg.polish_steps else None
         if rescued is not None:
           net, checked = rescued
           break
@@ -288,7 +296,7 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
     stats.update(layer_residual=last.residual, paired_units=int(last.pairs.sum()), **checked)
     peeled = net
     if cfg.polish_steps:
-      net = _polish(q, net, surfaces, dom, cfg, rng, differences, stats)
+      net = _polish(q, net, surfaces, dom, _check_config(cfg, last), rng, differences, stats)
     if stats["promoted_units"] and not (stats.get("polish_steps") and stats["check_error"] <= cfg.promoted_rtol):
       raise ExtractionError(
         f"{stats['promoted_units']} unit(s) promoted from pending candidates not confirmed: the polished network's "
@@ -299,6 +307,54 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
     net = peeled = prefix
   widths = [len(t["row_error"]) for t in tables]
   return DeepExtraction(net, q.queries, q.seconds, widths, stats, dom, dict(q.by_stage), tables, methods, peeled)
+
+
+def _trusted_domain(q, dom, d: int, rng, stats, scale: float, rays: int = 64, halvings: int = 6, margin=0.75):
+  """With probabilities: the radius around the domain's center inside which no probability underflows, measured
+  along `rays` random lines through it (two_layer._line_ranges: geometric steps down from the domain's
+  circumradius R while |g| > PROBABILITY_REACH, 2 (log2 R + 1) queries a line; then `halvings` bisection steps
+  between the last step inside and the one before, one query each a side), `margin` times the smallest reach of
+  any side (a direction not sampled can reach less far: on a random 10-8-8-3 with output weights times 100, |g|
+  was 742 at one of 4,000 points inside the smallest reach of 64 sides), or the whole domain when every side
+  reaches its edge (where an unsampled direction does underflow, the final check skips those points). The
+  attack then works, and claims equivalence, on the domain cut to that ball (a ball domain; a box that reaches
+  past it is refused, as is a ball smaller than the attack's input scale: the answers there carry no float64
+  logits). Returns (domain, radius); stats['probability_radius'] records it."""
+  center, big = dom.center(d), dom.circumradius(d)
+  dirs = rng.normal(size=(rays, d))
+  dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+  ranges = two_layer._line_ranges(q, np.tile(center, (rays, 1)), dirs, big, "probability radius")
+  dirs, lo = np.concatenate([dirs, -dirs]), np.abs(np.concatenate([ranges[:, 1], ranges[:, 0]]))
+  hi = np.minimum(2 * lo, big)
+  for _ in range(halvings):
+    mid = 0.5 * (lo + hi)
+    g = q(center + mid[:, None] * dirs, "probability radius", underflow_ok=True)
+    ok = np.all(np.isfinite(g), axis=1) & (np.max(np.abs(g), axis=1) <= two_layer.PROBABILITY_REACH)
+    lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
+  reach = float(np.min(lo))
+  radius = big if reach >= big else margin * reach  # every side sampled reaches the domain's edge: it is kept
+  stats["probability_radius"] = radius
+  if radius >= big:
+    return dom, radius
+  if radius < 2 * scale * np.sqrt(d):  # the lines start at N(center, scale^2 I)
+    raise queries.OraclePrecisionError(
+      f"the probabilities underflow {radius:.3g} from the domain's center, within the attack's random inputs "
+      f"(scale {scale:g}): use the logits output, or a smaller --fe_scale",
+      precision_bits=0.0,
+    )
+  if isinstance(dom, domains.Box):
+    raise queries.OraclePrecisionError(
+      f"the probabilities underflow inside the box {dom.describe()}: {radius:.3g} from its center along some "
+      f"directions, its corners are {big:.3g} away; use a smaller box, a ball (--fe_radius) or the logits output",
+      precision_bits=0.0,
+    )
+  logging.warning(
+    "probabilities underflow beyond %.3g of the center: the attack works, and claims equivalence, on the ball of "
+    "that radius, not on the domain's %.3g",
+    radius,
+    big,
+  )
+  return domains.Ball(radius), radius
 
 
 def _table(units: list) -> dict:
@@ -584,18 +640,30 @@ def _reached_points(surfaces, dom, d: int, rng, seen: int) -> tuple[np.ndarray, 
   return reached[:, 0], reached[:, 1] - reached[:, 0]
 
 
+def _check_config(cfg: Config, last: signs.LastLayer) -> Config:
+  """cfg for the final checks of a network whose last layer is `last`: the `check_near` points only where the fit
+  has a linear remainder (units taken as on over the whole domain; one on at 99.9% of N(0, I), off in a pocket
+  near the center, made random 10-8-8-8-3 seed 3 wrong by 0.0078 on 0.05% of N(0, I) with the check passed)."""
+  return cfg if last.has_remainder else dataclasses.replace(cfg, check_near=0)
+
+
 def _final_check(q, net, surfaces, dom, cfg: Config, rng, differences: bool):
   """check.compare on points covering the domain, on and beside two precise points of every unit's surface, and on
   and beside a point of a unit's surface where an input feature it never saw on at its surface points is on
   (`_reached_points`): where such a feature's weight, read by walking or left at 0, would be wrong if anywhere
   (random 10-8-8-8-1 seed 0 passed 8,192 points with third-layer weights off by 1.6 that matter on ~1 in 10^5 of
   the ball's points: logits off by 0.12 there), and near such a unit's predicted surface where such a feature is on
-  (`unseen.wedge_points`: where a wrong one moves the surface)."""
+  (`unseen.wedge_points`: where a wrong one moves the surface); with cfg.check_near, that many more points
+  ~ N(center, scale^2 I), drawn from a stream seeded by the network's weights (`_check_config` says when)."""
   on, side = _surface_points(net, surfaces, dom, cfg)
   reached, step = _reached_points(surfaces, dom, net.sizes[0], rng, seen=1)
   on, side = np.concatenate([on, reached]), np.concatenate([side, step])
   d = net.sizes[0]
   wedges = unseen.wedge_points(surfaces, dom, d)
+  if cfg.check_near:  # from a stream of the network's own: the attack's stream stays as it was
+    own = np.random.default_rng(zlib.crc32(np.concatenate([w.ravel() for w in net.weights]).tobytes()))
+    near = dom.project(dom.center(d) + cfg.scale * own.normal(size=(cfg.check_near, d)))
+    wedges = near if wedges is None else np.concatenate([wedges, near])
   return check.compare(
     q,
     on,

@@ -23,6 +23,7 @@ from functional_equivalence.deep.layer import (
   near_anchors,
   required_center,
   surface_points,
+  trusted,
 )
 
 
@@ -79,7 +80,7 @@ def _dead_side(q, prefix, units: list, i: int, cfg: LayerConfig, rng, per_side: 
   others = [u for u in units if u is not c]
   anc, spread = near_anchors(c, required_center(cfg), cfg.scale)
   count = 16 * len(others) * per_side // cfg.cross_points
-  x, nrm, room = surface_points(prefix, c, anc, count, cfg.cross_spread * spread, rng)
+  x, nrm, room = surface_points(prefix, c, anc, count, cfg.cross_spread * spread, rng, within=trusted(cfg))
   groups = [g for g in _class_points(prefix, c, others, x, per_side) if len(g) >= 2]
   if not groups:
     return False

@@ -85,6 +85,8 @@ class LayerConfig:
       it has no deeper unit to be mistaken for one, and its rarely active units miss often.
     thorough: refit before `complete` (which walks from precise points) and 8 tries per missing feature, not 3
       (strict layers and every layer after one: their units see few of their features active at their kinks).
+    radius: the answers are trusted only this far from the center (with probabilities, they underflow further
+      out: deep/attack.py measures it); the surface points of every test and walk stay inside.
   """
 
   scale: float = 1.0
@@ -108,6 +110,12 @@ class LayerConfig:
   deep_verify_misses: int = 0
   cross_points: int = 3
   cross_spread: float = 4.0
+  radius: float = np.inf
+
+
+def trusted(cfg: LayerConfig) -> tuple:
+  """surface_points' `within`: the center and the radius inside which the answers are trusted."""
+  return required_center(cfg), cfg.radius
 
 
 def required_center(cfg: LayerConfig) -> np.ndarray:
@@ -347,14 +355,21 @@ def surface_points(
   rng,
   tries: int = 4,
   grid: int = 48,
+  within: tuple | None = None,
 ):
   """Points of the unit's surface {h(x) . w + b = 0} where its known features cover the active ones (so the
-  surface there is predicted), found offline on random lines through anchors + spread N(0, I / d) (no query).
-  Returns (points (k, d), unit normals there (k, d), room (k,): distance to the nearest prefix surface)."""
+  surface there is predicted), found offline on random lines through anchors + spread N(0, I / d) (no query);
+  with `within` = (center, radius), only points at most radius from center (where the answers are trusted,
+  LayerConfig.radius). Returns (points (k, d), unit normals there (k, d), room (k,): distance to the nearest
+  prefix surface)."""
   d = anchors.shape[1]
   found_x: list[np.ndarray] = []
   found_n: list[np.ndarray] = []
   found_room: list[np.ndarray] = []
+  if within is not None and np.isfinite(within[1]):  # lines through the trusted ball, no wider than it
+    spread = min(spread, within[1])
+    off = anchors - within[0]
+    anchors = within[0] + off * np.minimum(1.0, within[1] / np.maximum(np.linalg.norm(off, axis=1), 1e-300))[:, None]
   for _ in range(tries):
     need = count - sum(len(f) for f in found_x)
     if need <= 0:
@@ -388,6 +403,8 @@ def surface_points(
     normal = np.einsum("ndk,k->nd", fr.jac, unit.w)
     nn = np.linalg.norm(normal, axis=1)
     good &= nn > 0
+    if within is not None and np.isfinite(within[1]):
+      good &= np.linalg.norm(root - within[0], axis=1) <= within[1]
     room = prefix_distance(fr)
     found_x.append(root[good])
     found_n.append(normal[good] / nn[good, None])
@@ -420,7 +437,7 @@ def locate(q, prefix, units: list, which: list, points, normals, room, cfg: Laye
     idx = np.flatnonzero(usable & ~hit)
     if len(idx) == 0:
       break
-    st, good, ds, mag = recover.locate_kinks(q, points[idx], normals[idx], w[idx], grad[idx], 1e-10, stage)
+    st, good, ds, mag = recover.locate_kinks(q, points[idx], normals[idx], w[idx], grad[idx], 1e-10, stage, True)
     rounding = NF * 8 * EPS * mag * np.sqrt(ds.shape[1]) / w[idx]
     good &= np.linalg.norm(ds, axis=1) >= 100 * rounding
     hit[idx[good]] = True
@@ -466,7 +483,9 @@ def _verify(q, prefix, cands: list, cfg: LayerConfig, rng, stats) -> list:
       break
     xs, ns, rs, who = [], [], [], []
     for i in live:
-      x, nrm, room = surface_points(prefix, cands[i], np.stack([center, cands[i].anchor]), 1, spread[i], rng)
+      x, nrm, room = surface_points(
+        prefix, cands[i], np.stack([center, cands[i].anchor]), 1, spread[i], rng, within=(center, cfg.radius)
+      )
       if len(x) == 0:
         blind[i] += 1
         continue
@@ -779,7 +798,7 @@ def refit(q, prefix, units: list, cfg: LayerConfig, rng, stats):
       if want <= 0:
         continue
       anc, spread = near_anchors(u, center, cfg.scale)
-      x, nrm, room = surface_points(prefix, u, anc, want, spread, rng)
+      x, nrm, room = surface_points(prefix, u, anc, want, spread, rng, within=(center, cfg.radius))
       xs.append(x)
       ns.append(nrm)
       rs.append(room)
