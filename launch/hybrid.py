@@ -5,13 +5,14 @@ learning the whole network with the same number of queries (functional_equivalen
 
 The victim is a ReLU network d-(--hybrid_victim_hidden)-10 trained in float64 on scikit-learn digits (--seed); the
 attacker's pool of inputs is the digits training split. For each --hybrid_seeds seed: the first layer is recovered
-once through a float64 logits Oracle (its queries counted), then for each total budget (the first layer's queries
-plus each of --hybrid_extra_queries) the students `pure`, `frozen` and `init` are trained for each of
---hybrid_steps Adam step budgets (every budget reported, none selected; no other setting tuned) and compared by top-1
-agreement with the victim on the digits test split, on NOISE_COPIES copies of each test image under Gaussian noise
-of each --hybrid_noise standard deviation (clipped to [0, 1]; between the data and the box), and on
---hybrid_box_inputs uniform points of [0, 1]^64 (off the data). Rows per run, then per (steps, method, budget) the
-mean and the standard deviation over seeds. Victim, attack, learning and evaluation draw independent seeds.
+once through a float64 Oracle (--hybrid_oracle_output: logits, or probabilities), its queries counted, then for
+each total budget (the first layer's queries plus each of --hybrid_extra_queries) the students `pure`, `frozen` and
+`init` are trained for each of --hybrid_steps Adam step budgets (every budget reported, none selected; no other
+setting tuned) and compared by top-1 agreement with the victim on the digits test split, on NOISE_COPIES copies of
+each test image under Gaussian noise of each --hybrid_noise standard deviation (clipped to [0, 1]; between the data
+and the box), and on --hybrid_box_inputs uniform points of [0, 1]^64 (off the data). Rows per run, then per (steps,
+method, budget) the mean and the standard deviation over seeds. Victim, attack, learning and evaluation draw
+independent seeds.
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ flags.DEFINE_list(
   "hybrid_noise", ["0.05", "0.1", "0.2"], "Gaussian noise standard deviations of the noisy-test agreement."
 )
 flags.DEFINE_integer("hybrid_seeds", 3, "Seeds of the first-layer attack and the learning.", lower_bound=1)
+flags.DEFINE_enum(
+  "hybrid_oracle_output",
+  "logits",
+  ["logits", "probabilities"],
+  "What the oracle returns, to the first layer's attack and to the learning (probabilities: the logit differences "
+  "to class 0 are fitted).",
+)
 flags.DEFINE_integer(
   "hybrid_box_inputs", 10_000, "Uniform points of [0, 1]^d for the off-data agreement.", lower_bound=1
 )
@@ -94,14 +102,15 @@ def run(workdir: pathlib.Path) -> list[dict]:
   rows = []
   for s in range(FLAGS.hybrid_seeds):
     attack_seed, learn_seed = (int(v) for v in np.random.SeedSequence([FLAGS.seed, 14, s]).generate_state(2))
+    output = FLAGS.hybrid_oracle_output
     first = hybrid.first_layer(
-      Oracle(network.backend(net), output="logits", record_inputs=False), net.sizes[0], attack_seed
+      Oracle(network.backend(net), output=output, record_inputs=False), net.sizes[0], attack_seed
     )
     logging.info("hybrid seed %d: first layer of %d units in %d queries", s, first[0].shape[1], first[2])
     for steps in step_budgets:
       for extra in extras:
         for method in hybrid.METHODS:
-          oracle = Oracle(network.backend(net), output="logits", record_inputs=False)
+          oracle = Oracle(network.backend(net), output=output, record_inputs=False)
           student, counts = hybrid.run(
             oracle, x_train, student_hidden, first[2] + extra, method, learn_seed, steps, first
           )
@@ -109,6 +118,7 @@ def run(workdir: pathlib.Path) -> list[dict]:
           rows.append(
             dict(
               method=method,
+              oracle_output=output,
               seed=s,
               steps=steps,
               extra_queries=extra,

@@ -97,3 +97,20 @@ def test_noisy_copies_are_clipped_copies_of_each_row():
 def test_bad_flags_are_refused_on_assignment(name, value, message):
   with flagsaver.flagsaver(), pytest.raises(flags.IllegalFlagValueError, match=message):
     setattr(FLAGS, name, value)
+
+
+def test_through_probabilities_the_logit_differences_are_fitted():
+  net = network.random_net(2, (8, 6, 6, 3))
+  counter = CountingBackend(network.backend(net))
+  oracle = Oracle(counter, output="probabilities", record_inputs=False)
+  first = hybrid.first_layer(oracle, 8, seed=5)
+  assert first[2] == counter.rows and first[0].shape == (8, 6)
+  pool = np.random.default_rng(0).uniform(size=(300, 8))
+  z = network.logits(net, pool)
+  np.testing.assert_allclose(hybrid.targets(oracle, pool), z[:, 1:] - z[:, :1], rtol=0, atol=1e-12)
+  before = counter.rows
+  student, counts = hybrid.run(oracle, pool, [6, 6], first[2] + 400, "frozen", seed=1, steps=1500, first=first)
+  assert counter.rows - before == counts["learning_queries"] == 400 and student.sizes == (8, 6, 6, 3)
+  np.testing.assert_array_equal(student.weights[0], first[0])
+  agree = np.mean(network.logits(student, pool).argmax(1) == z.argmax(1))
+  assert agree >= 0.95, agree

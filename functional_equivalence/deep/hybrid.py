@@ -6,7 +6,10 @@ The student is an MLP d-n0-(hidden...)-k. Its first layer is the recovered one (
 layer 0 with its signs, `attack.Config(layers=1)`), either `frozen` or used as the `init`ialisation of a trainable
 layer; `pure` learning starts from He-normal weights. The learning queries are the attacker's unlabeled pool
 (inputs it may ask about) and random convex combinations of pairs of them; every answer comes from the Oracle's
-__call__. Training: minibatch Adam (optax) on the squared logit error, float64. The caller measures fidelity
+__call__. Training: minibatch Adam (optax) on the squared logit error, float64; through a probabilities oracle on
+the squared error of the logit differences to class 0 (log p_i - log p_0, all that probabilities determine; inputs
+whose probabilities underflow are asked and counted but not fitted), the first layer recovered through the same
+oracle (deep/attack.py works on the ball where no probability underflows). The caller measures fidelity
 (launch/hybrid.py: top-1 agreement on the digits test split and on uniform points of the input box).
 """
 
@@ -49,6 +52,20 @@ def init_student(sizes, rng: np.random.Generator, first: tuple | None = None) ->
   return network.DeepNet(tuple(ws), tuple(bs))
 
 
+def targets(oracle, x: np.ndarray) -> np.ndarray:
+  """The oracle's answers at x as fitting targets: logits, or with probabilities the logit differences to class 0
+  (N, k - 1), rows where a probability underflowed to 0 (or below float64's normal range) NaN."""
+  y = np.asarray(oracle(x), np.float64)
+  if oracle.output == "logits":
+    return y
+  if oracle.output != "probabilities":
+    raise ValueError(f"hybrid extraction needs oracle output 'logits' or 'probabilities', got {oracle.output!r}")
+  with np.errstate(divide="ignore", invalid="ignore"):
+    out = np.log(y[:, 1:]) - np.log(y[:, :1])
+  out[np.any(y < np.finfo(np.float64).tiny, axis=1)] = np.nan
+  return out
+
+
 def distill(
   student: network.DeepNet,
   x: np.ndarray,
@@ -58,9 +75,11 @@ def distill(
   frozen_first: bool,
   batch: int = 256,
   learning_rate: float = 1e-3,
+  differences: bool = False,
 ) -> network.DeepNet:
-  """Minibatch Adam on mean squared logit error; the first layer kept fixed when `frozen_first`. Float64 (runs in
-  a scoped `jax.enable_x64(True)`)."""
+  """Minibatch Adam on mean squared logit error (with `differences`, y holds the logit differences to class 0 and
+  the student's are fitted to them); the first layer kept fixed when `frozen_first`. Float64 (runs in a scoped
+  `jax.enable_x64(True)`)."""
   import jax
   import jax.numpy as jnp
   import optax
@@ -81,7 +100,8 @@ def distill(
       h = inputs
       for w, b in zip(ws[:-1], bs[:-1]):
         h = jax.nn.relu(h @ w + b)
-      return h @ ws[-1] + bs[-1]
+      z = h @ ws[-1] + bs[-1]
+      return z[:, 1:] - z[:, :1] if differences else z
 
     @jax.jit
     def step(p, state, bx, by):
@@ -124,11 +144,15 @@ def run(
   if fe_queries >= queries:
     raise ValueError(f"the first layer took {fe_queries} queries, the whole budget is {queries}")
   x = learning_queries(pool, queries - fe_queries, rng)
-  y = oracle(x)
-  k = y.shape[1]
+  y = targets(oracle, x)
+  differences = oracle.output == "probabilities"
+  k = y.shape[1] + differences
+  fit = np.all(np.isfinite(y), axis=1)
+  if not fit.any():
+    raise ValueError("every learning query's probabilities underflowed: no target to fit")
   if recovered_first is None:
     student = init_student([pool.shape[1], *hidden, k], rng)
   else:
     student = init_student([pool.shape[1], recovered_first[0].shape[1], *hidden[1:], k], rng, recovered_first[:2])
-  student = distill(student, x, y, steps, seed, frozen_first=method == "frozen")
+  student = distill(student, x[fit], y[fit], steps, seed, frozen_first=method == "frozen", differences=differences)
   return student, dict(fe_queries=fe_queries, learning_queries=len(x), queries=fe_queries + len(x))
