@@ -482,6 +482,8 @@ def _run(workdir: pathlib.Path) -> list[dict]:
     row = dict(method="functional_equivalence", attack="deep", victim=kind, **_deep_attack_row(result, d, seeds))
     if net is not None:
       row.update(_deep_evaluation_row(net, result.net, dom, test, seeds["eval_seed"]))
+      if result.domain != dom:  # probabilities: the attack claims less than the flags' domain, evaluated on it all
+        row["domain_evaluated"] = _domain_text(dom)
     logging.info("functional_equivalence: %s", row)
     return [row]
   row = dict(method="functional_equivalence", victim=kind, **_attack_row(result, d, seeds))

@@ -79,12 +79,11 @@ def test_probabilities_that_underflow_within_the_attacks_inputs_are_refused_with
 
 
 def test_launcher_deep_victim_through_probabilities(tmp_path):
+  net = _loud(network.random_net(2, (10, 8, 8, 3)), 100.0)  # its probabilities underflow ~8.5 from the center
+  path = network.save_npz(tmp_path / "loud.npz", net)
   p = _cli(
     "--experiment=functional_equivalence",
-    "--fe_victim=random",
-    "--fe_input_dim=10",
-    "--fe_layers=8,8",
-    "--fe_outputs=3",
+    f"--victim_npz={path}",
     "--fe_oracle_output=probabilities",
     f"--workdir={tmp_path}/w",
     "--fe_eval_inputs=5000",
@@ -93,5 +92,7 @@ def test_launcher_deep_victim_through_probabilities(tmp_path):
   assert p.returncode == 0, p.stderr[-2000:]
   [row] = json.loads((tmp_path / "w" / "results.json").read_text())
   assert row["oracle_output"] == "probabilities" and row["recovered_shape"] == "10-8-8-3"
-  assert row["agreement"] == 1.0 and row["domain_agreement"] == 1.0 and row["max_weight_error"] <= 1e-9
-  assert row["probability_radius"] > 0
+  # claimed on the ball it worked on, evaluated (and equal) over the flags' whole domain
+  assert 1.0 < row["probability_radius"] < 100.0 and row["domain"] == f"ball R={row['probability_radius']:g}"
+  assert row["domain_evaluated"] == "ball R=1000" and row["domain_agreement"] == 1.0
+  assert row["agreement"] == 1.0 and row["max_weight_error"] <= 1e-9
