@@ -381,8 +381,11 @@ def _deep_attack_row(result, d: int, seeds: dict) -> dict:
     check_points=stats["check_points"],
     repair_rounds=stats["repair_rounds"],
     promoted_units=stats.get("promoted_units", 0),
-    **{k: stats[k] for k in ("polish_steps", "polish_error_before", "polish_error_after") if k in stats},
-    **{k: stats[k] for k in ("probability_radius",) if k in stats},
+    **{
+      k: stats[k]
+      for k in ("polish_steps", "polish_error_before", "polish_error_after", "probability_radius")
+      if k in stats
+    },
     seconds=round(result.seconds, 2),
     **seeds,
   )

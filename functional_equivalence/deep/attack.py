@@ -663,7 +663,7 @@ def _final_check(q, net, surfaces, dom, cfg: Config, rng, differences: bool):
   if cfg.check_near:  # from a stream of the network's own: the attack's stream stays as it was
     own = np.random.default_rng(zlib.crc32(np.concatenate([w.ravel() for w in net.weights]).tobytes()))
     near = dom.project(dom.center(d) + cfg.scale * own.normal(size=(cfg.check_near, d)))
-    wedges = near if wedges is None else np.concatenate([wedges, near])
+    wedges = np.concatenate([wedges, near])
   return check.compare(
     q,
     on,

@@ -366,7 +366,9 @@ def surface_points(
   found_x: list[np.ndarray] = []
   found_n: list[np.ndarray] = []
   found_room: list[np.ndarray] = []
-  if within is not None and np.isfinite(within[1]):  # lines through the trusted ball, no wider than it
+  if within is not None and not np.isfinite(within[1]):
+    within = None  # no limit
+  if within is not None:  # lines through the trusted ball, no wider than it
     spread = min(spread, within[1])
     off = anchors - within[0]
     anchors = within[0] + off * np.minimum(1.0, within[1] / np.maximum(np.linalg.norm(off, axis=1), 1e-300))[:, None]
@@ -403,7 +405,7 @@ def surface_points(
     normal = np.einsum("ndk,k->nd", fr.jac, unit.w)
     nn = np.linalg.norm(normal, axis=1)
     good &= nn > 0
-    if within is not None and np.isfinite(within[1]):
+    if within is not None:
       good &= np.linalg.norm(root - within[0], axis=1) <= within[1]
     room = prefix_distance(fr)
     found_x.append(root[good])
