@@ -155,7 +155,9 @@ def locate_kinks(
   s* -+ w/1024 lies on those lines (so no second kink within the window shows). `slope` (n,): the size of g's
   Jacobian, for the rounding of the terms g sums (~ |x| |J|).
   Returns:
-    (s* (n,), good (n,) bool, ds (n, m) the slope jump across s*, mag (n,) the magnitude the tolerances used).
+    (s* (n,), good (n,) bool, ds (n, m) the slope jump across s*, mag (n,) the magnitude the tolerances used,
+    flat (n,) bool: g is constant over the window to rounding (both slopes below it), so no kink of any unit can
+    show there).
   """
   n, d = x0.shape
   s = np.stack([-w, -w / 2, w / 2, w])
@@ -173,7 +175,9 @@ def locate_kinks(
   tol = rtol * mag[:, None]
   pa, pb = g[0] + sl * (near[0] + w)[:, None], g[3] + sr * (near[1] - w)[:, None]
   good &= np.all(np.abs(gs[0] - pa) <= tol, -1) & np.all(np.abs(gs[1] - pb) <= tol, -1)
-  return st, good, ds, mag
+  rounding = NOISE_FACTOR * 8 * EPS * mag * np.sqrt(g.shape[-1]) / w
+  flat = (np.linalg.norm(sl, axis=-1) <= rounding) & (np.linalg.norm(sr, axis=-1) <= rounding)
+  return st, good, ds, mag, flat
 
 
 def refine(
@@ -218,7 +222,7 @@ def refine(
     # |x0| small keeps beta precise: beta_hat - beta = (u - u_hat) . x_k
     p = center + (scale * rng.normal(size=(len(idx), d)) / np.sqrt(d) if attempt else 0.0)
     x0 = p - (np.sum(ui * p, -1) + beta[idx])[:, None] * ui
-    st, good, ds, mag = locate_kinks(query, x0, ui, wi, np.linalg.norm(c[idx], axis=-1), rtol, "refine")
+    st, good, ds, mag, _ = locate_kinks(query, x0, ui, wi, np.linalg.norm(c[idx], axis=-1), rtol, "refine")
     rounding = NOISE_FACTOR * 8 * EPS * mag * np.sqrt(m) / wi
     cn = np.linalg.norm(c[idx], axis=-1)
     good &= np.linalg.norm(ds - c[idx], axis=-1) <= agree * np.linalg.norm(ds, axis=-1) + rounding + (

@@ -53,11 +53,14 @@ def test_wedge_points_only_for_units_with_unseen_features_after_the_first_layer(
 @pytest.mark.slow
 def test_a_twinned_last_layer_is_refused():
   # random 10-8-8-8-1 seed 7 (fe_deep_seeds20's attack seed): a third-layer unit on at 99.97% of the ball has 3
-  # weights it never saw; after 8 repairs the last layer's fit pairs every unit with a twin, exact on its points, and
-  # the network passed the final check while off by 2.8e-4 at points of 4 million (ad hoc): refused now
+  # weights it never saw; after 8 repairs the last layer's fit paired every unit with a twin, exact on its points, and
+  # the network passed the final check while off by 2.8e-4 at points of 4 million (ad hoc): refused since the eighth
+  # session. Since the thirteenth the check's points where a unit and a feature it never saw are both on
+  # (unseen.on_points) stop it earlier, at the re-check after the polish step; either way it is not returned.
   net = network.random_net(7, (10, 8, 8, 8, 1))
   oracle = Oracle(network.backend(net), output="logits", record_inputs=False)
-  with pytest.raises(ExtractionError, match=r"^the last hidden layer's fit pairs \d+ of its \d+ units with twins"):
+  twins = r"^the last hidden layer's fit pairs \d+ of its \d+ units with twins"
+  with pytest.raises(ExtractionError, match=twins + "|^final check failed on its re-check"):
     attack.extract(oracle, 10, attack.Config(), seed=4184397123)
 
 

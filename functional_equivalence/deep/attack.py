@@ -142,6 +142,8 @@ def _new_stats(probe_bits) -> dict:
     strict_layers=0,
     promoted_units=0,
     repair_promotions=0,
+    read_weights=0,
+    flat_tests=0,
   )
 
 
@@ -276,6 +278,7 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
       # a point where the recovery is wrong is on the active side of a missed unit: lines through it
       stats["repair_rounds"] += 1
       state.lines = check.lines_towards_center(bad[: 4 * cfg.lines_per_round], dom, cfg.scale, rng)
+      stats["read_weights"] += unseen.read_weights(q, surfaces[first_last:], bad[:16])
       units = layers.recover_layer(q, prefix, layer_cfg, dom, rng, stats, state)
       units, last = _fit_last(q, prefix, units, state, cfg, center, rng, stats, dom)
       promoted = _promote_in_repair(
@@ -297,6 +300,8 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
     peeled = net
     if cfg.polish_steps:
       net = _polish(q, net, surfaces, dom, _check_config(cfg, last), rng, differences, stats)
+      net, units = _drop_idle(net, units, stats)
+      tables[-1].update(_table(units))
     if stats["promoted_units"] and not (stats.get("polish_steps") and stats["check_error"] <= cfg.promoted_rtol):
       raise ExtractionError(
         f"{stats['promoted_units']} unit(s) promoted from pending candidates not confirmed: the polished network's "
@@ -524,6 +529,24 @@ def _polish(q, net, surfaces, dom, cfg: Config, rng, differences: bool, stats: d
   return net
 
 
+def _drop_idle(net: network.DeepNet, units: list, stats: dict, rel: float = 1e-9):
+  """The polished network without the last hidden layer's units whose output weights the polish step brought to
+  <= rel of the largest unit's (signs.drop_idle after the fit, at the polished precision): CME-trained 40-20-10-10-1,
+  attack seed 1, had an eleventh unit within 3e-7 (cosine) of another, fitted output weight 3.6e-6 at a fit
+  residual of 7.7e-10 (kept by drop_idle), 0 after the polish step: the function the same, the widths not.
+  Returns (network, units); stat `idle_dropped`."""
+  size = np.linalg.norm(net.weights[-1][: len(units)], axis=1)
+  idle = size <= rel * max(float(np.max(size, initial=0.0)), 1e-300)
+  if not idle.any():
+    return net, units
+  keep = np.concatenate([~idle, np.ones(net.weights[-2].shape[1] - len(units), bool)])
+  stats["idle_dropped"] = int(idle.sum())
+  return network.DeepNet(
+    net.weights[:-2] + (net.weights[-2][:, keep], net.weights[-1][keep]),
+    net.biases[:-2] + (net.biases[-2][keep], net.biases[-1]),
+  ), [u for u, i in zip(units, idle) if not i]
+
+
 def _refine(q, net, surfaces, dom, cfg: Config, rng, differences: bool, stats: dict):
   """polish.polish of `net` on points over the domain and beside every unit's surface, then the final check of the
   refined network (when a step was kept). Returns (refined, polish figures, check figures, failing points)."""
@@ -532,8 +555,9 @@ def _refine(q, net, surfaces, dom, cfg: Config, rng, differences: bool, stats: d
   precise = [_covering_points(prefix, u) for prefix, u in surfaces if u.points]
   near = polish.around(np.concatenate(precise + [reached]), dom.center(net.sizes[0]), cfg.scale, 8, rng)
   rare = _rare_unit_points(net, surfaces, dom, cfg)
+  both = unseen.on_points(surfaces, dom, net.sizes[0])  # where the final check now looks too
   extra = np.concatenate(
-    [on + side, on - side, near[dom.contains(near)], reached, reached + step, reached - step, rare]
+    [on + side, on - side, near[dom.contains(near)], reached, reached + step, reached - step, rare, both]
   )
   stats["polish_reached_points"], stats["polish_rare_points"] = len(reached), len(rare)
   refined, found = polish.polish(
@@ -652,14 +676,15 @@ def _final_check(q, net, surfaces, dom, cfg: Config, rng, differences: bool):
   and beside a point of a unit's surface where an input feature it never saw on at its surface points is on
   (`_reached_points`): where such a feature's weight, read by walking or left at 0, would be wrong if anywhere
   (random 10-8-8-8-1 seed 0 passed 8,192 points with third-layer weights off by 1.6 that matter on ~1 in 10^5 of
-  the ball's points: logits off by 0.12 there), and near such a unit's predicted surface where such a feature is on
-  (`unseen.wedge_points`: where a wrong one moves the surface); with cfg.check_near, that many more points
+  the ball's points: logits off by 0.12 there), near such a unit's predicted surface where such a feature is on
+  (`unseen.wedge_points`: where a wrong one moves the surface) and where the unit and such a feature are both on
+  (`unseen.on_points`: where it changes the answers most); with cfg.check_near, that many more points
   ~ N(center, scale^2 I), drawn from a stream seeded by the network's weights (`_check_config` says when)."""
   on, side = _surface_points(net, surfaces, dom, cfg)
   reached, step = _reached_points(surfaces, dom, net.sizes[0], rng, seen=1)
   on, side = np.concatenate([on, reached]), np.concatenate([side, step])
   d = net.sizes[0]
-  wedges = unseen.wedge_points(surfaces, dom, d)
+  wedges = np.concatenate([unseen.wedge_points(surfaces, dom, d), unseen.on_points(surfaces, dom, d)])
   if cfg.check_near:  # from a stream of the network's own: the attack's stream stays as it was
     own = np.random.default_rng(zlib.crc32(np.concatenate([w.ravel() for w in net.weights]).tobytes()))
     near = dom.project(dom.center(d) + cfg.scale * own.normal(size=(cfg.check_near, d)))

@@ -85,6 +85,7 @@ def _dead_side(q, prefix, units: list, i: int, cfg: LayerConfig, rng, per_side: 
   if not groups:
     return False
   idx = np.unique(np.concatenate(groups))
-  hit, _ = locate(q, prefix, units, [i] * len(idx), x[idx], nrm[idx], room[idx], cfg, "cross check")
-  hits = dict(zip(idx.tolist(), hit.tolist()))
-  return any(not any(hits[k] for k in g.tolist()) for g in groups)
+  hit, _, flat = locate(q, prefix, units, [i] * len(idx), x[idx], nrm[idx], room[idx], cfg, "cross check")
+  hits, told = dict(zip(idx.tolist(), hit.tolist())), dict(zip(idx.tolist(), (~flat).tolist()))
+  # a point where g is flat tells nothing (layer._verify): a side is dead on two or more points that tell
+  return any(sum(told[k] for k in g.tolist()) >= 2 and not any(hits[k] for k in g.tolist()) for g in groups)

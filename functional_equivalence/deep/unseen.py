@@ -46,3 +46,129 @@ def wedge_points(
       keep = keep[np.isfinite(scores[keep])]
       best[i] = (scores[keep], points[keep])
   return np.concatenate([points for _, points in best])
+
+
+def _pre(prefix: network.DeepNet, x: np.ndarray) -> list:
+  """The pre-activations of every prefix layer at x (N, d)."""
+  out, h = [], x
+  for w, b in zip(prefix.weights, prefix.biases):
+    out.append(h @ w + b)
+    h = np.maximum(out[-1], 0.0)
+  return out
+
+
+def _input_grad(prefix: network.DeepNet, pre: list, v: np.ndarray) -> np.ndarray:
+  """d(pre[-1] . v)/dx (N, d) on each point's linear region: v (N, n) back through the prefix's layers."""
+  g = v @ prefix.weights[-1].T
+  for i in range(len(prefix.weights) - 2, -1, -1):
+    g = (g * (pre[i] > 0)) @ prefix.weights[i].T
+  return g
+
+
+def on_points(surfaces: list, dom, d: int, starts: int = 8, steps: int = 64, draws: int = 1 << 14) -> np.ndarray:
+  """For every unit after the first layer with features it never saw on, and each such feature k, points of the
+  domain where the unit's predicted pre-activation p_hat and k's are both > 0: there a wrong weight from k changes
+  the answers by c (dw_k h_k), or c p_hat where the true unit is off, whatever the wedge (`wedge_points` looks only
+  near the predicted surface, where they are small). Found offline by ascent on min(p_hat / |grad p_hat|,
+  pre_k / |grad pre_k|) (steps along the gradient of the smaller, projected onto the domain) from the `starts` best of
+  `draws` points (dom.check_points, a stream seeded by the units' weights). Random 10-8-8-8-1 seed 0 under another
+  stream: a third-layer unit with weights off by 1.4 from two such features, both > 0 on 1 in 262,144 of the
+  domain's check points, every one of them wrong, none near the predicted surface: the final check passed, logits off
+  by 0.12 at one of 200,000 points. Returns (k, d) points, at most `starts` per (unit, feature)."""
+  units = [(prefix, u) for prefix, u in surfaces if prefix.weights and not np.all(u.known)]
+  if not units:
+    return np.zeros((0, d))
+  rng = np.random.default_rng([zlib.crc32(b"".join(u.w.tobytes() for _, u in units)), 1])
+  x0 = dom.check_points(rng, d, draws)
+  center = dom.center(d)
+  reach = dom.circumradius(d)
+  found = []
+  values: dict[int, tuple] = {}  # per prefix: its last pre-activations at x0 and the norms of its input there
+  for prefix, u in units:
+    if id(prefix) not in values:
+      pre0 = _pre(prefix, x0)
+      before = np.maximum(pre0[-2], 0.0) if len(pre0) > 1 else x0
+      values[id(prefix)] = pre0[-1], np.linalg.norm(before, axis=1)
+    last, hin = values[id(prefix)]
+    h0 = np.maximum(last, 0.0)
+    wl, bl = prefix.weights[-1], prefix.biases[-1]
+    p_rel = (h0 @ u.w + u.b) / (np.linalg.norm(h0, axis=1) * np.linalg.norm(u.w) + abs(u.b) + 1e-300)
+    for k in np.flatnonzero(~u.known):
+      k_rel = last[:, k] / (hin * np.linalg.norm(wl[:, k]) + abs(bl[k]) + 1e-300)
+      x = x0[np.argsort(-np.minimum(p_rel, k_rel))[:starts]].copy()
+      ek = np.zeros((len(x), wl.shape[1]))
+      ek[:, k] = 1.0
+      for t in range(steps):
+        pre = _pre(prefix, x)
+        p, pk = np.maximum(pre[-1], 0.0) @ u.w + u.b, pre[-1][:, k]
+        done = (p > 0) & (pk > 0)
+        if done.all():
+          break
+        gp = _input_grad(prefix, pre, (pre[-1] > 0) * u.w)
+        gk = _input_grad(prefix, pre, ek)
+        np_, nk = np.linalg.norm(gp, axis=1) + 1e-300, np.linalg.norm(gk, axis=1) + 1e-300
+        g = np.where((p / np_ < pk / nk)[:, None], gp / np_[:, None], gk / nk[:, None])
+        size = 0.1 * 0.5 ** (t / 16) * (np.linalg.norm(x - center, axis=1) + 1e-3 * reach)
+        x = np.where(done[:, None], x, dom.project(x + size[:, None] * g))
+      pre = _pre(prefix, x)
+      keep = (np.maximum(pre[-1], 0.0) @ u.w + u.b > 0) & (pre[-1][:, k] > 0)
+      found.append(x[keep])
+  return np.concatenate(found) if found else np.zeros((0, d))
+
+
+def read_weights(q, units: list, points: np.ndarray, rtol: float = 1e-9) -> int:
+  """A repair's reading of weights from features never seen on (in place; returns how many were read): at each
+  point of `points` (where the final check failed) where a unit of `units` ((prefix, layer.Unit) pairs of the last
+  hidden layer) is predicted on together with exactly one feature k it never saw on, and every other unit of the
+  layer knows its features on there, the line through the point along the unit's normal is searched for kinks
+  (search.find_kinks, queries) over the stretch where no prefix unit changes state. There g's kinks are the last
+  layer's; those the other units predict are set aside, and a single one left is this unit's: h(x*) . w + b = 0
+  there gives w_k. Random 10-8-8-8-1 seed 0 (see
+  `on_points`): the search's kinks never had k on with the unit's others measurable (more features on than the
+  first layer has active units: the Jacobian along them is singular), and `layer.complete`'s walk along the
+  predicted surface never reached k's region. A weight read from a wrong kink is caught by the next final check."""
+  from functional_equivalence import search  # the kink search of the attack's lines
+
+  read = 0
+  for x in points:
+    for prefix, u in units:
+      pre = _pre(prefix, x[None])
+      h = np.maximum(pre[-1][0], 0.0)
+      unseen_on = np.flatnonzero(~u.known & (h > 0))
+      if len(unseen_on) != 1 or not h @ u.w + u.b > 0:
+        continue
+      k = int(unseen_on[0])
+      g = _input_grad(prefix, pre, ((pre[-1] > 0) * u.w))[0]
+      if not np.linalg.norm(g):
+        continue
+      v = -g / np.linalg.norm(g)
+      slopes = network.along(prefix, x[None], v[None])
+      roots = np.concatenate([-p[0] / np.where(s[0] == 0, np.nan, s[0]) for p, s in zip(pre, slopes)])
+      hi = np.nanmin(np.where(roots > 0, roots, np.nan), initial=np.inf)
+      lo = np.nanmax(np.where(roots < 0, roots, np.nan), initial=-np.inf)
+      if not (np.isfinite(hi) and np.isfinite(lo)):
+        continue
+      hi, lo = hi * (1 - 1e-6), lo * (1 - 1e-6)
+      kinks = search.find_kinks(q, x[None], v[None], np.array([[lo, hi]]))
+      others = [w for p, w in units if p is prefix and w is not u]
+      if any(np.any(~w.known & (h > 0)) for w in others):
+        continue  # another unit's kink there is not predicted either: which is whose?
+      dh = slopes[-1][0] * (pre[-1][0] > 0)  # h is linear along the stretch
+      left = []
+      for t in kinks.t:
+        ht = h + t * dh
+        size = np.linalg.norm(ht) + 1.0
+        if any(abs(ht @ w.w + w.b) <= rtol * size * (np.linalg.norm(w.w) + abs(w.b)) for w in others):
+          continue
+        left.append((t, ht))
+      if len(left) != 1 or not left[0][1][k] > 0:
+        continue
+      t, ht = left[0]
+      u.points.append(x + t * v)
+      known = u.known.copy()
+      u.w = u.w.copy()
+      u.w[k] = -(ht[known] @ u.w[known] + u.b) / ht[k]
+      u.known = known | (np.arange(len(known)) == k)
+      u.normalise()
+      read += 1
+  return read
