@@ -123,10 +123,10 @@ def read_weights(q, units: list, points: np.ndarray, rtol: float = 1e-9) -> int:
   layer knows its features on there, the line through the point along the unit's normal is searched for kinks
   (search.find_kinks, queries) over the stretch where no prefix unit changes state. There g's kinks are the last
   layer's; those the other units predict are set aside, and a single one left is this unit's: h(x*) . w + b = 0
-  there gives w_k. Random 10-8-8-8-1 seed 0 (see
-  `on_points`): the search's kinks never had k on with the unit's others measurable (more features on than the
-  first layer has active units: the Jacobian along them is singular), and `layer.complete`'s walk along the
-  predicted surface never reached k's region. A weight read from a wrong kink is caught by the next final check."""
+  there gives w_k. Random 10-8-8-8-1 seed 0 (see `on_points`): the search's kinks never had k on with the unit's
+  others measurable (more features on than the first layer has active units: the Jacobian along them is singular),
+  and `layer.complete`'s walk along the predicted surface never reached k's region. A weight read from a wrong kink
+  is caught by the next final check."""
   from functional_equivalence import search  # the kink search of the attack's lines
 
   read = 0
