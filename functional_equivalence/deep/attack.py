@@ -535,8 +535,7 @@ def _drop_idle(net: network.DeepNet, units: list, stats: dict, rel: float = 1e-9
   attack seed 1, had an eleventh unit within 3e-7 (cosine) of another, fitted output weight 3.6e-6 at a fit
   residual of 7.7e-10 (kept by drop_idle), 0 after the polish step: the function the same, the widths not.
   Returns (network, units); stat `idle_dropped`."""
-  size = np.linalg.norm(net.weights[-1][: len(units)], axis=1)
-  idle = size <= rel * max(float(np.max(size, initial=0.0)), 1e-300)
+  idle = signs.negligible(np.linalg.norm(net.weights[-1][: len(units)], axis=1), rel)
   if not idle.any():
     return net, units
   keep = np.concatenate([~idle, np.ones(net.weights[-2].shape[1] - len(units), bool)])

@@ -160,15 +160,18 @@ def last_layer(
   return fit
 
 
+def negligible(size: np.ndarray, rel: float) -> np.ndarray:
+  """Which output-weight row norms `size` are at most `rel` times the largest (units the answers do not use)."""
+  return size <= rel * max(float(np.max(size, initial=0.0)), 1e-300)
+
+
 def drop_idle(units: list, last: LastLayer, rel: float = 1e-9) -> tuple[list, LastLayer]:
   """The units of an exact fit without those whose output weights are all below max(rel, 100 x the fit's
   relative residual) times the largest unit's (and without a twin): a unit the answers do not use (random
   10-8-8-8-1 seeds 6 and 16: a ninth "unit" near another's hyperplane, fitted weights 1e-11 and 1.4e-9 of the
   largest at fit residuals 2e-12 and 3e-10, which the remainder's fit admits where [relu(z), z, 1] was rank
   deficient; the final check then tests the network without it)."""
-  size = np.linalg.norm(last.w_out, axis=1)
-  limit = max(rel, 100 * last.residual) * max(float(np.max(size, initial=0.0)), 1e-300)  # within the fit's noise
-  idle = (size <= limit) & ~last.pairs
+  idle = negligible(np.linalg.norm(last.w_out, axis=1), max(rel, 100 * last.residual)) & ~last.pairs  # fit's noise
   if not idle.any():
     return units, last
   keep = ~idle

@@ -48,15 +48,6 @@ def wedge_points(
   return np.concatenate([points for _, points in best])
 
 
-def _pre(prefix: network.DeepNet, x: np.ndarray) -> list:
-  """The pre-activations of every prefix layer at x (N, d)."""
-  out, h = [], x
-  for w, b in zip(prefix.weights, prefix.biases):
-    out.append(h @ w + b)
-    h = np.maximum(out[-1], 0.0)
-  return out
-
-
 def _input_grad(prefix: network.DeepNet, pre: list, v: np.ndarray) -> np.ndarray:
   """d(pre[-1] . v)/dx (N, d) on each point's linear region: v (N, n) back through the prefix's layers."""
   g = v @ prefix.weights[-1].T
@@ -86,7 +77,7 @@ def on_points(surfaces: list, dom, d: int, starts: int = 8, steps: int = 64, dra
   values: dict[int, tuple] = {}  # per prefix: its last pre-activations at x0 and the norms of its input there
   for prefix, u in units:
     if id(prefix) not in values:
-      pre0 = _pre(prefix, x0)
+      pre0 = network.preactivations(prefix, x0)
       before = np.maximum(pre0[-2], 0.0) if len(pre0) > 1 else x0
       values[id(prefix)] = pre0[-1], np.linalg.norm(before, axis=1)
     last, hin = values[id(prefix)]
@@ -99,7 +90,7 @@ def on_points(surfaces: list, dom, d: int, starts: int = 8, steps: int = 64, dra
       ek = np.zeros((len(x), wl.shape[1]))
       ek[:, k] = 1.0
       for t in range(steps):
-        pre = _pre(prefix, x)
+        pre = network.preactivations(prefix, x)
         p, pk = np.maximum(pre[-1], 0.0) @ u.w + u.b, pre[-1][:, k]
         done = (p > 0) & (pk > 0)
         if done.all():
@@ -110,7 +101,7 @@ def on_points(surfaces: list, dom, d: int, starts: int = 8, steps: int = 64, dra
         g = np.where((p / np_ < pk / nk)[:, None], gp / np_[:, None], gk / nk[:, None])
         size = 0.1 * 0.5 ** (t / 16) * (np.linalg.norm(x - center, axis=1) + 1e-3 * reach)
         x = np.where(done[:, None], x, dom.project(x + size[:, None] * g))
-      pre = _pre(prefix, x)
+      pre = network.preactivations(prefix, x)
       keep = (np.maximum(pre[-1], 0.0) @ u.w + u.b > 0) & (pre[-1][:, k] > 0)
       found.append(x[keep])
   return np.concatenate(found) if found else np.zeros((0, d))
@@ -132,7 +123,7 @@ def read_weights(q, units: list, points: np.ndarray, rtol: float = 1e-9) -> int:
   read = 0
   for x in points:
     for prefix, u in units:
-      pre = _pre(prefix, x[None])
+      pre = network.preactivations(prefix, x[None])
       h = np.maximum(pre[-1][0], 0.0)
       unseen_on = np.flatnonzero(~u.known & (h > 0))
       if len(unseen_on) != 1 or not h @ u.w + u.b > 0:
