@@ -79,3 +79,44 @@ def test_a_nearly_always_active_unit_taken_for_a_remainder_is_promoted_in_a_repa
   assert err["max_weight_error"] <= 1e-9, err
   a, b = network.logits(net, x), network.logits(result.net, x)
   assert np.max(np.abs(a - b)) / np.max(np.abs(a)) < 1e-10
+
+
+def _unit_missing(net, j, missing):
+  """Last-hidden unit j of `net` as a layer.Unit whose weights from `missing` features are unknown (left at 0)."""
+  w = net.weights[-2][:, j].copy()
+  w[missing] = 0.0
+  known = np.ones(len(w), bool)
+  known[missing] = False
+  unit = layers.Unit(w, known, float(net.biases[-2][j]), 1e-12, np.ones(1))
+  unit.normalise()
+  return unit
+
+
+def test_read_weights_solves_two_unseen_weights_together_and_reads_none_from_one_equation():
+  # two weights of a third-layer unit unknown and both features on at the failing points: one kink gives one equation
+  # in two unknowns (nothing read: the weights stay unknown), kinks on several points' lines give both, to 1e-9
+  from functional_equivalence import queries
+
+  net = network.random_net(4, (10, 8, 8, 8, 1))
+  prefix = net.prefix(2)
+  j, missing = 5, [3, 4]
+  truth = np.append(net.weights[2][:, j], net.biases[2][j])
+  truth = truth / np.linalg.norm(truth[:-1])  # as Unit.normalise leaves it once every weight is known
+  rng = np.random.default_rng(0)
+  x = domain.Ball(20.0).check_points(rng, 10, 200_000)
+  h = network.feature_values(prefix, x)
+  pre = h @ net.weights[2] + net.biases[2]
+  near = np.abs(pre[:, j]) / (np.linalg.norm(h, axis=1) + 1) < 0.05
+  points = x[near & np.all(h[:, missing] > 0, axis=1)][:16]
+  assert len(points) >= 8
+
+  def read(points):
+    units = [(prefix, _unit_missing(net, i, missing if i == j else [])) for i in range(8)]
+    q = queries.Querier(Oracle(network.backend(net), output="logits", record_inputs=False))
+    return units[j][1], unseen.read_weights(q, units, points), q.queries
+
+  unit, count, asked = read(points[:1])
+  assert count == 0 and asked > 0 and not unit.known[missing].any() and np.all(unit.w[missing] == 0)
+  unit, count, _ = read(points)
+  assert count == 2 and unit.known.all()
+  assert np.max(np.abs(np.append(unit.w, unit.b) - truth)) <= 1e-9
