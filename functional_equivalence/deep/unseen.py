@@ -129,7 +129,11 @@ def read_weights(q, units: list, points: np.ndarray, rtol: float = 1e-9, cond: f
 
   rows: dict[int, list] = {}  # id(unit) -> [(h(x*), right-hand side)]
   for x in points:
-    pre = [network.preactivations(prefix, x[None]) for prefix, _ in units]
+    values: dict[int, list] = {}  # per prefix (the layer's units share one), its pre-activations at x
+    for prefix, _ in units:
+      if id(prefix) not in values:
+        values[id(prefix)] = network.preactivations(prefix, x[None])
+    pre = [values[id(prefix)] for prefix, _ in units]
     hs = [np.maximum(p[-1][0], 0.0) for p in pre]
     which = [i for i, ((_, u), h) in enumerate(zip(units, hs)) if np.any(~u.known & (h > 0))]
     if len(which) != 1:
