@@ -43,3 +43,20 @@ def test_a_unit_on_nowhere_in_the_domain_gets_no_points():
     16,
   )
   assert x.shape == (0, 10)
+
+
+def test_a_rare_unit_gets_points_where_each_of_its_features_is_on_with_it():
+  # fe_deep_rare's 10-8-8-8-1 seed 1: around the first point rare_points finds, the rare unit's feature 6 is off,
+  # while it is on at about half the ball's points where the unit is; the polish step's points met the two together
+  # nowhere, left that weight as the peeling read it, and moved the others to fit the points it had (returned wrong:
+  # 2^-16.9). co_active_points: for every feature on with the unit somewhere, a point where both are on
+  net = rare_net(1, (10, 8, 8, 8, 1), point_seed=[99, 5])
+  pre = network.preactivations(net.prefix(3), DOM.check_points(np.random.default_rng(3), 10, 1_000_000))
+  on = pre[2][:, 0] > 0
+  together = np.flatnonzero(np.any((pre[1] > 0) & on[:, None], axis=0))  # features on with it somewhere
+  assert len(together) >= 6
+  x = active.co_active_points(net, DOM, np.random.default_rng(1))
+  pre = network.preactivations(net.prefix(3), x)
+  assert DOM.contains(x).all()
+  for k in together:
+    assert np.any((pre[1][:, k] > 0) & (pre[2][:, 0] > 0)), k

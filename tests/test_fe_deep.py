@@ -14,7 +14,7 @@ import pytest
 
 from extraction.oracle import Oracle
 from functional_equivalence import queries, recover
-from functional_equivalence.deep import align, attack, network, signs, support, unseen
+from functional_equivalence.deep import active, align, attack, network, signs, support, unseen
 from functional_equivalence.deep import layer as layers
 from functional_equivalence.errors import ExtractionError, LimitReachedError
 from tests.counting import CountingBackend
@@ -490,7 +490,7 @@ def test_on_points_lie_where_the_unit_and_its_unseen_feature_are_both_on():
   assert np.mean((hd @ w + unit.b > 0) & (hd[:, 2] > 0)) < 1e-3  # rare among the draws
   # the input gradient it ascends is the network's (finite differences on a point's linear region)
   pre = network.preactivations(prefix, x[:1])
-  g = unseen._input_grad(prefix, pre, (pre[-1] > 0) * w)[0]
+  g = active.input_grad(prefix, pre, (pre[-1] > 0) * w)[0]
   f = lambda z: network.feature_values(prefix, z) @ w  # noqa: E731
   num = np.array([(f(x[:1] + 1e-6 * e) - f(x[:1] - 1e-6 * e))[0] / 2e-6 for e in np.eye(6)])
   assert np.allclose(g, num, rtol=1e-5, atol=1e-8)

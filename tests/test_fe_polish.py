@@ -215,3 +215,25 @@ def test_a_network_off_where_the_polished_ones_recheck_failed_is_refused():
   assert counter.rows == 5
   with pytest.raises(ExtractionError, match=r"re-check.* at 5 fresh point\(s\)"):
     attack._recheck(q, wrong, x, attack.Config(), False, size)
+
+
+def test_a_rare_unit_is_polished_where_each_of_its_features_is_on_with_it():
+  # fe_deep_rare's 10-8-8-8-1 seed 1 (victim and attack seed): its rare unit (on at 0.03% of the ball) has feature 6
+  # on at about half of its points in the ball; the polish points around the first point found met the two together
+  # nowhere, and the step returned a network off where they are (2^-16.9, logits 5e-7 off). With points where each
+  # feature is on with the unit (active.both_on_points) the polished network is exact there too
+  dom = domain.Ball(1000.0)
+  net = rare_net(1, (10, 8, 8, 8, 1), point_seed=[99, 5])
+  counter = CountingBackend(network.backend(net))
+  oracle = Oracle(counter, output="logits", record_inputs=False)
+  result = attack.extract(oracle, 10, attack.Config(), seed=1220005862)
+  assert result.queries == counter.rows and result.stats["polish_steps"] >= 1
+  x = dom.check_points(np.random.default_rng(7), 10, 1_000_000)
+  pre = network.preactivations(net.prefix(3), x)
+  both = x[(pre[2][:, 0] > 0) & (pre[1][:, 6] > 0)]
+  assert len(both) >= 20
+  a, b = network.logits(net, both), network.logits(result.net, both)
+  assert np.max(np.abs(a - b)) <= 1e-12 * np.max(np.abs(a))
+  assert (
+    align.weight_error(net, result.net, np.concatenate([eval_points(10), x[:100_000]]))["max_weight_error"] <= 2.0**-30
+  )

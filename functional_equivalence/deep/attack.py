@@ -555,10 +555,12 @@ def _refine(q, net, surfaces, dom, cfg: Config, rng, differences: bool, stats: d
   near = polish.around(np.concatenate(precise + [reached]), dom.center(net.sizes[0]), cfg.scale, 8, rng)
   rare = _rare_unit_points(net, surfaces, dom, cfg)
   both = unseen.on_points(surfaces, dom, net.sizes[0])  # where the final check now looks too
+  together = active.co_active_points(net, dom, np.random.default_rng(zlib.crc32(polish.flat(net).tobytes()) + 1))
   extra = np.concatenate(
-    [on + side, on - side, near[dom.contains(near)], reached, reached + step, reached - step, rare, both]
+    [on + side, on - side, near[dom.contains(near)], reached, reached + step, reached - step, rare, both, together]
   )
   stats["polish_reached_points"], stats["polish_rare_points"] = len(reached), len(rare)
+  stats["polish_co_active_points"] = len(together)
   refined, found = polish.polish(
     q, net, dom, cfg.scale, rng, differences, extra, polish.PolishConfig(steps=cfg.polish_steps)
   )
@@ -599,15 +601,23 @@ def _recheck(q, net, bad: np.ndarray, cfg: Config, differences: bool, size: floa
 
 def _rare_unit_points(net, surfaces, dom, cfg: Config) -> np.ndarray:
   """The polish step's points for units on over a small part of the domain only (active.py): around the covering
-  points of every unit whose precise points all lie outside the domain (kept there: the answers hold everywhere),
-  and points of the domain where a rarely active unit is on. Random 2-hidden-layer victims with a last-hidden unit
-  on at 0.03% of the ball (fe_deep_rare_before.md, fe_deep_rare.md): 2 of 24 exact before (the rare unit at one
-  polish point or none, its output weight at the least-squares fit's 1e-8-1e-7, its incoming weights moved by the
-  step), 23 of 24 after (with align's changes of the same session; docs/fe_deep.md; the 24th, whose first layer
-  missed a unit, since layer._first_layer_regions). Drawn from a stream
-  seeded by the network's weights (the attack's stream stays as it was); none for a network without such units."""
+  points of every unit with fewer precise points inside the domain than its known features + 1 (seen mostly far
+  out: its weights are fixed there; the answers hold everywhere, so the points are kept outside the domain too), and
+  points of the domain where a rarely active unit is on (`active.rare_points`). Random
+  2-hidden-layer victims with a last-hidden unit on at 0.03% of the ball (fe_deep_rare_before.md, fe_deep_rare.md):
+  2 of 24 exact before (the rare unit at one polish point or none, its output weight at the least-squares fit's
+  1e-8-1e-7, its incoming weights moved by the step), 23 of 24 after (with align's changes of the same session;
+  docs/fe_deep.md; the 24th, whose first layer missed a unit, since layer._first_layer_regions). The rule was "every
+  precise point outside the domain" until a read kink (`unseen.read_weights`) joined the points: two of 42 inside
+  the ball then left 10-8-6-1 rare seed 6's rare unit with 16 polish points instead of 88 (2^-42 -> 2^-20.5). Drawn
+  from a stream seeded by the network's weights (the attack's stream stays as it was); none for a network without
+  such units."""
   stream = np.random.default_rng(zlib.crc32(polish.flat(net).tobytes()))
-  far = [_covering_points(p, u) for p, u in surfaces if u.points and not dom.contains(np.array(u.points)).any()]
+  far = [
+    _covering_points(p, u)
+    for p, u in surfaces
+    if u.points and dom.contains(np.array(u.points)).sum() < u.known.sum() + 1
+  ]
   around = [polish.around(np.concatenate(far), dom.center(net.sizes[0]), cfg.scale, 8, stream)] if far else []
   return np.concatenate([active.rare_points(net, dom, stream)] + around)
 

@@ -18,7 +18,7 @@ import zlib
 
 import numpy as np
 
-from functional_equivalence.deep import network
+from functional_equivalence.deep import active, network
 
 
 def wedge_points(
@@ -48,14 +48,6 @@ def wedge_points(
   return np.concatenate([points for _, points in best])
 
 
-def _input_grad(prefix: network.DeepNet, pre: list, v: np.ndarray) -> np.ndarray:
-  """d(pre[-1] . v)/dx (N, d) on each point's linear region: v (N, n) back through the prefix's layers."""
-  g = v @ prefix.weights[-1].T
-  for i in range(len(prefix.weights) - 2, -1, -1):
-    g = (g * (pre[i] > 0)) @ prefix.weights[i].T
-  return g
-
-
 def on_points(surfaces: list, dom, d: int, starts: int = 8, steps: int = 64, draws: int = 1 << 14) -> np.ndarray:
   """For every unit after the first layer with features it never saw on, and each such feature k, points of the
   domain where the unit's predicted pre-activation p_hat and k's are both > 0: there a wrong weight from k changes
@@ -71,39 +63,9 @@ def on_points(surfaces: list, dom, d: int, starts: int = 8, steps: int = 64, dra
     return np.zeros((0, d))
   rng = np.random.default_rng([zlib.crc32(b"".join(u.w.tobytes() for _, u in units)), 1])
   x0 = dom.check_points(rng, d, draws)
-  center = dom.center(d)
-  reach = dom.circumradius(d)
-  found = []
-  values: dict[int, tuple] = {}  # per prefix: its last pre-activations at x0 and the norms of its input there
-  for prefix, u in units:
-    if id(prefix) not in values:
-      pre0 = network.preactivations(prefix, x0)
-      before = np.maximum(pre0[-2], 0.0) if len(pre0) > 1 else x0
-      values[id(prefix)] = pre0[-1], np.linalg.norm(before, axis=1)
-    last, hin = values[id(prefix)]
-    h0 = np.maximum(last, 0.0)
-    wl, bl = prefix.weights[-1], prefix.biases[-1]
-    p_rel = (h0 @ u.w + u.b) / (np.linalg.norm(h0, axis=1) * np.linalg.norm(u.w) + abs(u.b) + 1e-300)
-    for k in np.flatnonzero(~u.known):
-      k_rel = last[:, k] / (hin * np.linalg.norm(wl[:, k]) + abs(bl[k]) + 1e-300)
-      x = x0[np.argsort(-np.minimum(p_rel, k_rel))[:starts]].copy()
-      ek = np.zeros((len(x), wl.shape[1]))
-      ek[:, k] = 1.0
-      for t in range(steps):
-        pre = network.preactivations(prefix, x)
-        p, pk = np.maximum(pre[-1], 0.0) @ u.w + u.b, pre[-1][:, k]
-        done = (p > 0) & (pk > 0)
-        if done.all():
-          break
-        gp = _input_grad(prefix, pre, (pre[-1] > 0) * u.w)
-        gk = _input_grad(prefix, pre, ek)
-        np_, nk = np.linalg.norm(gp, axis=1) + 1e-300, np.linalg.norm(gk, axis=1) + 1e-300
-        g = np.where((p / np_ < pk / nk)[:, None], gp / np_[:, None], gk / nk[:, None])
-        size = 0.1 * 0.5 ** (t / 16) * (np.linalg.norm(x - center, axis=1) + 1e-3 * reach)
-        x = np.where(done[:, None], x, dom.project(x + size[:, None] * g))
-      pre = network.preactivations(prefix, x)
-      keep = (np.maximum(pre[-1], 0.0) @ u.w + u.b > 0) & (pre[-1][:, k] > 0)
-      found.append(x[keep])
+  found = [
+    active.both_on_points(prefix, u.w, u.b, np.flatnonzero(~u.known), x0, dom, starts, steps) for prefix, u in units
+  ]
   return np.concatenate(found) if found else np.zeros((0, d))
 
 
@@ -122,9 +84,9 @@ def read_weights(q, units: list, points: np.ndarray, rtol: float = 1e-9, cond: f
   Why the searches miss such weights (random 10-8-8-8-1 seed 0, see `on_points`): their kinks never had k on with the
   unit's other features measurable (more features on than the first layer has active units: the Jacobian along them
   is singular), and `layer.complete`'s walk along the predicted surface never reached k's region. A weight read from
-  a wrong kink is caught by the next final check. The kinks do not join u's precise points (`Unit.points`, which the
-  polish step's points go around and the layer's refit uses): kept there (the first form of this reading kept one),
-  they left polished networks off, once returned wrong (not diagnosed; docs/fe_deep.md, fourteenth session)."""
+  a wrong kink is caught by the next final check. Each kink read joins u's precise points (`Unit.points`, which the
+  polish step's points go around and the layer's refit uses): random 10-8-8-8-1 seed 0 and digits 64-64-64-10 are
+  exact with them, stop without (docs/fe_deep.md, fourteenth and fifteenth sessions)."""
   from functional_equivalence import search  # the kink search of the attack's lines
 
   rows: dict[int, list] = {}  # id(unit) -> [(h(x*), right-hand side)]
@@ -140,7 +102,7 @@ def read_weights(q, units: list, points: np.ndarray, rtol: float = 1e-9, cond: f
       continue  # none, or two units whose kinks there are not predicted: which is whose?
     i = which[0]
     (prefix, u), p, h = units[i], pre[i], hs[i]
-    g = _input_grad(prefix, p, ((p[-1] > 0) * u.w))[0]
+    g = active.input_grad(prefix, p, ((p[-1] > 0) * u.w))[0]
     if not np.linalg.norm(g):
       continue
     v = -g / np.linalg.norm(g)
@@ -160,10 +122,11 @@ def read_weights(q, units: list, points: np.ndarray, rtol: float = 1e-9, cond: f
       size = np.linalg.norm(ht) + 1.0
       if any(abs(ht @ w.w + w.b) <= rtol * size * (np.linalg.norm(w.w) + abs(w.b)) for w in others):
         continue
-      left.append(ht)
+      left.append((t, ht))
     if len(left) != 1:
       continue
-    ht = left[0]  # x + t v does not join u's precise points (docstring)
+    t, ht = left[0]
+    u.points.append(x + t * v)  # a precise point of u's surface (docstring)
     rows.setdefault(id(u), []).append((ht, -(ht[u.known] @ u.w[u.known] + u.b)))
   read = 0
   for _, u in units:
