@@ -79,6 +79,28 @@ def test_the_polish_points_cover_every_feature_of_a_unit():
   assert np.array_equal(first_layer, np.array(points[:8]))
 
 
+def test_polish_points_go_around_a_unit_seen_mostly_beyond_the_domain():
+  # deep.attack._rare_unit_points: a unit with fewer precise points inside the domain than its known features + 1
+  # (fe_deep_rare's 10-8-6-1 seed 6: 40 far out, 2 inside once a read kink joined them) gets 8 polish points around
+  # each of its covering points; one with enough points inside gets none (the rule was "none inside": 2 turned it off)
+  from functional_equivalence import domain
+  from functional_equivalence.deep.layer import Unit
+
+  dom, net = domain.Ball(1000.0), network.random_net(2, (10, 8, 6, 1))  # no rarely active unit: rare_points gives none
+  prefix = net.prefix(1)
+  rng = np.random.default_rng(0)
+  far = rng.normal(size=(40, 10)) * 5000.0
+  inside = rng.normal(size=(12, 10)) * 20.0
+
+  def around(points):
+    unit = Unit(np.ones(8) / np.sqrt(8), np.ones(8, bool), 0.0, 1e-12, np.ones(1), points=list(points))
+    return attack._rare_unit_points(net, [(prefix, unit)], dom, attack.Config())
+
+  mostly_far = around(np.concatenate([far, inside[:2]]))
+  assert len(mostly_far) >= 64 and not dom.contains(mostly_far).all()
+  assert len(around(np.concatenate([far, inside]))) == 0
+
+
 def test_a_weight_traded_with_the_linear_remainder_is_compared_inside_it():
   # last-hidden unit k on wherever feature j is (on these points): w_jk h_j v_k is a linear term; a network with
   # w_jk + delta and a unit relu(h_j) (always >= 0: folded into the remainder) of output -delta v_k is the same

@@ -32,30 +32,44 @@ def input_grad(prefix: network.DeepNet, pre: list, v: np.ndarray) -> np.ndarray:
   return g
 
 
-def both_on(prefix: network.DeepNet, w: np.ndarray, b, k, x: np.ndarray, dom, steps: int = 64) -> np.ndarray:
+def both_on(
+  prefix: network.DeepNet, w: np.ndarray, b, k, x: np.ndarray, dom, steps: int = 64, deeper: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
   """The points of x moved, by ascent on min(p / |grad p|, pre_k / |grad pre_k|) (steps along the gradient of the
   smaller, projected onto the domain, from a tenth of each point's distance to the domain's center, shrinking), to
   where the unit of pre-activation p = relu(prefix's last pre-activations) . w + b and the prefix's unit k are both
-  on (on the network `prefix`, no query); w (n,) or one per point (N, n), b and k scalars or one per point. Returns
-  the mask of the points where both are on at the end, and the points."""
+  on (on the network `prefix`, no query); w (n,) or one per point (N, n), b and k scalars or one per point. With
+  `deeper`, that many more steps of the same ascent for the points already there, each kept only if both stay on and
+  the smaller margin grows: at the first point inside, pre_k is near 0, and so is what a wrong weight from k changes
+  there. Returns the mask of the points where both are on at the end, and the points."""
   d = x.shape[1]
   center, reach = dom.center(d), dom.circumradius(d)
   x = np.array(x, np.float64)
   rows = np.arange(len(x))
   ek = np.zeros((len(x), prefix.weights[-1].shape[1]))
   ek[rows, k] = 1.0
-  for t in range(steps):
+
+  def ascent(x, t):
+    """(both on, the smaller margin, the step's direction) at x."""
     pre = network.preactivations(prefix, x)
     p, pk = _dot(np.maximum(pre[-1], 0.0), w) + b, pre[-1][rows, k]
-    done = (p > 0) & (pk > 0)
-    if done.all():
-      break
     gp = input_grad(prefix, pre, (pre[-1] > 0) * w)
     gk = input_grad(prefix, pre, ek)
     np_, nk = np.linalg.norm(gp, axis=1) + 1e-300, np.linalg.norm(gk, axis=1) + 1e-300
     g = np.where((p / np_ < pk / nk)[:, None], gp / np_[:, None], gk / nk[:, None])
     size = 0.1 * 0.5 ** (t / 16) * (np.linalg.norm(x - center, axis=1) + 1e-3 * reach)
-    x = np.where(done[:, None], x, dom.project(x + size[:, None] * g))
+    return (p > 0) & (pk > 0), np.minimum(p / np_, pk / nk), size[:, None] * g
+
+  for t in range(steps):
+    done, _, step = ascent(x, t)
+    if done.all():
+      break
+    x = np.where(done[:, None], x, dom.project(x + step))
+  for t in range(deeper):
+    done, margin, step = ascent(x, t)
+    trial = dom.project(x + step)
+    now, after, _ = ascent(trial, t)
+    x = np.where((done & now & (after > margin))[:, None], trial, x)
   pre = network.preactivations(prefix, x)
   return (_dot(np.maximum(pre[-1], 0.0), w) + b > 0) & (pre[-1][rows, k] > 0), x
 
@@ -88,7 +102,15 @@ def both_on_points(prefix, w: np.ndarray, b: float, ks, x0: np.ndarray, dom, sta
 
 
 def co_active_points(
-  net: network.DeepNet, dom, rng, want: int = 16, count: int = 4096, starts: int = 4, steps: int = 64, chunk: int = 256
+  net: network.DeepNet,
+  dom,
+  rng,
+  want: int = 16,
+  count: int = 4096,
+  starts: int = 4,
+  steps: int = 64,
+  chunk: int = 256,
+  deeper: int = 0,
 ) -> np.ndarray:
   """For every hidden unit after the first layer and each input feature with a nonzero weight that are on together
   at fewer than `want` of `count` points over the domain, up to `starts` points of the domain where they are
@@ -110,7 +132,7 @@ def co_active_points(
       score = np.minimum(p_rel[:, j], k_rel[:, k])  # (count, pairs)
       best = np.argsort(-score, axis=0)[:starts].T.ravel()  # per pair its `starts` best candidates
       pair = np.repeat(np.arange(len(k)), starts)
-      on, x = both_on(prefix, w[:, j[pair]].T, b[j[pair]], k[pair], x0[best], dom, steps)
+      on, x = both_on(prefix, w[:, j[pair]].T, b[j[pair]], k[pair], x0[best], dom, steps, deeper)
       out.append(x[on])
   return np.concatenate(out)
 

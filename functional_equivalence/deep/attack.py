@@ -693,9 +693,12 @@ def _final_check(q, net, surfaces, dom, cfg: Config, rng, differences: bool):
   reached, step = _reached_points(surfaces, dom, net.sizes[0], rng, seen=1)
   on, side = np.concatenate([on, reached]), np.concatenate([side, step])
   d = net.sizes[0]
-  wedges = np.concatenate([unseen.wedge_points(surfaces, dom, d), unseen.on_points(surfaces, dom, d)])
+  own = np.random.default_rng(zlib.crc32(np.concatenate([w.ravel() for w in net.weights]).tobytes()))
+  together = active.co_active_points(
+    net, dom, np.random.default_rng([zlib.crc32(polish.flat(net).tobytes()), 2]), starts=8, deeper=32
+  )
+  wedges = np.concatenate([unseen.wedge_points(surfaces, dom, d), unseen.on_points(surfaces, dom, d), together])
   if cfg.check_near:  # from a stream of the network's own: the attack's stream stays as it was
-    own = np.random.default_rng(zlib.crc32(np.concatenate([w.ravel() for w in net.weights]).tobytes()))
     near = dom.project(dom.center(d) + cfg.scale * own.normal(size=(cfg.check_near, d)))
     wedges = np.concatenate([wedges, near])
   return check.compare(
