@@ -218,17 +218,23 @@ def first_layer_verdict(error: float, matched: int, true_width: int, found_width
 
 def evaluate(net, rec, eval_seed: int, peeled=None) -> dict:
   """A recovered network `rec` against the victim `net` (module docstring): aligned weight errors on 50,000 N(0, I)
-  inputs and 50,000 points over the ball, agreement and max |logit difference| on --eval_inputs and
-  --domain_inputs points, drawn from `eval_seed`. With `peeled` (the same run's network before its polish step),
-  also its weight errors on the same points (`peeled_*`; its verdict takes agreement 1.0 as given)."""
+  inputs and 50,000 points over the ball, agreement and max |logit difference| on --eval_inputs and on the points
+  over the ball (--domain_inputs), both sets with the points where a rarely co-active (unit, feature) pair of the
+  victim is on (deep.active.co_active_points on the victim), drawn from `eval_seed`. With `peeled` (the same run's
+  network before its polish step), also its weight errors on the same points (`peeled_*`; its verdict takes
+  agreement 1.0 as given)."""
   from functional_equivalence import domain
-  from functional_equivalence.deep import align
+  from functional_equivalence.deep import active, align
 
   rng = np.random.default_rng(eval_seed)
   d = net.sizes[0]
   x = rng.normal(size=(FLAGS.eval_inputs, d))
   over = domain.Ball(1000.0).check_points(rng, d, FLAGS.domain_inputs)
-  weight_points = np.concatenate([x[:50_000], over[:50_000]])
+  # and where each of the victim's (unit, feature) pairs on together at few points of the ball is (found on the
+  # victim): a weight that matters only there is compared, not set aside as undetermined (fifteenth session)
+  together = active.co_active_points(net, domain.Ball(1000.0), rng, starts=8, deeper=32)
+  weight_points = np.concatenate([x[:50_000], over[:50_000], together])
+  over = np.concatenate([over, together])
 
   def weights(candidate) -> dict:
     err = align.weight_error(net, candidate, weight_points, differences=_differences())

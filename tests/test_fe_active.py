@@ -60,3 +60,21 @@ def test_a_rare_unit_gets_points_where_each_of_its_features_is_on_with_it():
   assert DOM.contains(x).all()
   for k in together:
     assert np.any((pre[1][:, k] > 0) & (pre[2][:, 0] > 0)), k
+
+
+def test_both_on_goes_deeper_into_the_region_where_a_unit_and_a_feature_are_on():
+  # a point just inside (feature 2 at 1e-3): a wrong weight from feature 2 changes the answers by 1e-3 of itself
+  # there. `deeper` steps move it inside both regions, the smaller margin growing; without them it stays
+  prefix = network.DeepNet((np.eye(3),), (np.zeros(3),))  # features relu(x)
+  w, b, k = np.array([1.0, 1.0, 0.0]), -1.0, 2
+  x = np.array([[0.6, 0.5, 1e-3]])
+  dom = domain.Ball(100.0)
+
+  def margin(x):
+    h = np.maximum(x, 0.0)
+    return min(float(h[0] @ w + b) / np.sqrt(2.0), float(h[0, k]))
+
+  on, same = active.both_on(prefix, w, b, k, x, dom)
+  assert on.all() and np.array_equal(same, x)
+  on, deep = active.both_on(prefix, w, b, k, x, dom, deeper=32)
+  assert on.all() and dom.contains(deep).all() and margin(deep) > 100 * margin(x)
