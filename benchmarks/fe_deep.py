@@ -22,6 +22,10 @@ candidates (`promoted_units`), the same for the run's network before its polish
 step (`peeled_*`: what the layer-by-layer recovery alone gives, and its queries; verdict with agreement taken as
 1.0), top-1 (one output: sign) agreement and max |logit
 difference| on --eval_inputs inputs ~ N(0, I) and on --domain_inputs points over the ball, seconds (attack only).
+The evaluation points include, since the fifteenth session, those where each (unit, feature) pair of the victim on
+together at few points of the ball is (deep.active.co_active_points on the victim): before, a weight that matters
+only there was set aside as undetermined, and a network off by 0.28 there was counted exact (fe_deep_rare's
+10-8-8-8-1 seed 0).
 Victim, attack and evaluation draw independent seeds. Writes benchmarks/results/fe_deep.{json,md}, with a count of
 the outcomes per kind of victim: exact, close, wrong (a network returned that is not the victim's: silent) and
 stopped (the attack's one-line error).
