@@ -154,6 +154,15 @@ def logit_agreement(
   )
 
 
+def centered_logit_error(true: TwoLayerNet | DeepNet, rec: TwoLayerNet | DeepNet, x: np.ndarray) -> np.ndarray:
+  """Per input of x (N, d): the largest |difference| over classes between the two networks' logits, each centred on
+  its mean over classes (a common shift, all that a probabilities oracle cannot show, does not count). The paper's
+  epsilon-fidelity: a point is epsilon-close when this is <= epsilon. Float64."""
+  a, b = _logits(true, x), _logits(rec, x)
+  a, b = a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True)
+  return np.max(np.abs(a - b), axis=1)
+
+
 def random_agreement(
   true: TwoLayerNet | DeepNet,
   rec: TwoLayerNet | DeepNet,
