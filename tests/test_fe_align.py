@@ -79,3 +79,13 @@ def test_units_dead_on_the_domain_are_set_aside_on_both_sides():
   assert align.weight_error(net, rec)["max_weight_error"] == math.inf
   err = align.weight_error(net, rec, domain=domain.Ball(10.0))
   assert err["max_weight_error"] < 1e-12 and err["extra_units"] == 0
+
+
+def test_centered_logit_error_ignores_a_common_shift_and_measures_the_rest():
+  net = victims.random_net(1, 6, 5, 3)
+  x = np.random.default_rng(2).normal(size=(50, 6)) * 100.0  # far from the origin too
+  shifted = victims.TwoLayerNet(net.w0, net.b0, net.w1 + 0.7, net.b1 - 2.0)  # the same shift for every class
+  assert np.max(align.centered_logit_error(net, shifted, x)) < 1e-9
+  moved = victims.TwoLayerNet(net.w0, net.b0, net.w1, net.b1 + np.array([0.3, 0.0, 0.0]))
+  # class 0 up by 0.3: centred, class 0 moves by 0.2 and the others by -0.1, at every input
+  np.testing.assert_allclose(align.centered_logit_error(net, moved, x), 0.2, rtol=1e-9)

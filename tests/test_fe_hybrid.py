@@ -1,7 +1,7 @@
 """Hybrid FE + learning (functional_equivalence/deep/hybrid.py, the `hybrid` experiment): the first layer is the
 recovered one (frozen: unchanged by training; init: trained from it), every query is counted against one total
-budget (a backend that counts its own rows), a budget below the first layer's queries is refused, and the
-experiment writes rows per method and their means."""
+budget (a backend that counts its own rows), the first layer attack's answers are kept and fitted, a budget below
+the first layer's queries is refused, and the experiment writes rows per method and their means."""
 
 import numpy as np
 import pytest
@@ -9,6 +9,7 @@ from absl import flags
 from absl.testing import flagsaver
 
 from extraction.oracle import Oracle
+from functional_equivalence import align
 from functional_equivalence.deep import hybrid, network
 from launch import experiments
 from launch import hybrid as hybrid_launch  # defines the --hybrid_* flags, registers the experiment
@@ -27,7 +28,8 @@ def victim():
 
 
 def test_first_layer_is_the_victims_up_to_scale(victim):
-  net, (w, b, _) = victim
+  net, first = victim
+  w, b = first.w, first.b
   true = np.vstack([net.weights[0], net.biases[0]])
   rec = np.vstack([w, b])
   cos = (true / np.linalg.norm(true, axis=0)).T @ (rec / np.linalg.norm(rec, axis=0))
@@ -77,8 +79,12 @@ def test_experiment_rows_and_means(tmp_path):
   assert all(r["queries"] == r["fe_queries"] + r["learning_queries"] for r in runs)
   # noise of std 0 leaves the test images as they were: the same agreement as on the test split
   assert all(r["noise_0_fidelity"] == r["fidelity"] for r in runs)
+  assert all(r["noise_0_logit_error"] == pytest.approx(r["logit_error"], rel=1e-12) for r in runs)
+  # the frozen student's first layer is exact but the rest learned in 20-30 steps: its logits are not the victim's
+  assert all(r["logit_error"] > 1e-6 and r["box_logit_error"] > 1e-6 for r in runs)
   means = [r for r in rows if "mean of 1" in r["method"]]
   assert len(means) == 6 and all(0.0 <= r["noise_0.1_fidelity"] <= 1.0 for r in means)
+  assert all(r["box_logit_error_std"] == 0.0 for r in means)  # one seed: no spread
   assert (tmp_path / "victim.npz").exists() and (tmp_path / "fidelity_by_distance.png").exists()
 
 
@@ -114,3 +120,46 @@ def test_through_probabilities_the_logit_differences_are_fitted():
   np.testing.assert_array_equal(student.weights[0], first[0])
   agree = np.mean(network.logits(student, pool).argmax(1) == z.argmax(1))
   assert agree >= 0.95, agree
+
+
+def test_the_first_layer_attacks_answers_are_kept_as_given(victim):
+  net, first = victim
+  assert len(first.asked) == len(first.answers) == first.queries  # under KEPT_ANSWERS: every one
+  truth = network.logits(net, first.asked)  # the oracle answered in batches: equal to rounding
+  np.testing.assert_allclose(first.answers, truth, rtol=1e-12, atol=1e-12 * np.abs(truth).max())
+  far = np.linalg.norm(first.asked, axis=1)
+  assert far.max() > 100 * np.median(far)  # the attack's lines reach far from where it starts
+  few = hybrid.first_layer(Oracle(network.backend(net), output="logits", record_inputs=False), 8, seed=5, keep=500)
+  assert len(few.asked) == 500 and few.queries == first.queries
+  truth = network.logits(net, few.asked)
+  np.testing.assert_allclose(few.answers, truth, rtol=1e-12, atol=1e-12 * np.abs(truth).max())
+
+
+def test_kept_answers_weigh_far_errors_relatively():
+  pool = np.random.default_rng(0).uniform(size=(200, 3))
+  centre, r0 = pool.mean(0), np.median(np.linalg.norm(pool - pool.mean(0), axis=1))
+  asked = centre + np.array([[0.5, 0, 0], [0, 10.0, 0], [0, 0, -1000.0]]) * r0
+  answers = np.array([[1.0, 2.0], [3.0, 4.0], [0.0, 1.0]])
+  first = hybrid.FirstLayer(np.zeros((3, 2)), np.zeros(2), 3, asked, answers)
+  x, y, weights = hybrid.kept_answers(first, pool, "logits")
+  np.testing.assert_array_equal(y, answers)
+  np.testing.assert_allclose(weights, [1.0, 1e-2, 1e-6], rtol=1e-12)
+  # through probabilities: the logit differences, a row that underflowed left out
+  probabilities = np.array([[0.25, 0.75], [1.0, 0.0], [0.5, 0.5]])
+  x, y, weights = hybrid.kept_answers(first._replace(answers=probabilities), pool, "probabilities")
+  np.testing.assert_allclose(y, [[np.log(3.0)], [0.0]], atol=1e-15)
+  np.testing.assert_array_equal(x, asked[[0, 2]])
+  np.testing.assert_allclose(weights, [1.0, 1e-6], rtol=1e-12)
+
+
+def test_fitting_the_kept_answers_makes_the_student_closer_off_the_pool(victim):
+  net, first = victim
+  pool = np.random.default_rng(0).uniform(size=(300, 8))
+  wider = np.random.default_rng(1).uniform(-3.0, 3.0, size=(5000, 8))  # the pool is in [0, 1]^8
+  errors = {}
+  for reuse in (False, True):
+    oracle = Oracle(network.backend(net), output="logits", record_inputs=False)
+    student, counts = hybrid.run(oracle, pool, [6, 6], first.queries + 300, "frozen", 1, 800, first, reuse=reuse)
+    assert counts["fe_answers_fitted"] == (len(first.asked) if reuse else 0) and oracle.used == 300
+    errors[reuse] = np.mean(align.centered_logit_error(net, student, wider))
+  assert errors[True] < 0.75 * errors[False], errors  # measured 0.196 against 0.335

@@ -6,29 +6,74 @@ The student is an MLP d-n0-(hidden...)-k. Its first layer is the recovered one (
 layer 0 with its signs, `attack.Config(layers=1)`), either `frozen` or used as the `init`ialisation of a trainable
 layer; `pure` learning starts from He-normal weights. The learning queries are the attacker's unlabeled pool
 (inputs it may ask about) and random convex combinations of pairs of them; every answer comes from the Oracle's
-__call__. Training: minibatch Adam (optax) on the squared logit error, float64; through a probabilities oracle on
+__call__. The `frozen` and `init` students also fit the answers the first layer's attack was given (they are paid
+for; up to KEPT_ANSWERS of them, far from the data, each batch half learning queries and half those, `kept_answers`).
+Training: minibatch Adam (optax) on the squared logit error, float64; through a probabilities oracle on
 the squared error of the logit differences to class 0 (log p_i - log p_0, all that probabilities determine; inputs
 whose probabilities underflow are asked and counted but not fitted), the first layer recovered through the same
 oracle (deep/attack.py works on the ball where no probability underflows). The caller measures fidelity
-(launch/hybrid.py: top-1 agreement on the digits test split and on uniform points of the input box).
+(launch/hybrid.py: top-1 agreement and logit error on the digits test split, noisy copies of it and uniform points
+of the input box).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
 from functional_equivalence.deep import network
 
 METHODS = ("pure", "frozen", "init")
+KEPT_ANSWERS = 2**18  # at most this many of the first layer attack's answers are kept for the learning
 
 
-def first_layer(oracle, input_dim: int, seed: int, max_seconds: float = 600.0):
-  """The victim's first hidden layer with its signs, through the oracle: (w (d, n0), b (n0,), queries)."""
+class FirstLayer(NamedTuple):
+  """The recovered first layer (w (d, n0), b (n0,)), the queries it took, and (inputs, answers) of up to
+  KEPT_ANSWERS of those queries (a uniform sample when there were more), in the oracle's output mode."""
+
+  w: np.ndarray
+  b: np.ndarray
+  queries: int
+  asked: np.ndarray
+  answers: np.ndarray
+
+
+class _Keeping:
+  """The oracle as the attack uses it (calls, `output`, `used`), keeping a copy of every input and answer."""
+
+  def __init__(self, oracle):
+    self.oracle, self.asked, self.answers = oracle, [], []
+
+  @property
+  def output(self):
+    return self.oracle.output
+
+  @property
+  def used(self):
+    return self.oracle.used
+
+  def __call__(self, x):
+    y = self.oracle(x)
+    self.asked.append(np.array(x, np.float64))
+    self.answers.append(np.array(y, np.float64))
+    return y
+
+
+def first_layer(oracle, input_dim: int, seed: int, max_seconds: float = 600.0, keep: int = KEPT_ANSWERS) -> FirstLayer:
+  """The victim's first hidden layer with its signs, through the oracle, with up to `keep` of the attack's
+  (input, answer) pairs (they are paid for: `run` fits them beside the learning queries)."""
   from functional_equivalence.deep import attack
 
   used = oracle.used
-  result = attack.extract(oracle, input_dim, attack.Config(layers=1, max_seconds=max_seconds), seed=seed)
-  return result.net.weights[0], result.net.biases[0], oracle.used - used
+  keeping = _Keeping(oracle)
+  result = attack.extract(keeping, input_dim, attack.Config(layers=1, max_seconds=max_seconds), seed=seed)
+  asked = np.concatenate(keeping.asked) if keeping.asked else np.zeros((0, input_dim))
+  answers = np.concatenate(keeping.answers) if keeping.answers else np.zeros((0, 0))
+  if len(asked) > keep:
+    pick = np.sort(np.random.default_rng([seed, 1]).choice(len(asked), keep, replace=False))
+    asked, answers = asked[pick], answers[pick]
+  return FirstLayer(result.net.weights[0], result.net.biases[0], oracle.used - used, asked, answers)
 
 
 def learning_queries(pool: np.ndarray, count: int, rng: np.random.Generator, low=0.0, high=1.0) -> np.ndarray:
@@ -53,13 +98,18 @@ def init_student(sizes, rng: np.random.Generator, first: tuple | None = None) ->
 
 
 def targets(oracle, x: np.ndarray) -> np.ndarray:
-  """The oracle's answers at x as fitting targets: logits, or with probabilities the logit differences to class 0
-  (N, k - 1), rows where a probability underflowed to 0 (or below float64's normal range) NaN."""
-  y = np.asarray(oracle(x), np.float64)
-  if oracle.output == "logits":
+  """The oracle's answers at x as fitting targets (`as_targets`)."""
+  return as_targets(oracle(x), oracle.output)
+
+
+def as_targets(answers: np.ndarray, output: str) -> np.ndarray:
+  """Answers as fitting targets: logits, or with probabilities the logit differences to class 0 (N, k - 1), rows
+  where a probability underflowed to 0 (or below float64's normal range) NaN."""
+  y = np.asarray(answers, np.float64)
+  if output == "logits":
     return y
-  if oracle.output != "probabilities":
-    raise ValueError(f"hybrid extraction needs oracle output 'logits' or 'probabilities', got {oracle.output!r}")
+  if output != "probabilities":
+    raise ValueError(f"hybrid extraction needs oracle output 'logits' or 'probabilities', got {output!r}")
   with np.errstate(divide="ignore", invalid="ignore"):
     out = np.log(y[:, 1:]) - np.log(y[:, :1])
   out[np.any(y < np.finfo(np.float64).tiny, axis=1)] = np.nan
@@ -76,10 +126,12 @@ def distill(
   batch: int = 256,
   learning_rate: float = 1e-3,
   differences: bool = False,
+  weighted: tuple | None = None,
 ) -> network.DeepNet:
   """Minibatch Adam on mean squared logit error (with `differences`, y holds the logit differences to class 0 and
-  the student's are fitted to them); the first layer kept fixed when `frozen_first`. Float64 (runs in a scoped
-  `jax.enable_x64(True)`)."""
+  the student's are fitted to them); the first layer kept fixed when `frozen_first`. With `weighted` = (x2, y2,
+  weights), half of each batch comes from (x2, y2), each row's squared error times its weight. Float64 (runs in a
+  scoped `jax.enable_x64(True)`)."""
   import jax
   import jax.numpy as jnp
   import optax
@@ -104,17 +156,26 @@ def distill(
       return z[:, 1:] - z[:, :1] if differences else z
 
     @jax.jit
-    def step(p, state, bx, by):
-      loss, grads = jax.value_and_grad(lambda q: jnp.mean((forward(q, bx) - by) ** 2))(p)
+    def step(p, state, bx, by, bw):
+      loss, grads = jax.value_and_grad(lambda q: jnp.mean(bw[:, None] * (forward(q, bx) - by) ** 2))(p)
       updates, state = opt.update(grads, state, p)
       return optax.apply_updates(p, updates), state, loss
 
     state = opt.init(params)
     rng = np.random.default_rng(seed)
     xs, ys = jnp.asarray(x, jnp.float64), jnp.asarray(y, jnp.float64)
+    own = min(batch, len(x)) if weighted is None else min(batch - batch // 2, len(x))
+    if weighted is not None:
+      xs = jnp.concatenate([xs, jnp.asarray(weighted[0], jnp.float64)])
+      ys = jnp.concatenate([ys, jnp.asarray(weighted[1], jnp.float64)])
+    row_weights = jnp.ones(len(x))
+    if weighted is not None:
+      row_weights = jnp.concatenate([row_weights, jnp.asarray(weighted[2], jnp.float64)])
     for _ in range(steps):
-      idx = rng.integers(len(x), size=min(batch, len(x)))
-      params, state, loss = step(params, state, xs[idx], ys[idx])
+      idx = rng.integers(len(x), size=own)
+      if weighted is not None:
+        idx = np.concatenate([idx, rng.integers(len(x), len(xs), size=batch // 2)])
+      params, state, loss = step(params, state, xs[idx], ys[idx], row_weights[idx])
     if not np.isfinite(float(loss)):
       raise FloatingPointError(f"distillation diverged (loss {float(loss)})")
     ws = tuple(np.asarray(w, np.float64) for w in params[0])
@@ -124,23 +185,47 @@ def distill(
   return network.DeepNet(ws, bs)
 
 
-def _needs_first(first: tuple | None, method: str) -> tuple:
+def _needs_first(first: FirstLayer | None, method: str) -> FirstLayer:
   """`first` for a method that starts from the recovered first layer, or ValueError when it was not given."""
   if first is None:
-    raise ValueError(f"hybrid method {method!r} needs `first` = (w, b, fe queries) from first_layer")
+    raise ValueError(f"hybrid method {method!r} needs `first` (a FirstLayer from first_layer)")
   return first
 
 
+def kept_answers(first: FirstLayer, pool: np.ndarray, output: str) -> tuple | None:
+  """The first layer attack's kept (inputs, targets, weights) to fit beside the learning queries, or None when none
+  has a finite target. Far from the data a ReLU network's logits grow with the distance, so each row's squared error
+  is weighted by 1 / max(1, r / r0)^2: r its distance from the pool's mean, r0 the pool's median distance from it
+  (a relative error out there, the plain error near the data)."""
+  y = as_targets(first.answers, output) if len(first.asked) else np.zeros((0, 0))
+  fit = np.all(np.isfinite(y), axis=1) if len(y) else np.zeros(0, bool)
+  if not fit.any():
+    return None
+  centre = pool.mean(axis=0)
+  r0 = max(float(np.median(np.linalg.norm(pool - centre, axis=1))), np.finfo(np.float64).tiny)
+  r = np.linalg.norm(first.asked[fit] - centre, axis=1)
+  return first.asked[fit], y[fit], 1.0 / np.maximum(1.0, r / r0) ** 2
+
+
 def run(
-  oracle, pool: np.ndarray, hidden, queries: int, method: str, seed: int, steps: int, first: tuple | None = None
+  oracle,
+  pool: np.ndarray,
+  hidden,
+  queries: int,
+  method: str,
+  seed: int,
+  steps: int,
+  first: FirstLayer | None = None,
+  reuse: bool = True,
 ) -> tuple[network.DeepNet, dict]:
-  """One student by `method` (module docstring) with `queries` oracle queries in total; `first` = (w, b, fe
-  queries) from `first_layer` (its queries count against the total). Returns (student, counts)."""
+  """One student by `method` (module docstring) with `queries` oracle queries in total; `first` from `first_layer`
+  (its queries count against the total; with `reuse`, its kept answers are fitted too, half of every batch,
+  `kept_answers`). Returns (student, counts)."""
   if method not in METHODS:
     raise ValueError(f"unknown hybrid method {method!r} (one of {', '.join(METHODS)})")
   rng = np.random.default_rng(seed)
   recovered_first = None if method == "pure" else _needs_first(first, method)
-  fe_queries = 0 if recovered_first is None else recovered_first[2]
+  fe_queries = 0 if recovered_first is None else recovered_first.queries
   if fe_queries >= queries:
     raise ValueError(f"the first layer took {fe_queries} queries, the whole budget is {queries}")
   x = learning_queries(pool, queries - fe_queries, rng)
@@ -150,9 +235,17 @@ def run(
   fit = np.all(np.isfinite(y), axis=1)
   if not fit.any():
     raise ValueError("every learning query's probabilities underflowed: no target to fit")
+  weighted = None
   if recovered_first is None:
     student = init_student([pool.shape[1], *hidden, k], rng)
   else:
-    student = init_student([pool.shape[1], recovered_first[0].shape[1], *hidden[1:], k], rng, recovered_first[:2])
-  student = distill(student, x[fit], y[fit], steps, seed, frozen_first=method == "frozen", differences=differences)
-  return student, dict(fe_queries=fe_queries, learning_queries=len(x), queries=fe_queries + len(x))
+    sizes = [pool.shape[1], recovered_first.w.shape[1], *hidden[1:], k]
+    student = init_student(sizes, rng, (recovered_first.w, recovered_first.b))
+    weighted = kept_answers(recovered_first, pool, oracle.output) if reuse else None
+  student = distill(
+    student, x[fit], y[fit], steps, seed, frozen_first=method == "frozen", differences=differences, weighted=weighted
+  )
+  kept = 0 if weighted is None else len(weighted[0])
+  return student, dict(
+    fe_queries=fe_queries, learning_queries=len(x), queries=fe_queries + len(x), fe_answers_fitted=kept
+  )
