@@ -147,6 +147,25 @@ def test_unseen_weights_of_a_unit_on_almost_everywhere_read_where_it_is_predicte
     _extract(net, seed=852798553)
 
 
+def test_a_last_layer_fit_with_twins_is_refused(monkeypatch):
+  # the refusal's one real case (random 10-8-8-8-1 seed 7) is recovered since the fifteenth session: here the fit of
+  # a recovered network is made to pair its first unit with a twin of output weight 0 (the function unchanged, so
+  # every check passes); a victim needs no twin, so the attack refuses the network instead of returning it
+  fit_last = attack._fit_last
+
+  def with_a_twin(*args, **kwargs):
+    units, last = fit_last(*args, **kwargs)
+    last.pairs = last.pairs.copy()
+    last.pairs[0] = True
+    last.w_twin = np.zeros((1, last.w_out.shape[1]))
+    return units, last
+
+  net = network.random_net(1, (10, 8, 8, 1))
+  monkeypatch.setattr(attack, "_fit_last", with_a_twin)
+  with pytest.raises(ExtractionError, match=r"fit pairs 1 of its 8 units with twins"):
+    _extract(net)
+
+
 def test_an_expanding_first_layer_recovered_exactly():
   # 16 first-layer units on 8 inputs: no direction moves one unit alone, so the exact sign test of the passes is
   # impossible almost everywhere and the votes got 6 of 16 signs wrong (then layer 2's search found no unit);
