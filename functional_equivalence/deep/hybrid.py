@@ -18,11 +18,14 @@ of the input box).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import numpy as np
 
 from functional_equivalence.deep import network
+
+if TYPE_CHECKING:
+  from extraction.oracle import Oracle
 
 METHODS = ("pure", "frozen", "init")
 KEPT_ANSWERS = 2**18  # at most this many of the first layer attack's answers are kept for the learning
@@ -67,7 +70,10 @@ def first_layer(oracle, input_dim: int, seed: int, max_seconds: float = 600.0, k
 
   used = oracle.used
   keeping = _Keeping(oracle)
-  result = attack.extract(keeping, input_dim, attack.Config(layers=1, max_seconds=max_seconds), seed=seed)
+  # the attack uses only the oracle's calls, `output` and `used`, which _Keeping passes through
+  result = attack.extract(
+    cast("Oracle", keeping), input_dim, attack.Config(layers=1, max_seconds=max_seconds), seed=seed
+  )
   asked = np.concatenate(keeping.asked) if keeping.asked else np.zeros((0, input_dim))
   answers = np.concatenate(keeping.answers) if keeping.answers else np.zeros((0, 0))
   if len(asked) > keep:
