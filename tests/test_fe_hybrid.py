@@ -135,6 +135,27 @@ def test_the_first_layer_attacks_answers_are_kept_as_given(victim):
   np.testing.assert_allclose(few.answers, truth, rtol=1e-12, atol=1e-12 * np.abs(truth).max())
 
 
+def test_the_kept_answers_are_a_uniform_sample_in_bounded_memory():
+  class Echo:  # answers each input with itself
+    output, used = "logits", 0
+
+    def __call__(self, x):
+      return x
+
+  keeping = hybrid._Keeping(Echo(), 500, np.random.default_rng(0))
+  for batch in range(20):
+    keeping(np.arange(1000 * batch, 1000 * (batch + 1), dtype=np.float64)[:, None])
+    assert sum(len(a) for a in keeping.asked) <= 2 * 500 + 1000  # never more than twice the sample and a batch
+  asked, answers = keeping.sample(1)
+  np.testing.assert_array_equal(asked, answers)
+  assert len(asked) == 500 and len(np.unique(asked)) == 500 and np.all(np.diff(asked[:, 0]) > 0)  # in order
+  per_batch = np.bincount((asked[:, 0] // 1000).astype(int), minlength=20)
+  assert per_batch.min() >= 10 and per_batch.max() <= 45, per_batch  # 25 expected from every part of the stream
+  few = hybrid._Keeping(Echo(), 500, np.random.default_rng(0))
+  few(np.arange(300, dtype=np.float64)[:, None])
+  np.testing.assert_array_equal(few.sample(1)[0][:, 0], np.arange(300))  # fewer than `keep`: every one, in order
+
+
 def test_kept_answers_weigh_far_errors_relatively():
   pool = np.random.default_rng(0).uniform(size=(200, 3))
   centre, r0 = pool.mean(0), np.median(np.linalg.norm(pool - pool.mean(0), axis=1))

@@ -43,10 +43,15 @@ class FirstLayer(NamedTuple):
 
 
 class _Keeping:
-  """The oracle as the attack uses it (calls, `output`, `used`), keeping a copy of every input and answer."""
+  """The oracle as the attack uses it (calls, `output`, `used`), keeping a uniform sample of at most `keep` of the
+  (input, answer) pairs it passes on, in memory bounded by 2 keep rows: every pair draws a random key and the
+  `keep` smallest keys are kept (a reservoir sample; all pairs when there are no more than `keep`)."""
 
-  def __init__(self, oracle):
-    self.oracle, self.asked, self.answers = oracle, [], []
+  def __init__(self, oracle, keep: int, rng: np.random.Generator):
+    self.oracle, self.keep, self.rng = oracle, keep, rng
+    self.asked: list = []
+    self.answers: list = []
+    self.keys: list = []
 
   @property
   def output(self):
@@ -60,25 +65,37 @@ class _Keeping:
     y = self.oracle(x)
     self.asked.append(np.array(x, np.float64))
     self.answers.append(np.array(y, np.float64))
+    self.keys.append(self.rng.uniform(size=len(x)))
+    if sum(len(k) for k in self.keys) > 2 * self.keep:
+      self._shrink()
     return y
+
+  def _shrink(self) -> None:
+    """Only the `keep` pairs of smallest keys, in the order they were asked."""
+    keys = np.concatenate(self.keys)
+    pick = np.sort(np.argpartition(keys, self.keep)[: self.keep]) if len(keys) > self.keep else np.arange(len(keys))
+    self.asked, self.answers = [np.concatenate(self.asked)[pick]], [np.concatenate(self.answers)[pick]]
+    self.keys = [keys[pick]]
+
+  def sample(self, input_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    if not self.asked:
+      return np.zeros((0, input_dim)), np.zeros((0, 0))
+    self._shrink()
+    return self.asked[0], self.answers[0]
 
 
 def first_layer(oracle, input_dim: int, seed: int, max_seconds: float = 600.0, keep: int = KEPT_ANSWERS) -> FirstLayer:
-  """The victim's first hidden layer with its signs, through the oracle, with up to `keep` of the attack's
-  (input, answer) pairs (they are paid for: `run` fits them beside the learning queries)."""
+  """The victim's first hidden layer with its signs, through the oracle, with a uniform sample of up to `keep` of
+  the attack's (input, answer) pairs (they are paid for: `run` fits them beside the learning queries)."""
   from functional_equivalence.deep import attack
 
   used = oracle.used
-  keeping = _Keeping(oracle)
+  keeping = _Keeping(oracle, keep, np.random.default_rng([seed, 1]))
   # the attack uses only the oracle's calls, `output` and `used`, which _Keeping passes through
   result = attack.extract(
     cast("Oracle", keeping), input_dim, attack.Config(layers=1, max_seconds=max_seconds), seed=seed
   )
-  asked = np.concatenate(keeping.asked) if keeping.asked else np.zeros((0, input_dim))
-  answers = np.concatenate(keeping.answers) if keeping.answers else np.zeros((0, 0))
-  if len(asked) > keep:
-    pick = np.sort(np.random.default_rng([seed, 1]).choice(len(asked), keep, replace=False))
-    asked, answers = asked[pick], answers[pick]
+  asked, answers = keeping.sample(input_dim)
   return FirstLayer(result.net.weights[0], result.net.biases[0], oracle.used - used, asked, answers)
 
 
