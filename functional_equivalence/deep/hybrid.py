@@ -150,11 +150,12 @@ def distill(
   learning_rate: float = 1e-3,
   differences: bool = False,
   weighted: tuple | None = None,
+  share: float | None = 0.5,
 ) -> network.DeepNet:
   """Minibatch Adam on mean squared logit error (with `differences`, y holds the logit differences to class 0 and
   the student's are fitted to them); the first layer kept fixed when `frozen_first`. With `weighted` = (x2, y2,
-  weights), half of each batch comes from (x2, y2), each row's squared error times its weight. Float64 (runs in a
-  scoped `jax.enable_x64(True)`)."""
+  weights), `share` of each batch (rounded; None: in proportion to the two sets' sizes) comes from (x2, y2), each
+  row's squared error times its weight. Float64 (runs in a scoped `jax.enable_x64(True)`)."""
   import jax
   import jax.numpy as jnp
   import optax
@@ -187,7 +188,11 @@ def distill(
     state = opt.init(params)
     rng = np.random.default_rng(seed)
     xs, ys = jnp.asarray(x, jnp.float64), jnp.asarray(y, jnp.float64)
-    own = min(batch, len(x)) if weighted is None else min(batch - batch // 2, len(x))
+    other = 0
+    if weighted is not None:
+      other = round(batch * (len(weighted[0]) / (len(x) + len(weighted[0])) if share is None else share))
+      other = min(max(other, 1), batch - 1)
+    own = min(batch - other, len(x))
     if weighted is not None:
       xs = jnp.concatenate([xs, jnp.asarray(weighted[0], jnp.float64)])
       ys = jnp.concatenate([ys, jnp.asarray(weighted[1], jnp.float64)])
@@ -197,7 +202,7 @@ def distill(
     for _ in range(steps):
       idx = rng.integers(len(x), size=own)
       if weighted is not None:
-        idx = np.concatenate([idx, rng.integers(len(x), len(xs), size=batch // 2)])
+        idx = np.concatenate([idx, rng.integers(len(x), len(xs), size=other)])
       params, state, loss = step(params, state, xs[idx], ys[idx], row_weights[idx])
     if not np.isfinite(float(loss)):
       raise FloatingPointError(f"distillation diverged (loss {float(loss)})")
@@ -240,10 +245,11 @@ def run(
   steps: int,
   first: FirstLayer | None = None,
   reuse: bool = True,
+  share: float | None = 0.5,
 ) -> tuple[network.DeepNet, dict]:
   """One student by `method` (module docstring) with `queries` oracle queries in total; `first` from `first_layer`
-  (its queries count against the total; with `reuse`, its kept answers are fitted too, half of every batch,
-  `kept_answers`). Returns (student, counts)."""
+  (its queries count against the total; with `reuse`, its kept answers are fitted too, `share` of every batch, None:
+  in proportion to their number, `kept_answers`). Returns (student, counts)."""
   if method not in METHODS:
     raise ValueError(f"unknown hybrid method {method!r} (one of {', '.join(METHODS)})")
   rng = np.random.default_rng(seed)
@@ -266,7 +272,15 @@ def run(
     student = init_student(sizes, rng, (recovered_first.w, recovered_first.b))
     weighted = kept_answers(recovered_first, pool, oracle.output) if reuse else None
   student = distill(
-    student, x[fit], y[fit], steps, seed, frozen_first=method == "frozen", differences=differences, weighted=weighted
+    student,
+    x[fit],
+    y[fit],
+    steps,
+    seed,
+    frozen_first=method == "frozen",
+    differences=differences,
+    weighted=weighted,
+    share=share,
   )
   kept = 0 if weighted is None else len(weighted[0])
   return student, dict(
