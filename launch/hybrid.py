@@ -58,6 +58,12 @@ flags.DEFINE_bool(
   "The frozen and init students also fit the first layer attack's answers (paid for: half of every batch, far "
   "points' errors weighted by their inverse squared distance; functional_equivalence/deep/hybrid.py).",
 )
+flags.DEFINE_float(
+  "hybrid_reuse_share",
+  0.5,
+  "The share of every batch given to the first layer attack's answers when they are fitted (chosen on held-out "
+  "pool images: benchmarks/hybrid_reuse_choice.py).",
+)
 flags.DEFINE_integer(
   "hybrid_box_inputs", 10_000, "Uniform points of [0, 1]^d for the off-data agreement.", lower_bound=1
 )
@@ -73,6 +79,15 @@ def _check_extra(values):
 @flags.validator("hybrid_steps", message="--hybrid_steps takes positive integers, e.g. 3000,10000")
 def _check_steps(values):
   return len(values) > 0 and all(v.strip().isdigit() and int(v) > 0 for v in values)
+
+
+@flags.validator(
+  "hybrid_reuse_share",
+  message="--hybrid_reuse_share takes a share strictly between 0 and 1 (not fitting the answers at all: "
+  "--hybrid_reuse_answers=false)",
+)
+def _check_share(value):
+  return 0.0 < value < 1.0
 
 
 @flags.validator("hybrid_noise", message="--hybrid_noise takes non-negative numbers, e.g. 0.05,0.1")
@@ -129,6 +144,7 @@ def run(workdir: pathlib.Path) -> list[dict]:
             steps,
             first,
             reuse=FLAGS.hybrid_reuse_answers,
+            share=FLAGS.hybrid_reuse_share,
           )
           assert counts["learning_queries"] == oracle.used
           rows.append(

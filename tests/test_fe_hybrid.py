@@ -98,7 +98,11 @@ def test_noisy_copies_are_clipped_copies_of_each_row():
 
 @pytest.mark.parametrize(
   "name, value, message",
-  [("hybrid_steps", ["100", "-5"], "positive integers"), ("hybrid_noise", ["0.1", "x"], "non-negative numbers")],
+  [
+    ("hybrid_steps", ["100", "-5"], "positive integers"),
+    ("hybrid_noise", ["0.1", "x"], "non-negative numbers"),
+    ("hybrid_reuse_share", 1.0, "strictly between 0 and 1"),
+  ],
 )
 def test_bad_flags_are_refused_on_assignment(name, value, message):
   with flagsaver.flagsaver(), pytest.raises(flags.IllegalFlagValueError, match=message):
