@@ -19,7 +19,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from benchmarks.common import RESULTS, environment_line, machine
+from benchmarks.common import RESULTS, machine, report_head
 
 FLAGS = flags.FLAGS
 
@@ -37,6 +37,7 @@ def main(_):
   from functional_equivalence import align
   from functional_equivalence.deep import hybrid, network
 
+  start = time.time()
   net, (x_train, _, _, _) = network.digits_net(FLAGS.seed, [128, 128])
   attack_seed, learn_seed = (int(v) for v in np.random.SeedSequence([FLAGS.seed, 14, 0]).generate_state(2))
   order = np.random.default_rng([FLAGS.seed, 5]).permutation(len(x_train))
@@ -78,17 +79,15 @@ def main(_):
   }
   RESULTS.mkdir(parents=True, exist_ok=True)
   (RESULTS / "hybrid_reuse_choice.json").write_text(json.dumps(out, indent=2))
-  lines = [
-    "# Fitting the first layer attack's answers in the hybrid: chosen on held-out pool images (issue 14)\n",
-    f"Command: `{out['command']}`\n",
-    f"Digits 64-128-128-10 victim (seed {FLAGS.seed}), frozen hybrid student, first layer in {first.queries} queries "
-    f"+ {FLAGS.extra_queries} learning queries from the pool less {FLAGS.holdout} held-out images, {FLAGS.steps} "
-    f"Adam steps; {out['machine']['cpu']}, {out['machine']['cpu_count']} cores, load average "
-    f"{out['machine']['load_average']}.\n",
-    environment_line(out["machine"]) + "\n",
-    "| attack's answers | answers fitted | held-out mean centred-logit error | held-out top-1 | seconds |",
-    "|---|---|---|---|---|",
-  ]
+  lines = report_head(
+    "Fitting the first layer attack's answers in the hybrid: chosen on held-out pool images (issue 14)",
+    f"Command: `{out['command']}`\n\nDigits 64-128-128-10 victim (seed {FLAGS.seed}), frozen hybrid student, first "
+    f"layer in {first.queries} queries + {FLAGS.extra_queries} learning queries from the pool less {FLAGS.holdout} "
+    f"held-out images, {FLAGS.steps} Adam steps.",
+    out["machine"],
+    time.time() - start,
+    ["attack's answers", "answers fitted", "held-out mean centred-logit error", "held-out top-1", "seconds"],
+  )
   for r in rows:
     lines.append(
       f"| {r['answers']} | {r['fe_answers_fitted']} | {r['validation_logit_error']:.4f} | "

@@ -48,7 +48,7 @@ class _Keeping:
   `keep` smallest keys are kept (a reservoir sample; all pairs when there are no more than `keep`)."""
 
   def __init__(self, oracle, keep: int, rng: np.random.Generator):
-    self.oracle, self.keep, self.rng = oracle, keep, rng
+    self.oracle, self.keep, self.rng, self.held = oracle, keep, rng, 0
     self.asked: list = []
     self.answers: list = []
     self.keys: list = []
@@ -66,7 +66,8 @@ class _Keeping:
     self.asked.append(np.array(x, np.float64))
     self.answers.append(np.array(y, np.float64))
     self.keys.append(self.rng.uniform(size=len(x)))
-    if sum(len(k) for k in self.keys) > 2 * self.keep:
+    self.held += len(x)
+    if self.held > 2 * self.keep:
       self._shrink()
     return y
 
@@ -75,7 +76,7 @@ class _Keeping:
     keys = np.concatenate(self.keys)
     pick = np.sort(np.argpartition(keys, self.keep)[: self.keep]) if len(keys) > self.keep else np.arange(len(keys))
     self.asked, self.answers = [np.concatenate(self.asked)[pick]], [np.concatenate(self.answers)[pick]]
-    self.keys = [keys[pick]]
+    self.keys, self.held = [keys[pick]], len(pick)
 
   def sample(self, input_dim: int) -> tuple[np.ndarray, np.ndarray]:
     if not self.asked:
@@ -187,18 +188,15 @@ def distill(
 
     state = opt.init(params)
     rng = np.random.default_rng(seed)
-    xs, ys = jnp.asarray(x, jnp.float64), jnp.asarray(y, jnp.float64)
+    xs, ys, row_weights = jnp.asarray(x, jnp.float64), jnp.asarray(y, jnp.float64), jnp.ones(len(x))
     other = 0
     if weighted is not None:
       other = round(batch * (len(weighted[0]) / (len(x) + len(weighted[0])) if share is None else share))
       other = min(max(other, 1), batch - 1)
-    own = min(batch - other, len(x))
-    if weighted is not None:
       xs = jnp.concatenate([xs, jnp.asarray(weighted[0], jnp.float64)])
       ys = jnp.concatenate([ys, jnp.asarray(weighted[1], jnp.float64)])
-    row_weights = jnp.ones(len(x))
-    if weighted is not None:
       row_weights = jnp.concatenate([row_weights, jnp.asarray(weighted[2], jnp.float64)])
+    own = min(batch - other, len(x))
     for _ in range(steps):
       idx = rng.integers(len(x), size=own)
       if weighted is not None:
