@@ -12,13 +12,15 @@ functional_equivalence.deep.attack, not told the depth or the widths, equivalenc
 2. the network sizes of Carlini, Jagielski, Mironov (CRYPTO 2020), trained as their train_models.py trains theirs
    (deep.network.cme_net: memorising 20 random points, our own optax code);
 3. networks trained on scikit-learn digits (64 inputs; with --big also 784 inputs of --big_hidden widths, the 8x8
-   images upsampled);
+   images upsampled), and with --tabular_victims on scikit-learn's other classification datasets (breast_cancer,
+   wine, iris; min-max scaled to [0, 1], or standardised with --tabular_scaling=standard);
 4. the first hidden layer only of digits networks (--first_layer_hidden): units matched, their largest error.
 Per run: status (ok: the attack finished, or the error's type and message), verdict (`verdict`: exact, close or
 wrong, and why), queries (log2), widths found, how each layer's signs were
 found, max aligned weight error per layer and overall (bits; weights the evaluation points do not determine set
-aside and counted, `undetermined_weights`), the final check's repairs and the units promoted from pending
-candidates (`promoted_units`), the same for the run's network before its polish
+aside and counted, `undetermined_weights`), the final check's repairs, the units promoted from pending
+candidates (`promoted_units`) and those of a strict layer taken back from its lenient search (`units_taken_back`,
+deep.crosscheck.straddling), the same for the run's network before its polish
 step (`peeled_*`: what the layer-by-layer recovery alone gives, and its queries; verdict with agreement taken as
 1.0), top-1 (one output: sign) agreement and max |logit
 difference| on --eval_inputs inputs ~ N(0, I) and on --domain_inputs points over the ball, seconds (attack only).
@@ -74,6 +76,29 @@ flags.DEFINE_list(
   ["128-128"],
   "Digits victims whose first hidden layer only is recovered "
   "(Config.layers=1, the first stage a hybrid FE + learning would use).",
+)
+flags.DEFINE_list(
+  "tabular_victims",
+  [],
+  "Victims dataset:widths trained on scikit-learn tabular data (deep.network.tabular_net), e.g. breast_cancer:32-16-8.",
+)
+
+
+@flags.validator(
+  "tabular_victims", message="--tabular_victims takes dataset:widths entries, e.g. breast_cancer:32-16-8"
+)
+def _check_tabular(values):
+  return all(
+    len(v.split(":")) == 2 and all(w.isdigit() and int(w) > 0 for w in v.split(":")[1].split("-")) for v in values
+  )
+
+
+flags.DEFINE_integer("tabular_seeds", 1, "Tabular victims per entry, trained from seeds 0, 1, ...", lower_bound=1)
+flags.DEFINE_enum(
+  "tabular_scaling",
+  "minmax",
+  ["minmax", "standard"],
+  "Input scaling of the tabular victims (deep.network.tabular_net).",
 )
 flags.DEFINE_bool("big", False, "Also the 784-input digits victims of --big_hidden (upsampled images).")
 flags.DEFINE_list("big_hidden", ["32-32"], "Hidden widths of the --big victims (784 inputs).")
@@ -197,6 +222,7 @@ def run_one(name: str, net, seed: int, layers=None, attack_seed: int | None = No
     signs=", ".join(m if isinstance(m, str) else "+".join(m) for m in result.sign_methods),
     repairs=result.stats.get("repair_rounds", 0),
     promoted_units=result.stats.get("promoted_units", 0),
+    units_taken_back=result.stats.get("units_taken_back", 0),
     **{k: result.stats[k] for k in ("probability_radius",) if k in result.stats},
     **evaluate(net, result.net, eval_seed, peeled=result.peeled),
     seconds=round(seconds, 1),
@@ -291,6 +317,11 @@ def victims():
     for seed in range(FLAGS.digits_seeds):
       net, _ = network.digits_net(seed, [int(h) for h in hidden.split("-")])
       yield "digits", net, seed
+  for entry in FLAGS.tabular_victims:
+    name, _, hidden = entry.partition(":")
+    for seed in range(FLAGS.tabular_seeds):
+      net, _ = network.tabular_net(name, seed, [int(h) for h in hidden.split("-")], scaling=FLAGS.tabular_scaling)
+      yield f"{name} ({FLAGS.tabular_scaling})", net, seed
   if FLAGS.big:
     for hidden in FLAGS.big_hidden:
       net, _ = network.digits_net(0, [int(h) for h in hidden.split("-")], side=28)
@@ -330,6 +361,7 @@ def markdown(rows, command, info, seconds) -> str:
     "undetermined_weights",
     "repairs",
     "promoted_units",
+    "units_taken_back",
     "polish_steps",
     "peeled_queries_log2",
     "peeled_layer_errors",

@@ -38,6 +38,7 @@ Float64 numpy throughout.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import zlib
@@ -140,6 +141,7 @@ def _new_stats(probe_bits) -> dict:
     wiggle_sign_tests=0,
     repair_rounds=0,
     strict_layers=0,
+    units_taken_back=0,
     promoted_units=0,
     repair_promotions=0,
     read_weights=0,
@@ -232,6 +234,15 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
         methods[-1] = "last layer least squares"
         surfaces = surfaces[: before["surfaces"]] + [(prefix, u) for u in units]
         break
+      back = crosscheck.straddling(prefix, units, lenient[0]) if lenient is not None else []
+      if back:
+        # true units the strict test refused (their kink absent at some test points), proven by their own points
+        logging.info("layer %d: %d unit(s) of the lenient search taken back", depth, len(back))
+        stats["units_taken_back"] += len(back)
+        state.units[:] = units + [copy.deepcopy(u) for u in back]  # the lenient outcome stays as it was
+        units = list(state.units)
+        if last is not None:
+          units, last = _fit_last(q, prefix, units, state, cfg, center, rng, stats, dom)
     tables.append(_table(units))
     if last is not None and last.residual <= cfg.check_rtol:
       methods.append("last layer least squares")

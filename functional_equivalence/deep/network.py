@@ -358,3 +358,24 @@ def digits_net(seed: int = 0, hidden: Sequence[int] = (64, 64), side: int = 8, s
   """A digits-trained victim with inputs side^2 (64, or 784 with side=28). Returns (net, data)."""
   data = digits_data(seed, side)
   return train(data[0], data[1], hidden, seed=seed, steps=steps, num_classes=10), data
+
+
+def tabular_net(
+  name: str, seed: int = 0, hidden: Sequence[int] = (32, 16, 8), steps: int = 500, scaling: str = "minmax"
+):
+  """A victim trained on one of scikit-learn's classification datasets (extraction.tabular: breast_cancer, wine,
+  iris, digits; its training split drawn with `seed`), its features min-max scaled to [0, 1] (`scaling`
+  "minmax") or standardised by the training split's mean and deviation ("standard"). Returns (net, data), data in
+  the victim's input scaling."""
+  from extraction import tabular
+
+  if scaling not in ("minmax", "standard"):
+    raise ValueError(f"scaling is 'minmax' or 'standard', got {scaling!r}")
+  data = tabular.load(name, seed)
+  if data.task != "classification":
+    raise ValueError(f"{name!r} is a regression dataset; a ReLU classifier victim needs a classification one")
+  if scaling == "standard":
+    mean, std = data.x_train.mean(axis=0), data.x_train.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    data = data._replace(x_train=(data.x_train - mean) / std, x_test=(data.x_test - mean) / std)
+  return train(data.x_train, data.y_train, hidden, seed=seed, steps=steps, num_classes=data.num_classes), data
