@@ -14,7 +14,9 @@ Layer by layer ("peeling", Carlini, Jagielski, Mironov 2020), each layer with th
      Each layer is searched with the lenient acceptance first (a last hidden layer has no deeper unit to be
      mistaken for one); once a deeper layer is known to follow (the search does not settle, or the residual
      stays), the first layer is cross-checked (crosscheck.py) and a later one searched again with strict
-     acceptance and the cross check (layer.LayerConfig.strict). If that deeper layer then finds no unit, the
+     acceptance and the cross check (layer.LayerConfig.strict); units of the lenient search the strict one did not
+     keep are taken back when their own points lie on both sides of the kept units (crosscheck.straddling: a
+     deeper unit's piece bends there, a true unit does not). If that deeper layer then finds no unit, the
      layer before is taken as the last hidden one if one of its pending candidates makes the fit exact
      (`_fall_back`: a unit seen at one kink only; kept only if the polished network fits to promoted_rtol).
 Then the whole network is checked against the oracle over the domain (check.compare) and where each unit's weights

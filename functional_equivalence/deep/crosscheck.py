@@ -4,8 +4,9 @@ A unit of the layer after the prefix is a hyperplane in its feature space: g has
 some later path is alive). A deeper unit's kink is only locally a hyperplane: its surface bends at every unit of
 this layer it depends on, so on the far side of such a unit the hyperplane it predicts carries no kink. Used on the
 first layer when a deeper layer follows (there with a retest before a unit is refuted), and on every strict layer
-(layer.LayerConfig.strict). Float64 numpy;
-every query through the Querier (window tests of layer.locate).
+(layer.LayerConfig.strict). The same fact, read from points already paid for, takes back units of a layer's lenient
+search that its strict one refused (`straddling`, no query). Float64 numpy; every query through the Querier
+(window tests of layer.locate).
 """
 
 from __future__ import annotations
@@ -102,8 +103,9 @@ def straddling(prefix, strict: list, lenient: list, share: float = 0.5) -> list:
   where every unit of this layer it depends on keeps its state, so its points never lie on both sides of such a
   unit, while a true unit's points do wherever they were found. A unit is taken back when it knows all its
   features, is no duplicate of a kept one (layer.dedup's tests), has SPARE_POINTS more points on its hyperplane
-  (within 1e-9) than fix it (fewer lie on some hyperplane whatever they are: CME-trained 40-20-10-10-1 has a
-  deeper unit's piece fitted through 13 points on 20 features, on both sides of 5 of the 10 kept units) and those
+  (within 1e-9) than fix it, those points spanning it (`_fix_hyperplane`; fewer lie on some hyperplane whatever they
+  are: CME-trained 40-20-10-10-1 has a deeper unit's piece fitted through 13 points on 20 features, on both sides
+  of 5 of the 10 kept units), and those
   points straddle at least `share` of the kept units (the strict ones and those taken back before it; at least
   one); most points first. Strict acceptance refuses a true unit whose kink is absent at some test points (its
   later paths dead there, or its surface far out): a breast-cancer victim 30-32-16-8-2 (standardised features)
@@ -118,8 +120,8 @@ def straddling(prefix, strict: list, lenient: list, share: float = 0.5) -> list:
     if any(_close_units(k, u, 1e-4) or _on_surface(prefix, k, u) or _on_surface(prefix, u, k) for k in kept):
       continue
     pts = _on_own_surface(prefix, u)
-    if len(pts) < u.known.sum() + 1 + SPARE_POINTS:
-      continue  # its hyperplane is not overdetermined by its points: it fits any of them
+    if len(pts) < u.known.sum() + 1 + SPARE_POINTS or not _fix_hyperplane(prefix, u, pts):
+      continue  # its points do not overdetermine its hyperplane: they would fit other ones too
     if _straddled(prefix, kept, pts) >= max(1, int(np.ceil(share * len(kept)))):
       kept.append(u)
       back.append(u)
@@ -131,6 +133,16 @@ def _on_own_surface(prefix, u: Unit, rtol: float = 1e-9) -> np.ndarray:
   pts = np.asarray(u.points)
   h = network.features(prefix, pts).h
   return pts[np.abs(h @ u.w + u.b) <= rtol * (np.linalg.norm(h, axis=1) + abs(u.b))]
+
+
+def _fix_hyperplane(prefix, u: Unit, points: np.ndarray, rtol: float = 1e-7) -> bool:
+  """Whether the points' [h (known features), 1] have rank = the unit's known features: one hyperplane (the unit's)
+  holds them all. With fewer dimensions other hyperplanes pass through them too, and points of different surfaces
+  can share one (random 16-12-10-4 seed 0: a lenient copy of a second-layer unit, off the victim's surface by 0.7%,
+  19 points of rank 10 on 12 features, taken back without this test and the attack then stopped)."""
+  a = np.column_stack([network.features(prefix, points).h[:, u.known], np.ones(len(points))])
+  sv = np.linalg.svd(a, compute_uv=False)
+  return int(np.sum(sv > rtol * sv[0])) >= int(u.known.sum())
 
 
 def _straddled(prefix, units: list, points: np.ndarray) -> int:
