@@ -237,28 +237,10 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
         methods[-1] = "last layer least squares"
         surfaces = surfaces[: before["surfaces"]] + [(prefix, u) for u in units]
         break
-      back = crosscheck.straddling(prefix, units, lenient[0]) if lenient is not None else []
-      if back:
-        # true units the strict test refused (their kink absent at some test points), proven by their own points;
-        # the strict outcome without them stays the first try of `_fall_back` (if this layer is the last hidden one
-        # after all, a unit taken back can be a poor copy of a pending candidate)
-        logging.info("layer %d: %d unit(s) of the lenient search taken back", depth, len(back))
-        stats["units_taken_back"] += len(back)
-        without_back = (list(units), copy.deepcopy(state), last, layer_cfg)
-        state.units[:] = units + [copy.deepcopy(u) for u in back]  # the lenient outcome stays as it was
-        units = list(state.units)
-        if last is not None:
-          # a stream of its own: when the units are not kept, the attack goes on as if they had not been tried
-          aside = np.random.default_rng([seed, 3, depth])
-          units, last = _fit_last(q, prefix, units, state, cfg, center, aside, stats, dom)
-          if last.residual <= cfg.check_rtol:
-            # they would make this the last hidden layer after all: the search of the next one and `_fall_back`
-            # (with the final check and its confirmations) decide that, from the strict outcome as it was (digits
-            # 64-24-24-10, attack seed 2: a unit taken back made the fit exact, and the network missed a unit)
-            logging.info("layer %d: the units taken back would make it the last hidden layer; not kept", depth)
-            stats["units_taken_back"] -= len(back)
-            units, state, last, _ = without_back
-            without_back = None
+      if lenient is not None:
+        units, state, last, without_back = _take_back(
+          q, prefix, (units, state, last, layer_cfg), lenient[0], cfg, center, seed, stats, dom, depth
+        )
     tables.append(_table(units))
     if last is not None and last.residual <= cfg.check_rtol:
       methods.append("last layer least squares")
@@ -270,8 +252,11 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
     methods.append(sorted(set(votes.how)))
     tables[-1]["sign_method"] = votes.how
     if last is not None:
-      tries = [(units, state, last, layer_cfg)] + ([lenient] if lenient is not None and lenient[1] is not state else [])
-      tries = ([without_back] if without_back is not None else []) + tries
+      tries = (
+        ([without_back] if without_back is not None else [])
+        + [(units, state, last, layer_cfg)]
+        + ([lenient] if lenient is not None and lenient[1] is not state else [])
+      )
       before = dict(prefix=prefix, tries=tries, surfaces=len(surfaces))
     surfaces += [(prefix, u) for u in units]
     prefix = _append(prefix, units, votes.signs)
@@ -430,6 +415,34 @@ def _fit_last(q, prefix, units: list, state: layers.LayerState, cfg: Config, cen
     units, last = signs.drop_idle(units, last)
     state.units[:] = units
   return units, last
+
+
+def _take_back(q, prefix, strict: tuple, lenient_units: list, cfg: Config, center, seed: int, stats, dom, depth: int):
+  """Units of a layer's lenient search that its strict search refused (their kink absent at some test points),
+  taken back when their own points prove them whole hyperplanes (crosscheck.straddling). `strict` = (units, state,
+  fit, LayerConfig) of the strict search. They are kept only if the layer's fit still leaves a residual (a deeper
+  layer follows indeed); if they would make this the last hidden layer after all, the search of the next one and
+  `_fall_back` (with the final check and its confirmations) decide that from the strict outcome as it was (digits
+  64-24-24-10, attack seed 2: a unit taken back made the fit exact, and the network missed a unit). Their fit draws
+  from a stream of its own, so that when they are not kept the attack goes on as if they had not been tried.
+  Returns (units, state, fit, the strict outcome without them or None when nothing was kept): that outcome is
+  `_fall_back`'s first try (a unit taken back can be a poor copy of a pending candidate)."""
+  units, state, last, layer_cfg = strict
+  back = crosscheck.straddling(prefix, units, lenient_units)
+  if not back:
+    return units, state, last, None
+  logging.info("layer %d: %d unit(s) of the lenient search taken back", depth, len(back))
+  without_back = (list(units), copy.deepcopy(state), last, layer_cfg)
+  state.units[:] = units + [copy.deepcopy(u) for u in back]  # the lenient outcome stays as it was
+  units = list(state.units)
+  if last is not None:
+    aside = np.random.default_rng([seed, 3, depth])
+    units, last = _fit_last(q, prefix, units, state, cfg, center, aside, stats, dom)
+    if last.residual <= cfg.check_rtol:
+      logging.info("layer %d: the units taken back would make it the last hidden layer; not kept", depth)
+      return (*without_back[:3], None)
+  stats["units_taken_back"] += len(back)
+  return units, state, last, without_back
 
 
 def _fall_back(q, before: dict | None, cfg: Config, rng, stats, dom):

@@ -25,6 +25,7 @@ from functional_equivalence.deep.layer import (
   locate,
   near_anchors,
   required_center,
+  surface_misfits,
   surface_points,
   trusted,
 )
@@ -102,7 +103,7 @@ def straddling(prefix, strict: list, lenient: list, share: float = 0.5) -> list:
   when their own precise surface points prove them whole hyperplanes: a deeper unit's piece is a hyperplane only
   where every unit of this layer it depends on keeps its state, so its points never lie on both sides of such a
   unit, while a true unit's points do wherever they were found. A unit is taken back when it knows all its
-  features, is no duplicate of a kept one (layer.dedup's tests), has SPARE_POINTS more points on its hyperplane
+  features, is no duplicate of a kept one (layer.dedup's row and surface tests), has SPARE_POINTS more points on its hyperplane
   (within 1e-9) than fix it, those points spanning it (`_fix_hyperplane`; fewer lie on some hyperplane whatever they
   are: CME-trained 40-20-10-10-1 has a deeper unit's piece fitted through 13 points on 20 features, on both sides
   of 5 of the 10 kept units), and those
@@ -131,8 +132,7 @@ def straddling(prefix, strict: list, lenient: list, share: float = 0.5) -> list:
 def _on_own_surface(prefix, u: Unit, rtol: float = 1e-9) -> np.ndarray:
   """The unit's precise points (k, d) that lie on its own hyperplane within rtol (relative to |h| + |b|)."""
   pts = np.asarray(u.points)
-  h = network.features(prefix, pts).h
-  return pts[np.abs(h @ u.w + u.b) <= rtol * (np.linalg.norm(h, axis=1) + abs(u.b))]
+  return pts[surface_misfits(prefix, u, pts) <= rtol]
 
 
 def _fix_hyperplane(prefix, u: Unit, points: np.ndarray, rtol: float = 1e-7) -> bool:

@@ -868,10 +868,15 @@ def _close_units(a: Unit, b: Unit, rtol: float) -> bool:
   return bool(min(np.linalg.norm(va - vb), np.linalg.norm(va + vb)) <= rtol)
 
 
-def _surface_misfit(prefix, u: Unit, points: np.ndarray) -> float:
-  """Largest |h(x) . w + b| / (|h(x)| + |b|) of the unit over precise surface points (0 on its own surface)."""
+def surface_misfits(prefix, u: Unit, points: np.ndarray) -> np.ndarray:
+  """|h(x) . w + b| / (|h(x)| + |b|) of the unit at each of the points (k, d) (0 on its own surface)."""
   h = network.features(prefix, points).h
-  return float(np.max(np.abs(h @ u.w + u.b) / (np.linalg.norm(h, axis=1) + abs(u.b))))
+  return np.abs(h @ u.w + u.b) / (np.linalg.norm(h, axis=1) + abs(u.b))
+
+
+def _surface_misfit(prefix, u: Unit, points: np.ndarray) -> float:
+  """Largest misfit (`surface_misfits`) of the unit over precise surface points."""
+  return float(np.max(surface_misfits(prefix, u, points)))
 
 
 def _covered(prefix, u: Unit, points) -> np.ndarray:
