@@ -19,7 +19,9 @@ Per run: status (ok: the attack finished, or the error's type and message), verd
 wrong, and why), queries (log2), widths found, how each layer's signs were
 found, max aligned weight error per layer and overall (bits; weights the evaluation points do not determine set
 aside and counted, `undetermined_weights`), the final check's repairs, the units promoted from pending
-candidates (`promoted_units`) and those of a strict layer taken back from its lenient search (`units_taken_back`,
+candidates (`promoted_units`), the signatures read by following a surface where more features were on than
+inputs (`followed_units`, deep.expansive; a first layer's signs flipped by deep.wide_signs show as "audit" in
+`signs`) and the units of a strict layer taken back from its lenient search (`units_taken_back`,
 deep.crosscheck.straddling), the same for the run's network before its polish
 step (`peeled_*`: what the layer-by-layer recovery alone gives, and its queries; verdict with agreement taken as
 1.0), top-1 (one output: sign) agreement and max |logit
@@ -223,6 +225,7 @@ def run_one(name: str, net, seed: int, layers=None, attack_seed: int | None = No
     repairs=result.stats.get("repair_rounds", 0),
     promoted_units=result.stats.get("promoted_units", 0),
     units_taken_back=result.stats.get("units_taken_back", 0),
+    followed_units=result.stats.get("followed_units", 0),
     **{k: result.stats[k] for k in ("probability_radius",) if k in result.stats},
     **evaluate(net, result.net, eval_seed, peeled=result.peeled),
     seconds=round(seconds, 1),
@@ -362,6 +365,7 @@ def markdown(rows, command, info, seconds) -> str:
     "repairs",
     "promoted_units",
     "units_taken_back",
+    "followed_units",
     "polish_steps",
     "peeled_queries_log2",
     "peeled_layer_errors",

@@ -118,6 +118,19 @@ flags.DEFINE_integer(
   lower_bound=0,
 )
 flags.DEFINE_integer(
+  "fe_follow_wide",
+  4,
+  "Deep attack: most kinks a round whose active features outnumber the inputs are read by following the unit's "
+  "surface (deep/expansive.py; 0: such kinks are dropped).",
+  lower_bound=0,
+)
+flags.DEFINE_bool(
+  "fe_wide_sign_audit",
+  True,
+  "Deep attack: a first layer wider than the input has its voted signs checked and corrected by the next layer's "
+  "surfaces (deep/wide_signs.py).",
+)
+flags.DEFINE_integer(
   "fe_eval_inputs", 100_000, "Random inputs ~ N(0, scale^2 I) for the logit comparison.", lower_bound=1
 )
 flags.DEFINE_integer(
@@ -468,6 +481,8 @@ def _run(workdir: pathlib.Path) -> list[dict]:
         max_queries=FLAGS.fe_max_queries,
         max_seconds=FLAGS.fe_seconds,
         polish_steps=FLAGS.fe_polish_steps,
+        follow_wide=FLAGS.fe_follow_wide,
+        wide_sign_audit=FLAGS.fe_wide_sign_audit,
       )
       result = deep_attack.extract(oracle, d, cfg, seed=seeds["attack_seed"])
     else:

@@ -2,15 +2,18 @@
 
 Layer by layer ("peeling", Carlini, Jagielski, Mironov 2020), each layer with the ones before it known exactly:
   1. the layer's units (layer.recover_layer): partial signatures from Jacobian jumps at kinks not on a known
-     surface, grouped across regions, verified where their hyperplane predicts a kink, refitted from precise
-     surface points;
+     surface (where more prefix features are on than there are inputs, read by following the unit's surface
+     across prefix regions, expansive.py), grouped across regions, verified where their hyperplane predicts a
+     kink, refitted from precise surface points;
   2. its signs: if the answers are an affine function of [relu(p_hat), p_hat] the layer is the last hidden one
      and the same least squares gives the signs and the output layer (signs.last_layer; after the first layer,
      [relu(p_hat), h, 1] with h the layer's input features too: a unit active over the whole domain has no kink
      and adds a linear term of h, kept as pairs relu(u) - relu(-u), deep/remainder.py); otherwise the signs come
      from the isolation tests of signs.hidden_signs (exact where the layer is contractive, neuron-wiggle votes
-     where it is not) and the next layer is recovered on top. A layer whose fit leaves a residual is searched
-     again (`extra_searches`) before a deeper layer is assumed: a unit active on a small part of the domain only.
+     where it is not; a first layer wider than the input has its voted signs checked, and corrected, by the next
+     layer's surfaces, wide_signs.py) and the next layer is recovered on top. A layer whose fit leaves a residual
+     is searched again (`extra_searches`) before a deeper layer is assumed: a unit active on a small part of the
+     domain only.
      Each layer is searched with the lenient acceptance first (a last hidden layer has no deeper unit to be
      mistaken for one); once a deeper layer is known to follow (the search does not settle, or the residual
      stays), the first layer is cross-checked (crosscheck.py) and a later one searched again with strict
@@ -52,7 +55,7 @@ from extraction.oracle import Oracle
 from functional_equivalence import attack as two_layer
 from functional_equivalence import check, queries
 from functional_equivalence import domain as domains
-from functional_equivalence.deep import active, crosscheck, network, polish, signs, unseen
+from functional_equivalence.deep import active, crosscheck, network, polish, signs, unseen, wide_signs
 from functional_equivalence.deep import layer as layers
 from functional_equivalence.errors import ExtractionError, LayerNotSettledError, LimitReachedError
 
@@ -85,6 +88,10 @@ class Config(two_layer.Config):
       ends in an ExtractionError: a network of the victim's shape fits fresh answers to float64's rounding once
       polished (observed 5e-16 to 3e-15), one with a wrong unit does not (random 10-8-8-8-1 seed 3: a promoted
       unit in place of an always-active one, check error 4.2e-9, no polish step kept, weights unmatched).
+    wide_sign_audit: a first layer wider than the input has its voted signs checked, and those proven wrong
+      flipped, by the next layer's surfaces followed with an affine term (wide_signs.py).
+    follow_wide: layer.LayerConfig.follow_wide: most kinks a round read by following their surface where more
+      prefix features are on than there are inputs (expansive.py; 0: none, such kinks are dropped).
   """
 
   lines_per_round: int = 4
@@ -100,6 +107,8 @@ class Config(two_layer.Config):
   repairs: int = 8
   polish_steps: int = 3
   promoted_rtol: float = 1e-12
+  wide_sign_audit: bool = True
+  follow_wide: int = 4
 
 
 @dataclasses.dataclass
@@ -191,6 +200,7 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
     verify_points=cfg.verify_points,
     verify_hits=cfg.verify_hits,
     refit_points=cfg.refit_points,
+    follow_wide=cfg.follow_wide,
   )
   prefix = network.DeepNet((), ())
   tables: list[dict[str, Any]] = []  # per hidden layer: its units' row errors and features seen
@@ -249,6 +259,8 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
     votes = signs.hidden_signs(q, prefix, units, cfg.scale, center, rng, stats, max_votes=cfg.sign_votes)
     stats["exact_sign_tests"] += votes.exact_tests
     stats["wiggle_sign_tests"] += votes.wiggle_tests
+    if not prefix.weights and len(units) > input_dim and cfg.wide_sign_audit:
+      _audit_signs(q, units, votes, layer_cfg, dom, np.random.default_rng([seed, 4]), stats)
     methods.append(sorted(set(votes.how)))
     tables[-1]["sign_method"] = votes.how
     if last is not None:
@@ -373,6 +385,21 @@ def _trusted_domain(q, dom, d: int, rng, stats, scale: float, rays: int = 64, ha
     big,
   )
   return domains.Ball(radius), radius
+
+
+def _audit_signs(q, units: list, votes: signs.SignVotes, lcfg, dom, rng, stats) -> None:
+  """A first layer wider than the input: its voted signs checked by the next layer's surfaces (wide_signs.audit,
+  on a stream of its own), those it proves wrong flipped in `votes` (how: "audit")."""
+  uncertain = np.array([h != "exact" for h in votes.how])
+  trial = _append(network.DeepNet((), ()), units, votes.signs)
+  q0 = q.queries
+  wrong, why = wide_signs.audit(q, trial, uncertain, dataclasses.replace(lcfg, strict=False), dom, rng, stats)
+  stats["sign_audit_queries"] = q.queries - q0
+  stats["signs_flipped"] = int(wrong.sum())
+  logging.info("layer 0 signs audited (%d queries): %s", q.queries - q0, why)
+  for j in np.flatnonzero(wrong):
+    votes.signs[j] = -votes.signs[j]
+    votes.how[j] = "audit"
 
 
 def _table(units: list) -> dict:

@@ -10,7 +10,9 @@ Every step is float64 numpy; every query goes through the Querier.
 
 A round (`_round`): random lines -> kinks (search.find_kinks) -> kinks not on a known surface (prefix units and
 this layer's units found so far, tested offline) -> Jacobians along the active features on the segments beside
-each kink (recover.gradients with directions) -> partial signatures (recover.units_from_jumps in h-space). Items
+each kink (recover.gradients with directions) -> partial signatures (recover.units_from_jumps in h-space); a kink
+with more active prefix features than inputs has no such directions, and up to `follow_wide` of them a round are
+read by following their surface (`_follow_wide`, expansive.py). Items
 that agree with a unit on their common features (within both errors, with the bias) join it and fill in the
 features it had not seen; the others are candidates. A candidate is accepted as a unit of layer i only if g has a
 kink where its hyperplane predicts one at points spread over its surface (`_verify`, window tests of
@@ -87,6 +89,8 @@ class LayerConfig:
       (strict layers and every layer after one: their units see few of their features active at their kinks).
     radius: the answers are trusted only this far from the center (with probabilities, they underflow further
       out: deep/attack.py measures it); the surface points of every test and walk stay inside.
+    follow_wide: most kinks a round reads by following their surface (`expansive.follow`) where more prefix
+      features are active than there are inputs (`measure` cannot read those); 0: none.
   """
 
   scale: float = 1.0
@@ -111,6 +115,7 @@ class LayerConfig:
   cross_points: int = 3
   cross_spread: float = 4.0
   radius: float = np.inf
+  follow_wide: int = 4
 
 
 def trusted(cfg: LayerConfig) -> tuple:
@@ -523,24 +528,44 @@ def _verify(q, prefix, cands: list, cfg: LayerConfig, rng, stats) -> list:
   return ["unit" if h >= need else "facet" if m > allowed else "pending" for h, m in zip(hits, misses)]
 
 
+def random_lines(cfg: LayerConfig, dom, rng) -> tuple[np.ndarray, np.ndarray]:
+  """A round's lines (starts, directions), each (lines_per_round, d): starts uniform in a box domain or
+  ~ N(center, scale^2 I), directions ~ N(0, scale^2 I)."""
+  center = required_center(cfg)
+  shape = (cfg.lines_per_round, len(center))
+  starts = (
+    rng.uniform(dom.low, dom.high, size=shape) if hasattr(dom, "low") else center + cfg.scale * rng.normal(size=shape)
+  )
+  return starts, rng.normal(size=shape) * cfg.scale
+
+
+def line_kinks(q, starts, dirs, cfg: LayerConfig):
+  """(ranges of t, search.Kinks) of the lines starts + t dirs, |t| <= reach (shortened with probabilities where
+  they would underflow)."""
+  from functional_equivalence import attack
+
+  ranges = attack._line_ranges(q, starts, dirs, cfg.reach)
+  return ranges, search.find_kinks(q, starts, dirs, ranges, far=cfg.far, center=required_center(cfg))
+
+
+def kink_room(kinks, dirs, k: int) -> float:
+  """The distance in x from kink k to the nearest other kink of its line (inf when it is alone)."""
+  line = kinks.line[k]
+  gaps = np.abs(kinks.t[kinks.line == line] - kinks.t[k])
+  gaps = gaps[gaps > 0]
+  return float(gaps.min()) * float(np.linalg.norm(dirs[line])) if len(gaps) else np.inf
+
+
 def _round(q, prefix, state: LayerState, cfg: LayerConfig, dom, rng, stats) -> bool:
   """One round (module docstring); returns True when a unit or a feature was added."""
   units = state.units
   center = required_center(cfg)
-  d = len(center)
   if state.lines is not None:  # lines asked for (through points where the final check failed)
     (starts, dirs), state.lines = state.lines, None
   else:
-    if hasattr(dom, "low"):
-      starts = rng.uniform(dom.low, dom.high, size=(cfg.lines_per_round, d))
-    else:
-      starts = center + cfg.scale * rng.normal(size=(cfg.lines_per_round, d))
-    dirs = rng.normal(size=(cfg.lines_per_round, d)) * cfg.scale
-  from functional_equivalence import attack  # lines shortened where probabilities would underflow
-
+    starts, dirs = random_lines(cfg, dom, rng)
   q0 = q.queries
-  ranges = attack._line_ranges(q, starts, dirs, cfg.reach)
-  kinks = search.find_kinks(q, starts, dirs, ranges, far=cfg.far, center=center)
+  ranges, kinks = line_kinks(q, starts, dirs, cfg)
   stats["search_queries"] += q.queries - q0
   stats["kinks"] += len(kinks.t)
   if len(kinks.t) == 0:
@@ -554,6 +579,8 @@ def _round(q, prefix, state: LayerState, cfg: LayerConfig, dom, rng, stats) -> b
   if len(new) == 0:
     return False
   items = measure(q, prefix, kinks, starts, dirs, ranges, new, cfg, rng, stats)
+  if cfg.follow_wide and prefix.weights:
+    items = _concat(items, _follow_wide(q, prefix, state, kinks, dirs, x, feats, new, cfg, stats))
   if not prefix.weights and units:
     items.regions = _first_layer_regions(units, items.x)
   changed = False
@@ -611,6 +638,58 @@ def _round(q, prefix, state: LayerState, cfg: LayerConfig, dom, rng, stats) -> b
   return changed
 
 
+def _follow_wide(q, prefix, state: LayerState, kinks, dirs, x, feats, new, cfg: LayerConfig, stats) -> Items:
+  """Items read by following the surface (`expansive.follow`) of up to cfg.follow_wide of the kinks `new` where
+  more prefix features are active than there are inputs, skipping those on the surface of a unit, candidate or
+  facet (or of an item followed this round) that knows their active features. Each follow draws from a stream of
+  its own (seeded by its kink), so the search's stream goes on as without it."""
+  from functional_equivalence.deep import expansive
+
+  active = active_features(prefix, feats)
+  out: list = []
+  keys: list = []
+  for k in new[expansive.wide(prefix, active[new])]:
+    if len(out) >= cfg.follow_wide:
+      break
+    others = state.units + state.pending + state.facets + [Unit(f.w, f.known, f.b, f.err, f.c) for f in out]
+    tol = 1e-7 * (cfg.scale + np.linalg.norm(x[k] - cfg.center))
+    fk = network.features(prefix, x[k : k + 1])
+    if on_units(others, fk, x[k : k + 1], np.array([tol]), active[k : k + 1])[0]:
+      continue
+    own = np.random.default_rng([zlib.crc32(x[k].tobytes()), 7])
+    measured = expansive.normal_at(q, prefix, x[k], dirs[kinks.line[k]], kink_room(kinks, dirs, k), cfg, own, stats)
+    if measured is None:
+      continue
+    s, c, err = measured
+    found = expansive.follow(q, prefix, x[k], s, c, err, cfg, own, stats)
+    if found is not None:
+      out.append(found)
+      keys.append(region_key(feats, int(k)))
+  n_in, m = feats.h.shape[1], (len(out[0].c) if out else 0)
+  return Items(
+    np.array([f.points[0] for f in out]).reshape(-1, x.shape[1]),
+    np.array([f.known for f in out]).reshape(-1, n_in),
+    np.array([f.w for f in out]).reshape(-1, n_in),
+    np.array([f.b for f in out]),
+    np.array([f.c for f in out]).reshape(len(out), m),
+    np.array([f.err for f in out]),
+    keys,
+  )
+
+
+def _concat(a: Items, b: Items) -> Items:
+  """The items of a, then those of b."""
+  if not len(b):
+    return a
+  if not len(a):
+    return b
+
+  def both(name):
+    return np.concatenate([getattr(a, name), getattr(b, name)])
+
+  return Items(both("x"), both("active"), both("w"), both("b"), both("c"), both("err"), a.regions + b.regions)
+
+
 def _first_layer_regions(units: list, x: np.ndarray) -> list:
   """Keys of the first-layer regions of the points x (k, d) as far as the units found so far tell them apart (their
   activation pattern). The first layer has no prefix, so `measure` gives every kink one region; a deeper unit's
@@ -632,7 +711,7 @@ class LayerState:
   lines: tuple | None = None
 
 
-def _last_grad(prefix, x):
+def last_grad(prefix, x):
   """Input gradients (d, n_in) of the last prefix layer's pre-activations at one point x (d,)."""
   f = network.features(prefix.prefix(len(prefix.weights) - 1), x[None])
   return f.jac[0] @ prefix.weights[-1]
@@ -663,7 +742,7 @@ def _walk(prefix, u: Unit, x, target: int, far: float, center, steps: int = 64):
     if nn == 0 or np.linalg.norm(x - center) > far:
       return None
     nrm /= nn
-    gl = _last_grad(prefix, x)[:, target]
+    gl = last_grad(prefix, x)[:, target]
     tau = gl - (gl @ nrm) * nrm
     if np.linalg.norm(tau) <= 1e-9 * np.linalg.norm(gl):
       return None
@@ -707,7 +786,7 @@ def reach_points(prefix, u: Unit, far: float, center, rng, tries: int = 4, seen:
       if walked is None:
         continue
       xb, feat, tau, room = walked
-      gl = _last_grad(prefix, xb)[:, feat] @ tau
+      gl = last_grad(prefix, xb)[:, feat] @ tau
       hn = np.linalg.norm(network.features(prefix, xb[None]).h[0]) + abs(u.b)
       x = _onto_surface(prefix, u, xb + min(0.5 * room, 0.1 * hn / gl) * tau)  # the feature at ~0.1 of the others
       f = network.features(prefix, x[None])
@@ -741,7 +820,7 @@ def complete(q, prefix, units: list, cfg: LayerConfig, rng, stats, tries: int = 
       if walked is None:
         continue
       xb, feat, tau, room = walked
-      gl = _last_grad(prefix, xb)[:, feat] @ tau
+      gl = last_grad(prefix, xb)[:, feat] @ tau
       f = network.features(prefix, xb[None])
       hn = np.linalg.norm(f.h[0]) + abs(u.b)
       eta = min(1e-2 * hn, 0.25 * room * gl)
