@@ -10,12 +10,15 @@ Here the unit's surface is followed instead (Carlini et al. 2020's hyperplane fo
 from a kink, walk (offline) along its local plane to the nearest prefix surface, step just across it, find the
 kink again on a short line along the old normal (the surface is continuous: it bends there and goes on) and measure
 its new normal. Each visited region k gives P_k w = lambda_k s_k (d equations, one new unknown) and each kink
-h(x_k) . w + b = 0, all linear in (w, b, lambda): once the stacked system has a one-dimensional null space with
-d - 1 equations to spare, that null vector is the unit's signature on every feature seen active (the others are
-left to `layer.complete`). A surface that is not one unit of this layer (a deeper unit's, which also bends at
-this layer's unknown hyperplanes, or a kink of another unit latched onto) leaves the system inconsistent: the
-point that made it so is dropped, and a follow that keeps failing gives nothing. The result is an ordinary item
-(w on its known features, b, err, c) for `layer._round`'s matching and acceptance tests.
+h(x_k) . w + b = 0, all linear in (w, b, lambda): once the stacked system has a one-dimensional null space, with
+every kink left out in turn too (`solve`), that null vector is the unit's signature on every feature seen active
+(the others are left to `layer.complete`). Weights that satisfy every equation with all lambda 0 (features on at
+every kink whose sum is constant there) are no unit and are projected out first (`_analyse`); the walk aims at
+the features that cause them or that were seen on (or off) at fewer than two kinks. A surface that is not one
+unit of this layer (a deeper unit's, which also bends at this layer's unknown hyperplanes, or a kink of another
+unit latched onto) leaves the system inconsistent: the kink without which it is consistent is dropped, and a
+follow that keeps failing gives nothing. The result is an ordinary item (w on its known features, b, err, c) for
+`layer._round`'s matching and acceptance tests.
 """
 
 from __future__ import annotations
