@@ -68,6 +68,7 @@ def test_flips_the_surfaces_do_not_determine_are_left_alone():
   assert not mask.any() and "determine" in why
 
 
+@pytest.mark.slow
 def test_iris_first_layer_signs_right_after_the_audit():
   net, _ = network.tabular_net("iris", 0, (16, 16))
   oracle = Oracle(network.backend(net), output="logits", record_inputs=False)
