@@ -29,7 +29,7 @@ import numpy as np
 
 from functional_equivalence import recover, search
 from functional_equivalence.deep import network
-from functional_equivalence.deep.layer import last_grad, prefix_distance
+from functional_equivalence.deep.layer import last_grad, prefix_distance, wall_distances
 from functional_equivalence.errors import OraclePrecisionError
 
 NF = recover.NOISE_FACTOR
@@ -84,9 +84,10 @@ def normal_at(q, prefix, x, v, room: float, cfg, rng, stats):
 
 
 def _analyse(
-  prefix, pts: np.ndarray, normals: np.ndarray, tol: float, seen=None, drop: int | None = None, affine: bool = False
+  f: network.Features, pts: np.ndarray, normals: np.ndarray, tol: float, seen=None, drop=None, affine: bool = False
 ):
-  """The stacked system of the kinks `pts` (k, d) with normals (k, d) over the features `seen` (default: those
+  """The stacked system of the kinks `pts` (k, d), their prefix features f, with normals (k, d) over the features
+  `seen` (default: those
   active at some kink), without kink `drop`: (status, seen, null vector (w on seen, [v,] b, lambda per kept
   kink)); with `affine` the unit's pre-activation may hold an affine term v . x besides (`wide_signs`).
 
@@ -96,7 +97,6 @@ def _analyse(
   orthogonal complement, so that a kink off the unit's surface still shows as a residual, and the status is at
   best "more". Status: "inconsistent" (no null vector within the noise `tol`), "settled" (one, the next singular
   value 100 times above it) or "more"."""
-  f = network.features(prefix, pts)
   if seen is None:
     seen = np.flatnonzero(np.any(f.h > 0, axis=0))
   keep = [i for i in range(len(pts)) if i != drop]
@@ -135,14 +135,14 @@ def solve(prefix, pts: np.ndarray, normals: np.ndarray, errs, c0: np.ndarray, af
   too (each kink's equations are implied by the others': one on another unit's surface leaves them inconsistent,
   whichever features it alone shows), and the unit's normal not 0 at any kink."""
   tol = max(NF * max(errs), 1e-10)
-  status, seen, v = _analyse(prefix, pts, normals, tol, affine=affine)
+  f = network.features(prefix, pts)
+  status, seen, v = _analyse(f, pts, normals, tol, affine=affine)
   if status != "settled":
     return status, None
   for i in range(len(pts)):
-    if _analyse(prefix, pts, normals, tol, seen, drop=i, affine=affine)[0] != "settled":
+    if _analyse(f, pts, normals, tol, seen, drop=i, affine=affine)[0] != "settled":
       return "more", None
-  d = pts.shape[1]
-  n_in = network.features(prefix, pts[:1]).h.shape[1]
+  d, n_in = pts.shape[1], f.h.shape[1]
   u = len(seen)
   e = u + (d if affine else 0)
   w = np.zeros(n_in)
@@ -162,8 +162,9 @@ def solve(prefix, pts: np.ndarray, normals: np.ndarray, errs, c0: np.ndarray, af
 def culprit(prefix, pts: np.ndarray, normals: np.ndarray, errs, affine: bool = False) -> int | None:
   """The one kink (the latest first) without which an inconsistent system is consistent, or None."""
   tol = max(NF * max(errs), 1e-10)
+  f = network.features(prefix, pts)
   for i in reversed(range(len(pts))):
-    if _analyse(prefix, pts, normals, tol, drop=i, affine=affine)[0] != "inconsistent":
+    if _analyse(f, pts, normals, tol, drop=i, affine=affine)[0] != "inconsistent":
       return i
   return None
 
@@ -183,12 +184,7 @@ def _step(q, prefix, x, s, cfg, rng, stats, target: int | None = None):
   if not np.linalg.norm(tau) > 0:
     return None
   tau /= np.linalg.norm(tau)
-  f = network.features(prefix, x[None])
-  pre = np.concatenate([p[0] for p in f.pre])
-  rate = np.concatenate([r[0] for r in network.along(prefix, x[None], tau[None])])
-  with np.errstate(divide="ignore", invalid="ignore"):
-    dist = np.where(pre * rate < 0, -pre / rate, np.inf)
-  dist = np.sort(dist)
+  dist = np.sort(wall_distances(prefix, network.features(prefix, x[None]), x, tau)[0])
   if not np.isfinite(dist[0]):
     return None
   reach = cfg.scale + float(np.linalg.norm(x + dist[0] * tau - center))

@@ -729,6 +729,16 @@ def _onto_surface(prefix, u: Unit, x):
   return x
 
 
+def wall_distances(prefix, f: network.Features, x, tau) -> tuple[np.ndarray, np.ndarray]:
+  """Along x + t tau (t > 0) from one point x (d,) with features f: the distance t to each prefix unit's surface
+  (inf for a unit the line moves away from; all prefix layers, concatenated) and the rate of each pre-activation,
+  valid on x's linear region (so the smallest distance is exact, the others bounds)."""
+  pre = np.concatenate([p[0] for p in f.pre])
+  rate = np.concatenate([r[0] for r in network.along(prefix, x[None], tau[None])])
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(pre * rate < 0, -pre / rate, np.inf), rate
+
+
 def _walk(prefix, u: Unit, x, target: int, far: float, center, steps: int = 64):
   """Walks (offline) along the unit's predicted surface from x, in the direction that raises prefix feature
   `target`, until a feature the unit has not seen becomes active. Returns (point just before it, the feature,
@@ -747,10 +757,7 @@ def _walk(prefix, u: Unit, x, target: int, far: float, center, steps: int = 64):
     if np.linalg.norm(tau) <= 1e-9 * np.linalg.norm(gl):
       return None
     tau /= np.linalg.norm(tau)
-    pre = np.concatenate([p[0] for p in f.pre])
-    rate = np.concatenate([r[0] for r in network.along(prefix, x[None], tau[None])])
-    with np.errstate(divide="ignore", invalid="ignore"):
-      dist = np.where(pre * rate < 0, -pre / rate, np.inf)
+    dist, rate = wall_distances(prefix, f, x, tau)
     order = np.argsort(dist)
     first = order[0]
     if not np.isfinite(dist[first]):
