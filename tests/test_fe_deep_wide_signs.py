@@ -1,8 +1,9 @@
 """wide_signs: the voted signs of a first hidden layer wider than the input are checked by the next layer's
 surfaces, followed with an affine term allowed. Random victims with the true first layer as prefix and chosen
 units flipped: the audit finds exactly the flipped ones (one, two, far from the origin too, and more than the input
-has dimensions when the next layer's weights determine them), flips nothing when the signs are right, and refuses
-to decide when a wrong unit was not voted or the surfaces do not determine the flips. The whole attack on an
+has dimensions: by the next layer's weights, with flips of 0 or 1 where the equations leave them free, and with
+features always on along a surface), flips nothing when the signs are right, and refuses to decide when a wrong
+unit was not voted or the surfaces do not determine the flips. The whole attack on an
 iris-trained 4-16-16-3, whose votes got two signs wrong, returns its first layer with every sign right."""
 
 import numpy as np
@@ -37,6 +38,9 @@ def _audit(net, prefix, center=0.0, uncertain=None, seed=0):
     (2, (3, 8, 6, 1), (5,), 200.0),
     (0, (3, 8, 8, 1), (0, 1, 2, 3), 0.0),  # more wrong units than inputs: by the next layer's weights
     (2, (4, 10, 10, 2), (1, 3, 5, 7, 9), 0.0),
+    (0, (3, 8, 5, 1), (0, 1, 2, 3), 0.0),  # 5 surfaces leave the flips free: the binary solution is unique
+    pytest.param(0, (5, 20, 10, 2), (3, 5, 8, 17, 18, 19), 0.0, marks=pytest.mark.slow),  # features always on
+    (1, (3, 12, 6, 1), (0, 4, 6, 10), -300.0),
   ],
 )
 def test_the_audit_finds_the_flipped_units(seed, sizes, wrong, center):
@@ -59,13 +63,21 @@ def test_units_not_voted_are_never_flipped():
   assert not mask.any(), why
 
 
-def test_flips_the_surfaces_do_not_determine_are_left_alone():
-  """4 wrong units in 3 inputs with 5 units after them: no voted unit's gradient alone explains the affine terms'
-  span, and 5 surfaces (3 equations each, less what their unseen units take) do not determine the flips: nothing is
-  flipped (a guess could make it worse)."""
-  net = network.random_net(0, (3, 8, 5, 1))
-  mask, why = _audit(net, _flipped(net, (0, 1, 2, 3)))
-  assert not mask.any() and "determine" in why
+def test_binary_flips_keeps_only_what_every_solution_shares():
+  """Flips sol + null^T c that are all 0 or 1: one solution determines every flip; two leave the flips they differ
+  on undetermined; none, or more freedom than may be listed, decide nothing."""
+  one = wide_signs._binary_flips(np.array([0.6, 0.4, 1.0, 0.2]), np.array([[1.0, -1.0, 0.0, 2.0]]), np.ones(4, bool))
+  assert one[2] == 1 and one[0].all() and list(one[1]) == [1, 0, 1, 1]  # c = 0.4; c = -0.6 puts the last at -1
+  two = wide_signs._binary_flips(np.array([0.5, 0.5, 1.0]), np.array([[1.0, -1.0, 0.0]]), np.ones(3, bool))
+  assert two[2] == 2 and list(two[0]) == [False, False, True] and two[1][2] == 1
+  none = wide_signs._binary_flips(np.array([0.5, 0.3, 1.0]), np.array([[1.0, 1.0, 0.0]]), np.ones(3, bool))
+  assert none[2] == 0 and not none[0].any()
+  kept = np.array([True, False, True])  # a unit no surface weighs is never determined
+  fixed = wide_signs._binary_flips(np.array([1.0, 0.0, 0.0]), np.zeros((0, 2)), kept)
+  assert fixed[2] == 1 and list(fixed[0]) == [True, False, True]
+  rng = np.random.default_rng(0)
+  many = wide_signs._binary_flips(rng.random(30), rng.normal(size=(20, 30)), np.ones(30, bool), most=14)
+  assert many[2] == -1 and not many[0].any()
 
 
 @pytest.mark.slow

@@ -89,7 +89,8 @@ def _analyse(
   """The stacked system of the kinks `pts` (k, d), their prefix features f, with normals (k, d) over the features
   `seen` (default: those
   active at some kink), without kink `drop`: (status, seen, null vector (w on seen, [v,] b, lambda per kept
-  kink)); with `affine` the unit's pre-activation may hold an affine term v . x besides (`wide_signs`).
+  kink)); with `affine` the unit's pre-activation may hold an affine term v . x besides (`wide_signs`), and a
+  feature on at every kink is not seen (it is affine there: its weight is folded into v and b).
 
   Columns are scaled to norm 1 (the vector scaled back). Some (w, b) satisfy every equation with all lambda 0:
   weights on features on at every kink whose sum is constant there (5 features always on in 4 inputs leave one).
@@ -98,7 +99,9 @@ def _analyse(
   best "more". Status: "inconsistent" (no null vector within the noise `tol`), "settled" (one, the next singular
   value 100 times above it) or "more"."""
   if seen is None:
-    seen = np.flatnonzero(np.any(f.h > 0, axis=0))
+    on = f.h > 0
+    # with an affine term, a feature on at every kink is affine there too: its weight is part of v (not known)
+    seen = np.flatnonzero(on.any(axis=0) & ~(affine & on.all(axis=0)))
   keep = [i for i in range(len(pts)) if i != drop]
   k, d, u = len(keep), pts.shape[1], len(seen)
   e = u + (d if affine else 0)  # the columns before b
@@ -219,7 +222,9 @@ def follow(
 ) -> Followed | None:
   """The signature of the surface through the kink x0 (normal s0, output jump c0 for s0), followed across prefix
   regions (module docstring) until it settles, or None after `regions` steps (default: enough for every feature
-  of the layer before, four times over); with `affine`, with an affine term beside (`wide_signs`)."""
+  of the layer before, four times over); with `affine`, with an affine term beside (`wide_signs`): a signature
+  settled with features still on at every kink (their weights folded into the affine term) is returned only
+  when the walk, aiming to turn them off, settles no other within its steps."""
   d = len(x0)
   if d < 2:
     return None  # a point has no plane to walk along
@@ -228,6 +233,7 @@ def follow(
   pts, normals, errs = [x0], [s0], [err0]
   x, s = x0, s0
   target, target_was, steps = None, None, 0
+  fallback = None  # with `affine`: a settled signature that still has features always on
   for _ in range(regions):
     q.check("follow")
     # features on at every kink so far, more than d + 1 of them, leave the weights undetermined (`_analyse`), and a
@@ -239,7 +245,7 @@ def follow(
     if target is None or now[target] != target_was or steps > 8:
       always = np.flatnonzero(on.all(axis=0))
       short = np.flatnonzero(on.any(axis=0) & (np.minimum(on.sum(axis=0), (~on).sum(axis=0)) < 2))
-      pool = always if len(always) > d + 1 else short
+      pool = always if len(always) > (0 if affine else d + 1) else short
       if affine and rng.random() < 0.25:
         pool = np.flatnonzero(~on.any(axis=0))
       target = int(rng.choice(pool)) if len(pool) else None
@@ -257,6 +263,10 @@ def follow(
           return None
         for group in (pts, normals, errs):
           del group[bad]
+      elif status == "settled" and affine and (~found.known & on_all(prefix, found.points)).any():
+        fallback = found  # its always-on features' weights are in v: walk on to see them turn off
+        x, s = nxt[0], nxt[1]
+        continue
       elif status == "settled":
         stats["followed_units"] = stats.get("followed_units", 0) + 1
         return found
@@ -265,4 +275,11 @@ def follow(
         continue
     j = int(rng.integers(len(pts)))  # no step, or one off the surface: walk again from a kink already on it
     x, s = pts[j], normals[j]
-  return None
+  if fallback is not None:
+    stats["followed_units"] = stats.get("followed_units", 0) + 1
+  return fallback
+
+
+def on_all(prefix, pts: np.ndarray) -> np.ndarray:
+  """(n_in,) the prefix's features on at every point of `pts` (k, d)."""
+  return np.all(network.feature_values(prefix, pts) > 0, axis=0)

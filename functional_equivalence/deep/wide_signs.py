@@ -10,13 +10,16 @@ combination of them makes (their kinks cannot cancel). So each surface of the ne
 v = -sum over j in S of w_j a_j (a_j = d p_j / dx), in the span of their gradients. Once the v of several
 surfaces span r < d dimensions, the uncertain units whose gradients lie in that span are S, accepted only if
 they are exactly r of them (`_by_span`); otherwise the equations are linear in the flips themselves, with the
-surfaces' own weights w_j (`_by_weights`). Nothing is exponential in the width; float64 numpy; every query
-through the Querier.
+surfaces' own weights w_j (`_by_weights`), and where they leave flips free, the flips being 0 or 1 may still fix
+them (`_binary_flips`: the 2^r points of an r-dimensional freedom listed, r <= 14). A feature on at every kink of a
+surface is affine along it: its weight is folded into v (whatever its sign) and its gradient's direction taken out
+of v's. Nothing is exponential in the width; float64 numpy; every query through the Querier.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg
 
 from functional_equivalence.deep import expansive, network
 from functional_equivalence.deep.layer import LayerConfig, kink_room, line_kinks, prefix_distance, random_lines
@@ -50,10 +53,29 @@ def _surfaces(q, prefix, cfg: LayerConfig, dom, rng, stats, want: int, rounds: i
   return found
 
 
+def _always_on(prefix, f: expansive.Followed) -> np.ndarray:
+  """(n0,) the features on at every kink of a followed surface: affine along it, so its weight is part of its
+  affine term (expansive._analyse), whatever that feature's sign."""
+  return ~f.known & expansive.on_all(prefix, f.points)
+
+
+def _informative(prefix, found: list) -> list:
+  """The followed surfaces with fewer features always on than the input has dimensions (whose gradients would
+  span every affine term)."""
+  d = prefix.weights[0].shape[0]
+  return [f for f in found if _always_on(prefix, f).sum() < d]
+
+
 def _relative_v(prefix, f: expansive.Followed) -> np.ndarray:
-  """The affine term of a followed surface over the largest norm of its unit's normal at its kinks."""
+  """The affine term of a followed surface, less its part along the gradients of the features always on at its
+  kinks (their weights', whatever the signs), over the largest norm of its unit's normal at its kinks."""
   feats = network.features(prefix, f.points)
-  return f.v / np.max(np.linalg.norm(feats.jac @ f.w, axis=1))
+  v = f.v
+  always = _always_on(prefix, f)
+  if always.any():
+    basis = np.linalg.qr(prefix.weights[0][:, always])[0]
+    v = v - basis @ (basis.T @ v)
+  return v / np.max(np.linalg.norm(feats.jac @ f.w, axis=1))
 
 
 def _by_span(prefix, cand: np.ndarray, vs: np.ndarray, tol: float):
@@ -76,6 +98,7 @@ def flips(prefix, uncertain: np.ndarray, found: list, tol: float = 1e-6) -> tupl
   First by span (fewer wrong units than inputs: those whose gradients span what the affine terms span, exactly as
   many as its dimension), else by weights (`_by_weights`)."""
   n0 = prefix.weights[0].shape[1]
+  found = _informative(prefix, found)
   if not found:
     return None, "no surface of the next layer followed"
   rel = np.array([_relative_v(prefix, f) for f in found])
@@ -85,7 +108,8 @@ def flips(prefix, uncertain: np.ndarray, found: list, tol: float = 1e-6) -> tupl
   head = f"{len(found)} surfaces followed, {int(big.sum())} with an affine term"
   cand = np.flatnonzero(uncertain)
   wrong = np.zeros(n0, bool)
-  spanned = _by_span(prefix, cand, rel[big], tol)
+  clean = np.array([not _always_on(prefix, f).any() for f in found])  # the span test needs the whole affine term
+  spanned = _by_span(prefix, cand, rel[big & clean], tol) if np.any(big & clean) else None
   if spanned is not None:
     wrong[spanned] = True
     return wrong, f"{head}: {len(spanned)} sign(s) wrong (span)"
@@ -100,20 +124,25 @@ def _by_weights(prefix, cand: np.ndarray, found: list, tol: float):
   """(the voted units `cand` whose flip explains the surfaces' affine terms, or None; why).
 
   Each surface e gives d equations v_e = -sum_j f_j w_ej a_j, linear in the flips f_j (0 or 1) of the uncertain
-  units; a unit the surface never saw on (w_ej unknown: its h is 0 at every kink, and if flipped its -w_ej p_j is
-  all affine) gets a free coefficient of its own in e's equations. The least squares must leave no residual; the
-  flips it determines (those its null space does not reach) must be within 1e-4 of 0 or 1, and those at 1 are
-  returned (the audit's next pass, on the prefix they correct, sees the rest)."""
+  units; a voted unit the surface never saw on (w_ej unknown: its h is 0 at every kink, and if flipped its
+  -w_ej p_j is all affine) and any unit on at every kink (its whole term affine there) get a free coefficient of
+  their own in e's equations. The least squares must leave no residual; the flips its 0/1 solutions agree on
+  (`_binary_flips`) are determined, and those at 1 are returned (the audit's next pass, on the prefix they
+  correct, sees the rest)."""
   grads = prefix.weights[0]  # a_j (d, n0): the input gradient of unit j's pre-activation
   d = grads.shape[0]
-  used = [f for f in found if np.sum(~f.known[cand]) < d]  # a surface with d unseen units says nothing
-  free = [(e, j) for e, f in enumerate(used) for j in cand if not f.known[j]]
+  voted = np.zeros(grads.shape[1], bool)
+  voted[cand] = True
+  # a voted unit never seen on, or any unit always on, at a surface's kinks: a free coefficient of its own there
+  unseen = [(~f.known & voted) | _always_on(prefix, f) for f in found]
+  used = [(f, u) for f, u in zip(found, unseen) if u.sum() < d]  # a surface with d free terms says nothing
+  free = [(e, j) for e, (_, u) in enumerate(used) for j in np.flatnonzero(u)]
   a = np.zeros((d * len(used), len(cand) + len(free)))
-  for e, f in enumerate(used):
+  for e, (f, _) in enumerate(used):
     a[e * d : (e + 1) * d, : len(cand)] = np.where(f.known[cand], f.w[cand], 0.0)[None] * grads[:, cand]
   for i, (e, j) in enumerate(free):
     a[e * d : (e + 1) * d, len(cand) + i] = grads[:, j]
-  y = np.concatenate([-f.v for f in used]) if used else np.zeros(0)
+  y = np.concatenate([-f.v for f, _ in used]) if used else np.zeros(0)
   norms = np.linalg.norm(a, axis=0)
   keep = norms > 1e-12 * max(float(norms.max(initial=0.0)), 1e-300)  # a unit no surface weighs is not judged
   if not keep[: len(cand)].any():
@@ -127,16 +156,50 @@ def _by_weights(prefix, cand: np.ndarray, found: list, tol: float):
   residual = np.linalg.norm(a @ sol - y) / max(np.linalg.norm(y), 1e-300)
   if residual > 1e2 * tol:
     return None, f"no flip of voted units explains the affine terms (residual {residual:.1e})"
-  # a flip is determined where the null space of the system does not reach it; the others wait for the next pass
-  null = vt[rank:]
-  fixed = np.zeros(a.shape[1], bool)
-  fixed[np.flatnonzero(keep)] = np.all(np.abs(null) < 1e-8, axis=0) if len(null) else True
-  flip, fixed = sol[: len(cand)], fixed[: len(cand)]
-  if np.max(np.minimum(np.abs(flip[fixed]), np.abs(flip[fixed] - 1)), initial=0.0) > 1e-4:
-    return None, f"the affine terms need flips that are not 0 or 1 ({len(used)} usable surfaces)"
+  kept = keep[: len(cand)]
+  null = vt[rank:, : int(kept.sum())] / norms[: len(cand)][kept]  # in the flips' own units
+  fixed, flip, count = _binary_flips(sol[: len(cand)], null, kept)
+  if count == 0:
+    return None, f"no flips of 0 or 1 explain the affine terms ({len(used)} usable surfaces)"
+  if count < 0:
+    return None, f"{len(used)} usable surfaces leave too many flips free to list their solutions"
   if not np.any(fixed & (flip > 0.5)):
     return None, f"{len(used)} usable surfaces determine no wrong sign among {len(cand)} voted units"
   return cand[fixed & (flip > 0.5)], ""
+
+
+def _binary_flips(sol: np.ndarray, null: np.ndarray, kept: np.ndarray, tol: float = 1e-4, most: int = 14):
+  """(determined (n,), flips (n,), how many 0/1 solutions; -1 when too many free) of the flips `sol` (n,): one
+  solution of the equations, the rows of `null` (k, kept.sum()) spanning what the flips kept can move by without
+  changing them (the free coefficients' part of the null space dropped).
+
+  Every flip is 0 or 1: the solutions sol + null^T c with all kept flips within `tol` of 0 or 1 are listed by
+  choosing r (the rank of null) pivot flips and trying their 2^r values (r <= `most`: exponential in the freedom
+  the surfaces leave, not in the width); a flip is determined where it is kept and equal in every solution found."""
+  n = len(sol)
+  free = null.T  # (kept, k): how each kept flip moves along the null space
+  s = sol[kept]
+  if free.size == 0 or np.max(np.abs(free), initial=0.0) < 1e-8:
+    ok = np.max(np.minimum(np.abs(s), np.abs(s - 1)), initial=0.0) <= tol
+    determined = np.zeros(n, bool)
+    determined[kept] = ok
+    return determined, sol, int(ok)
+  _, sv, _ = np.linalg.svd(free, full_matrices=False)
+  r = int(np.sum(sv > 1e-8 * sv[0]))
+  if r > most:
+    return np.zeros(n, bool), sol, -1
+  _, _, piv = scipy.linalg.qr(free.T, pivoting=True, mode="economic")
+  pivots = piv[:r]
+  values = (np.arange(2**r)[:, None] >> np.arange(r)[None]) & 1  # (2^r, r): every choice of the pivots' flips
+  c = np.linalg.lstsq(free[pivots], (values - s[pivots]).T, rcond=None)[0]  # (k, 2^r)
+  flips = (s[:, None] + free @ c).T  # (2^r, kept)
+  good = flips[np.max(np.minimum(np.abs(flips), np.abs(flips - 1)), axis=1) <= tol]
+  determined, out = np.zeros(n, bool), sol.copy()
+  if len(good):
+    rounded = np.round(good)
+    determined[np.flatnonzero(kept)] = np.all(rounded == rounded[0], axis=0)
+    out[kept] = rounded[0]
+  return determined, out, len(good)
 
 
 def audit(
@@ -154,13 +217,14 @@ def audit(
   why = ""
   for _ in range(passes):
     found: list = []
-    mask = None
+    mask, enough = None, False
     for _ in range(rounds):
       found += _surfaces(q, prefix, cfg, dom, rng, stats, want=4, rounds=1)
       mask, why = flips(prefix, uncertain & ~total, found)
-      if mask is not None and (mask.any() or len(found) >= hold):
+      enough = len(_informative(prefix, found)) >= hold
+      if mask is not None and (mask.any() or enough):
         break
-    if mask is None or (not mask.any() and len(found) < hold):
+    if mask is None or (not mask.any() and not enough):
       return total, f"{int(total.sum())} flipped; then undecided after {rounds} rounds: {why}"
     if not mask.any():
       return total, why
