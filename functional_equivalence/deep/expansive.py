@@ -9,10 +9,11 @@ s ~ P_A w_A (P_A = d h_A / dx, d x |A|): d numbers for |A| unknowns, and such ki
 Here the unit's surface is followed instead (Carlini et al. 2020's hyperplane following, with no weight known yet):
 from a kink, walk (offline) along its local plane to the nearest prefix surface, step just across it, find the
 kink again on a short line along the old normal (the surface is continuous: it bends there and goes on) and measure
-its new normal. Each visited region k gives P_k w = lambda_k s_k (d equations, one new unknown) and each kink
-h(x_k) . w + b = 0, all linear in (w, b, lambda): once the stacked system has a one-dimensional null space, with
-every kink left out in turn too (`solve`), that null vector is the unit's signature on every feature seen active
-(the others are left to `layer.complete`). Weights that satisfy every equation with all lambda 0 (features on at
+its new normal; a kink whose plane does not pass through the point where the old plane meets that prefix surface
+is another unit's, and refused. Each visited region k gives P_k w = lambda_k s_k (d equations, one new unknown)
+and each kink h(x_k) . w + b = 0, all linear in (w, b, lambda): once the stacked system has a one-dimensional
+null space, with every kink left out in turn too (`solve`), that null vector is the unit's signature on every
+feature seen active (the others are left to `layer.complete`). Weights that satisfy every equation with all lambda 0 (features on at
 every kink whose sum is constant there) are no unit and are projected out first (`_analyse`); the walk aims at
 the features that cause them or that were seen on (or off) at fewer than two kinks. A surface that is not one
 unit of this layer (a deeper unit's, which also bends at this layer's unknown hyperplanes, or a kink of another
@@ -172,10 +173,11 @@ def culprit(prefix, pts: np.ndarray, normals: np.ndarray, errs, affine: bool = F
   return None
 
 
-def _step(q, prefix, x, s, cfg, rng, stats, target: int | None = None):
-  """From the kink x on a surface of normal s, the kink of the same surface just across the nearest prefix surface
-  along a direction of its local plane (random, or lowering feature `target`), and its normal: (x', s', err) or
-  None."""
+def _step(q, prefix, x, s, cfg, rng, stats, target: int | None = None, err: float = 1e-13):
+  """From the kink x on a surface of normal s (relative error `err`), the kink of the same surface just across
+  the nearest prefix surface along a direction of its local plane (random, or lowering feature `target`), and its
+  normal: (x', s', err) or None (also when the kink found is not on a plane through the point where the old one
+  meets that prefix surface: another unit's)."""
   d = len(x)
   center = cfg.center
   if target is None:
@@ -212,7 +214,18 @@ def _step(q, prefix, x, s, cfg, rng, stats, target: int | None = None):
         room = min(gaps.min() if len(gaps) else np.inf, width - abs(kinks.t[j]))
         stats["follow_queries"] = stats.get("follow_queries", 0) + q.queries - q0
         measured = normal_at(q, prefix, xs[j], s, room, cfg, rng, stats)
-        return None if measured is None else (xs[j], measured[0], measured[2])
+        if measured is None:
+          return None
+        # the unit's surface is continuous: its plane in the new region passes through the point where its old
+        # plane meets the prefix surface crossed; another unit's kink found on the line does not (measured on
+        # 3-12-6-1: ~1e-10 of the distance against 0.1-1, about half the steps of a layer search). Refused too:
+        # the same unit's kink in a region past that one (the line crossed another prefix surface): a step lost
+        wall = x + dist[0] * tau
+        gap = max(float(np.linalg.norm(xs[j] - wall)), cfg.scale)
+        if abs(measured[0] @ (xs[j] - wall)) > 1e3 * NF * max(measured[2], err) * gap + 1e-9 * reach:
+          stats["follow_switches"] = stats.get("follow_switches", 0) + 1
+          return None
+        return xs[j], measured[0], measured[2]
   stats["follow_queries"] = stats.get("follow_queries", 0) + q.queries - q0
   return None
 
@@ -231,7 +244,7 @@ def follow(
   n_in = prefix.weights[-1].shape[1]
   regions = regions or 4 * (int(np.ceil(n_in / (d - 1))) + 2)
   pts, normals, errs = [x0], [s0], [err0]
-  x, s = x0, s0
+  x, s, e = x0, s0, err0
   target, target_was, steps = None, None, 0
   fallback = None  # with `affine`: a settled signature that still has features always on
   for _ in range(regions):
@@ -251,7 +264,7 @@ def follow(
       target = int(rng.choice(pool)) if len(pool) else None
       target_was, steps = (bool(now[target]) if target is not None else None), 0
     steps += 1
-    nxt = _step(q, prefix, x, s, cfg, rng, stats, target)
+    nxt = _step(q, prefix, x, s, cfg, rng, stats, target, e)
     if nxt is not None:
       pts.append(nxt[0])
       normals.append(nxt[1])
@@ -265,16 +278,16 @@ def follow(
           del group[bad]
       elif status == "settled" and affine and (~found.known & on_all(prefix, found.points)).any():
         fallback = found  # its always-on features' weights are in v: walk on to see them turn off
-        x, s = nxt[0], nxt[1]
+        x, s, e = nxt
         continue
       elif status == "settled":
         stats["followed_units"] = stats.get("followed_units", 0) + 1
         return found
       else:
-        x, s = nxt[0], nxt[1]
+        x, s, e = nxt
         continue
     j = int(rng.integers(len(pts)))  # no step, or one off the surface: walk again from a kink already on it
-    x, s = pts[j], normals[j]
+    x, s, e = pts[j], normals[j], errs[j]
   if fallback is not None:
     stats["followed_units"] = stats.get("followed_units", 0) + 1
   return fallback
