@@ -30,7 +30,7 @@ import numpy as np
 
 from functional_equivalence import recover, search
 from functional_equivalence.deep import network
-from functional_equivalence.deep.layer import last_grad, prefix_distance, wall_distances
+from functional_equivalence.deep.layer import last_grad, prefix_distance, surface_tol, wall_distances
 from functional_equivalence.errors import OraclePrecisionError
 
 NF = recover.NOISE_FACTOR
@@ -205,9 +205,7 @@ def _step(q, prefix, x, s, cfg, rng, stats, target: int | None = None, err: floa
       kinks = None
     if kinks is not None and len(kinks.t):
       xs = x1 + kinks.t[:, None] * s
-      off = prefix_distance(network.features(prefix, xs))
-      tol = 1e-7 * (cfg.scale + np.linalg.norm(xs - center, axis=1))
-      cand = np.flatnonzero(off > tol)
+      cand = np.flatnonzero(prefix_distance(network.features(prefix, xs)) > surface_tol(cfg, xs))
       if len(cand):
         j = cand[np.argmin(np.abs(kinks.t[cand]))]
         gaps = np.abs(np.delete(kinks.t, j) - kinks.t[j])
@@ -276,7 +274,7 @@ def follow(
           return None
         for group in (pts, normals, errs):
           del group[bad]
-      elif status == "settled" and affine and (~found.known & on_all(prefix, found.points)).any():
+      elif status == "settled" and affine and always_on(prefix, found).any():
         fallback = found  # its always-on features' weights are in v: walk on to see them turn off
         x, s, e = nxt
         continue
@@ -293,6 +291,7 @@ def follow(
   return fallback
 
 
-def on_all(prefix, pts: np.ndarray) -> np.ndarray:
-  """(n_in,) the prefix's features on at every point of `pts` (k, d)."""
-  return np.all(network.feature_values(prefix, pts) > 0, axis=0)
+def always_on(prefix, found: Followed) -> np.ndarray:
+  """(n_in,) the features on at every kink of a followed surface and so not seen (`_analyse` with `affine`):
+  affine along it, their weights are part of its affine term, whatever their signs."""
+  return ~found.known & np.all(network.feature_values(prefix, found.points) > 0, axis=0)

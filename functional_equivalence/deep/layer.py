@@ -137,6 +137,12 @@ def region_key(feats: network.Features, i: int) -> bytes:
   return np.packbits(np.concatenate([p[i] > 0 for p in feats.pre])).tobytes()
 
 
+def surface_tol(cfg: LayerConfig, x: np.ndarray) -> np.ndarray:
+  """How close (N,) each point x (N, d) must be to a surface to count as on it: 1e-7 of (scale + its distance
+  from the center)."""
+  return 1e-7 * (cfg.scale + np.linalg.norm(x - required_center(cfg), axis=-1))
+
+
 def prefix_distance(feats: network.Features) -> np.ndarray:
   """Distance (N,) from each point to the nearest prefix unit's surface (|p_l| / |grad p_l|, inf without one)."""
   if not feats.pre:
@@ -559,7 +565,6 @@ def kink_room(kinks, dirs, k: int) -> float:
 def _round(q, prefix, state: LayerState, cfg: LayerConfig, dom, rng, stats) -> bool:
   """One round (module docstring); returns True when a unit or a feature was added."""
   units = state.units
-  center = required_center(cfg)
   if state.lines is not None:  # lines asked for (through points where the final check failed)
     (starts, dirs), state.lines = state.lines, None
   else:
@@ -572,7 +577,7 @@ def _round(q, prefix, state: LayerState, cfg: LayerConfig, dom, rng, stats) -> b
     return False
   x = starts[kinks.line] + kinks.t[:, None] * dirs[kinks.line]
   feats = network.features(prefix, x)
-  tol = 1e-7 * (cfg.scale + np.linalg.norm(x - center, axis=1))
+  tol = surface_tol(cfg, x)
   known = (prefix_distance(feats) <= tol) | on_units(units, feats, x, tol, active_features(prefix, feats))
   new = np.flatnonzero(~known)
   stats["kinks_off_known"] += len(new)
@@ -652,9 +657,8 @@ def _follow_wide(q, prefix, state: LayerState, kinks, dirs, x, feats, new, cfg: 
     if len(out) >= cfg.follow_wide:
       break
     others = state.units + state.pending + state.facets + [Unit(f.w, f.known, f.b, f.err, f.c) for f in out]
-    tol = 1e-7 * (cfg.scale + np.linalg.norm(x[k] - cfg.center))
     fk = network.features(prefix, x[k : k + 1])
-    if on_units(others, fk, x[k : k + 1], np.array([tol]), active[k : k + 1])[0]:
+    if on_units(others, fk, x[k : k + 1], surface_tol(cfg, x[k : k + 1]), active[k : k + 1])[0]:
       continue
     own = np.random.default_rng([zlib.crc32(x[k].tobytes()), 7])
     measured = expansive.normal_at(q, prefix, x[k], dirs[kinks.line[k]], kink_room(kinks, dirs, k), cfg, own, stats)
@@ -850,8 +854,7 @@ def complete(q, prefix, units: list, cfg: LayerConfig, rng, stats, tries: int = 
         continue
       xs = x1 + kinks.t[:, None] * nrm
       fk = network.features(prefix, xs)
-      tol = 1e-7 * (cfg.scale + np.linalg.norm(xs - center, axis=1))
-      cand = np.flatnonzero((prefix_distance(fk) > tol) & (fk.h[:, feat] > 0))
+      cand = np.flatnonzero((prefix_distance(fk) > surface_tol(cfg, xs)) & (fk.h[:, feat] > 0))
       if len(cand) == 0:
         continue
       k = cand[np.argmin(np.abs(kinks.t[cand]))]

@@ -22,13 +22,19 @@ import numpy as np
 import scipy.linalg
 
 from functional_equivalence.deep import expansive, network
-from functional_equivalence.deep.layer import LayerConfig, kink_room, line_kinks, prefix_distance, random_lines
+from functional_equivalence.deep.layer import (
+  LayerConfig,
+  kink_room,
+  line_kinks,
+  prefix_distance,
+  random_lines,
+  surface_tol,
+)
 
 
 def _surfaces(q, prefix, cfg: LayerConfig, dom, rng, stats, want: int, rounds: int, per_round: int = 4) -> list:
   """Up to `want` surfaces of the next layer followed with an affine term (expansive.Followed with v), from kinks
   off the prefix's surfaces on random lines (as layer._round draws them), at most `per_round` a round."""
-  center = cfg.center
   found: list = []
   for _ in range(rounds):
     if len(found) >= want:
@@ -38,8 +44,7 @@ def _surfaces(q, prefix, cfg: LayerConfig, dom, rng, stats, want: int, rounds: i
     _, kinks = line_kinks(q, starts, dirs, cfg)
     stats["wide_sign_queries"] = stats.get("wide_sign_queries", 0) + q.queries - q0
     x = starts[kinks.line] + kinks.t[:, None] * dirs[kinks.line]
-    tol = 1e-7 * (cfg.scale + np.linalg.norm(x - center, axis=1))
-    off = np.flatnonzero(prefix_distance(network.features(prefix, x)) > tol)
+    off = np.flatnonzero(prefix_distance(network.features(prefix, x)) > surface_tol(cfg, x))
     for k in rng.permutation(off)[:per_round]:
       scratch: dict = {}  # the layer search's follow counts stay its own
       measured = expansive.normal_at(q, prefix, x[k], dirs[kinks.line[k]], kink_room(kinks, dirs, k), cfg, rng, scratch)
@@ -53,25 +58,19 @@ def _surfaces(q, prefix, cfg: LayerConfig, dom, rng, stats, want: int, rounds: i
   return found
 
 
-def _always_on(prefix, f: expansive.Followed) -> np.ndarray:
-  """(n0,) the features on at every kink of a followed surface: affine along it, so its weight is part of its
-  affine term (expansive._analyse), whatever that feature's sign."""
-  return ~f.known & expansive.on_all(prefix, f.points)
-
-
 def _informative(prefix, found: list) -> list:
-  """The followed surfaces with fewer features always on than the input has dimensions (whose gradients would
-  span every affine term)."""
+  """(surface, its features always on: expansive.always_on) of the followed surfaces with fewer such features
+  than the input has dimensions (whose gradients would span every affine term)."""
   d = prefix.weights[0].shape[0]
-  return [f for f in found if _always_on(prefix, f).sum() < d]
+  pairs = [(f, expansive.always_on(prefix, f)) for f in found]
+  return [(f, always) for f, always in pairs if always.sum() < d]
 
 
-def _relative_v(prefix, f: expansive.Followed) -> np.ndarray:
-  """The affine term of a followed surface, less its part along the gradients of the features always on at its
-  kinks (their weights', whatever the signs), over the largest norm of its unit's normal at its kinks."""
+def _relative_v(prefix, f: expansive.Followed, always: np.ndarray) -> np.ndarray:
+  """The affine term of a followed surface, less its part along the gradients of its features `always` on
+  (their weights', whatever the signs), over the largest norm of its unit's normal at its kinks."""
   feats = network.features(prefix, f.points)
   v = f.v
-  always = _always_on(prefix, f)
   if always.any():
     basis = np.linalg.qr(prefix.weights[0][:, always])[0]
     v = v - basis @ (basis.T @ v)
@@ -101,14 +100,14 @@ def flips(prefix, uncertain: np.ndarray, found: list, tol: float = 1e-6) -> tupl
   found = _informative(prefix, found)
   if not found:
     return None, "no surface of the next layer followed"
-  rel = np.array([_relative_v(prefix, f) for f in found])
+  rel = np.array([_relative_v(prefix, f, always) for f, always in found])
   big = np.linalg.norm(rel, axis=1) > tol
   if not big.any():
     return np.zeros(n0, bool), f"{len(found)} surfaces followed, none with an affine term: the signs hold"
   head = f"{len(found)} surfaces followed, {int(big.sum())} with an affine term"
   cand = np.flatnonzero(uncertain)
   wrong = np.zeros(n0, bool)
-  clean = np.array([not _always_on(prefix, f).any() for f in found])  # the span test needs the whole affine term
+  clean = np.array([not always.any() for _, always in found])  # the span test needs the whole affine term
   spanned = _by_span(prefix, cand, rel[big & clean], tol) if np.any(big & clean) else None
   if spanned is not None:
     wrong[spanned] = True
@@ -121,7 +120,8 @@ def flips(prefix, uncertain: np.ndarray, found: list, tol: float = 1e-6) -> tupl
 
 
 def _by_weights(prefix, cand: np.ndarray, found: list, tol: float):
-  """(the voted units `cand` whose flip explains the surfaces' affine terms, or None; why).
+  """(the voted units `cand` whose flip explains the affine terms of the surfaces `found` (pairs of surface and
+  its features always on, `_informative`), or None; why).
 
   Each surface e gives d equations v_e = -sum_j f_j w_ej a_j, linear in the flips f_j (0 or 1) of the uncertain
   units; a voted unit the surface never saw on (w_ej unknown: its h is 0 at every kink, and if flipped its
@@ -134,8 +134,8 @@ def _by_weights(prefix, cand: np.ndarray, found: list, tol: float):
   voted = np.zeros(grads.shape[1], bool)
   voted[cand] = True
   # a voted unit never seen on, or any unit always on, at a surface's kinks: a free coefficient of its own there
-  unseen = [(~f.known & voted) | _always_on(prefix, f) for f in found]
-  used = [(f, u) for f, u in zip(found, unseen) if u.sum() < d]  # a surface with d free terms says nothing
+  unseen = [(f, (~f.known & voted) | always) for f, always in found]
+  used = [(f, u) for f, u in unseen if u.sum() < d]  # a surface with d free terms says nothing
   free = [(e, j) for e, (_, u) in enumerate(used) for j in np.flatnonzero(u)]
   a = np.zeros((d * len(used), len(cand) + len(free)))
   for e, (f, _) in enumerate(used):
