@@ -17,7 +17,6 @@ import math
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from functional_equivalence.victims import TwoLayerNet
 
@@ -70,6 +69,8 @@ def weight_error(true: TwoLayerNet, rec: TwoLayerNet, differences: bool = False,
     unmatched_true_units, extra_units, sign_flipped_units (unmatched units that match with the opposite
     orientation), max_matched_error and the max errors per array over the matched units (w0, b0, w1, b1).
   """
+  from scipy.optimize import linear_sum_assignment  # here, not at import: scipy.optimize adds 0.3 s to every launch
+
   h_true = true.w0.shape[1]
   true, merged = merge_coincident(true)
   norms = np.linalg.norm(true.w0, axis=0)

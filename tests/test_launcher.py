@@ -2,6 +2,8 @@
 
 import json
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -83,18 +85,46 @@ def test_missing_dataset_fails_fast_with_one_line(tmp_path, launcher):
   assert p.stderr.strip().splitlines()[-1].startswith("error: DatasetUnavailable:") and "Traceback" not in p.stderr
 
 
-@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*.flags")))
-def test_every_flagfile_is_valid(config, tmp_path, launcher):
-  p = launcher(f"--flagfile={config}", f"--workdir={tmp_path}", "--dry_run", timeout=60)
-  assert p.returncode == 0, p.stderr[-2000:]
-  assert json.loads(p.stdout)["workdir"] == str(tmp_path)
+CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.flags"))
+
+
+@pytest.fixture(scope="module")
+def parsed_flagfiles(tmp_path_factory):
+  """Every flagfile of configs/ (and a broken one) parsed as the launcher's --dry_run does, in one subprocess
+  (tests/flagfile_check.py: one start-up of 2 s instead of one per flagfile)."""
+  tmp = tmp_path_factory.mktemp("flagfiles")
+  (tmp / "broken.flags").write_text(f"--flagfile={REPO / 'configs' / 'quickstart.flags'}\n--queries=0\n")
+  names = CONFIGS + [str(tmp / "broken.flags")]
+  p = subprocess.run(
+    [sys.executable, "-m", "tests.flagfile_check", str(tmp), *names], cwd=REPO, capture_output=True, text=True
+  )
+  assert p.returncode == 0, p.stderr[-3000:]
+  return tmp, json.loads(p.stdout)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_flagfile_is_valid(config, parsed_flagfiles):
+  workdir, parsed = parsed_flagfiles
+  assert parsed[config]["ok"], parsed[config]
+  assert parsed[config]["values"]["workdir"] == str(workdir)
+
+
+def test_the_one_process_flagfile_check_is_the_launchers_dry_run(parsed_flagfiles, launcher):
+  # the check above parses every flagfile in one process; here it gives what the launcher prints for one of them,
+  # and fails a flagfile that the launcher refuses
+  workdir, parsed = parsed_flagfiles
+  p = launcher("--flagfile=quickstart.flags", f"--workdir={workdir}", "--dry_run", timeout=60)
+  assert p.returncode == 0 and json.loads(p.stdout) == parsed["quickstart.flags"]["values"]
+  broken = parsed[str(workdir / "broken.flags")]
+  assert not broken["ok"] and "--queries must be positive integers" in broken["error"], broken
 
 
 def test_mixmatch_and_rotation_through_the_launcher(tmp_path, launcher):
   p = launcher(
     "--flagfile=quickstart.flags",
     f"--workdir={tmp_path}",
-    "--victim_steps=50",
+    "--victim_model=mlp",  # 100 steps: accuracy ~0.8 (quickstart's CNN victim at 50 steps: chance), 13 s less compiling
+    "--victim_steps=100",
     "--student_steps=10",
     "--queries=40",
     "--method=fs,mixmatch",

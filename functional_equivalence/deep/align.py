@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from functional_equivalence.deep import network, remainder
 from functional_equivalence.deep.network import DeepNet
@@ -147,6 +146,8 @@ def weight_error(true: DeepNet, rec: DeepNet, x: np.ndarray, differences: bool =
     orientation), undetermined_weights (per hidden layer after the first: the victim's weights that x does not
     determine, set aside).
   """
+  from scipy.optimize import linear_sum_assignment  # here, not at import: scipy.optimize adds 0.3 s to every launch
+
   if true.depth != rec.depth:
     return dict(
       max_weight_error=math.inf,

@@ -12,7 +12,6 @@ units. Float64 numpy; scipy's HiGHS solver; no query.
 from __future__ import annotations
 
 import numpy as np
-import scipy.optimize
 
 from functional_equivalence.deep import network
 
@@ -33,6 +32,8 @@ def all_active_points(
   pattern on every prefix layer but the last and makes the last one all active, as deep inside it as the box
   |x - center|_inf <= radius allows (module docstring); the first maximises the margin t, the others are moved
   from it along the surface by less than t/2 (same region). Empty when that region misses the surface."""
+  from scipy.optimize import linprog  # here, not at import: scipy.optimize adds 0.3 s to every launch
+
   layers = _affine_layers(prefix, x0)
   d = len(x0)
   a_ub, b_ub = [], []
@@ -51,9 +52,7 @@ def all_active_points(
   bounds = [(c - radius, c + radius) for c in center] + [(0.0, radius)]
   cost = np.zeros(d + 1)
   cost[-1] = -1.0
-  res = scipy.optimize.linprog(
-    cost, np.concatenate(a_ub), np.concatenate(b_ub), a_eq, b_eq, bounds=bounds, method="highs"
-  )
+  res = linprog(cost, np.concatenate(a_ub), np.concatenate(b_ub), a_eq, b_eq, bounds=bounds, method="highs")
   if res.status != 0 or res.x[-1] <= 1e-9 * radius:
     return np.zeros((0, d))
   x, t = res.x[:d], res.x[-1]
