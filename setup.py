@@ -26,6 +26,7 @@ setup(
     # ruff and mypy: the static checks of .ci/check (exact versions in requirements/lock.txt)
     "test": [
       "pytest>=8",
+      "pytest-xdist>=3.5",  # README's test command runs the suite on 2 workers (-n 2)
       "tensorflow-datasets>=4.9",
       "importlib_resources",
       "fastapi>=0.110",

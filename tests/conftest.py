@@ -6,6 +6,10 @@ import subprocess
 import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One BLAS thread per process: the suite runs on 2 pytest-xdist workers (README's command), and the attacks' numpy
+# work is small matrices, where a second thread per worker only oversubscribes the cores (set before numpy loads:
+# this conftest is read at start-up, and the workers and launcher subprocesses inherit it).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/jax_cache_model_extraction_tests")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
