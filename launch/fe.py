@@ -7,8 +7,8 @@
 
 The victim is read from --victim_npz (arrays w0, b0, ..., wL, bL; logits = relu(...relu(x @ w0 + b0)...) @ wL + bL;
 two-layer: w0 (d,h), b0 (h,), w1 (h,k), b1 (k,)), drawn at random (--fe_victim=random, --fe_input_dim, --fe_hidden
-or --fe_layers, --fe_outputs), trained on scikit-learn digits (--fe_victim=digits, --fe_hidden or --fe_layers), or,
-with --oracle_url and no --victim_npz, unknown: a pure black-box attack on a served network, d from the service (or
+or --fe_layers, --fe_outputs), trained on scikit-learn digits (--fe_victim=digits, --fe_hidden or --fe_layers) or on
+one of its tabular datasets (--fe_victim=tabular --fe_dataset=breast_cancer|wine|iris), or, with --oracle_url and no --victim_npz, unknown: a pure black-box attack on a served network, d from the service (or
 --fe_input_dim). The attack sees the victim only through an Oracle. --fe_attack=deep (default) is not told the depth
 or the widths (functional_equivalence/deep/, layer by layer); --fe_attack=two_layer is the paper's attack, which
 assumes one hidden layer (fewer queries when it holds, and the certificate of certify.py). The domain of the claim
@@ -65,15 +65,29 @@ flags.DEFINE_enum(
 flags.DEFINE_list(
   "fe_layers",
   None,
-  "Hidden widths of a random or digits victim with several hidden layers, e.g. "
+  "Hidden widths of a random, digits or tabular victim with several hidden layers, e.g. "
   "10,10 (instead of --fe_hidden; not told to the attack).",
 )
 flags.DEFINE_enum(
   "fe_victim",
   None,
-  ["npz", "random", "digits"],
+  ["npz", "random", "digits", "tabular"],
   "Victim of functional_equivalence (default: npz if --victim_npz is given, else random; with "
-  "--oracle_url, none: the served network).",
+  "--oracle_url, none: the served network). tabular: trained on --fe_dataset, one of scikit-learn's small "
+  "classification datasets.",
+)
+flags.DEFINE_enum(
+  "fe_dataset",
+  None,
+  ["breast_cancer", "wine", "iris"],
+  "Dataset of --fe_victim=tabular (scikit-learn's, offline; extraction.tabular's split drawn with --seed).",
+)
+flags.DEFINE_enum(
+  "fe_tabular_scaling",
+  "minmax",
+  ["minmax", "standard"],
+  "Input scaling of --fe_victim=tabular: features min-max scaled to [0, 1], or standardised by the training "
+  "split's mean and deviation (deep.network.tabular_net).",
 )
 flags.DEFINE_integer(
   "fe_input_dim",
@@ -82,10 +96,15 @@ flags.DEFINE_integer(
   lower_bound=1,
 )
 flags.DEFINE_integer(
-  "fe_hidden", 32, "Hidden units h of a random or digits victim (not told to the attack).", lower_bound=1
+  "fe_hidden", 32, "Hidden units h of a random, digits or tabular victim (not told to the attack).", lower_bound=1
 )
 flags.DEFINE_integer("fe_outputs", 10, "Outputs k of a random victim.", lower_bound=1)
-flags.DEFINE_integer("fe_train_steps", 300, "Adam steps (full batch, float64) of the digits victim.", lower_bound=1)
+flags.DEFINE_integer(
+  "fe_train_steps",
+  None,
+  "Adam steps (full batch, float64) of a trained victim (default: 300 digits, 500 tabular).",
+  lower_bound=1,
+)
 flags.DEFINE_enum(
   "fe_oracle_output",
   "logits",
@@ -177,6 +196,15 @@ def _check_victim(values):
   return True
 
 
+@flags.multi_flags_validator(["fe_victim", "fe_dataset"], message="bad --fe_dataset")
+def _check_dataset(values):
+  if values["fe_victim"] == "tabular" and values["fe_dataset"] is None:
+    raise flags.ValidationError("--fe_victim=tabular needs --fe_dataset (breast_cancer, wine or iris)")
+  if values["fe_dataset"] is not None and values["fe_victim"] != "tabular":
+    raise flags.ValidationError(f"--fe_dataset={values['fe_dataset']} is for --fe_victim=tabular")
+  return True
+
+
 @flags.multi_flags_validator(["experiment", "oracle_url", "fe_victim", "victim_npz"])
 def _remote_victim(values):
   """Through --oracle_url the victim is the served network: no local one to build (an npz only to evaluate)."""
@@ -231,8 +259,8 @@ def stream_seeds(seed: int) -> dict:
 
 
 def build_victim(seed: int):
-  """The victim chosen by the flags, and a test set (x, y) for digits (else None); (None, None) for a pure
-  black-box attack."""
+  """The victim chosen by the flags, and a test set (x, y) for a trained victim (else None); (None, None) for a
+  pure black-box attack."""
   kind = _victim_kind(FLAGS.fe_victim, FLAGS.victim_npz, FLAGS.oracle_url)
   if kind == "remote":
     return None, None
@@ -243,10 +271,17 @@ def build_victim(seed: int):
     if layers:
       return network.random_net(seed, [FLAGS.fe_input_dim, *layers, FLAGS.fe_outputs]), None
     return victims.random_net(seed, FLAGS.fe_input_dim, FLAGS.fe_hidden, FLAGS.fe_outputs), None
+  if kind == "tabular":
+    steps = FLAGS.fe_train_steps or 500
+    net, tab = network.tabular_net(
+      FLAGS.fe_dataset, seed, layers or [FLAGS.fe_hidden], steps=steps, scaling=FLAGS.fe_tabular_scaling
+    )
+    return net, (tab.x_test, tab.y_test)
+  steps = FLAGS.fe_train_steps or 300
   if layers:
-    net, data = network.digits_net(seed, layers, steps=FLAGS.fe_train_steps)
+    net, data = network.digits_net(seed, layers, steps=steps)
   else:
-    net, data = victims.digits_net(seed, FLAGS.fe_hidden, FLAGS.fe_train_steps)
+    net, data = victims.digits_net(seed, FLAGS.fe_hidden, steps)
   return net, (data[2], data[3])
 
 

@@ -1,12 +1,18 @@
 """Victims trained on scikit-learn's tabular datasets (deep.network.tabular_net): scaled as asked, refused in one line
 for a regression dataset or an unknown scaling, and a two-hidden-layer iris victim with an expanding first layer
-(4 inputs, 8 units) recovered exactly by the deep attack, not told its widths."""
+(4 inputs, 8 units) recovered exactly by the deep attack, not told its widths; the same through the launcher
+(--fe_victim=tabular), whose victim is the one tabular_net trains, and its flags' one-line refusals."""
+
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from extraction.oracle import Oracle
 from functional_equivalence.deep import align, attack, network
+from tests.conftest import REPO
 
 
 def test_scalings_and_refusals():
@@ -38,3 +44,45 @@ def test_an_iris_victim_is_recovered_exactly(scaling):
   a, b = network.logits(net, x), network.logits(result.net, x)
   assert np.max(np.abs(a - b) / (np.abs(a).max(axis=1, keepdims=True) + 1.0)) < 1e-9
   assert np.mean(a.argmax(1) == b.argmax(1)) == 1.0
+
+
+def _cli(*args):
+  cmd = [sys.executable, "-m", "launch.run", "--experiment=functional_equivalence", *args]
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_launcher_trains_and_extracts_a_tabular_victim(tmp_path):
+  p = _cli(
+    "--fe_victim=tabular",
+    "--fe_dataset=iris",
+    "--fe_layers=8,8",
+    "--fe_tabular_scaling=standard",
+    "--seed=1",
+    "--fe_eval_inputs=5000",
+    "--fe_domain_eval_inputs=5000",
+    f"--workdir={tmp_path}",
+  )
+  assert p.returncode == 0, p.stderr[-2000:]
+  [row] = json.loads((tmp_path / "results.json").read_text())
+  assert row["victim"] == "tabular" and row["recovered_shape"] == "4-8-8-3", row
+  assert row["max_weight_error"] <= 1e-9 and row["agreement"] == row["domain_agreement"] == 1.0
+  assert row["test_agreement"] == 1.0 and row["victim_test_accuracy"] > 0.8  # iris' test split (38 flowers)
+  net, data = network.tabular_net("iris", 1, [8, 8], scaling="standard")  # the victim of --seed=1, 500 steps
+  saved = network.load_npz(tmp_path / "victim.npz")
+  assert all(np.array_equal(a, b) for a, b in zip(saved.weights + saved.biases, net.weights + net.biases))
+  rec = network.load_npz(tmp_path / "recovered.npz")
+  a, b = network.logits(net, data.x_test), network.logits(rec, data.x_test)
+  assert np.max(np.abs(a - b)) < 1e-9 * (np.abs(a).max() + 1.0)
+
+
+@pytest.mark.parametrize(
+  "args,message",
+  [
+    (["--fe_victim=tabular"], "--fe_victim=tabular needs --fe_dataset (breast_cancer, wine or iris)"),
+    (["--fe_dataset=wine"], "--fe_dataset=wine is for --fe_victim=tabular"),
+    (["--fe_victim=tabular", "--fe_dataset=diabetes"], "value should be one of <breast_cancer|wine|iris>"),
+  ],
+)
+def test_launcher_tabular_flags_fail_with_one_line(tmp_path, args, message):
+  p = _cli(f"--workdir={tmp_path}", *args)
+  assert p.returncode != 0 and message in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
