@@ -3,6 +3,8 @@ refusal of a twinned last layer, the promotion of a pending candidate in a repai
 find a network wrong on a 1e-5 part of the domain that its 8,192 points miss; a twinned last layer ends in a one-line
 error instead of a network wrong at rare points; a unit taken for a linear remainder is recovered exactly."""
 
+import collections
+
 import numpy as np
 import pytest
 
@@ -122,3 +124,40 @@ def test_read_weights_solves_two_unseen_weights_together_and_reads_none_from_one
   unit, count, _ = read(points)
   assert count == 2 and unit.known.all()
   assert np.max(np.abs(np.append(unit.w, unit.b) - truth)) <= 1e-9
+
+
+def _middle_unit(net, layer, j, missing):
+  """Unit j of hidden layer `layer` of `net` as a layer.Unit whose weights from `missing` features are unknown."""
+  w = net.weights[layer][:, j].copy()
+  w[missing] = 0.0
+  known = np.ones(len(w), bool)
+  known[missing] = False
+  unit = layers.Unit(w, known, float(net.biases[layer][j]), 1e-12, np.ones(1))
+  unit.normalise()
+  return unit
+
+
+def test_read_middle_fills_a_third_layer_weight_from_a_feature_rarely_on_with_its_unit():
+  # random 8-8-8-8-8-1 seed 2 (fe_deep_unseen.md): third-layer unit 0 has weight -0.38 from second-layer unit 7,
+  # on together with it at 0.014% of the ball; the searches left it 0 and the fourth layer never settled. Given
+  # the victim's first two layers, read_middle reads it (on_points, lines along the unit's normal, the kinks
+  # matched to the units with unseen weights) to 1e-9, and touches neither the other units nor their weights
+  from functional_equivalence import queries
+
+  net = network.random_net(2, (8, 8, 8, 8, 8, 1))
+  prefix = net.prefix(2)
+  units = [_middle_unit(net, 2, i, [7] if i == 0 else []) for i in range(8)]
+  others = [(u.w.copy(), u.b) for u in units[1:]]
+  truth = np.append(net.weights[2][:, 0], net.biases[2][0]) / np.linalg.norm(net.weights[2][:, 0])
+  counter = CountingBackend(network.backend(net))
+  q = queries.Querier(Oracle(counter, output="logits", record_inputs=False))
+  cfg = layers.LayerConfig(center=np.zeros(8), far=2000.0, strict=True)
+  stats = collections.defaultdict(int)  # the attack's counters
+  read = unseen.read_middle(q, prefix, units, cfg, domain.Ball(1000.0), np.random.default_rng(0), stats)
+  assert read == 1 and stats["middle_unseen_read"] == 1 and units[0].known.all() and counter.rows == q.queries > 0
+  assert np.max(np.abs(np.append(units[0].w, units[0].b) - truth)) <= 1e-9
+  assert all(np.array_equal(u.w, w) and u.b == b for u, (w, b) in zip(units[1:], others))
+  # with every weight known there is nothing to read, and nothing is asked
+  again = unseen.read_middle(q, prefix, units, cfg, domain.Ball(1000.0), np.random.default_rng(0), stats)
+  assert again == 0
+  assert counter.rows == q.queries
