@@ -8,10 +8,11 @@
 The victim is read from --victim_npz (arrays w0, b0, ..., wL, bL; logits = relu(...relu(x @ w0 + b0)...) @ wL + bL;
 two-layer: w0 (d,h), b0 (h,), w1 (h,k), b1 (k,)), drawn at random (--fe_victim=random, --fe_input_dim, --fe_hidden
 or --fe_layers, --fe_outputs), trained on scikit-learn digits (--fe_victim=digits, --fe_hidden or --fe_layers) or on
-one of its tabular datasets (--fe_victim=tabular --fe_dataset=breast_cancer|wine|iris), or, with --oracle_url and no --victim_npz, unknown: a pure black-box attack on a served network, d from the service (or
---fe_input_dim). The attack sees the victim only through an Oracle. --fe_attack=deep (default) is not told the depth
-or the widths (functional_equivalence/deep/, layer by layer); --fe_attack=two_layer is the paper's attack, which
-assumes one hidden layer (fewer queries when it holds, and the certificate of certify.py). The domain of the claim
+one of its tabular datasets (--fe_victim=tabular --fe_dataset=breast_cancer|wine|iris), or, with --oracle_url and no
+--victim_npz, unknown: a pure black-box attack on a served network, d from the service (or --fe_input_dim). The
+attack sees the victim only through an Oracle. --fe_attack=deep (default) is not told the depth or the widths
+(functional_equivalence/deep/, layer by layer); --fe_attack=two_layer is the paper's attack, which assumes one hidden
+layer (fewer queries when it holds, and the certificate of certify.py). The domain of the claim
 is the ball of radius --fe_radius (default 1000 * --fe_scale) or the box --fe_box. Writes <workdir>/recovered.npz
 (same convention; in probabilities mode class 0's column of the output layer and its bias are 0),
 <workdir>/units.json (two-layer: per hidden unit kind, estimated row error, effect on the domain, negligible; deep:

@@ -10,7 +10,8 @@ nowhere on the unit's surface within the ball). `wedge_points` draws many points
 and keeps, for each such unit, those nearest its predicted surface, relative to its scale, among the points where
 such a feature is on: 10 of 64 of them fail on that network (1 of 64 from 20,000 draws, 20 of 64 from 10^6).
 `on_points` finds where a unit and such a feature are both on; `read_weights` reads the weights in the final
-check's repairs (last hidden layer), `read_middle` in a layer that is not the last (opt-in, attack.Config).
+check's repairs (last hidden layer), `read_middle` in a layer that is not the last
+(attack.Config.middle_unseen_reads).
 Float64 numpy.
 """
 
