@@ -13,8 +13,9 @@ its new normal; a kink whose plane does not pass through the point where the old
 is another unit's, and refused. Each visited region k gives P_k w = lambda_k s_k (d equations, one new unknown)
 and each kink h(x_k) . w + b = 0, all linear in (w, b, lambda): once the stacked system has a one-dimensional
 null space, with every kink left out in turn too (`solve`), that null vector is the unit's signature on every
-feature seen active (the others are left to `layer.complete`). Weights that satisfy every equation with all lambda 0 (features on at
-every kink whose sum is constant there) are no unit and are projected out first (`_analyse`); the walk aims at
+feature seen active (the others are left to `layer.complete`). Weights that satisfy every equation with all
+lambda 0 (features on at every kink whose sum is constant there) are no unit and are projected out first
+(`_analyse`); the walk aims at
 the features that cause them or that were seen on (or off) at fewer than two kinks. A surface that is not one
 unit of this layer (a deeper unit's, which also bends at this layer's unknown hyperplanes, or a kink of another
 unit latched onto) leaves the system inconsistent: the kink without which it is consistent is dropped, and a

@@ -143,6 +143,15 @@ def surface_tol(cfg: LayerConfig, x: np.ndarray) -> np.ndarray:
   return 1e-7 * (cfg.scale + np.linalg.norm(x - required_center(cfg), axis=-1))
 
 
+def new_kinks(prefix: network.DeepNet, units: list, x: np.ndarray, cfg: LayerConfig):
+  """(`network.features` at the kinks x (N, d), the indices of those off every prefix surface and every unit's
+  predicted surface: the kinks whose signatures are to be measured)."""
+  feats = network.features(prefix, x)
+  tol = surface_tol(cfg, x)
+  known = (prefix_distance(feats) <= tol) | on_units(units, feats, x, tol, active_features(prefix, feats))
+  return feats, np.flatnonzero(~known)
+
+
 def prefix_distance(feats: network.Features) -> np.ndarray:
   """Distance (N,) from each point to the nearest prefix unit's surface (|p_l| / |grad p_l|, inf without one)."""
   if not feats.pre:
@@ -340,6 +349,17 @@ def match(unit: Unit, w, active, b, err, hnorm) -> float | None:
   if abs(b - lam * unit.b) > tol * (hnorm + abs(b)) + 1e-12:
     return None
   return lam
+
+
+def first_match(groups, w, active, b, err, hnorm):
+  """(group, unit, lambda) of the first unit, in the order of `groups` (lists of units), that an item matches
+  (`match`), or None."""
+  for group in groups:
+    for u in group:
+      lam = match(u, w, active, b, err, hnorm)
+      if lam is not None:
+        return group, u, lam
+  return None
 
 
 def absorb(unit: Unit, w, active, b, err, key) -> bool:
@@ -576,10 +596,7 @@ def _round(q, prefix, state: LayerState, cfg: LayerConfig, dom, rng, stats) -> b
   if len(kinks.t) == 0:
     return False
   x = starts[kinks.line] + kinks.t[:, None] * dirs[kinks.line]
-  feats = network.features(prefix, x)
-  tol = surface_tol(cfg, x)
-  known = (prefix_distance(feats) <= tol) | on_units(units, feats, x, tol, active_features(prefix, feats))
-  new = np.flatnonzero(~known)
+  feats, new = new_kinks(prefix, units, x, cfg)
   stats["kinks_off_known"] += len(new)
   if len(new) == 0:
     return False
@@ -596,21 +613,15 @@ def _round(q, prefix, state: LayerState, cfg: LayerConfig, dom, rng, stats) -> b
       stats["rejected_kinks"] += 1  # a signature of 0 (seen on pruned victims) or not finite: no unit to match
       continue
     hn = float(np.linalg.norm(network.features(prefix, items.x[k : k + 1]).h))
-    placed = False
-    for group in (units, state.pending, state.facets):
-      for u in group:
-        lam = match(u, w, act, b, err, hn)
-        if lam is not None:
-          elsewhere = key not in u.regions
-          grew = absorb(u, w / lam, act, b / lam, err, key)
-          changed |= grew and group is units
-          if group is not units and (grew or group is state.pending or (elsewhere and not prefix.weights)):
-            touched.add(id(u))
-          placed = True
-          break
-      if placed:
-        break
-    if not placed:
+    hit = first_match((units, state.pending, state.facets), w, act, b, err, hn)
+    if hit is not None:
+      group, u, lam = hit
+      elsewhere = key not in u.regions
+      grew = absorb(u, w / lam, act, b / lam, err, key)
+      changed |= grew and group is units
+      if group is not units and (grew or group is state.pending or (elsewhere and not prefix.weights)):
+        touched.add(id(u))
+    else:
       cand = Unit(w.copy(), act.copy(), float(b), float(err), items.c[k].copy(), regions={key})
       cand.anchor = items.x[k]
       state.pending.append(cand)

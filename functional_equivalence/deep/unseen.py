@@ -180,20 +180,15 @@ def read_middle(q, prefix: network.DeepNet, units: list, cfg, dom, rng, stats, t
     starts = on_points([(prefix, u) for u in todo], dom, d)
     if not len(starts):
       break
-    h = network.feature_values(prefix, starts)
     pre = network.preactivations(prefix, starts)
-    nearest = np.argmin(np.abs(np.stack([h @ u.w + u.b for u in todo], 1)), axis=1)  # whose point it is
-    dirs = np.stack([active.input_grad(prefix, pre, (pre[-1] > 0) * todo[j].w)[i] for i, j in enumerate(nearest)])
+    h = np.maximum(pre[-1], 0.0)
+    w = np.stack([u.w for u in todo])
+    nearest = np.argmin(np.abs(h @ w.T + np.array([u.b for u in todo])), axis=1)  # whose point it is
+    dirs = active.input_grad(prefix, pre, (pre[-1] > 0) * w[nearest])
     dirs = cfg.scale * dirs / np.maximum(np.linalg.norm(dirs, axis=1, keepdims=True), 1e-300)
     ranges, kinks = layer.line_kinks(q, starts, dirs, cfg)
     if len(kinks.t):
-      x = starts[kinks.line] + kinks.t[:, None] * dirs[kinks.line]
-      feats = network.features(prefix, x)
-      tol = layer.surface_tol(cfg, x)
-      known = (layer.prefix_distance(feats) <= tol) | layer.on_units(
-        units, feats, x, tol, layer.active_features(prefix, feats)
-      )
-      new = np.flatnonzero(~known)
+      _, new = layer.new_kinks(prefix, units, starts[kinks.line] + kinks.t[:, None] * dirs[kinks.line], cfg)
       if len(new):
         _absorb_into(todo, prefix, layer.measure(q, prefix, kinks, starts, dirs, ranges, new, cfg, rng, stats))
     gained = sum(int(u.known.sum()) for u in todo) - before
@@ -212,9 +207,8 @@ def _absorb_into(units: list, prefix: network.DeepNet, items) -> None:
     w, act, b, err = items.w[k], items.active[k], items.b[k], items.err[k]
     if not (np.all(np.isfinite(w)) and np.any(w[act])):
       continue
-    hn = float(np.linalg.norm(network.feature_values(prefix, items.x[k : k + 1])))
-    for u in units:
-      lam = layer.match(u, w, act, b, err, hn)
-      if lam is not None:
-        layer.absorb(u, w / lam, act, b / lam, err, items.regions[k])
-        break
+    hit = layer.first_match(
+      [units], w, act, b, err, float(np.linalg.norm(network.feature_values(prefix, items.x[k : k + 1])))
+    )
+    if hit is not None:
+      layer.absorb(hit[1], w / hit[2], act, b / hit[2], err, items.regions[k])
