@@ -161,3 +161,59 @@ def test_read_middle_fills_a_third_layer_weight_from_a_feature_rarely_on_with_it
   again = unseen.read_middle(q, prefix, units, cfg, domain.Ball(1000.0), np.random.default_rng(0), stats)
   assert again == 0
   assert counter.rows == q.queries
+
+
+def test_jumps_read_last_layer_weights_where_two_units_have_the_same_unseen_feature_on():
+  # random 8-8-8-8-8-1 seed 0 (fe_deep_unseen.md): with its first three layers exact, last-hidden-layer units 4 and 5
+  # kept weight 0 from third-layer unit 2 (on at 6% of the ball, never at N(0, I)) and the final check failed after
+  # every repair. Both have it on at the same points (read_weights, which needs one such unit, reads nothing), and
+  # there 7 features are on with a Jacobian of rank 2-3 (no partial signature): jumps.read attributes each kink by
+  # its input-gradient jump and reads both weights to 1e-12, counted against a counting backend
+  from functional_equivalence import queries
+  from functional_equivalence.deep import jumps
+
+  net = network.random_net(0, (8, 8, 8, 8, 8, 1))
+  prefix = net.prefix(3)
+  units = [_middle_unit(net, 3, i, [2] if i in (4, 5) else []) for i in (0, 1, 2, 3, 4, 5, 7)]  # 6: never on
+  others = [(u.w.copy(), u.b) for u in units if u.known.all()]
+  counter = CountingBackend(network.backend(net))
+  q = queries.Querier(Oracle(counter, output="logits", record_inputs=False))
+  cfg = layers.LayerConfig(center=np.zeros(8), far=2000.0)
+  dom = domain.Ball(1000.0)
+  points = unseen.on_points([(prefix, u) for u in units if not u.known.all()], dom, 8)
+  assert unseen.read_weights(q, [(prefix, u) for u in units], points) == 0
+  assert jumps.read(q, prefix, units, points, cfg) == 2 and counter.rows == q.queries > 0
+  for i, u in zip((4, 5), units[4:6]):
+    truth = np.append(net.weights[3][:, i], net.biases[3][i]) / np.linalg.norm(net.weights[3][:, i])
+    assert u.known.all() and np.max(np.abs(np.append(u.w, u.b) - truth)) <= 1e-12
+  assert all(np.array_equal(u.w, w) and u.b == b for u, (w, b) in zip([units[j] for j in (0, 1, 2, 3, 6)], others))
+  # with every weight known there is nothing to read, and nothing is asked
+  asked = q.queries
+  assert jumps.read(q, prefix, units, points, cfg) == 0 and q.queries == asked
+
+
+def test_read_lenient_takes_a_layer_as_the_last_once_its_unseen_weights_are_read():
+  # random 8-8-8-8-8-1 seed 2: its last hidden layer's 8 units found, 5 weights from features never seen on left 0
+  # (one feature on at 1.3% of the ball), the last layer's fit off, so a deeper layer seemed to follow and the
+  # strict search never settled. Given the victim's first three layers and that lenient outcome, _read_lenient
+  # reads the 5 weights from gradient jumps and the fit becomes exact: the layer is the last hidden one
+  from functional_equivalence import queries
+
+  net = network.random_net(2, (8, 8, 8, 8, 8, 1))
+  prefix = net.prefix(3)
+  missing = {3: [2], 2: [6], 6: [6, 3], 7: [0]}
+  units = [_middle_unit(net, 3, i, missing.get(i, [])) for i in range(8)]
+  counter = CountingBackend(network.backend(net))
+  q = queries.Querier(Oracle(counter, output="logits", record_inputs=False))
+  cfg, dom = attack.Config(), domain.Ball(1000.0)
+  lcfg = layers.LayerConfig(center=np.zeros(8), far=2000.0)
+  stats = collections.defaultdict(int)
+  state = layers.LayerState(units=list(units))
+  units, off = attack._fit_last(q, prefix, units, state, cfg, np.zeros(8), np.random.default_rng(0), stats, dom)
+  assert off.residual > 1e3 * cfg.check_rtol  # a deeper layer seems to follow
+  taken = attack._read_lenient(q, prefix, (units, state, off, lcfg), cfg, dom, np.random.default_rng(0), stats)
+  assert taken is not None and taken[2].residual <= cfg.check_rtol and stats["read_jumps"] == 5
+  assert counter.rows == q.queries
+  for i, u in enumerate(taken[0]):
+    truth = np.append(net.weights[3][:, i], net.biases[3][i]) / np.linalg.norm(net.weights[3][:, i])
+    assert u.known.all() and np.max(np.abs(np.append(u.w, u.b) - truth)) <= 1e-9
