@@ -51,7 +51,9 @@ def wedge_points(
   return np.concatenate([points for _, points in best])
 
 
-def on_points(surfaces: list, dom, d: int, starts: int = 8, steps: int = 64, draws: int = 1 << 14) -> np.ndarray:
+def on_points(
+  surfaces: list, dom, d: int, starts: int = 8, steps: int = 64, draws: int = 1 << 14, owners: bool = False
+):
   """For every unit after the first layer with features it never saw on, and each such feature k, points of the
   domain where the unit's predicted pre-activation p_hat and k's are both > 0: there a wrong weight from k changes
   the answers by c (dw_k h_k), or c p_hat where the true unit is off, whatever the wedge (`wedge_points` looks only
@@ -60,16 +62,20 @@ def on_points(surfaces: list, dom, d: int, starts: int = 8, steps: int = 64, dra
   `draws` points (dom.check_points, a stream seeded by the units' weights). Random 10-8-8-8-1 seed 0 under another
   stream: a third-layer unit with weights off by 1.4 from two such features, both > 0 on 1 in 262,144 of the
   domain's check points, every one of them wrong, none near the predicted surface: the final check passed, logits off
-  by 0.12 at one of 200,000 points. Returns (k, d) points, at most `starts` per (unit, feature)."""
-  units = [(prefix, u) for prefix, u in surfaces if prefix.weights and not np.all(u.known)]
+  by 0.12 at one of 200,000 points. Returns (k, d) points, at most `starts` per (unit, feature); with `owners`, also
+  (k,) the index in `surfaces` of the unit each point was found for."""
+  units = [(i, prefix, u) for i, (prefix, u) in enumerate(surfaces) if prefix.weights and not np.all(u.known)]
   if not units:
-    return np.zeros((0, d))
-  rng = np.random.default_rng([zlib.crc32(b"".join(u.w.tobytes() for _, u in units)), 1])
+    return (np.zeros((0, d)), np.zeros(0, int)) if owners else np.zeros((0, d))
+  rng = np.random.default_rng([zlib.crc32(b"".join(u.w.tobytes() for _, _, u in units)), 1])
   x0 = dom.check_points(rng, d, draws)
   found = [
-    active.both_on_points(prefix, u.w, u.b, np.flatnonzero(~u.known), x0, dom, starts, steps) for prefix, u in units
+    active.both_on_points(prefix, u.w, u.b, np.flatnonzero(~u.known), x0, dom, starts, steps) for _, prefix, u in units
   ]
-  return np.concatenate(found) if found else np.zeros((0, d))
+  points = np.concatenate(found)
+  if owners:
+    return points, np.concatenate([np.full(len(x), i) for (i, _, _), x in zip(units, found)])
+  return points
 
 
 def read_weights(q, units: list, points: np.ndarray, rtol: float = 1e-9, cond: float = 1e-6) -> int:
@@ -177,14 +183,12 @@ def read_middle(q, prefix: network.DeepNet, units: list, cfg, dom, rng, stats, t
     if not todo:
       break
     before = sum(int(u.known.sum()) for u in todo)
-    starts = on_points([(prefix, u) for u in todo], dom, d)
+    starts, owner = on_points([(prefix, u) for u in todo], dom, d, owners=True)
     if not len(starts):
       break
     pre = network.preactivations(prefix, starts)
-    h = np.maximum(pre[-1], 0.0)
     w = np.stack([u.w for u in todo])
-    nearest = np.argmin(np.abs(h @ w.T + np.array([u.b for u in todo])), axis=1)  # whose point it is
-    dirs = active.input_grad(prefix, pre, (pre[-1] > 0) * w[nearest])
+    dirs = active.input_grad(prefix, pre, (pre[-1] > 0) * w[owner])  # along the normal of the unit it was found for
     dirs = cfg.scale * dirs / np.maximum(np.linalg.norm(dirs, axis=1, keepdims=True), 1e-300)
     ranges, kinks = layer.line_kinks(q, starts, dirs, cfg)
     if len(kinks.t):
