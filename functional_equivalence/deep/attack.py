@@ -101,7 +101,7 @@ class Config(two_layer.Config):
       search's fit exact and leaves no such weight unread (`_read_lenient`; random 8-8-8-8-8-1 seed 2 exact with
       it, "layer 3 did not settle" without). Read in every repair instead, it took random 10-8-8-8-1 seed 7
       (attack seed 4184397123), exact through its repairs, down another path to a stop; read once the repairs were
-      spent, it turned 8-8-8-8-8-1 seed 0's stop into a network wrong on 0.1% of the ball (docs/fe_deep.md,
+      spent, it turned 8-8-8-8-8-1 seed 0's stop into a network off by 0.11 at points of the ball (docs/fe_deep.md,
       twenty-first session).
   """
 
@@ -526,9 +526,9 @@ def _read_lenient(q, prefix, lenient: tuple | None, cfg: Config, dom, rng, stats
 def _unseen_left(prefix, units: list, dom) -> bool:
   """Whether a unit of the last hidden layer still has a weight from a feature never seen on, and a point of the
   domain where the two are on together (`unseen.on_points`). Networks that pass only after the gradient-jump
-  reading (Config.jump_reads) are refused then: random 8-8-8-8-8-1 seed 0 read 2 of 3 such weights, passed the final
-  check and its polish at 2e-15, and was off by 0.11 at points of the ball where the third unit, nearly always on
-  while its unread feature is, is off (the last layer's linear remainder stood in for the weight)."""
+  reading (Config.jump_reads) are refused then: random 8-8-8-8-8-1 seed 0 (the reading tried once its repairs were
+  spent) read 2 of its 5 such weights, passed the final check and its polish at 2e-15, and was off by 0.11 at points
+  of the ball (the benchmark's domain evaluation), the 3 others unread."""
   todo = [(prefix, u) for u in units if not np.all(u.known)]
   return bool(todo) and len(unseen.on_points(todo, dom, prefix.sizes[0])) > 0
 
