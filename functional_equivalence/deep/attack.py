@@ -99,7 +99,8 @@ class Config(two_layer.Config):
     jump_reads: a layer whose strict search does not settle is taken as the last hidden one when reading its
       units' weights from features never seen on from the jump of the input gradient (jumps.py) makes its lenient
       search's fit exact and leaves no such weight unread (`_read_lenient`; random 8-8-8-8-8-1 seed 2 exact with
-      it, "layer 3 did not settle" without). Read in every repair instead, it took random 10-8-8-8-1 seed 7
+      it, "layer 3 did not settle" without). Read in the repairs where `unseen.read_weights` read nothing, it took
+      random 10-8-8-8-1 seed 7
       (attack seed 4184397123), exact through its repairs, down another path to a stop; read once the repairs were
       spent, it turned 8-8-8-8-8-1 seed 0's stop into a network off by 0.11 at points of the ball (docs/fe_deep.md,
       twenty-first session).
@@ -499,8 +500,8 @@ def _read_lenient(q, prefix, lenient: tuple | None, cfg: Config, dom, rng, stats
   through the points the fit misses and `unseen.on_points`; up to `passes` times while they read something) makes
   its fit exact. Random 8-8-8-8-8-1 seed 2: its last hidden layer's 8 units found with 5 such weights left 0 (one
   feature on at 1.3% of the ball), the fit off by 0.014, so a deeper layer seemed to follow and the strict search
-  never settled; all 5 read from 15,405 queries. Returns the outcome with the fit refitted, or None (nothing read,
-  or the fit still off: a deeper layer follows indeed)."""
+  never settled; all 5 read (15,405 queries in an ad hoc reading of the captured state). Returns the outcome with
+  the fit refitted, or None (nothing read, or the fit still off: a deeper layer follows indeed)."""
   if lenient is None or not cfg.jump_reads or not prefix.weights:
     return None
   units, state, last, lcfg = lenient

@@ -61,17 +61,17 @@ def read(
   feats, new = layer.new_kinks(prefix, units, xk, cfg)
   room = np.minimum([layer.kink_room(kinks, dirs, k) for k in new], layer.prefix_distance(feats)[new])
   room = np.where(np.isfinite(room), room, cfg.scale)  # alone on its line, no prefix surface near
-  todo_at = [[u for u in todo if np.any(~u.known & (feats.h[k] > 0))] for k in new]
-  new, room = new[[bool(c) for c in todo_at]], room[[bool(c) for c in todo_at]]
-  todo_at = [c for c in todo_at if c]
-  readings: dict[int, list] = {}  # id(unit) -> [(feature indices, values, kink point)]
+  todo_at = [[u for u in todo if np.any(~u.known & (feats.h[k] > 0))] for k in new]  # the candidates of each kink
+  has = np.array([bool(c) for c in todo_at], bool)
+  new, room, todo_at = new[has], room[has], [c for c in todo_at if c]
   if not len(new):
     return 0
   v = dirs[kinks.line[new]] / np.linalg.norm(dirs[kinks.line[new]], axis=1, keepdims=True)
-  step = 0.25 * room[:, None]
-  sides = np.concatenate([xk[new] - step * v, xk[new] + step * v])
-  jac, ok, _, noise = recover.gradients(q, sides, 0.25 * np.concatenate([step[:, 0], step[:, 0]]), rng)
+  step = 0.25 * room
+  sides = np.concatenate([xk[new] - step[:, None] * v, xk[new] + step[:, None] * v])
+  jac, ok, _, noise = recover.gradients(q, sides, 0.25 * np.concatenate([step, step]), rng)
   n = len(new)
+  readings: dict[int, list] = {}  # id(unit) -> [(feature indices, values, kink point)]
   for i, k in enumerate(new):
     if not (ok[i] and ok[n + i]):
       continue
