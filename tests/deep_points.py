@@ -3,6 +3,7 @@
 import numpy as np
 
 from functional_equivalence import domain
+from functional_equivalence.deep import layer as layers
 from functional_equivalence.deep import network
 
 
@@ -17,3 +18,14 @@ def rare_net(seed, sizes, point_seed=99, fraction=3e-4):
   of the ball of radius 1000 drawn from `point_seed` (fe_deep --rare_sizes draws them from [99, len(sizes)])."""
   points = domain.Ball(1000.0).check_points(np.random.default_rng(point_seed), sizes[0], 200_000)
   return network.with_rare_unit(network.random_net(seed, sizes), fraction, points)
+
+
+def middle_unit(net, depth, j, missing):
+  """Unit j of hidden layer `depth` of `net` as a layer.Unit whose weights from `missing` features are unknown."""
+  w = net.weights[depth][:, j].copy()
+  w[missing] = 0.0
+  known = np.ones(len(w), bool)
+  known[missing] = False
+  unit = layers.Unit(w, known, float(net.biases[depth][j]), 1e-12, np.ones(1))
+  unit.normalise()
+  return unit

@@ -13,7 +13,7 @@ from functional_equivalence import domain
 from functional_equivalence.deep import align, attack, network, unseen
 from functional_equivalence.deep import layer as layers
 from tests.counting import CountingBackend
-from tests.deep_points import eval_points
+from tests.deep_points import eval_points, middle_unit
 
 
 def _off(net, other, x):
@@ -126,17 +126,6 @@ def test_read_weights_solves_two_unseen_weights_together_and_reads_none_from_one
   assert np.max(np.abs(np.append(unit.w, unit.b) - truth)) <= 1e-9
 
 
-def _middle_unit(net, layer, j, missing):
-  """Unit j of hidden layer `layer` of `net` as a layer.Unit whose weights from `missing` features are unknown."""
-  w = net.weights[layer][:, j].copy()
-  w[missing] = 0.0
-  known = np.ones(len(w), bool)
-  known[missing] = False
-  unit = layers.Unit(w, known, float(net.biases[layer][j]), 1e-12, np.ones(1))
-  unit.normalise()
-  return unit
-
-
 def test_read_middle_fills_a_third_layer_weight_from_a_feature_rarely_on_with_its_unit():
   # random 8-8-8-8-8-1 seed 2 (fe_deep_unseen.md): third-layer unit 0 has weight -0.38 from second-layer unit 7,
   # on together with it at 0.014% of the ball; the searches left it 0 and the fourth layer never settled. Given
@@ -146,7 +135,7 @@ def test_read_middle_fills_a_third_layer_weight_from_a_feature_rarely_on_with_it
 
   net = network.random_net(2, (8, 8, 8, 8, 8, 1))
   prefix = net.prefix(2)
-  units = [_middle_unit(net, 2, i, [7] if i == 0 else []) for i in range(8)]
+  units = [middle_unit(net, 2, i, [7] if i == 0 else []) for i in range(8)]
   others = [(u.w.copy(), u.b) for u in units[1:]]
   truth = np.append(net.weights[2][:, 0], net.biases[2][0]) / np.linalg.norm(net.weights[2][:, 0])
   counter = CountingBackend(network.backend(net))
@@ -174,7 +163,7 @@ def test_jumps_read_last_layer_weights_where_two_units_have_the_same_unseen_feat
 
   net = network.random_net(0, (8, 8, 8, 8, 8, 1))
   prefix = net.prefix(3)
-  units = [_middle_unit(net, 3, i, [2] if i in (4, 5) else []) for i in (0, 1, 2, 3, 4, 5, 7)]  # 6: never on
+  units = [middle_unit(net, 3, i, [2] if i in (4, 5) else []) for i in (0, 1, 2, 3, 4, 5, 7)]  # 6: never on
   others = [(u.w.copy(), u.b) for u in units if u.known.all()]
   counter = CountingBackend(network.backend(net))
   q = queries.Querier(Oracle(counter, output="logits", record_inputs=False))
@@ -202,7 +191,7 @@ def test_read_lenient_takes_a_layer_as_the_last_once_its_unseen_weights_are_read
   net = network.random_net(2, (8, 8, 8, 8, 8, 1))
   prefix = net.prefix(3)
   missing = {3: [2], 2: [6], 6: [6, 3], 7: [0]}
-  units = [_middle_unit(net, 3, i, missing.get(i, [])) for i in range(8)]
+  units = [middle_unit(net, 3, i, missing.get(i, [])) for i in range(8)]
   counter = CountingBackend(network.backend(net))
   q = queries.Querier(Oracle(counter, output="logits", record_inputs=False))
   cfg, dom = attack.Config(), domain.Ball(1000.0)
