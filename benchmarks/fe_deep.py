@@ -22,7 +22,8 @@ aside and counted, `undetermined_weights`), the final check's repairs, the units
 candidates (`promoted_units`), the signatures read by following a surface where more features were on than
 inputs (`followed_units`, deep.expansive; a first layer's signs flipped by deep.wide_signs show as "audit" in
 `signs`) and the units of a strict layer taken back from its lenient search (`units_taken_back`,
-deep.crosscheck.straddling), the same for the run's network before its polish
+deep.crosscheck.straddling), the weights from features never seen on read from gradient jumps (`read_jumps`,
+deep.jumps) and from the output's gradient (`read_gradients`, deep.gradient_reads), the same for the run's network before its polish
 step (`peeled_*`: what the layer-by-layer recovery alone gives, and its queries; verdict with agreement taken as
 1.0), top-1 (one output: sign) agreement and max |logit
 difference| on --eval_inputs inputs ~ N(0, I) and on --domain_inputs points over the ball, seconds (attack only).
@@ -226,6 +227,8 @@ def run_one(name: str, net, seed: int, layers=None, attack_seed: int | None = No
     promoted_units=result.stats.get("promoted_units", 0),
     units_taken_back=result.stats.get("units_taken_back", 0),
     followed_units=result.stats.get("followed_units", 0),
+    read_jumps=result.stats.get("read_jumps", 0),
+    read_gradients=result.stats.get("read_gradients", 0),
     **{k: result.stats[k] for k in ("probability_radius",) if k in result.stats},
     **evaluate(net, result.net, eval_seed, peeled=result.peeled),
     seconds=round(seconds, 1),
@@ -366,6 +369,8 @@ def markdown(rows, command, info, seconds) -> str:
     "promoted_units",
     "units_taken_back",
     "followed_units",
+    "read_jumps",
+    "read_gradients",
     "polish_steps",
     "peeled_queries_log2",
     "peeled_layer_errors",
