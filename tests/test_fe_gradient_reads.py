@@ -6,7 +6,7 @@ import numpy as np
 
 from extraction.oracle import Oracle
 from functional_equivalence import domain, queries
-from functional_equivalence.deep import gradient_reads, network
+from functional_equivalence.deep import active, gradient_reads, network
 from tests.counting import CountingBackend
 from tests.deep_points import middle_unit
 
@@ -70,3 +70,30 @@ def test_a_unit_whose_voted_sign_is_wrong_reads_nothing_or_the_truth():
       assert np.max(np.abs(np.append(units[j].w, units[j].b) - _truth(net, 2, j))) <= 1e-9
     else:
       assert np.array_equal(units[j].w, before)
+
+
+def test_reads_a_last_hidden_layer_weight_at_hints_where_its_unit_is_on_though_predicted_off():
+  # random 8-8-8-8-8-1 seed 3: last-hidden-layer unit 3 (on at 0.46% of the ball) has weight -0.097 from third-layer
+  # unit 1, and its predicted surface never has that feature on at 65,536 draws: the attack's final check failed
+  # at 2^-13.4 after every repair. Given the victim's first three layers, the layer (unit 1, never on in the ball,
+  # left out as the attack did), output weights as an exact fit gives them, and hints (in the attack the final
+  # check's failing points; here points where the unit and the feature are on, found by ascent on the victim's
+  # unit, beside points where the unit is off, 64 in all), the weight is read with the output weights solved at
+  # once, to 1e-9
+  net = network.random_net(3, (8, 8, 8, 8, 8, 1))
+  prefix, dom, kept = net.prefix(3), domain.Ball(1000.0), [0, 2, 3, 4, 5, 6, 7]
+  units = [middle_unit(net, 3, i, [1] if i == 3 else []) for i in kept]
+  known = [np.linalg.norm(np.delete(net.weights[3][:, i], [1] if i == 3 else [])) for i in kept]
+  out = net.weights[4][kept] * np.array(known)[:, None]  # for the units as stored (normalised on known weights)
+  x = dom.check_points(np.random.default_rng(1), 8, 1 << 14)
+  both = active.both_on_points(prefix, net.weights[3][:, 3], net.biases[3][3], [1], x, dom, starts=16)
+  off = x[network.preactivations(net, x)[3][:, 3] <= 0]
+  hints = np.concatenate([both, off[: 64 - len(both)]])
+  counter, q = _reader(net)
+  stats = collections.defaultdict(int)
+  read = gradient_reads.read(q, prefix, units, np.ones(7), dom, stats, hints=hints, out=out)
+  assert read == 1 and units[2].known.all() and counter.rows == q.queries
+  assert np.max(np.abs(np.append(units[2].w, units[2].b) - _truth(net, 3, 3))) <= 1e-9
+  # without the hints (the points drawn over the domain) nothing is read, and nothing asked
+  units[2], asked = middle_unit(net, 3, 3, [1]), q.queries
+  assert gradient_reads.read(q, prefix, units, np.ones(7), dom, stats, out=out) == 0 and q.queries == asked

@@ -70,8 +70,9 @@ def _pass(
   on), the farthest from a known surface of `draws` offline draws of `dom.check_points` (a stream seeded by the
   units' weights: the attack's stream stays as it was). A reading counts when the fit's residual is at the
   gradients' rounding (`rtol` of it; a point whose steps leave a rounding 1e3 times larger gives none) and u's part
-  beta_u grad z_u is at least `weight` of the gradient; a weight is set from the
-  median of its readings when there are two or more and they agree within `rtol` (relative to the unit's weights)."""
+  beta_u grad z_u is at least `weight` of the gradient; a weight is set from the median of its readings when there
+  are two or more and they agree within `rtol` (relative to the unit's weights). With `out` (a last hidden layer) the
+  points that gave readings are solved together (`_joint`), their output weights unknown again."""
   todo = [i for i, u in enumerate(units) if not np.all(u.known)]
   if not todo:
     return 0
@@ -111,7 +112,7 @@ def _pass(
     where.setdefault(i, []).extend([n] if got else [])
   if out is not None:  # the fit's output weights are only near rounding: they told where i is on; all at once there
     readings = {
-      i: _joint(jac[n], noise[n], feats.h[n], feats.jac[n], w, b, lacks, i, rtol, cond, weight) if len(n) >= 2 else []
+      i: _joint(jac[n], feats.h[n], feats.jac[n], w, b, lacks, i, rtol, cond, weight) if len(n) >= 2 else []
       for i, n in where.items()
     }
   read = 0
@@ -183,11 +184,11 @@ def _readings(jac, noise, h, dh, w, b, lacks, i: int, rtol: float, weight: float
   return got
 
 
-def _joint(jac, noise, h, dh, w, b, lacks, i: int, rtol: float, cond: float, weight: float) -> list:
+def _joint(jac, h, dh, w, b, lacks, i: int, rtol: float, cond: float, weight: float) -> list:
   """The last hidden layer's unit i at the points (P) where its readings counted: the output weights c (constant over
   the domain) and gamma_k = c_i w_k solved from every point's gradient at once, c unknown for every unit (the fit's
   are off by up to 2e-5 relative on random 8-8-8-8-8-1 seed 3's last hidden layer, ad hoc: the readings of single
-  points spread by 1e-6). jac (P, m, d), noise (P,), h (P, n), dh (P, d, n). Returns [(features k, w_k)], one per
+  points spread by 1e-6). jac (P, m, d), h (P, n), dh (P, d, n). Returns [(features k, w_k)], one per
   output whose system has full column rank, fits every point to `rtol` and gives i at least `weight` of the
   largest output weight."""
   ks = np.flatnonzero(lacks[i] & np.any(h > 0, axis=0))
