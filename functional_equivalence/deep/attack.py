@@ -117,6 +117,8 @@ class Config(two_layer.Config):
     gradient_reads: once a layer that is not the last hidden one has its signs, its units' weights from features
       never seen on are read from the output's gradient where the unit and the feature are on (gradient_reads.py),
       and the signs voted again if any was read; the last hidden layer's before each final check (`_read_last`).
+      Random 8-8-8-8-8-1 seed 3 exact with it (and `rescue_rtol`), "layer 4 did not settle" without (docs/fe_deep.md,
+      twenty-second session).
     rescue_rtol: a final check that fails by at most this (relative) has the network polished at once (`_rescue`,
       the first time only), before a repair: the structure is likely right, the weights short of the check's
       precision (random 8-8-8-8-8-1 seed 3 once its last hidden layer's weight was read from gradients: off by
