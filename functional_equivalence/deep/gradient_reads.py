@@ -133,8 +133,9 @@ def _pass(
 
 def _usable(feats: network.Features, w, b, lacks, todo: list, cond: float, forced: bool, known_out: bool) -> dict:
   """Per unit i of `todo`: (room (N,), usable (N,) bool) at the points of `feats`: i (predicted on, or taken as on
-  where `forced`) and one of its unseen features on (with `known_out` the other units' columns are not unknowns), no other on unit with an unseen feature on there (its column would be off), the system's columns independent and fewer than the rank
-  of dh/dx; room is the distance to the nearest surface of the prefix and of the layer (predicted)."""
+  where `forced`) and one of its unseen features on; no other on unit with an unseen feature on there (its column
+  would be off); the system's columns (with `known_out`, i's and its unseen features' only) independent and fewer
+  than the rank of dh/dx. room: the distance to the nearest surface of the prefix and of the layer (predicted)."""
   from functional_equivalence.deep import layer
 
   z = feats.h @ w + b
