@@ -29,3 +29,9 @@ def middle_unit(net, depth, j, missing):
   unit = layers.Unit(w, known, float(net.biases[depth][j]), 1e-12, np.ones(1))
   unit.normalise()
   return unit
+
+
+def unit_row(net, depth, j):
+  """Unit j of hidden layer `depth` of `net`: its weights and bias divided by the norm of its weights (how a
+  layer.Unit with every weight known stores it)."""
+  return np.append(net.weights[depth][:, j], net.biases[depth][j]) / np.linalg.norm(net.weights[depth][:, j])

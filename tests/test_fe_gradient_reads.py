@@ -8,11 +8,7 @@ from extraction.oracle import Oracle
 from functional_equivalence import domain, queries
 from functional_equivalence.deep import active, gradient_reads, network
 from tests.counting import CountingBackend
-from tests.deep_points import middle_unit
-
-
-def _truth(net, depth, j):
-  return np.append(net.weights[depth][:, j], net.biases[depth][j]) / np.linalg.norm(net.weights[depth][:, j])
+from tests.deep_points import middle_unit, unit_row
 
 
 def _reader(net):
@@ -32,7 +28,7 @@ def test_reads_a_third_layer_weight_whose_unit_and_feature_are_never_off_and_on_
   stats = collections.defaultdict(int)
   read = gradient_reads.read(q, net.prefix(2), units, np.ones(8), domain.Ball(1000.0), stats)
   assert read == 1 == stats["read_gradients"] and units[3].known.all() and counter.rows == q.queries > 0
-  assert np.max(np.abs(np.append(units[3].w, units[3].b) - _truth(net, 2, 3))) <= 1e-9
+  assert np.max(np.abs(np.append(units[3].w, units[3].b) - unit_row(net, 2, 3))) <= 1e-9
   assert all(np.array_equal(u.w, w) and u.b == b for u, (w, b) in zip(units[:3] + units[4:], others))
   # with every weight known there is nothing to read, and nothing is asked
   assert gradient_reads.read(q, net.prefix(2), units, np.ones(8), domain.Ball(1000.0), stats) == 0
@@ -51,10 +47,10 @@ def test_reads_several_units_and_features_through_three_outputs_far_from_the_ori
   read = gradient_reads.read(q, net.prefix(2), units, signs, domain.Ball(1e5), collections.defaultdict(int))
   assert read == 4 and counter.rows == q.queries
   for i, sign in ((3, 1.0), (4, -1.0)):
-    assert np.max(np.abs(sign * np.append(units[i].w, units[i].b) - _truth(net, 2, i))) <= 1e-9
+    assert np.max(np.abs(sign * np.append(units[i].w, units[i].b) - unit_row(net, 2, i))) <= 1e-9
 
 
-def test_a_unit_whose_voted_sign_is_wrong_reads_nothing_or_the_truth():
+def test_a_unit_whose_voted_sign_is_wrong_reads_nothing_or_theunit_row():
   # a wrong sign puts the unit on where it is off: there its part of the gradient is 0 and the readings are refused;
   # where it is on all the same, the ratios are its weights in the stored convention
   net = network.random_net(11, (9, 12, 10, 7, 3))
@@ -67,7 +63,7 @@ def test_a_unit_whose_voted_sign_is_wrong_reads_nothing_or_the_truth():
     read = gradient_reads.read(q, net.prefix(2), units, signs, domain.Ball(1000.0), collections.defaultdict(int))
     assert read == expected and counter.rows == q.queries > 0  # points were measured either way
     if expected:
-      assert np.max(np.abs(np.append(units[j].w, units[j].b) - _truth(net, 2, j))) <= 1e-9
+      assert np.max(np.abs(np.append(units[j].w, units[j].b) - unit_row(net, 2, j))) <= 1e-9
     else:
       assert np.array_equal(units[j].w, before)
 
@@ -93,7 +89,7 @@ def test_reads_a_last_hidden_layer_weight_at_hints_where_its_unit_is_on_though_p
   stats = collections.defaultdict(int)
   read = gradient_reads.read(q, prefix, units, np.ones(7), dom, stats, hints=hints, out=out)
   assert read == 1 and units[2].known.all() and counter.rows == q.queries
-  assert np.max(np.abs(np.append(units[2].w, units[2].b) - _truth(net, 3, 3))) <= 1e-9
+  assert np.max(np.abs(np.append(units[2].w, units[2].b) - unit_row(net, 3, 3))) <= 1e-9
   # without the hints (the points drawn over the domain) nothing is read, and nothing asked
   units[2], asked = middle_unit(net, 3, 3, [1]), q.queries
   assert gradient_reads.read(q, prefix, units, np.ones(7), dom, stats, out=out) == 0 and q.queries == asked

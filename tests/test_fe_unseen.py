@@ -13,7 +13,7 @@ from functional_equivalence import domain
 from functional_equivalence.deep import align, attack, network, unseen
 from functional_equivalence.deep import layer as layers
 from tests.counting import CountingBackend
-from tests.deep_points import eval_points, middle_unit
+from tests.deep_points import eval_points, middle_unit, unit_row
 
 
 def _off(net, other, x):
@@ -137,7 +137,7 @@ def test_read_middle_fills_a_third_layer_weight_from_a_feature_rarely_on_with_it
   prefix = net.prefix(2)
   units = [middle_unit(net, 2, i, [7] if i == 0 else []) for i in range(8)]
   others = [(u.w.copy(), u.b) for u in units[1:]]
-  truth = np.append(net.weights[2][:, 0], net.biases[2][0]) / np.linalg.norm(net.weights[2][:, 0])
+  truth = unit_row(net, 2, 0)
   counter = CountingBackend(network.backend(net))
   q = queries.Querier(Oracle(counter, output="logits", record_inputs=False))
   cfg = layers.LayerConfig(center=np.zeros(8), far=2000.0, strict=True)
@@ -173,7 +173,7 @@ def test_jumps_read_last_layer_weights_where_two_units_have_the_same_unseen_feat
   assert unseen.read_weights(q, [(prefix, u) for u in units], points) == 0
   assert jumps.read(q, prefix, units, points, cfg) == 2 and counter.rows == q.queries > 0
   for i, u in zip((4, 5), units[4:6]):
-    truth = np.append(net.weights[3][:, i], net.biases[3][i]) / np.linalg.norm(net.weights[3][:, i])
+    truth = unit_row(net, 3, i)
     assert u.known.all() and np.max(np.abs(np.append(u.w, u.b) - truth)) <= 1e-12
   assert all(np.array_equal(u.w, w) and u.b == b for u, (w, b) in zip([units[j] for j in (0, 1, 2, 3, 6)], others))
   # with every weight known there is nothing to read, and nothing is asked
@@ -204,5 +204,5 @@ def test_read_lenient_takes_a_layer_as_the_last_once_its_unseen_weights_are_read
   assert taken is not None and taken[2].residual <= cfg.check_rtol and stats["read_jumps"] == 5
   assert counter.rows == q.queries
   for i, u in enumerate(taken[0]):
-    truth = np.append(net.weights[3][:, i], net.biases[3][i]) / np.linalg.norm(net.weights[3][:, i])
+    truth = unit_row(net, 3, i)
     assert u.known.all() and np.max(np.abs(np.append(u.w, u.b) - truth)) <= 1e-9

@@ -29,7 +29,7 @@ import zlib
 import numpy as np
 
 from functional_equivalence import recover
-from functional_equivalence.deep import network
+from functional_equivalence.deep import network, unseen
 
 
 def read(
@@ -115,20 +115,9 @@ def _pass(
       i: _joint(jac[n], feats.h[n], feats.jac[n], w, b, lacks, i, rtol, cond, weight) if len(n) >= 2 else []
       for i, n in where.items()
     }
-  read = 0
-  for i, got in readings.items():
-    u, new_w = units[i], {}
-    for k in np.flatnonzero(~u.known):
-      vals = np.array([v[list(ks).index(k)] for ks, v in got if k in ks])
-      if len(vals) >= (1 if out is not None else 2) and np.ptp(vals) <= rtol * np.linalg.norm(u.w):
-        new_w[k] = float(np.median(vals)) * signs[i]  # read in the signed convention; u.w is unsigned
-    if new_w:
-      u.w = u.w.copy()
-      for k, val in new_w.items():
-        u.w[k], u.known = val, u.known | (np.arange(len(u.known)) == k)
-      u.normalise()
-      read += len(new_w)
-  return read
+  # read in the signed convention; u.w is unsigned
+  least = 1 if out is not None else 2
+  return sum(unseen.fill(units[i], got, rtol, least, signs[i]) for i, got in readings.items())
 
 
 def _usable(feats: network.Features, w, b, lacks, todo: list, cond: float, forced: bool, known_out: bool) -> dict:

@@ -25,7 +25,7 @@ import zlib
 import numpy as np
 
 from functional_equivalence import recover
-from functional_equivalence.deep import active, network
+from functional_equivalence.deep import active, network, unseen
 
 
 def read(
@@ -98,21 +98,10 @@ def read(
       readings.setdefault(id(owner[0]), []).append((owner[1], owner[2], xk[k]))
   read = 0
   for u in todo:
-    if id(u) not in readings:
-      continue
-    new_w = {}
-    for k in np.flatnonzero(~u.known):
-      got = np.array([values[list(ks).index(k)] for ks, values, _ in readings[id(u)] if k in ks])
-      if len(got) and np.ptp(got) <= rtol * np.linalg.norm(u.w):
-        new_w[k] = float(np.median(got))
-    if not new_w:
-      continue
-    u.w = u.w.copy()
-    for k, val in new_w.items():
-      u.w[k], u.known = val, u.known | (np.arange(len(u.known)) == k)
-    u.points.extend(p for _, _, p in readings[id(u)])
-    u.normalise()
-    read += len(new_w)
+    got = unseen.fill(u, [(ks, values) for ks, values, _ in readings.get(id(u), [])], rtol)
+    if got:
+      u.points.extend(p for _, _, p in readings[id(u)])
+    read += got
   return read
 
 

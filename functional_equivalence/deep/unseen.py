@@ -216,3 +216,21 @@ def _absorb_into(units: list, prefix: network.DeepNet, items) -> None:
     )
     if hit is not None:
       layer.absorb(hit[1], w / hit[2], act, b / hit[2], err, items.regions[k])
+
+
+def fill(u, readings: list, rtol: float, least: int = 1, sign: float = 1.0) -> int:
+  """Sets, in place, each weight of unit u from a feature never seen on that `readings` ((feature indices, values)
+  pairs) give `least` times or more, all within `rtol` (relative to u's weights), to their median times `sign` (the
+  readings' orientation against u's stored one); such a weight is marked known and u normalised. Returns how many
+  were set (jumps.read, gradient_reads)."""
+  new_w = {}
+  for k in np.flatnonzero(~u.known):
+    got = np.array([values[list(ks).index(k)] for ks, values in readings if k in ks])
+    if len(got) >= least and np.ptp(got) <= rtol * np.linalg.norm(u.w):
+      new_w[k] = float(np.median(got)) * sign
+  if new_w:
+    u.w = u.w.copy()
+    for k, val in new_w.items():
+      u.w[k], u.known = val, u.known | (np.arange(len(u.known)) == k)
+    u.normalise()
+  return len(new_w)
