@@ -160,6 +160,37 @@ def last_layer(
   return fit
 
 
+def seen_only(prefix, units: list, x: np.ndarray) -> np.ndarray:
+  """The points of x (offline) where no unit's feature it never saw on is on: there every unit's pre-activation
+  is what its known weights predict, whatever its unread weights."""
+  unseen = np.any([~u.known for u in units], axis=0)
+  return x[~np.any(network.features(prefix, x).h[:, unseen] > 0, axis=1)]
+
+
+def output_weights(
+  q, prefix, units: list, signs: np.ndarray, scale: float, center, rng, stats, rtol: float, dom=None
+) -> np.ndarray | None:
+  """The output layer's weights (n, m) of the last hidden layer's units, their signs known (from `hidden_signs`),
+  by least squares on [relu(s z), 1] at points where no unit's unread weight counts (`seen_only`, of 8 times the
+  fit's samples): where such weights pair every unit with a twin in `last_layer`'s fit (random 10-8-8-8-1 seed
+  14), they are what the gradient reading of those weights needs. None when the fit is not exact there (rank
+  deficient, or off by more than rtol: a sign wrong, a unit missed)."""
+  n = len(units)
+  x = seen_only(prefix, units, sample_points(prefix, units, 8 * (2 * n + 16), scale, center, rng, dom, 2048))
+  if len(x) < 2 * n + 16:
+    return None
+  q0 = q.queries
+  g = q(x, "last layer", underflow_ok=True)
+  stats["last_layer_queries"] += q.queries - q0
+  seen = np.all(np.isfinite(g), axis=1)
+  w, b = layer_arrays(units)
+  z = (network.features(prefix, x[seen]).h @ w + b) * signs
+  phi = np.concatenate([np.maximum(z, 0), np.ones((len(z), 1))], axis=1)
+  sol, rank = _lstsq(phi, g[seen])
+  off = np.max(np.abs(phi @ sol - g[seen])) / (float(np.max(np.abs(g[seen]))) + 1e-300)
+  return sol[:n] if rank == phi.shape[1] and off <= rtol else None
+
+
 def negligible(size: np.ndarray, rel: float) -> np.ndarray:
   """Which output-weight row norms `size` are at most `rel` times the largest (units the answers do not use)."""
   return size <= rel * max(float(np.max(size, initial=0.0)), 1e-300)
