@@ -594,7 +594,9 @@ def _read_last(q, prefix, units: list, last: signs.LastLayer, state, cfg: Config
     own = np.random.default_rng([zlib.crc32(np.concatenate([u.w for u in units]).tobytes()), 6])
     fresh = True
     try:
-      unit_signs = signs.hidden_signs(q, prefix, units, cfg.scale, center, own, stats, max_votes=cfg.sign_votes).signs
+      unit_signs = signs.hidden_signs(
+        q, prefix, units, cfg.scale, center, own, stats, max_votes=cfg.sign_votes, where_seen=True
+      ).signs
     except SignRecoveryError:
       return units, last
     out = signs.output_weights(q, prefix, units, unit_signs, cfg.scale, center, own, stats, cfg.check_rtol, dom)

@@ -253,12 +253,16 @@ class SignVotes:
   wiggle_tests: int = 0
 
 
-def _test_points(prefix, u: Unit, need: int, scale: float, center, rng):
+def _test_points(prefix, u: Unit, need: int, scale: float, center, rng, layer: list | None = None):
+  """u's own surface points, then more of its predicted surface; with `layer` (its units), of 8 times as many
+  only those where no unit of the layer has a feature it never saw on on (`seen_only`: there the predicted surfaces
+  and gradients are the true ones)."""
   pts = list(u.points)
   if len(pts) < need:
     anc, spread = near_anchors(u, center, scale)
-    x, _, _ = surface_points(prefix, u, anc, need - len(pts), spread, rng)
-    pts += list(x)
+    more = need - len(pts) if layer is None else 8 * (need - len(pts))
+    x, _, _ = surface_points(prefix, u, anc, more, spread, rng)
+    pts += list(x if layer is None else seen_only(prefix, layer, x)[: need - len(pts)])
   return pts
 
 
@@ -274,15 +278,17 @@ def hidden_signs(
   margin: int = 5,
   passes: int = 4,
   ratio: float = 1e-6,
+  where_seen: bool = False,
 ) -> SignVotes:
-  """Module docstring, second item. Raises SignRecoveryError when exact tests of a unit contradict each other."""
+  """Module docstring, second item; `where_seen`: tests only where no unit's unread weight counts (`_test_points`).
+  Raises SignRecoveryError when exact tests of a unit contradict each other."""
   n = len(units)
   w, b = layer_arrays(units)
   signs = np.zeros(n)
   how = [""] * n
   plus, minus = np.zeros(n, int), np.zeros(n, int)
   exact_p, exact_m = np.zeros(n, int), np.zeros(n, int)
-  pts = [_test_points(prefix, u, max_votes, scale, center, rng) for u in units]
+  pts = [_test_points(prefix, u, max_votes, scale, center, rng, units if where_seen else None) for u in units]
   cursor = np.zeros(n, int)
   out = SignVotes(signs, how, plus, minus)
   q0 = q.queries
