@@ -170,18 +170,23 @@ def test_a_network_passing_with_unread_weights_after_its_last_layer_signs_were_v
   # random 8-8-8-8-8-1 seed 0 (fe_deep_unseen.md) passed its final check once weights of its last hidden layer were
   # read after the signs were voted again (`_read_last`), two others still unread, and was off by 1.7e-3 where a
   # rare feature and their unit are on (3 of 108 co-active points). Here a network that is recovered exactly is made
-  # to look like that (a reading counted, weights said to be left): repairs at the points where they would matter,
+  # to look like that (a reading counted, a weight said to be unread): repairs at the points where it would matter,
   # then a one-line error instead of the network
   net = network.random_net(1, (10, 8, 8, 1))
   read_last = attack._read_last
 
   def counted(q, prefix, units, last, state, cfg, center, rng, stats, dom, bad):
+    units, last = read_last(q, prefix, units, last, state, cfg, center, rng, stats, dom, bad)
     stats["last_signs_read"] = 1
-    return read_last(q, prefix, units, last, state, cfg, center, rng, stats, dom, bad)
+    units[0].known = np.concatenate([[False], units[0].known[1:]])  # its weight kept: the same function
+    return units, last
 
   monkeypatch.setattr(attack, "_read_last", counted)
-  monkeypatch.setattr(attack, "_unseen_left", lambda prefix, units, dom: True)
-  monkeypatch.setattr(unseen, "on_points", lambda surfaces, dom, d, **kw: np.ones((2, d)))
+  points = {}
+  monkeypatch.setattr(unseen, "on_points", lambda surfaces, dom, d, **kw: points.get("x", np.zeros((0, d))))
+  with pytest.raises(ExtractionError, match=r"passed the final check, but .* lacks weights .* not returned"):
+    _extract(net, repairs=1)  # at once where no point is predicted where they would matter
+  points["x"] = np.ones((2, 10))
   with pytest.raises(ExtractionError, match=r"passed the final check after 1 repairs, but .* not returned"):
     _extract(net, repairs=1)
 

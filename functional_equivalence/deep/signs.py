@@ -100,6 +100,12 @@ class LastLayer:
   def has_remainder(self) -> bool:
     return self.remainder_w is not None and self.remainder_w.shape[1] > 0
 
+  def w_twin_full(self) -> np.ndarray:
+    """The twins' output weights on the units' rows (n, m): 0 for a unit without a twin."""
+    full = np.zeros_like(self.w_out)
+    full[self.pairs] = self.w_twin
+    return full
+
 
 def last_layer(
   q, prefix, units: list, scale: float, center, rng, stats, rtol: float = 1e-8, tol: float = 1e-6, dom=None
