@@ -147,6 +147,30 @@ def test_unseen_weights_of_a_unit_on_almost_everywhere_read_where_it_is_predicte
     _extract(net, seed=852798553)
 
 
+def test_a_fit_without_its_twins_keeps_each_pair_s_larger_side_in_the_victim_s_shape():
+  # attack._without_twins, for the polish of a check that fails by little with a pair (random 10-8-8-8-1 seed 19):
+  # a pair whose relu(-z) side carries the output becomes the unit with its sign flipped, one whose twin is ~0 the
+  # unit as it is: the same function where the dropped side is ~0, n units as the victim has
+  net = network.random_net(2, (6, 5, 4, 2))
+  units = [
+    layers.Unit(net.weights[1][:, j].copy(), np.ones(5, bool), float(net.biases[1][j]), 1e-12, np.ones(2))
+    for j in range(4)
+  ]
+  w_out = net.weights[2].copy()
+  last = signs.LastLayer(
+    np.ones(4), np.array([True, False, True, False]), w_out.copy(), np.zeros((2, 2)), net.biases[2], 0.0
+  )
+  last.w_out[0], last.w_twin[0] = 0.0, w_out[0]  # unit 0: all of it on relu(-z)
+  last.w_twin[1] = 1e-13 * w_out[2]  # unit 2: its twin ~0
+  plain = attack._without_twins(last)
+  assert np.array_equal(plain.signs, [-1.0, 1.0, 1.0, 1.0]) and not plain.pairs.any() and plain.w_twin.shape == (0, 2)
+  assert np.array_equal(plain.w_out[0], w_out[0]) and np.array_equal(plain.w_out[1:], w_out[1:])
+  prefix, x = net.prefix(1), np.random.default_rng(0).normal(size=(1000, 6)) * 10
+  with_twins, without = attack._network(prefix, units, last, False), attack._network(prefix, units, plain, False)
+  assert without.sizes == (6, 5, 4, 2) and with_twins.sizes == (6, 5, 6, 2)
+  assert np.max(np.abs(network.logits(with_twins, x) - network.logits(without, x))) <= 1e-9
+
+
 def test_a_last_layer_fit_with_twins_is_refused(monkeypatch):
   # the refusal's one real case (random 10-8-8-8-1 seed 7) is recovered since the fifteenth session: here the fit of
   # a recovered network is made to pair its first unit with a twin of output weight 0 (the function unchanged, so

@@ -116,9 +116,11 @@ class Config(two_layer.Config):
       twenty-first session).
     gradient_reads: once a layer that is not the last hidden one has its signs, its units' weights from features
       never seen on are read from the output's gradient where the unit and the feature are on (gradient_reads.py),
-      and the signs voted again if any was read; the last hidden layer's before each final check (`_read_last`).
-      Random 8-8-8-8-8-1 seed 3 exact with it (and `rescue_rtol`), "layer 4 did not settle" without (docs/fe_deep.md,
-      twenty-second session).
+      and the signs voted again if any was read; the last hidden layer's before each final check (`_read_last`;
+      where its fit pairs units, with signs voted as a middle layer's and output weights fitted where no unread
+      weight counts, twenty-third session). Random 8-8-8-8-8-1 seed 3 exact with it (and `rescue_rtol`), "layer 4
+      did not settle" without (docs/fe_deep.md, twenty-second session); random 10-8-8-8-1 seed 14 exact with the
+      paired reading, "final check failed" without.
     rescue_rtol: a final check that fails by at most this (relative) has the network polished at once (`_rescue`,
       the first time only), before a repair: the structure is likely right, the weights short of the check's
       precision (random 8-8-8-8-8-1 seed 3 once its last hidden layer's weight was read from gradients: off by
@@ -347,9 +349,9 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
       unvouched = not len(bad) and stats["last_signs_read"] > 0 and not all(np.all(u.known) for u in units)
       if unvouched:
         # weights read after the signs were voted again (`_read_last`) and others still unread: such a network can
-        # pass and be off where they are on (random 8-8-8-8-8-1 seed 0, with its remainder read: by 1.7e-3 at 3 of
-        # 108 points where a rare feature and the unit are on, 1 in 10^5 of the ball), as after `_read_lenient`;
-        # repairs where they would matter, if such points are predicted
+        # pass and be off where they are on (random 8-8-8-8-8-1 seed 0 when fits with a remainder were read too: by
+        # 1.7e-3 at 3 of 108 points where a rare feature and the unit are on, 1 in 10^5 of the ball), as after
+        # `_read_lenient`; repairs where they would matter, if such points are predicted
         bad = unseen.on_points(surfaces[first_last:], dom, input_dim)
         checked = dict(checked, check_error=np.inf)
         if not len(bad):
@@ -362,10 +364,15 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
         stats["polish_rescue_tried"] += 1
         # before the last repair on a stream of its own, so that the repairs go on as they would have if it fails
         own = rng if repair == cfg.repairs else np.random.default_rng([zlib.crc32(polish.flat(net).tobytes()), 5])
-        plain = _without_twins(last) if prefix.weights and last.pairs.any() else last
-        rescued = _rescue(q, _network(prefix, units, plain, differences), surfaces, dom, ccfg, own, differences, stats)
+        rescued = _rescue(q, net, surfaces, dom, ccfg, own, differences, stats)
+        if rescued is not None and prefix.weights and last.pairs.any():
+          # refused below for its twins: the victim's shape polished instead, kept if it passes
+          plain = _without_twins(last)
+          again = _rescue(q, _network(prefix, units, plain, differences), surfaces, dom, ccfg, own, differences, stats)
+          if again is not None:
+            rescued, last = again, plain
         if rescued is not None:
-          (net, checked), last = rescued, plain
+          net, checked = rescued
           break
       if repair == cfg.repairs and unvouched:
         _refuse_unvouched(net, f" after {cfg.repairs} repairs")
@@ -581,9 +588,11 @@ def _read_lenient(q, prefix, lenient: tuple | None, cfg: Config, dom, rng, stats
 def _read_last(q, prefix, units: list, last: signs.LastLayer, state, cfg: Config, center, rng, stats, dom, bad):
   """The last hidden layer's units with weights from features never seen on read from the output's gradient
   (gradient_reads.py, its signs and output weights those of the fit; the points `bad` where the last final check
-  failed as hints) and the fit made again if any was read; not where the fit pairs
-  units with twins or has a linear remainder (the gradient is then not one of the units' alone). Returns (units,
-  fit)."""
+  failed as hints) and the fit made again if any was read; not where the fit has a linear remainder (the gradient
+  is then not one of the units' alone). Where the fit pairs units with twins (the unread weights can be what pairs
+  them), the signs are voted as a middle layer's and the output weights fitted, both where no unread weight counts
+  (signs.hidden_signs `where_seen`, signs.output_weights; random 10-8-8-8-1 seed 14, twenty-third session); a
+  network that then passes with a weight still unread is refused (`extract`). Returns (units, fit)."""
   if not prefix.weights or all(np.all(u.known) for u in units):
     return units, last
   unit_signs, out, fresh = last.signs, last.w_out, False
@@ -719,9 +728,10 @@ def _refuse_unvouched(net, after: str):
 
 def _without_twins(last: signs.LastLayer) -> signs.LastLayer:
   """The fit with each pair c relu(z) + q relu(-z) replaced by its larger side (relu(-z) a sign flip): the victim's
-  shape, for the polish step to refine where the pair absorbed a small error of the unit (random 10-8-8-8-1 seed 19:
-  a weight read at a repair, the fit off by 1.5e-9 with one pair, the network with its twin polished and passed,
-  then refused for the twin)."""
+  shape, for the polish step to refine where the pair absorbed a small error of the unit, tried when the network with
+  its twins is polished and passes, which is then refused (random 10-8-8-8-1 seed 19: a weight read at a repair,
+  the fit off by 1.5e-9 with one pair; tried first, 10-8-8-8-1 seed 7's eight pairs, off by 6.6e-7, passed the check
+  without their twins and failed the re-check after the polish, where with them the repairs went on to exact)."""
   flip = last.pairs & (np.linalg.norm(last.w_twin_full(), axis=1) > np.linalg.norm(last.w_out, axis=1))
   w_out = np.where(flip[:, None], last.w_twin_full(), last.w_out)
   return dataclasses.replace(
