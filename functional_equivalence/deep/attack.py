@@ -612,9 +612,10 @@ def _read_last(q, prefix, units: list, last: signs.LastLayer, state, cfg: Config
       ).signs
     except SignRecoveryError:
       return units, last
-    out = signs.output_weights(q, prefix, units, unit_signs, cfg.scale, center, own, stats, cfg.check_rtol, dom)
-    if out is None:
+    fitted = signs.output_weights(q, prefix, units, unit_signs, cfg.scale, center, own, stats, cfg.check_rtol, dom)
+    if fitted is None:
       return units, last
+    out = fitted
   read = gradient_reads.read(q, prefix, units, unit_signs, dom, stats, hints=bad, out=out)
   if not read:
     return units, last
