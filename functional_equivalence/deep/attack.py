@@ -353,7 +353,6 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
         # 1.7e-3 at 3 of 108 points where a rare feature and the unit are on, 1 in 10^5 of the ball), as after
         # `_read_lenient`; repairs where they would matter, if such points are predicted
         bad = unseen.on_points(surfaces[first_last:], dom, input_dim)
-        checked = dict(checked, check_error=np.inf)
         if not len(bad):
           _refuse_unvouched(net, "")
       if not len(bad):
@@ -595,7 +594,7 @@ def _read_last(q, prefix, units: list, last: signs.LastLayer, state, cfg: Config
   network that then passes with a weight still unread is refused (`extract`). Returns (units, fit)."""
   if not prefix.weights or all(np.all(u.known) for u in units):
     return units, last
-  unit_signs, out, fresh = last.signs, last.w_out, False
+  unit_signs, out = last.signs, last.w_out
   if last.has_remainder:
     # a remainder stands for a unit active over the whole domain: what the gradient then holds is not the units'
     # alone (reading there, random 5-20-10-2 seed 2 of fe_deep_expansive.md was returned off by 1e-4, ad hoc)
@@ -605,7 +604,6 @@ def _read_last(q, prefix, units: list, last: signs.LastLayer, state, cfg: Config
     # count, on a stream of their own (the attack goes on as before when nothing is read)
     stats["last_signs_tested"] += 1
     own = np.random.default_rng([zlib.crc32(np.concatenate([u.w for u in units]).tobytes()), 6])
-    fresh = True
     try:
       unit_signs = signs.hidden_signs(
         q, prefix, units, cfg.scale, center, own, stats, max_votes=cfg.sign_votes, where_seen=True
@@ -619,7 +617,7 @@ def _read_last(q, prefix, units: list, last: signs.LastLayer, state, cfg: Config
   read = gradient_reads.read(q, prefix, units, unit_signs, dom, stats, hints=bad, out=out)
   if not read:
     return units, last
-  stats["last_signs_read"] += read if fresh else 0
+  stats["last_signs_read"] += read if last.pairs.any() else 0
   return _fit_last(q, prefix, units, state, cfg, center, rng, stats, dom)
 
 
@@ -733,13 +731,13 @@ def _without_twins(last: signs.LastLayer) -> signs.LastLayer:
   its twins is polished and passes, which is then refused (random 10-8-8-8-1 seed 19: a weight read at a repair,
   the fit off by 1.5e-9 with one pair; tried first, 10-8-8-8-1 seed 7's eight pairs, off by 6.6e-7, passed the check
   without their twins and failed the re-check after the polish, where with them the repairs went on to exact)."""
-  flip = last.pairs & (np.linalg.norm(last.w_twin_full(), axis=1) > np.linalg.norm(last.w_out, axis=1))
-  w_out = np.where(flip[:, None], last.w_twin_full(), last.w_out)
+  twin = last.w_twin_full()
+  flip = last.pairs & (np.linalg.norm(twin, axis=1) > np.linalg.norm(last.w_out, axis=1))
   return dataclasses.replace(
     last,
     signs=np.where(flip, -last.signs, last.signs),
     pairs=np.zeros_like(last.pairs),
-    w_out=w_out,
+    w_out=np.where(flip[:, None], twin, last.w_out),
     w_twin=last.w_twin[:0],
   )
 

@@ -979,19 +979,20 @@ def _surface_misfit(prefix, u: Unit, points: np.ndarray) -> float:
   return float(np.max(surface_misfits(prefix, u, points)))
 
 
-def _covered(prefix, u: Unit, points) -> np.ndarray:
-  """The points (k, d) where the unit's known features cover the active ones (its surface is predicted there)."""
+def covered(prefix, known: np.ndarray, points) -> np.ndarray:
+  """The points (k, d) where the `known` features (n_in,) bool cover the active ones: a unit's surface is predicted
+  there (`known` its own), or every unit of a layer's (`known` what they all know)."""
   if not len(points):
     return np.zeros((0, 0))
   pts = np.asarray(points)
   f = network.features(prefix, pts)
-  return pts[~np.any(active_features(prefix, f) & ~u.known, axis=1)]
+  return pts[~np.any(active_features(prefix, f) & ~known, axis=1)]
 
 
 def _on_surface(prefix, a: Unit, b: Unit, rtol: float = 1e-7) -> bool:
   """b's precise points lie on a's surface (at least two of them where a's features cover them, within rtol or
   a's error): the two are one unit, though b's row may be off (a weight it never saw active at its points)."""
-  pts = _covered(prefix, a, b.points)
+  pts = covered(prefix, a.known, b.points)
   return len(pts) >= 2 and _surface_misfit(prefix, a, pts) <= max(rtol, NF * a.err)
 
 
@@ -1016,7 +1017,7 @@ def dedup(prefix, units: list, rtol: float = 1e-4) -> list:
       twin = fits[0]
       if _on_surface(prefix, u, twin) and (not _on_surface(prefix, twin, u) or u.known.sum() > twin.known.sum()):
         kept[kept.index(twin)], u, twin = u, twin, u
-      twin.points = twin.points + list(_covered(prefix, twin, u.points))
+      twin.points = twin.points + list(covered(prefix, twin.known, u.points))
       _correct(prefix, twin)
       continue
     pts = np.array(twin.points + u.points)

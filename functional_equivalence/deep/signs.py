@@ -34,7 +34,7 @@ import scipy.linalg
 
 from functional_equivalence import second_layer
 from functional_equivalence.deep import network, regions, support
-from functional_equivalence.deep.layer import Unit, near_anchors, surface_points
+from functional_equivalence.deep.layer import Unit, covered, near_anchors, surface_points
 from functional_equivalence.errors import SignRecoveryError
 
 EPS = np.finfo(np.float64).eps
@@ -112,12 +112,7 @@ def last_layer(
 ) -> LastLayer:
   """Module docstring, first item: the fit, then the classification of each unit and a clean refit."""
   n = len(units)
-  x = sample_points(prefix, units, max(16, 2 * n + 16), scale, center, rng, dom)
-  q0 = q.queries
-  g = q(x, "last layer", underflow_ok=True)
-  stats["last_layer_queries"] += q.queries - q0
-  seen = np.all(np.isfinite(g), axis=1)
-  x, g = x[seen], g[seen]
+  x, g = _answers(q, sample_points(prefix, units, max(16, 2 * n + 16), scale, center, rng, dom), stats)
   w, b = layer_arrays(units)
   h = network.features(prefix, x).h
   z = h @ w + b
@@ -167,10 +162,19 @@ def last_layer(
 
 
 def seen_only(prefix, units: list, x: np.ndarray) -> np.ndarray:
-  """The points of x (offline) where no unit's feature it never saw on is on: there every unit's pre-activation
-  is what its known weights predict, whatever its unread weights."""
-  unseen = np.any([~u.known for u in units], axis=0)
-  return x[~np.any(network.features(prefix, x).h[:, unseen] > 0, axis=1)]
+  """The points of x (offline) where no unit's feature it never saw on is on (`layer.covered`): there every unit's
+  pre-activation is what its known weights predict, whatever its unread weights."""
+  return covered(prefix, np.all([u.known for u in units], axis=0), x)
+
+
+def _answers(q, x: np.ndarray, stats) -> tuple[np.ndarray, np.ndarray]:
+  """The answers g at x for a last-layer fit (counted in stats["last_layer_queries"]), without the points where a
+  probability underflowed: (x, g)."""
+  q0 = q.queries
+  g = q(x, "last layer", underflow_ok=True)
+  stats["last_layer_queries"] += q.queries - q0
+  seen = np.all(np.isfinite(g), axis=1)
+  return x[seen], g[seen]
 
 
 def output_weights(
@@ -185,15 +189,12 @@ def output_weights(
   x = seen_only(prefix, units, sample_points(prefix, units, 8 * (2 * n + 16), scale, center, rng, dom, 2048))
   if len(x) < 2 * n + 16:
     return None
-  q0 = q.queries
-  g = q(x, "last layer", underflow_ok=True)
-  stats["last_layer_queries"] += q.queries - q0
-  seen = np.all(np.isfinite(g), axis=1)
+  x, g = _answers(q, x, stats)
   w, b = layer_arrays(units)
-  z = (network.features(prefix, x[seen]).h @ w + b) * signs
+  z = (network.features(prefix, x).h @ w + b) * signs
   phi = np.concatenate([np.maximum(z, 0), np.ones((len(z), 1))], axis=1)
-  sol, rank = _lstsq(phi, g[seen])
-  off = np.max(np.abs(phi @ sol - g[seen])) / (float(np.max(np.abs(g[seen]))) + 1e-300)
+  sol, rank = _lstsq(phi, g)
+  off = np.max(np.abs(phi @ sol - g)) / (float(np.max(np.abs(g))) + 1e-300)
   return sol[:n] if rank == phi.shape[1] and off <= rtol else None
 
 
