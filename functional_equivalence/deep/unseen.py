@@ -150,7 +150,7 @@ def read_weights(
       continue
     a = np.array([r[0] for r in rows[id(u)]])
     rhs = np.array([r[1] for r in rows[id(u)]])
-    kinks = np.array([r[2] for r in rows[id(u)]])
+    read_at = np.array([r[2] for r in rows[id(u)]])
     cols = np.flatnonzero(~u.known & np.any(a > 0, axis=0))
     norms = np.linalg.norm(a[:, cols], axis=1)
     m, rhs = a[:, cols] / norms[:, None], rhs / norms
@@ -161,18 +161,18 @@ def read_weights(
     sol = vt[:rank].T @ ((left_sv[:, :rank].T @ rhs) / sv[:rank])
     fixed = np.all(np.abs(vt[rank:]) <= cond, axis=0)
     if not fixed.any():
-      u.points += list(kinks)  # precise points of u's surface (docstring), as before the reading was confirmed
+      u.points += list(read_at)  # precise points of u's surface (docstring), as before the reading was confirmed
       continue
     w = u.w.copy()
     w[cols[fixed]] = sol[fixed]
     trial = dataclasses.replace(u, w=w, known=u.known | np.isin(np.arange(len(u.known)), cols[fixed]))
     trial.err = max(u.err, 1e-9)  # as layer.complete's check of a weight just read
-    if not _confirmed(q, prefix, trial, kinks, cfg):
+    if not _confirmed(q, prefix, trial, read_at, cfg):
       if stats is not None:
         stats["read_weights_refused"] = stats.get("read_weights_refused", 0) + 1
       continue
     u.w, u.known = w, trial.known
-    u.points += list(kinks)  # precise points of u's surface (docstring)
+    u.points += list(read_at)  # precise points of u's surface (docstring)
     u.normalise()
     read += int(fixed.sum())
   return read
@@ -183,8 +183,9 @@ def _confirmed(q, prefix: network.DeepNet, trial, kinks: np.ndarray, cfg, tests:
   where it predicts it around them: at each kink where every feature on is known, window tests (layer.locate,
   queries) at `tests` points of its predicted surface a quarter of the way to the nearest prefix surface, in random
   directions along it (within the kink's prefix region the surface is a plane: another unit's kink lies on another
-  plane through the same point). True when every test hits, or when nothing can be tested (a 1-dimensional input,
-  or no kink where the unit is predicted): the reading is then kept as before."""
+  plane through the same point), inside the ball where the answers are trusted (cfg.radius: a probabilities
+  oracle's). True when every test hits, or when nothing can be tested (a 1-dimensional input, no kink where the unit
+  is predicted, every test point outside that ball): the reading is then kept as before."""
   from functional_equivalence.deep import layer
 
   rng = np.random.default_rng([zlib.crc32(trial.w.tobytes()), 7])  # the attack's stream stays as it was
@@ -205,11 +206,14 @@ def _confirmed(q, prefix: network.DeepNet, trial, kinks: np.ndarray, cfg, tests:
         continue
       pts.append(x + 0.25 * room * e / np.linalg.norm(e))
       normals.append(n)
-  if not pts:
+  x = np.array(pts).reshape(-1, kinks.shape[1])
+  if np.isfinite(cfg.radius):  # where the answers are trusted (a probabilities oracle's ball)
+    keep = np.linalg.norm(x - cfg.center, axis=1) <= cfg.radius
+    x, normals = x[keep], [n for n, k in zip(normals, keep) if k]
+  if not len(x):
     return True
-  x = np.array(pts)
-  room = layer.prefix_distance(network.features(prefix, x))
-  hit, _, _ = layer.locate(q, prefix, [trial], [0] * len(x), x, np.array(normals), room, cfg, "read_weights")
+  rooms = layer.prefix_distance(network.features(prefix, x))
+  hit, _, _ = layer.locate(q, prefix, [trial], [0] * len(x), x, np.array(normals), rooms, cfg, "read_weights")
   return bool(hit.all())
 
 
