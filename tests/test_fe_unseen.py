@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from extraction.oracle import Oracle
-from functional_equivalence import domain
+from functional_equivalence import domain, queries
 from functional_equivalence.deep import align, attack, network, unseen
 from functional_equivalence.deep import layer as layers
 from tests.counting import CountingBackend
@@ -117,7 +117,11 @@ def test_read_weights_solves_two_unseen_weights_together_and_reads_none_from_one
   def read(points):
     units = [(prefix, _unit_missing(net, i, missing if i == j else [])) for i in range(8)]
     q = queries.Querier(Oracle(network.backend(net), output="logits", record_inputs=False))
-    return units[j][1], unseen.read_weights(q, units, points), q.queries
+    cfg = layers.LayerConfig(center=np.zeros(10), far=2000.0)
+    stats = {}
+    count = unseen.read_weights(q, units, points, cfg, stats)
+    assert stats.get("read_weights_refused", 0) == 0  # the true weights: confirmed
+    return units[j][1], count, q.queries
 
   unit, count, asked = read(points[:1])
   assert count == 0 and asked > 0 and not unit.known[missing].any() and np.all(unit.w[missing] == 0)
@@ -170,7 +174,7 @@ def test_jumps_read_last_layer_weights_where_two_units_have_the_same_unseen_feat
   cfg = layers.LayerConfig(center=np.zeros(8), far=2000.0)
   dom = domain.Ball(1000.0)
   points = unseen.on_points([(prefix, u) for u in units if not u.known.all()], dom, 8)
-  assert unseen.read_weights(q, [(prefix, u) for u in units], points) == 0
+  assert unseen.read_weights(q, [(prefix, u) for u in units], points, cfg) == 0
   assert jumps.read(q, prefix, units, points, cfg) == 2 and counter.rows == q.queries > 0
   for i, u in zip((4, 5), units[4:6]):
     truth = unit_row(net, 3, i)
@@ -206,3 +210,43 @@ def test_read_lenient_takes_a_layer_as_the_last_once_its_unseen_weights_are_read
   for i, u in enumerate(taken[0]):
     truth = unit_row(net, 3, i)
     assert u.known.all() and np.max(np.abs(np.append(u.w, u.b) - truth)) <= 1e-9
+
+
+def _onto(net, x, j):
+  """x moved along the gradient of last-hidden-layer unit j's pre-activation onto its surface, kept where the
+  move stays inside x's first-layer region (there the pre-activation is linear)."""
+  pre = network.preactivations(net, x)
+  on = pre[0] > 0
+  grads = np.einsum("dk,nk,k->nd", net.weights[0], on, net.weights[1][:, j])
+  y = x - (pre[1][:, j] / np.maximum(np.sum(grads**2, axis=1), 1e-300))[:, None] * grads
+  return y[np.all((network.preactivations(net, y)[0] > 0) == on, axis=1)]
+
+
+def test_a_weight_read_at_another_unit_s_kink_is_refused_and_one_read_at_the_unit_s_own_kept():
+  # unseen.read_weights' check (`_confirmed`): iris-trained 4-16-16-3 seed 0 (fe_deep_unseen.md) gave a unit a weight
+  # from a feature never on at its surface from a kink of a unit never found, which then passed for known, and the
+  # attack stopped. Here a random victim with more first-layer units than inputs: unit u made to pass through a kink
+  # of unit m, by the one weight that reading there gives it (what read_weights solves), is refused; the same unit
+  # with its true weight, at a kink of its own, is kept. Window tests only (queries counted by the backend)
+  net = network.random_net(3, (4, 12, 8, 2))
+  prefix, u, m = net.prefix(1), 0, 1
+  x = np.random.default_rng(0).normal(size=(4000, 4)) * 3
+  own, other = _onto(net, x, u), _onto(net, x, m)
+  h = network.feature_values(prefix, other)
+  k = int(np.argmax((h > 1e-3).sum(axis=0)))  # a feature on at many of m's surface points
+  x_m = other[np.argmax(h[:, k])]  # where it is on most
+  hk = network.feature_values(prefix, x_m[None])[0]
+  w, b = net.weights[1][:, u].copy(), float(net.biases[1][u])
+  w[k] = -(np.delete(hk, k) @ np.delete(w, k) + b) / hk[k]  # the reading at m's kink
+  assert abs(w[k] - net.weights[1][k, u]) > 1e-3 * np.linalg.norm(net.weights[1][:, u])
+  known = np.ones(12, bool)
+  cfg = layers.LayerConfig(center=np.zeros(4), scale=1.0)
+  counter = CountingBackend(network.backend(net))
+  q = queries.Querier(Oracle(counter, output="logits", record_inputs=False))
+  wrong = layers.Unit(w, known, b, 1e-9, np.ones(2))
+  assert not unseen._confirmed(q, prefix, wrong, x_m[None], cfg)
+  assert counter.rows > 0
+  true = layers.Unit(net.weights[1][:, u].copy(), known, b, 1e-9, np.ones(2))
+  x_u = own[np.argmax(network.feature_values(prefix, own)[:, k])]
+  assert network.feature_values(prefix, x_u[None])[0, k] > 0
+  assert unseen._confirmed(q, prefix, true, x_u[None], cfg)
