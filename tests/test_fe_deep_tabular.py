@@ -28,22 +28,27 @@ def test_scalings_and_refusals():
     network.tabular_net("iris", 0, [4], steps=5, scaling="robust")
 
 
+def _assert_exact(net, rec, data, far):
+  """Aligned weights to 1e-9 and the victim's logits and labels on N(0, I), N(0, far^2 I) and the test split."""
+  x = np.concatenate(
+    [
+      np.random.default_rng(5).normal(size=(20_000, 4)),
+      far * np.random.default_rng(6).normal(size=(20_000, 4)),
+      data.x_test,
+    ]
+  )
+  err = align.weight_error(net, rec, x)
+  assert err["max_weight_error"] <= 1e-9, err
+  a, b = network.logits(net, x), network.logits(rec, x)
+  assert np.max(np.abs(a - b) / (np.abs(a).max(axis=1, keepdims=True) + 1.0)) < 1e-9
+  assert np.mean(a.argmax(1) == b.argmax(1)) == 1.0
+
+
 @pytest.mark.parametrize("scaling", ["minmax", "standard"])
 def test_an_iris_victim_is_recovered_exactly(scaling):
   net, data = network.tabular_net("iris", 0, [8, 8], scaling=scaling)
   result = attack.extract(Oracle(network.backend(net), output="logits", record_inputs=False), 4, seed=3)
-  x = np.concatenate(
-    [
-      np.random.default_rng(5).normal(size=(20_000, 4)),
-      30.0 * np.random.default_rng(6).normal(size=(20_000, 4)),
-      data.x_test,
-    ]
-  )
-  err = align.weight_error(net, result.net, x)
-  assert err["max_weight_error"] <= 1e-9, err
-  a, b = network.logits(net, x), network.logits(result.net, x)
-  assert np.max(np.abs(a - b) / (np.abs(a).max(axis=1, keepdims=True) + 1.0)) < 1e-9
-  assert np.mean(a.argmax(1) == b.argmax(1)) == 1.0
+  _assert_exact(net, result.net, data, far=30.0)
 
 
 @pytest.mark.slow
@@ -57,18 +62,7 @@ def test_an_iris_victim_wider_than_its_inputs_in_both_layers_is_recovered():
   net, data = network.tabular_net("iris", 0, [16, 16])
   result = attack.extract(Oracle(network.backend(net), output="logits", record_inputs=False), 4, seed=121999420)
   assert result.stats["read_weights_refused"] >= 1 and result.widths == [16, 16]
-  x = np.concatenate(
-    [
-      np.random.default_rng(5).normal(size=(20_000, 4)),
-      300.0 * np.random.default_rng(6).normal(size=(20_000, 4)),
-      data.x_test,
-    ]
-  )
-  err = align.weight_error(net, result.net, x)
-  assert err["max_weight_error"] <= 1e-9, err
-  a, b = network.logits(net, x), network.logits(result.net, x)
-  assert np.max(np.abs(a - b) / (np.abs(a).max(axis=1, keepdims=True) + 1.0)) < 1e-9
-  assert np.mean(a.argmax(1) == b.argmax(1)) == 1.0
+  _assert_exact(net, result.net, data, far=300.0)
 
 
 def _cli(*args):

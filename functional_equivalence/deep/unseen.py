@@ -190,13 +190,12 @@ def _confirmed(q, prefix: network.DeepNet, trial, kinks: np.ndarray, cfg, tests:
 
   rng = np.random.default_rng([zlib.crc32(trial.w.tobytes()), 7])  # the attack's stream stays as it was
   f = network.features(prefix, kinks)
+  walls = layer.prefix_distance(f)
+  unpredicted = np.any(layer.live_features(prefix, f.h) & ~trial.known, axis=1)
   pts, normals = [], []
   for i, x in enumerate(kinks):
-    n = f.jac[i] @ trial.w
-    room = float(layer.prefix_distance(f)[i])
-    if np.any(layer.live_features(prefix, f.h[i : i + 1])[0] & ~trial.known) or not np.linalg.norm(n) > 0:
-      continue
-    if not 0 < room < np.inf:
+    n, room = f.jac[i] @ trial.w, float(walls[i])
+    if unpredicted[i] or not np.linalg.norm(n) > 0 or not 0 < room < np.inf:
       continue
     n = n / np.linalg.norm(n)
     for _ in range(tests):
