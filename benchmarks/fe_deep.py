@@ -26,7 +26,9 @@ deep.crosscheck.straddling), the weights from features never seen on read from g
 deep.jumps) and from the output's gradient (`read_gradients`, deep.gradient_reads), the same for the run's network before its polish
 step (`peeled_*`: what the layer-by-layer recovery alone gives, and its queries; verdict with agreement taken as
 1.0), top-1 (one output: sign) agreement and max |logit
-difference| on --eval_inputs inputs ~ N(0, I) and on --domain_inputs points over the ball, seconds (attack only).
+difference| on --eval_inputs inputs ~ N(0, I) and on --domain_inputs points over the ball, seconds (attack only);
+the JSON rows also keep all of the attack's counters (`stats`: AttackResult.stats, e.g. `read_weights_refused`,
+`unvouched_passed`, the queries of each stage).
 The evaluation points include, since the fifteenth session, those where each (unit, feature) pair of the victim on
 together at few points of the ball is (deep.active.co_active_points on the victim): before, a weight that matters
 only there was set aside as undetermined, and a network off by 0.28 there was counted exact (fe_deep_rare's
@@ -162,6 +164,15 @@ def victim_fields(name: str, net, seed: int) -> dict:
   )
 
 
+def _plain(stats: dict) -> dict:
+  """The attack's counters (`AttackResult.stats`) as JSON numbers and strings, for the row's JSON record only."""
+  return {
+    k: (float(v) if isinstance(v, float) else int(v))
+    for k, v in stats.items()
+    if isinstance(v, (int, float, np.number))
+  }
+
+
 def run_one(name: str, net, seed: int, layers=None, attack_seed: int | None = None) -> dict:
   """One attack and its evaluation (module docstring); with layers=1 the first hidden layer only (its units
   matched to the victim's by direction, its largest aligned error)."""
@@ -232,6 +243,7 @@ def run_one(name: str, net, seed: int, layers=None, attack_seed: int | None = No
     **{k: result.stats[k] for k in ("probability_radius",) if k in result.stats},
     **evaluate(net, result.net, eval_seed, peeled=result.peeled),
     seconds=round(seconds, 1),
+    stats=_plain(result.stats),
   )
   if result.peeled is not None:  # the same run before its polish step: its queries
     polish_queries = result.queries_by_stage.get("polish", 0)

@@ -121,3 +121,34 @@ def test_a_last_hidden_layer_paired_by_its_unread_weights_gets_signs_and_output_
     assert np.max(np.abs(np.append(units[i].w, units[i].b) - unit_row(net, 2, i))) <= 1e-9
   # a wrong sign leaves no exact fit where the unread weights do not count: no output weights, nothing read
   assert signs.output_weights(q, prefix, units, -found, 1.0, center, rng, stats, 1e-8, dom) is None
+
+
+def test_a_unit_on_only_where_another_units_unread_weight_counts_takes_its_output_weight_from_the_twinned_fit():
+  # random 7-7-7-2 seed 0 (fe_deep_fresh.md): last-hidden-layer unit 2 (on at 98% of the ball) lacks its weight from
+  # second-layer unit 5, and unit 0 is on only where that feature is on: at the points where no unread weight counts
+  # unit 0 is never on, so the output weights there were rank deficient, nothing was read and the attack stopped
+  # with all 7 units paired. Unit 0's row is the twinned fit's a + c (the jump of g's gradient at its surface)
+  net = network.random_net(0, (7, 7, 7, 7, 2))
+  prefix, dom, rng = net.prefix(2), domain.Ball(1000.0), np.random.default_rng(0)
+  units = [middle_unit(net, 2, i, [5] if i == 2 else []) for i in range(7)]
+  counter, q = _reader(net)
+  stats, center = collections.defaultdict(int), np.zeros(7)
+  # the twinned fit g = relu(z) a + relu(-z) c + b on points over the domain, as the attack's last_layer makes it:
+  # exact though unit 2's pre-activation is off (its twin takes up the unread weight where it counts)
+  x = signs.sample_points(prefix, units, 200, 1.0, center, rng, dom, 2048)
+  g = q(x, "last layer")
+  w, b = signs.layer_arrays(units)
+  z = network.features(prefix, x).h @ w + b
+  phi = np.concatenate([np.maximum(z, 0), np.maximum(-z, 0), np.ones((len(z), 1))], axis=1)
+  sol = np.linalg.lstsq(phi, g, rcond=None)[0]
+  assert np.max(np.abs(phi @ sol - g)) <= 1e-9 * np.max(np.abs(g))
+  twinned = sol[:7] + sol[7:14]  # the same for every least-squares solution: a pair's a - c is what trades
+  found = signs.hidden_signs(q, prefix, units, 1.0, center, rng, stats, where_seen=True).signs
+  assert np.array_equal(found, np.ones(7))  # middle_unit keeps the victim's orientation
+  assert signs.output_weights(q, prefix, units, found, 1.0, center, rng, stats, 1e-8, dom) is None
+  out = signs.output_weights(q, prefix, units, found, 1.0, center, rng, stats, 1e-8, dom, unseen=twinned)
+  assert np.array_equal(out[0], twinned[0])  # unit 0's row is the twinned fit's, the others fitted
+  norms = [np.linalg.norm(np.delete(net.weights[2][:, i], [5] if i == 2 else [])) for i in range(7)]
+  assert np.max(np.abs(out - net.weights[3] * np.array(norms)[:, None])) <= 1e-9 * np.max(np.abs(out))
+  assert gradient_reads.read(q, prefix, units, found, dom, stats, out=out) == 1 and counter.rows == q.queries
+  assert np.max(np.abs(np.append(units[2].w, units[2].b) - unit_row(net, 2, 2))) <= 1e-9

@@ -615,7 +615,9 @@ def _read_last(q, prefix, units: list, last: signs.LastLayer, state, cfg: Config
       ).signs
     except SignRecoveryError:
       return units, last
-    fitted = signs.output_weights(q, prefix, units, unit_signs, cfg.scale, center, own, stats, cfg.check_rtol, dom)
+    fitted = signs.output_weights(
+      q, prefix, units, unit_signs, cfg.scale, center, own, stats, cfg.check_rtol, dom, last.w_out + last.w_twin_full()
+    )
     if fitted is None:
       return units, last
     out = fitted

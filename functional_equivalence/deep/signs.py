@@ -178,13 +178,27 @@ def _answers(q, x: np.ndarray, stats) -> tuple[np.ndarray, np.ndarray]:
 
 
 def output_weights(
-  q, prefix, units: list, signs: np.ndarray, scale: float, center, rng, stats, rtol: float, dom=None
+  q,
+  prefix,
+  units: list,
+  signs: np.ndarray,
+  scale: float,
+  center,
+  rng,
+  stats,
+  rtol: float,
+  dom=None,
+  unseen: np.ndarray | None = None,
 ) -> np.ndarray | None:
   """The output layer's weights (n, m) of the last hidden layer's units, their signs known (from `hidden_signs`),
   by least squares on [relu(s z), 1] at points where no unit's unread weight counts (`seen_only`, of 8 times the
   fit's samples): where such weights pair every unit with a twin in `last_layer`'s fit (random 10-8-8-8-1 seed
-  14), they are what the gradient reading of those weights needs. None when the fit is not exact there (rank
-  deficient, or off by more than rtol: a sign wrong, a unit missed)."""
+  14), they are what the gradient reading of those weights needs. A unit with all its weights known but on at none
+  of those points (on only where another unit's unread weight counts) takes its row of `unseen` (n, m) if given:
+  the twinned fit's a + c for its pair a relu(z) + c relu(-z), the jump of g's gradient across its surface, which
+  the orientation does not change (random 7-7-7-2 seed 0 of `fe_deep_fresh.md`: one such unit of 7, the fit at
+  those points exact for the 6 others). None when the fit is not exact there (rank deficient, or off by more than
+  rtol: a sign wrong, a unit missed), or a unit is on at none of its points without such a row."""
   n = len(units)
   x = seen_only(prefix, units, sample_points(prefix, units, 8 * (2 * n + 16), scale, center, rng, dom, 2048))
   if len(x) < 2 * n + 16:
@@ -192,10 +206,17 @@ def output_weights(
   x, g = _answers(q, x, stats)
   w, b = layer_arrays(units)
   z = (network.features(prefix, x).h @ w + b) * signs
-  phi = np.concatenate([np.maximum(z, 0), np.ones((len(z), 1))], axis=1)
+  live = np.any(z > 0, axis=0)
+  if unseen is None or not np.all(live | np.array([np.all(u.known) for u in units])):
+    live = np.ones(n, bool)  # every unit fitted here, or the fit is rank deficient
+  phi = np.concatenate([np.maximum(z[:, live], 0), np.ones((len(z), 1))], axis=1)
   sol, rank = _lstsq(phi, g)
   off = np.max(np.abs(phi @ sol - g)) / (float(np.max(np.abs(g))) + 1e-300)
-  return sol[:n] if rank == phi.shape[1] and off <= rtol else None
+  if rank < phi.shape[1] or off > rtol:
+    return None
+  out = np.zeros((n, g.shape[1])) if unseen is None else np.array(unseen, dtype=float)
+  out[live] = sol[:-1]
+  return out
 
 
 def negligible(size: np.ndarray, rel: float) -> np.ndarray:

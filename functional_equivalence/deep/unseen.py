@@ -96,7 +96,7 @@ def read_weights(
   Why the searches miss such weights (random 10-8-8-8-1 seed 0, see `on_points`): their kinks never had k on with the
   unit's other features measurable (more features on than the first layer has active units: the Jacobian along them
   is singular), and `layer.complete`'s walk along the predicted surface never reached k's region. A weight read from
-  a wrong kink is caught by the next final check. Each kink read joins u's precise points (`Unit.points`, which the
+  another unit's kink is mostly caught by the next final check, not always (below). Each kink read joins u's precise points (`Unit.points`, which the
   polish step's points go around and the layer's refit uses): random 10-8-8-8-1 seed 0 and digits 64-64-64-10 are
   exact with them, stop without (docs/fe_deep.md, fourteenth and fifteenth sessions). Where the kink left is a
   missed unit's, the reading is wrong and the next check need not catch it (iris-trained 4-16-16-3 seed 0 of
