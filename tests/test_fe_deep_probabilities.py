@@ -64,6 +64,22 @@ def test_the_attack_works_on_the_ball_where_no_probability_underflows():
   assert align.weight_error(net, result.net, x, differences=True)["max_weight_error"] <= 1e-9
 
 
+def test_a_first_layers_support_signs_stay_on_the_ball_where_no_probability_underflows():
+  # iris-trained 4-12-6-3 seed 1 (fe_deep_fresh_probabilities.md, the benchmark's attack seed): its first layer has
+  # more units than inputs, signs undecided by the votes are read from sparse live sets of gradients at random points
+  # out to 4 times the input scale; one of them lay past the ball where no probability underflows (radius ~12), and
+  # the attack stopped there ("gradients: a probability underflowed"). Now those points stay inside it
+  net, data = network.tabular_net("iris", 1, [12, 6])
+  result = test_fe_deep._extract(net, 1220005862, output="probabilities")
+  radius = result.stats["probability_radius"]
+  assert result.net.sizes == net.sizes and radius < 4 * np.sqrt(4)  # inside the support points' reach
+  x = np.random.default_rng(5).normal(size=(20_000, 4))
+  x *= radius / np.linalg.norm(x, axis=1, keepdims=True) * np.random.default_rng(6).uniform(size=(20_000, 1))
+  x = np.concatenate([x, data.x_test])
+  assert align.weight_error(net, result.net, x, differences=True)["max_weight_error"] <= 1e-9
+  _assert_same_differences(net, result.net, x)
+
+
 def test_a_box_reaching_past_where_the_probabilities_underflow_is_refused_with_one_line():
   net = _loud(network.random_net(2, (10, 8, 8, 3)), 100.0)
   with pytest.raises(

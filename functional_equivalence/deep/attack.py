@@ -309,12 +309,16 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
       break
     if cfg.middle_unseen_reads and prefix.weights:
       unseen.read_middle(q, prefix, units, layer_cfg, dom, rng, stats)
-    votes = signs.hidden_signs(q, prefix, units, cfg.scale, center, rng, stats, max_votes=cfg.sign_votes)
+    votes = signs.hidden_signs(
+      q, prefix, units, cfg.scale, center, rng, stats, max_votes=cfg.sign_votes, radius=lcfg.radius
+    )
     stats["exact_sign_tests"] += votes.exact_tests
     stats["wiggle_sign_tests"] += votes.wiggle_tests
     if cfg.gradient_reads and prefix.weights and gradient_reads.read(q, prefix, units, votes.signs, dom, stats):
       # the signs were voted on the weights before the reading: again on the read ones
-      votes = signs.hidden_signs(q, prefix, units, cfg.scale, center, rng, stats, max_votes=cfg.sign_votes)
+      votes = signs.hidden_signs(
+        q, prefix, units, cfg.scale, center, rng, stats, max_votes=cfg.sign_votes, radius=lcfg.radius
+      )
       stats["exact_sign_tests"] += votes.exact_tests
       stats["wiggle_sign_tests"] += votes.wiggle_tests
     if not prefix.weights and len(units) > input_dim and cfg.wide_sign_audit:

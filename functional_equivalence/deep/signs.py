@@ -307,8 +307,10 @@ def hidden_signs(
   passes: int = 4,
   ratio: float = 1e-6,
   where_seen: bool = False,
+  radius: float = np.inf,
 ) -> SignVotes:
-  """Module docstring, second item; `where_seen`: tests only where no unit's unread weight counts (`_test_points`).
+  """Module docstring, second item; `where_seen`: tests only where no unit's unread weight counts (`_test_points`);
+  `radius`: how far from the center the first layer's support points may go (support.support_signs).
   Raises SignRecoveryError when exact tests of a unit contradict each other."""
   n = len(units)
   w, b = layer_arrays(units)
@@ -373,7 +375,8 @@ def hidden_signs(
   if prefix.weights and any(h != "exact" for h in how):
     _exact_in_live_regions(q, prefix, units, w, b, signs, how, scale, center, rng, out, ratio, passes)
   if not prefix.weights and any(h != "exact" for h in how):
-    found = support.support_signs(q, w, b, np.array([h != "exact" for h in how]), scale, center, rng, stats)
+    undecided = np.array([h != "exact" for h in how])
+    found = support.support_signs(q, w, b, undecided, scale, center, rng, stats, radius=radius)
     for j in np.flatnonzero(found).tolist():
       signs[j], how[j] = found[j], "exact"
   if any(h != "exact" for h in how):
