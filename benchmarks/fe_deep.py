@@ -15,8 +15,8 @@ functional_equivalence.deep.attack, not told the depth or the widths, equivalenc
    images upsampled), and with --tabular_victims on scikit-learn's other classification datasets (breast_cancer,
    wine, iris; min-max scaled to [0, 1], or standardised with --tabular_scaling=standard);
 4. the first hidden layer only of digits networks (--first_layer_hidden): units matched, their largest error.
-Per run: status (ok: the attack finished, or the error's type and message), verdict (`verdict`: exact, close or
-wrong, and why), queries (log2), widths found, how each layer's signs were
+Per run: status (ok: the attack finished, or the error's type and message), verdict (`verdict`: exact, close,
+equivalent on the points or wrong, and why), queries (log2), widths found, how each layer's signs were
 found, max aligned weight error per layer and overall (bits; weights the evaluation points do not determine set
 aside and counted, `undetermined_weights`), the final check's repairs, the units promoted from pending
 candidates (`promoted_units`), the signatures read by following a surface where more features were on than
@@ -34,8 +34,8 @@ together at few points of the ball is (deep.active.co_active_points on the victi
 only there was set aside as undetermined, and a network off by 0.28 there was counted exact (fe_deep_rare's
 10-8-8-8-1 seed 0).
 Victim, attack and evaluation draw independent seeds. Writes benchmarks/results/fe_deep.{json,md}, with a count of
-the outcomes per kind of victim: exact, close, wrong (a network returned that is not the victim's: silent) and
-stopped (the attack's one-line error).
+the outcomes per kind of victim: exact, close, equivalent (units unmatched, the victim's logits on the points), wrong
+(a network returned that is not the victim's: silent) and stopped (the attack's one-line error).
 """
 
 from __future__ import annotations
@@ -354,12 +354,16 @@ def first_layer_victims():
     yield "digits, first layer", net, 0
 
 
+OUTCOMES = ("exact", "close", "equivalent", "wrong", "stopped")
+
+
 def outcome(row: dict) -> str:
-  """ "exact", "close", "wrong" (a network returned that is not the victim's) or "stopped" (an ExtractionError)."""
+  """ "exact", "close", "equivalent" (units unmatched, the same logits on the points), "wrong" (a network returned
+  that is not the victim's) or "stopped" (an ExtractionError)."""
   if row["status"] != "ok":
     return "stopped"
   verdict = row.get("verdict", "")
-  return next((o for o in ("exact", "close") if verdict.startswith(o)), "wrong")
+  return next((o for o in OUTCOMES[:3] if verdict.startswith(o)), "wrong")
 
 
 def markdown(rows, command, info, seconds) -> str:
@@ -403,16 +407,17 @@ def markdown(rows, command, info, seconds) -> str:
   lines += [
     "",
     "Exact (every unit matched, error <= 2^-30, agreement 1.0) by kind of victim (in brackets: the same runs' "
-    "networks before the polish step, `peeled_verdict`), then every outcome: close (matched, <= 1e-6), wrong (the "
-    "attack returned a network that is not the victim's: a silent failure) and stopped (the attack raised its "
-    "one-line error):",
+    "networks before the polish step, `peeled_verdict`), then every outcome: close (matched, <= 1e-6), equivalent "
+    "(units unmatched, but agreement 1.0 and every logit within 2^-30 of the victim's on both sets of points: "
+    "another network computing the same function there), wrong (the attack returned a network that is not the "
+    "victim's: a silent failure) and stopped (the attack raised its one-line error):",
     "",
   ]
   for r_kind in sorted({(r["victim"], r["shape"]) for r in rows}):
     runs = [r for r in rows if (r["victim"], r["shape"]) == r_kind]
     good = sum(r.get("verdict", "").startswith("exact") for r in runs)
     peeled = sum(r.get("peeled_verdict", r.get("verdict", "")).startswith("exact") for r in runs)
-    counts = {o: sum(outcome(r) == o for r in runs) for o in ("exact", "close", "wrong", "stopped")}
+    counts = {o: sum(outcome(r) == o for r in runs) for o in OUTCOMES}
     spread = ", ".join(f"{k} {v}" for k, v in counts.items())
     lines.append(f"- {r_kind[0]} {r_kind[1]}: {good} of {len(runs)} ({peeled} of {len(runs)}); {spread}")
   lines += ["", "Published figures (quoted, not re-run):", ""] + [f"- {q}" for q in QUOTED]

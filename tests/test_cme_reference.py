@@ -114,7 +114,7 @@ def test_missing_checkout_is_one_line_with_how_to_get_it(tmp_path):
   assert "Traceback" not in r.stderr
 
 
-def test_verdict_names_exact_close_and_wrong():
+def test_verdict_names_exact_close_equivalent_and_wrong():
   """deep.align.verdict (the benchmarks' verdict column): the issue's 2^-30 target, agreement, and a width found
   that is not the victim's."""
   from functional_equivalence.deep import align
@@ -126,5 +126,9 @@ def test_verdict_names_exact_close_and_wrong():
   assert align.verdict(net, net, dict(fields, max_weight_error=1.2)) == "wrong: error 1.2"
   assert align.verdict(net, net, dict(fields, domain_agreement=0.99995)).startswith("wrong: agreement 0.99995")
   assert align.verdict(net, net, dict(fields, max_weight_error=float("inf"))) == "wrong: units unmatched"
+  same = dict(fields, max_weight_error=float("inf"), max_logit_error=1e-15, domain_max_logit_error=2.0**-31)
+  assert align.verdict(net, net, same) == "equivalent on the points: units unmatched"
+  assert align.verdict(net, net, dict(same, domain_max_logit_error=1e-8)) == "wrong: units unmatched"
+  assert align.verdict(net, net, dict(same, agreement=0.9999)) == "wrong: units unmatched"
   smaller = network.random_net(0, [6, 4, 2, 1])
   assert align.verdict(net, smaller, fields) == "exact; widths 4-2, victim's 4-3"

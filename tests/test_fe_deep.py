@@ -286,6 +286,41 @@ def _sign_test(sizes, seed):
   return votes, flip
 
 
+def test_a_first_layer_unit_with_a_parallel_hyperplane_gets_an_exact_sign():
+  # 50%-pruned random 10-8-6-1 seed 4: second-layer unit 0 reads first-layer unit 0 alone, relu(0.5 - 0.35 relu(z0)),
+  # so the first layer found holds a hyperplane parallel to unit 0's at z0 = 1.43. An exact test of unit 0 kept that
+  # hyperplane still too, which no direction can: unit 0's sign fell to a tied vote, taken wrong, and layer 2 never
+  # settled. Now a unit whose gradient is in the span of those kept still before it is left free.
+  net = network.pruned(network.random_net(4, (10, 8, 6, 1)), 1, 0.5)
+  w0, b0, w1, b1 = net.weights[0], net.biases[0], net.weights[1], net.biases[1]
+  assert np.count_nonzero(w1[:, 0]) == 1 and w1[0, 0] < 0 < b1[0]
+  kink = -b1[0] / w1[0, 0]
+  counter = CountingBackend(network.backend(net))
+  q = queries.Querier(Oracle(counter, output="logits", record_inputs=False), queries.Limits(None, 60.0))
+  rng = np.random.default_rng(0)
+  ws = np.concatenate([w0, w0[:, :1]], axis=1)
+  bs = np.concatenate([b0, [b0[0] - kink * 1.0]])
+  flip = np.where(rng.uniform(size=ws.shape[1]) < 0.5, -1.0, 1.0)
+  norms = np.linalg.norm(ws, axis=0)
+  units = [
+    layers.Unit(flip[j] * ws[:, j] / norms[j], np.ones(10, bool), flip[j] * bs[j] / norms[j], 1e-14, np.zeros(1))
+    for j in range(ws.shape[1])
+  ]
+  stats = dict(sign_queries=0, support_queries=0)
+  votes = signs.hidden_signs(q, net.prefix(0), units, 1.0, np.zeros(10), rng, stats)
+  assert votes.how == ["exact"] * 9 and np.all(votes.signs[:8] == flip[:8])  # the parallel one was left to votes
+
+
+@pytest.mark.slow
+def test_a_pruned_victim_whose_second_layer_unit_reads_one_feature_is_recovered():
+  # the same victim with its benchmark attack seed (fe_deep_pruned50.md): it stopped with "layer 2: the search did
+  # not settle", unit 0's sign wrong. The parallel hyperplane is a legitimate first-layer unit of another network
+  # computing the same function: the network returned has 9 + 5 hidden units for the victim's 8 + 6
+  net = network.pruned(network.random_net(4, (10, 8, 6, 1)), 1, 0.5)
+  result = _extract(net, seed=852798553, max_seconds=300)
+  _assert_equivalent(net, result.net, eval_points(10))
+
+
 def test_signs_of_a_contractive_layer_are_exact():
   # 10 first-layer features into 8 units: a direction moving one unit alone exists at most surface points
   votes, flip = _sign_test((20, 10, 8, 1), 1)

@@ -241,10 +241,14 @@ def weight_error(true: DeepNet, rec: DeepNet, x: np.ndarray, differences: bool =
 
 def verdict(net: network.DeepNet, rec: network.DeepNet, fields: dict) -> str:
   """What a finished attack achieved: "exact" (every unit matched, aligned error <= 2^-30, the issue's target, and
-  agreement 1.0 on both sets), "close" (matched, error <= 1e-6), else "wrong" with the reason; a width found that is
-  not the victim's is named (an inert victim unit, never active, cannot be seen and is allowed for). `fields`:
-  max_weight_error (from `weight_error`), agreement and domain_agreement (top-1 agreement on two sets of inputs),
-  optionally undetermined_weights (named when there are any: weights the evaluation points do not determine)."""
+  agreement 1.0 on both sets), "close" (matched, error <= 1e-6), "equivalent on the points" (units unmatched, but
+  agreement 1.0 and every logit within 2^-30 of the victim's on both sets: another network computing the victim's
+  function there, e.g. a pruned victim's next-layer kink taken as a unit of its own; beyond the points not shown),
+  else "wrong" with the reason; a width found that is not the victim's is named (an inert victim unit, never
+  active, cannot be seen and is allowed for). `fields`: max_weight_error (from `weight_error`), agreement and
+  domain_agreement (top-1 agreement on two sets of inputs), optionally max_logit_error and domain_max_logit_error
+  (absolute, on the same sets) and undetermined_weights (named when there are any: weights the evaluation points
+  do not determine)."""
   error = fields["max_weight_error"]
   loose = sum(fields.get("undetermined_weights") or [])
   shape_note = f"; {loose} weights undetermined on the points" if loose else ""
@@ -253,7 +257,11 @@ def verdict(net: network.DeepNet, rec: network.DeepNet, fields: dict) -> str:
   widths = "-".join(map(str, rec.sizes[1:-1]))
   shape = "" if rec.sizes == net.sizes else f"; widths {widths}, victim's {'-'.join(map(str, net.sizes[1:-1]))}"
   if not math.isfinite(error):
-    return "wrong: units unmatched" + shape
+    same = (
+      min(fields["agreement"], fields["domain_agreement"]) == 1.0
+      and max(fields.get("max_logit_error", math.inf), fields.get("domain_max_logit_error", math.inf)) <= 2.0**-30
+    )
+    return ("equivalent on the points: units unmatched" if same else "wrong: units unmatched") + shape
   if min(fields["agreement"], fields["domain_agreement"]) < 1.0:
     return f"wrong: agreement {min(fields['agreement'], fields['domain_agreement'])}" + shape
   return grade(error) + shape + shape_note
