@@ -288,9 +288,10 @@ def _sign_test(sizes, seed):
 
 def test_a_first_layer_unit_with_a_parallel_hyperplane_gets_an_exact_sign():
   # 50%-pruned random 10-8-6-1 seed 4: second-layer unit 0 reads first-layer unit 0 alone, relu(0.5 - 0.35 relu(z0)),
-  # so the first layer found holds a hyperplane parallel to unit 0's at z0 = 1.43. An exact test of unit 0 kept that
-  # hyperplane still too, which no direction can: unit 0's sign fell to a tied vote, taken wrong, and layer 2 never
-  # settled. Now a unit whose gradient is in the span of those kept still before it is left free.
+  # so the first layer found holds a hyperplane parallel to unit 0's at z0 = 1.43. An exact test of either one kept
+  # the other still too, which no direction can: both fell to votes (in the attack unit 0's, tied, was taken wrong
+  # and layer 2 never settled; here, on the true weights, the support test decides unit 0 and the parallel one was
+  # voted). Now a unit whose gradient is in the span of those kept still before it is left free.
   net = network.pruned(network.random_net(4, (10, 8, 6, 1)), 1, 0.5)
   w0, b0, w1, b1 = net.weights[0], net.biases[0], net.weights[1], net.biases[1]
   assert np.count_nonzero(w1[:, 0]) == 1 and w1[0, 0] < 0 < b1[0]
@@ -299,7 +300,7 @@ def test_a_first_layer_unit_with_a_parallel_hyperplane_gets_an_exact_sign():
   q = queries.Querier(Oracle(counter, output="logits", record_inputs=False), queries.Limits(None, 60.0))
   rng = np.random.default_rng(0)
   ws = np.concatenate([w0, w0[:, :1]], axis=1)
-  bs = np.concatenate([b0, [b0[0] - kink * 1.0]])
+  bs = np.concatenate([b0, [b0[0] - kink]])  # z0 - kink = 0
   flip = np.where(rng.uniform(size=ws.shape[1]) < 0.5, -1.0, 1.0)
   norms = np.linalg.norm(ws, axis=0)
   units = [
@@ -315,7 +316,8 @@ def test_a_first_layer_unit_with_a_parallel_hyperplane_gets_an_exact_sign():
 def test_a_pruned_victim_whose_second_layer_unit_reads_one_feature_is_recovered():
   # the same victim with its benchmark attack seed (fe_deep_pruned50.md): it stopped with "layer 2: the search did
   # not settle", unit 0's sign wrong. The parallel hyperplane is a legitimate first-layer unit of another network
-  # computing the same function: the network returned has 9 + 5 hidden units for the victim's 8 + 6
+  # computing the same function: the network returned has 9 first-layer units for the victim's 8 (and 5 second-layer
+  # units with a linear remainder for its 6; "equivalent on the points" in the benchmark)
   net = network.pruned(network.random_net(4, (10, 8, 6, 1)), 1, 0.5)
   result = _extract(net, seed=852798553, max_seconds=300)
   _assert_equivalent(net, result.net, eval_points(10))
