@@ -270,20 +270,30 @@ def test_a_two_layer_victim_is_the_depth_one_case():
 def _sign_test(sizes, seed):
   """hidden_signs on layer 1 of a random net, given its true prefix and its true units with random orientations."""
   net = network.random_net(seed, sizes)
+  return _signs_of(net, 1, net.weights[1], net.biases[1])
+
+
+def _signs_of(net, layer: int, w, b):
+  """hidden_signs on the units (w, b) of `layer` of net (columns of w, oriented at random), given its true prefix:
+  (votes, the orientations drawn); every query counted as a sign query."""
   counter = CountingBackend(network.backend(net))
   q = queries.Querier(Oracle(counter, output="logits", record_inputs=False), queries.Limits(None, 60.0))
   rng = np.random.default_rng(0)
-  w, b = net.weights[1], net.biases[1]
   flip = np.where(rng.uniform(size=w.shape[1]) < 0.5, -1.0, 1.0)
   norms = np.linalg.norm(w, axis=0)
   units = [
     layers.Unit(flip[j] * w[:, j] / norms[j], np.ones(w.shape[0], bool), flip[j] * b[j] / norms[j], 1e-14, np.zeros(1))
     for j in range(w.shape[1])
   ]
-  stats = dict(sign_queries=0)
-  votes = signs.hidden_signs(q, net.prefix(1), units, 1.0, np.zeros(sizes[0]), rng, stats)
+  stats = dict(sign_queries=0, support_queries=0)
+  votes = signs.hidden_signs(q, net.prefix(layer), units, 1.0, np.zeros(net.sizes[0]), rng, stats)
   assert stats["sign_queries"] == counter.rows
   return votes, flip
+
+
+def _pruned_seed4():
+  """Random 10-8-6-1 seed 4 with half its second weights pruned (fe_deep_pruned50.md)."""
+  return network.pruned(network.random_net(4, (10, 8, 6, 1)), 1, 0.5)
 
 
 def test_a_first_layer_unit_with_a_parallel_hyperplane_gets_an_exact_sign():
@@ -292,23 +302,13 @@ def test_a_first_layer_unit_with_a_parallel_hyperplane_gets_an_exact_sign():
   # the other still too, which no direction can: both fell to votes (in the attack unit 0's, tied, was taken wrong
   # and layer 2 never settled; here, on the true weights, the support test decides unit 0 and the parallel one was
   # voted). Now a unit whose gradient is in the span of those kept still before it is left free.
-  net = network.pruned(network.random_net(4, (10, 8, 6, 1)), 1, 0.5)
+  net = _pruned_seed4()
   w0, b0, w1, b1 = net.weights[0], net.biases[0], net.weights[1], net.biases[1]
   assert np.count_nonzero(w1[:, 0]) == 1 and w1[0, 0] < 0 < b1[0]
   kink = -b1[0] / w1[0, 0]
-  counter = CountingBackend(network.backend(net))
-  q = queries.Querier(Oracle(counter, output="logits", record_inputs=False), queries.Limits(None, 60.0))
-  rng = np.random.default_rng(0)
   ws = np.concatenate([w0, w0[:, :1]], axis=1)
   bs = np.concatenate([b0, [b0[0] - kink]])  # z0 - kink = 0
-  flip = np.where(rng.uniform(size=ws.shape[1]) < 0.5, -1.0, 1.0)
-  norms = np.linalg.norm(ws, axis=0)
-  units = [
-    layers.Unit(flip[j] * ws[:, j] / norms[j], np.ones(10, bool), flip[j] * bs[j] / norms[j], 1e-14, np.zeros(1))
-    for j in range(ws.shape[1])
-  ]
-  stats = dict(sign_queries=0, support_queries=0)
-  votes = signs.hidden_signs(q, net.prefix(0), units, 1.0, np.zeros(10), rng, stats)
+  votes, flip = _signs_of(net, 0, ws, bs)
   assert votes.how == ["exact"] * 9 and np.all(votes.signs[:8] == flip[:8])  # the parallel one was left to votes
 
 
@@ -318,7 +318,7 @@ def test_a_pruned_victim_whose_second_layer_unit_reads_one_feature_is_recovered(
   # not settle", unit 0's sign wrong. The parallel hyperplane is a legitimate first-layer unit of another network
   # computing the same function: the network returned has 9 first-layer units for the victim's 8 (and 5 second-layer
   # units with a linear remainder for its 6; "equivalent on the points" in the benchmark)
-  net = network.pruned(network.random_net(4, (10, 8, 6, 1)), 1, 0.5)
+  net = _pruned_seed4()
   result = _extract(net, seed=852798553, max_seconds=300)
   _assert_equivalent(net, result.net, eval_points(10))
 

@@ -256,14 +256,13 @@ def verdict(net: network.DeepNet, rec: network.DeepNet, fields: dict) -> str:
   shape_note += f"; {folded} always-active victim unit(s) compared as a linear remainder" if folded else ""
   widths = "-".join(map(str, rec.sizes[1:-1]))
   shape = "" if rec.sizes == net.sizes else f"; widths {widths}, victim's {'-'.join(map(str, net.sizes[1:-1]))}"
+  agreement = min(fields["agreement"], fields["domain_agreement"])
   if not math.isfinite(error):
-    same = (
-      min(fields["agreement"], fields["domain_agreement"]) == 1.0
-      and max(fields.get("max_logit_error", math.inf), fields.get("domain_max_logit_error", math.inf)) <= 2.0**-30
-    )
+    logit_error = max(fields.get("max_logit_error", math.inf), fields.get("domain_max_logit_error", math.inf))
+    same = agreement == 1.0 and logit_error <= 2.0**-30
     return ("equivalent on the points: units unmatched" if same else "wrong: units unmatched") + shape
-  if min(fields["agreement"], fields["domain_agreement"]) < 1.0:
-    return f"wrong: agreement {min(fields['agreement'], fields['domain_agreement'])}" + shape
+  if agreement < 1.0:
+    return f"wrong: agreement {agreement}" + shape
   return grade(error) + shape + shape_note
 
 
