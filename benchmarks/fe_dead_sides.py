@@ -24,12 +24,6 @@ from absl import app, flags
 from benchmarks.common import RESULTS, machine, report_head
 from functional_equivalence.deep import network
 
-flags.DEFINE_list("sizes", ["10-8-6-1", "12-10-8-1", "10-8-8-8-1"], "Victim sizes (fe_deep's --pruned_sizes).")
-flags.DEFINE_list("fractions", ["0.75", "0.5"], "Shares of the second weight matrix pruned (network.pruned).")
-flags.DEFINE_integer("seeds", 8, "Victim seeds 0..seeds-1 per size and fraction.")
-flags.DEFINE_integer("points", 50_000, "N(0, I) points projected onto each unit's surface.")
-flags.DEFINE_integer("min_side", 1000, "Fewest of those points on a side for it to count as dead.")
-flags.DEFINE_string("out", "fe_dead_sides", "Results file stem.")
 FLAGS = flags.FLAGS
 
 
@@ -90,5 +84,16 @@ def main(argv):
   print("\n".join(lines[-8:]))
 
 
+def define_flags() -> None:
+  """The script's flags, defined only when run as a script (--seeds, --out clash with other modules on import)."""
+  flags.DEFINE_list("sizes", ["10-8-6-1", "12-10-8-1", "10-8-8-8-1"], "Victim sizes (fe_deep's --pruned_sizes).")
+  flags.DEFINE_list("fractions", ["0.75", "0.5"], "Shares of the second weight matrix pruned (network.pruned).")
+  flags.DEFINE_integer("seeds", 8, "Victim seeds 0..seeds-1 per size and fraction.")
+  flags.DEFINE_integer("points", 50_000, "N(0, I) points projected onto each unit's surface.")
+  flags.DEFINE_integer("min_side", 1000, "Fewest of those points on a side for it to count as dead.")
+  flags.DEFINE_string("out", "fe_dead_sides", "Results file stem.")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

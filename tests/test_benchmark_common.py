@@ -98,3 +98,16 @@ def test_fresh_sets_the_old_workdir_aside_not_deleted(tmp_path):
   assert (tmp_path / "limits.previous" / "runs" / "done" / "state.msgpack").read_bytes() == b"70 minutes of training"
   set_aside(work)  # nothing there: nothing to do
   assert (tmp_path / "limits.previous").exists()
+
+
+def test_benchmarks_imported_by_tests_define_no_flag_the_launcher_defines():
+  """The suite imports some benchmark modules beside the launcher in one process (pytest-xdist workers): a flag
+  defined at import by both (say --seeds) fails collection. Imports them all together in a fresh process."""
+  imported = set()
+  for path in (REPO / "tests").glob("test_*.py"):
+    imported |= set(re.findall(r"^from benchmarks import ([\w, ]+)$", path.read_text(), re.M))
+  modules = sorted({m.strip() for line in imported for m in line.split(",")} - {"common"})
+  assert "fe_dead_sides" in modules
+  script = "import launch.run\n" + "".join(f"import benchmarks.{m}\n" for m in modules)
+  out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
