@@ -621,3 +621,26 @@ def test_a_unit_the_polish_step_leaves_without_output_weight_is_dropped():
   assert np.allclose(network.logits(kept, x), network.logits(idle_net, x), rtol=0, atol=1e-9)
   same, untouched = attack._drop_idle(net, units, {})
   assert same is net and untouched is units
+
+
+def test_a_middle_unit_the_polish_step_leaves_without_outgoing_weight_is_dropped():
+  # random 10-8-8-8-3 seed 0 was returned with a ninth second-layer unit whose weights in every third-layer unit were
+  # ~2e-11 ("wrong: units unmatched"; "close" once it is dropped). The tables lose its entry, the next its feature
+  net = network.random_net(1, (6, 5, 4, 3, 2))
+  weights = list(net.weights)
+  weights[2] = weights[2].copy()
+  weights[2][1] = 1e-12  # second-layer unit 1: idle
+  idle_net = network.DeepNet(tuple(weights), net.biases)
+  units = [layers.Unit(np.ones(4), np.ones(4, bool), 0.0, 1e-12, np.ones(2)) for _ in range(3)]
+  tables = [
+    attack._table([layers.Unit(np.ones(n), np.ones(n, bool), 0.0, e, None) for e in range(m)])
+    for n, m in ((6, 5), (5, 4))
+  ] + [attack._table(units)]
+  stats = {}
+  kept, left = attack._drop_idle(idle_net, units, stats, tables)
+  assert kept.sizes == (6, 5, 3, 3, 2) and left is units and stats["idle_dropped"] == 1
+  assert tables[1]["row_error"] == [0, 2, 3] and tables[2]["features"] == 3 and tables[0]["row_error"] == list(range(5))
+  x = np.random.default_rng(0).normal(size=(100, 6)) * 10
+  assert np.allclose(network.logits(kept, x), network.logits(idle_net, x), rtol=0, atol=1e-9)
+  # without the tables the middle layers are not looked at (their widths unknown)
+  assert attack._drop_idle(idle_net, units, {})[0] is idle_net
