@@ -709,11 +709,19 @@ def _promote_in_repair(
     )
     layers.complete(q, prefix, [trial], layer_cfg, stream, stats, tries=8)
     fit = signs.last_layer(q, prefix, units + [trial], cfg.scale, center, stream, stats, rtol=cfg.check_rtol, dom=dom)
+    joined = None
+    if fit.pairs.any() and not np.all(trial.known):
+      # a unit on over nearly all the domain, its weights from features never on at its kinks (the edge of where it
+      # is off) unknown: it joins the remainder, which stands for it where it is on (random 10-8-8-8-3 seed 3: a
+      # third-layer unit off in a pocket at radius 3-10 of the ball, 4 of its 8 weights never seen; the fit with it
+      # paired all 8 units, whose z span the 8 features)
+      joined = signs.remainder_fit(q, prefix, units + [trial], cfg.scale, center, stream, stats, cfg.check_rtol, dom)
+      fit = fit if joined is None else joined
     if fit.residual > cfg.check_rtol:
       continue
     kept, fit = signs.drop_idle(units + [trial], fit)
-    if not any(u is trial for u in kept) or fit.pairs.any() or fit.has_remainder:
-      continue  # the candidate is to take the remainder's place, not to join it
+    if not any(u is trial for u in kept) or fit.pairs.any() or (fit.has_remainder and joined is None):
+      continue  # the candidate is to take the remainder's place, not to join it (unless it cannot: above)
     off = np.abs(network.answers(_network(prefix, kept, fit, differences), bad[seen], differences) - g[seen]) / size
     logging.info(
       "layer %d: pending candidate tried in a repair, off by %.3g where the check failed",

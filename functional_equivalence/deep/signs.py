@@ -161,6 +161,19 @@ def last_layer(
   return fit
 
 
+def remainder_fit(q, prefix, units: list, scale: float, center, rng, stats, rtol: float, dom=None) -> LastLayer | None:
+  """The fit g = relu(z) A + h L + c (`_with_remainder`) alone, at `last_layer`'s sample points: where the units
+  outnumber the features, [relu(z), z, 1] is exact with every unit paired with a twin (their z span h), and
+  `last_layer` then never tries the remainder. Exact or None (random 10-8-8-8-3 seed 3: `attack._promote_in_repair`)."""
+  n = len(units)
+  x, g = _answers(q, sample_points(prefix, units, max(16, 2 * n + 16), scale, center, rng, dom), stats)
+  w, b = layer_arrays(units)
+  h = network.features(prefix, x).h
+  m = g.shape[1]
+  base = LastLayer(np.ones(n), np.zeros(n, bool), np.zeros((n, m)), np.zeros((0, m)), np.zeros(m), np.inf)
+  return _with_remainder(base, h, h @ w + b, g, float(np.max(np.abs(g), initial=0.0)) + 1e-300, rtol)
+
+
 def seen_only(prefix, units: list, x: np.ndarray) -> np.ndarray:
   """The points of x (offline) where no unit's feature it never saw on is on (`layer.covered`): there every unit's
   pre-activation is what its known weights predict, whatever its unread weights."""
