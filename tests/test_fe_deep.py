@@ -558,6 +558,20 @@ def test_a_units_pending_candidate_is_promoted_when_no_deeper_layer_is_found():
   _assert_recovered(net, result.net, 2.0**-30)
 
 
+@pytest.mark.slow
+def test_a_promoted_unit_left_unconfirmed_by_the_time_limit_is_reported_as_the_limit(monkeypatch):
+  # the victim above, its polish step stopped by the attack's limit (as digits 64-64-64-10 on a loaded 2-core AMD
+  # EPYC at its 1,200 s): a LimitReachedError that names the polish step and the limit, not "not confirmed"
+  net, _ = network.digits_net(0, [24, 24])
+
+  def stopped(*args, **kwargs):
+    raise LimitReachedError("time limit 1200 s reached (123 queries used)")
+
+  monkeypatch.setattr(attack, "_refine", stopped)
+  with pytest.raises(LimitReachedError, match=r"polish step that confirms them stopped \(time limit 1200 s"):
+    _extract(net, seed=2)
+
+
 def test_a_window_where_the_network_is_constant_is_flat_not_a_miss():
   # recover.locate_kinks says `flat` where g is constant over the window (every unit of a later layer off): no kink
   # of any unit can show there. A kink, or a slope without a kink, is not flat.

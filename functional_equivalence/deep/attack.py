@@ -419,6 +419,13 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
       net, units = _drop_idle(net, units, stats, tables)
       tables[-1].update(_table(units), features=int(net.weights[-2].shape[0]))
     if stats["promoted_units"] and not (stats.get("polish_steps") and stats["check_error"] <= cfg.promoted_rtol):
+      if stats.get("polish_stopped"):
+        # the limit, not a wrong unit, left them unconfirmed (digits 64-64-64-10 on a loaded 2-core AMD EPYC)
+        raise LimitReachedError(
+          f"{stats['promoted_units']} unit(s) promoted from pending candidates left unconfirmed: the polish step "
+          f"that confirms them stopped ({stats['polish_stopped']}); the network before it passed the final check "
+          f"at {stats['check_error']:.2g}, short of {cfg.promoted_rtol:g}, and is not returned ({q.queries} queries)"
+        )
       raise ExtractionError(
         f"{stats['promoted_units']} unit(s) promoted from pending candidates not confirmed: the polished network's "
         f"final check error is {stats['check_error']:.2g} (limit {cfg.promoted_rtol:g}; polish steps kept: "
