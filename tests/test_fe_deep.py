@@ -4,6 +4,7 @@ radius 1000), a two-layer victim as the depth-1 case, sign recovery on a contrac
 expanding one (exact decisions only where they are sound), bounded stages with clear errors, and the launcher on a
 deep npz. Query counts are checked against a backend that counts its own rows."""
 
+import dataclasses
 import json
 import pathlib
 import subprocess
@@ -556,6 +557,28 @@ def test_a_units_pending_candidate_is_promoted_when_no_deeper_layer_is_found():
   assert result.net.sizes == net.sizes
   assert result.stats["check_error"] <= attack.Config().promoted_rtol
   _assert_recovered(net, result.net, 2.0**-30)
+
+
+def test_a_fit_that_passes_with_a_twin_of_a_fully_seen_unit_is_returned_without_it(monkeypatch):
+  # random 10-8-8-8-1 seeds 7 and 19 on a 2-core AMD EPYC (fe_deep_seeds20.md): the last repair's fit pairs one unit
+  # with a twin, every weight seen, and passes the final check; refused for its twin before, now polished without it
+  # (attack._without_twins) and kept after a fresh check: exact. Here a twin of weight 1e-13 forced onto a fit
+  net = network.random_net(0, (12, 8, 6, 3))
+  read_last = attack._read_last
+
+  def with_a_twin(*args):
+    units, last = read_last(*args)
+    pairs = np.zeros(len(units), bool)
+    pairs[0] = True
+    return units, dataclasses.replace(last, pairs=pairs, w_twin=1e-13 * last.w_out[pairs])
+
+  monkeypatch.setattr(attack, "_read_last", with_a_twin)
+  result = _extract(net)
+  assert result.stats["twins_dropped"] == 1 and result.net.sizes == net.sizes
+  _assert_recovered(net, result.net, 1e-9)
+  monkeypatch.setattr(attack, "_rescue", lambda *args: None)  # without that polish: refused for the twin
+  with pytest.raises(ExtractionError, match="with twins"):
+    _extract(net)
 
 
 @pytest.mark.slow
