@@ -375,10 +375,9 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
         rescued = _rescue(q, net, surfaces, dom, ccfg, own, differences, stats)
         if rescued is not None and prefix.weights and last.pairs.any():
           # refused below for its twins: the victim's shape polished instead, kept if it passes
-          plain = _without_twins(last)
-          again = _rescue(q, _network(prefix, units, plain, differences), surfaces, dom, ccfg, own, differences, stats)
-          if again is not None:
-            rescued, last = again, plain
+          twin_free = _rescue_without_twins(q, prefix, units, last, surfaces, dom, ccfg, own, differences, stats)
+          if twin_free is not None:
+            rescued, last = twin_free
         if rescued is not None:
           net, checked = rescued
           break
@@ -407,10 +406,9 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
     if prefix.weights and last.pairs.any() and all(np.all(u.known) for u in units):
       # passed with twins, refused below as it stands: the victim's shape (each pair's larger side), polished, kept
       # if it passes a fresh final check; only where every unit's weights were all seen (`_without_twins`)
-      plain = _without_twins(last)
-      again = _rescue(q, _network(prefix, units, plain, differences), surfaces, dom, ccfg, rng, differences, stats)
-      if again is not None:
-        (net, checked), last = again, plain
+      twin_free = _rescue_without_twins(q, prefix, units, last, surfaces, dom, ccfg, rng, differences, stats)
+      if twin_free is not None:
+        (net, checked), last = twin_free
         stats["twins_dropped"] = 1
     if prefix.weights and last.pairs.any():
       # a victim's output layer needs no twin (a unit active over the whole domain is a remainder, not a pair): the
@@ -793,6 +791,14 @@ def _without_twins(last: signs.LastLayer) -> signs.LastLayer:
     w_out=np.where(flip[:, None], twin, last.w_out),
     w_twin=last.w_twin[:0],
   )
+
+
+def _rescue_without_twins(q, prefix, units, last: signs.LastLayer, surfaces, dom, cfg: Config, rng, differences, stats):
+  """`_rescue` of the network in the victim's shape (`_without_twins`): ((network, check figures), the twin-free fit)
+  if it passes a fresh final check after the polish step, else None."""
+  plain = _without_twins(last)
+  rescued = _rescue(q, _network(prefix, units, plain, differences), surfaces, dom, cfg, rng, differences, stats)
+  return None if rescued is None else (rescued, plain)
 
 
 def _network(prefix, units, last: signs.LastLayer, differences: bool) -> network.DeepNet:
