@@ -197,6 +197,44 @@ def test_a_last_layer_fit_with_twins_and_a_weight_never_seen_is_refused(monkeypa
     _extract(net)
 
 
+def test_a_rescue_with_twins_and_a_weight_never_seen_is_not_polished_without_them(monkeypatch):
+  # the same guard where a final check that fails by little is rescued by the polish step (attack._rescue) with the
+  # fit's twins: only a layer whose weights were all seen is tried in the victim's shape (until the thirty-second
+  # session that try had no guard there). The fit is made to pair a unit with a twin of weight 0 and one of that
+  # unit's weights is said never seen, as above; the first final check is made to fail by 1e-9 at the points it
+  # used. The twin-free network is never polished (every rescue keeps the twin) and the network is refused
+  fit_last, final_check, rescue = attack._fit_last, attack._final_check, attack._rescue
+  failed, rescued_widths = [], []
+
+  def with_a_twin(*args, **kwargs):
+    units, last = fit_last(*args, **kwargs)
+    last.pairs = last.pairs.copy()
+    last.pairs[0] = True
+    last.w_twin = np.zeros((1, last.w_out.shape[1]))
+    units[0].known = units[0].known.copy()
+    units[0].known[0] = False
+    return units, last
+
+  def failing_once(q, net, surfaces, dom, cfg, rng, differences):
+    checked, bad = final_check(q, net, surfaces, dom, cfg, rng, differences)
+    if failed:
+      return checked, bad
+    failed.append(net.sizes)
+    return dict(checked, check_error=1e-9), np.ones((1, net.sizes[0]))
+
+  def spy(q, net, *args):
+    rescued_widths.append(net.sizes[-2])
+    return rescue(q, net, *args)
+
+  net = network.random_net(1, (10, 8, 8, 1))
+  monkeypatch.setattr(attack, "_fit_last", with_a_twin)
+  monkeypatch.setattr(attack, "_final_check", failing_once)
+  monkeypatch.setattr(attack, "_rescue", spy)
+  with pytest.raises(ExtractionError, match=r"fit pairs 1 of its 8 units with twins"):
+    _extract(net)
+  assert failed == [(10, 8, 9, 1)] and rescued_widths == [9]
+
+
 def test_a_network_passing_with_unread_weights_after_its_last_layer_signs_were_voted_again(monkeypatch):
   # random 8-8-8-8-8-1 seed 0 (fe_deep_unseen.md) passed its final check once weights of its last hidden layer were
   # read after the signs were voted again (`_read_last`, when fits with a linear remainder were read too), two
