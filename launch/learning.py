@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from absl import flags, logging
 
-from extraction import datasets, evaluation, models, parallel, students, transfer
+from extraction import augment, datasets, evaluation, models, parallel, students, transfer
 from extraction import oracle as oracle_lib
 from extraction import rounds as rounds_lib
 from extraction import victim as victim_lib
@@ -107,6 +107,17 @@ flags.DEFINE_float(
 flags.DEFINE_string("optimizer", None, "adam or sgd (default: the method's).")
 flags.DEFINE_string("lr_schedule", None, "constant, cosine or fixmatch_cosine (default: the method's).")
 flags.DEFINE_float("ema", 0.999, "EMA decay of the student weights (evaluated model).")
+flags.DEFINE_integer(
+  "augment_shift",
+  None,
+  "Students' random shift, in pixels each way (reflect padding; 0: none; default: the dataset's, digits 1, 32x32 "
+  "images 4). The victim keeps its own.",
+)
+flags.DEFINE_boolean(
+  "augment_flip",
+  None,
+  "Students' random horizontal flips (default: the dataset's: CIFAR-10 only; the victim keeps its own).",
+)
 flags.DEFINE_integer("steps_per_call", 1, "Training steps per jitted call (lax.scan); >1 helps small models.")
 # MixMatch (reference defaults) and FixMatch (paper defaults).
 flags.DEFINE_float("lambda_u", None, "Unlabeled loss weight (default: the method's, MixMatch 75, FixMatch 1).")
@@ -165,6 +176,9 @@ flags.register_validator(
     v and all(o in oracle_lib.OUTPUT_MODES for o in v),
     f"unknown --oracle_output={','.join(v)}; choose from {', '.join(oracle_lib.OUTPUT_MODES)}",
   ),
+)
+flags.register_validator(
+  "augment_shift", lambda v: _check(v is None or v >= 0, f"--augment_shift must be >= 0 pixels, got {v}")
 )
 flags.register_validator(
   "method",
@@ -408,6 +422,7 @@ def prepare(workdir: pathlib.Path) -> tuple:
       f"--method={','.join(FLAGS.method)}: {semi[0]} needs unlabeled inputs, but "
       f"--queries={budgets[-1]} queries the whole attacker's pool; lower the budget"
     )
+  student_augmentation(ds)  # a shift the images cannot take fails here, before the victim trains
   np.savez(workdir / "split.npz", pool=pool_idx, val=val_idx)
   return ds, pool_idx, val_idx, budgets
 
@@ -455,6 +470,23 @@ def _ground_truth_extractions(pool: np.ndarray, labels: np.ndarray, budgets: lis
   return out
 
 
+def student_augmentation(ds) -> tuple[bool, int]:
+  """(flip, shift) of the students' weak augmentation: the dataset's (`augment.default_augmentation`) unless
+  --augment_flip / --augment_shift say otherwise; a one-line ConfigError for a shift the images cannot take (reflect
+  padding needs a shift below the image's side) or any augmentation of inputs that are not images."""
+  flip, shift = augment.default_augmentation(ds.name)
+  flip = flip if FLAGS.augment_flip is None else FLAGS.augment_flip
+  shift = shift if FLAGS.augment_shift is None else FLAGS.augment_shift
+  if len(ds.image_shape) != 3 and (flip or shift):
+    raise common.ConfigError(f"--augment_flip/--augment_shift: the {ds.name} inputs {ds.image_shape} are not images")
+  if len(ds.image_shape) == 3 and shift >= min(ds.image_shape[:2]):
+    raise common.ConfigError(
+      f"--augment_shift={shift}: the {ds.name} images are {ds.image_shape[0]}x{ds.image_shape[1]}; "
+      f"the shift must be below their side"
+    )
+  return flip, shift
+
+
 def extract(
   ds,
   pool_idx: np.ndarray,
@@ -473,6 +505,7 @@ def extract(
   backend = oracle_lib.model_backend(victim_model, victim_variables)  # the API; the evaluator never goes through it
   pool = ds.train.images[pool_idx]  # the attacker's pool: its labels are read only by --targets=ground_truth
   rot = "+rot" if FLAGS.rotation_weight > 0 else ""
+  augmentation = student_augmentation(ds)
   eval_every = FLAGS.eval_every or max(FLAGS.student_steps // 20, 1)
   transfer_sets: dict = {}
   runs = [("ground_truth", "random")] if "ground_truth" in FLAGS.targets else []
@@ -501,12 +534,9 @@ def extract(
         )
       extra = None
       if FLAGS.rotation_weight > 0:
-        from extraction import augment
         from semisup import rotation
 
-        extra = rotation.make_rotation_loss(
-          FLAGS.rotation_weight, *augment.default_augmentation(ds.name), rotate_labeled=FLAGS.rotate_labeled
-        )
+        extra = rotation.make_rotation_loss(FLAGS.rotation_weight, *augmentation, rotate_labeled=FLAGS.rotate_labeled)
       extractions, oracle_settings = shared or _extractions(backend, output, budgets, ds.image_shape, ds.num_classes)
       seeds_ = [_seed("student_seed") + rep for _ in budgets for rep in range(FLAGS.seeds)]
       settings = {
@@ -525,6 +555,8 @@ def extract(
       }
       if FLAGS.eval_top_k != 5:
         settings["eval_top_k"] = FLAGS.eval_top_k
+      if augmentation != augment.default_augmentation(ds.name):
+        settings["augment"] = list(augmentation)
       tag = "" if sname == "random" else f"_{sname}"
       name = run_name(f"{method}{rot}{tag}_{output}_{cfg.model}", settings)
       group_dir = workdir / "students" / name
@@ -533,7 +565,7 @@ def extract(
         students.train_students,
         num_classes=ds.num_classes,
         cfg=cfg,
-        make_step=make_step_factory(method, params, ds.name, extra),
+        make_step=make_step_factory(method, params, augmentation, extra),
         needs_unlabeled=needs_unlabeled,
         mesh=mesh,
         steps_per_call=FLAGS.steps_per_call,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from extraction import augment, train
+from extraction import train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +70,7 @@ METHODS = {
 }
 
 
-def make_step_factory(name: str, params: dict, dataset: str, extra_loss=None) -> Callable:
-  """`make_step(model)` of method `name` with the dataset's weak augmentation."""
-  flip, shift = augment.default_augmentation(dataset)
+def make_step_factory(name: str, params: dict, augmentation: tuple[bool, int], extra_loss=None) -> Callable:
+  """`make_step(model)` of method `name` with the weak augmentation (flip, shift) (`extraction.augment`)."""
+  flip, shift = augmentation
   return METHODS[name].build(params, flip, shift, extra_loss)

@@ -20,6 +20,11 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
     (["--oracle_output=top_k", "--top_k=10"], "must be smaller than the number of classes (10)"),
     (["--student_model=vgg"], "unknown --student_model='vgg'"),
     (["--method=magic"], "unknown --method=magic"),
+    (["--augment_shift=-1"], "--augment_shift must be >= 0 pixels, got -1"),
+    (
+      ["--augment_shift=8", "--queries=100"],
+      "--augment_shift=8: the digits images are 8x8; the shift must be below their side",
+    ),
     (["--experiment=nope"], "unknown --experiment='nope'"),
     (["--workdir={tmp}/a_file/workdir"], "is not writable"),
   ],

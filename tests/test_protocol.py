@@ -226,3 +226,33 @@ def test_results_json_keeps_each_rows_own_seed(tmp_path):
   results.write(tmp_path, rows, {"seed": 7})
   written = json.loads((tmp_path / "results.json").read_text())
   assert [r["seed"] for r in written] == [0, 1, 2, 7] and all(r["config"] == {"seed": 7} for r in written)
+
+
+def test_the_students_augmentation_follows_the_flags_and_the_victims_its_own(tmp_path, monkeypatch):
+  # --augment_shift / --augment_flip reach every method's step factory (and the rotation loss); the victim trains
+  # with the dataset's augmentation whatever they say; the run's name changes with them, so nothing resumes across
+  from extraction import train, victim
+  from launch import learning
+
+  seen, victim_seen = [], []
+  real_factory, real_step = learning.make_step_factory, train.make_supervised_step
+
+  def factory(name, params, augmentation, extra=None):
+    seen.append((name, augmentation))
+    return real_factory(name, params, augmentation, extra)
+
+  def victim_step(model, **kwargs):
+    victim_seen.append((kwargs["flip"], kwargs["shift"]))
+    return real_step(model, **kwargs)
+
+  monkeypatch.setattr(learning, "make_step_factory", factory)
+  monkeypatch.setattr(victim.train, "make_supervised_step", victim_step)
+  _random_dataset(tmp_path / "data")
+  args = ARGS + [f"--data_dir={tmp_path / 'data'}", "--queries=20", "--seeds=1", "--method=fs,mixmatch"]
+  _run_in_process(args + ["--augment_shift=0", f"--workdir={tmp_path / 'w'}", "--augment_flip=false"])
+  assert seen == [("fs", (False, 0)), ("mixmatch", (False, 0))]
+  assert victim_seen == [(True, 4), (False, 0)]  # the victim first, then the FS students' step (the same factory)
+  seen.clear()
+  _run_in_process(args + [f"--workdir={tmp_path / 'w'}"])  # the victim reused, the students trained again
+  assert seen == [("fs", (True, 4)), ("mixmatch", (True, 4))]
+  assert len(list((tmp_path / "w" / "students").iterdir())) == 4  # two augmentations x two methods
