@@ -173,16 +173,11 @@ def test_a_fit_without_its_twins_keeps_each_pair_s_larger_side_in_the_victim_s_s
   assert np.max(np.abs(network.logits(with_twins, x) - network.logits(without, x))) <= 1e-9
 
 
-def test_a_last_layer_fit_with_twins_and_a_weight_never_seen_is_refused(monkeypatch):
-  # the refusal's first real case (random 10-8-8-8-1 seed 7) is recovered since the fifteenth session: here the fit
-  # of a recovered network is made to pair its first unit with a twin of output weight 0 (the function unchanged, so
-  # every check passes) and that unit's first weight is said never seen; such a pair can stand for a unit off by that
-  # weight (seed 7 under another path, thirty-first session: off by 6.6e-6), so the attack refuses the network
-  # instead of returning it (with every weight seen it is polished without the twin:
-  # test_a_fit_that_passes_with_a_twin_of_a_fully_seen_unit_is_returned_without_it)
-  fit_last = attack._fit_last
+def _with_a_twin_and_a_weight_never_seen(fit_last):
+  """`fit_last` whose fit pairs its first unit with a twin of output weight 0 (the function unchanged) and whose
+  first unit's first weight is said never seen."""
 
-  def with_a_twin(*args, **kwargs):
+  def fit(*args, **kwargs):
     units, last = fit_last(*args, **kwargs)
     last.pairs = last.pairs.copy()
     last.pairs[0] = True
@@ -191,8 +186,18 @@ def test_a_last_layer_fit_with_twins_and_a_weight_never_seen_is_refused(monkeypa
     units[0].known[0] = False
     return units, last
 
+  return fit
+
+
+def test_a_last_layer_fit_with_twins_and_a_weight_never_seen_is_refused(monkeypatch):
+  # the refusal's first real case (random 10-8-8-8-1 seed 7) is recovered since the fifteenth session: here the fit
+  # of a recovered network is made to pair its first unit with a twin of output weight 0 (the function unchanged, so
+  # every check passes) and that unit's first weight is said never seen; such a pair can stand for a unit off by that
+  # weight (seed 7 under another path, thirty-first session: off by 6.6e-6), so the attack refuses the network
+  # instead of returning it (with every weight seen it is polished without the twin:
+  # test_a_fit_that_passes_with_a_twin_of_a_fully_seen_unit_is_returned_without_it)
   net = network.random_net(1, (10, 8, 8, 1))
-  monkeypatch.setattr(attack, "_fit_last", with_a_twin)
+  monkeypatch.setattr(attack, "_fit_last", _with_a_twin_and_a_weight_never_seen(attack._fit_last))
   with pytest.raises(ExtractionError, match=r"fit pairs 1 of its 8 units with twins"):
     _extract(net)
 
@@ -203,17 +208,8 @@ def test_a_rescue_with_twins_and_a_weight_never_seen_is_not_polished_without_the
   # session that try had no guard there). The fit is made to pair a unit with a twin of weight 0 and one of that
   # unit's weights is said never seen, as above; the first final check is made to fail by 1e-9 at the points it
   # used. The twin-free network is never polished (every rescue keeps the twin) and the network is refused
-  fit_last, final_check, rescue = attack._fit_last, attack._final_check, attack._rescue
+  final_check, rescue = attack._final_check, attack._rescue
   failed, rescued_widths = [], []
-
-  def with_a_twin(*args, **kwargs):
-    units, last = fit_last(*args, **kwargs)
-    last.pairs = last.pairs.copy()
-    last.pairs[0] = True
-    last.w_twin = np.zeros((1, last.w_out.shape[1]))
-    units[0].known = units[0].known.copy()
-    units[0].known[0] = False
-    return units, last
 
   def failing_once(q, net, surfaces, dom, cfg, rng, differences):
     checked, bad = final_check(q, net, surfaces, dom, cfg, rng, differences)
@@ -227,7 +223,7 @@ def test_a_rescue_with_twins_and_a_weight_never_seen_is_not_polished_without_the
     return rescue(q, net, *args)
 
   net = network.random_net(1, (10, 8, 8, 1))
-  monkeypatch.setattr(attack, "_fit_last", with_a_twin)
+  monkeypatch.setattr(attack, "_fit_last", _with_a_twin_and_a_weight_never_seen(attack._fit_last))
   monkeypatch.setattr(attack, "_final_check", failing_once)
   monkeypatch.setattr(attack, "_rescue", spy)
   with pytest.raises(ExtractionError, match=r"fit pairs 1 of its 8 units with twins"):

@@ -379,7 +379,6 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
           twin_free = _rescue_without_twins(q, prefix, units, last, surfaces, dom, ccfg, own, differences, stats)
           if twin_free is not None:
             rescued, last = twin_free
-        if rescued is not None:
           net, checked = rescued
           break
       if repair == cfg.repairs and unvouched:
@@ -797,11 +796,11 @@ def _rescue_without_twins(q, prefix, units, last: signs.LastLayer, surfaces, dom
   if it passes a fresh final check after the polish step (stats['twins_dropped'] = 1), else None. Tried only for a
   fit with twins after a hidden layer whose units' weights were all seen (`_without_twins`: with one weight never
   seen, random 10-8-8-8-1 seed 7 passed the fresh check and was off by 6.6e-6); the fit stays as it is otherwise
-  (stats['twins_kept_unseen'] counts those), and is refused for its twins."""
+  (stats['twins_kept_unseen'] = 1), and is refused for its twins."""
   if not (prefix.weights and last.pairs.any()):
     return None
   if not all(np.all(u.known) for u in units):
-    stats["twins_kept_unseen"] += 1
+    stats["twins_kept_unseen"] = 1
     return None
   plain = _without_twins(last)
   rescued = _rescue(q, _network(prefix, units, plain, differences), surfaces, dom, cfg, rng, differences, stats)
