@@ -61,3 +61,54 @@ def fold(net: DeepNet, x: np.ndarray, rtol: float = 1e-6) -> tuple[DeepNet, np.n
       keep[j] = np.linalg.norm(v[j]) > rtol * before  # a pair whose outputs cancel: a linear term only
   weights = net.weights[:last] + (w[:, keep], v[keep])
   return DeepNet(weights, net.biases[:last] + (b[keep], c)), rem, int(np.sum(~keep))
+
+
+def least_points(
+  prefix: DeepNet,
+  rem: np.ndarray,
+  dom,
+  rng: np.random.Generator,
+  directions: int,
+  starts: int,
+  steps: int = 200,
+) -> np.ndarray:
+  """Points of the domain where linear functions c . h of the prefix's features h, c in the column span of a
+  remainder `rem` (n_in, m), are least: where a unit the fit takes as active over the whole domain (h . w + b with
+  w in that span, part of the remainder) would turn off first, if anywhere. The span's basis vectors both ways, then
+  random unit vectors of it, `directions` in all (2 for a span of one dimension); each minimised over the domain by
+  projected descent along the normalised gradient from `starts` points (dom.check_points), step sizes falling
+  geometrically from a fifth of the domain's circumradius to 1e-5 of it. Offline: no query. Returns (directions *
+  starts, d); none for a remainder of rank 0. Float64 numpy."""
+  d = prefix.sizes[0] if prefix.weights else rem.shape[0]
+  u, sv, _ = np.linalg.svd(rem, full_matrices=False)
+  basis = u[:, sv > 1e-9 * max(float(sv[0]) if len(sv) else 0.0, 1e-300)]
+  r = basis.shape[1]
+  if r == 0 or directions <= 0:
+    return np.zeros((0, d))
+  coef = np.concatenate([np.eye(r), -np.eye(r)])
+  if r > 1 and directions > len(coef):
+    extra = rng.normal(size=(directions - len(coef), r))
+    coef = np.concatenate([coef, extra / np.linalg.norm(extra, axis=1, keepdims=True)])
+  c = coef[:directions] @ basis.T  # (D, n_in)
+  x = dom.check_points(rng, d, len(c) * starts)
+  which = np.repeat(np.arange(len(c)), starts)
+  size = dom.circumradius(d)
+  for i in range(steps):
+    g = _feature_gradient(prefix, x, c[which])
+    g /= np.linalg.norm(g, axis=1, keepdims=True) + 1e-300
+    x = dom.project(x - 0.2 * size * 1e-5 ** (i / steps) * g)
+  return x
+
+
+def _feature_gradient(prefix: DeepNet, x: np.ndarray, c: np.ndarray) -> np.ndarray:
+  """d(c_i . h(x_i))/dx_i (N, d) for the prefix's features h, by the chain rule backwards (masks of the points'
+  linear regions)."""
+  h, masks = x, []
+  for w, b in zip(prefix.weights, prefix.biases):
+    p = h @ w + b
+    masks.append(p > 0)
+    h = np.maximum(p, 0.0)
+  g = c
+  for w, on in zip(reversed(prefix.weights), reversed(masks)):
+    g = (g * on) @ w.T
+  return g
