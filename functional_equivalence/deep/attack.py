@@ -1034,6 +1034,15 @@ def _check_config(cfg: Config, last: signs.LastLayer) -> Config:
   return cfg if last.has_remainder else dataclasses.replace(cfg, check_near=0, check_least=0)
 
 
+def _least_points(net, dom, cfg: Config, near: np.ndarray, rng) -> np.ndarray:
+  """remainder.least_points of the linear remainder of `net`'s last hidden layer (its units on at every point of
+  `near`, and its pairs, folded: remainder.fold), cfg.check_least directions, 4 starts each; none without."""
+  if not cfg.check_least:
+    return np.zeros((0, net.sizes[0]))
+  _, rem, _ = remainder.fold(net, near)
+  return remainder.least_points(net.prefix(net.depth - 1), rem, dom, rng, cfg.check_least, starts=4)
+
+
 def _final_check(q, net, surfaces, dom, cfg: Config, rng, differences: bool):
   """check.compare on points covering the domain, on and beside two precise points of every unit's surface, and on
   and beside a point of a unit's surface where an input feature it never saw on at its surface points is on
@@ -1059,9 +1068,7 @@ def _final_check(q, net, surfaces, dom, cfg: Config, rng, differences: bool):
   if cfg.check_near or cfg.check_least:  # from a stream of the network's own: the attack's stream stays as it was
     own = np.random.default_rng(zlib.crc32(np.concatenate([w.ravel() for w in net.weights]).tobytes()))
     near = dom.project(dom.center(d) + cfg.scale * own.normal(size=(max(cfg.check_near, 64), d)))
-    if cfg.check_least:
-      _, rem, _ = remainder.fold(net, near)
-      least = remainder.least_points(net.prefix(net.depth - 1), rem, dom, own, cfg.check_least, starts=4)
+    least = _least_points(net, dom, cfg, near, own)
     wedges = np.concatenate([wedges, near[: cfg.check_near], least])
   checked, bad = check.compare(
     q,
