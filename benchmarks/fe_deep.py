@@ -32,7 +32,9 @@ the JSON rows also keep all of the attack's counters (`stats`: AttackResult.stat
 The evaluation points include, since the fifteenth session, those where each (unit, feature) pair of the victim on
 together at few points of the ball is (deep.active.co_active_points on the victim): before, a weight that matters
 only there was set aside as undetermined, and a network off by 0.28 there was counted exact (fe_deep_rare's
-10-8-8-8-1 seed 0).
+10-8-8-8-1 seed 0); since the thirty-third, where each victim unit on at every such point, or at none, is least and
+greatest (deep.remainder.turning_points on the victim): a unit on at every sampled point was off far out, where a
+network counted exact was off by 0.16 (fe_deep_fresh's 7-7-7-7-2 seed 1).
 Victim, attack and evaluation draw independent seeds. Writes benchmarks/results/fe_deep.{json,md}, with a count of
 the outcomes per kind of victim: exact, close, equivalent (units unmatched, the victim's logits on the points), wrong
 (a network returned that is not the victim's: silent) and stopped (the attack's one-line error).
@@ -268,11 +270,12 @@ def evaluate(net, rec, eval_seed: int, peeled=None) -> dict:
   """A recovered network `rec` against the victim `net` (module docstring): aligned weight errors on 50,000 N(0, I)
   inputs and 50,000 points over the ball, agreement and max |logit difference| on --eval_inputs and on the points
   over the ball (--domain_inputs), both sets with the points where a rarely co-active (unit, feature) pair of the
-  victim is on (deep.active.co_active_points on the victim), drawn from `eval_seed`. With `peeled` (the same run's
+  victim is on (deep.active.co_active_points on the victim) and where each victim unit on at every such point, or at
+  none, is least and greatest (deep.remainder.turning_points), drawn from `eval_seed`. With `peeled` (the same run's
   network before its polish step), also its weight errors on the same points (`peeled_*`; its verdict takes
   agreement 1.0 as given)."""
   from functional_equivalence import domain
-  from functional_equivalence.deep import active, align
+  from functional_equivalence.deep import active, align, remainder
 
   rng = np.random.default_rng(eval_seed)
   d = net.sizes[0]
@@ -281,8 +284,12 @@ def evaluate(net, rec, eval_seed: int, peeled=None) -> dict:
   # and where each of the victim's (unit, feature) pairs on together at few points of the ball is (found on the
   # victim): a weight that matters only there is compared, not set aside as undetermined (fifteenth session)
   together = active.co_active_points(net, domain.Ball(1000.0), rng, starts=8, deeper=32)
-  weight_points = np.concatenate([x[:50_000], over[:50_000], together])
-  over = np.concatenate([over, together])
+  # and where each of the victim's units on at every one of those points, or at none, is least and greatest (found
+  # on the victim): a unit on at every sampled point can be off far out (thirty-third session)
+  sampled = np.concatenate([x[:50_000], over[:50_000], together])
+  turning = remainder.turning_points(net, sampled, domain.Ball(1000.0), rng)
+  weight_points = np.concatenate([sampled, turning])
+  over = np.concatenate([over, together, turning])
 
   def weights(candidate) -> dict:
     err = align.weight_error(net, candidate, weight_points, differences=_differences())
