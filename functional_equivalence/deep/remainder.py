@@ -7,7 +7,10 @@ Answers on that set determine the units that kink there (up to orientation and s
 the remainder (L, c), not how the remainder splits into always-active units: their biases trade against the
 output bias, and with one output even their directions trade against the other units' orientations. `fold`
 brings a network to that form (the evaluation compares victim and recovery there: align.weight_error); `flip`
-turns one unit over, moving its linear part into the remainder. Float64 numpy.
+turns one unit over, moving its linear part into the remainder. A unit taken into the remainder because it was on
+everywhere it was seen can be off somewhere: first where its pre-activation is least, which `least_points` seeks
+for directions of the remainder's span (the attack's final check asks there) and `turning_points` for each unit of
+a network it knows (an evaluation, on the victim). Float64 numpy.
 """
 
 from __future__ import annotations
