@@ -938,14 +938,21 @@ def _rescue(q, net, surfaces, dom, cfg: Config, rng, differences: bool, stats: d
   return (refined, checked) if stats["polish_rescue"] else None
 
 
+def _asked_errors(q, net, x: np.ndarray, differences: bool) -> tuple[np.ndarray, np.ndarray]:
+  """The oracle asked at x (a final check's): which points answered finite (N,) and, at those, the largest
+  |answer - net's answer| per point."""
+  g = q(x, "final check", underflow_ok=True)
+  seen = np.all(np.isfinite(g), axis=1)
+  return seen, np.max(np.abs(network.answers(net, x[seen], differences) - g[seen]), axis=1, initial=0.0)
+
+
 def _recheck(q, net, bad: np.ndarray, cfg: Config, differences: bool, size: float) -> None:
   """The network that passed the final check, at (up to 64 of) the points where the polished one failed its
   re-check: an ExtractionError if it is off there too, relative to `size` (the largest answer the re-check saw), as
   the check's sample missed a region where it is wrong (random 10-8-8-8-1 seed 19 passed 8,192 points with logits
   off by up to 2.6 over the ball; the re-check met one such point)."""
-  g = q(bad, "final check", underflow_ok=True)
-  seen = np.all(np.isfinite(g), axis=1)
-  off = np.max(np.abs(network.answers(net, bad[seen], differences) - g[seen]), axis=1) / (size + 1e-300)
+  _, diff = _asked_errors(q, net, bad, differences)
+  off = diff / (size + 1e-300)
   if np.any(off > cfg.check_rtol):
     raise ExtractionError(
       f"final check failed on its re-check: the recovered {net.shape_text} network, which passed it, is off by "
@@ -1080,9 +1087,7 @@ def _final_check(q, net, surfaces, dom, cfg: Config, rng, differences: bool):
     # only once the rest passes: a check that fails elsewhere, and the repairs its points steer, are as they were
     # (random 10-8-8-8-1 seeds 4 and 7, exact, ended in a stop when these points, far out where an intermediate fit
     # was off, came first among a failed check's points); relative to the largest answer of the rest of the check
-    g = q(least, "final check", underflow_ok=True)
-    seen = np.all(np.isfinite(g), axis=1)
-    diff = np.max(np.abs(network.answers(net, least[seen], differences) - g[seen]), axis=1, initial=0.0)
+    seen, diff = _asked_errors(q, net, least, differences)
     rel = diff / (checked["check_max_abs_g"] + 1e-300)
     order = np.argsort(-rel)
     bad = least[seen][order[rel[order] > cfg.check_rtol]]  # worst first
