@@ -61,6 +61,7 @@ from functional_equivalence.deep import (
   gradient_reads,
   jumps,
   network,
+  pockets,
   polish,
   remainder,
   signs,
@@ -99,6 +100,14 @@ class Config(two_layer.Config):
       exact before, off by 0.16 at radius 1,000). Random directions cover a span of a few dimensions only: with 64,
       random 4-8-6-3 nets with a unit off at 3e-5 of the ball, in a span of 3, found it off at 6 of 8 seeds, with
       256 at 8 of 8 (tests/test_fe_remainder.py; ad hoc).
+    check_pockets: for each hidden layer read by another hidden layer, at most this many sets of one or two of its
+      features, each with a point of the domain where those features are on and the others off as nearly as it
+      allows (pockets.pocket_points: 2 points a set), asked with the least points: where a unit of the next layer
+      that no line of the search crossed turns on (random 9-14-7-1 seed 1 and 5-20-10-2 seed 1: a last-hidden
+      unit on at 5e-6 of the sphere, missed, the network returned wrong by 0.87 and 0.92 over the ball; now
+      stops).
+    check_pocket_directions: with them, this many random directions c of each such layer's features, each with the
+      point where c . h is greatest.
     repairs: after a failed final check, at most this many searches of the last hidden layer on lines through the
       points where it failed, each followed by the output layer and the check again (10-8-8-8-1 seed 0 needs 5).
     polish_steps: after the final check, at most this many Gauss-Newton steps on every weight at once (polish.py;
@@ -149,6 +158,8 @@ class Config(two_layer.Config):
   check_points: int = 8192
   check_near: int = 8192
   check_least: int = 256
+  check_pockets: int = 4096
+  check_pocket_directions: int = 256
   repairs: int = 8
   polish_steps: int = 3
   promoted_rtol: float = 1e-12
@@ -717,7 +728,7 @@ def _promote_in_repair(
   random 10-8-8-8-1 seed 19 stopped at 3.9e-12 against its 1e-12).
   Each try draws from a stream seeded by the candidate's weights (the attack's stream stays as it was when none is
   kept); stats["repair_promotions"] counts them. Returns (units, fit) or None."""
-  if not prefix.weights or not state.pending or not len(bad) or not last.has_remainder:
+  if not prefix.weights or not state.pending or not len(bad):
     return None
   g = q(bad, "final check", underflow_ok=True)
   seen = np.all(np.isfinite(g), axis=1)
@@ -742,6 +753,8 @@ def _promote_in_repair(
     kept, fit = signs.drop_idle(units + [trial], fit)
     if not any(u is trial for u in kept) or fit.pairs.any() or (fit.has_remainder and not joined):
       continue  # the candidate is to take the remainder's place, not to join it (unless it cannot: above)
+    if not last.has_remainder and not np.all(trial.known):
+      continue  # a unit on in a pocket only: a weight never seen counts where it is on (below)
     off = np.abs(network.answers(_network(prefix, kept, fit, differences), bad[seen], differences) - g[seen]) / size
     logging.info(
       "layer %d: pending candidate tried in a repair, off by %.3g where the check failed",
@@ -1063,8 +1076,9 @@ def _final_check(q, net, surfaces, dom, cfg: Config, rng, differences: bool):
   benchmark, was off by up to 0.28 where a third-layer unit and a feature never seen on with it are both on, 2.5e-6
   of the ball; the check passed at 2.8e-10, relative, with such points taken at the first point inside, where the
   feature is near 0); with cfg.check_near, that many more points ~ N(center, scale^2 I), drawn from a stream seeded
-  by the network's weights (`_check_config` says when), and, once all those pass, with cfg.check_least, the points
-  where a unit the fit takes as on everywhere would be off first (`_least_points`)."""
+  by the network's weights (`_check_config` says when), and, once all those pass, the points where a unit of a
+  layer after the first, missed, would be on first (pockets.pocket_points) and, with cfg.check_least, those where a
+  unit the fit takes as on everywhere would be off first (`_least_points`)."""
   on, side = _surface_points(net, surfaces, dom, cfg)
   reached, step = _reached_points(surfaces, dom, net.sizes[0], rng, seen=1)
   on, side = np.concatenate([on, reached]), np.concatenate([side, step])
@@ -1082,20 +1096,25 @@ def _final_check(q, net, surfaces, dom, cfg: Config, rng, differences: bool):
   checked, bad = check.compare(
     q, on, side, predict, dom, cfg.scale, cfg.check_points, cfg.check_rtol, rng, differences, d, wedges
   )
-  least = np.zeros((0, d)) if len(bad) or own is None else _least_points(net, dom, cfg, near, own)
-  if len(least):
+  pocket = least = np.zeros((0, d))
+  if not len(bad):
+    stream = np.random.default_rng([zlib.crc32(polish.flat(net).tobytes()), 3])
+    pocket = pockets.pocket_points(net, dom, stream, cfg.check_pockets, cfg.check_pocket_directions)
+    least = _least_points(net, dom, cfg, near, own) if own is not None else least
+  asked = np.concatenate([pocket, least])
+  if len(asked):
     # only once the rest passes: a check that fails elsewhere, and the repairs its points steer, are as they were
     # (random 10-8-8-8-1 seeds 4 and 7, exact, ended in a stop when these points, far out where an intermediate fit
     # was off, came first among a failed check's points); relative to the largest answer of the rest of the check
-    seen, diff = _asked_errors(q, net, least, differences)
+    seen, diff = _asked_errors(q, net, asked, differences)
     rel = diff / (checked["check_max_abs_g"] + 1e-300)
     order = np.argsort(-rel)
-    bad = least[seen][order[rel[order] > cfg.check_rtol]]  # worst first
+    bad = asked[seen][order[rel[order] > cfg.check_rtol]]  # worst first
     checked = dict(
       checked,
       check_error=max(checked["check_error"], float(np.max(rel, initial=0.0))),
       check_max_abs_error=max(checked["check_max_abs_error"], float(np.max(diff, initial=0.0))),
-      check_points=checked["check_points"] + len(least),
+      check_points=checked["check_points"] + len(asked),
       check_skipped_underflow=checked["check_skipped_underflow"] + int(np.sum(~seen)),
     )
-  return {**checked, "least_points": len(least)}, bad
+  return {**checked, "least_points": len(least), "pocket_points": len(pocket)}, bad

@@ -79,8 +79,7 @@ def least_points(
   remainder `rem` (n_in, m), are least: where a unit the fit takes as active over the whole domain (h . w + b with
   w in that span, part of the remainder) would turn off first, if anywhere. The span's basis vectors both ways, then
   random unit vectors of it, `directions` in all (2 for a span of one dimension); each minimised over the domain by
-  projected descent along the normalised gradient from `starts` points (dom.check_points), step sizes falling
-  geometrically from a fifth of the domain's circumradius to 1e-5 of it. Offline: no query. Returns (directions *
+  `descend` from `starts` points. Offline: no query. Returns (directions *
   starts, d); none for a remainder of rank 0. Float64 numpy."""
   d = prefix.sizes[0] if prefix.weights else rem.shape[0]
   u, sv, _ = np.linalg.svd(rem, full_matrices=False)
@@ -92,7 +91,15 @@ def least_points(
   if r > 1 and directions > len(coef):
     extra = rng.normal(size=(directions - len(coef), r))
     coef = np.concatenate([coef, extra / np.linalg.norm(extra, axis=1, keepdims=True)])
-  c = coef[:directions] @ basis.T  # (D, n_in)
+  return descend(prefix, coef[:directions] @ basis.T, dom, rng, starts, steps, d)
+
+
+def descend(prefix: DeepNet, c: np.ndarray, dom, rng: np.random.Generator, starts: int, steps: int = 200, d=None):
+  """Points of the domain where c_i . h is least, h the prefix's features (x itself for an empty prefix of d
+  inputs), for each row of c (D, n): projected descent along the normalised gradient from `starts` points each
+  (dom.check_points), step sizes falling geometrically from a fifth of the domain's circumradius to 1e-5 of it.
+  Returns (D * starts, d), the starts of a row together. Offline."""
+  d = prefix.sizes[0] if prefix.weights else d
   x = dom.check_points(rng, d, len(c) * starts)
   which = np.repeat(np.arange(len(c)), starts)
   size = dom.circumradius(d)
