@@ -725,7 +725,9 @@ def _promote_in_repair(
   is exact without one (no twin either) and the network with it fits the answers at the points where the final
   check failed; the final check then judges it as any unit, its weights from features it never saw on included
   (`unseen.wedge_points`), not the polish step's confirmation of a `_fall_back` promotion (Config.promoted_rtol:
-  random 10-8-8-8-1 seed 19 stopped at 3.9e-12 against its 1e-12).
+  random 10-8-8-8-1 seed 19 stopped at 3.9e-12 against its 1e-12). Where the fit has no remainder (a unit on in a
+  pocket only, which the final check's pocket points found: pockets.py), a candidate is kept only with every weight
+  known after its walk.
   Each try draws from a stream seeded by the candidate's weights (the attack's stream stays as it was when none is
   kept); stats["repair_promotions"] counts them. Returns (units, fit) or None."""
   if not prefix.weights or not state.pending or not len(bad):
@@ -754,7 +756,10 @@ def _promote_in_repair(
     if not any(u is trial for u in kept) or fit.pairs.any() or (fit.has_remainder and not joined):
       continue  # the candidate is to take the remainder's place, not to join it (unless it cannot: above)
     if not last.has_remainder and not np.all(trial.known):
-      continue  # a unit on in a pocket only: a weight never seen counts where it is on (below)
+      # a unit on in a pocket only, where no remainder stands in for it: a weight it never saw on counts where it is
+      # on (random 9-14-7-1 seed 1, thirty-fourth session: promoted with 3 such weights left at 0, it passed the
+      # final check and was off by 0.15 where they count; without it, a stop)
+      continue
     off = np.abs(network.answers(_network(prefix, kept, fit, differences), bad[seen], differences) - g[seen]) / size
     logging.info(
       "layer %d: pending candidate tried in a repair, off by %.3g where the check failed",

@@ -14,8 +14,9 @@ features scaled to their largest value on a sample:
   points of the victim's own layer the missed unit is on at 4-72 of some hundreds, where 4,096 random c found it
   at none (ad hoc).
 - random: unit vectors c (the basis both ways first). A unit made rare by its bias alone (network.with_rare_unit,
-  on at 3e-5 of the domain) is on at these points more often than at the sparse ones (ad hoc, 36 random nets
-  of 2-3 hidden layers, ball and box: 22 by random c, 14 by sparse sets, 24 by both).
+  on at 3e-5 of the domain) is on at these points more often than at the sparse ones: of 36 random nets of 2-3
+  hidden layers on a ball and a box, 22 by 256 random c (4 starts each), 14 by the sparse sets, 23 by
+  `pocket_points` as built (ad hoc; 14 of the ball's 18 in tests/test_fe_pockets.py).
 Offline: no query. Float64 numpy.
 """
 

@@ -79,8 +79,8 @@ def least_points(
   remainder `rem` (n_in, m), are least: where a unit the fit takes as active over the whole domain (h . w + b with
   w in that span, part of the remainder) would turn off first, if anywhere. The span's basis vectors both ways, then
   random unit vectors of it, `directions` in all (2 for a span of one dimension); each minimised over the domain by
-  `descend` from `starts` points. Offline: no query. Returns (directions *
-  starts, d); none for a remainder of rank 0. Float64 numpy."""
+  `descend` from `starts` points. Offline: no query. Returns (directions * starts, d); none for a remainder of rank
+  0. Float64 numpy."""
   d = prefix.sizes[0] if prefix.weights else rem.shape[0]
   u, sv, _ = np.linalg.svd(rem, full_matrices=False)
   basis = u[:, sv > 1e-9 * max(float(sv[0]) if len(sv) else 0.0, 1e-300)]
@@ -94,7 +94,9 @@ def least_points(
   return descend(prefix, coef[:directions] @ basis.T, dom, rng, starts, steps, d)
 
 
-def descend(prefix: DeepNet, c: np.ndarray, dom, rng: np.random.Generator, starts: int, steps: int = 200, d=None):
+def descend(
+  prefix: DeepNet, c: np.ndarray, dom, rng: np.random.Generator, starts: int, steps: int = 200, d: int | None = None
+) -> np.ndarray:
   """Points of the domain where c_i . h is least, h the prefix's features (x itself for an empty prefix of d
   inputs), for each row of c (D, n): projected descent along the normalised gradient from `starts` points each
   (dom.check_points), step sizes falling geometrically from a fifth of the domain's circumradius to 1e-5 of it.
