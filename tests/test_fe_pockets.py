@@ -8,7 +8,7 @@ import pytest
 from extraction.oracle import Oracle
 from functional_equivalence import domain as domains
 from functional_equivalence import queries
-from functional_equivalence.deep import attack, network, pockets
+from functional_equivalence.deep import attack, network, pockets, remainder
 from functional_equivalence.errors import ExtractionError
 from tests.counting import CountingBackend
 
@@ -35,7 +35,7 @@ def test_subsets_and_directions():
   assert few[:6] == [(a,) for a in range(6)] and len(few) == 9 and len(set(few)) == 9
   c = pockets.sparse_directions(3, 3, rng)
   assert np.array_equal(c, [[1, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, -10, -10], [-10, 1, -10], [-10, -10, 1]])
-  r = pockets.random_directions(3, 10, rng)
+  r = remainder.unit_directions(3, 10, rng)
   assert r.shape == (10, 3) and np.allclose(np.linalg.norm(r, axis=1), 1) and np.array_equal(r[:3], np.eye(3))
 
 
@@ -53,7 +53,7 @@ def test_sparse_sets_find_a_second_layer_unit_on_in_a_pocket(sizes, unit):
   assert len(sparse) == 2 * (sizes[1] + sizes[1] * (sizes[1] - 1) // 2) and np.all(BALL.contains(sparse))
   assert np.sum(_last_hidden(net, sparse)[:, unit] > 0) >= 1
   if sizes[1] == 14:
-    rand = pockets.greatest(prefix, pockets.random_directions(14, 256, rng) / scale, BALL, rng, 2)
+    rand = pockets.greatest(prefix, remainder.unit_directions(14, 256, rng) / scale, BALL, rng, 2)
     assert np.sum(_last_hidden(net, rand)[:, unit] > 0) == 0
 
 

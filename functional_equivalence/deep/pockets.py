@@ -13,7 +13,7 @@ features scaled to their largest value on a sample:
   none of 200,000 points of the ball, missed, the network returned wrong by 0.87 and 0.92 over the ball; at these
   points of the victim's own layer the missed unit is on at 4-72 of some hundreds, where 4,096 random c found it
   at none (ad hoc).
-- random: unit vectors c (the basis both ways first). A unit made rare by its bias alone (network.with_rare_unit,
+- random: unit vectors c (the basis both ways first, remainder.unit_directions). A unit made rare by its bias alone (network.with_rare_unit,
   on at 3e-5 of the domain) is on at these points more often than at the sparse ones: of 36 random nets of 2-3
   hidden layers on a ball and a box, 22 by 256 random c (4 starts each), 14 by the sparse sets, 23 by
   `pocket_points` as built (ad hoc; 14 of the ball's 18 in tests/test_fe_pockets.py).
@@ -53,13 +53,6 @@ def sparse_directions(n: int, limit: int, rng: np.random.Generator) -> np.ndarra
   return np.array(rows).reshape(-1, n)
 
 
-def random_directions(n: int, count: int, rng: np.random.Generator) -> np.ndarray:
-  """The basis of R^n both ways, then random unit vectors, `count` in all."""
-  c = np.concatenate([np.eye(n), -np.eye(n)])[:count]
-  extra = rng.normal(size=(max(count - len(c), 0), n))
-  return np.concatenate([c, extra / np.linalg.norm(extra, axis=1, keepdims=True)])
-
-
 def greatest(prefix: DeepNet, c: np.ndarray, dom, rng: np.random.Generator, starts: int) -> np.ndarray:
   """For each row of c (D, n), the point of the domain where c . h (h the prefix's features) is greatest, the best
   of `starts` descents: (D, d)."""
@@ -82,7 +75,7 @@ def pocket_points(net: DeepNet, dom, rng: np.random.Generator, sets: int, direct
     scale = np.max(network.feature_values(prefix, sample), axis=0)
     scale = np.where(scale > 0, scale, np.max(scale, initial=0.0) or 1.0)
     n = len(scale)
-    c = np.concatenate([sparse_directions(n, sets, rng), random_directions(n, directions, rng)])
+    c = np.concatenate([sparse_directions(n, sets, rng), remainder.unit_directions(n, directions, rng)])
     if len(c):
       parts.append(greatest(prefix, c / scale, dom, rng, starts))
   return np.concatenate(parts)

@@ -87,11 +87,15 @@ def least_points(
   r = basis.shape[1]
   if r == 0 or directions <= 0:
     return np.zeros((0, d))
-  coef = np.concatenate([np.eye(r), -np.eye(r)])
-  if r > 1 and directions > len(coef):
-    extra = rng.normal(size=(directions - len(coef), r))
-    coef = np.concatenate([coef, extra / np.linalg.norm(extra, axis=1, keepdims=True)])
-  return descend(prefix, coef[:directions] @ basis.T, dom, rng, starts, steps, d)
+  coef = unit_directions(r, directions if r > 1 else min(directions, 2), rng)
+  return descend(prefix, coef @ basis.T, dom, rng, starts, steps, d)
+
+
+def unit_directions(n: int, count: int, rng: np.random.Generator) -> np.ndarray:
+  """`count` unit vectors of R^n: its basis both ways first, then random ones. (count, n)."""
+  c = np.concatenate([np.eye(n), -np.eye(n)])[:count]
+  extra = rng.normal(size=(max(count - len(c), 0), n))
+  return np.concatenate([c, extra / np.linalg.norm(extra, axis=1, keepdims=True)])
 
 
 def descend(
