@@ -38,13 +38,23 @@ flags.DEFINE_list("models", ["small_cnn", "wrn28_2"], "Models to time (names of 
 flags.DEFINE_integer("batch", 64, "Labeled batch B; the unlabeled batch is B too, augmented K=2 times.")
 flags.DEFINE_integer("rounds", 4, "Alternating JAX / PyTorch timing rounds per model.")
 flags.DEFINE_string("steps_per_round", "small_cnn=5,wrn28_2=1", "Timed steps per round, per model (default 2).")
-flags.DEFINE_string("out_dir", "benchmarks/results", "Where mixmatch_throughput.{json,md} go.")
+flags.DEFINE_string("out_dir", "benchmarks/results", "Where NAME.{json,md} go.")
+flags.DEFINE_string("name", "mixmatch_throughput", "File name of the results (without extension).")
 flags.DEFINE_list(
   "variants",
-  ["jit", "2 CPU devices", "4 CPU devices", "onednn", "lax.scan", "model fwd+bwd"],
-  "JAX variants timed for the first model (the others: jit only).",
+  ["jit", "2 CPU devices", "4 CPU devices", "onednn", "lax.scan", "model fwd+bwd", "matmul conv"],
+  "JAX variants timed for the first model (names of VARIANTS).",
 )
+flags.DEFINE_list("other_variants", ["jit", "matmul conv"], "JAX variants timed for the other models.")
 flags.DEFINE_string("child", None, "Internal: time MODEL:VARIANT in this process and print its row.")
+
+
+def _known_variants(names: list) -> bool:
+  unknown = [v for v in names if v not in VARIANTS]
+  if unknown:
+    raise flags.ValidationError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+  return True
+
 
 K, CLASSES, SHAPE = 2, 10, (32, 32, 3)
 LR, WD, EMA, LAMBDA_U, T, ALPHA, SHIFT = 0.002, 0.02, 0.999, 75.0, 0.5, 0.75, 4
@@ -69,13 +79,14 @@ class JaxRunner:
 
   variant: 'jit' (one device), 'devices' (the batch split over every XLA device: data parallel), 'scan' (the step
   inside `lax.scan`, as `--steps_per_call` runs it), 'model' (only forward and backward of the model on the
-  3B images of a step: the convolutions' share).
+  3B images of a step: the convolutions' share). conv: how the model computes its convolutions
+  (`extraction.conv.CONVS`).
   """
 
-  def __init__(self, name: str, batches: list[dict], variant: str = "jit"):
+  def __init__(self, name: str, batches: list[dict], variant: str = "jit", conv: str = "xla"):
     from extraction import parallel
 
-    model = models.create_model(name, CLASSES)
+    model = models.create_model(name, CLASSES, conv=conv)
     tx = train.make_optimizer(LR, WD, 10_000)
     self.state = train.create_state(model, tx, jax.random.key(0), SHAPE)
     self.params = sum(x.size for x in jax.tree_util.tree_leaves(self.state.params))
@@ -101,9 +112,11 @@ class JaxRunner:
 
     if variant == "scan":
       one = step
-      step = lambda state, batch: jax.tree.map(
-        lambda m: m[-1], jax.lax.scan(one, state, jax.tree.map(lambda a: a[None], batch))
-      )
+
+      def step(state, batch):  # the state comes out whole, the metrics of the last step
+        state, metrics = jax.lax.scan(one, state, jax.tree.map(lambda a: a[None], batch))
+        return state, jax.tree.map(lambda m: m[-1], metrics)
+
     mesh = parallel.data_mesh() if variant == "devices" else None
     self.state, put, self.step = parallel.place(step, self.state, mesh)
     self.batches = [put(b) for b in batches]
@@ -259,10 +272,10 @@ class TorchRunner:
 
 
 # ---------------------------------------------------------------------------------------------------- main
-def time_model(name: str, b: int, rounds: int, steps: int, variant: str = "jit") -> dict:
+def time_model(name: str, b: int, rounds: int, steps: int, variant: str = "jit", conv: str = "xla") -> dict:
   """Warms up both runners (compile excluded), then times `rounds` alternating rounds of `steps` steps."""
   batches = make_batches(2, b)
-  runners = {"jax": JaxRunner(name, batches, variant), "torch": TorchRunner(name, batches, variant == "model")}
+  runners = {"jax": JaxRunner(name, batches, variant, conv), "torch": TorchRunner(name, batches, variant == "model")}
   times = {k: [] for k in runners}
   for k, r in runners.items():
     t0 = time.perf_counter()
@@ -278,6 +291,7 @@ def time_model(name: str, b: int, rounds: int, steps: int, variant: str = "jit")
   row = {
     "model": name,
     "variant": variant,
+    "conv": conv,
     "jax_devices": len(jax.devices()),
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "batch": f"{b}+{K}x{b}",
@@ -314,13 +328,19 @@ def machine() -> dict:
   }
 
 
-VARIANTS = {  # name -> (XLA_FLAGS of the child process, JaxRunner variant)
-  "jit": ("", "jit"),
-  "2 CPU devices": ("--xla_force_host_platform_device_count=2", "devices"),
-  "4 CPU devices": ("--xla_force_host_platform_device_count=4", "devices"),
-  "onednn": ("--xla_cpu_use_onednn=true", "jit"),
-  "lax.scan": ("", "scan"),
-  "model fwd+bwd": ("", "model"),
+VARIANTS = {  # name -> (XLA_FLAGS of the child process, JaxRunner variant, convolutions: extraction.conv.CONVS)
+  "jit": ("", "jit", "xla"),
+  "2 CPU devices": ("--xla_force_host_platform_device_count=2", "devices", "xla"),
+  "4 CPU devices": ("--xla_force_host_platform_device_count=4", "devices", "xla"),
+  "onednn": ("--xla_cpu_use_onednn=true", "jit", "xla"),
+  "lax.scan": ("", "scan", "xla"),
+  "model fwd+bwd": ("", "model", "xla"),
+  "matmul conv": ("", "jit", "matmul"),
+  "matmul conv lax.scan": ("", "scan", "matmul"),
+  "matmul conv model fwd+bwd": ("", "model", "matmul"),
+  "matmul_grad conv": ("", "jit", "matmul_grad"),
+  "matmul_grad conv lax.scan": ("", "scan", "matmul_grad"),
+  "matmul_grad conv model fwd+bwd": ("", "model", "matmul_grad"),
 }
 
 
@@ -339,7 +359,9 @@ def to_markdown(result: dict) -> str:
     "",
     "Step: B labeled + K=2 x B unlabeled 32x32x3 images (all counted), float32, median over rounds, "
     "warm-up/compile excluded. Each JAX variant runs in its own process (its XLA_FLAGS) against the same PyTorch "
-    "step: `jit` one XLA device; `N CPU devices` the batch split over N XLA CPU devices (data parallel, as the "
+    "step: `jit` one XLA device; `matmul conv` the model's convolutions as shifted slices and one matrix "
+    "product (`--conv=matmul`, extraction/conv.py) instead of XLA's convolution, `matmul_grad conv` XLA's "
+    "convolution forward and the matrix products backward (`--conv=matmul_grad`); `N CPU devices` the batch split over N XLA CPU devices (data parallel, as the "
     "launcher's --cpu_devices=N does); `onednn` XLA's oneDNN flag; `lax.scan` the step inside a scan (as "
     "--steps_per_call runs it); `model fwd+bwd` only the forward and backward pass of the model on the 3B "
     "images, in both frameworks (the convolutions' share of the step).",
@@ -366,9 +388,11 @@ def main(argv):
   if FLAGS.child:  # one (model, variant) in this process: print its row
     name, variant = FLAGS.child.split(":", 1)
     steps = int(per_model.get(name, 2))
-    if VARIANTS[variant][1] == "scan":
+    _, runner_variant, conv = VARIANTS[variant]
+    if runner_variant == "scan":
       steps = 1  # a scan of convolutions is far slower on XLA:CPU: one step a round is plenty
-    print("ROW " + json.dumps(time_model(name, FLAGS.batch, FLAGS.rounds, steps, VARIANTS[variant][1])))
+    row = time_model(name, FLAGS.batch, FLAGS.rounds, steps, runner_variant, conv)
+    print("ROW " + json.dumps({**row, "variant": variant, "runner": runner_variant}))
     return
   result = {
     "command": " ".join(["python", "-m", "benchmarks.mixmatch_throughput"] + sys.argv[1:]),
@@ -378,8 +402,8 @@ def main(argv):
     "rows": [],
   }
   for name in FLAGS.models:
-    for variant in FLAGS.variants if name == FLAGS.models[0] else ["jit"]:
-      xla_flags, _ = VARIANTS[variant]
+    for variant in FLAGS.variants if name == FLAGS.models[0] else FLAGS.other_variants:
+      xla_flags = VARIANTS[variant][0]
       env = {**os.environ, "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu"}
       args = [
         sys.executable,
@@ -400,10 +424,12 @@ def main(argv):
   result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
   out = pathlib.Path(FLAGS.out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  (out / "mixmatch_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-  (out / "mixmatch_throughput.md").write_text(to_markdown(result))
+  (out / f"{FLAGS.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+  (out / f"{FLAGS.name}.md").write_text(to_markdown(result))
   print(to_markdown(result))
 
 
 if __name__ == "__main__":
+  flags.register_validator("variants", _known_variants)
+  flags.register_validator("other_variants", _known_variants)
   app.run(main)

@@ -17,6 +17,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from extraction.conv import CONVS
+
 # The MixMatch reference uses momentum 0.999 over ~1M steps; at our budgets of a few thousand steps the running
 # statistics would still be mostly their initial values, so 0.99 (flax's default).
 _BN = functools.partial(nn.BatchNorm, momentum=0.99, epsilon=1e-3)
@@ -48,10 +50,13 @@ class _Residual(nn.Module):
   stride: int = 1
   activate_before_residual: bool = False
   compute_dtype: Any = None
+  conv: str = "xla"
 
   @nn.compact
   def __call__(self, x0, train: bool):
-    conv = functools.partial(nn.Conv, kernel_init=_conv_init, dtype=self.compute_dtype)
+    conv = functools.partial(
+      nn.Conv, kernel_init=_conv_init, dtype=self.compute_dtype, conv_general_dilated=CONVS[self.conv]
+    )
     x = _leaky(_BN(use_running_average=not train)(x0))
     if self.activate_before_residual:
       x0 = x
@@ -75,17 +80,18 @@ class WideResNet(nn.Module):
   scales: int = 3
   rotation_head: bool = False
   compute_dtype: Any = None
+  conv: str = "xla"  # extraction.conv.CONVS
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.Conv(16, (3, 3), kernel_init=_conv_init, dtype=self.compute_dtype)(x)
+    conv = CONVS[self.conv]
+    x = nn.Conv(16, (3, 3), kernel_init=_conv_init, dtype=self.compute_dtype, conv_general_dilated=conv)(x)
+    block = functools.partial(_Residual, compute_dtype=self.compute_dtype, conv=self.conv)
     for scale in range(self.scales):
       f = self.filters << scale
-      x = _Residual(f, stride=2 if scale else 1, activate_before_residual=scale == 0, compute_dtype=self.compute_dtype)(
-        x, train
-      )
+      x = block(f, stride=2 if scale else 1, activate_before_residual=scale == 0)(x, train)
       for _ in range(self.repeat - 1):
-        x = _Residual(f, compute_dtype=self.compute_dtype)(x, train)
+        x = block(f)(x, train)
     x = _leaky(_BN(use_running_average=not train)(x))
     return _Heads(self.num_classes, self.rotation_head, compute_dtype=self.compute_dtype)(x.mean(axis=(1, 2)))
 
@@ -98,12 +104,16 @@ class SmallCNN(nn.Module):
   widths: Sequence[int] = (32, 64, 128)
   rotation_head: bool = False
   compute_dtype: Any = None
+  conv: str = "xla"  # extraction.conv.CONVS
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    conv = functools.partial(
+      nn.Conv, kernel_init=_conv_init, use_bias=False, dtype=self.compute_dtype, conv_general_dilated=CONVS[self.conv]
+    )
     for i, w in enumerate(self.widths):
       for _ in range(2):
-        x = nn.Conv(w, (3, 3), kernel_init=_conv_init, use_bias=False, dtype=self.compute_dtype)(x)
+        x = conv(w, (3, 3))(x)
         x = _leaky(_BN(use_running_average=not train)(x))
       if i < len(self.widths) - 1:
         x = nn.max_pool(x, (2, 2), (2, 2))
@@ -143,12 +153,19 @@ DENSE_MODELS = ("mlp", "mlp2x256")  # no convolutions
 PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16}  # name -> compute_dtype
 
 
-def create_model(name: str, num_classes: int, rotation_head: bool = False, precision: str = "float32") -> nn.Module:
-  """Model by flag name (see MODELS) computing its convolutions and dense layers in `precision` (PRECISIONS);
-  raises ValueError naming the choices for an unknown name."""
+def create_model(
+  name: str, num_classes: int, rotation_head: bool = False, precision: str = "float32", conv: str = "xla"
+) -> nn.Module:
+  """Model by flag name (see MODELS) computing its convolutions and dense layers in `precision` (PRECISIONS), its
+  convolutions by `conv` (`extraction.conv.CONVS`: the parameters are the same either way; dense models have
+  none); raises ValueError naming the choices for an unknown name."""
   if name not in MODELS:
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
   if precision not in PRECISIONS:
     raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+  if conv not in CONVS:
+    raise ValueError(f"unknown convolution {conv!r}; choose one of {', '.join(CONVS)}")
   kwargs = {"compute_dtype": PRECISIONS[precision]} if PRECISIONS[precision] is not None else {}
+  if name not in DENSE_MODELS:
+    kwargs["conv"] = conv
   return MODELS[name](num_classes=num_classes, rotation_head=rotation_head, **kwargs)

@@ -38,6 +38,7 @@ class StudentConfig:
   optimizer: str = "adam"
   schedule: str = "constant"
   rotation_head: bool = False
+  conv: str = "xla"  # how the convolutions are computed (extraction.conv.CONVS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +120,7 @@ def train_students(
   """
   if needs_unlabeled and any(len(t.unlabeled) == 0 for t in tasks):
     raise ValueError("a student has no unlabeled inputs, but its method needs some")
-  model = models.create_model(cfg.model, num_classes, rotation_head=cfg.rotation_head)
+  model = models.create_model(cfg.model, num_classes, rotation_head=cfg.rotation_head, conv=cfg.conv)
   tx = train.make_optimizer(cfg.lr, cfg.weight_decay, cfg.steps, cfg.schedule, cfg.optimizer)
   keys = jax.numpy.stack([seeds.key(t.seed, "student") for t in tasks])
   state = jax.jit(jax.vmap(lambda k: train.create_state(model, tx, k, pool.shape[1:])))(keys)

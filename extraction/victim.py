@@ -34,6 +34,7 @@ class VictimConfig:
   weight_decay: float = 0.02
   ema: float = 0.999
   seed: int = 0
+  conv: str = "xla"  # how its convolutions are computed (extraction.conv.CONVS); another choice rounds differently
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +59,7 @@ def train_victim(
         f"{directory} holds a victim trained by an older version of this code (format "
         f"{old.get('format', 1)}, now {FORMAT}); use another --workdir or delete it"
       )
-    if old["config"] != dataclasses.asdict(cfg) or old["dataset"] != dataset.name:
+    if VictimConfig(**old["config"]) != cfg or old["dataset"] != dataset.name:  # fields added since: defaults
       raise VictimMismatch(
         f"{directory} holds a victim trained with other settings ({old['config']}, "
         f"{old['dataset']}); use another --workdir or delete it"
@@ -102,7 +103,7 @@ def fit_recipe(
   """
   init_seed = cfg.seed if init_seed is None else init_seed
   data_seed = cfg.seed if data_seed is None else data_seed
-  model = models.create_model(cfg.model, dataset.num_classes, precision=precision)
+  model = models.create_model(cfg.model, dataset.num_classes, precision=precision, conv=cfg.conv)
   tx = train.make_optimizer(cfg.lr, cfg.weight_decay, cfg.steps, schedule="cosine")
   state = train.create_state(
     model, tx, seeds.key(init_seed, "victim"), dataset.image_shape, data_key=seeds.key(data_seed, "victim")
@@ -128,7 +129,7 @@ def load_victim(directory: pathlib.Path) -> Victim:
     raise FileNotFoundError(f"no trained victim in {directory} (missing info.json); train one with launch.run first")
   info = json.loads(info_path.read_text())
   cfg = VictimConfig(**info["config"])
-  model = models.create_model(cfg.model, info["num_classes"])
+  model = models.create_model(cfg.model, info["num_classes"], conv=cfg.conv)
   tx = train.make_optimizer(cfg.lr, cfg.weight_decay, cfg.steps, schedule="cosine")
   template = train.create_state(model, tx, seeds.key(cfg.seed, "victim"), tuple(info["image_shape"]))
   state, step = train.restore_latest(train.checkpoint_manager(directory / "checkpoints"), template)

@@ -24,6 +24,7 @@ import numpy as np
 from absl import flags, logging
 
 from extraction import augment, datasets, evaluation, models, parallel, students, transfer
+from extraction import conv as conv_lib
 from extraction import oracle as oracle_lib
 from extraction import rounds as rounds_lib
 from extraction import victim as victim_lib
@@ -41,6 +42,12 @@ flags.DEFINE_string("victim_model", "small_cnn", f"Victim architecture: {', '.jo
 flags.DEFINE_integer("victim_steps", 2000, "Victim training steps.")
 flags.DEFINE_integer("victim_batch_size", 128, "Victim batch size.")
 flags.DEFINE_float("victim_lr", 0.002, "Victim peak learning rate (Adam, cosine schedule).")
+flags.DEFINE_enum(
+  "victim_conv",
+  "xla",
+  list(conv_lib.CONVS),
+  "How the victim's convolutions are computed (part of its recipe: another choice rounds differently); see --conv.",
+)
 # Seeds and protocol.
 flags.DEFINE_integer("victim_seed", None, "Seed of the victim's initialisation and data order (default --seed).")
 flags.DEFINE_integer(
@@ -117,6 +124,14 @@ flags.DEFINE_boolean(
   "augment_flip",
   None,
   "Students' random horizontal flips (default: the dataset's: CIFAR-10 only; the victim keeps its own).",
+)
+flags.DEFINE_enum(
+  "conv",
+  "xla",
+  list(conv_lib.CONVS),
+  "How the students' convolutions are computed (extraction/conv.py): xla (XLA's convolution), matmul (shifted "
+  "slices and one matrix product) or matmul_grad (XLA's forward, the matrix products' gradient: on CPU the faster "
+  "training step for 32x32 images; keep xla on GPU/TPU and for 8x8 digits).",
 )
 flags.DEFINE_integer("steps_per_call", 1, "Training steps per jitted call (lax.scan); >1 helps small models.")
 # MixMatch (reference defaults) and FixMatch (paper defaults).
@@ -290,6 +305,7 @@ def method_settings(method: str) -> tuple[students.StudentConfig, dict]:
     optimizer=pick(FLAGS.optimizer, spec.optimizer),
     schedule=pick(FLAGS.lr_schedule, spec.schedule),
     rotation_head=FLAGS.rotation_weight > 0,
+    conv=FLAGS.conv,
   )
   params = {
     "ema": FLAGS.ema,
@@ -302,6 +318,15 @@ def method_settings(method: str) -> tuple[students.StudentConfig, dict]:
     "randaugment_ops": FLAGS.randaugment_ops,
   }
   return cfg, params
+
+
+def config_settings(cfg) -> dict:
+  """A victim's or students' config as it enters run names: `conv` left out at its default, so that the names of
+  runs made before that field existed stay the same."""
+  settings = dataclasses.asdict(cfg)
+  if settings.get("conv") == "xla":
+    del settings["conv"]
+  return settings
 
 
 def run_name(prefix: str, settings: dict) -> str:
@@ -435,6 +460,7 @@ def victim_config() -> victim_lib.VictimConfig:
     batch_size=FLAGS.victim_batch_size,
     lr=FLAGS.victim_lr,
     seed=_seed("victim_seed"),
+    conv=FLAGS.victim_conv,
   )
 
 
@@ -540,7 +566,7 @@ def extract(
       extractions, oracle_settings = shared or _extractions(backend, output, budgets, ds.image_shape, ds.num_classes)
       seeds_ = [_seed("student_seed") + rep for _ in budgets for rep in range(FLAGS.seeds)]
       settings = {
-        "config": dataclasses.asdict(cfg),
+        "config": config_settings(cfg),
         "params": params,
         "victim": victim_settings,
         "budgets": budgets,
@@ -638,7 +664,7 @@ def run(workdir: pathlib.Path) -> list[dict]:
   logging.info("victim test accuracy %.4f", victim.test_accuracy)
   evaluator = build_evaluator(ds, lambda x: predict_logits(victim.model, victim.variables, x), val_idx)
   return [victim_row(evaluator)] + extract(
-    ds, pool_idx, victim.model, victim.variables, evaluator, workdir, budgets, mesh, dataclasses.asdict(vcfg)
+    ds, pool_idx, victim.model, victim.variables, evaluator, workdir, budgets, mesh, config_settings(vcfg)
   )
 
 

@@ -258,14 +258,14 @@ def run(workdir: pathlib.Path) -> list[dict]:
     "dataset": FLAGS.dataset,
     "data_dir": FLAGS.data_dir,
     "tfds_data_dir": FLAGS.tfds_data_dir,
-    "recipe": dataclasses.asdict(cfg),
+    "recipe": learning.config_settings(cfg),
   }
   recipe_dir = workdir / "runs" / learning.run_name("recipe", recipe)
   states = {
     r: _train(recipe_dir / r.name, {**recipe, "run": dataclasses.asdict(r)}, f"run {i + 1}/{len(runs)} {r.name}")
     for i, r in enumerate(runs)
   }
-  nets = {p: models.create_model(cfg.model, ds.num_classes, precision=p) for p in models.PRECISIONS}
+  nets = {p: models.create_model(cfg.model, ds.num_classes, precision=p, conv=cfg.conv) for p in models.PRECISIONS}
   predict = lambda r: lambda x: predict_logits(nets[r.precision], _variables(states[r]), x)
   sigmas = [float(s) for s in FLAGS.gauss_sigmas]
   sets = evaluation.Evaluator.build(
