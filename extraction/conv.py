@@ -7,10 +7,10 @@ multiplies that (N, H', W', kh * kw * C) array by the kernel reshaped to (kh * k
 its gradient is slicing and padding again, and the work is one large GEMM a layer. `matmul_grad_conv` keeps XLA's
 convolution forward and takes `matmul_conv`'s gradient. On XLA:CPU the GEMMs make the MixMatch training step
 1.5-2x faster than XLA's convolutions (small CNN and WRN-28-2 on 32x32 images; `matmul_grad` the faster,
-`benchmarks/results/mixmatch_throughput_conv.md`), but forward-only work at large batches (evaluation) is 2.4x
-slower with `matmul` (ad hoc) and unchanged with `matmul_grad`; FS students at batch 64 and the 8x8 digits CNNs gain
-nothing (docs/learning.md). So it is a choice (`--conv`), not the default. It costs kh * kw times the layer's
-input in memory. Numerically it is the same sum in another order (float32 results within rounding of XLA's). On
+`benchmarks/results/mixmatch_throughput_conv.md`), but forward-only work (evaluation) is about 2x slower with
+`matmul` for the small CNN and unchanged with `matmul_grad` (`mixmatch_throughput_predict.md`); FS students at
+batch 64 and the 8x8 digits CNNs gain nothing (docs/learning.md). So it is a choice (`--conv`), not the default.
+It costs kh * kw times the layer's input in memory. Numerically it is the same sum in another order (float32 results within rounding of XLA's). On
 GPU/TPU keep `xla`.
 """
 

@@ -544,11 +544,24 @@ def extract(
     if output == "ground_truth":
       labels = ds.train.labels[pool_idx]
       shared = _ground_truth_extractions(pool, labels, budgets, ds.num_classes), {"targets": "ground_truth"}
-    elif not strategy.adaptive:  # one query pass, shared by every method
+    elif not strategy.adaptive:  # one query pass, shared by every method, saved: a re-run asks nothing
       shared = _extractions(backend, output, budgets, ds.image_shape, ds.num_classes)
-      for e in shared[0]:
-        rounds_lib.ask_round(strategy, e, 0, 1, natural, kinds, None, ds.num_classes, output)
-      _close(shared[0])
+      query_settings = {
+        "victim": victim_settings,
+        "budgets": budgets,
+        "seeds": FLAGS.seeds,
+        "query_seed": _seed("query_seed"),
+        "val": [FLAGS.seed, len(ds.train) - len(pool_idx)],
+        **shared[1],
+        **strategy_flags.settings(sname, strategy),
+      }
+      path = workdir / "queries" / run_name(f"{sname}_{output}", query_settings) / "asked.npz"
+      if not _reuse_asked(path, shared[0]):
+        for e in shared[0]:
+          rounds_lib.ask_round(strategy, e, 0, 1, natural, kinds, None, ds.num_classes, output)
+        _close(shared[0])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rounds_lib.save_asked(path, shared[0])
     answers_as = "probabilities" if output == "ground_truth" else output  # one-hot labels read as probabilities
     for method in FLAGS.method:
       t0 = time.time()
@@ -701,6 +714,19 @@ def _natural_inputs(strategy, pool: np.ndarray, ds, budgets: list[int], cache: d
   return ts.images, ts.kinds
 
 
+def _reuse_asked(path: pathlib.Path, extractions: list) -> bool:
+  """Whether `path` (`rounds.save_asked`) holds what these extractions asked in a finished run; if so they take it
+  over, with their oracles' counts, and their oracles are closed without asking anything."""
+  saved = rounds_lib.load_asked(path, len(extractions))
+  if saved is None:
+    return False
+  for e, (asked, used) in zip(extractions, saved):
+    e.asked, e.used = asked, used
+  _close(extractions, count=False)
+  logging.info("%s: reusing the queries of a finished run", path.parent.name)
+  return True
+
+
 def _ask_in_rounds(
   strategy,
   extractions: list,
@@ -716,12 +742,7 @@ def _ask_in_rounds(
   in `group_dir`, or retrained in `group_dir/round<r>`); what was asked is saved in `group_dir/asked.npz`. A
   finished group reuses it (the oracle is not asked again); an interrupted one starts over."""
   path = group_dir / "asked.npz"
-  saved = rounds_lib.load_asked(path, len(extractions))
-  if saved is not None:
-    for e, (asked, used) in zip(extractions, saved):
-      e.asked, e.used = asked, used
-    _close(extractions, count=False)
-    logging.info("%s: reusing the queries of a finished run", group_dir.name)
+  if _reuse_asked(path, extractions):
     return
   if any(group_dir.iterdir()):
     logging.warning("%s: an interrupted run of rounds; starting it over", group_dir.name)

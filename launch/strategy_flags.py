@@ -66,6 +66,12 @@ flags.DEFINE_integer("dfme_directions", 1, "DFME: random directions of the forwa
 flags.DEFINE_float("dfme_epsilon", 2.0, "DFME: forward-difference step, in pixel levels.", lower_bound=1.0)
 flags.DEFINE_float("dfme_lr", 5e-4, "DFME: generator learning rate (Adam).", lower_bound=0.0)
 
+flags.DEFINE_integer(
+  "typiclust_dims", 32, "TypiClust: principal components of the pixels it clusters (0: raw pixels).", lower_bound=0
+)
+flags.DEFINE_integer("typiclust_neighbours", 20, "TypiClust: nearest neighbours of its typicality.", lower_bound=1)
+flags.DEFINE_integer("typiclust_clusters", 500, "TypiClust: k-means clusters at most (the paper's cap).", lower_bound=1)
+
 FLAGS = flags.FLAGS
 
 

@@ -19,8 +19,10 @@ from extraction.strategies import (
   jbda,
   kcenter,
   knockoff,
+  typiclust,
   uncertainty,
 )
+from tests.counting import CountingBackend
 
 SHAPE = (4, 4, 1)
 
@@ -214,3 +216,43 @@ def test_training_data_keeps_synthesised_inputs_out_of_the_unlabeled_pool():
   assert la.tolist() == [3, 10, 5] and lb.tolist() == [11]
   assert set(ua.tolist()) == set(range(10)) - {3, 5} and ub.tolist() == list(range(10))
   np.testing.assert_array_equal(tb, [[0, 0, 1]])  # labels only: one-hot of the top class
+
+
+def test_typicality_is_highest_in_the_densest_place_far_from_the_origin_too():
+  points = np.array([[0.0, 0.0], [0.1, 0.0], [0.2, 0.0], [0.3, 0.0], [3.0, 0.0]])
+  for offset in (0.0, 1e7):
+    t = typiclust.typicality(points + offset, 2)
+    # the inner points have both neighbours 0.1 away; the outlier's nearest are 2.7 and 2.8 away
+    np.testing.assert_allclose(t, [1 / 0.15, 1 / 0.1, 1 / 0.1, 1 / 0.15, 1 / 2.75], rtol=1e-6)
+  assert typiclust.typicality(points[:1], 20).tolist() == [1.0]
+
+
+def test_typiclust_visits_clusters_largest_first_and_those_already_asked_last():
+  """Clusters A (4 points, one asked), B (3), C (2): B, C, then A, then B again; each visit the most typical unasked
+  member (k = 1 here: mutual nearest neighbours tie, the first wins); more than the unasked inputs is a one-line
+  error."""
+  labels = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2])
+  points = np.array([[0.0], [2.0], [2.5], [3.0], [10.0], [11.0], [11.3], [20.0], [22.0]])
+  asked = np.zeros(9, bool)
+  asked[3] = True
+  assert typiclust.choose(labels, points, asked, 4, neighbours=20).tolist() == [5, 7, 1, 4]
+  with pytest.raises(ValueError, match="only 8 are unasked"):
+    typiclust.choose(labels, points, asked, 9, neighbours=20)
+
+
+@pytest.mark.parametrize("dims", [0, 2])
+def test_typiclust_asks_the_centre_of_each_blob(dims):
+  """Three blobs of 4x4 images at pixel levels 40, 128, 220 with rare outliers: three queries, one from each blob,
+  each a member of the blob's dense core, counted at the backend."""
+  rng = np.random.default_rng(0)
+  levels = np.repeat([40, 128, 220], [60, 30, 20])
+  natural = np.clip(levels[:, None] + rng.normal(0, 3, (110, 16)), 0, 255)
+  natural[::10] += rng.choice([-30.0, 30.0], (11, 16))  # outliers in each blob
+  natural = np.clip(natural, 0, 255).astype(np.uint8).reshape((110,) + SHAPE)
+  backend = CountingBackend(lambda x: np.zeros((len(x), 3)))
+  e = rounds.Extraction(Oracle(backend), 3, seed=1, asked=Asked.empty(SHAPE, 3))
+  rounds.ask_round(typiclust.TypiClust(dims=dims), e, 0, 1, natural, None, None, 3, "probabilities")
+  assert backend.rows == 3
+  picked = e.asked.natural
+  assert sorted(levels[picked].tolist()) == [40, 128, 220]
+  assert not np.any(picked % 10 == 0)

@@ -34,22 +34,25 @@ def _data(tmp_path):
 
 def test_pool_strategies_ask_their_budget_and_never_the_evaluation_data(tmp_path, recorded):  # noqa: F811 (the fixture imported above)
   train, test, paths = _data(tmp_path)
-  args = ARGS + ["--method=mixmatch", "--strategy=kcenter,dfal"] + paths
+  args = ARGS + ["--method=mixmatch", "--strategy=kcenter,dfal,typiclust"] + paths
   rows = _run_in_process(args)
-  assert [len(r) for r in recorded] == [20, 60] * 2  # each extraction's oracle: exactly its budget, over 2 rounds
+  assert [len(r) for r in recorded] == [20, 60] * 3  # each extraction's oracle: exactly its budget
   _never_asked_unlabeled(recorded, tmp_path / "w", train, test)  # pool inputs only; no val, no test, no unlabeled
   assert [(r["strategy"], r["queries"], r["oracle_used"]) for r in rows[1:]] == [
-    (s, q, q) for s in ("kcenter", "dfal") for q in (20, 60)
+    (s, q, q) for s in ("kcenter", "dfal", "typiclust") for q in (20, 60)
   ]
   recorded.clear()
   again = _run_in_process(args)  # a finished run of rounds is reused: the oracle is not asked again
   assert sum(len(r) for r in recorded) == 0
   assert [r["fidelity"] for r in again[1:]] == [r["fidelity"] for r in rows[1:]]
-  assert [r["oracle_used"] for r in again[1:]] == [20, 60] * 2
+  assert [r["oracle_used"] for r in again[1:]] == [20, 60] * 3
   recorded.clear()
   _run_in_process(args + ["--dfme_lr=0.01", "--jbda_tau=5"])  # other strategies' flags: same runs, nothing asked
   assert sum(len(r) for r in recorded) == 0
   _run_in_process(args + ["--dfal_classes=2"])  # DFAL's own flag: a new DFAL run; k-center's is reused
+  assert [len(r) for r in recorded if len(r)] == [20, 60]
+  recorded.clear()
+  _run_in_process(args + ["--typiclust_dims=4"])  # TypiClust's own flag: a new TypiClust run only
   assert [len(r) for r in recorded if len(r)] == [20, 60]
 
 
@@ -93,3 +96,27 @@ def test_strategy_misconfigurations_are_config_errors(tmp_path, extra, message):
   _, _, paths = _data(tmp_path)
   with pytest.raises(common.ConfigError, match=message):
     _run_in_process(ARGS + paths + extra)
+
+
+def test_one_round_queries_are_saved_and_a_rerun_or_a_new_method_asks_nothing(tmp_path, recorded):  # noqa: F811 (the fixture imported above)
+  """Random (and every one-round strategy) asks once per launcher run for all methods; saved under queries/, a
+  re-run and a further method on the same queries ask the oracle nothing, and a new query seed asks again."""
+  train, test, paths = _data(tmp_path)
+  args = ARGS + ["--strategy=random"] + paths
+  rows = _run_in_process(args + ["--method=fs"])
+  assert [len(r) for r in recorded] == [20, 60]
+  first = list(recorded)
+  recorded.clear()
+  again = _run_in_process(args + ["--method=fs,mixmatch"])
+  assert sum(len(r) for r in recorded) == 0
+  assert [r["fidelity"] for r in again[1:3]] == [r["fidelity"] for r in rows[1:]]
+  assert [(r["method"], r["oracle_used"]) for r in again[1:]] == [
+    ("fs", 20),
+    ("fs", 60),
+    ("mixmatch", 20),
+    ("mixmatch", 60),
+  ]
+  _never_asked_unlabeled(first, tmp_path / "w", train, test)  # MixMatch trains on the first run's queries
+  recorded.clear()
+  _run_in_process(args + ["--method=fs", "--query_seed=5"])
+  assert [len(r) for r in recorded] == [20, 60]

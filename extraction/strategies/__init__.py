@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from extraction.strategies import copycat, dfal, dfme, jbda, kcenter, knockoff, uncertainty
+from extraction.strategies import copycat, dfal, dfme, jbda, kcenter, knockoff, typiclust, uncertainty
 from extraction.strategies.base import Asked, Round, RoundBudgetExceeded, Student  # noqa: F401
 from extraction.strategies.random import Random
 
@@ -25,6 +25,7 @@ STRATEGIES: dict[str, Callable[..., Any]] = {
   "kcenter": kcenter.make,
   "dfal": dfal.make,
   "dfme": dfme.make,
+  "typiclust": typiclust.make,
 }
 
 PAPERS = {
@@ -37,6 +38,7 @@ PAPERS = {
   "kcenter": "Pal et al., AAAI 2020 (ActiveThief, k-center)",
   "dfal": "Pal et al., AAAI 2020 (ActiveThief, DFAL)",
   "dfme": "Truong et al., CVPR 2021",
+  "typiclust": "Hacohen et al., ICML 2022 (TypiClust)",
 }
 
 

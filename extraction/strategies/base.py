@@ -157,6 +157,19 @@ def top_n(scores: np.ndarray, n: int) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
+class OneRound:
+  """Base of the strategies that ask everything in one round, without a student (random, TypiClust; Copycat's and
+  Knockoff's random choice from a transfer set). Subclasses define `select`."""
+
+  source: str = "pool"
+  labels_only: bool = False
+  adaptive: bool = False
+
+  def init(self, rnd: Round):
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
 class FromSeedSet:
   """Base of the adaptive strategies that start from a random seed set of the attacker's pool (while there is no
   student) and choose every later round with the student: JBDA and ActiveThief's. Subclasses define

@@ -9,18 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from extraction.strategies.base import Round, sample_unasked
+from extraction.strategies.base import OneRound, Round, sample_unasked
 
 
 @dataclasses.dataclass(frozen=True)
-class Random:
-  source: str = "pool"
-  labels_only: bool = False
-  adaptive: bool = False
-
-  def init(self, rnd: Round):
-    return None
-
+class Random(OneRound):
   def select(self, state, rnd: Round, n: int):
     rnd.ask(indices=sample_unasked(rnd, n))
     return state
