@@ -64,8 +64,8 @@ def choose(labels: np.ndarray, points: np.ndarray, asked: np.ndarray, n: int, ne
   """Positions of n unasked points: clusters ordered by (asked inputs in them, -size), visited round-robin, each
   visit the cluster's most typical unasked point (typicality among its unasked points); exhausted clusters are
   skipped. `asked` is a boolean mask of the points asked before."""
-  labels = np.asarray(labels)
-  free = ~np.asarray(asked, bool)
+  labels, asked = np.asarray(labels), np.asarray(asked, bool)
+  free = ~asked
   if n > free.sum():
     raise ValueError(f"asked for {n} inputs, but only {int(free.sum())} are unasked")
   ids, sizes = np.unique(labels, return_counts=True)
