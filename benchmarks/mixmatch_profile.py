@@ -24,8 +24,6 @@ import gzip
 import json
 import os
 import re
-import shlex
-import sys
 import tempfile
 import time
 
@@ -34,7 +32,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks.common import RESULTS, environment_line
-from benchmarks.mixmatch_step import JaxRunner, TorchRunner, machine, make_batches
+from benchmarks.mixmatch_step import JaxRunner, TorchRunner, make_batches, result_header
 from extraction.conv import CONVS
 
 FLAGS = flags.FLAGS
@@ -217,13 +215,7 @@ def main(argv):
   import torch
 
   torch.set_num_threads(os.cpu_count())
-  result = {
-    "command": shlex.join(["python", "-m", "benchmarks.mixmatch_profile"] + sys.argv[1:]),
-    "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    "machine": machine(),
-    "loadavg_before": [round(x, 2) for x in os.getloadavg()],
-    "rows": [],
-  }
+  result = result_header("benchmarks.mixmatch_profile")
   for name in FLAGS.models:
     batches = make_batches(2, FLAGS.batch)
     for conv in FLAGS.convs:

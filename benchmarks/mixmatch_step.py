@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
+import sys
+import time
 
 import jax
 import numpy as np
@@ -265,4 +268,15 @@ def machine() -> dict:
     "torch": torch.__version__,
     "torch_threads": torch.get_num_threads(),
     "lock": lock_file(),
+  }
+
+
+def result_header(module: str) -> dict:
+  """The start of a CPU benchmark's result: its command (shell-quoted), date, machine and load, and no rows yet."""
+  return {
+    "command": shlex.join(["python", "-m", module] + sys.argv[1:]),
+    "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    "machine": machine(),
+    "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+    "rows": [],
   }

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shlex
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import jax
 from absl import app, flags
 
 from benchmarks.common import environment_line
-from benchmarks.mixmatch_step import JaxRunner, K, TorchRunner, machine, make_batches
+from benchmarks.mixmatch_step import JaxRunner, K, TorchRunner, make_batches, result_header
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["small_cnn", "wrn28_2"], "Models to time (names of extraction.models.MODELS).")
@@ -168,13 +167,7 @@ def main(argv):
     row = time_model(name, FLAGS.batch, FLAGS.rounds, steps, runner_variant, conv)
     print("ROW " + json.dumps({**row, "variant": variant, "runner": runner_variant}))
     return
-  result = {
-    "command": shlex.join(["python", "-m", "benchmarks.mixmatch_throughput"] + sys.argv[1:]),
-    "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    "machine": machine(),
-    "loadavg_before": [round(x, 2) for x in os.getloadavg()],
-    "rows": [],
-  }
+  result = result_header("benchmarks.mixmatch_throughput")
   for name in FLAGS.models:
     for variant in FLAGS.variants if name == FLAGS.models[0] else FLAGS.other_variants:
       xla_flags = VARIANTS[variant][0]
