@@ -65,6 +65,7 @@ from functional_equivalence.deep import (
   polish,
   remainder,
   signs,
+  surface_reads,
   unseen,
   wide_signs,
 )
@@ -217,6 +218,7 @@ def _new_stats(probe_bits) -> dict:
     repair_promotions=0,
     read_weights=0,
     read_weights_refused=0,
+    pocket_reads=0,
     unvouched_passed=0,
     read_jumps=0,
     read_gradients=0,
@@ -727,7 +729,9 @@ def _promote_in_repair(
   (`unseen.wedge_points`), not the polish step's confirmation of a `_fall_back` promotion (Config.promoted_rtol:
   random 10-8-8-8-1 seed 19 stopped at 3.9e-12 against its 1e-12). Where the fit has no remainder (a unit on in a
   pocket only, which the final check's pocket points found: pockets.py), a candidate is kept only with every weight
-  known after its walk.
+  known: those its walk did not read are read where they count, in both orientations (its kinks do not say which
+  side is on), `surface_reads.oriented_variants` (random 9-14-7-1 seed 1: 3 weights, two at `unseen.on_points`, one
+  just past its feature's surface; stats["pocket_reads"] counts the copies whose every weight was read).
   Each try draws from a stream seeded by the candidate's weights (the attack's stream stays as it was when none is
   kept); stats["repair_promotions"] counts them. Returns (units, fit) or None."""
   if not prefix.weights or not state.pending or not len(bad):
@@ -743,34 +747,40 @@ def _promote_in_repair(
       cand, w=cand.w.copy(), known=cand.known.copy(), points=list(cand.points or [cand.anchor])
     )
     layers.complete(q, prefix, [trial], layer_cfg, stream, stats, tries=8)
-    fit = signs.last_layer(q, prefix, units + [trial], cfg.scale, center, stream, stats, rtol=cfg.check_rtol, dom=dom)
-    joined = not np.all(trial.known) and _pocket_only(prefix, trial, bad[seen], dom)  # it may join the remainder
-    if fit.pairs.any() and joined:
-      # the fit with it paired every unit (random 10-8-8-8-3 seed 3: 8 units on 8 features, whose z span h)
-      fit = (
-        signs.remainder_fit(q, prefix, units + [trial], cfg.scale, center, stream, stats, cfg.check_rtol, dom) or fit
-      )
-    if fit.residual > cfg.check_rtol:
-      continue
-    kept, fit = signs.drop_idle(units + [trial], fit)
-    if not any(u is trial for u in kept) or fit.pairs.any() or (fit.has_remainder and not joined):
-      continue  # the candidate is to take the remainder's place, not to join it (unless it cannot: above)
+    trials = [trial]
     if not last.has_remainder and not np.all(trial.known):
-      # a unit on in a pocket only, where no remainder stands in for it: a weight it never saw on counts where it is
-      # on (random 9-14-7-1 seed 1, thirty-fourth session: promoted with 3 such weights left at 0, it passed the
-      # final check and was off by 0.15 where they count; without it, a stop)
-      continue
-    off = np.abs(network.answers(_network(prefix, kept, fit, differences), bad[seen], differences) - g[seen]) / size
-    logging.info(
-      "layer %d: pending candidate tried in a repair, off by %.3g where the check failed",
-      len(prefix.weights),
-      float(np.max(off, initial=0.0)),
-    )
-    if np.max(off, initial=0.0) <= cfg.check_rtol:
-      stats["repair_promotions"] += 1
-      state.pending.remove(cand)
-      state.units[:] = kept
-      return kept, fit
+      # a unit on in a pocket only: its weights never seen on read where they count, in both orientations
+      trials = surface_reads.oriented_variants(q, prefix, trial, units, dom, layer_cfg, stats)
+      stats["pocket_reads"] += len(trials)
+    for trial in trials:
+      fit = signs.last_layer(q, prefix, units + [trial], cfg.scale, center, stream, stats, rtol=cfg.check_rtol, dom=dom)
+      joined = not np.all(trial.known) and _pocket_only(prefix, trial, bad[seen], dom)  # it may join the remainder
+      if fit.pairs.any() and joined:
+        # the fit with it paired every unit (random 10-8-8-8-3 seed 3: 8 units on 8 features, whose z span h)
+        fit = (
+          signs.remainder_fit(q, prefix, units + [trial], cfg.scale, center, stream, stats, cfg.check_rtol, dom) or fit
+        )
+      if fit.residual > cfg.check_rtol:
+        continue
+      kept, fit = signs.drop_idle(units + [trial], fit)
+      if not any(u is trial for u in kept) or fit.pairs.any() or (fit.has_remainder and not joined):
+        continue  # the candidate is to take the remainder's place, not to join it (unless it cannot: above)
+      if not last.has_remainder and not np.all(trial.known):
+        # a unit on in a pocket only, where no remainder stands in for it: a weight it never saw on counts where it is
+        # on (random 9-14-7-1 seed 1, thirty-fourth session: promoted with 3 such weights left at 0, it passed the
+        # final check and was off by 0.15 where they count; without it, a stop)
+        continue
+      off = np.abs(network.answers(_network(prefix, kept, fit, differences), bad[seen], differences) - g[seen]) / size
+      logging.info(
+        "layer %d: pending candidate tried in a repair, off by %.3g where the check failed",
+        len(prefix.weights),
+        float(np.max(off, initial=0.0)),
+      )
+      if np.max(off, initial=0.0) <= cfg.check_rtol:
+        stats["repair_promotions"] += 1
+        state.pending.remove(cand)
+        state.units[:] = kept
+        return kept, fit
   return None
 
 

@@ -146,36 +146,44 @@ def read_weights(
     rows.setdefault(id(u), []).append((ht, -(ht[u.known] @ u.w[u.known] + u.b), x + t * v))
   read = 0
   for prefix, u in units:
-    if id(u) not in rows:
-      continue
-    a = np.array([r[0] for r in rows[id(u)]])
-    rhs = np.array([r[1] for r in rows[id(u)]])
-    read_at = np.array([r[2] for r in rows[id(u)]])
-    cols = np.flatnonzero(~u.known & np.any(a > 0, axis=0))
-    norms = np.linalg.norm(a[:, cols], axis=1)
-    m, rhs = a[:, cols] / norms[:, None], rhs / norms
-    left_sv, sv, vt = np.linalg.svd(m, full_matrices=False)
-    rank = int(np.sum(sv > cond * sv[0]))
-    # the least-norm solution on the directions the equations fix (a weight they determine has no component along
-    # the others, which they leave free: every solution agrees with this one there)
-    sol = vt[:rank].T @ ((left_sv[:, :rank].T @ rhs) / sv[:rank])
-    fixed = np.all(np.abs(vt[rank:]) <= cond, axis=0)
-    if not fixed.any():
-      u.points += list(read_at)  # precise points of u's surface (docstring), as before the reading was confirmed
-      continue
-    w = u.w.copy()
-    w[cols[fixed]] = sol[fixed]
-    trial = dataclasses.replace(u, w=w, known=u.known | np.isin(np.arange(len(u.known)), cols[fixed]))
-    trial.err = max(u.err, 1e-9)  # as layer.complete's check of a weight just read
-    if not _confirmed(q, prefix, trial, read_at, cfg):
-      if stats is not None:
-        stats["read_weights_refused"] = stats.get("read_weights_refused", 0) + 1
-      continue
-    u.w, u.known = w, trial.known
-    u.points += list(read_at)  # precise points of u's surface (docstring)
-    u.normalise()
-    read += int(fixed.sum())
+    if id(u) in rows:
+      read += take_reading(q, prefix, u, rows[id(u)], cfg, stats, cond)
   return read
+
+
+def take_reading(q, prefix: network.DeepNet, u, rows: list, cfg, stats: dict | None = None, cond: float = 1e-6) -> int:
+  """Solves the equations `rows` ((h(x*), right-hand side, x*) at kinks of u's surface: h(x*)[K] . w[K] = -(h(x*)[known]
+  . w[known] + b)) for u's unknown weights together (least squares) and keeps each weight they determine (the
+  system's null space, singular values below `cond` times the largest, has no component above `cond` along it), if
+  `_confirmed` finds u's surface where the new weights predict it (refusals counted in stats['read_weights_refused']).
+  In place; the kinks join u's precise points either way. Returns how many weights were read."""
+  a = np.array([r[0] for r in rows])
+  rhs = np.array([r[1] for r in rows])
+  read_at = np.array([r[2] for r in rows])
+  cols = np.flatnonzero(~u.known & np.any(a > 0, axis=0))
+  norms = np.linalg.norm(a[:, cols], axis=1)
+  m, rhs = a[:, cols] / norms[:, None], rhs / norms
+  left_sv, sv, vt = np.linalg.svd(m, full_matrices=False)
+  rank = int(np.sum(sv > cond * sv[0]))
+  # the least-norm solution on the directions the equations fix (a weight they determine has no component along
+  # the others, which they leave free: every solution agrees with this one there)
+  sol = vt[:rank].T @ ((left_sv[:, :rank].T @ rhs) / sv[:rank])
+  fixed = np.all(np.abs(vt[rank:]) <= cond, axis=0)
+  if not fixed.any():
+    u.points += list(read_at)  # precise points of u's surface (read_weights' docstring)
+    return 0
+  w = u.w.copy()
+  w[cols[fixed]] = sol[fixed]
+  trial = dataclasses.replace(u, w=w, known=u.known | np.isin(np.arange(len(u.known)), cols[fixed]))
+  trial.err = max(u.err, 1e-9)  # as layer.complete's check of a weight just read
+  if not _confirmed(q, prefix, trial, read_at, cfg):
+    if stats is not None:
+      stats["read_weights_refused"] = stats.get("read_weights_refused", 0) + 1
+    return 0
+  u.w, u.known = w, trial.known
+  u.points += list(read_at)  # precise points of u's surface (read_weights' docstring)
+  u.normalise()
+  return int(fixed.sum())
 
 
 def _confirmed(q, prefix: network.DeepNet, trial, kinks: np.ndarray, cfg, tests: int = 2) -> bool:
