@@ -153,14 +153,15 @@ def test_the_attack_recovers_a_victim_with_a_pocket_unit_it_returned_wrong():
   # random 9-14-7-1 seed 1 with fe_deep_fresh's attack seed: returned 9-14-6-1, off by 0.87 over the ball, before
   # the thirty-fourth session; a stop since (the pocket unit's 3 weights from features never seen on unread); now
   # read in the repair that promotes it (surface_reads), and the victim recovered. Judged where the pocket unit is on
-  # with each of its features (active.co_active_points on the victim: 5e-6 of the sphere, none of 20,000 draws)
+  # with each of its features (active.both_on_points on the victim: 5e-6 of the sphere, none of 20,000 draws)
   victim = network.random_net(1, (9, 14, 7, 1))
   counter = CountingBackend(network.backend(victim))
   result = attack.extract(Oracle(counter, output="logits", record_inputs=False), 9, attack.Config(), seed=1220005862)
   assert result.net.sizes == victim.sizes and counter.rows == result.queries
   assert result.stats["pocket_reads"] >= 1 and result.stats["repair_promotions"] >= 1
-  rng = np.random.default_rng(5)
-  x = np.concatenate([BALL.check_points(rng, 9, 20_000), active.co_active_points(victim, BALL, rng)])
+  x = BALL.check_points(np.random.default_rng(5), 9, 20_000)
+  w, b = victim.weights[1][:, 6], victim.biases[1][6]
+  x = np.concatenate([x, active.both_on_points(victim.prefix(1), w, b, range(14), x, BALL, starts=2)])
   assert np.sum(_last_hidden(victim, x)[:, 6] > 0) >= 10
   err = align.weight_error(victim, result.net, x)
   assert err["max_weight_error"] <= 2.0**-30, err
