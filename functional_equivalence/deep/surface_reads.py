@@ -37,7 +37,7 @@ def _terms(prefix: network.DeepNet, u, k: int, x: np.ndarray):
   rows = np.zeros((n + 1, n))
   rows[:n] = -np.eye(n)
   rows[n] = (pre[-1][0] > 0) * u.w
-  grads = active.input_grad(prefix, [p.repeat(n + 1, axis=0) for p in pre], rows)
+  grads = active.input_grad(prefix, pre, rows)
   values = np.append(-pre[-1][0], np.maximum(pre[-1][0], 0.0) @ u.w + u.b)
   keep = np.append(~u.known, True)
   keep[k] = False
