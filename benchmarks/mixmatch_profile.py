@@ -31,8 +31,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from benchmarks.common import RESULTS
-from benchmarks.mixmatch_step import JaxRunner, TorchRunner, make_batches, markdown_head, result_header
+from benchmarks.common import RESULTS, environment_line
+from benchmarks.mixmatch_step import JaxRunner, TorchRunner, make_batches, result_header
 from extraction.conv import CONVS
 
 FLAGS = flags.FLAGS
@@ -158,11 +158,14 @@ def profile_torch(name: str, batches: list[dict], steps: int) -> dict:
 
 def to_markdown(result: dict) -> str:
   m = result["machine"]
-  lines = markdown_head(
-    "Where the MixMatch step's time goes: JAX (jax.profiler) against PyTorch (torch.profiler), CPU",
-    result,
-    f"Machine: {m['cores']}-core CPU ({m['cpu']}), jax {m['jax']}, torch {m['torch']} ({m['torch_threads']} threads)",
-  ) + [
+  lines = [
+    "# Where the MixMatch step's time goes: JAX (jax.profiler) against PyTorch (torch.profiler), CPU",
+    "",
+    f"Command: `{result['command']}`  ",
+    f"Date: {result['date']}  ",
+    f"Machine: {m['cores']}-core CPU ({m['cpu']}), jax {m['jax']}, torch {m['torch']} ({m['torch_threads']} threads)  ",
+    f"{environment_line(m)}  ",
+    f"Load average before / after: {result['loadavg_before']} / {result['loadavg_after']}",
     "",
     __doc__.split("\n\n", 2)[2].strip().replace("\n", " "),
     "",

@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 
-from benchmarks.common import environment_line, lock_file
+from benchmarks.common import lock_file
 from extraction import models, train
 from semisup import mixmatch
 
@@ -280,17 +280,3 @@ def result_header(module: str) -> dict:
     "loadavg_before": [round(x, 2) for x in os.getloadavg()],
     "rows": [],
   }
-
-
-def markdown_head(title: str, result: dict, machine_line: str, load_note: str = "") -> list[str]:
-  """The first lines of a CPU benchmark's Markdown result (after `result_header`): title, command, date, the given
-  machine line, environment and load (with `load_note` after it)."""
-  return [
-    f"# {title}",
-    "",
-    f"Command: `{result['command']}`  ",
-    f"Date: {result['date']}  ",
-    f"{machine_line}  ",
-    f"{environment_line(result['machine'])}  ",
-    f"Load average before / after: {result['loadavg_before']} / {result['loadavg_after']}" + load_note,
-  ]

@@ -27,7 +27,8 @@ import time
 import jax
 from absl import app, flags
 
-from benchmarks.mixmatch_step import JaxRunner, K, TorchRunner, make_batches, markdown_head, result_header
+from benchmarks.common import environment_line
+from benchmarks.mixmatch_step import JaxRunner, K, TorchRunner, make_batches, result_header
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["small_cnn", "wrn28_2"], "Models to time (names of extraction.models.MODELS).")
@@ -117,13 +118,16 @@ VARIANTS = {  # name -> (XLA_FLAGS of the child process, JaxRunner variant, conv
 
 def to_markdown(result: dict) -> str:
   m = result["machine"]
-  lines = markdown_head(
-    "MixMatch train-step throughput, JAX vs PyTorch (CPU)",
-    result,
+  lines = [
+    "# MixMatch train-step throughput, JAX vs PyTorch (CPU)",
+    "",
+    f"Command: `{result['command']}`  ",
+    f"Date: {result['date']}  ",
     f"Machine: {m['cores']}-core CPU ({m['cpu']}, {m['platform']}), Python {m['python']}, jax {m['jax']} "
-    f"({m['jax_backend']}), torch {m['torch']} ({m['torch_threads']} threads)",
-    " (JAX and PyTorch rounds alternate in one process so both see the same load)",
-  ) + [
+    f"({m['jax_backend']}), torch {m['torch']} ({m['torch_threads']} threads)  ",
+    f"{environment_line(m)}  ",
+    f"Load average before / after: {result['loadavg_before']} / {result['loadavg_after']} "
+    "(JAX and PyTorch rounds alternate in one process so both see the same load)",
     "",
     "Step: B labeled + K=2 x B unlabeled 32x32x3 images (all counted), float32, median over rounds, "
     "warm-up/compile excluded. Each JAX variant runs in its own process (its XLA_FLAGS) against the same PyTorch "
