@@ -162,6 +162,7 @@ def test_the_final_check_of_a_fit_with_a_remainder_queries_where_it_would_turn_o
         attack.Config(check_least=least, check_pockets=0, check_pocket_directions=0),
         np.random.default_rng(1),
         False,
+        np.zeros((0, 4)),
       )
       assert checked["least_points"] == (8 if least else 0)
       assert (len(bad) > 0) == bool(least), (seed, least, checked["check_error"])
