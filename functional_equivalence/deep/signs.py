@@ -239,16 +239,23 @@ def negligible(size: np.ndarray, rel: float) -> np.ndarray:
 
 def drop_idle(units: list, last: LastLayer, rel: float = 1e-9) -> tuple[list, LastLayer]:
   """The units of an exact fit without those whose output weights are all below max(rel, 100 x the fit's
-  relative residual) times the largest unit's (and without a twin): a unit the answers do not use (random
-  10-8-8-8-1 seeds 6 and 16: a ninth "unit" near another's hyperplane, fitted weights 1e-11 and 1.4e-9 of the
-  largest at fit residuals 2e-12 and 3e-10, which the remainder's fit admits where [relu(z), z, 1] was rank
-  deficient; the final check then tests the network without it)."""
-  idle = negligible(np.linalg.norm(last.w_out, axis=1), max(rel, 100 * last.residual)) & ~last.pairs  # fit's noise
+  relative residual) times the largest unit's (its twin's too, if it has one): a unit the answers do not use
+  (random 10-8-8-8-1 seeds 6 and 16: a ninth "unit" near another's hyperplane, fitted weights 1e-11 and 1.4e-9 of
+  the largest at fit residuals 2e-12 and 3e-10, which the remainder's fit admits where [relu(z), z, 1] was rank
+  deficient; random 11-9-7-2 seed 1: a piece of no unit, on at 99.6% of the ball, fitted as a pair with weights
+  7e-13 and 1.5e-11 beside 7 exact units, then refused for its twin); the final check then tests the network
+  without it."""
+  sizes = np.maximum(np.linalg.norm(last.w_out, axis=1), np.linalg.norm(last.w_twin_full(), axis=1))
+  idle = negligible(sizes, max(rel, 100 * last.residual))  # the fit's noise
   if not idle.any():
     return units, last
   keep = ~idle
   return [u for u, k in zip(units, keep) if k], dataclasses.replace(
-    last, signs=last.signs[keep], pairs=last.pairs[keep], w_out=last.w_out[keep]
+    last,
+    signs=last.signs[keep],
+    pairs=last.pairs[keep],
+    w_out=last.w_out[keep],
+    w_twin=last.w_twin[keep[last.pairs]],
   )
 
 
