@@ -627,10 +627,11 @@ def _read_lenient(
   search did not settle and reading its units' weights from features they never saw on (jumps.py, on lines
   through the points the fit misses and `unseen.on_points`; up to `passes` times while they read something) makes
   its fit exact (with `gradients`, `_read_before`: or short of it by at most Config.rescue_rtol once read from the
-  output's gradient too, `_read_last`). Random 8-8-8-8-8-1 seed 2: its last hidden layer's 8 units found with 5 such weights left 0 (one
-  feature on at 1.3% of the ball), the fit off by 0.014, so a deeper layer seemed to follow and the strict search
-  never settled; all 5 read (15,405 queries in an ad hoc reading of the captured state). Returns the outcome with
-  the fit refitted, or None (nothing read, or the fit still off: a deeper layer follows indeed)."""
+  output's gradient too, `_read_last`). Random 8-8-8-8-8-1 seed 2: its last hidden layer's 8 units found with 5
+  such weights left 0 (one feature on at 1.3% of the ball), the fit off by 0.014, so a deeper layer seemed to follow
+  and the strict search never settled; all 5 read (15,405 queries in an ad hoc reading of the captured state).
+  Returns the outcome with the fit refitted, or None (nothing read, or the fit still off: a deeper layer follows
+  indeed)."""
   if lenient is None or not cfg.jump_reads or not prefix.weights:
     return None
   units, state, last, lcfg = lenient
