@@ -223,6 +223,7 @@ def _new_stats(probe_bits) -> dict:
     repair_rounds=0,
     strict_layers=0,
     units_taken_back=0,
+    settled_on_units=0,
     promoted_units=0,
     repair_promotions=0,
     read_weights=0,
