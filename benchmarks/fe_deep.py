@@ -112,6 +112,9 @@ flags.DEFINE_list("big_hidden", ["32-32"], "Hidden widths of the --big victims (
 flags.DEFINE_integer("eval_inputs", 1_000_000, "Inputs ~ N(0, I) for agreement.")
 flags.DEFINE_integer("domain_inputs", 100_000, "Points over the ball (spheres of radii 1 .. 1000) for agreement.")
 flags.DEFINE_float("max_seconds", 1200.0, "Time limit of one attack.")
+flags.DEFINE_bool(
+  "unsettled_take_back", False, "Config.unsettled_take_back: finish and take back an unsettled lenient search's units."
+)
 flags.DEFINE_string("out", "fe_deep", "Result file stem in benchmarks/results/.")
 flags.DEFINE_enum(
   "oracle_output",
@@ -197,7 +200,10 @@ def run_one(name: str, net, seed: int, layers=None, attack_seed: int | None = No
   start = time.time()
   try:
     result = attack.extract(
-      oracle, net.sizes[0], attack.Config(max_seconds=FLAGS.max_seconds, layers=layers), seed=attack_seed
+      oracle,
+      net.sizes[0],
+      attack.Config(max_seconds=FLAGS.max_seconds, layers=layers, unsettled_take_back=FLAGS.unsettled_take_back),
+      seed=attack_seed,
     )
   except Exception as e:  # reported as a row, the benchmark goes on
     row.update(

@@ -32,7 +32,12 @@ class NoCriticalPointsError(ExtractionError):
 
 
 class LayerNotSettledError(ExtractionError):
-  """A layer's search of the deep attack kept finding new units or features until its round limit."""
+  """A layer's search of the deep attack kept finding new units or features until its round limit; `state` holds
+  the search's state (deep/layer.LayerState: its units so far) where the search gives it."""
+
+  def __init__(self, message: str, state=None):
+    super().__init__(message)
+    self.state = state
 
 
 class LimitReachedError(ExtractionError):

@@ -4,6 +4,7 @@ radius 1000), a two-layer victim as the depth-1 case, sign recovery on a contrac
 expanding one (exact decisions only where they are sound), bounded stages with clear errors, and the launcher on a
 deep npz. Query counts are checked against a backend that counts its own rows."""
 
+import collections
 import dataclasses
 import json
 import pathlib
@@ -19,7 +20,7 @@ from functional_equivalence.deep import active, align, attack, network, signs, s
 from functional_equivalence.deep import layer as layers
 from functional_equivalence.errors import ExtractionError, LimitReachedError
 from tests.counting import CountingBackend
-from tests.deep_points import eval_points, rare_net
+from tests.deep_points import eval_points, middle_unit, rare_net, unit_row
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -411,6 +412,102 @@ def test_limits_end_in_clear_errors_not_loops():
     _extract(net, max_queries=3000)
   with pytest.raises(ExtractionError, match=r"did not settle in 2 rounds"):
     _extract(net, max_rounds=2, patience=5)
+
+
+def test_a_strict_search_settles_on_its_units_while_features_still_join_them():
+  # random 14-10-10-10-2 seed 0 (fe_deep_fresh2.md), its third hidden layer searched strictly on the victim's first
+  # two: all 10 units found by round 10, but features kept joining them (one every few rounds: features rarely on
+  # with their unit), so the search never had 6 quiet rounds and ended in "did not settle". A strict search (no
+  # deeper unit's piece accepted) whose units stayed the same for 6 rounds now settles on them; a lenient one, whose
+  # new units may be deeper units' pieces, still does not
+  net = network.random_net(0, (14, 10, 10, 10, 2))
+  cfg = attack.Config()
+  dom = cfg.the_domain()
+  w, b = net.weights[2], net.biases[2]
+  for strict in (True, False):
+    counter = CountingBackend(network.backend(net))
+    q = queries.Querier(Oracle(counter, output="logits", record_inputs=False))
+    lcfg = layers.LayerConfig(
+      center=np.zeros(14),
+      reach=cfg.line_reach * dom.circumradius(14) / cfg.scale,
+      far=2000.0,
+      lines_per_round=cfg.lines_per_round,
+      max_rounds=20,
+      strict=strict,
+      thorough=strict,
+    )
+    stats: collections.defaultdict = collections.defaultdict(int)
+    if not strict:
+      with pytest.raises(ExtractionError, match="did not settle in 20 rounds"):
+        layers.recover_layer(q, net.prefix(2), lcfg, dom, np.random.default_rng(0), stats)
+      continue
+    units = layers.recover_layer(q, net.prefix(2), lcfg, dom, np.random.default_rng(0), stats)
+    assert stats["settled_on_units"] == 1 and len(units) == 10 and counter.rows == q.queries
+    matched = set()
+    for u in units:  # each unit a true one on the features it knows (the others are filled in later)
+      k = u.known
+      rows = np.vstack([np.append(w[k, j], b[j]) / np.linalg.norm(w[k, j]) for j in range(10)])
+      mine = np.append(u.w[k], u.b)
+      errs = np.minimum(np.abs(rows - mine).max(1), np.abs(rows + mine).max(1))
+      assert errs.min() <= 1e-9, errs.min()
+      matched.add(int(np.argmin(errs)))
+    assert matched == set(range(10))
+
+
+def _surface_point(pre, rng, d):
+  """A point where the function `pre` of x (continuous, piecewise linear) is 0, between two N(0, I) points."""
+  x = rng.normal(size=(20000, d))
+  p = pre(x)
+  a, b = x[np.argmax(p)], x[np.argmin(p)]
+  for _ in range(200):
+    m = (a + b) / 2
+    a, b = (m, b) if pre(m[None])[0] > 0 else (a, m)
+  return (a + b) / 2
+
+
+def test_an_unsettled_lenient_searchs_true_unit_is_finished_and_taken_back_and_a_piece_is_not():
+  # random 14-10-10-10-2 seed 2 (fe_deep_fresh2.md): second-layer unit 5, on at 99.6% of the ball, was accepted by
+  # the lenient search, which did not settle, and refused by the strict one (its surface out of reach of the 9
+  # features it knew), so the third layer found no unit. Given the victim's first layer, its other 9 units as the
+  # strict search's, and as the unsettled units unit 5 knowing 9 features and one point and a third-layer unit's
+  # piece (its hyperplane in one region of the second layer), `_finish_unsettled` fills in unit 5's weight and
+  # `_take_back` takes unit 5 back, not the piece
+  net = network.random_net(2, (14, 10, 10, 10, 2))
+  prefix = net.prefix(1)
+  rng = np.random.default_rng(0)
+  h0 = lambda x: np.maximum(x @ net.weights[0] + net.biases[0], 0)  # noqa: E731
+  h1 = lambda x: np.maximum(h0(x) @ net.weights[1] + net.biases[1], 0)  # noqa: E731
+  kept = [middle_unit(net, 1, j, []) for j in range(10) if j != 5]
+  unit5 = middle_unit(net, 1, 5, [3])
+  unit5.anchor = _surface_point(lambda x: h0(x) @ net.weights[1][:, 5] + net.biases[1][5], rng, 14)
+  unit5.points = [unit5.anchor]
+  xs = _surface_point(lambda x: h1(x) @ net.weights[2][:, 0] + net.biases[2][0], rng, 14)
+  on = h0(xs[None])[0] @ net.weights[1] + net.biases[1] > 0  # the second layer's units on there
+  w = net.weights[1][:, on] @ net.weights[2][on, 0]
+  piece = layers.Unit(
+    w, np.ones(10, bool), float(net.biases[1][on] @ net.weights[2][on, 0] + net.biases[2][0]), 1e-12, np.ones(1)
+  )
+  piece.normalise()
+  piece.anchor, piece.points = xs, [xs]
+  counter = CountingBackend(network.backend(net))
+  q = queries.Querier(Oracle(counter, output="logits", record_inputs=False))
+  cfg = attack.Config()
+  lcfg = layers.LayerConfig(center=np.zeros(14), far=2000.0, strict=True, thorough=True)
+  stats = collections.defaultdict(int)
+  finished = attack._finish_unsettled(q, prefix, kept, [unit5, piece], lcfg, rng, stats)
+  assert stats["unsettled_finished"] == 2 and counter.rows == q.queries
+  truth = unit_row(net, 1, 5)
+  errors = [min(np.abs(np.append(u.w, u.b) - s * truth).max() for s in (1, -1)) for u in finished]
+  assert finished[0].known.all() and errors[0] <= 1e-9  # unit 5, its weight from feature 3 filled in
+  assert all(e > 0.1 for e in errors[1:])  # the piece, if not refuted by the test (where its paths are dead)
+  state = layers.LayerState(units=list(kept))
+  units, _, _, without = attack._take_back(
+    q, prefix, (kept, state, None, lcfg), finished, cfg, np.zeros(14), 0, stats, cfg.the_domain(), 1
+  )
+  # unit 5 taken back (its points straddle the kept units), the piece not (a hyperplane only in its region)
+  assert len(units) == 10 and stats["units_taken_back"] == 1
+  assert min(np.abs(np.append(units[-1].w, units[-1].b) - s * truth).max() for s in (1, -1)) <= 1e-9
+  assert without is not None and len(without[0]) == 9
 
 
 def test_time_limit_stops_offline_work(monkeypatch):

@@ -118,7 +118,7 @@ def straddling(prefix, strict: list, lenient: list, share: float = 0.5) -> list:
   for u in sorted(lenient, key=lambda v: -len(v.points)):
     if not u.known.all() or not u.points or any(u is k for k in kept):
       continue
-    if any(_close_units(k, u, 1e-4) or _on_surface(prefix, k, u) or _on_surface(prefix, u, k) for k in kept):
+    if duplicate(prefix, kept, u):
       continue
     pts = _on_own_surface(prefix, u)
     if len(pts) < u.known.sum() + 1 + SPARE_POINTS or not _fix_hyperplane(prefix, u, pts):
@@ -127,6 +127,11 @@ def straddling(prefix, strict: list, lenient: list, share: float = 0.5) -> list:
       kept.append(u)
       back.append(u)
   return back
+
+
+def duplicate(prefix, kept: list, u: Unit) -> bool:
+  """Whether `u` is a copy of a unit of `kept` (layer.dedup's row and surface tests, either way round)."""
+  return any(_close_units(k, u, 1e-4) or _on_surface(prefix, k, u) or _on_surface(prefix, u, k) for k in kept)
 
 
 def _on_own_surface(prefix, u: Unit, rtol: float = 1e-9) -> np.ndarray:

@@ -1060,7 +1060,8 @@ def recover_layer(q, prefix, cfg: LayerConfig, dom, rng, stats, state: LayerStat
     if not (cfg.strict and units and no_new_unit >= patience):
       raise LayerNotSettledError(
         f"layer {len(prefix.weights)}: the search did not settle in {cfg.max_rounds} rounds "
-        f"({len(units)} units, {q.queries} queries)"
+        f"({len(units)} units, {q.queries} queries)",
+        state=state,
       )
     # strict acceptance (no deeper unit's piece accepted) and no new unit for `patience` rounds, only features still
     # joining them (units on with rarely active features; 14-10-10-10-2 seed 0, layer 2): settled on its units, whose
