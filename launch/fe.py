@@ -137,6 +137,13 @@ flags.DEFINE_integer(
   "Deep attack: at most this many Gauss-Newton steps on every weight at once after the final check (0: none).",
   lower_bound=0,
 )
+flags.DEFINE_bool(
+  "fe_unsettled_take_back",
+  False,
+  "Deep attack: the units of a lenient layer search that did not settle are finished, tested under strict "
+  "acceptance and taken back when they straddle the strict search's units (deep/attack.py, "
+  "Config.unsettled_take_back; opt-in, measured on few victims).",
+)
 flags.DEFINE_integer(
   "fe_follow_wide",
   4,
@@ -430,6 +437,9 @@ def _deep_attack_row(result, d: int, seeds: dict) -> dict:
     check_points=stats["check_points"],
     repair_rounds=stats["repair_rounds"],
     promoted_units=stats.get("promoted_units", 0),
+    units_taken_back=stats.get("units_taken_back", 0),
+    settled_on_units=stats.get("settled_on_units", 0),
+    unsettled_finished=stats.get("unsettled_finished", 0),
     **{
       k: stats[k]
       for k in ("polish_steps", "polish_error_before", "polish_error_after", "probability_radius")
@@ -519,6 +529,7 @@ def _run(workdir: pathlib.Path) -> list[dict]:
         polish_steps=FLAGS.fe_polish_steps,
         follow_wide=FLAGS.fe_follow_wide,
         wide_sign_audit=FLAGS.fe_wide_sign_audit,
+        unsettled_take_back=FLAGS.fe_unsettled_take_back,
       )
       result = deep_attack.extract(oracle, d, cfg, seed=seeds["attack_seed"])
     else:

@@ -598,6 +598,29 @@ def test_launcher_on_a_deep_npz_writes_the_victims_convention(tmp_path, polish_s
   _assert_equivalent(net, network.load_npz(tmp_path / "w" / "recovered.npz"), eval_points(10, seed=11, count=2000))
 
 
+@pytest.mark.slow
+def test_launcher_takes_back_an_unsettled_searchs_unit_when_asked(tmp_path):
+  # random 14-10-10-10-2 seed 2 (fe_deep_unsettled.md) through the launcher, with the benchmark's attack seed: exact
+  # with --fe_unsettled_take_back (its second layer's unit on at 99.6% of the ball taken back); without, the attack
+  # stops ("layer 2 did not settle", fe_deep_fresh2.md: not run here, it takes longer); about 60 s on 2 cores
+  net = network.random_net(2, (14, 10, 10, 10, 2))
+  path = network.save_npz(tmp_path / "deep.npz", net)
+  common = [
+    "--experiment=functional_equivalence",
+    f"--victim_npz={path}",
+    "--fe_eval_inputs=5000",
+    "--fe_domain_eval_inputs=5000",
+    "--fe_attack_seed=2380468547",
+    "--fe_seconds=300",
+  ]
+  p = _cli(*common, f"--workdir={tmp_path}/on", "--fe_unsettled_take_back")
+  assert p.returncode == 0, p.stderr[-2000:]
+  [row] = json.loads((tmp_path / "on" / "results.json").read_text())
+  assert row["units_taken_back"] == 1 and row["unsettled_finished"] >= 1
+  assert row["recovered_shape"] == "14-10-10-10-2" and row["max_weight_error"] <= 1e-9 and row["agreement"] == 1.0
+  _assert_recovered(net, network.load_npz(tmp_path / "on" / "recovered.npz"), 1e-9)
+
+
 @pytest.mark.parametrize(
   "args,message",
   [

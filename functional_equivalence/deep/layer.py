@@ -1033,8 +1033,9 @@ def dedup(prefix, units: list, rtol: float = 1e-4) -> list:
 
 def recover_layer(q, prefix, cfg: LayerConfig, dom, rng, stats, state: LayerState | None = None) -> list:
   """The units of the layer after `prefix` (module docstring). Given the `state` of an earlier call, its search
-  goes on from there (more rounds, until `patience` more quiet ones). Raises ExtractionError after max_rounds
-  rounds without settling, LimitReachedError (from the Querier) at the attack's limits."""
+  goes on from there (more rounds, until `patience` more quiet ones). Raises LayerNotSettledError (with the state)
+  after max_rounds rounds without settling (a strict search whose units stayed the same for its last `patience`
+  rounds settles on them), LimitReachedError (from the Querier) at the attack's limits."""
   state = LayerState() if state is None else state
   quiet = 0
   units = state.units
