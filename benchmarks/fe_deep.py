@@ -115,6 +115,12 @@ flags.DEFINE_float("max_seconds", 1200.0, "Time limit of one attack.")
 flags.DEFINE_bool(
   "unsettled_take_back", False, "Config.unsettled_take_back: finish and take back an unsettled lenient search's units."
 )
+flags.DEFINE_integer(
+  "strict_blind_tries",
+  0,
+  "Config.strict_blind_tries: surface tries of a strict test, its blind rounds free (0: off).",
+  lower_bound=0,
+)
 flags.DEFINE_string("out", "fe_deep", "Result file stem in benchmarks/results/.")
 flags.DEFINE_enum(
   "oracle_output",
@@ -202,7 +208,12 @@ def run_one(name: str, net, seed: int, layers=None, attack_seed: int | None = No
     result = attack.extract(
       oracle,
       net.sizes[0],
-      attack.Config(max_seconds=FLAGS.max_seconds, layers=layers, unsettled_take_back=FLAGS.unsettled_take_back),
+      attack.Config(
+        max_seconds=FLAGS.max_seconds,
+        layers=layers,
+        unsettled_take_back=FLAGS.unsettled_take_back,
+        strict_blind_tries=FLAGS.strict_blind_tries,
+      ),
       seed=attack_seed,
     )
   except Exception as e:  # reported as a row, the benchmark goes on

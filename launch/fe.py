@@ -145,6 +145,14 @@ flags.DEFINE_bool(
   "Config.unsettled_take_back; opt-in, measured on few victims).",
 )
 flags.DEFINE_integer(
+  "fe_strict_blind_tries",
+  0,
+  "Deep attack: tries to place a strict test's point on a candidate's surface, a round without one then free "
+  "(deep/layer.py, LayerConfig.strict_blind_tries; 0: off, 4 tries and blind rounds counted; opt-in, measured on "
+  "few files).",
+  lower_bound=0,
+)
+flags.DEFINE_integer(
   "fe_follow_wide",
   4,
   "Deep attack: most kinks a round whose active features outnumber the inputs are read by following the unit's "
@@ -530,6 +538,7 @@ def _run(workdir: pathlib.Path) -> list[dict]:
         follow_wide=FLAGS.fe_follow_wide,
         wide_sign_audit=FLAGS.fe_wide_sign_audit,
         unsettled_take_back=FLAGS.fe_unsettled_take_back,
+        strict_blind_tries=FLAGS.fe_strict_blind_tries,
       )
       result = deep_attack.extract(oracle, d, cfg, seed=seeds["attack_seed"])
     else:

@@ -156,8 +156,10 @@ class Config(two_layer.Config):
     unsettled_take_back: the units of a lenient search that did not settle (a layer after the first) are finished
       (`_finish_unsettled`) and taken back into the strict search's outcome as a settled lenient search's are
       (`_take_back`); random 14-10-10-10-2 seed 2 exact with it, "layer 2 did not settle" without. Off by default:
-      measured only on random 14-10-10-10-2 seeds 0-3 (fe_deep_unsettled.md: 4 of 4 exact, 3 of 4 without), where
-      it adds 2^14.2-2^15.9 queries to rows it does not change; the other benchmark files not run with it.
+      on random 14-10-10-10-2 seeds 0-3 (fe_deep_unsettled.md) 4 of 4 exact, 3 of 4 without; on 86 more rows
+      (fe_deep_{pruned50,expansive,fresh_probabilities,unseen}_tb.md) no verdict changed, and rows with three or
+      more hidden layers asked 2-17% more queries.
+    strict_blind_tries: layer.LayerConfig.strict_blind_tries (opt-in; 0: off).
   """
 
   lines_per_round: int = 4
@@ -185,6 +187,7 @@ class Config(two_layer.Config):
   gradient_reads: bool = True
   rescue_rtol: float = 1e-6
   unsettled_take_back: bool = False
+  strict_blind_tries: int = 0
 
 
 @dataclasses.dataclass
@@ -289,6 +292,7 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
     verify_hits=cfg.verify_hits,
     refit_points=cfg.refit_points,
     follow_wide=cfg.follow_wide,
+    strict_blind_tries=cfg.strict_blind_tries,
   )
   prefix = network.DeepNet((), ())
   tables: list[dict[str, Any]] = []  # per hidden layer: its units' row errors and features seen
