@@ -142,14 +142,14 @@ flags.DEFINE_bool(
   False,
   "Deep attack: the units of a lenient layer search that did not settle are finished, tested under strict "
   "acceptance and taken back when they straddle the strict search's units (deep/attack.py, "
-  "Config.unsettled_take_back; opt-in, measured on few victims).",
+  "Config.unsettled_take_back; opt-in: measured in docs/fe_deep.md, fortieth and forty-first sessions).",
 )
 flags.DEFINE_integer(
   "fe_strict_blind_tries",
   0,
   "Deep attack: tries to place a strict test's point on a candidate's surface, a round without one then free "
-  "(deep/layer.py, LayerConfig.strict_blind_tries; 0: off, 4 tries and blind rounds counted; opt-in, measured on "
-  "few files).",
+  "(deep/layer.py, LayerConfig.strict_blind_tries; 0: off, 4 tries and blind rounds counted; opt-in: measured in "
+  "docs/fe_deep.md, forty-first session).",
   lower_bound=0,
 )
 flags.DEFINE_integer(

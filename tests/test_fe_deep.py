@@ -454,6 +454,18 @@ def test_a_strict_search_settles_on_its_units_while_features_still_join_them():
     assert matched == set(range(10))
 
 
+def _surface_point(pre, rng, d, x=None):
+  """A point where the function `pre` of x (continuous, piecewise linear) is 0, between two of the points x
+  (default 20,000 ~ N(0, I)): those where it is largest and least."""
+  x = rng.normal(size=(20000, d)) if x is None else x
+  p = pre(x)
+  a, b = x[np.argmax(p)], x[np.argmin(p)]
+  for _ in range(200):
+    m = (a + b) / 2
+    a, b = (m, b) if pre(m[None])[0] > 0 else (a, m)
+  return (a + b) / 2
+
+
 def test_a_strict_tests_blind_round_uses_up_no_round_when_asked(monkeypatch):
   # random 8-8-8-8-8-1 seed 4 (fe_deep_unseen.md): second-layer unit 3, off only in a cone far out (0.77% of the
   # ball), stayed a pending candidate with exact weights: strict acceptance wants 8 hits in 8 rounds, and a round
@@ -465,12 +477,8 @@ def test_a_strict_tests_blind_round_uses_up_no_round_when_asked(monkeypatch):
   rng = np.random.default_rng(0)
   x = rng.normal(size=(200000, 8))
   x *= 1000 * rng.random((len(x), 1)) ** (1 / 8) / np.linalg.norm(x, axis=1, keepdims=True)  # the ball of radius 1000
-  z = pre(x)
-  assert 0 < np.mean(z <= 0) < 0.02  # off in a small part of the ball only
-  a, b = x[np.argmin(z)], x[np.argmax(z)]
-  for _ in range(200):
-    m = (a + b) / 2
-    a, b = (m, b) if pre(m[None])[0] <= 0 else (a, m)
+  assert 0 < np.mean(pre(x) <= 0) < 0.02  # off in a small part of the ball only
+  anchor = _surface_point(pre, rng, 8, x)
   real = layers.surface_points
   cases = ((0, True, "pending"), (16, True, "unit"), (0, False, "unit"))  # the last: a true unit, every test a hit
   for tries, blind_first, verdict in cases:
@@ -484,7 +492,7 @@ def test_a_strict_tests_blind_round_uses_up_no_round_when_asked(monkeypatch):
 
     monkeypatch.setattr(layers, "surface_points", searched)
     unit = middle_unit(net, 1, 3, [])
-    unit.anchor = (a + b) / 2
+    unit.anchor = anchor
     counter = CountingBackend(network.backend(net))
     q = queries.Querier(Oracle(counter, output="logits", record_inputs=False))
     lcfg = layers.LayerConfig(center=np.zeros(8), strict=True, strict_blind_tries=tries)
@@ -492,17 +500,6 @@ def test_a_strict_tests_blind_round_uses_up_no_round_when_asked(monkeypatch):
     assert layers._verify(q, prefix, [unit], lcfg, np.random.default_rng(1), stats) == [verdict]
     assert asked[0] == (tries or 4) and len(asked) == 8 + (tries > 0)
     assert stats["verify_queries"] == counter.rows > 0
-
-
-def _surface_point(pre, rng, d):
-  """A point where the function `pre` of x (continuous, piecewise linear) is 0, between two N(0, I) points."""
-  x = rng.normal(size=(20000, d))
-  p = pre(x)
-  a, b = x[np.argmax(p)], x[np.argmin(p)]
-  for _ in range(200):
-    m = (a + b) / 2
-    a, b = (m, b) if pre(m[None])[0] > 0 else (a, m)
-  return (a + b) / 2
 
 
 def test_an_unsettled_lenient_searchs_true_unit_is_finished_and_taken_back_and_a_piece_is_not():

@@ -524,25 +524,20 @@ def _verify(q, prefix, cands: list, cfg: LayerConfig, rng, stats) -> list:
     need, allowed = cfg.deep_verify_hits, cfg.deep_verify_misses
   else:
     need, allowed = cfg.verify_hits, cfg.verify_points - cfg.verify_hits
+  blind_free = strict and cfg.strict_blind_tries > 0  # blind rounds use up no round
+  tries = cfg.strict_blind_tries if blind_free else 4
   q0 = q.queries
   for _ in range(2 * need + allowed):
     live = [i for i in range(n) if hits[i] < need and misses[i] <= allowed and blind[i] < 2 and flat[i] < need]
-    free = blind if strict and cfg.strict_blind_tries else 0 * blind  # blind rounds that use up no round
-    live = [i for i in live if rounds[i] - flat[i] - free[i] < need + allowed]
+    live = [i for i in live if rounds[i] - flat[i] - (blind[i] if blind_free else 0) < need + allowed]
     rounds[live] += 1
     if not live:
       break
     xs, ns, rs, who = [], [], [], []
     for i in live:
+      anchors = np.stack([center, cands[i].anchor])
       x, nrm, room = surface_points(
-        prefix,
-        cands[i],
-        np.stack([center, cands[i].anchor]),
-        1,
-        spread[i],
-        rng,
-        tries=cfg.strict_blind_tries if strict and cfg.strict_blind_tries else 4,
-        within=(center, cfg.radius),
+        prefix, cands[i], anchors, 1, spread[i], rng, tries=tries, within=(center, cfg.radius)
       )
       if len(x) == 0:
         blind[i] += 1
