@@ -35,3 +35,15 @@ def unit_row(net, depth, j):
   """Unit j of hidden layer `depth` of `net`: its weights and bias divided by the norm of its weights (how a
   layer.Unit with every weight known stores it)."""
   return np.append(net.weights[depth][:, j], net.biases[depth][j]) / np.linalg.norm(net.weights[depth][:, j])
+
+
+def surface_point(pre, rng, d, x=None):
+  """A point where the function `pre` of x (continuous, piecewise linear) is 0, between two of the points x
+  (default 20,000 ~ N(0, I)): those where it is largest and least."""
+  x = rng.normal(size=(20000, d)) if x is None else x
+  p = pre(x)
+  a, b = x[np.argmax(p)], x[np.argmin(p)]
+  for _ in range(200):
+    m = (a + b) / 2
+    a, b = (m, b) if pre(m[None])[0] > 0 else (a, m)
+  return (a + b) / 2

@@ -20,7 +20,7 @@ from functional_equivalence.deep import active, align, attack, network, signs, s
 from functional_equivalence.deep import layer as layers
 from functional_equivalence.errors import ExtractionError, LimitReachedError
 from tests.counting import CountingBackend
-from tests.deep_points import eval_points, middle_unit, rare_net, unit_row
+from tests.deep_points import eval_points, middle_unit, rare_net, surface_point, unit_row
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -454,18 +454,6 @@ def test_a_strict_search_settles_on_its_units_while_features_still_join_them():
     assert matched == set(range(10))
 
 
-def _surface_point(pre, rng, d, x=None):
-  """A point where the function `pre` of x (continuous, piecewise linear) is 0, between two of the points x
-  (default 20,000 ~ N(0, I)): those where it is largest and least."""
-  x = rng.normal(size=(20000, d)) if x is None else x
-  p = pre(x)
-  a, b = x[np.argmax(p)], x[np.argmin(p)]
-  for _ in range(200):
-    m = (a + b) / 2
-    a, b = (m, b) if pre(m[None])[0] > 0 else (a, m)
-  return (a + b) / 2
-
-
 def test_a_strict_tests_blind_round_uses_up_no_round_when_asked(monkeypatch):
   # random 8-8-8-8-8-1 seed 4 (fe_deep_unseen.md): second-layer unit 3, off only in a cone far out (0.77% of the
   # ball), stayed a pending candidate with exact weights: strict acceptance wants 8 hits in 8 rounds, and a round
@@ -478,7 +466,7 @@ def test_a_strict_tests_blind_round_uses_up_no_round_when_asked(monkeypatch):
   x = rng.normal(size=(200000, 8))
   x *= 1000 * rng.random((len(x), 1)) ** (1 / 8) / np.linalg.norm(x, axis=1, keepdims=True)  # the ball of radius 1000
   assert 0 < np.mean(pre(x) <= 0) < 0.02  # off in a small part of the ball only
-  anchor = _surface_point(pre, rng, 8, x)
+  anchor = surface_point(pre, rng, 8, x)
   real = layers.surface_points
   cases = ((0, True, "pending"), (16, True, "unit"), (0, False, "unit"))  # the last: a true unit, every test a hit
   for tries, blind_first, verdict in cases:
@@ -516,9 +504,9 @@ def test_an_unsettled_lenient_searchs_true_unit_is_finished_and_taken_back_and_a
   h1 = lambda x: np.maximum(h0(x) @ net.weights[1] + net.biases[1], 0)  # noqa: E731
   kept = [middle_unit(net, 1, j, []) for j in range(10) if j != 5]
   unit5 = middle_unit(net, 1, 5, [3])
-  unit5.anchor = _surface_point(lambda x: h0(x) @ net.weights[1][:, 5] + net.biases[1][5], rng, 14)
+  unit5.anchor = surface_point(lambda x: h0(x) @ net.weights[1][:, 5] + net.biases[1][5], rng, 14)
   unit5.points = [unit5.anchor]
-  xs = _surface_point(lambda x: h1(x) @ net.weights[2][:, 0] + net.biases[2][0], rng, 14)
+  xs = surface_point(lambda x: h1(x) @ net.weights[2][:, 0] + net.biases[2][0], rng, 14)
   on = h0(xs[None])[0] @ net.weights[1] + net.biases[1] > 0  # the second layer's units on there
   w = net.weights[1][:, on] @ net.weights[2][on, 0]
   piece = layers.Unit(

@@ -64,6 +64,7 @@ from functional_equivalence.deep import (
   pockets,
   polish,
   remainder,
+  retest,
   signs,
   surface_reads,
   unseen,
@@ -160,6 +161,10 @@ class Config(two_layer.Config):
       (fe_deep_{pruned50,expansive,fresh_probabilities,unseen}_tb.md) no verdict changed, and rows with three or
       more hidden layers asked 2-17% more queries.
     strict_blind_tries: layer.LayerConfig.strict_blind_tries (opt-in; 0: off).
+    retest_blind_tries: where the attack would stop because a layer after the second finds no unit, the layer
+      before's pending candidates with every weight known are tested again with blind rounds free and this many
+      surface tries (retest.py); those accepted join its units, its signs are voted again and the search goes on
+      from the layer after (once per layer; 0: never). It acts only where the attack would stop otherwise.
   """
 
   lines_per_round: int = 4
@@ -188,6 +193,7 @@ class Config(two_layer.Config):
   rescue_rtol: float = 1e-6
   unsettled_take_back: bool = False
   strict_blind_tries: int = 0
+  retest_blind_tries: int = 16
 
 
 @dataclasses.dataclass
@@ -248,6 +254,8 @@ def _new_stats(probe_bits) -> dict:
     polish_rescue_steps=0,
     twins_kept_unseen=0,
     flat_tests=0,
+    pending_retested=0,
+    pending_accepted=0,
   )
 
 
@@ -301,7 +309,8 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
   last = None
   strict_before = False  # a layer before needed strict acceptance
   before: dict | None = None  # the layer before, whose pending candidates `_fall_back` tries if this one has no unit
-  for depth in range(cfg.max_depth):
+  depth = 0
+  while depth < cfg.max_depth:
     # lenient acceptance first: right for a last hidden layer, which has no deeper unit to be mistaken for one
     layer_cfg = dataclasses.replace(lcfg, thorough=strict_before)
     lenient = None  # the lenient search's outcome, whose pending candidates `_fall_back` may also try
@@ -352,7 +361,16 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
           surfaces = surfaces[: before["surfaces"]] + [(prefix, u) for u in units]
           break
         if taken is None:
-          raise
+          retested = _retest_before(q, before, cfg, dom, rng, stats, seed, input_dim)
+          if retested is None or before is None:
+            raise
+          units, votes = retested  # the layer before with pending candidates accepted: this layer searched again
+          logging.info("layer %d: searched again on the layer before with %d units", depth, len(units))
+          tables[-1] = dict(_table(units), sign_method=votes.how, retested=True)
+          methods[-1] = sorted(set(votes.how))
+          surfaces = surfaces[: before["surfaces"]] + [(before["prefix"], u) for u in units]
+          prefix = _append(before["prefix"], units, votes.signs)
+          continue
         units, state, last, layer_cfg = taken
         lenient = None  # kept as it is: nothing to take back
       if lenient is not None:
@@ -370,22 +388,7 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
       methods.append("last layer least squares")
       surfaces += [(prefix, u) for u in units]
       break
-    if cfg.middle_unseen_reads and prefix.weights:
-      unseen.read_middle(q, prefix, units, layer_cfg, dom, rng, stats)
-    votes = signs.hidden_signs(
-      q, prefix, units, cfg.scale, center, rng, stats, max_votes=cfg.sign_votes, radius=lcfg.radius
-    )
-    stats["exact_sign_tests"] += votes.exact_tests
-    stats["wiggle_sign_tests"] += votes.wiggle_tests
-    if cfg.gradient_reads and prefix.weights and gradient_reads.read(q, prefix, units, votes.signs, dom, stats):
-      # the signs were voted on the weights before the reading: again on the read ones
-      votes = signs.hidden_signs(
-        q, prefix, units, cfg.scale, center, rng, stats, max_votes=cfg.sign_votes, radius=lcfg.radius
-      )
-      stats["exact_sign_tests"] += votes.exact_tests
-      stats["wiggle_sign_tests"] += votes.wiggle_tests
-    if not prefix.weights and len(units) > input_dim and cfg.wide_sign_audit:
-      _audit_signs(q, units, votes, layer_cfg, dom, np.random.default_rng([seed, 4]), stats)
+    votes = _middle_signs(q, prefix, units, layer_cfg, cfg, dom, rng, stats, seed, input_dim)
     methods.append(sorted(set(votes.how)))
     tables[-1]["sign_method"] = votes.how
     if last is not None:
@@ -394,12 +397,13 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
         + [(units, state, last, layer_cfg)]
         + ([lenient] if lenient is not None and lenient[1] is not state else [])
       )
-      before = dict(prefix=prefix, tries=tries, surfaces=len(surfaces))
+      before = dict(prefix=prefix, tries=tries, kept=int(without_back is not None), surfaces=len(surfaces))
     surfaces += [(prefix, u) for u in units]
     prefix = _append(prefix, units, votes.signs)
     last = None
     if cfg.layers is not None and depth + 1 >= cfg.layers:
       break
+    depth += 1
   else:
     raise ExtractionError(
       f"no last layer found within {cfg.max_depth} hidden layers ({q.queries} queries): the "
@@ -782,6 +786,49 @@ def _unseen_left(prefix, units: list, dom) -> bool:
   of the ball (the benchmark's domain evaluation), the 3 others unread."""
   todo = [(prefix, u) for u in units if not np.all(u.known)]
   return bool(todo) and len(unseen.on_points(todo, dom, prefix.sizes[0])) > 0
+
+
+def _middle_signs(q, prefix, units: list, layer_cfg, cfg: Config, dom, rng, stats, seed: int, input_dim: int):
+  """The signs of a layer that is not the last hidden one (signs.SignVotes): its units' weights from features never
+  seen on read first (unseen.read_middle), then voted (signs.hidden_signs), voted again if the output's gradient
+  read more weights (gradient_reads.py), a first layer wider than the input audited (`_audit_signs`)."""
+  if cfg.middle_unseen_reads and prefix.weights:
+    unseen.read_middle(q, prefix, units, layer_cfg, dom, rng, stats)
+
+  def vote():
+    votes = signs.hidden_signs(
+      q, prefix, units, cfg.scale, layer_cfg.center, rng, stats, max_votes=cfg.sign_votes, radius=layer_cfg.radius
+    )
+    stats["exact_sign_tests"] += votes.exact_tests
+    stats["wiggle_sign_tests"] += votes.wiggle_tests
+    return votes
+
+  votes = vote()
+  if cfg.gradient_reads and prefix.weights and gradient_reads.read(q, prefix, units, votes.signs, dom, stats):
+    votes = vote()  # the signs were voted on the weights before the reading: again on the read ones
+  if not prefix.weights and len(units) > input_dim and cfg.wide_sign_audit:
+    _audit_signs(q, units, votes, layer_cfg, dom, np.random.default_rng([seed, 4]), stats)
+  return votes
+
+
+def _retest_before(q, before: dict | None, cfg: Config, dom, rng, stats, seed: int, input_dim: int):
+  """The layer before's strict search with pending candidates accepted by a freer test (retest.py), tried once a
+  layer where the attack would stop: (its units, their signs voted again), with `before` updated to them, or None.
+  The test draws from a stream of its own."""
+  if before is None or before.get("retested") or not cfg.retest_blind_tries:
+    return None
+  before["retested"] = True
+  prefix, k = before["prefix"], before["kept"]
+  units, state, last, layer_cfg = before["tries"][k]
+  aside = np.random.default_rng([seed, 6, len(prefix.weights)])
+  grown = retest.retest_pending(q, prefix, units, state, layer_cfg, cfg.retest_blind_tries, aside, stats)
+  if grown is None:
+    return None
+  state.units[:] = grown
+  state.pending[:] = [c for c in state.pending if not crosscheck.duplicate(prefix, grown[len(units) :], c)]
+  before["tries"][k] = (grown, state, last, layer_cfg)
+  votes = _middle_signs(q, prefix, grown, layer_cfg, cfg, dom, rng, stats, seed, input_dim)
+  return grown, votes
 
 
 def _fall_back(q, before: dict | None, cfg: Config, rng, stats, dom):
