@@ -121,6 +121,13 @@ flags.DEFINE_integer(
   "Config.strict_blind_tries: surface tries of a strict test, its blind rounds free (0: off).",
   lower_bound=0,
 )
+flags.DEFINE_integer(
+  "retest_blind_tries",
+  16,
+  "Config.retest_blind_tries: where the attack would stop (a layer finds no unit), the layer before's pending "
+  "candidates tested again with this many surface tries, blind rounds free (0: never).",
+  lower_bound=0,
+)
 flags.DEFINE_string("out", "fe_deep", "Result file stem in benchmarks/results/.")
 flags.DEFINE_enum(
   "oracle_output",
@@ -213,6 +220,7 @@ def run_one(name: str, net, seed: int, layers=None, attack_seed: int | None = No
         layers=layers,
         unsettled_take_back=FLAGS.unsettled_take_back,
         strict_blind_tries=FLAGS.strict_blind_tries,
+        retest_blind_tries=FLAGS.retest_blind_tries,
       ),
       seed=attack_seed,
     )

@@ -153,6 +153,14 @@ flags.DEFINE_integer(
   lower_bound=0,
 )
 flags.DEFINE_integer(
+  "fe_retest_blind_tries",
+  16,
+  "Deep attack: where the attack would stop because a layer finds no unit, the layer before's pending candidates "
+  "with every weight known are tested again with this many surface tries, blind rounds free, and those accepted "
+  "join it (deep/retest.py, Config.retest_blind_tries; 0: never).",
+  lower_bound=0,
+)
+flags.DEFINE_integer(
   "fe_follow_wide",
   4,
   "Deep attack: most kinks a round whose active features outnumber the inputs are read by following the unit's "
@@ -448,6 +456,7 @@ def _deep_attack_row(result, d: int, seeds: dict) -> dict:
     units_taken_back=stats.get("units_taken_back", 0),
     settled_on_units=stats.get("settled_on_units", 0),
     unsettled_finished=stats.get("unsettled_finished", 0),
+    pending_accepted=stats.get("pending_accepted", 0),
     **{
       k: stats[k]
       for k in ("polish_steps", "polish_error_before", "polish_error_after", "probability_radius")
@@ -539,6 +548,7 @@ def _run(workdir: pathlib.Path) -> list[dict]:
         wide_sign_audit=FLAGS.fe_wide_sign_audit,
         unsettled_take_back=FLAGS.fe_unsettled_take_back,
         strict_blind_tries=FLAGS.fe_strict_blind_tries,
+        retest_blind_tries=FLAGS.fe_retest_blind_tries,
       )
       result = deep_attack.extract(oracle, d, cfg, seed=seeds["attack_seed"])
     else:

@@ -21,7 +21,9 @@ Layer by layer ("peeling", Carlini, Jagielski, Mironov 2020), each layer with th
      keep are taken back when their own points lie on both sides of the kept units (crosscheck.straddling: a
      deeper unit's piece bends there, a true unit does not). If that deeper layer then finds no unit, the
      layer before is taken as the last hidden one if one of its pending candidates makes the fit exact
-     (`_fall_back`: a unit seen at one kink only; kept only if the polished network fits to promoted_rtol).
+     (`_fall_back`: a unit seen at one kink only; kept only if the polished network fits to promoted_rtol);
+     where the attack would stop there, the layer before's pending candidates with every weight known are tested
+     again with blind rounds free (retest.py) and, if one joins it, the layer after is searched again.
 Then the whole network is checked against the oracle over the domain (check.compare) and where each unit's weights
 from features it never saw on would matter (`_reached_points`; `unseen.wedge_points`), with `repairs` searches of
 the last hidden layer through the points where the check failed (a pending candidate that takes a linear
