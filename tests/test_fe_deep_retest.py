@@ -76,6 +76,6 @@ def test_the_layer_before_is_retested_once_with_its_signs_voted_again():
   theirs = np.vstack([net.weights[1], net.biases[1]])
   for j in range(8):  # each victim unit a positive multiple of one of ours
     scale = (theirs[:, j] @ ours) / (ours * ours).sum(0)
-    assert np.min(np.abs(theirs[:, j, None] - scale * ours).max(0) / np.abs(theirs[:, j]).max()) <= 1e-9
-    assert scale[np.argmin(np.abs(theirs[:, j, None] - scale * ours).max(0))] > 0
+    off = np.abs(theirs[:, j, None] - scale * ours).max(0)
+    assert off.min() / np.abs(theirs[:, j]).max() <= 1e-9 and scale[np.argmin(off)] > 0
   assert attack._retest_before(q, before, cfg, cfg.the_domain(), np.random.default_rng(2), stats, 0, 8) is None

@@ -364,7 +364,7 @@ def extract(oracle: Oracle, input_dim: int, cfg: Config = Config(), seed: int = 
           break
         if taken is None:
           retested = _retest_before(q, before, cfg, dom, rng, stats, seed, input_dim)
-          if retested is None or before is None:
+          if retested is None or before is None:  # (None whenever `before` is: the second test narrows its type)
             raise
           units, votes = retested  # the layer before with pending candidates accepted: this layer searched again
           logging.info("layer %d: searched again on the layer before with %d units", depth, len(units))
@@ -814,8 +814,8 @@ def _middle_signs(q, prefix, units: list, layer_cfg, cfg: Config, dom, rng, stat
 
 
 def _retest_before(q, before: dict | None, cfg: Config, dom, rng, stats, seed: int, input_dim: int):
-  """The layer before's strict search with pending candidates accepted by a freer test (retest.py), tried once a
-  layer where the attack would stop: (its units, their signs voted again), with `before` updated to them, or None.
+  """The layer before's strict search with pending candidates accepted by a freer test (retest.py), tried once per
+  layer, where the attack would stop: (its units, their signs voted again), with `before` updated to them, or None.
   The test draws from a stream of its own."""
   if before is None or before.get("retested") or not cfg.retest_blind_tries:
     return None
