@@ -149,24 +149,28 @@ def read_past_surfaces(q, prefix, u, others: list, dom, cfg, stats: dict | None 
   return unseen.take_reading(q, prefix, u, rows, cfg, stats)
 
 
-def oriented_variants(q, prefix, cand, others: list, dom, cfg, stats: dict | None = None, passes: int = 3) -> list:
-  """Copies of the pending candidate `cand` (layer.Unit with unknown weights) in each orientation whose every weight
-  was read: `unseen.read_weights` at `unseen.on_points`, and where that reads nothing, `read_past_surfaces`; up to
-  `passes` rounds while they read something. `others` are the layer's units (their own unknown weights are taken
-  as they stand: only the candidate's are read)."""
+def read_oriented(q, prefix, cand, others: list, dom, cfg, stats: dict | None = None, passes: int = 3, sign=1.0):
+  """A copy of the pending candidate `cand` (layer.Unit with unknown weights) with those read where it is on once
+  multiplied by `sign`: `unseen.read_weights` at `unseen.on_points`, and where that reads nothing,
+  `read_past_surfaces`; up to `passes` rounds while they read something. `others` are the layer's units (their own
+  unknown weights are taken as they stand: only the candidate's are read). Returned in `cand`'s orientation, with
+  the weights left unread still unknown."""
   fixed = [(prefix, dataclasses.replace(o, known=np.ones_like(o.known))) for o in others]
-  out = []
-  for sign in (1.0, -1.0):
-    trial = dataclasses.replace(
-      cand, w=sign * cand.w, b=sign * cand.b, c=sign * cand.c, known=cand.known.copy(), points=list(cand.points)
-    )
-    for _ in range(passes):
-      at = unseen.on_points([(prefix, trial)], dom, prefix.sizes[0])
-      read = unseen.read_weights(q, fixed + [(prefix, trial)], at, cfg, stats)
-      if not read:
-        read = read_past_surfaces(q, prefix, trial, [o for _, o in fixed], dom, cfg, stats)
-      if not read or np.all(trial.known):
-        break
-    if np.all(trial.known):
-      out.append(dataclasses.replace(trial, w=sign * trial.w, b=sign * trial.b, c=sign * trial.c))
-  return out
+  trial = dataclasses.replace(
+    cand, w=sign * cand.w, b=sign * cand.b, c=sign * cand.c, known=cand.known.copy(), points=list(cand.points)
+  )
+  for _ in range(passes):
+    at = unseen.on_points([(prefix, trial)], dom, prefix.sizes[0])
+    read = unseen.read_weights(q, fixed + [(prefix, trial)], at, cfg, stats)
+    if not read:
+      read = read_past_surfaces(q, prefix, trial, [o for _, o in fixed], dom, cfg, stats)
+    if not read or np.all(trial.known):
+      break
+  return dataclasses.replace(trial, w=sign * trial.w, b=sign * trial.b, c=sign * trial.c)
+
+
+def oriented_variants(q, prefix, cand, others: list, dom, cfg, stats: dict | None = None, passes: int = 3) -> list:
+  """Copies of the pending candidate `cand` in each orientation whose every weight was read (`read_oriented`: its
+  kinks do not say which side is on)."""
+  read = [read_oriented(q, prefix, cand, others, dom, cfg, stats, passes, sign) for sign in (1.0, -1.0)]
+  return [trial for trial in read if np.all(trial.known)]

@@ -79,6 +79,9 @@ def on_points(
   return points
 
 
+_SHARED = True
+
+
 def read_weights(
   q, units: list, points: np.ndarray, cfg, stats: dict | None = None, rtol: float = 1e-9, cond: float = 1e-6
 ) -> int:
@@ -104,51 +107,75 @@ def read_weights(
   unit a weight from a feature never on at that unit's surface, which then passed for known and the layer never
   settled): a unit's reading is kept only if the unit it makes predicts its surface around each kink read
   (`_confirmed`, window tests with cfg, a layer.LayerConfig; refusals counted in stats['read_weights_refused'])."""
-  from functional_equivalence import search  # the kink search of the attack's lines
-
-  rows: dict[int, list] = {}  # id(unit) -> [(h(x*), right-hand side)]
+  rows: dict[int, list] = {}  # id(unit) -> [(h(x*), right-hand side, x*)]
+  shared: list = []  # (unit index, row) where several units have such features on: whose kink is it?
   for x in points:
     values: dict[int, list] = {}  # per prefix (the layer's units share one), its pre-activations at x
     for prefix, _ in units:
       if id(prefix) not in values:
         values[id(prefix)] = network.preactivations(prefix, x[None])
     pre = [values[id(prefix)] for prefix, _ in units]
-    hs = [np.maximum(p[-1][0], 0.0) for p in pre]
-    which = [i for i, ((_, u), h) in enumerate(zip(units, hs)) if np.any(~u.known & (h > 0))]
-    if len(which) != 1:
-      continue  # none, or two units whose kinks there are not predicted: which is whose?
-    i = which[0]
-    (prefix, u), p, h = units[i], pre[i], hs[i]
-    g = active.input_grad(prefix, p, ((p[-1] > 0) * u.w))[0]
-    if not np.linalg.norm(g):
-      continue
-    v = -g / np.linalg.norm(g)
-    slopes = network.along(prefix, x[None], v[None])
-    roots = np.concatenate([-a[0] / np.where(s[0] == 0, np.nan, s[0]) for a, s in zip(p, slopes)])
-    hi = np.nanmin(np.where(roots > 0, roots, np.nan), initial=np.inf)
-    lo = np.nanmax(np.where(roots < 0, roots, np.nan), initial=-np.inf)
-    if not (np.isfinite(hi) and np.isfinite(lo)):
-      continue
-    hi, lo = hi * (1 - 1e-6), lo * (1 - 1e-6)
-    kinks = search.find_kinks(q, x[None], v[None], np.array([[lo, hi]]))
-    others = [w for a, w in units if a is prefix and w is not u]
-    dh = slopes[-1][0] * (p[-1][0] > 0)  # h is linear along the stretch
-    left = []
-    for t in kinks.t:
-      ht = h + t * dh
-      size = np.linalg.norm(ht) + 1.0
-      if any(abs(ht @ w.w + w.b) <= rtol * size * (np.linalg.norm(w.w) + abs(w.b)) for w in others):
-        continue
-      left.append((t, ht))
-    if len(left) != 1:
-      continue
-    t, ht = left[0]
-    rows.setdefault(id(u), []).append((ht, -(ht[u.known] @ u.w[u.known] + u.b), x + t * v))
+    which = [i for i, ((_, u), p) in enumerate(zip(units, pre)) if np.any(~u.known & (p[-1][0] > 0))]
+    for i in which:
+      kink = _kink(q, units, i, pre[i], x, rtol)
+      if kink is not None and len(which) == 1:
+        rows.setdefault(id(units[i][1]), []).append(_row(units[i][1], *kink))
+      elif kink is not None and _SHARED:
+        shared.append((i, kink))
   read = 0
   for prefix, u in units:
     if id(u) in rows:
       read += take_reading(q, prefix, u, rows[id(u)], cfg, stats, cond)
+  for i, (ht, at) in shared:
+    # one equation for the unit along whose normal its line ran, taken only if the unit's surface is where the
+    # reading predicts it (`_confirmed`): another unit's kink gives a plane of another slope through the point
+    prefix, u = units[i]
+    if np.any(~u.known & (ht > 0)):
+      got = take_reading(q, prefix, u, [_row(u, ht, at)], cfg, stats, cond)
+      read += got
+      if stats is not None:
+        stats["read_weights_shared"] = stats.get("read_weights_shared", 0) + got
   return read
+
+
+def _row(u, ht: np.ndarray, at: np.ndarray) -> tuple:
+  """The equation (h(x*), right-hand side, x*) of unit u's kink at x* (`at`, its features ht): h(x*)[K] . w[K] =
+  -(h(x*)[known] . w[known] + b)."""
+  return ht, -(ht[u.known] @ u.w[u.known] + u.b), at
+
+
+def _kink(q, units: list, i: int, p: list, x: np.ndarray, rtol: float):
+  """(h(x*), x*) of the one kink left on the line through x along unit i's normal (`read_weights`), or None (no
+  stretch, none or several kinks left)."""
+  from functional_equivalence import search  # the kink search of the attack's lines
+
+  prefix, u = units[i]
+  h = np.maximum(p[-1][0], 0.0)
+  g = active.input_grad(prefix, p, ((p[-1] > 0) * u.w))[0]
+  if not np.linalg.norm(g):
+    return None
+  v = -g / np.linalg.norm(g)
+  slopes = network.along(prefix, x[None], v[None])
+  roots = np.concatenate([-a[0] / np.where(s[0] == 0, np.nan, s[0]) for a, s in zip(p, slopes)])
+  hi = np.nanmin(np.where(roots > 0, roots, np.nan), initial=np.inf)
+  lo = np.nanmax(np.where(roots < 0, roots, np.nan), initial=-np.inf)
+  if not (np.isfinite(hi) and np.isfinite(lo)):
+    return None
+  hi, lo = hi * (1 - 1e-6), lo * (1 - 1e-6)
+  kinks = search.find_kinks(q, x[None], v[None], np.array([[lo, hi]]))
+  others = [w for a, w in units if a is prefix and w is not u]
+  dh = slopes[-1][0] * (p[-1][0] > 0)  # h is linear along the stretch
+  left = []
+  for t in kinks.t:
+    ht = h + t * dh
+    size = np.linalg.norm(ht) + 1.0
+    if any(abs(ht @ w.w + w.b) <= rtol * size * (np.linalg.norm(w.w) + abs(w.b)) for w in others):
+      continue
+    left.append((t, ht))
+  if len(left) != 1:
+    return None
+  t, ht = left[0]
+  return ht, x + t * v
 
 
 def take_reading(q, prefix: network.DeepNet, u, rows: list, cfg, stats: dict | None = None, cond: float = 1e-6) -> int:
