@@ -79,9 +79,6 @@ def on_points(
   return points
 
 
-_SHARED = True
-
-
 def read_weights(
   q, units: list, points: np.ndarray, cfg, stats: dict | None = None, rtol: float = 1e-9, cond: float = 1e-6
 ) -> int:
@@ -120,7 +117,7 @@ def read_weights(
       kink = _kink(q, units, i, pre[i], x, rtol)
       if kink is not None and len(which) == 1:
         rows.setdefault(id(units[i][1]), []).append(_row(units[i][1], *kink))
-      elif kink is not None and _SHARED:
+      elif kink is not None:
         shared.append((i, kink))
   read = 0
   for prefix, u in units:
