@@ -890,8 +890,12 @@ def _promote_in_repair(
   pocket only, which the final check's pocket points found: pockets.py), a candidate is kept only with every weight
   known: those its walk did not read are read where they count, in both orientations (its kinks do not say which
   side is on), `surface_reads.oriented_variants` (random 9-14-7-1 seed 1: 3 weights, two at `unseen.on_points`, one
-  just past its feature's surface; stats["pocket_reads"] counts the copies whose every weight was read).
-  Each try draws from a stream seeded by the candidate's weights (the attack's stream stays as it was when none is
+  just past its feature's surface; stats["pocket_reads"] counts the copies whose every weight was read). Where the
+  fit has a remainder and such weights count in the pocket (`_pocket_only` refuses it), they are read on the side of
+  its surface that holds fewer points of the domain, then the other (`_minority_side`, surface_reads.read_oriented),
+  and the copy joins the remainder if no weight left unread counts there (`_unseen_off`), kept if the network with it
+  is off by at most Config.rescue_rtol where the check failed (the final check and the polish step then judge it;
+  random 8-8-8-8-8-1 seed 4, forty-third session). Each try draws from a stream seeded by the candidate's weights (the attack's stream stays as it was when none is
   kept); stats["repair_promotions"] counts them. Returns (units, fit) or None."""
   if not prefix.weights or not state.pending or not len(bad):
     return None

@@ -15,6 +15,8 @@ equation in the unknown weights, h(x*)[K] . w[K] = -(h(x*)[known] . w[known] + b
 kinks do, solved and confirmed the same way (`unseen.take_reading`).
 A pending candidate's orientation is not known (its kinks give w up to sign): `oriented_variants` tries both and
 returns the copies whose every weight was read; the fit of the last layer and the final check then judge them.
+`read_oriented` reads in one orientation: a unit off in a pocket only, standing in a linear remainder elsewhere,
+is read on its pocket's side (attack._promote_in_repair, attack._join_pockets).
 Float64 numpy; queries only in the line searches and the confirmation.
 """
 
@@ -126,6 +128,11 @@ def read_past_surfaces(q, prefix, u, others: list, dom, cfg, stats: dict | None 
   from functional_equivalence import search
 
   y, v, lengths, _ = peak_lines(prefix, u, dom)
+  # inside the ball where the answers are trusted (a probabilities oracle's: random 8-12-8-6-4 seed 0 had a
+  # probability underflow past it, forty-third session)
+  reach = np.array([unseen.trusted_stretch(a, b, cfg) for a, b in zip(y, v)]).reshape(-1, 2)
+  inside = (reach[:, 0] < 0) & (reach[:, 1] > 0)
+  y, v, lengths = y[inside], v[inside], np.minimum(lengths[inside], reach[inside, 1])
   if not len(y):
     return 0
   kinks = search.find_kinks(q, y, v, np.stack([-1e-9 * lengths, lengths], axis=1))

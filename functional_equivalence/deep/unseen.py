@@ -84,9 +84,8 @@ def read_weights(
 ) -> int:
   """A repair's reading of weights from features never seen on (in place; returns how many were read). At each
   point x of `points` (where the final check failed) where one unit u of `units` ((prefix, layer.Unit) pairs of the
-  last hidden layer) has features K it never saw on that are on at x, and every other unit of the layer knows its
-  features on there, the line through x along u's normal is searched for kinks (search.find_kinks, queries) over the
-  stretch where no prefix unit changes state. There g's kinks are the last layer's; those the other units predict
+  last hidden layer) has features K it never saw on that are on at x, the line through x along u's normal is
+  searched for kinks (search.find_kinks, queries) over the stretch where no prefix unit changes state. There g's kinks are the last layer's; those the other units predict
   are set aside, and a single one left, at x*, is u's: h(x*)[K] . w[K] = -(h(x*)[known] . w[known] + b), one linear
   equation in u's unknown weights. The equations of all points are solved together (least squares) and each weight
   they determine is kept (the system's null space, singular values below `cond` times the largest, has no component
@@ -103,7 +102,13 @@ def read_weights(
   `fe_deep_unseen.md`: a second-layer unit on at 0.1% of the ball was never found, one of its kinks gave another
   unit a weight from a feature never on at that unit's surface, which then passed for known and the layer never
   settled): a unit's reading is kept only if the unit it makes predicts its surface around each kink read
-  (`_confirmed`, window tests with cfg, a layer.LayerConfig; refusals counted in stats['read_weights_refused'])."""
+  (`_confirmed`, window tests with cfg, a layer.LayerConfig; refusals counted in stats['read_weights_refused']).
+  Where several units have such features on at x (until the forty-third session: nothing read there), each one's
+  line is searched, and the kink left on it is read for that unit alone (one equation, after the points where one
+  unit has them), kept only if `_confirmed` finds the unit's surface where the reading puts it: another unit's kink
+  gives a plane of another slope through that point (random 8-8-8-8-8-1 seed 4: last hidden units 0 and 7 both
+  lack their weight from a feature on with unit 7 at 21 of 262,144 points of the ball, with unit 0 at none; unit
+  7's is read, unit 0's refused; counted in stats['read_weights_shared'])."""
   rows: dict[int, list] = {}  # id(unit) -> [(h(x*), right-hand side, x*)]
   shared: list = []  # (unit index, row) where several units have such features on: whose kink is it?
   for x in points:
@@ -114,7 +119,7 @@ def read_weights(
     pre = [values[id(prefix)] for prefix, _ in units]
     which = [i for i, ((_, u), p) in enumerate(zip(units, pre)) if np.any(~u.known & (p[-1][0] > 0))]
     for i in which:
-      kink = _kink(q, units, i, pre[i], x, rtol)
+      kink = _kink(q, units, i, pre[i], x, cfg, rtol)
       if kink is not None and len(which) == 1:
         rows.setdefault(id(units[i][1]), []).append(_row(units[i][1], *kink))
       elif kink is not None:
@@ -141,9 +146,25 @@ def _row(u, ht: np.ndarray, at: np.ndarray) -> tuple:
   return ht, -(ht[u.known] @ u.w[u.known] + u.b), at
 
 
-def _kink(q, units: list, i: int, p: list, x: np.ndarray, rtol: float):
-  """(h(x*), x*) of the one kink left on the line through x along unit i's normal (`read_weights`), or None (no
-  stretch, none or several kinks left)."""
+def trusted_stretch(x: np.ndarray, v: np.ndarray, cfg) -> tuple[float, float]:
+  """The t for which x + t v (d,) lies in the ball where the answers are trusted (cfg.radius around cfg.center, a
+  probabilities oracle's; cfg a layer.LayerConfig): (lo, hi), (-inf, inf) where the radius is infinite, lo > hi
+  where the line misses the ball."""
+  if not np.isfinite(cfg.radius):
+    return -np.inf, np.inf
+  off = x - cfg.center
+  half = float(off @ v) / float(v @ v)
+  disc = half**2 - (float(off @ off) - cfg.radius**2) / float(v @ v)
+  if not disc > 0:
+    return 1.0, 0.0
+  return -half - np.sqrt(disc), -half + np.sqrt(disc)
+
+
+def _kink(q, units: list, i: int, p: list, x: np.ndarray, cfg, rtol: float):
+  """(h(x*), x*) of the one kink left on the line through x along unit i's normal (`read_weights`), over the stretch
+  where no prefix unit changes state inside the ball where the answers are trusted (cfg.radius around cfg.center: a
+  probabilities oracle's; random 8-12-8-6-4 seed 0 through probabilities, forty-third session, had a probability
+  underflow on a line past it), or None (no stretch, none or several kinks left)."""
   from functional_equivalence import search  # the kink search of the attack's lines
 
   prefix, u = units[i]
@@ -157,6 +178,10 @@ def _kink(q, units: list, i: int, p: list, x: np.ndarray, rtol: float):
   hi = np.nanmin(np.where(roots > 0, roots, np.nan), initial=np.inf)
   lo = np.nanmax(np.where(roots < 0, roots, np.nan), initial=-np.inf)
   if not (np.isfinite(hi) and np.isfinite(lo)):
+    return None
+  near, far = trusted_stretch(x, v, cfg)
+  lo, hi = max(lo, near), min(hi, far)
+  if not lo < 0 < hi:
     return None
   hi, lo = hi * (1 - 1e-6), lo * (1 - 1e-6)
   kinks = search.find_kinks(q, x[None], v[None], np.array([[lo, hi]]))
