@@ -910,6 +910,8 @@ def _promote_in_repair(
       cand, w=cand.w.copy(), known=cand.known.copy(), points=list(cand.points or [cand.anchor])
     )
     layers.complete(q, prefix, [trial], layer_cfg, stream, stats, tries=8)
+    # whether it may join the remainder (below): with every weight known too, since the forty-third session, where
+    # the failing points lie on one side of it (before, such a candidate had to take the remainder's place)
     trials, joins = [trial], [last.has_remainder and _pocket_only(prefix, trial, bad[seen], dom)]
     limit = cfg.check_rtol  # how far off the network with it may be where the check failed
     if not last.has_remainder and not np.all(trial.known):
