@@ -21,6 +21,20 @@ def _off(net, other, x):
   return np.max(np.abs(a - b), axis=1) / np.max(np.abs(a)) > 1e-8
 
 
+def _extracted_exactly(net, seed):
+  """The whole attack on `net` through logits (every query counted by a counting backend), its logits the victim's
+  to 1e-12 (relative) and its aligned weights to 2^-30 on the deep tests' points and 200,000 of the ball."""
+  d = net.sizes[0]
+  counter = CountingBackend(network.backend(net))
+  result = attack.extract(Oracle(counter, output="logits", record_inputs=False), d, attack.Config(), seed=seed)
+  assert result.queries == counter.rows
+  x = np.concatenate([eval_points(d), domain.Ball(1000.0).check_points(np.random.default_rng(3), d, 200_000)])
+  a, b = network.logits(net, x), network.logits(result.net, x)
+  assert np.max(np.abs(a - b)) <= 1e-12 * np.max(np.abs(a))
+  assert align.weight_error(net, result.net, x)["max_weight_error"] <= 2.0**-30
+  return result
+
+
 def test_wedge_points_find_a_wrong_weight_from_a_rarely_seen_feature():
   # random 10-8-8-8-1 seed 14: third-layer unit 3's weight from feature 5 off by 5% of the unit's norm moves its
   # surface only inside feature 5's region, where the unit is rarely near it: the network is off at 5 of 200,000
@@ -64,15 +78,8 @@ def test_a_once_twinned_last_layer_is_recovered():
   # all 8 units, one with a weight never seen; polished without the twins it passed a fresh check and was off by
   # 6.6e-6 at 1 of these 220,000 points, so that polish is only for units whose weights were all seen. Since the
   # forty-third session a shared kink's reading takes it down yet another path, exact through attack._join_pockets
-  net = network.random_net(7, (10, 8, 8, 8, 1))
-  counter = CountingBackend(network.backend(net))
-  oracle = Oracle(counter, output="logits", record_inputs=False)
-  result = attack.extract(oracle, 10, attack.Config(), seed=4184397123)
-  assert result.queries == counter.rows and result.stats["repair_rounds"] >= 1
-  x = np.concatenate([eval_points(10), domain.Ball(1000.0).check_points(np.random.default_rng(3), 10, 200_000)])
-  a, b = network.logits(net, x), network.logits(result.net, x)
-  assert np.max(np.abs(a - b)) <= 1e-12 * np.max(np.abs(a))
-  assert align.weight_error(net, result.net, x)["max_weight_error"] <= 2.0**-30
+  result = _extracted_exactly(network.random_net(7, (10, 8, 8, 8, 1)), seed=4184397123)
+  assert result.stats["repair_rounds"] >= 1
 
 
 def test_a_nearly_always_active_unit_taken_for_a_remainder_is_promoted_in_a_repair():
@@ -385,14 +392,8 @@ def test_four_hidden_layers_with_a_pocket_unit_and_a_shared_unseen_feature():
   # of the ball) without its weight from a feature unit 0 never saw either (read_weights read nothing where both were
   # on) and unit 6 off in a pocket where a feature never seen at its kinks is on: the final check failed after 8
   # repairs (off by 1.6e-4) until the forty-third session. Both read, it is recovered (~65 s)
-  net = network.random_net(4, (8, 8, 8, 8, 8, 1))
-  counter = CountingBackend(network.backend(net))
-  result = attack.extract(Oracle(counter, output="logits", record_inputs=False), 8, attack.Config(), seed=852798553)
-  assert result.queries == counter.rows and result.stats["read_weights_shared"] >= 1
-  x = np.concatenate([eval_points(8), domain.Ball(1000.0).check_points(np.random.default_rng(3), 8, 200_000)])
-  a, b = network.logits(net, x), network.logits(result.net, x)
-  assert np.max(np.abs(a - b)) <= 1e-12 * np.max(np.abs(a))
-  assert align.weight_error(net, result.net, x)["max_weight_error"] <= 2.0**-30
+  result = _extracted_exactly(network.random_net(4, (8, 8, 8, 8, 8, 1)), seed=852798553)
+  assert result.stats["read_weights_shared"] >= 1
 
 
 def test_trusted_stretch_keeps_a_reading_line_inside_the_trusted_ball():

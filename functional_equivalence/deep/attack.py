@@ -895,8 +895,9 @@ def _promote_in_repair(
   its surface that holds fewer points of the domain, then the other (`_minority_side`, surface_reads.read_oriented),
   and the copy joins the remainder if no weight left unread counts there (`_unseen_off`), kept if the network with it
   is off by at most Config.rescue_rtol where the check failed (the final check and the polish step then judge it;
-  random 8-8-8-8-8-1 seed 4, forty-third session). Each try draws from a stream seeded by the candidate's weights (the attack's stream stays as it was when none is
-  kept); stats["repair_promotions"] counts them. Returns (units, fit) or None."""
+  random 8-8-8-8-8-1 seed 4, forty-third session). Each try draws from a stream seeded by the candidate's weights
+  (the attack's stream stays as it was when none is kept); stats["repair_promotions"] counts them. Returns (units,
+  fit) or None."""
   if not prefix.weights or not state.pending or not len(bad):
     return None
   g = q(bad, "final check", underflow_ok=True)
@@ -926,8 +927,8 @@ def _promote_in_repair(
       # points, on the other side, cannot tell it), and joins the remainder if no weight left unread counts there
       side = _minority_side(prefix, trial, dom)
       for sign in (side, -side):
-        read = surface_reads.read_oriented(q, prefix, trial, units, dom, layer_cfg, stats, sign=sign)
-        if np.any(read.known & ~trial.known) and _unseen_off(prefix, read, sign, dom):
+        read = _read_in_pocket(q, prefix, trial, units, sign, dom, layer_cfg, stats)
+        if read is not None and np.any(read.known & ~trial.known):
           # its weights read from kinks, to their precision, and the other units' short of the check's (8-8-8-8-8-1
           # seed 4: off by 1.3e-7 with it): kept if near, the final check and the polish step (`_rescue`) judge it
           trials, joins, limit = [read], [True], cfg.rescue_rtol
@@ -977,9 +978,8 @@ def _join_pockets(q, prefix, units, last, state, layer_cfg, cfg: Config, center,
   joined = list(units)
   for i in todo:
     side = _minority_side(prefix, units[i], dom)
-    others = units[:i] + units[i + 1 :]
-    read = surface_reads.read_oriented(q, prefix, units[i], others, dom, layer_cfg, stats, sign=side)
-    if not _unseen_off(prefix, read, side, dom):
+    read = _read_in_pocket(q, prefix, units[i], units[:i] + units[i + 1 :], side, dom, layer_cfg, stats)
+    if read is None:
       return units, last
     joined[i] = dataclasses.replace(read, w=side * read.w, b=side * read.b, c=side * read.c)
   fit = signs.remainder_fit(q, prefix, joined, cfg.scale, center, rng, stats, cfg.check_rtol, dom)
@@ -989,6 +989,13 @@ def _join_pockets(q, prefix, units, last, state, layer_cfg, cfg: Config, center,
   stats["pocket_joins"] += 1
   state.units[:] = kept
   return kept, fit
+
+
+def _read_in_pocket(q, prefix, unit, others: list, side: float, dom, layer_cfg, stats):
+  """A copy of `unit` (in its orientation) with its weights never seen read where it is on once multiplied by `side`
+  (surface_reads.read_oriented), or None if a weight left unread counts there (`_unseen_off`)."""
+  read = surface_reads.read_oriented(q, prefix, unit, others, dom, layer_cfg, stats, sign=side)
+  return read if _unseen_off(prefix, read, side, dom) else None
 
 
 def _pocket_only(prefix, unit, bad: np.ndarray, dom) -> bool:

@@ -85,8 +85,9 @@ def read_weights(
   """A repair's reading of weights from features never seen on (in place; returns how many were read). At each
   point x of `points` (where the final check failed) where one unit u of `units` ((prefix, layer.Unit) pairs of the
   last hidden layer) has features K it never saw on that are on at x, the line through x along u's normal is
-  searched for kinks (search.find_kinks, queries) over the stretch where no prefix unit changes state. There g's kinks are the last layer's; those the other units predict
-  are set aside, and a single one left, at x*, is u's: h(x*)[K] . w[K] = -(h(x*)[known] . w[known] + b), one linear
+  searched for kinks (search.find_kinks, queries) over the stretch where no prefix unit changes state (`_kink`).
+  There g's kinks are the last layer's; those the other units predict are set aside, and a single one left, at x*,
+  is u's: h(x*)[K] . w[K] = -(h(x*)[known] . w[known] + b), one linear
   equation in u's unknown weights. The equations of all points are solved together (least squares) and each weight
   they determine is kept (the system's null space, singular values below `cond` times the largest, has no component
   above `cond` along it). u need not be predicted on at x: random 10-8-8-8-1 seed 4 has a third-layer unit on at
@@ -110,7 +111,7 @@ def read_weights(
   lack their weight from a feature on with unit 7 at 21 of 262,144 points of the ball, with unit 0 at none; unit
   7's is read, unit 0's refused; counted in stats['read_weights_shared'])."""
   rows: dict[int, list] = {}  # id(unit) -> [(h(x*), right-hand side, x*)]
-  shared: list = []  # (unit index, row) where several units have such features on: whose kink is it?
+  shared: list = []  # (unit index, (h(x*), x*)) where several units have such features on: whose kink is it?
   for x in points:
     values: dict[int, list] = {}  # per prefix (the layer's units share one), its pre-activations at x
     for prefix, _ in units:
