@@ -1,13 +1,17 @@
-"""How the hybrid's students fit the first layer attack's answers (`--hybrid_reuse_answers`), chosen without the test
-split: on the digits 64-128-128-10 victim of configs/hybrid_digits.flags (seed 0, its first hybrid seed's attack and
-learning streams), `--holdout` images of the attacker's pool are held out of the learning queries as a validation
-set, and a frozen hybrid student is trained with the attack's answers not fitted, fitted in proportion to their
-number, and fitted as each `--shares` of every batch. Reported: the mean centred-logit error and top-1 agreement
-with the victim on the held-out images (answers the attacker has: they are pool images it may query). Float64.
+"""How the hybrid's students fit the first layer attack's answers (`--hybrid_reuse_answers`) and which learning rate
+schedule they train with (`--hybrid_schedule`), chosen without the test split: on the digits 64-128-128-10 victim of
+configs/hybrid_digits.flags (seed 0, its first hybrid seed's attack and learning streams), `--holdout` images of the
+attacker's pool are held out of the learning queries as a validation set, and each of `--methods` is trained with
+each of `--schedules` for each of `--steps`; a hybrid student (frozen, init) with the attack's answers not fitted and
+fitted in proportion to their number (unless --nobaselines), and fitted as each `--shares` of every batch (the pure
+student has no such answers: one row). Reported: the mean centred-logit error and top-1 agreement with the victim
+on the held-out images (answers the attacker has: they are pool images it may query). Float64.
 
-  python -m benchmarks.hybrid_reuse_choice
+  python -m benchmarks.hybrid_reuse_choice --shares=0.25,0.5,0.75
+  python -m benchmarks.hybrid_reuse_choice --methods=pure,frozen --schedules=constant,cosine \
+    --learning_rates=0.001,0.01 --steps=10000,30000 --nobaselines --out=hybrid_schedule_choice
 
-Writes benchmarks/results/hybrid_reuse_choice.{json,md}.
+Writes benchmarks/results/<--out>.{json,md}.
 """
 
 from __future__ import annotations
@@ -28,8 +32,17 @@ def _define_flags() -> None:
   flags.DEFINE_integer("seed", 0, "The victim's seed (the launcher's --seed); the hybrid seed is 0.")
   flags.DEFINE_integer("holdout", 300, "Pool images held out of the learning queries as the validation set.")
   flags.DEFINE_integer("extra_queries", 1000, "Learning queries beyond the first layer's.")
-  flags.DEFINE_integer("steps", 10000, "Adam steps of each student.")
+  flags.DEFINE_list("steps", ["10000"], "Adam step budgets; every student is trained once for each.")
   flags.DEFINE_list("shares", ["0.5"], "Shares of each batch given to the attack's answers.")
+  flags.DEFINE_list("methods", ["frozen"], "Students (pure, frozen, init).")
+  flags.DEFINE_list("schedules", ["constant"], "Learning rate schedules (constant, cosine).")
+  flags.DEFINE_list("learning_rates", ["0.001"], "Adam's (peak) learning rates.")
+  flags.DEFINE_bool("baselines", True, "Also the hybrid students with the answers not fitted and in proportion.")
+  flags.DEFINE_string("out", "hybrid_reuse_choice", "Results file name (benchmarks/results/<out>.{json,md}).")
+  from functional_equivalence.deep.hybrid import METHODS, SCHEDULES
+
+  flags.register_validator("methods", lambda v: set(v) <= set(METHODS), f"--methods takes some of {METHODS}")
+  flags.register_validator("schedules", lambda v: set(v) <= set(SCHEDULES), f"--schedules takes some of {SCHEDULES}")
 
 
 def main(_):
@@ -43,34 +56,33 @@ def main(_):
   order = np.random.default_rng([FLAGS.seed, 5]).permutation(len(x_train))
   val, pool = x_train[order[: FLAGS.holdout]], x_train[order[FLAGS.holdout :]]
   first = hybrid.first_layer(Oracle(network.backend(net), output="logits", record_inputs=False), 64, attack_seed)
-  variants = [("not fitted", False, None), ("in proportion", True, None)]
+  variants = [("not fitted", False, None), ("in proportion", True, None)] if FLAGS.baselines else []
   variants += [(f"share {float(v):g}", True, float(v)) for v in FLAGS.shares]
   rows = []
-  for name, reuse, share in variants:
-    t = time.time()
-    oracle = Oracle(network.backend(net), output="logits", record_inputs=False)
-    student, counts = hybrid.run(
-      oracle,
-      pool,
-      [128, 128],
-      first.queries + FLAGS.extra_queries,
-      "frozen",
-      learn_seed,
-      FLAGS.steps,
-      first,
-      reuse=reuse,
-      share=share,
-    )
-    rows.append(
-      dict(
-        answers=name,
-        fe_answers_fitted=counts["fe_answers_fitted"],
-        validation_logit_error=float(np.mean(align.centered_logit_error(net, student, val))),
-        validation_fidelity=align.logit_agreement(net, student, val)["agreement"],
-        seconds=round(time.time() - t, 1),
-      )
-    )
-    print(rows[-1], flush=True)
+  for method in FLAGS.methods:
+    for schedule in FLAGS.schedules:
+      for rate, steps in ((float(r), int(v)) for r in FLAGS.learning_rates for v in FLAGS.steps):
+        for name, reuse, share in variants if method != "pure" else [("none", False, None)]:
+          t = time.time()
+          oracle = Oracle(network.backend(net), output="logits", record_inputs=False)
+          student, counts = hybrid.run(
+            oracle, pool, [128, 128], first.queries + FLAGS.extra_queries, method, learn_seed, steps, first,
+            reuse=reuse, share=share, schedule=schedule, learning_rate=rate,
+          )  # fmt: skip
+          rows.append(
+            dict(
+              method=method,
+              schedule=schedule,
+              learning_rate=rate,
+              steps=steps,
+              answers=name,
+              fe_answers_fitted=counts["fe_answers_fitted"],
+              validation_logit_error=float(np.mean(align.centered_logit_error(net, student, val))),
+              validation_fidelity=align.logit_agreement(net, student, val)["agreement"],
+              seconds=round(time.time() - t, 1),
+            )
+          )
+          print(rows[-1], flush=True)
   out = {
     "command": "python -m benchmarks.hybrid_reuse_choice " + " ".join(sys.argv[1:]),
     "machine": machine(),
@@ -78,22 +90,25 @@ def main(_):
     "rows": rows,
   }
   RESULTS.mkdir(parents=True, exist_ok=True)
-  (RESULTS / "hybrid_reuse_choice.json").write_text(json.dumps(out, indent=2))
+  (RESULTS / f"{FLAGS.out}.json").write_text(json.dumps(out, indent=2))
   lines = report_head(
-    "Fitting the first layer attack's answers in the hybrid: chosen on held-out pool images (issue 14)",
-    f"Command: `{out['command']}`\n\nDigits 64-128-128-10 victim (seed {FLAGS.seed}), frozen hybrid student, first "
-    f"layer in {first.queries} queries + {FLAGS.extra_queries} learning queries from the pool less {FLAGS.holdout} "
-    f"held-out images, {FLAGS.steps} Adam steps.",
+    "The hybrid's training choices (fitting the first layer attack's answers, the learning rate schedule), chosen "
+    "on held-out pool images (issue 14)",
+    f"Command: `{out['command']}`\n\nDigits 64-128-128-10 victim (seed {FLAGS.seed}), first layer in "
+    f"{first.queries} queries + {FLAGS.extra_queries} learning queries from the pool less {FLAGS.holdout} held-out "
+    f"images (the pure student: the same total from the pool).",
     out["machine"],
     time.time() - start,
-    ["attack's answers", "answers fitted", "held-out mean centred-logit error", "held-out top-1", "seconds"],
-  )
+    ["student", "schedule", "learning rate", "steps", "attack's answers", "answers fitted", "held-out mean centred-logit error",
+     "held-out top-1", "seconds"],
+  )  # fmt: skip
   for r in rows:
     lines.append(
-      f"| {r['answers']} | {r['fe_answers_fitted']} | {r['validation_logit_error']:.4f} | "
+      f"| {r['method']} | {r['schedule']} | {r['learning_rate']:g} | {r['steps']} | {r['answers']} | {r['fe_answers_fitted']} | "
+      f"{r['validation_logit_error']:.4f} | "
       f"{r['validation_fidelity']:.4f} | {r['seconds']} |"
     )
-  (RESULTS / "hybrid_reuse_choice.md").write_text("\n".join(lines) + "\n")
+  (RESULTS / f"{FLAGS.out}.md").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
 
 

@@ -7,14 +7,15 @@ The victim is a ReLU network d-(--hybrid_victim_hidden)-10 trained in float64 on
 attacker's pool of inputs is the digits training split. For each --hybrid_seeds seed: the first layer is recovered
 once through a float64 Oracle (--hybrid_oracle_output: logits, or probabilities), its queries counted, then for
 each total budget (the first layer's queries plus each of --hybrid_extra_queries) the students `pure`, `frozen` and
-`init` are trained for each of --hybrid_steps Adam step budgets (every budget reported, none selected), `frozen` and
-`init` also fitting the first layer attack's answers (--hybrid_reuse_answers; half of each batch, chosen over fitting
-them in proportion on 300 held-out pool images, not the test split; no other setting tuned), and compared by top-1
-agreement and mean centred-logit error with the victim on the digits test split, on NOISE_COPIES copies of
-each test image under Gaussian noise of each --hybrid_noise standard deviation (clipped to [0, 1]; between the data
-and the box), and on --hybrid_box_inputs uniform points of [0, 1]^64 (off the data). Rows per run, then per (steps,
-method, budget) the mean and the standard deviation over seeds. Victim, attack, learning and evaluation draw
-independent seeds.
+`init` are trained for each of --hybrid_steps Adam step budgets (every budget reported, none selected; Adam's rate
+--hybrid_learning_rate, fixed or cosine-decayed, --hybrid_schedule: configs/hybrid_digits_tuned.flags has the ones
+chosen on 300 held-out pool images), `frozen` and `init` also fitting the first layer attack's answers
+(--hybrid_reuse_answers; half of each batch, chosen over fitting them in proportion on the same held-out images,
+not the test split), and compared by top-1 agreement and mean centred-logit error with the victim on the digits
+test split, on NOISE_COPIES copies of each test image under Gaussian noise of each --hybrid_noise standard deviation
+(clipped to [0, 1]; between the data and the box), and on --hybrid_box_inputs uniform points of [0, 1]^64 (off the
+data). Rows per run, then per (steps, method, budget) the mean and the standard deviation over seeds. Victim,
+attack, learning and evaluation draw independent seeds.
 """
 
 from __future__ import annotations
@@ -64,6 +65,14 @@ flags.DEFINE_float(
   "The share of every batch given to the first layer attack's answers when they are fitted (chosen on held-out "
   "pool images: benchmarks/hybrid_reuse_choice.py).",
 )
+flags.DEFINE_enum(
+  "hybrid_schedule",
+  "constant",
+  list(hybrid.SCHEDULES),
+  "Adam's learning rate over each student's steps: constant, or cosine-decayed to 0 (every student the same; "
+  "benchmarks/hybrid_reuse_choice.py compares them on held-out pool images).",
+)
+flags.DEFINE_float("hybrid_learning_rate", 1e-3, "Adam's (peak) learning rate, every student the same.")
 flags.DEFINE_integer(
   "hybrid_box_inputs", 10_000, "Uniform points of [0, 1]^d for the off-data agreement.", lower_bound=1
 )
@@ -88,6 +97,11 @@ def _check_steps(values):
 )
 def _check_share(value):
   return 0.0 < value < 1.0
+
+
+@flags.validator("hybrid_learning_rate", message="--hybrid_learning_rate takes a positive number, e.g. 0.001")
+def _check_rate(value):
+  return value > 0
 
 
 @flags.validator("hybrid_noise", message="--hybrid_noise takes non-negative numbers, e.g. 0.05,0.1")
@@ -145,6 +159,8 @@ def run(workdir: pathlib.Path) -> list[dict]:
             first,
             reuse=FLAGS.hybrid_reuse_answers,
             share=FLAGS.hybrid_reuse_share,
+            schedule=FLAGS.hybrid_schedule,
+            learning_rate=FLAGS.hybrid_learning_rate,
           )
           assert counts["learning_queries"] == oracle.used
           rows.append(
@@ -153,6 +169,8 @@ def run(workdir: pathlib.Path) -> list[dict]:
               oracle_output=output,
               seed=s,
               steps=steps,
+              schedule=FLAGS.hybrid_schedule,
+              learning_rate=FLAGS.hybrid_learning_rate,
               extra_queries=extra,
               **counts,
               first_layer_units=int(first.w.shape[1]),

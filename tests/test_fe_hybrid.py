@@ -60,6 +60,34 @@ def test_a_budget_below_the_first_layer_is_refused(victim):
     hybrid.run(oracle, np.zeros((5, 8)), [6], first[2] - 1, "frozen", 0, 10, first)
 
 
+def test_an_unknown_schedule_is_refused_before_any_query(victim):
+  net, first = victim
+  counter = CountingBackend(network.backend(net))
+  oracle = Oracle(counter, output="logits", record_inputs=False)
+  with pytest.raises(ValueError, match="unknown learning rate schedule 'linear'.*constant, cosine"):
+    hybrid.run(oracle, np.zeros((5, 8)), [6], first.queries + 10, "frozen", 0, 10, first, schedule="linear")
+  assert counter.rows == 0
+
+
+def test_a_cosine_schedule_decays_adams_rate_to_nothing_and_fits(monkeypatch):
+  import optax
+
+  rates = []
+  adam = optax.adam
+  monkeypatch.setattr(optax, "adam", lambda rate, *a, **k: rates.append(rate) or adam(rate, *a, **k))
+  teacher = network.random_net(3, (5, 4, 2))
+  x = np.random.default_rng(0).normal(size=(512, 5))
+  y = network.logits(teacher, x)
+  start = hybrid.init_student([5, 8, 2], np.random.default_rng(1))
+  fits = {}
+  for schedule in hybrid.SCHEDULES:
+    student = hybrid.distill(start, x, y, 3000, seed=2, frozen_first=False, learning_rate=1e-2, schedule=schedule)
+    fits[schedule] = np.abs(network.logits(student, x) - y).mean() / np.abs(y).mean()
+  assert rates[0] == 1e-2 and float(rates[1](0)) == pytest.approx(1e-2) and float(rates[1](1500)) == pytest.approx(5e-3)
+  assert abs(float(rates[1](3000))) < 1e-9
+  assert max(fits.values()) < 0.02, fits
+
+
 def test_experiment_rows_and_means(tmp_path):
   if not FLAGS.is_parsed():
     FLAGS.mark_as_parsed()
@@ -70,9 +98,11 @@ def test_experiment_rows_and_means(tmp_path):
     hybrid_noise=["0", "0.1"],
     hybrid_seeds=1,
     hybrid_box_inputs=100,
+    hybrid_schedule="cosine",
   ):
     rows = experiments.EXPERIMENTS["hybrid"](tmp_path)
   runs = [r for r in rows if "seed" in r]
+  assert all(r["schedule"] == "cosine" for r in runs)
   assert len(runs) == 6 and {(r["method"], r["steps"]) for r in runs} == {
     (m, s) for m in hybrid.METHODS for s in (20, 30)
   }
@@ -102,6 +132,7 @@ def test_noisy_copies_are_clipped_copies_of_each_row():
     ("hybrid_steps", ["100", "-5"], "positive integers"),
     ("hybrid_noise", ["0.1", "x"], "non-negative numbers"),
     ("hybrid_reuse_share", 1.0, "strictly between 0 and 1"),
+    ("hybrid_learning_rate", 0.0, "a positive number"),
   ],
 )
 def test_bad_flags_are_refused_on_assignment(name, value, message):

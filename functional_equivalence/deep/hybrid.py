@@ -28,6 +28,7 @@ if TYPE_CHECKING:
   from extraction.oracle import Oracle
 
 METHODS = ("pure", "frozen", "init")
+SCHEDULES = ("constant", "cosine")  # Adam's learning rate over the steps: fixed, or cosine-decayed to 0
 KEPT_ANSWERS = 2**18  # at most this many of the first layer attack's answers are kept for the learning
 
 
@@ -152,11 +153,15 @@ def distill(
   differences: bool = False,
   weighted: tuple | None = None,
   share: float | None = 0.5,
+  schedule: str = "constant",
 ) -> network.DeepNet:
   """Minibatch Adam on mean squared logit error (with `differences`, y holds the logit differences to class 0 and
   the student's are fitted to them); the first layer kept fixed when `frozen_first`. With `weighted` = (x2, y2,
   weights), `share` of each batch (rounded; None: in proportion to the two sets' sizes) comes from (x2, y2), each
-  row's squared error times its weight. Float64 (runs in a scoped `jax.enable_x64(True)`)."""
+  row's squared error times its weight. `schedule` (SCHEDULES): the learning rate fixed, or decayed from
+  `learning_rate` to 0 over the steps on a cosine (optax.cosine_decay_schedule). Float64 (runs in a scoped
+  `jax.enable_x64(True)`)."""
+  _check_schedule(schedule)
   import jax
   import jax.numpy as jnp
   import optax
@@ -168,7 +173,8 @@ def distill(
       tuple(jnp.asarray(w) for w in student.weights[start:]),
       tuple(jnp.asarray(b) for b in student.biases[start:]),
     )
-    opt = optax.adam(learning_rate)
+    rate = optax.cosine_decay_schedule(learning_rate, steps) if schedule == "cosine" else learning_rate
+    opt = optax.adam(rate)
 
     def forward(p, inputs):
       ws, bs = p
@@ -211,6 +217,11 @@ def distill(
   return network.DeepNet(ws, bs)
 
 
+def _check_schedule(schedule: str) -> None:
+  if schedule not in SCHEDULES:
+    raise ValueError(f"unknown learning rate schedule {schedule!r} (one of {', '.join(SCHEDULES)})")
+
+
 def _needs_first(first: FirstLayer | None, method: str) -> FirstLayer:
   """`first` for a method that starts from the recovered first layer, or ValueError when it was not given."""
   if first is None:
@@ -244,12 +255,16 @@ def run(
   first: FirstLayer | None = None,
   reuse: bool = True,
   share: float | None = 0.5,
+  schedule: str = "constant",
+  learning_rate: float = 1e-3,
 ) -> tuple[network.DeepNet, dict]:
   """One student by `method` (module docstring) with `queries` oracle queries in total; `first` from `first_layer`
   (its queries count against the total; with `reuse`, its kept answers are fitted too, `share` of every batch, None:
-  in proportion to their number, `kept_answers`). Returns (student, counts)."""
+  in proportion to their number, `kept_answers`); `schedule` of Adam's `learning_rate` (`distill`). Returns
+  (student, counts)."""
   if method not in METHODS:
     raise ValueError(f"unknown hybrid method {method!r} (one of {', '.join(METHODS)})")
+  _check_schedule(schedule)
   rng = np.random.default_rng(seed)
   recovered_first = None if method == "pure" else _needs_first(first, method)
   fe_queries = 0 if recovered_first is None else recovered_first.queries
@@ -279,6 +294,8 @@ def run(
     differences=differences,
     weighted=weighted,
     share=share,
+    schedule=schedule,
+    learning_rate=learning_rate,
   )
   kept = 0 if weighted is None else len(weighted[0])
   return student, dict(
