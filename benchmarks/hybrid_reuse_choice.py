@@ -2,7 +2,7 @@
 schedule they train with (`--hybrid_schedule`), chosen without the test split: on the digits 64-128-128-10 victim of
 configs/hybrid_digits.flags (seed 0, its first hybrid seed's attack and learning streams), `--holdout` images of the
 attacker's pool are held out of the learning queries as a validation set, and each of `--methods` is trained with
-each of `--schedules` for each of `--steps`; a hybrid student (frozen, init) with the attack's answers not fitted and
+each of `--schedules` and `--learning_rates` for each of `--steps`; a hybrid student (frozen, init) with the attack's answers not fitted and
 fitted in proportion to their number (unless --nobaselines), and fitted as each `--shares` of every batch (the pure
 student has no such answers: one row). Reported: the mean centred-logit error and top-1 agreement with the victim
 on the held-out images (answers the attacker has: they are pool images it may query). Float64.
