@@ -2,10 +2,11 @@
 schedule they train with (`--hybrid_schedule`), chosen without the test split: on the digits 64-128-128-10 victim of
 configs/hybrid_digits.flags (seed 0, its first hybrid seed's attack and learning streams), `--holdout` images of the
 attacker's pool are held out of the learning queries as a validation set, and each of `--methods` is trained with
-each of `--schedules` and `--learning_rates` for each of `--steps`; a hybrid student (frozen, init) with the attack's answers not fitted and
-fitted in proportion to their number (unless --nobaselines), and fitted as each `--shares` of every batch (the pure
-student has no such answers: one row). Reported: the mean centred-logit error and top-1 agreement with the victim
-on the held-out images (answers the attacker has: they are pool images it may query). Float64.
+each of `--schedules` and `--learning_rates` for each of `--steps`; a hybrid student (frozen, init) with the
+attack's answers not fitted and fitted in proportion to their number (unless --nobaselines), and fitted as each
+`--shares` of every batch (the pure student has no such answers: one row). Reported: the mean centred-logit error
+and top-1 agreement with the victim on the held-out images (answers the attacker has: they are pool images it may
+query). Float64.
 
   python -m benchmarks.hybrid_reuse_choice --shares=0.25,0.5,0.75
   python -m benchmarks.hybrid_reuse_choice --methods=pure,frozen --schedules=constant,cosine \
@@ -16,6 +17,7 @@ Writes benchmarks/results/<--out>.{json,md}.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
@@ -59,30 +61,39 @@ def main(_):
   variants = [("not fitted", False, None), ("in proportion", True, None)] if FLAGS.baselines else []
   variants += [(f"share {float(v):g}", True, float(v)) for v in FLAGS.shares]
   rows = []
-  for method in FLAGS.methods:
-    for schedule in FLAGS.schedules:
-      for rate, steps in ((float(r), int(v)) for r in FLAGS.learning_rates for v in FLAGS.steps):
-        for name, reuse, share in variants if method != "pure" else [("none", False, None)]:
-          t = time.time()
-          oracle = Oracle(network.backend(net), output="logits", record_inputs=False)
-          student, counts = hybrid.run(
-            oracle, pool, [128, 128], first.queries + FLAGS.extra_queries, method, learn_seed, steps, first,
-            reuse=reuse, share=share, schedule=schedule, learning_rate=rate,
-          )  # fmt: skip
-          rows.append(
-            dict(
-              method=method,
-              schedule=schedule,
-              learning_rate=rate,
-              steps=steps,
-              answers=name,
-              fe_answers_fitted=counts["fe_answers_fitted"],
-              validation_logit_error=float(np.mean(align.centered_logit_error(net, student, val))),
-              validation_fidelity=align.logit_agreement(net, student, val)["agreement"],
-              seconds=round(time.time() - t, 1),
-            )
-          )
-          print(rows[-1], flush=True)
+  grid = itertools.product(FLAGS.methods, FLAGS.schedules, map(float, FLAGS.learning_rates), map(int, FLAGS.steps))
+  for method, schedule, rate, steps in grid:
+    for name, reuse, share in variants if method != "pure" else [("none", False, None)]:
+      t = time.time()
+      oracle = Oracle(network.backend(net), output="logits", record_inputs=False)
+      student, counts = hybrid.run(
+        oracle,
+        pool,
+        [128, 128],
+        first.queries + FLAGS.extra_queries,
+        method,
+        learn_seed,
+        steps,
+        first,
+        reuse=reuse,
+        share=share,
+        schedule=schedule,
+        learning_rate=rate,
+      )
+      rows.append(
+        dict(
+          method=method,
+          schedule=schedule,
+          learning_rate=rate,
+          steps=steps,
+          answers=name,
+          fe_answers_fitted=counts["fe_answers_fitted"],
+          validation_logit_error=float(np.mean(align.centered_logit_error(net, student, val))),
+          validation_fidelity=align.logit_agreement(net, student, val)["agreement"],
+          seconds=round(time.time() - t, 1),
+        )
+      )
+      print(rows[-1], flush=True)
   out = {
     "command": "python -m benchmarks.hybrid_reuse_choice " + " ".join(sys.argv[1:]),
     "machine": machine(),
@@ -99,14 +110,14 @@ def main(_):
     f"images (the pure student: the same total from the pool).",
     out["machine"],
     time.time() - start,
-    ["student", "schedule", "learning rate", "steps", "attack's answers", "answers fitted", "held-out mean centred-logit error",
-     "held-out top-1", "seconds"],
-  )  # fmt: skip
+    ["student", "schedule", "learning rate", "steps", "attack's answers", "answers fitted"]
+    + ["held-out mean centred-logit error", "held-out top-1", "seconds"],
+  )
   for r in rows:
     lines.append(
-      f"| {r['method']} | {r['schedule']} | {r['learning_rate']:g} | {r['steps']} | {r['answers']} | {r['fe_answers_fitted']} | "
-      f"{r['validation_logit_error']:.4f} | "
-      f"{r['validation_fidelity']:.4f} | {r['seconds']} |"
+      f"| {r['method']} | {r['schedule']} | {r['learning_rate']:g} | {r['steps']} | {r['answers']} | "
+      f"{r['fe_answers_fitted']} | {r['validation_logit_error']:.4f} | {r['validation_fidelity']:.4f} | "
+      f"{r['seconds']} |"
     )
   (RESULTS / f"{FLAGS.out}.md").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
